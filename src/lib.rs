@@ -1,0 +1,1 @@
+//! kibana-rollback: rolls a self-managed Kibana fleet back after a failed upgrade migration.
