@@ -1,0 +1,169 @@
+//! The configuration schema: every section and key the tool accepts, its type, default and
+//! meaning. One table drives validation of each fragment (so an error names the file that holds
+//! the bad key), `check-config`'s listing and the documentation test that keeps
+//! `config/config.toml` complete.
+
+/// The type a key's value must have, checked per fragment before fragments are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    StringList,
+    Bool,
+    /// A humantime duration string such as "30s" or "5m".
+    Duration,
+    /// A semantic version such as "8.14.3".
+    Version,
+    Path,
+    Url,
+    UrlList,
+    /// One of a fixed set of words.
+    Enum(&'static [&'static str]),
+}
+
+impl Kind {
+    pub fn describe(self) -> String {
+        match self {
+            Kind::String => "a string".into(),
+            Kind::StringList => "a list of strings".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Duration => "a duration string such as \"30s\" or \"5m\"".into(),
+            Kind::Version => "a version string such as \"8.14.3\"".into(),
+            Kind::Path => "an absolute path string".into(),
+            Kind::Url => "a URL string such as \"https://host:9200\"".into(),
+            Kind::UrlList => "a list of URL strings".into(),
+            Kind::Enum(words) => format!("one of {}", words.join(", ")),
+        }
+    }
+}
+
+/// One accepted key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub section: &'static str,
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The default as it would be written in TOML, or None when the key has no default.
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+impl Key {
+    pub fn dotted(&self) -> String {
+        format!("{}.{}", self.section, self.name)
+    }
+}
+
+pub const SECTIONS: &[&str] = &[
+    "elasticsearch",
+    "kibana",
+    "rollback",
+    "coordination",
+    "package_manager",
+];
+
+macro_rules! key {
+    ($s:literal, $n:literal, $k:expr, $d:expr, $doc:literal) => {
+        Key { section: $s, name: $n, kind: $k, default: $d, doc: $doc }
+    };
+}
+
+pub const KEYS: &[Key] = &[
+    key!("elasticsearch", "hosts", Kind::UrlList, Some(r#"["http://127.0.0.1:9200"]"#),
+        "Elasticsearch endpoints, tried in order; the next one is used when one is unreachable."),
+    key!("elasticsearch", "api_key_file", Kind::Path, None,
+        "File holding the `encoded` API key (base64 of id:key). Must not be readable by group or others."),
+    key!("elasticsearch", "username", Kind::String, None,
+        "User for basic authentication (instead of an API key)."),
+    key!("elasticsearch", "password_file", Kind::Path, None,
+        "File holding the basic-auth password. Must not be readable by group or others."),
+    key!("elasticsearch", "ca_file", Kind::Path, None,
+        "PEM file with the CA certificate(s) that signed the cluster's HTTP certificate."),
+    key!("elasticsearch", "connect_timeout", Kind::Duration, Some(r#""5s""#),
+        "How long to wait for a TCP/TLS connection to one host before trying the next."),
+    key!("elasticsearch", "request_timeout", Kind::Duration, Some(r#""30s""#),
+        "How long an ordinary request may take."),
+    key!("elasticsearch", "snapshot_timeout", Kind::Duration, Some(r#""30m""#),
+        "How long taking the safety snapshot or restoring the kibana feature state may take."),
+    key!("kibana", "unit", Kind::String, Some(r#""kibana.service""#),
+        "The systemd unit that runs Kibana on this host."),
+    key!("kibana", "package", Kind::String, Some(r#""kibana""#),
+        "The name of the Kibana package (deb or rpm)."),
+    key!("kibana", "status_url", Kind::Url, Some(r#""http://127.0.0.1:5601/api/status""#),
+        "Kibana's status API on this host, polled after start."),
+    key!("kibana", "status_username", Kind::String, None,
+        "User for basic authentication against the status API, if it needs one."),
+    key!("kibana", "status_password_file", Kind::Path, None,
+        "File holding that user's password. Must not be readable by group or others."),
+    key!("kibana", "stop_timeout", Kind::Duration, Some(r#""5m""#),
+        "How long stopping the unit may take before the host reports failure."),
+    key!("kibana", "start_timeout", Kind::Duration, Some(r#""10m""#),
+        "How long the unit may take to become active and report status `available`."),
+    key!("rollback", "target_version", Kind::Version, None,
+        "The older Kibana version to roll back to (also `start --to`)."),
+    key!("rollback", "repository", Kind::String, None,
+        "The snapshot repository holding the pre-upgrade snapshot."),
+    key!("rollback", "snapshot", Kind::String, Some(r#""latest""#),
+        "The snapshot to restore, or \"latest\" for the newest eligible one (also `start --snapshot`)."),
+    key!("rollback", "safety_snapshot", Kind::Bool, Some("true"),
+        "Snapshot the current kibana feature state before restoring, so the rollback can be undone."),
+    key!("rollback", "safety_snapshot_repository", Kind::String, None,
+        "Repository for the safety snapshot; defaults to `repository`."),
+    key!("coordination", "index", Kind::String, Some(r#""kibana-rollback""#),
+        "The index holding the operation and host documents. Must not match .kibana* or any kibana feature pattern."),
+    key!("coordination", "host_id", Kind::String, None,
+        "This host's id in the fleet; defaults to the hostname."),
+    key!("coordination", "expected_hosts", Kind::StringList, Some("[]"),
+        "Host ids of every Kibana host; an operation waits for all of them. Empty: the hosts registered when the operation starts."),
+    key!("coordination", "lease", Kind::Duration, Some(r#""30s""#),
+        "Leader lease; the leader renews every lease/3 and a silent leader is replaced after a whole lease."),
+    key!("coordination", "heartbeat", Kind::Duration, Some(r#""10s""#),
+        "How often an agent writes its host document."),
+    key!("coordination", "barrier_timeout", Kind::Duration, Some(r#""10m""#),
+        "How long the leader waits for every host to report its unit stopped before aborting."),
+    key!("coordination", "state_dir", Kind::Path, Some(r#""/var/lib/kibana-rollback""#),
+        "Where the agent records local progress so a restarted agent resumes."),
+    key!("package_manager", "kind", Kind::Enum(&["auto", "apt", "dnf"]), Some(r#""auto""#),
+        "Which package manager installs Kibana; auto detects it."),
+    key!("package_manager", "hold", Kind::Bool, Some("true"),
+        "Hold (apt-mark hold / dnf versionlock) the installed version so routine upgrades do not undo the rollback."),
+    key!("package_manager", "extra_args", Kind::StringList, Some("[]"),
+        "Extra arguments passed to apt-get or dnf (for example a --setopt)."),
+];
+
+pub fn find(section: &str, name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.section == section && k.name == name)
+}
+
+/// Keys whose value names a secret file; the file's content never appears anywhere.
+pub fn is_secret_path(section: &str, name: &str) -> bool {
+    matches!(
+        (section, name),
+        ("elasticsearch", "api_key_file")
+            | ("elasticsearch", "password_file")
+            | ("kibana", "status_password_file")
+    )
+}
+
+/// The closest accepted key name, for "did you mean" hints.
+pub fn suggest(section: &str, name: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .filter(|k| k.section == section)
+        .map(|k| (edit_distance(k.name, name), k.name))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

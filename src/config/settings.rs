@@ -1,0 +1,234 @@
+//! Validated, typed settings: what the rest of the program reads. Built from the merged
+//! configuration values; every semantic check lives here and names the file that set the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use semver::Version;
+
+/// A secret read from a file. Its content never reaches a log, a listing or an error message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EsAuth {
+    None,
+    ApiKey { key: Secret, source: PathBuf },
+    Basic { username: String, password: Secret, source: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct ElasticsearchSettings {
+    pub hosts: Vec<Url>,
+    pub auth: EsAuth,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub snapshot_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KibanaSettings {
+    pub unit: String,
+    pub package: String,
+    pub status_url: Url,
+    pub status_auth: Option<(String, Secret)>,
+    pub stop_timeout: Duration,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotSelector {
+    Latest,
+    Named(String),
+}
+
+impl SnapshotSelector {
+    pub fn parse(s: &str) -> Self {
+        if s == "latest" {
+            SnapshotSelector::Latest
+        } else {
+            SnapshotSelector::Named(s.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotSelector::Latest => f.write_str("latest"),
+            SnapshotSelector::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RollbackSettings {
+    pub target_version: Option<Version>,
+    pub repository: Option<String>,
+    pub snapshot: SnapshotSelector,
+    pub safety_snapshot: bool,
+    pub safety_snapshot_repository: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoordinationSettings {
+    pub index: String,
+    pub host_id: String,
+    pub expected_hosts: Vec<String>,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub barrier_timeout: Duration,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageManagerKind {
+    Auto,
+    Apt,
+    Dnf,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackageManagerSettings {
+    pub kind: PackageManagerKind,
+    pub hold: bool,
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub elasticsearch: ElasticsearchSettings,
+    pub kibana: KibanaSettings,
+    pub rollback: RollbackSettings,
+    pub coordination: CoordinationSettings,
+    pub package_manager: PackageManagerSettings,
+}
+
+/// Index name patterns of the `kibana` feature state; a restore deletes every index matching them.
+pub const KIBANA_FEATURE_PATTERNS: &[&str] = &[
+    ".kibana*",
+    ".reporting-*",
+    ".apm-agent-configuration*",
+    ".apm-custom-link*",
+];
+
+/// Whether `name` matches a simple `*`-glob `pattern`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, rest)) => {
+            if !name.starts_with(prefix) {
+                return false;
+            }
+            let tail = &name[prefix.len()..];
+            if rest.is_empty() {
+                return true;
+            }
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+/// Elasticsearch's own index-name rules plus ours: never inside the kibana feature state.
+pub fn check_coordination_index(name: &str) -> Result<(), String> {
+    if let Some(p) = KIBANA_FEATURE_PATTERNS.iter().find(|p| glob_match(p, name)) {
+        return Err(format!(
+            "matches the kibana feature pattern {p}, so the restore would delete it"
+        ));
+    }
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1 to 255 characters".into());
+    }
+    if name.starts_with(['-', '_', '+', '.']) {
+        return Err("must not start with -, _, + or . (names starting with . are hidden or system indices)".into());
+    }
+    if name != name.to_lowercase() {
+        return Err("must be lowercase".into());
+    }
+    if name.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':']) {
+        return Err("contains a character Elasticsearch does not allow in index names".into());
+    }
+    Ok(())
+}
+
+/// Host ids appear in document ids and in status tables.
+pub fn check_host_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
+}
+
+/// Reads a secret file, refusing one that group or others can read.
+pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the secret file: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the secret file is readable by group or others (mode {mode:04o}); fix: chmod 600 {}",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the secret file: {e}"))?;
+    let value = text.trim().to_string();
+    if value.is_empty() {
+        return Err("the secret file is empty".into());
+    }
+    Ok(Secret::new(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match(".kibana*", ".kibana"));
+        assert!(glob_match(".kibana*", ".kibana_8.14.3_001"));
+        assert!(glob_match(".reporting-*", ".reporting-2024"));
+        assert!(!glob_match(".reporting-*", ".reporting"));
+        assert!(!glob_match(".kibana*", "kibana-rollback"));
+    }
+
+    #[test]
+    fn coordination_index_rules() {
+        assert!(check_coordination_index("kibana-rollback").is_ok());
+        for bad in [".kibana-rollback", ".kibana_x", ".reporting-x", ".apm-custom-link-x", "Upper", "a b", "_x", ""] {
+            assert!(check_coordination_index(bad).is_err(), "{bad} accepted");
+        }
+        assert!(check_coordination_index(".kibana_rollback").unwrap_err().contains(".kibana*"));
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+    }
+}
