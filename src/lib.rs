@@ -4,3 +4,6 @@
 //! hold Kibana's rules for versions and eligible snapshots, `exit` the documented exit codes.
 
 pub mod config;
+pub mod compat;
+pub mod es;
+pub mod snapshots;

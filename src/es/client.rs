@@ -1,0 +1,194 @@
+//! The HTTP transport to Elasticsearch: several hosts with failover, API-key or basic auth, a
+//! private CA, timeouts, and errors that carry Elasticsearch's error type and reason.
+//!
+//! Failover rule: a request moves to the next host when the connection could not be made (the
+//! request never left), or — for idempotent requests only — when the host timed out or answered
+//! 502/503/504. A restore or a snapshot create is never sent twice because of a slow answer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use super::error::{parse_error_body, EsError};
+use crate::config::{EsAuth, ElasticsearchSettings};
+
+/// Whether a request may be repeated on another host after it may have been received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotence {
+    /// Reads and conditional writes whose repetition is harmless.
+    Safe,
+    /// Restore, snapshot create: retried only when the connection was never made.
+    Once,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    hosts: Vec<Url>,
+    /// Index of the host that answered last; requests start there.
+    preferred: AtomicUsize,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("hosts", &self.hosts).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn user_agent() -> String {
+    format!("kibana-rollback/{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Client {
+    pub fn new(settings: &ElasticsearchSettings) -> Result<Self, EsError> {
+        let mut headers = HeaderMap::new();
+        match &settings.auth {
+            EsAuth::None => {}
+            EsAuth::ApiKey { key, .. } => {
+                let mut v = HeaderValue::from_str(&format!("ApiKey {}", key.expose()))
+                    .map_err(|_| EsError::Setup("the API key contains characters not allowed in a header".into()))?;
+                v.set_sensitive(true);
+                headers.insert(AUTHORIZATION, v);
+            }
+            EsAuth::Basic { username, password, .. } => {
+                use base64::Engine;
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+                let mut v = HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| EsError::Setup("the username or password contains characters not allowed in a header".into()))?;
+                v.set_sensitive(true);
+                headers.insert(AUTHORIZATION, v);
+            }
+        }
+        headers.insert(USER_AGENT, HeaderValue::from_str(&user_agent()).expect("ascii"));
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(50));
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| EsError::Setup(format!("cannot read CA file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| EsError::Setup(format!("CA file {} is not PEM certificates: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(EsError::Setup(format!("CA file {} holds no certificate", ca.display())));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| EsError::Setup(e.to_string()))?;
+        Ok(Client {
+            http,
+            hosts: settings.hosts.clone(),
+            preferred: AtomicUsize::new(0),
+            request_timeout: settings.request_timeout,
+        })
+    }
+
+    pub fn hosts(&self) -> &[Url] {
+        &self.hosts
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Sends a request and returns the status and body; error statuses become [`EsError::Api`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra_headers: &[(&'static str, &str)],
+        timeout: Option<Duration>,
+        idempotence: Idempotence,
+    ) -> Result<(StatusCode, String), EsError> {
+        let timeout = timeout.unwrap_or(self.request_timeout);
+        let start = self.preferred.load(Ordering::Relaxed) % self.hosts.len();
+        let mut attempts = Vec::new();
+        for i in 0..self.hosts.len() {
+            let idx = (start + i) % self.hosts.len();
+            let host = &self.hosts[idx];
+            let url = host.join(path.trim_start_matches('/')).map_err(|e| EsError::Setup(format!("bad path {path}: {e}")))?;
+            let mut req = self.http.request(method.clone(), url).timeout(timeout);
+            for (k, v) in extra_headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.header(CONTENT_TYPE, "application/json").body(b.to_string());
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retryable = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    let text = match resp.text().await {
+                        Ok(t) => t,
+                        Err(e) if e.is_timeout() => {
+                            return Err(EsError::Timeout { method: method.to_string(), path: path.into(), host: host.to_string(), timeout })
+                        }
+                        Err(e) => {
+                            return Err(EsError::Decode { method: method.to_string(), path: path.into(), detail: format!("reading the body: {e}") })
+                        }
+                    };
+                    if retryable && idempotence == Idempotence::Safe && i + 1 < self.hosts.len() {
+                        attempts.push(format!("{host}: HTTP {status}"));
+                        continue;
+                    }
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    if status.is_success() {
+                        return Ok((status, text));
+                    }
+                    let (err_type, reason) = parse_error_body(&text);
+                    return Err(EsError::Api { method: method.to_string(), path: path.into(), status, err_type, reason });
+                }
+                Err(e) if e.is_connect() => {
+                    attempts.push(format!("{host}: {}", connect_error_text(&e)));
+                }
+                Err(e) if e.is_timeout() => {
+                    if idempotence == Idempotence::Safe {
+                        attempts.push(format!("{host}: no answer within {}", humantime::format_duration(timeout)));
+                        continue;
+                    }
+                    return Err(EsError::Timeout { method: method.to_string(), path: path.into(), host: host.to_string(), timeout });
+                }
+                Err(e) => {
+                    attempts.push(format!("{host}: {}", connect_error_text(&e)));
+                    if idempotence == Idempotence::Once {
+                        return Err(EsError::Unreachable { attempts: attempts.join("; ") });
+                    }
+                }
+            }
+        }
+        Err(EsError::Unreachable { attempts: attempts.join("; ") })
+    }
+
+    /// Sends a request and decodes the JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Option<Duration>,
+        idempotence: Idempotence,
+    ) -> Result<T, EsError> {
+        let m = method.to_string();
+        let (_, text) = self.send(method, path, body, &[], timeout, idempotence).await?;
+        serde_json::from_str(&text).map_err(|e| EsError::Decode { method: m, path: path.into(), detail: e.to_string() })
+    }
+}
+
+/// The innermost cause of a transport error, which is what an operator can act on
+/// ("Connection refused", "invalid peer certificate: UnknownIssuer").
+fn connect_error_text(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut last = e.to_string();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}
