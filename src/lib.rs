@@ -7,3 +7,5 @@ pub mod config;
 pub mod compat;
 pub mod es;
 pub mod snapshots;
+pub mod exit;
+pub mod logging;

@@ -1,0 +1,138 @@
+//! The command line: one file per subcommand; this file holds the shared flags, the dispatch
+//! and the helpers every subcommand uses (loading settings, printing tables or JSON).
+
+mod check_config;
+mod snapshots;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kibana_rollback::config::{self, Loaded, Sources};
+use kibana_rollback::exit;
+
+#[derive(Debug, Parser)]
+#[command(name = "kibana-rollback", version, about = "Roll a self-managed Kibana fleet back after a failed upgrade migration")]
+pub struct Cli {
+    /// Main configuration file; drop-ins in /etc, /run and /usr/lib kibana-rollback/config.d/ follow it.
+    #[arg(long, global = true, value_name = "PATH", env = "KIBANA_ROLLBACK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v debug, -vv trace); KIBANA_ROLLBACK_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host daemon (kibana-rollbackd.service): register, heartbeat, perform this host's steps.
+    Agent,
+    /// Request a fleet rollback; with --wait follow it and exit 0 only if it ends done.
+    Start {
+        /// Kibana version to roll back to (default: rollback.target_version).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Snapshot to restore, or "latest" eligible (default: rollback.snapshot).
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+        /// Follow the operation to its end, printing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run every preflight check and list the steps that would run; changes nothing.
+    Plan {
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+    },
+    /// Show the fleet: hosts, units, package versions, the operation and what it waits for.
+    Status,
+    /// Abort the running operation (only before the restore point).
+    Abort,
+    /// List snapshots of the repository, newest first, marking which a rollback may restore.
+    Snapshots {
+        /// Repository (default: rollback.repository).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Judge eligibility for this target version (default: rollback.target_version).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+    },
+    /// Show the operation lock (lease); --force-release removes it.
+    Lock {
+        /// Remove the lock even though an agent may still act on it.
+        #[arg(long)]
+        force_release: bool,
+    },
+    /// List finished operations.
+    History,
+    /// Validate the configuration and print the merged settings with where each key came from.
+    CheckConfig,
+}
+
+impl Cli {
+    pub fn sources(&self) -> Sources {
+        Sources::new(self.config.as_deref())
+    }
+
+    pub fn load(&self) -> Result<Loaded> {
+        Ok(config::load(&self.sources())?)
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<u8> {
+    match &cli.command {
+        Command::CheckConfig => check_config::run(&cli),
+        Command::Snapshots { repository, to } => snapshots::run(&cli, repository.as_deref(), to.as_deref()).await,
+        other => {
+            // Validate configuration first: a command that is not built still refuses bad input.
+            cli.load()?;
+            let name = format!("{other:?}").split([' ', '{']).next().unwrap_or("").to_lowercase();
+            Err(exit::coded(exit::NOT_BUILT, format!("`{name}` is not built yet (see the README's status section)")))
+        }
+    }
+}
+
+/// Prints rows as aligned columns under a header.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON value serializes"));
+}
+
+/// A target version from a flag or the configuration, validated.
+pub fn target_version(flag: Option<&str>, loaded: &Loaded) -> Result<Option<semver::Version>> {
+    match flag {
+        Some(s) => config::parse_version(s)
+            .map(Some)
+            .map_err(|e| exit::coded(exit::USAGE, format!("--to {s:?}: {e}; write a version such as 8.14.3"))),
+        None => Ok(loaded.settings.rollback.target_version.clone()),
+    }
+}
