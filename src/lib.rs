@@ -9,3 +9,4 @@ pub mod es;
 pub mod snapshots;
 pub mod exit;
 pub mod logging;
+pub mod host;
