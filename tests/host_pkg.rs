@@ -71,12 +71,16 @@ struct Repo {
     apt_source: String,
 }
 
-/// `tests/harness/pkgrepo build`, once per test binary (it only rebuilds when inputs changed).
+/// `tests/harness/pkgrepo build --any-payload`, once per test binary (it only rebuilds when the
+/// package sources changed; these tests never run the program, so any payload will do).
 fn repo() -> &'static Repo {
     static REPO: OnceLock<Repo> = OnceLock::new();
     REPO.get_or_init(|| {
         let t = Instant::now();
-        let out = must(Command::new(manifest_dir().join("tests/harness/pkgrepo")).arg("build"));
+        let out = must(
+            Command::new(manifest_dir().join("tests/harness/pkgrepo"))
+                .args(["build", "--any-payload"]),
+        );
         let get = |k: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -172,7 +176,9 @@ impl IsolatedRoot {
 
 impl Drop for IsolatedRoot {
     fn drop(&mut self) {
-        let _ = Command::new(&self.harness).args(["down", &self.name]).output();
+        let _ = Command::new(&self.harness)
+            .args(["down", &self.name])
+            .output();
     }
 }
 
@@ -199,7 +205,10 @@ async fn apt_install_downgrade_hold_cycle() {
     let setup = t.elapsed();
 
     assert_eq!(pm.installed_version(&k).await.unwrap(), None);
-    assert_eq!(pm.available_versions(&k).await.unwrap(), vec![v("8.15.0"), v("8.14.3")]);
+    assert_eq!(
+        pm.available_versions(&k).await.unwrap(),
+        vec![v("8.15.0"), v("8.14.3")]
+    );
     assert!(pm.is_available(&k, &v("8.14.3")).await.unwrap());
     assert!(!pm.is_available(&k, &v("8.14.3-1")).await.unwrap());
 
@@ -212,7 +221,13 @@ async fn apt_install_downgrade_hold_cycle() {
     pm.verify(&k, &v815, true).await.unwrap();
 
     // the hold is real: plain apt refuses to change the package
-    let plain = root.exec(&["apt-get", "install", "-y", "--allow-downgrades", "kibana=8.14.3"]);
+    let plain = root.exec(&[
+        "apt-get",
+        "install",
+        "-y",
+        "--allow-downgrades",
+        "kibana=8.14.3",
+    ]);
     assert!(!plain.status.success());
     assert!(
         String::from_utf8_lossy(&plain.stderr).contains("Held packages were changed"),
@@ -235,10 +250,17 @@ async fn apt_install_downgrade_hold_cycle() {
         Err(PkgError::VerifyFailed { .. })
     ));
     let e = pm.verify(&k, &v814, false).await.unwrap_err();
-    assert_eq!(e.to_string(), "kibana: expected version 8.14.3, found version 8.14.3 held");
+    assert_eq!(
+        e.to_string(),
+        "kibana: expected version 8.14.3, found version 8.14.3 held"
+    );
     assert_eq!(root.sh("cat /usr/share/kibana/VERSION").trim(), "8.14.3");
-    assert!(root.sh("cat /etc/kibana/kibana.yml").contains("# operator edit"));
-    assert!(root.sh("cat /lib/systemd/system/kibana.service").contains("ExecStart=/usr/share/kibana/bin/kibana"));
+    assert!(root
+        .sh("cat /etc/kibana/kibana.yml")
+        .contains("# operator edit"));
+    assert!(root
+        .sh("cat /lib/systemd/system/kibana.service")
+        .contains("ExecStart=/usr/share/kibana/bin/kibana"));
 
     // idempotent: the same request again changes nothing and keeps the hold
     let r = pm.install_exact(&k, &v814).await.unwrap();
@@ -249,7 +271,26 @@ async fn apt_install_downgrade_hold_cycle() {
     assert!(!pm.is_held(&k).await.unwrap());
     pm.verify(&k, &v814, false).await.unwrap();
 
-    assert_eq!(machine_has_kibana(), machine_had_kibana, "the machine's dpkg database changed");
+    // hold = false: whatever the hold was before, none afterwards
+    let nohold = root
+        .package_manager(&PkgSettings {
+            hold: false,
+            ..PkgSettings::default()
+        })
+        .await;
+    pm.hold(&k).await.unwrap();
+    let r = nohold.install_exact(&k, &v814).await.unwrap(); // same version: only unholds
+    assert!(!r.held);
+    nohold.verify(&k, &v814, false).await.unwrap();
+    pm.hold(&k).await.unwrap();
+    nohold.install_exact(&k, &v815).await.unwrap();
+    nohold.verify(&k, &v815, false).await.unwrap();
+
+    assert_eq!(
+        machine_has_kibana(),
+        machine_had_kibana,
+        "the machine's dpkg database changed"
+    );
     println!(
         "TIMING apt cycle: {:?} total (root up + apt-get update {:?}; downgrade-with-hold {:?})",
         t.elapsed(),
@@ -285,7 +326,10 @@ async fn apt_missing_version_changes_nothing() {
     let e = pm.install_exact(&other, &v("8.14.3")).await.unwrap_err();
     assert!(e.to_string().ends_with("(available: none)"), "{e}");
     // a version that looks like an option never gets near apt
-    assert!(matches!(pm.resolve(&k, "--allow-unauthenticated").await, Err(PkgError::InvalidVersion { .. })));
+    assert!(matches!(
+        pm.resolve(&k, "--allow-unauthenticated").await,
+        Err(PkgError::InvalidVersion { .. })
+    ));
     pm.verify(&k, &v("8.15.0"), true).await.unwrap();
     println!("TIMING apt missing-version: {:?}", t.elapsed());
 }
@@ -303,18 +347,39 @@ async fn apt_prefetch_downloads_without_installing() {
     assert!(!root.exec(&["test", "-e", deb]).status.success());
 
     let t_pre = Instant::now();
-    assert_eq!(pm.prefetch(&k, &v("8.14.3")).await.unwrap(), Prefetched::Cached);
+    assert_eq!(
+        pm.prefetch(&k, &v("8.14.3")).await.unwrap(),
+        Prefetched::Cached
+    );
     let prefetch = t_pre.elapsed();
-    assert!(root.exec(&["test", "-s", deb]).status.success(), "{deb} not in the cache");
+    assert!(
+        root.exec(&["test", "-s", deb]).status.success(),
+        "{deb} not in the cache"
+    );
     pm.verify(&k, &v("8.15.0"), true).await.unwrap(); // nothing installed, still held
-    assert_eq!(pm.prefetch(&k, &v("8.15.0")).await.unwrap(), Prefetched::AlreadyInstalled);
+    assert_eq!(
+        pm.prefetch(&k, &v("8.15.0")).await.unwrap(),
+        Prefetched::AlreadyInstalled
+    );
 
     // the cache is enough: hide the repository inside this root, then install
-    let apt_dir = repo().apt_source.split_whitespace().nth(2).unwrap().trim_start_matches("copy:").to_string();
-    root.sh(&format!("mount -t tmpfs -o ro tmpfs {apt_dir} && ! test -e {apt_dir}/Packages"));
+    let apt_dir = repo()
+        .apt_source
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_start_matches("copy:")
+        .to_string();
+    root.sh(&format!(
+        "mount -t tmpfs -o ro tmpfs {apt_dir} && ! test -e {apt_dir}/Packages"
+    ));
     pm.install_exact(&k, &v("8.14.3")).await.unwrap();
     pm.verify(&k, &v("8.14.3"), true).await.unwrap();
-    println!("TIMING apt prefetch: {:?} total, prefetch {:?}", t.elapsed(), prefetch);
+    println!(
+        "TIMING apt prefetch: {:?} total, prefetch {:?}",
+        t.elapsed(),
+        prefetch
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,7 +395,9 @@ struct DnfRoot {
 impl DnfRoot {
     fn new(test: &str) -> Self {
         let repo = repo();
-        let dir = state_dir().join("dnf").join(format!("{test}-{}", std::process::id()));
+        let dir = state_dir()
+            .join("dnf")
+            .join(format!("{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("root/etc/dnf/plugins")).unwrap();
         std::fs::create_dir_all(dir.join("plugins")).unwrap();
@@ -344,14 +411,24 @@ impl DnfRoot {
         )
         .unwrap();
         let mut server = Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
             .arg(&repo.rpm_repo)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 (a dependency of dnf) runs the test repository's HTTP server");
         let mut first = String::new();
-        BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
         // "Serving HTTP on 127.0.0.1 port 38825 (http://127.0.0.1:38825/) ..."
         let port: u16 = first
             .split_whitespace()
@@ -375,7 +452,10 @@ impl DnfRoot {
             format!("--installroot={}", self.installroot().display()),
             "--releasever=8".into(),
             "--setopt=reposdir=".into(),
-            format!("--setopt=pluginconfpath={}", self.dir.join("plugins").display()),
+            format!(
+                "--setopt=pluginconfpath={}",
+                self.dir.join("plugins").display()
+            ),
             format!("--repofrompath=kr-test,{}", self.url),
             "--nogpgcheck".into(),
         ]
@@ -412,7 +492,8 @@ impl DnfRoot {
     }
 
     fn lock_list(&self) -> String {
-        std::fs::read_to_string(self.installroot().join("etc/dnf/plugins/versionlock.list")).unwrap()
+        std::fs::read_to_string(self.installroot().join("etc/dnf/plugins/versionlock.list"))
+            .unwrap()
     }
 }
 
@@ -427,12 +508,10 @@ fn host_lock_list() -> Option<Vec<u8>> {
     std::fs::read("/etc/dnf/plugins/versionlock.list").ok()
 }
 
-fn locked(pm: &PackageManager) -> impl std::future::Future<Output = Vec<PackageVersion>> + '_ {
-    async move {
-        match pm.backend() {
-            Backend::Dnf(d) => d.locked_versions(&kibana()).await.unwrap(),
-            Backend::Apt(_) => unreachable!(),
-        }
+async fn locked(pm: &PackageManager) -> Vec<PackageVersion> {
+    match pm.backend() {
+        Backend::Dnf(d) => d.locked_versions(&kibana()).await.unwrap(),
+        Backend::Apt(_) => unreachable!(),
     }
 }
 
@@ -450,9 +529,15 @@ async fn dnf_install_downgrade_versionlock_cycle() {
     pm.refresh().await.unwrap();
 
     assert_eq!(pm.installed_version(&k).await.unwrap(), None);
-    assert_eq!(pm.available_versions(&k).await.unwrap(), vec![v("8.14.3-1"), v("8.15.0-1")]);
+    assert_eq!(
+        pm.available_versions(&k).await.unwrap(),
+        vec![v("8.14.3-1"), v("8.15.0-1")]
+    );
     // nothing installed: no lock (versionlock would lock every available version)
-    assert!(matches!(pm.hold(&k).await, Err(PkgError::NotInstalled { .. })));
+    assert!(matches!(
+        pm.hold(&k).await,
+        Err(PkgError::NotInstalled { .. })
+    ));
 
     let v815 = pm.resolve(&k, "8.15.0").await.unwrap();
     assert_eq!(v815, "8.15.0-1");
@@ -484,12 +569,26 @@ async fn dnf_install_downgrade_versionlock_cycle() {
     assert_eq!(r.previous, Some(v815.clone()));
     pm.verify(&k, &v814, true).await.unwrap();
     assert_eq!(locked(&pm).await, vec![v814.clone()]);
-    assert!(env.lock_list().contains("kibana-0:8.14.3-1.*"), "{}", env.lock_list());
+    assert!(
+        env.lock_list().contains("kibana-0:8.14.3-1.*"),
+        "{}",
+        env.lock_list()
+    );
     assert!(!env.lock_list().contains("8.15.0"), "{}", env.lock_list());
-    assert!(matches!(pm.verify(&k, &v815, true).await, Err(PkgError::VerifyFailed { .. })));
+    assert!(matches!(
+        pm.verify(&k, &v815, true).await,
+        Err(PkgError::VerifyFailed { .. })
+    ));
     let ir = env.installroot();
-    assert_eq!(std::fs::read_to_string(ir.join("usr/share/kibana/VERSION")).unwrap().trim(), "8.14.3");
-    assert!(std::fs::read_to_string(ir.join("etc/kibana/kibana.yml")).unwrap().contains("# operator edit"));
+    assert_eq!(
+        std::fs::read_to_string(ir.join("usr/share/kibana/VERSION"))
+            .unwrap()
+            .trim(),
+        "8.14.3"
+    );
+    assert!(std::fs::read_to_string(ir.join("etc/kibana/kibana.yml"))
+        .unwrap()
+        .contains("# operator edit"));
     assert!(ir.join("usr/lib/systemd/system/kibana.service").exists());
 
     // idempotent
@@ -502,8 +601,30 @@ async fn dnf_install_downgrade_versionlock_cycle() {
     pm.verify(&k, &v814, false).await.unwrap();
     pm.unhold(&k).await.unwrap(); // unhold of an unheld package is fine
 
-    assert_eq!(host_lock_list(), host_locks, "the machine's versionlock list changed");
-    println!("TIMING dnf cycle: {:?} total (downgrade-with-versionlock {:?})", t.elapsed(), downgrade);
+    // hold = false: whatever the lock was before, none afterwards
+    let nohold = PackageManager::from_settings(&PkgSettings {
+        kind: PkgKind::Dnf,
+        hold: false,
+        extra_args: env.extra_args(),
+        ..PkgSettings::default()
+    })
+    .await
+    .unwrap();
+    pm.hold(&k).await.unwrap();
+    nohold.install_exact(&k, &v815).await.unwrap();
+    nohold.verify(&k, &v815, false).await.unwrap();
+    assert!(!env.lock_list().contains("kibana-"), "{}", env.lock_list());
+
+    assert_eq!(
+        host_lock_list(),
+        host_locks,
+        "the machine's versionlock list changed"
+    );
+    println!(
+        "TIMING dnf cycle: {:?} total (downgrade-with-versionlock {:?})",
+        t.elapsed(),
+        downgrade
+    );
 }
 
 #[tokio::test]
@@ -547,26 +668,39 @@ async fn dnf_prefetch_downloads_without_installing() {
     let pm = env.package_manager().await;
     pm.install_exact(&k, &v("8.15.0-1")).await.unwrap();
     assert!(
-        !env.cached_rpms().iter().any(|f| f.starts_with("kibana-8.14.3")),
+        !env.cached_rpms()
+            .iter()
+            .any(|f| f.starts_with("kibana-8.14.3")),
         "{:?}",
         env.cached_rpms()
     );
 
     let t_pre = Instant::now();
-    assert_eq!(pm.prefetch(&k, &v("8.14.3-1")).await.unwrap(), Prefetched::Cached);
+    assert_eq!(
+        pm.prefetch(&k, &v("8.14.3-1")).await.unwrap(),
+        Prefetched::Cached
+    );
     let prefetch = t_pre.elapsed();
     assert!(
-        env.cached_rpms().contains(&"kibana-8.14.3-1.x86_64.rpm".to_string()),
+        env.cached_rpms()
+            .contains(&"kibana-8.14.3-1.x86_64.rpm".to_string()),
         "{:?}",
         env.cached_rpms()
     );
     pm.verify(&k, &v("8.15.0-1"), true).await.unwrap(); // nothing installed, lock unchanged
     assert_eq!(locked(&pm).await, vec![v("8.15.0-1")]);
-    assert_eq!(pm.prefetch(&k, &v("8.15.0-1")).await.unwrap(), Prefetched::AlreadyInstalled);
+    assert_eq!(
+        pm.prefetch(&k, &v("8.15.0-1")).await.unwrap(),
+        Prefetched::AlreadyInstalled
+    );
 
     // the cache is enough: the repository server is gone, the install still works
     env.stop_server();
     pm.install_exact(&k, &v("8.14.3-1")).await.unwrap();
     pm.verify(&k, &v("8.14.3-1"), true).await.unwrap();
-    println!("TIMING dnf prefetch: {:?} total, prefetch {:?}", t.elapsed(), prefetch);
+    println!(
+        "TIMING dnf prefetch: {:?} total, prefetch {:?}",
+        t.elapsed(),
+        prefetch
+    );
 }

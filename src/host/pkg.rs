@@ -362,8 +362,9 @@ impl PackageManager {
     }
 
     /// Installs exactly PKG VER — downgrade allowed, a hold is no obstacle — and, when the
-    /// settings say so, holds it there. A version not in the repositories changes nothing.
-    /// Idempotent: on a host already at VER it only (re)applies the hold.
+    /// settings say `hold = true`, holds it there (with `hold = false` it is left unheld).
+    /// A version not in the repositories changes nothing. Idempotent: on a host already at VER
+    /// it only (re)applies the hold state. Ends with [`PackageManager::verify`].
     pub async fn install_exact(
         &self,
         pkg: &PackageName,
@@ -380,6 +381,8 @@ impl PackageManager {
                 // installing another version cleared the hold (if any): set it again
                 if self.hold {
                     apt.hold(pkg).await?;
+                } else if held && previous.as_ref() == Some(ver) {
+                    apt.unhold(pkg).await?;
                 }
             }
             Backend::Dnf(dnf) => {
@@ -388,9 +391,8 @@ impl PackageManager {
                 }
                 if self.hold {
                     dnf.hold(pkg).await?; // replaces a lock on the previous version
-                } else if previous.as_ref() != Some(ver) && dnf.is_held(pkg).await? {
-                    // a lock on the old version would block the next transaction
-                    dnf.unhold(pkg).await?;
+                } else {
+                    dnf.unhold(pkg).await?; // no-op without a lock
                 }
             }
         }
@@ -463,7 +465,17 @@ pub fn choose_kind(os_release: &str, has_apt: bool, has_dnf: bool) -> Option<Pkg
     }
     let is = |names: &[&str]| ids.iter().any(|i| names.contains(&i.as_str()));
     let prefer_dnf = !is(&["debian", "ubuntu"])
-        && is(&["rhel", "fedora", "centos", "rocky", "almalinux", "ol", "amzn", "suse", "opensuse"]);
+        && is(&[
+            "rhel",
+            "fedora",
+            "centos",
+            "rocky",
+            "almalinux",
+            "ol",
+            "amzn",
+            "suse",
+            "opensuse",
+        ]);
     match (prefer_dnf, has_apt, has_dnf) {
         (true, _, true) => Some(PkgKind::Dnf),
         (_, true, _) => Some(PkgKind::Apt),
@@ -496,7 +508,8 @@ mod tests {
 
     #[test]
     fn settings_from_toml() {
-        let s: PkgSettings = toml::from_str("kind = \"dnf\"\nextra_args = [\"--nogpgcheck\"]\n").unwrap();
+        let s: PkgSettings =
+            toml::from_str("kind = \"dnf\"\nextra_args = [\"--nogpgcheck\"]\n").unwrap();
         assert_eq!(s.kind, PkgKind::Dnf);
         assert!(s.hold);
         assert_eq!(s.extra_args, vec!["--nogpgcheck"]);
@@ -516,7 +529,10 @@ mod tests {
             want_held: true,
             held: false,
         };
-        assert_eq!(e.to_string(), "kibana: expected version 8.14.3 held, found version 8.15.0 not held");
+        assert_eq!(
+            e.to_string(),
+            "kibana: expected version 8.14.3 held, found version 8.15.0 not held"
+        );
         let e = PkgError::VerifyFailed {
             package: k.clone(),
             expected: v("8.14.3"),
@@ -524,8 +540,15 @@ mod tests {
             want_held: false,
             held: false,
         };
-        assert_eq!(e.to_string(), "kibana: expected version 8.14.3, found not installed");
-        let e = PkgError::Command { cmdline: "apt-get install".into(), code: None, stderr_tail: "x".into() };
+        assert_eq!(
+            e.to_string(),
+            "kibana: expected version 8.14.3, found not installed"
+        );
+        let e = PkgError::Command {
+            cmdline: "apt-get install".into(),
+            code: None,
+            stderr_tail: "x".into(),
+        };
         assert_eq!(e.to_string(), "`apt-get install` exited with a signal: x");
     }
 }

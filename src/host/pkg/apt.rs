@@ -51,7 +51,12 @@ impl Apt {
             .run
             .run(
                 "dpkg-query",
-                &[s("-W"), s("-f"), s("${Status}\t${Version}\n"), pkg.to_string()],
+                &[
+                    s("-W"),
+                    s("-f"),
+                    s("${Status}\t${Version}\n"),
+                    pkg.to_string(),
+                ],
             )
             .await?;
         if !out.success() {
@@ -154,7 +159,9 @@ impl Apt {
         ver: &PackageVersion,
         held: bool,
     ) -> Result<(), PkgError> {
-        self.apt_get(&Self::install_args(pkg, ver, held)).await.map(|_| ())
+        self.apt_get(&Self::install_args(pkg, ver, held))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -171,13 +178,17 @@ pub(crate) fn parse_dpkg_status(
             .split_once('\t')
             .ok_or_else(|| format!("no tab in status line {line:?}"))?;
         let words: Vec<&str> = status.split_whitespace().collect();
-        let state = *words.get(2).ok_or_else(|| format!("bad status {status:?}"))?;
+        let state = *words
+            .get(2)
+            .ok_or_else(|| format!("bad status {status:?}"))?;
         match state {
             "installed" => {
                 let v = PackageVersion::new(version.trim())
                     .map_err(|e| format!("installed version: {e}"))?;
                 if found.replace(v).is_some() {
-                    return Err(format!("{pkg} is listed installed more than once (multi-arch?)"));
+                    return Err(format!(
+                        "{pkg} is listed installed more than once (multi-arch?)"
+                    ));
                 }
             }
             "not-installed" | "config-files" => {}
@@ -224,15 +235,25 @@ mod tests {
     fn dpkg_status() {
         let k = kibana();
         assert_eq!(
-            parse_dpkg_status(&k, "install ok installed\t8.15.0\n").unwrap().unwrap(),
+            parse_dpkg_status(&k, "install ok installed\t8.15.0\n")
+                .unwrap()
+                .unwrap(),
             "8.15.0"
         );
         assert_eq!(
-            parse_dpkg_status(&k, "hold ok installed\t1:8.14.3-1\n").unwrap().unwrap(),
+            parse_dpkg_status(&k, "hold ok installed\t1:8.14.3-1\n")
+                .unwrap()
+                .unwrap(),
             "1:8.14.3-1"
         );
-        assert_eq!(parse_dpkg_status(&k, "deinstall ok config-files\t8.15.0\n").unwrap(), None);
-        assert_eq!(parse_dpkg_status(&k, "unknown ok not-installed\t\n").unwrap(), None);
+        assert_eq!(
+            parse_dpkg_status(&k, "deinstall ok config-files\t8.15.0\n").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_dpkg_status(&k, "unknown ok not-installed\t\n").unwrap(),
+            None
+        );
         assert_eq!(parse_dpkg_status(&k, "").unwrap(), None);
         let e = parse_dpkg_status(&k, "install ok half-configured\t8.15.0\n").unwrap_err();
         assert!(e.contains("dpkg --configure -a"), "{e}");
@@ -247,7 +268,13 @@ mod tests {
     kibana |     8.14.3 | https://artifacts.example/packages/8.x/apt stable/main Sources
 ";
         let v = parse_madison(&kibana(), out).unwrap();
-        assert_eq!(v, vec![PackageVersion::new("8.15.0").unwrap(), PackageVersion::new("8.14.3").unwrap()]);
+        assert_eq!(
+            v,
+            vec![
+                PackageVersion::new("8.15.0").unwrap(),
+                PackageVersion::new("8.14.3").unwrap()
+            ]
+        );
         assert!(parse_madison(&kibana(), "").unwrap().is_empty());
         assert!(parse_madison(&kibana(), "garbage\n").is_err());
         assert!(parse_madison(&kibana(), " kibana | -x | r Packages\n").is_err());

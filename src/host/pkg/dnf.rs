@@ -66,7 +66,9 @@ impl Dnf {
 
     /// `dnf makecache` (refresh repository metadata).
     pub async fn refresh(&self) -> Result<(), PkgError> {
-        self.dnf(&[s("-q"), s(NO_LOCK), s("makecache")]).await.map(|_| ())
+        self.dnf(&[s("-q"), s(NO_LOCK), s("makecache")])
+            .await
+            .map(|_| ())
     }
 
     pub async fn installed_version(
@@ -155,7 +157,8 @@ impl Dnf {
             return Ok(());
         }
         if !locked.is_empty() {
-            self.unhold(pkg).await?;
+            self.dnf(&[s("-q"), s("versionlock"), s("delete"), pkg.to_string()])
+                .await?;
         }
         self.dnf(&[s("-q"), s("versionlock"), s("add"), pkg.to_string()])
             .await
@@ -205,9 +208,15 @@ impl Dnf {
     /// Installs exactly PKG-VER (dnf 4's `install` downgrades when an older version is asked
     /// for). Runs without the versionlock plugin; the caller re-locks.
     pub async fn install(&self, pkg: &PackageName, ver: &PackageVersion) -> Result<(), PkgError> {
-        self.dnf(&[s("-y"), s("-q"), s(NO_LOCK), s("install"), Self::spec(pkg, ver)])
-            .await
-            .map(|_| ())
+        self.dnf(&[
+            s("-y"),
+            s("-q"),
+            s(NO_LOCK),
+            s("install"),
+            Self::spec(pkg, ver),
+        ])
+        .await
+        .map(|_| ())
     }
 }
 
@@ -272,7 +281,10 @@ mod tests {
     fn versionlock_list() {
         let out = "# Added lock on Wed Nov 25 22:39:35 2026\nkibana-0:8.14.3-1.*\n\
                    kibana-oss-0:7.10.2-1.*\n!kibana-0:8.15.0-1.*\nkibana-1:8.14.3-1.el9.x86_64\n";
-        assert_eq!(parse_versionlock_list(&kibana(), out), vec![v("8.14.3-1"), v("1:8.14.3-1.el9")]);
+        assert_eq!(
+            parse_versionlock_list(&kibana(), out),
+            vec![v("8.14.3-1"), v("1:8.14.3-1.el9")]
+        );
         assert_eq!(
             parse_versionlock_list(&PackageName::new("kibana-oss").unwrap(), out),
             vec![v("7.10.2-1")]
@@ -293,11 +305,17 @@ mod tests {
     #[test]
     fn installroot_from_extra_args() {
         let d = |a: &[&str]| Dnf {
-            run: Runner { prefix: vec![], timeout: std::time::Duration::from_secs(1) },
+            run: Runner {
+                prefix: vec![],
+                timeout: std::time::Duration::from_secs(1),
+            },
             extra_args: a.iter().map(|s| s.to_string()).collect(),
         };
         assert_eq!(d(&["--installroot=/r", "-q"]).installroot(), Some("/r"));
-        assert_eq!(d(&["--nogpgcheck", "--installroot", "/x"]).installroot(), Some("/x"));
+        assert_eq!(
+            d(&["--nogpgcheck", "--installroot", "/x"]).installroot(),
+            Some("/x")
+        );
         assert_eq!(d(&["--nogpgcheck"]).installroot(), None);
     }
 

@@ -135,7 +135,11 @@ pub(crate) fn render_cmdline(program: &str, args: &[String]) -> String {
 fn quote(a: &str) -> String {
     let plain = !a.is_empty()
         && a.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+' | '@' | '%' | '~' | '^')
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+' | '@' | '%' | '~' | '^'
+                )
         });
     if plain {
         a.to_string()
@@ -169,10 +173,19 @@ mod tests {
 
     #[test]
     fn cmdline_quotes_only_when_needed() {
-        let args: Vec<String> = ["-y", "install", "kibana=8.14.3", "-o", "Dpkg::Options::=--force-confold", "a b", "it's", "${Status}"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let args: Vec<String> = [
+            "-y",
+            "install",
+            "kibana=8.14.3",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "a b",
+            "it's",
+            "${Status}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(
             render_cmdline("apt-get", &args),
             r#"apt-get -y install kibana=8.14.3 -o Dpkg::Options::=--force-confold 'a b' 'it'\''s' '${Status}'"#
@@ -182,7 +195,10 @@ mod tests {
     #[test]
     fn tail_keeps_the_end() {
         assert_eq!(tail_of("  short\n", 100), "short");
-        let long = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+        let long = (0..100)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let t = tail_of(&long, 30);
         assert!(t.starts_with("...\n"), "{t}");
         assert!(t.ends_with("line 99"), "{t}");
@@ -205,7 +221,11 @@ mod tests {
             .await
             .unwrap_err();
         match &e {
-            PkgError::Command { cmdline, code, stderr_tail } => {
+            PkgError::Command {
+                cmdline,
+                code,
+                stderr_tail,
+            } => {
                 assert_eq!(cmdline, "ls /nonexistent-kr-test");
                 assert_eq!(*code, Some(2));
                 assert!(stderr_tail.contains("No such file"), "{stderr_tail}");
@@ -213,7 +233,10 @@ mod tests {
             other => panic!("{other}"),
         }
         let msg = e.to_string();
-        assert!(msg.contains("`ls /nonexistent-kr-test` exited with code 2"), "{msg}");
+        assert!(
+            msg.contains("`ls /nonexistent-kr-test` exited with code 2"),
+            "{msg}"
+        );
         assert!(matches!(
             r.run("/nonexistent-kr-test", &[]).await,
             Err(PkgError::Spawn { .. })
@@ -228,7 +251,10 @@ mod tests {
             prefix: vec!["env".into()],
             timeout: Duration::from_secs(10),
         };
-        let o = r.run_ok("sh", &["-c".into(), "echo $LC_ALL $DEBIAN_FRONTEND".into()]).await.unwrap();
+        let o = r
+            .run_ok("sh", &["-c".into(), "echo $LC_ALL $DEBIAN_FRONTEND".into()])
+            .await
+            .unwrap();
         assert_eq!(o.stdout, "C noninteractive\n");
     }
 

@@ -114,10 +114,9 @@ fn validate_version(v: &str) -> Result<(), PkgError> {
     if !v.as_bytes()[0].is_ascii_digit() {
         return Err(bad("it must start with a digit"));
     }
-    if let Some(c) = v
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~' | '^' | '_' | ':' | '-')))
-    {
+    if let Some(c) = v.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~' | '^' | '_' | ':' | '-'))
+    }) {
         return Err(bad(&format!(
             "character {c:?} is not allowed in a Debian or RPM version"
         )));
@@ -242,7 +241,15 @@ mod tests {
 
     #[test]
     fn names_accepted() {
-        for ok in ["kibana", "kibana-oss", "libc6", "g++", "python3.11", "Foo_Bar", "0ad"] {
+        for ok in [
+            "kibana",
+            "kibana-oss",
+            "libc6",
+            "g++",
+            "python3.11",
+            "Foo_Bar",
+            "0ad",
+        ] {
             assert!(PackageName::new(ok).is_ok(), "{ok}");
         }
     }
@@ -250,8 +257,18 @@ mod tests {
     #[test]
     fn names_rejected() {
         for bad in [
-            "", "-y", "--allow-downgrades", "kib ana", "kibana=8.14.3", "kib*", "a/b", "kibana\n",
-            ".hidden", "kibana;rm", "kíbana", "$(x)",
+            "",
+            "-y",
+            "--allow-downgrades",
+            "kib ana",
+            "kibana=8.14.3",
+            "kib*",
+            "a/b",
+            "kibana\n",
+            ".hidden",
+            "kibana;rm",
+            "kíbana",
+            "$(x)",
         ] {
             let e = PackageName::new(bad).unwrap_err();
             assert!(matches!(e, PkgError::InvalidName { .. }), "{bad:?}: {e}");
@@ -262,8 +279,15 @@ mod tests {
     #[test]
     fn versions_accepted() {
         for ok in [
-            "8.14.3", "8.14.3-1", "1:8.14.3-1", "8.15.0~rc1", "8.14.3-1.el9", "2.0+dfsg-1", "1.2^git1",
-            "8.14.3-1ubuntu0.1", "1.0_beta",
+            "8.14.3",
+            "8.14.3-1",
+            "1:8.14.3-1",
+            "8.15.0~rc1",
+            "8.14.3-1.el9",
+            "2.0+dfsg-1",
+            "1.2^git1",
+            "8.14.3-1ubuntu0.1",
+            "1.0_beta",
         ] {
             assert_eq!(v(ok).as_str(), ok);
         }
@@ -279,9 +303,25 @@ mod tests {
     #[test]
     fn versions_rejected() {
         for bad in [
-            "", "-1", "--allow-unauthenticated", "v8.14.3", "8.14.3 ", " 8.14.3", "8.14 .3",
-            "8.14.3;reboot", "8.14.*", "8.14.3/..", "a:8.14.3", "1:2:3", "1:x", "8.14.3-",
-            "8.14.3--1", "8.14.3\t", "8.14.3=1", "$(id)", "8.14.3\n",
+            "",
+            "-1",
+            "--allow-unauthenticated",
+            "v8.14.3",
+            "8.14.3 ",
+            " 8.14.3",
+            "8.14 .3",
+            "8.14.3;reboot",
+            "8.14.*",
+            "8.14.3/..",
+            "a:8.14.3",
+            "1:2:3",
+            "1:x",
+            "8.14.3-",
+            "8.14.3--1",
+            "8.14.3\t",
+            "8.14.3=1",
+            "$(id)",
+            "8.14.3\n",
         ] {
             let e = PackageVersion::new(bad).unwrap_err();
             assert!(matches!(e, PkgError::InvalidVersion { .. }), "{bad:?}: {e}");
@@ -309,8 +349,8 @@ mod tests {
         let got =
             match_upstream_version(&kibana(), "8.14.3", &vs(&["8.14.3-1", "8.15.0-1"])).unwrap();
         assert_eq!(got, "8.14.3-1");
-        let got =
-            match_upstream_version(&kibana(), "8.14.3", &vs(&["1:8.14.3-1.el9", "8.15.0-1"])).unwrap();
+        let got = match_upstream_version(&kibana(), "8.14.3", &vs(&["1:8.14.3-1.el9", "8.15.0-1"]))
+            .unwrap();
         assert_eq!(got, "1:8.14.3-1.el9");
     }
 
@@ -331,15 +371,18 @@ mod tests {
 
     #[test]
     fn match_no_prefix_confusion() {
-        let e = match_upstream_version(&kibana(), "8.14.3", &vs(&["8.14.30-1", "8.14.3.1", "18.14.3"]))
-            .unwrap_err();
+        let e = match_upstream_version(
+            &kibana(),
+            "8.14.3",
+            &vs(&["8.14.30-1", "8.14.3.1", "18.14.3"]),
+        )
+        .unwrap_err();
         assert!(matches!(e, PkgError::NotAvailable { .. }), "{e}");
     }
 
     #[test]
     fn match_missing_lists_available() {
-        let e =
-            match_upstream_version(&kibana(), "9.9.9", &vs(&["8.15.0", "8.14.3"])).unwrap_err();
+        let e = match_upstream_version(&kibana(), "9.9.9", &vs(&["8.15.0", "8.14.3"])).unwrap_err();
         assert_eq!(
             e.to_string(),
             "version 9.9.9 of kibana is not available in the configured repositories \
@@ -351,8 +394,12 @@ mod tests {
 
     #[test]
     fn match_ambiguous() {
-        let e = match_upstream_version(&kibana(), "8.14.3", &vs(&["8.14.3-1", "8.14.3-2", "8.15.0-1"]))
-            .unwrap_err();
+        let e = match_upstream_version(
+            &kibana(),
+            "8.14.3",
+            &vs(&["8.14.3-1", "8.14.3-2", "8.15.0-1"]),
+        )
+        .unwrap_err();
         match &e {
             PkgError::AmbiguousVersion { candidates, .. } => {
                 assert_eq!(candidates, &vs(&["8.14.3-1", "8.14.3-2"]))
