@@ -23,6 +23,9 @@ pub struct Apt {
     pub(crate) extra_args: Vec<String>,
 }
 
+/// Wait for a concurrent apt/dpkg run (unattended-upgrades) instead of failing at once.
+const LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
 fn s(a: &str) -> String {
     a.to_string()
 }
@@ -40,7 +43,9 @@ impl Apt {
 
     /// `apt-get update`.
     pub async fn refresh(&self) -> Result<(), PkgError> {
-        self.apt_get(&[s("-q"), s("update")]).await.map(|_| ())
+        self.apt_get(&[s("-q"), s("-o"), s(LOCK_WAIT), s("update")])
+            .await
+            .map(|_| ())
     }
 
     pub async fn installed_version(
@@ -114,6 +119,8 @@ impl Apt {
         let mut a = vec![
             s("-y"),
             s("-q"),
+            s("-o"),
+            s(LOCK_WAIT),
             s("-o"),
             s("Dpkg::Options::=--force-confold"),
             s("-o"),
@@ -285,7 +292,7 @@ mod tests {
         let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), true);
         assert_eq!(
             a.join(" "),
-            "-y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
+            "-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
              --allow-downgrades --allow-change-held-packages install kibana=8.14.3"
         );
         let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), false);
