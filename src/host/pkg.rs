@@ -31,7 +31,7 @@
 //!   `--download-only`), and installing another version **clears the hold**: hold again after.
 //! * dnf: the versionlock plugin hides every non-locked version ("Unable to find a match"), so
 //!   the install runs with the plugin disabled and the lock is replaced afterwards (see
-//!   [`dnf`](self::dnf) for why this order rather than delete → install → add).
+//!   [`dnf`] for why this order rather than delete → install → add).
 //!
 //! # Tests
 //! `extra_args` (config) are passed to every apt-get/apt-cache/apt-mark resp. dnf command; the
@@ -39,8 +39,8 @@
 //! runs the same argv through a prefix, which is how the integration tests run apt inside an
 //! isolated root or a test host (`tests/host_pkg.rs`).
 
-mod apt;
-mod dnf;
+pub mod apt;
+pub mod dnf;
 mod run;
 mod version;
 
