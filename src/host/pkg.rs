@@ -1,0 +1,554 @@
+//! Package-manager adapter: installs the pinned older `kibana` package on this host (apt or dnf),
+//! downgrade allowed, holds it there, and proves it.
+//!
+//! What the agent uses, per phase of the rollback:
+//!
+//! | phase        | call                                                                 |
+//! |--------------|----------------------------------------------------------------------|
+//! | preflight    | [`PackageManager::refresh`], [`PackageManager::resolve`] (upstream `8.14.3` → package version `8.14.3` / `8.14.3-1`) |
+//! | prefetching  | [`PackageManager::prefetch`] — download only, then proved to be in the cache |
+//! | reinstalling | [`PackageManager::install_exact`] (downgrade, hold again) + [`PackageManager::verify`] |
+//!
+//! # Choosing the backend
+//! [`PkgKind`] from config: `apt`, `dnf` or `auto`. `auto` reads `/etc/os-release`: a Debian-like
+//! (`ID`/`ID_LIKE` containing debian or ubuntu) prefers apt, a Red Hat/SUSE-like prefers dnf,
+//! anything else tries apt first; the preferred tool must exist (`apt-get`/`dnf --version` exits 0),
+//! else the other one is taken. See [`choose_kind`].
+//!
+//! # Safety rules (all enforced here, not by the callers)
+//! * Every command is an argv run with `tokio::process` — never through a shell — with
+//!   `LC_ALL=C` (parsable output), `DEBIAN_FRONTEND=noninteractive` and a time limit.
+//! * Package names and versions are the validated newtypes [`PackageName`] and
+//!   [`PackageVersion`]: nothing that looks like an option, a glob or contains whitespace
+//!   reaches an argv.
+//! * [`PackageManager::install_exact`] checks first that the version is in the configured
+//!   repositories; if not it fails with "version X of kibana is not available in the configured
+//!   repositories (available: ...)" and has changed nothing (hold state included).
+//! * Errors name the command line, the exit code and the tail of stderr ([`PkgError::Command`]).
+//!
+//! # Holds, measured on Debian 12 (apt 2.6) and dnf 4.14 + dnf-plugins-core 4.3
+//! * apt: a held package can be changed only with `--allow-change-held-packages` (also for
+//!   `--download-only`), and installing another version **clears the hold**: hold again after.
+//! * dnf: the versionlock plugin hides every non-locked version ("Unable to find a match"), so
+//!   the install runs with the plugin disabled and the lock is replaced afterwards (see
+//!   [`dnf`] for why this order rather than delete → install → add).
+//!
+//! # Tests
+//! `extra_args` (config) are passed to every apt-get/apt-cache/apt-mark resp. dnf command; the
+//! dnf integration tests use them for `--installroot`. [`PackageManager::with_command_prefix`]
+//! runs the same argv through a prefix, which is how the integration tests run apt inside an
+//! isolated root or a test host (`tests/host_pkg.rs`).
+
+pub mod apt;
+pub mod dnf;
+mod run;
+mod version;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use apt::Apt;
+pub use dnf::Dnf;
+pub use version::{match_upstream_version, PackageName, PackageVersion};
+
+use run::Runner;
+
+/// Which package manager to use (config key `package.manager` or similar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PkgKind {
+    #[default]
+    Auto,
+    Apt,
+    Dnf,
+}
+
+impl std::fmt::Display for PkgKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PkgKind::Auto => "auto",
+            PkgKind::Apt => "apt",
+            PkgKind::Dnf => "dnf",
+        })
+    }
+}
+
+/// The adapter's settings (embedded in the agent's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PkgSettings {
+    /// `auto`, `apt` or `dnf`.
+    pub kind: PkgKind,
+    /// Hold (apt-mark hold / dnf versionlock) the package after installing it.
+    pub hold: bool,
+    /// Passed to every apt-get/apt-cache/apt-mark/apt-config, resp. dnf, command
+    /// (e.g. `["-o", "Acquire::http::Proxy=http://proxy:3128"]`).
+    pub extra_args: Vec<String>,
+    /// Time limit of one package-manager command, in seconds.
+    pub command_timeout_secs: u64,
+}
+
+impl Default for PkgSettings {
+    fn default() -> Self {
+        PkgSettings {
+            kind: PkgKind::Auto,
+            hold: true,
+            extra_args: Vec::new(),
+            command_timeout_secs: 900,
+        }
+    }
+}
+
+/// Errors of the adapter. Messages are meant for the operator: they say what failed and how.
+#[derive(Debug, thiserror::Error)]
+pub enum PkgError {
+    #[error("invalid package name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid package version {version:?}: {reason}")]
+    InvalidVersion { version: String, reason: String },
+    #[error("version {version} of {package} is not available in the configured repositories (available: {})", list_or_none(available))]
+    NotAvailable {
+        package: PackageName,
+        version: String,
+        available: Vec<PackageVersion>,
+    },
+    #[error("version {requested} of {package} matches several package versions ({}); configure the exact one", list_or_none(candidates))]
+    AmbiguousVersion {
+        package: PackageName,
+        requested: String,
+        candidates: Vec<PackageVersion>,
+    },
+    #[error("no usable package manager: {0}")]
+    NoPackageManager(String),
+    #[error("`{cmdline}` exited with {}: {stderr_tail}", code.map_or_else(|| "a signal".to_string(), |c| format!("code {c}")))]
+    Command {
+        cmdline: String,
+        code: Option<i32>,
+        stderr_tail: String,
+    },
+    #[error("could not run `{cmdline}`: {source}")]
+    Spawn {
+        cmdline: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmdline}` did not finish within {after:?} and was killed")]
+    Timeout { cmdline: String, after: Duration },
+    #[error("unexpected output of `{cmdline}`: {what}; output: {output:?}")]
+    Parse {
+        cmdline: String,
+        what: String,
+        output: String,
+    },
+    #[error("{package} is not installed, cannot {action}")]
+    NotInstalled {
+        package: PackageName,
+        action: &'static str,
+    },
+    #[error("{package} {version} was downloaded but is not in the package cache: {detail}")]
+    NotCached {
+        package: PackageName,
+        version: PackageVersion,
+        detail: String,
+    },
+    #[error("{package}: expected version {expected}{}, found {}{}",
+        if *want_held { " held" } else { "" },
+        installed.as_ref().map_or("not installed".to_string(), |v| format!("version {v}")),
+        match (want_held, held) { (true, false) => " not held", (false, true) => " held", _ => "" })]
+    VerifyFailed {
+        package: PackageName,
+        expected: PackageVersion,
+        installed: Option<PackageVersion>,
+        want_held: bool,
+        held: bool,
+    },
+}
+
+fn list_or_none(v: &[PackageVersion]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What [`PackageManager::prefetch`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetched {
+    /// Downloaded (or already there) and proven to be in the package cache.
+    Cached,
+    /// The requested version is the installed one: nothing to download.
+    AlreadyInstalled,
+}
+
+/// What [`PackageManager::install_exact`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub previous: Option<PackageVersion>,
+    pub version: PackageVersion,
+    pub held: bool,
+}
+
+/// The package manager of this host: apt or dnf.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Apt(Apt),
+    Dnf(Dnf),
+}
+
+/// The adapter: a backend plus the hold policy.
+#[derive(Debug, Clone)]
+pub struct PackageManager {
+    backend: Backend,
+    hold: bool,
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match &$self.backend {
+            Backend::Apt($b) => $e,
+            Backend::Dnf($b) => $e,
+        }
+    };
+}
+
+impl PackageManager {
+    /// The adapter for `settings`; with `kind = auto` the host is probed (see [`choose_kind`]).
+    pub async fn from_settings(settings: &PkgSettings) -> Result<Self, PkgError> {
+        Self::with_prefix(settings, Vec::new()).await
+    }
+
+    /// Like [`PackageManager::from_settings`], every command (the probe included) run as
+    /// `PREFIX... program args...` — for tests: `["tests/harness/host", "exec", "h1", "--"]`.
+    pub async fn with_command_prefix(
+        settings: &PkgSettings,
+        prefix: Vec<OsString>,
+    ) -> Result<Self, PkgError> {
+        Self::with_prefix(settings, prefix).await
+    }
+
+    async fn with_prefix(settings: &PkgSettings, prefix: Vec<OsString>) -> Result<Self, PkgError> {
+        let run = Runner {
+            prefix,
+            timeout: Duration::from_secs(settings.command_timeout_secs.max(1)),
+        };
+        let kind = match settings.kind {
+            PkgKind::Auto => {
+                let os_release = run
+                    .run("cat", &["/etc/os-release".to_string()])
+                    .await
+                    .ok()
+                    .filter(|o| o.success())
+                    .map(|o| o.stdout)
+                    .unwrap_or_default();
+                let has_apt = run.has("apt-get").await;
+                let has_dnf = run.has("dnf").await;
+                choose_kind(&os_release, has_apt, has_dnf).ok_or_else(|| {
+                    PkgError::NoPackageManager(
+                        "neither apt-get nor dnf can be run (set the package manager kind \
+                         explicitly to see the error)"
+                            .to_string(),
+                    )
+                })?
+            }
+            k => k,
+        };
+        let extra_args = settings.extra_args.clone();
+        let backend = match kind {
+            PkgKind::Apt => Backend::Apt(Apt { run, extra_args }),
+            PkgKind::Dnf => Backend::Dnf(Dnf { run, extra_args }),
+            PkgKind::Auto => unreachable!("resolved above"),
+        };
+        tracing::debug!(%kind, "package manager chosen");
+        Ok(PackageManager {
+            backend,
+            hold: settings.hold,
+        })
+    }
+
+    pub fn kind(&self) -> PkgKind {
+        match self.backend {
+            Backend::Apt(_) => PkgKind::Apt,
+            Backend::Dnf(_) => PkgKind::Dnf,
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Whether [`PackageManager::install_exact`] holds the package afterwards.
+    pub fn holds(&self) -> bool {
+        self.hold
+    }
+
+    /// Refreshes repository metadata (`apt-get update`, `dnf makecache`).
+    pub async fn refresh(&self) -> Result<(), PkgError> {
+        dispatch!(self, b => b.refresh().await)
+    }
+
+    /// The installed version, `None` when not installed.
+    pub async fn installed_version(
+        &self,
+        pkg: &PackageName,
+    ) -> Result<Option<PackageVersion>, PkgError> {
+        dispatch!(self, b => b.installed_version(pkg).await)
+    }
+
+    /// The versions the configured repositories offer (from the metadata as last refreshed),
+    /// without duplicates.
+    pub async fn available_versions(
+        &self,
+        pkg: &PackageName,
+    ) -> Result<Vec<PackageVersion>, PkgError> {
+        dispatch!(self, b => b.available_versions(pkg).await)
+    }
+
+    /// Whether exactly this package version is available.
+    pub async fn is_available(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+    ) -> Result<bool, PkgError> {
+        Ok(self.available_versions(pkg).await?.contains(ver))
+    }
+
+    /// Maps a requested (upstream) version to the one available package version it means
+    /// (see [`match_upstream_version`]).
+    pub async fn resolve(
+        &self,
+        pkg: &PackageName,
+        requested: &str,
+    ) -> Result<PackageVersion, PkgError> {
+        PackageVersion::new(requested)?;
+        let available = self.available_versions(pkg).await?;
+        match_upstream_version(pkg, requested, &available)
+    }
+
+    async fn require_available(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+    ) -> Result<(), PkgError> {
+        let available = self.available_versions(pkg).await?;
+        if available.contains(ver) {
+            Ok(())
+        } else {
+            Err(PkgError::NotAvailable {
+                package: pkg.clone(),
+                version: ver.to_string(),
+                available,
+            })
+        }
+    }
+
+    /// Downloads PKG VER into the package cache without installing anything, then proves it is
+    /// there (the package manager is asked to resolve the same install from its cache alone).
+    /// The installed package and the hold are left as they are.
+    pub async fn prefetch(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+    ) -> Result<Prefetched, PkgError> {
+        self.require_available(pkg, ver).await?;
+        if self.installed_version(pkg).await?.as_ref() == Some(ver) {
+            return Ok(Prefetched::AlreadyInstalled);
+        }
+        let r = dispatch!(self, b => b.prefetch(pkg, ver).await)?;
+        tracing::info!(package = %pkg, version = %ver, "prefetched into the package cache");
+        Ok(r)
+    }
+
+    /// Installs exactly PKG VER — downgrade allowed, a hold is no obstacle — and, when the
+    /// settings say `hold = true`, holds it there (with `hold = false` it is left unheld).
+    /// A version not in the repositories changes nothing. Idempotent: on a host already at VER
+    /// it only (re)applies the hold state. Ends with [`PackageManager::verify`].
+    pub async fn install_exact(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+    ) -> Result<Installed, PkgError> {
+        self.require_available(pkg, ver).await?;
+        let previous = self.installed_version(pkg).await?;
+        match &self.backend {
+            Backend::Apt(apt) => {
+                let held = apt.is_held(pkg).await?;
+                if previous.as_ref() != Some(ver) {
+                    apt.install(pkg, ver, held).await?;
+                }
+                // installing another version cleared the hold (if any): set it again
+                if self.hold {
+                    apt.hold(pkg).await?;
+                } else if held && previous.as_ref() == Some(ver) {
+                    apt.unhold(pkg).await?;
+                }
+            }
+            Backend::Dnf(dnf) => {
+                if previous.as_ref() != Some(ver) {
+                    dnf.install(pkg, ver).await?;
+                }
+                if self.hold {
+                    dnf.hold(pkg).await?; // replaces a lock on the previous version
+                } else {
+                    dnf.unhold(pkg).await?; // no-op without a lock
+                }
+            }
+        }
+        self.verify(pkg, ver, self.hold).await?;
+        tracing::info!(package = %pkg, version = %ver, previous = ?previous.as_ref().map(|v| v.as_str()), held = self.hold, "installed");
+        Ok(Installed {
+            previous,
+            version: ver.clone(),
+            held: self.hold,
+        })
+    }
+
+    pub async fn hold(&self, pkg: &PackageName) -> Result<(), PkgError> {
+        dispatch!(self, b => b.hold(pkg).await)
+    }
+
+    pub async fn unhold(&self, pkg: &PackageName) -> Result<(), PkgError> {
+        dispatch!(self, b => b.unhold(pkg).await)
+    }
+
+    /// apt: `apt-mark showhold`; dnf: a versionlock entry exists for the package.
+    pub async fn is_held(&self, pkg: &PackageName) -> Result<bool, PkgError> {
+        dispatch!(self, b => b.is_held(pkg).await)
+    }
+
+    /// Installed version is `ver`, and held iff `hold` (with dnf: the lock pins `ver` itself).
+    pub async fn verify(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+        hold: bool,
+    ) -> Result<(), PkgError> {
+        let installed = self.installed_version(pkg).await?;
+        let held = match &self.backend {
+            Backend::Apt(apt) => apt.is_held(pkg).await?,
+            Backend::Dnf(dnf) => {
+                let locked = dnf.locked_versions(pkg).await?;
+                if hold {
+                    locked.len() == 1 && locked[0] == *ver
+                } else {
+                    !locked.is_empty()
+                }
+            }
+        };
+        if installed.as_ref() == Some(ver) && held == hold {
+            Ok(())
+        } else {
+            Err(PkgError::VerifyFailed {
+                package: pkg.clone(),
+                expected: ver.clone(),
+                installed,
+                want_held: hold,
+                held,
+            })
+        }
+    }
+}
+
+/// `auto` detection from `/etc/os-release` and the tools present. `None`: neither tool.
+pub fn choose_kind(os_release: &str, has_apt: bool, has_dnf: bool) -> Option<PkgKind> {
+    let mut ids: Vec<String> = Vec::new();
+    for line in os_release.lines() {
+        let Some((key, value)) = line.trim().split_once('=') else {
+            continue;
+        };
+        if key == "ID" || key == "ID_LIKE" {
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            ids.extend(value.split_whitespace().map(|s| s.to_ascii_lowercase()));
+        }
+    }
+    let is = |names: &[&str]| ids.iter().any(|i| names.contains(&i.as_str()));
+    let prefer_dnf = !is(&["debian", "ubuntu"])
+        && is(&[
+            "rhel",
+            "fedora",
+            "centos",
+            "rocky",
+            "almalinux",
+            "ol",
+            "amzn",
+            "suse",
+            "opensuse",
+        ]);
+    match (prefer_dnf, has_apt, has_dnf) {
+        (true, _, true) => Some(PkgKind::Dnf),
+        (_, true, _) => Some(PkgKind::Apt),
+        (_, false, true) => Some(PkgKind::Dnf),
+        (_, false, false) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN: &str = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n";
+    const UBUNTU: &str = "NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n";
+    const RHEL: &str = "NAME=\"Rocky Linux\"\nID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n";
+    const FEDORA: &str = "NAME=\"Fedora Linux\"\nID=fedora\n";
+
+    #[test]
+    fn auto_detection() {
+        assert_eq!(choose_kind(DEBIAN, true, true), Some(PkgKind::Apt));
+        assert_eq!(choose_kind(UBUNTU, true, false), Some(PkgKind::Apt));
+        assert_eq!(choose_kind(DEBIAN, false, true), Some(PkgKind::Dnf));
+        assert_eq!(choose_kind(RHEL, true, true), Some(PkgKind::Dnf));
+        assert_eq!(choose_kind(RHEL, false, true), Some(PkgKind::Dnf));
+        assert_eq!(choose_kind(FEDORA, true, false), Some(PkgKind::Apt));
+        assert_eq!(choose_kind("", true, true), Some(PkgKind::Apt));
+        assert_eq!(choose_kind("ID=arch\n", false, true), Some(PkgKind::Dnf));
+        assert_eq!(choose_kind(DEBIAN, false, false), None);
+    }
+
+    #[test]
+    fn settings_from_toml() {
+        let s: PkgSettings =
+            toml::from_str("kind = \"dnf\"\nextra_args = [\"--nogpgcheck\"]\n").unwrap();
+        assert_eq!(s.kind, PkgKind::Dnf);
+        assert!(s.hold);
+        assert_eq!(s.extra_args, vec!["--nogpgcheck"]);
+        assert_eq!(PkgSettings::default().kind, PkgKind::Auto);
+        assert!(toml::from_str::<PkgSettings>("kind = \"yum\"\n").is_err());
+        assert!(toml::from_str::<PkgSettings>("hodl = true\n").is_err());
+    }
+
+    #[test]
+    fn error_messages() {
+        let k = PackageName::new("kibana").unwrap();
+        let v = |s: &str| PackageVersion::new(s).unwrap();
+        let e = PkgError::VerifyFailed {
+            package: k.clone(),
+            expected: v("8.14.3"),
+            installed: Some(v("8.15.0")),
+            want_held: true,
+            held: false,
+        };
+        assert_eq!(
+            e.to_string(),
+            "kibana: expected version 8.14.3 held, found version 8.15.0 not held"
+        );
+        let e = PkgError::VerifyFailed {
+            package: k.clone(),
+            expected: v("8.14.3"),
+            installed: None,
+            want_held: false,
+            held: false,
+        };
+        assert_eq!(
+            e.to_string(),
+            "kibana: expected version 8.14.3, found not installed"
+        );
+        let e = PkgError::Command {
+            cmdline: "apt-get install".into(),
+            code: None,
+            stderr_tail: "x".into(),
+        };
+        assert_eq!(e.to_string(), "`apt-get install` exited with a signal: x");
+    }
+}

@@ -1,0 +1,301 @@
+//! apt/dpkg backend.
+//!
+//! * installed: `dpkg-query -W -f '${Status}\t${Version}\n' PKG` (first status word is the
+//!   selection — `hold` for a held package —, the third the state).
+//! * available: `apt-cache madison PKG` (repository versions only, the dpkg status is not listed).
+//! * prefetch: `apt-get install --download-only` then the same with `--no-download`, which fails
+//!   unless every needed .deb is already in `Dir::Cache::archives`: apt itself checks the cache.
+//! * install: `apt-get install -y --allow-downgrades [--allow-change-held-packages] PKG=VER` with
+//!   `-o Dpkg::Options::=--force-confold` (keep the operator's kibana.yml). **A held package can
+//!   only be changed with `--allow-change-held-packages`, and the change clears the hold**
+//!   (`apt-mark showhold` is empty afterwards, measured): hold again afterwards.
+//! * hold: `apt-mark hold|unhold|showhold PKG`.
+//!
+//! `extra_args` go to apt-get, apt-cache, apt-mark and apt-config (all take `-o Key=Value`), not
+//! to dpkg-query.
+
+use super::run::{Output, Runner};
+use super::{PackageName, PackageVersion, PkgError, Prefetched};
+
+#[derive(Debug, Clone)]
+pub struct Apt {
+    pub(crate) run: Runner,
+    pub(crate) extra_args: Vec<String>,
+}
+
+/// Wait for a concurrent apt/dpkg run (unattended-upgrades) instead of failing at once.
+const LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
+fn s(a: &str) -> String {
+    a.to_string()
+}
+
+impl Apt {
+    fn args(&self, tail: &[String]) -> Vec<String> {
+        let mut v = self.extra_args.clone();
+        v.extend_from_slice(tail);
+        v
+    }
+
+    async fn apt_get(&self, tail: &[String]) -> Result<Output, PkgError> {
+        self.run.run_ok("apt-get", &self.args(tail)).await
+    }
+
+    /// `apt-get update`.
+    pub async fn refresh(&self) -> Result<(), PkgError> {
+        self.apt_get(&[s("-q"), s("-o"), s(LOCK_WAIT), s("update")])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn installed_version(
+        &self,
+        pkg: &PackageName,
+    ) -> Result<Option<PackageVersion>, PkgError> {
+        let out = self
+            .run
+            .run(
+                "dpkg-query",
+                &[
+                    s("-W"),
+                    s("-f"),
+                    s("${Status}\t${Version}\n"),
+                    pkg.to_string(),
+                ],
+            )
+            .await?;
+        if !out.success() {
+            if out.code == Some(1) && out.stderr.contains("no packages found") {
+                return Ok(None);
+            }
+            return Err(out.error());
+        }
+        parse_dpkg_status(pkg, &out.stdout).map_err(|what| PkgError::Parse {
+            cmdline: out.cmdline.clone(),
+            what,
+            output: out.stdout.clone(),
+        })
+    }
+
+    pub async fn available_versions(
+        &self,
+        pkg: &PackageName,
+    ) -> Result<Vec<PackageVersion>, PkgError> {
+        let out = self
+            .run
+            .run_ok("apt-cache", &self.args(&[s("madison"), pkg.to_string()]))
+            .await?;
+        parse_madison(pkg, &out.stdout).map_err(|what| PkgError::Parse {
+            cmdline: out.cmdline.clone(),
+            what,
+            output: out.stdout.clone(),
+        })
+    }
+
+    pub async fn is_held(&self, pkg: &PackageName) -> Result<bool, PkgError> {
+        let out = self
+            .run
+            .run_ok("apt-mark", &self.args(&[s("showhold"), pkg.to_string()]))
+            .await?;
+        // older apt ignores the argument and lists every held package
+        Ok(out.stdout.lines().any(|l| l.trim() == pkg.as_str()))
+    }
+
+    pub async fn hold(&self, pkg: &PackageName) -> Result<(), PkgError> {
+        self.run
+            .run_ok("apt-mark", &self.args(&[s("hold"), pkg.to_string()]))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn unhold(&self, pkg: &PackageName) -> Result<(), PkgError> {
+        self.run
+            .run_ok("apt-mark", &self.args(&[s("unhold"), pkg.to_string()]))
+            .await
+            .map(|_| ())
+    }
+
+    fn install_args(pkg: &PackageName, ver: &PackageVersion, held: bool) -> Vec<String> {
+        let mut a = vec![
+            s("-y"),
+            s("-q"),
+            s("-o"),
+            s(LOCK_WAIT),
+            s("-o"),
+            s("Dpkg::Options::=--force-confold"),
+            s("-o"),
+            s("Dpkg::Options::=--force-confdef"),
+            s("--allow-downgrades"),
+        ];
+        if held {
+            a.push(s("--allow-change-held-packages"));
+        }
+        a.push(s("install"));
+        a.push(format!("{pkg}={ver}"));
+        a
+    }
+
+    /// Downloads PKG=VER into apt's archive cache without installing it, then proves it is there.
+    pub async fn prefetch(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+    ) -> Result<Prefetched, PkgError> {
+        // With --download-only, a held package still needs --allow-change-held-packages
+        // (apt refuses "Held packages were changed"); nothing is installed, the hold stays.
+        let mut a = Self::install_args(pkg, ver, true);
+        a.insert(0, s("--download-only"));
+        self.apt_get(&a).await?;
+        // --no-download: apt must find every archive in its cache or it fails.
+        a.insert(0, s("--no-download"));
+        let out = self.run.run("apt-get", &self.args(&a)).await?;
+        if !out.success() {
+            return Err(PkgError::NotCached {
+                package: pkg.clone(),
+                version: ver.clone(),
+                detail: out.error().to_string(),
+            });
+        }
+        Ok(Prefetched::Cached)
+    }
+
+    /// Installs exactly PKG=VER (downgrade allowed). Leaves the hold state to the caller.
+    pub async fn install(
+        &self,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+        held: bool,
+    ) -> Result<(), PkgError> {
+        self.apt_get(&Self::install_args(pkg, ver, held))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `${Status}\t${Version}` lines -> the installed version. dpkg's states: `installed` is
+/// installed; `not-installed` and `config-files` (removed, conffiles kept) are not; anything
+/// else (`unpacked`, `half-configured`, ...) is an interrupted dpkg run, an error.
+pub(crate) fn parse_dpkg_status(
+    pkg: &PackageName,
+    out: &str,
+) -> Result<Option<PackageVersion>, String> {
+    let mut found = None;
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let (status, version) = line
+            .split_once('\t')
+            .ok_or_else(|| format!("no tab in status line {line:?}"))?;
+        let words: Vec<&str> = status.split_whitespace().collect();
+        let state = *words
+            .get(2)
+            .ok_or_else(|| format!("bad status {status:?}"))?;
+        match state {
+            "installed" => {
+                let v = PackageVersion::new(version.trim())
+                    .map_err(|e| format!("installed version: {e}"))?;
+                if found.replace(v).is_some() {
+                    return Err(format!(
+                        "{pkg} is listed installed more than once (multi-arch?)"
+                    ));
+                }
+            }
+            "not-installed" | "config-files" => {}
+            other => {
+                return Err(format!(
+                    "{pkg} is in dpkg state {other:?} (an interrupted dpkg run; \
+                     `dpkg --configure -a` or reinstall first)"
+                ))
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `apt-cache madison` lines (`kibana | 8.15.0 | http://repo stable/main amd64 Packages`) ->
+/// the binary versions, in madison's order (priority, then newest first), without duplicates.
+pub(crate) fn parse_madison(pkg: &PackageName, out: &str) -> Result<Vec<PackageVersion>, String> {
+    let mut v: Vec<PackageVersion> = Vec::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cols.len() < 3 {
+            return Err(format!("unexpected madison line {line:?}"));
+        }
+        if cols[0] != pkg.as_str() || !cols[2].ends_with("Packages") {
+            continue; // source packages, other names
+        }
+        let ver = PackageVersion::new(cols[1]).map_err(|e| format!("madison version: {e}"))?;
+        if !v.contains(&ver) {
+            v.push(ver);
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kibana() -> PackageName {
+        PackageName::new("kibana").unwrap()
+    }
+
+    #[test]
+    fn dpkg_status() {
+        let k = kibana();
+        assert_eq!(
+            parse_dpkg_status(&k, "install ok installed\t8.15.0\n")
+                .unwrap()
+                .unwrap(),
+            "8.15.0"
+        );
+        assert_eq!(
+            parse_dpkg_status(&k, "hold ok installed\t1:8.14.3-1\n")
+                .unwrap()
+                .unwrap(),
+            "1:8.14.3-1"
+        );
+        assert_eq!(
+            parse_dpkg_status(&k, "deinstall ok config-files\t8.15.0\n").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_dpkg_status(&k, "unknown ok not-installed\t\n").unwrap(),
+            None
+        );
+        assert_eq!(parse_dpkg_status(&k, "").unwrap(), None);
+        let e = parse_dpkg_status(&k, "install ok half-configured\t8.15.0\n").unwrap_err();
+        assert!(e.contains("dpkg --configure -a"), "{e}");
+        assert!(parse_dpkg_status(&k, "install ok installed 8.15.0\n").is_err());
+    }
+
+    #[test]
+    fn madison() {
+        let out = "    kibana |     8.15.0 | copy:/var/tmp/kr-test/repo/apt ./ Packages
+    kibana |     8.14.3 | copy:/var/tmp/kr-test/repo/apt ./ Packages
+    kibana |     8.14.3 | https://artifacts.example/packages/8.x/apt stable/main amd64 Packages
+    kibana |     8.14.3 | https://artifacts.example/packages/8.x/apt stable/main Sources
+";
+        let v = parse_madison(&kibana(), out).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                PackageVersion::new("8.15.0").unwrap(),
+                PackageVersion::new("8.14.3").unwrap()
+            ]
+        );
+        assert!(parse_madison(&kibana(), "").unwrap().is_empty());
+        assert!(parse_madison(&kibana(), "garbage\n").is_err());
+        assert!(parse_madison(&kibana(), " kibana | -x | r Packages\n").is_err());
+    }
+
+    #[test]
+    fn install_argv() {
+        let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), true);
+        assert_eq!(
+            a.join(" "),
+            "-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
+             --allow-downgrades --allow-change-held-packages install kibana=8.14.3"
+        );
+        let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), false);
+        assert!(!a.contains(&s("--allow-change-held-packages")));
+    }
+}

@@ -1,0 +1,272 @@
+//! Running package-manager commands: argv only (never a shell), a fixed locale and a
+//! non-interactive environment, a time limit, and errors that carry the command line, the exit
+//! code and the tail of the output.
+
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use super::PkgError;
+
+/// How many bytes of stderr (or stdout) an error keeps.
+const TAIL_BYTES: usize = 2000;
+
+/// Runs commands, optionally through a prefix (`["tests/harness/host", "exec", "h1", "--"]`):
+/// the prefix is how tests run the very same argv inside an isolated root or a test host.
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    pub(crate) prefix: Vec<OsString>,
+    pub(crate) timeout: Duration,
+}
+
+/// The result of a command that ran to completion (any exit status).
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub(crate) cmdline: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Output {
+    pub(crate) fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// This output as a [`PkgError::Command`].
+    pub(crate) fn error(&self) -> PkgError {
+        let tail = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        PkgError::Command {
+            cmdline: self.cmdline.clone(),
+            code: self.code,
+            stderr_tail: tail_of(tail, TAIL_BYTES),
+        }
+    }
+}
+
+impl Runner {
+    /// Runs `program args...` and returns its output whatever the exit status; fails only when it
+    /// could not be started or ran past the time limit (then it is killed).
+    pub(crate) async fn run(&self, program: &str, args: &[String]) -> Result<Output, PkgError> {
+        let (argv0, rest): (OsString, Vec<OsString>) = match self.prefix.split_first() {
+            Some((first, more)) => {
+                let mut rest: Vec<OsString> = more.to_vec();
+                rest.push(program.into());
+                rest.extend(args.iter().map(OsString::from));
+                (first.clone(), rest)
+            }
+            None => (program.into(), args.iter().map(OsString::from).collect()),
+        };
+        let cmdline = render_cmdline(program, args);
+        let mut cmd = Command::new(&argv0);
+        cmd.args(&rest)
+            .env("LC_ALL", "C")
+            .env("LANG", "C")
+            .env("LANGUAGE", "C")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("APT_LISTCHANGES_FRONTEND", "none")
+            .env("NEEDRESTART_MODE", "l")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let started = Instant::now();
+        tracing::debug!(cmd = %cmdline, "running");
+        let child = cmd.spawn().map_err(|source| PkgError::Spawn {
+            cmdline: cmdline.clone(),
+            source,
+        })?;
+        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(r) => r.map_err(|source| PkgError::Spawn {
+                cmdline: cmdline.clone(),
+                source,
+            })?,
+            // dropping the future kills the child (kill_on_drop)
+            Err(_) => {
+                return Err(PkgError::Timeout {
+                    cmdline,
+                    after: self.timeout,
+                })
+            }
+        };
+        let out = Output {
+            cmdline,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        tracing::debug!(cmd = %out.cmdline, code = ?out.code, ms = started.elapsed().as_millis() as u64, "finished");
+        Ok(out)
+    }
+
+    /// Like [`Runner::run`], but a non-zero exit is an error.
+    pub(crate) async fn run_ok(&self, program: &str, args: &[String]) -> Result<Output, PkgError> {
+        let out = self.run(program, args).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(out.error())
+        }
+    }
+
+    /// Whether `program` can be run (`program --version` exits 0). Through a prefix a missing
+    /// program shows as exit 126/127 of the prefix, directly as a spawn error: both are "no".
+    pub(crate) async fn has(&self, program: &str) -> bool {
+        matches!(self.run(program, &["--version".to_string()]).await, Ok(o) if o.success())
+    }
+}
+
+/// `prog arg 'arg with space'` — for messages and logs only, never executed.
+pub(crate) fn render_cmdline(program: &str, args: &[String]) -> String {
+    let mut s = quote(program);
+    for a in args {
+        s.push(' ');
+        s.push_str(&quote(a));
+    }
+    s
+}
+
+fn quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+' | '@' | '%' | '~' | '^'
+                )
+        });
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// The last `max` bytes of `s` (cut at a char boundary, starting at a line if one starts
+/// within), trimmed.
+pub(crate) fn tail_of(s: &str, max: usize) -> String {
+    let s = s.trim_end();
+    if s.len() <= max {
+        return s.trim_start().to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    let cut = &s[start..];
+    let cut = match cut.find('\n') {
+        Some(i) if i + 1 < cut.len() => &cut[i + 1..],
+        _ => cut,
+    };
+    format!("...\n{}", cut.trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_quotes_only_when_needed() {
+        let args: Vec<String> = [
+            "-y",
+            "install",
+            "kibana=8.14.3",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "a b",
+            "it's",
+            "${Status}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            render_cmdline("apt-get", &args),
+            r#"apt-get -y install kibana=8.14.3 -o Dpkg::Options::=--force-confold 'a b' 'it'\''s' '${Status}'"#
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_end() {
+        assert_eq!(tail_of("  short\n", 100), "short");
+        let long = (0..100)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let t = tail_of(&long, 30);
+        assert!(t.starts_with("...\n"), "{t}");
+        assert!(t.ends_with("line 99"), "{t}");
+        assert!(t.len() <= 35);
+        let uni = "é".repeat(100);
+        assert!(tail_of(&uni, 11).ends_with('é'));
+    }
+
+    #[tokio::test]
+    async fn runs_argv_without_shell_and_reports_failures() {
+        let r = Runner {
+            prefix: vec![],
+            timeout: Duration::from_secs(10),
+        };
+        // a shell metacharacter is just an argument
+        let o = r.run_ok("echo", &["$(id);".to_string()]).await.unwrap();
+        assert_eq!(o.stdout, "$(id);\n");
+        let e = r
+            .run_ok("ls", &["/nonexistent-kr-test".to_string()])
+            .await
+            .unwrap_err();
+        match &e {
+            PkgError::Command {
+                cmdline,
+                code,
+                stderr_tail,
+            } => {
+                assert_eq!(cmdline, "ls /nonexistent-kr-test");
+                assert_eq!(*code, Some(2));
+                assert!(stderr_tail.contains("No such file"), "{stderr_tail}");
+            }
+            other => panic!("{other}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`ls /nonexistent-kr-test` exited with code 2"),
+            "{msg}"
+        );
+        assert!(matches!(
+            r.run("/nonexistent-kr-test", &[]).await,
+            Err(PkgError::Spawn { .. })
+        ));
+        assert!(r.has("ls").await);
+        assert!(!r.has("/nonexistent-kr-test").await);
+    }
+
+    #[tokio::test]
+    async fn prefix_and_environment() {
+        let r = Runner {
+            prefix: vec!["env".into()],
+            timeout: Duration::from_secs(10),
+        };
+        let o = r
+            .run_ok("sh", &["-c".into(), "echo $LC_ALL $DEBIAN_FRONTEND".into()])
+            .await
+            .unwrap();
+        assert_eq!(o.stdout, "C noninteractive\n");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills() {
+        let r = Runner {
+            prefix: vec![],
+            timeout: Duration::from_millis(200),
+        };
+        let t = Instant::now();
+        let e = r.run("sleep", &["5".into()]).await.unwrap_err();
+        assert!(matches!(e, PkgError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,706 @@
+//! The package-manager adapter (src/host/pkg.rs) against real apt and real dnf.
+//!
+//! * apt runs inside an isolated root: a private mount namespace on a volatile overlay of the
+//!   machine's root (tests/harness/pkg/isoroot), so the machine's own dpkg database is never
+//!   touched (checked). The adapter reaches it through its command prefix
+//!   (`isoroot exec NAME -- ...`). The test-host harness has the same up/exec/down interface:
+//!   `KR_PKG_TEST_HARNESS=tests/harness/host` switches these tests onto real test hosts.
+//! * dnf runs on the machine with `--installroot` (a fresh directory per test), its own
+//!   versionlock configuration (`--setopt=pluginconfpath=`), and the rpm repository served over
+//!   HTTP on 127.0.0.1, so that downloads really go through dnf's package cache (a `file://`
+//!   repository is used in place and never cached).
+//! * Both need root; without it every test here prints why and passes without checking
+//!   anything (CI runs as root).
+//!
+//! Run: `cargo test --test host_pkg -- --nocapture` shows how long each cycle takes.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use kibana_rollback::host::pkg::{
+    Backend, PackageManager, PackageName, PackageVersion, PkgError, PkgKind, PkgSettings,
+    Prefetched,
+};
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn state_dir() -> PathBuf {
+    PathBuf::from(std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into()))
+}
+
+fn skip_unless_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    println!("SKIPPED {test}: needs root (mount namespaces, overlayfs, dnf --installroot); CI runs as root");
+    true
+}
+
+fn kibana() -> PackageName {
+    PackageName::new("kibana").unwrap()
+}
+
+fn v(s: &str) -> PackageVersion {
+    PackageVersion::new(s).unwrap()
+}
+
+/// Runs a command on the machine; panics with its output unless it succeeds.
+fn must(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// the test repositories
+
+struct Repo {
+    rpm_repo: PathBuf,
+    apt_source: String,
+}
+
+/// `tests/harness/pkgrepo build --any-payload`, once per test binary (it only rebuilds when the
+/// package sources changed; these tests never run the program, so any payload will do).
+fn repo() -> &'static Repo {
+    static REPO: OnceLock<Repo> = OnceLock::new();
+    REPO.get_or_init(|| {
+        let t = Instant::now();
+        let out = must(
+            Command::new(manifest_dir().join("tests/harness/pkgrepo"))
+                .args(["build", "--any-payload"]),
+        );
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("pkgrepo printed no {k}=: {out}"))
+                .to_string()
+        };
+        println!("pkgrepo build: {:?}", t.elapsed());
+        Repo {
+            rpm_repo: get("RPM_REPO").into(),
+            apt_source: get("APT_SOURCE"),
+        }
+    })
+}
+
+/// Whether the machine's own dpkg database knows a kibana package (it must not, ever).
+fn machine_has_kibana() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "kibana"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// apt inside an isolated root
+
+/// An isolated root (or, with KR_PKG_TEST_HARNESS, a test host) driven through the harness'
+/// `up NAME` / `exec NAME -- CMD...` / `down NAME`.
+struct IsolatedRoot {
+    harness: PathBuf,
+    name: String,
+}
+
+impl IsolatedRoot {
+    fn up(test: &str) -> Self {
+        let harness = std::env::var_os("KR_PKG_TEST_HARNESS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest_dir().join("tests/harness/pkg/isoroot"));
+        let name = format!("pkg-{test}-{}", std::process::id());
+        let _ = Command::new(&harness).args(["down", &name]).output();
+        must(Command::new(&harness).args(["up", &name]));
+        IsolatedRoot { harness, name }
+    }
+
+    /// The prefix the adapter runs its commands with.
+    fn prefix(&self) -> Vec<OsString> {
+        vec![
+            self.harness.clone().into(),
+            "exec".into(),
+            self.name.clone().into(),
+            "--".into(),
+        ]
+    }
+
+    fn exec(&self, argv: &[&str]) -> std::process::Output {
+        Command::new(&self.harness)
+            .args(["exec", &self.name, "--"])
+            .args(argv)
+            .env("LC_ALL", "C")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap()
+    }
+
+    fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "in {}: sh -c {script:?} failed:\n{}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The operator's part: the test repository is the only apt source of this root.
+    fn use_only_apt_source(&self, line: &str) {
+        self.sh(&format!(
+            "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; \
+             echo '{line}' > /etc/apt/sources.list.d/kibana-test.list"
+        ));
+    }
+
+    async fn package_manager(&self, settings: &PkgSettings) -> PackageManager {
+        PackageManager::with_command_prefix(settings, self.prefix())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for IsolatedRoot {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.harness)
+            .args(["down", &self.name])
+            .output();
+    }
+}
+
+/// Up, repository configured, adapter chosen by `auto`, metadata refreshed.
+async fn apt_root(test: &str) -> (IsolatedRoot, PackageManager) {
+    let repo = repo();
+    let root = IsolatedRoot::up(test);
+    root.use_only_apt_source(&repo.apt_source);
+    let pm = root.package_manager(&PkgSettings::default()).await;
+    assert_eq!(pm.kind(), PkgKind::Apt, "auto must pick apt on Debian");
+    pm.refresh().await.unwrap();
+    (root, pm)
+}
+
+#[tokio::test]
+async fn apt_install_downgrade_hold_cycle() {
+    if skip_unless_root("apt_install_downgrade_hold_cycle") {
+        return;
+    }
+    let t = Instant::now();
+    let k = kibana();
+    let machine_had_kibana = machine_has_kibana();
+    let (root, pm) = apt_root("cycle").await;
+    let setup = t.elapsed();
+
+    assert_eq!(pm.installed_version(&k).await.unwrap(), None);
+    assert_eq!(
+        pm.available_versions(&k).await.unwrap(),
+        vec![v("8.15.0"), v("8.14.3")]
+    );
+    assert!(pm.is_available(&k, &v("8.14.3")).await.unwrap());
+    assert!(!pm.is_available(&k, &v("8.14.3-1")).await.unwrap());
+
+    // the "upgraded" state: 8.15.0, held
+    let v815 = pm.resolve(&k, "8.15.0").await.unwrap();
+    assert_eq!(v815, "8.15.0");
+    let r = pm.install_exact(&k, &v815).await.unwrap();
+    assert_eq!((r.previous, r.held), (None, true));
+    assert!(pm.is_held(&k).await.unwrap());
+    pm.verify(&k, &v815, true).await.unwrap();
+
+    // the hold is real: plain apt refuses to change the package
+    let plain = root.exec(&[
+        "apt-get",
+        "install",
+        "-y",
+        "--allow-downgrades",
+        "kibana=8.14.3",
+    ]);
+    assert!(!plain.status.success());
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("Held packages were changed"),
+        "{plain:?}"
+    );
+
+    // an operator's edit of the conffile must survive the downgrade (--force-confold)
+    root.sh("echo '# operator edit' >> /etc/kibana/kibana.yml");
+
+    // the rollback: downgrade a held package, hold again
+    let t_down = Instant::now();
+    let v814 = pm.resolve(&k, "8.14.3").await.unwrap();
+    let r = pm.install_exact(&k, &v814).await.unwrap();
+    let downgrade = t_down.elapsed();
+    assert_eq!(r.previous, Some(v815.clone()));
+    assert!(r.held);
+    pm.verify(&k, &v814, true).await.unwrap();
+    assert!(matches!(
+        pm.verify(&k, &v815, true).await,
+        Err(PkgError::VerifyFailed { .. })
+    ));
+    let e = pm.verify(&k, &v814, false).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "kibana: expected version 8.14.3, found version 8.14.3 held"
+    );
+    assert_eq!(root.sh("cat /usr/share/kibana/VERSION").trim(), "8.14.3");
+    assert!(root
+        .sh("cat /etc/kibana/kibana.yml")
+        .contains("# operator edit"));
+    assert!(root
+        .sh("cat /lib/systemd/system/kibana.service")
+        .contains("ExecStart=/usr/share/kibana/bin/kibana"));
+
+    // idempotent: the same request again changes nothing and keeps the hold
+    let r = pm.install_exact(&k, &v814).await.unwrap();
+    assert_eq!(r.previous, Some(v814.clone()));
+    pm.verify(&k, &v814, true).await.unwrap();
+
+    pm.unhold(&k).await.unwrap();
+    assert!(!pm.is_held(&k).await.unwrap());
+    pm.verify(&k, &v814, false).await.unwrap();
+
+    // hold = false: whatever the hold was before, none afterwards
+    let nohold = root
+        .package_manager(&PkgSettings {
+            hold: false,
+            ..PkgSettings::default()
+        })
+        .await;
+    pm.hold(&k).await.unwrap();
+    let r = nohold.install_exact(&k, &v814).await.unwrap(); // same version: only unholds
+    assert!(!r.held);
+    nohold.verify(&k, &v814, false).await.unwrap();
+    pm.hold(&k).await.unwrap();
+    nohold.install_exact(&k, &v815).await.unwrap();
+    nohold.verify(&k, &v815, false).await.unwrap();
+
+    assert_eq!(
+        machine_has_kibana(),
+        machine_had_kibana,
+        "the machine's dpkg database changed"
+    );
+    println!(
+        "TIMING apt cycle: {:?} total (root up + apt-get update {:?}; downgrade-with-hold {:?})",
+        t.elapsed(),
+        setup,
+        downgrade
+    );
+}
+
+#[tokio::test]
+async fn apt_missing_version_changes_nothing() {
+    if skip_unless_root("apt_missing_version_changes_nothing") {
+        return;
+    }
+    let t = Instant::now();
+    let k = kibana();
+    let (_root, pm) = apt_root("missing").await;
+    pm.install_exact(&k, &v("8.15.0")).await.unwrap();
+
+    let e = pm.install_exact(&k, &v("9.9.9")).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "version 9.9.9 of kibana is not available in the configured repositories \
+         (available: 8.15.0, 8.14.3)"
+    );
+    pm.verify(&k, &v("8.15.0"), true).await.unwrap();
+
+    let e = pm.resolve(&k, "9.9.9").await.unwrap_err();
+    assert!(matches!(e, PkgError::NotAvailable { .. }), "{e}");
+    let e = pm.prefetch(&k, &v("9.9.9")).await.unwrap_err();
+    assert!(matches!(e, PkgError::NotAvailable { .. }), "{e}");
+    // a package the repositories do not know at all
+    let other = PackageName::new("kibana-no-such-package").unwrap();
+    let e = pm.install_exact(&other, &v("8.14.3")).await.unwrap_err();
+    assert!(e.to_string().ends_with("(available: none)"), "{e}");
+    // a version that looks like an option never gets near apt
+    assert!(matches!(
+        pm.resolve(&k, "--allow-unauthenticated").await,
+        Err(PkgError::InvalidVersion { .. })
+    ));
+    pm.verify(&k, &v("8.15.0"), true).await.unwrap();
+    println!("TIMING apt missing-version: {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn apt_prefetch_downloads_without_installing() {
+    if skip_unless_root("apt_prefetch_downloads_without_installing") {
+        return;
+    }
+    let t = Instant::now();
+    let k = kibana();
+    let (root, pm) = apt_root("prefetch").await;
+    pm.install_exact(&k, &v("8.15.0")).await.unwrap();
+    let deb = "/var/cache/apt/archives/kibana_8.14.3_amd64.deb";
+    assert!(!root.exec(&["test", "-e", deb]).status.success());
+
+    let t_pre = Instant::now();
+    assert_eq!(
+        pm.prefetch(&k, &v("8.14.3")).await.unwrap(),
+        Prefetched::Cached
+    );
+    let prefetch = t_pre.elapsed();
+    assert!(
+        root.exec(&["test", "-s", deb]).status.success(),
+        "{deb} not in the cache"
+    );
+    pm.verify(&k, &v("8.15.0"), true).await.unwrap(); // nothing installed, still held
+    assert_eq!(
+        pm.prefetch(&k, &v("8.15.0")).await.unwrap(),
+        Prefetched::AlreadyInstalled
+    );
+
+    // the cache is enough: hide the repository inside this root, then install
+    let apt_dir = repo()
+        .apt_source
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_start_matches("copy:")
+        .to_string();
+    root.sh(&format!(
+        "mount -t tmpfs -o ro tmpfs {apt_dir} && ! test -e {apt_dir}/Packages"
+    ));
+    pm.install_exact(&k, &v("8.14.3")).await.unwrap();
+    pm.verify(&k, &v("8.14.3"), true).await.unwrap();
+    println!(
+        "TIMING apt prefetch: {:?} total, prefetch {:?}",
+        t.elapsed(),
+        prefetch
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// dnf with --installroot
+
+/// A fresh installroot with its own versionlock list, and the rpm repository served over HTTP.
+struct DnfRoot {
+    dir: PathBuf,
+    server: Child,
+    url: String,
+}
+
+impl DnfRoot {
+    fn new(test: &str) -> Self {
+        let repo = repo();
+        let dir = state_dir()
+            .join("dnf")
+            .join(format!("{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root/etc/dnf/plugins")).unwrap();
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        std::fs::write(dir.join("root/etc/dnf/plugins/versionlock.list"), "").unwrap();
+        std::fs::write(
+            dir.join("plugins/versionlock.conf"),
+            format!(
+                "[main]\nenabled = 1\nlocklist = {}\n",
+                dir.join("root/etc/dnf/plugins/versionlock.list").display()
+            ),
+        )
+        .unwrap();
+        let mut server = Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&repo.rpm_repo)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 (a dependency of dnf) runs the test repository's HTTP server");
+        let mut first = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 38825 (http://127.0.0.1:38825/) ..."
+        let port: u16 = first
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {first:?}"));
+        DnfRoot {
+            dir,
+            server,
+            url: format!("http://127.0.0.1:{port}/"),
+        }
+    }
+
+    fn installroot(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    fn extra_args(&self) -> Vec<String> {
+        vec![
+            format!("--installroot={}", self.installroot().display()),
+            "--releasever=8".into(),
+            "--setopt=reposdir=".into(),
+            format!(
+                "--setopt=pluginconfpath={}",
+                self.dir.join("plugins").display()
+            ),
+            format!("--repofrompath=kr-test,{}", self.url),
+            "--nogpgcheck".into(),
+        ]
+    }
+
+    async fn package_manager(&self) -> PackageManager {
+        let settings = PkgSettings {
+            kind: PkgKind::Dnf,
+            extra_args: self.extra_args(),
+            ..PkgSettings::default()
+        };
+        PackageManager::from_settings(&settings).await.unwrap()
+    }
+
+    fn stop_server(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+
+    fn cached_rpms(&self) -> Vec<String> {
+        fn walk(p: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rpm") {
+                    out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.installroot().join("var/cache/dnf"), &mut v);
+        v
+    }
+
+    fn lock_list(&self) -> String {
+        std::fs::read_to_string(self.installroot().join("etc/dnf/plugins/versionlock.list"))
+            .unwrap()
+    }
+}
+
+impl Drop for DnfRoot {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn host_lock_list() -> Option<Vec<u8>> {
+    std::fs::read("/etc/dnf/plugins/versionlock.list").ok()
+}
+
+async fn locked(pm: &PackageManager) -> Vec<PackageVersion> {
+    match pm.backend() {
+        Backend::Dnf(d) => d.locked_versions(&kibana()).await.unwrap(),
+        Backend::Apt(_) => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn dnf_install_downgrade_versionlock_cycle() {
+    if skip_unless_root("dnf_install_downgrade_versionlock_cycle") {
+        return;
+    }
+    let t = Instant::now();
+    let host_locks = host_lock_list();
+    let k = kibana();
+    let env = DnfRoot::new("cycle");
+    let pm = env.package_manager().await;
+    assert_eq!(pm.kind(), PkgKind::Dnf);
+    pm.refresh().await.unwrap();
+
+    assert_eq!(pm.installed_version(&k).await.unwrap(), None);
+    assert_eq!(
+        pm.available_versions(&k).await.unwrap(),
+        vec![v("8.14.3-1"), v("8.15.0-1")]
+    );
+    // nothing installed: no lock (versionlock would lock every available version)
+    assert!(matches!(
+        pm.hold(&k).await,
+        Err(PkgError::NotInstalled { .. })
+    ));
+
+    let v815 = pm.resolve(&k, "8.15.0").await.unwrap();
+    assert_eq!(v815, "8.15.0-1");
+    let r = pm.install_exact(&k, &v815).await.unwrap();
+    assert_eq!((r.previous, r.held), (None, true));
+    assert_eq!(locked(&pm).await, vec![v815.clone()]);
+    pm.verify(&k, &v815, true).await.unwrap();
+
+    // the lock is real: dnf with the plugin active cannot see 8.14.3
+    let plain = Command::new("dnf")
+        .args(env.extra_args())
+        .args(["-y", "install", "kibana-8.14.3-1"])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "{plain:?}");
+
+    std::fs::write(
+        env.installroot().join("etc/kibana/kibana.yml"),
+        "# operator edit\nserver.port: 5601\n",
+    )
+    .unwrap();
+
+    let t_down = Instant::now();
+    let v814 = pm.resolve(&k, "8.14.3").await.unwrap();
+    assert_eq!(v814, "8.14.3-1");
+    let r = pm.install_exact(&k, &v814).await.unwrap();
+    let downgrade = t_down.elapsed();
+    assert_eq!(r.previous, Some(v815.clone()));
+    pm.verify(&k, &v814, true).await.unwrap();
+    assert_eq!(locked(&pm).await, vec![v814.clone()]);
+    assert!(
+        env.lock_list().contains("kibana-0:8.14.3-1.*"),
+        "{}",
+        env.lock_list()
+    );
+    assert!(!env.lock_list().contains("8.15.0"), "{}", env.lock_list());
+    assert!(matches!(
+        pm.verify(&k, &v815, true).await,
+        Err(PkgError::VerifyFailed { .. })
+    ));
+    let ir = env.installroot();
+    assert_eq!(
+        std::fs::read_to_string(ir.join("usr/share/kibana/VERSION"))
+            .unwrap()
+            .trim(),
+        "8.14.3"
+    );
+    assert!(std::fs::read_to_string(ir.join("etc/kibana/kibana.yml"))
+        .unwrap()
+        .contains("# operator edit"));
+    assert!(ir.join("usr/lib/systemd/system/kibana.service").exists());
+
+    // idempotent
+    let r = pm.install_exact(&k, &v814).await.unwrap();
+    assert_eq!(r.previous, Some(v814.clone()));
+    pm.verify(&k, &v814, true).await.unwrap();
+
+    pm.unhold(&k).await.unwrap();
+    assert!(!pm.is_held(&k).await.unwrap());
+    pm.verify(&k, &v814, false).await.unwrap();
+    pm.unhold(&k).await.unwrap(); // unhold of an unheld package is fine
+
+    // hold = false: whatever the lock was before, none afterwards
+    let nohold = PackageManager::from_settings(&PkgSettings {
+        kind: PkgKind::Dnf,
+        hold: false,
+        extra_args: env.extra_args(),
+        ..PkgSettings::default()
+    })
+    .await
+    .unwrap();
+    pm.hold(&k).await.unwrap();
+    nohold.install_exact(&k, &v815).await.unwrap();
+    nohold.verify(&k, &v815, false).await.unwrap();
+    assert!(!env.lock_list().contains("kibana-"), "{}", env.lock_list());
+
+    assert_eq!(
+        host_lock_list(),
+        host_locks,
+        "the machine's versionlock list changed"
+    );
+    println!(
+        "TIMING dnf cycle: {:?} total (downgrade-with-versionlock {:?})",
+        t.elapsed(),
+        downgrade
+    );
+}
+
+#[tokio::test]
+async fn dnf_missing_version_changes_nothing() {
+    if skip_unless_root("dnf_missing_version_changes_nothing") {
+        return;
+    }
+    let t = Instant::now();
+    let k = kibana();
+    let env = DnfRoot::new("missing");
+    let pm = env.package_manager().await;
+    pm.install_exact(&k, &v("8.15.0-1")).await.unwrap();
+    let locks_before = env.lock_list();
+
+    let e = pm.install_exact(&k, &v("9.9.9")).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "version 9.9.9 of kibana is not available in the configured repositories \
+         (available: 8.14.3-1, 8.15.0-1)"
+    );
+    let e = pm.resolve(&k, "9.9.9").await.unwrap_err();
+    assert!(matches!(e, PkgError::NotAvailable { .. }), "{e}");
+    let e = pm.prefetch(&k, &v("9.9.9-1")).await.unwrap_err();
+    assert!(matches!(e, PkgError::NotAvailable { .. }), "{e}");
+    // the exact rpm version is needed: the upstream one alone is not a package version here
+    assert!(!pm.is_available(&k, &v("8.14.3")).await.unwrap());
+
+    pm.verify(&k, &v("8.15.0-1"), true).await.unwrap();
+    assert_eq!(env.lock_list(), locks_before);
+    println!("TIMING dnf missing-version: {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn dnf_prefetch_downloads_without_installing() {
+    if skip_unless_root("dnf_prefetch_downloads_without_installing") {
+        return;
+    }
+    let t = Instant::now();
+    let k = kibana();
+    let mut env = DnfRoot::new("prefetch");
+    let pm = env.package_manager().await;
+    pm.install_exact(&k, &v("8.15.0-1")).await.unwrap();
+    assert!(
+        !env.cached_rpms()
+            .iter()
+            .any(|f| f.starts_with("kibana-8.14.3")),
+        "{:?}",
+        env.cached_rpms()
+    );
+
+    let t_pre = Instant::now();
+    assert_eq!(
+        pm.prefetch(&k, &v("8.14.3-1")).await.unwrap(),
+        Prefetched::Cached
+    );
+    let prefetch = t_pre.elapsed();
+    assert!(
+        env.cached_rpms()
+            .contains(&"kibana-8.14.3-1.x86_64.rpm".to_string()),
+        "{:?}",
+        env.cached_rpms()
+    );
+    pm.verify(&k, &v("8.15.0-1"), true).await.unwrap(); // nothing installed, lock unchanged
+    assert_eq!(locked(&pm).await, vec![v("8.15.0-1")]);
+    assert_eq!(
+        pm.prefetch(&k, &v("8.15.0-1")).await.unwrap(),
+        Prefetched::AlreadyInstalled
+    );
+
+    // the cache is enough: the repository server is gone, the install still works
+    env.stop_server();
+    pm.install_exact(&k, &v("8.14.3-1")).await.unwrap();
+    pm.verify(&k, &v("8.14.3-1"), true).await.unwrap();
+    println!(
+        "TIMING dnf prefetch: {:?} total, prefetch {:?}",
+        t.elapsed(),
+        prefetch
+    );
+}
