@@ -507,7 +507,12 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         _ => PackageManagerKind::Auto,
     };
     let (extra_args, _) = r.list("package_manager.extra_args");
-    let package_manager = PackageManagerSettings { kind, hold: r.bool("package_manager.hold"), extra_args };
+    let package_manager = PackageManagerSettings {
+        kind,
+        hold: r.bool("package_manager.hold"),
+        extra_args,
+        command_timeout: r.duration("package_manager.command_timeout")?,
+    };
 
     Ok(Settings { elasticsearch, kibana, rollback, coordination, package_manager })
 }

@@ -128,6 +128,8 @@ pub const KEYS: &[Key] = &[
         "Hold (apt-mark hold / dnf versionlock) the installed version so routine upgrades do not undo the rollback."),
     key!("package_manager", "extra_args", Kind::StringList, Some("[]"),
         "Extra arguments passed to apt-get or dnf (for example a --setopt)."),
+    key!("package_manager", "command_timeout", Kind::Duration, Some(r#""15m""#),
+        "Time limit of one apt-get or dnf command."),
 ];
 
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {

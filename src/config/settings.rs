@@ -104,18 +104,28 @@ pub struct CoordinationSettings {
     pub state_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackageManagerKind {
-    Auto,
-    Apt,
-    Dnf,
-}
+pub use crate::host::pkg::PkgKind as PackageManagerKind;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageManagerSettings {
     pub kind: PackageManagerKind,
+    /// Hold (apt-mark hold / dnf versionlock) the package after installing it.
     pub hold: bool,
+    /// Passed to every apt-get/apt-cache/apt-mark, resp. dnf, command.
     pub extra_args: Vec<String>,
+    /// Time limit of one package-manager command.
+    pub command_timeout: Duration,
+}
+
+impl Default for PackageManagerSettings {
+    fn default() -> Self {
+        PackageManagerSettings {
+            kind: PackageManagerKind::Auto,
+            hold: true,
+            extra_args: Vec::new(),
+            command_timeout: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

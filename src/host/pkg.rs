@@ -75,31 +75,8 @@ impl std::fmt::Display for PkgKind {
     }
 }
 
-/// The adapter's settings (embedded in the agent's config).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PkgSettings {
-    /// `auto`, `apt` or `dnf`.
-    pub kind: PkgKind,
-    /// Hold (apt-mark hold / dnf versionlock) the package after installing it.
-    pub hold: bool,
-    /// Passed to every apt-get/apt-cache/apt-mark/apt-config, resp. dnf, command
-    /// (e.g. `["-o", "Acquire::http::Proxy=http://proxy:3128"]`).
-    pub extra_args: Vec<String>,
-    /// Time limit of one package-manager command, in seconds.
-    pub command_timeout_secs: u64,
-}
-
-impl Default for PkgSettings {
-    fn default() -> Self {
-        PkgSettings {
-            kind: PkgKind::Auto,
-            hold: true,
-            extra_args: Vec::new(),
-            command_timeout_secs: 900,
-        }
-    }
-}
+/// The adapter's settings are the configuration's `[package_manager]` section.
+pub use crate::config::PackageManagerSettings as PkgSettings;
 
 /// Errors of the adapter. Messages are meant for the operator: they say what failed and how.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +209,7 @@ impl PackageManager {
     async fn with_prefix(settings: &PkgSettings, prefix: Vec<OsString>) -> Result<Self, PkgError> {
         let run = Runner {
             prefix,
-            timeout: Duration::from_secs(settings.command_timeout_secs.max(1)),
+            timeout: settings.command_timeout,
         };
         let kind = match settings.kind {
             PkgKind::Auto => {
@@ -504,18 +481,6 @@ mod tests {
         assert_eq!(choose_kind("", true, true), Some(PkgKind::Apt));
         assert_eq!(choose_kind("ID=arch\n", false, true), Some(PkgKind::Dnf));
         assert_eq!(choose_kind(DEBIAN, false, false), None);
-    }
-
-    #[test]
-    fn settings_from_toml() {
-        let s: PkgSettings =
-            toml::from_str("kind = \"dnf\"\nextra_args = [\"--nogpgcheck\"]\n").unwrap();
-        assert_eq!(s.kind, PkgKind::Dnf);
-        assert!(s.hold);
-        assert_eq!(s.extra_args, vec!["--nogpgcheck"]);
-        assert_eq!(PkgSettings::default().kind, PkgKind::Auto);
-        assert!(toml::from_str::<PkgSettings>("kind = \"yum\"\n").is_err());
-        assert!(toml::from_str::<PkgSettings>("hodl = true\n").is_err());
     }
 
     #[test]
