@@ -9,12 +9,11 @@
 #[path = "common/hosts.rs"]
 mod hosts;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hosts::{LazyHosts, TestHost};
+use hosts::{LazyHosts, TestHost, UnitFile, UnitFile::*};
 use kibana_rollback::host::systemd::{
     Action, ActiveState, JobResult, LoadState, SystemdUnits, UnitError, Waiting,
 };
@@ -24,114 +23,112 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 const OP: Duration = Duration::from_secs(20);
 
 /// Units installed into every host before boot (`host up --units`).
-const UNITS: &[(&str, &str)] = &[
+const UNITS: &[(&str, UnitFile)] = &[
     // stand-in for the real kibana.service (another engineer's stand-in replaces it later)
-    ("kibana.service", "[Unit]\nDescription=Kibana (test stand-in)\n[Service]\nExecStart=/bin/sleep infinity\n"),
+    ("kibana.service", Text("[Unit]\nDescription=Kibana (test stand-in)\n[Service]\nExecStart=/bin/sleep infinity\n")),
     // its ExecStop hangs; systemd would wait 10 min before killing it
-    (
-        "hang-stop.service",
-        "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep infinity\nTimeoutStopSec=600\n",
-    ),
+    ("hang-stop.service", Text("[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep infinity\nTimeoutStopSec=600\n")),
     // same, but systemd's own job timeout (1 s) gives up first
-    (
-        "job-timeout.service",
-        "[Unit]\nJobTimeoutSec=1\n[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep infinity\nTimeoutStopSec=600\n",
-    ),
+    ("job-timeout.service", Text("[Unit]\nJobTimeoutSec=1\n[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep infinity\nTimeoutStopSec=600\n")),
     // fails to start; oneshot: the start job itself fails (deterministic)
-    ("fails.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n"),
+    ("fails.service", Text("[Service]\nType=oneshot\nExecStart=/bin/false\n")),
     // fails to start; simple: the start job is done at fork, the unit fails right after
-    ("fails-simple.service", "[Service]\nExecStart=/bin/false\n"),
-    ("idle.service", "[Service]\nExecStart=/bin/sleep infinity\n"),
-    ("never-loaded.service", "[Service]\nExecStart=/bin/sleep infinity\n"),
-    ("denied.service", "[Service]\nExecStart=/bin/sleep infinity\n"),
-    ("peer.service", "[Service]\nExecStart=/bin/sleep infinity\n"),
+    ("fails-simple.service", Text("[Service]\nExecStart=/bin/false\n")),
+    ("idle.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("never-loaded.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("denied.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("peer.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("masked.service", Link("/dev/null")),
 ];
+
+/// A test: on the two shared hosts, or without any.
+#[derive(Clone, Copy)]
+enum Body {
+    Hosts(fn(&TestHost, &TestHost) -> Result<(), Failed>),
+    Plain(fn() -> Result<(), Failed>),
+}
 
 fn main() {
     if let Ok(step) = std::env::var("KR_TEST_CHILD") {
         return child(&step);
     }
     let args = Arguments::from_args();
-    let units = unit_dir();
-    let hosts = Arc::new(LazyHosts::new("sd", &["a", "b"], Some(units.clone())));
+    let hosts = Arc::new(LazyHosts::new("sd", &["a", "b"], UNITS));
     let skip = hosts::skip_reason();
     if let Some(reason) = &skip {
-        println!("host_systemd: skipping every test: {reason}");
+        println!("host_systemd: skipping the tests on test hosts: {reason}");
     }
 
-    type Body = fn(&TestHost, &TestHost) -> Result<(), Failed>;
+    use Body::*;
     let tests: &[(&str, Body)] = &[
-        ("harness_host_view", harness_host_view),
+        ("harness_host_view", Hosts(harness_host_view)),
         (
             "status_of_an_installed_inactive_unit",
-            status_of_installed_inactive_unit,
+            Hosts(status_of_installed_inactive_unit),
         ),
-        ("stop_start_restart_kibana", stop_start_restart_kibana),
+        (
+            "stop_start_restart_kibana",
+            Hosts(stop_start_restart_kibana),
+        ),
         (
             "stop_of_a_never_loaded_unit_succeeds",
-            stop_of_never_loaded_unit,
+            Hosts(stop_of_never_loaded_unit),
         ),
         (
             "hanging_stop_hits_our_timeout",
-            hanging_stop_hits_our_timeout,
+            Hosts(hanging_stop_hits_our_timeout),
         ),
         (
             "systemd_job_timeout_is_reported_as_such",
-            systemd_job_timeout,
+            Hosts(systemd_job_timeout),
         ),
         (
             "failing_start_reports_exit_code",
-            failing_start_reports_exit_code,
+            Hosts(failing_start_reports_exit_code),
         ),
         (
             "failing_simple_service_reports_exit_code",
-            failing_simple_service,
+            Hosts(failing_simple_service),
         ),
-        ("missing_unit_gives_not_found", missing_unit),
-        ("masked_unit_gives_masked", masked_unit),
+        ("missing_unit_gives_not_found", Hosts(missing_unit)),
+        ("masked_unit_gives_masked", Hosts(masked_unit)),
         (
             "unit_added_after_boot_via_daemon_reload",
-            unit_added_after_boot,
+            Hosts(unit_added_after_boot),
         ),
-        ("two_hosts_are_independent", two_hosts_are_independent),
-        ("unreachable_bus_names_the_address", unreachable_bus),
+        (
+            "two_hosts_are_independent",
+            Hosts(two_hosts_are_independent),
+        ),
+        ("unreachable_bus_names_the_address", Plain(unreachable_bus)),
         (
             "connect_honours_dbus_system_bus_address",
-            connect_honours_env,
+            Hosts(connect_honours_env),
         ),
-        ("unprivileged_caller_gets_access_denied", access_denied),
+        (
+            "unprivileged_caller_gets_access_denied",
+            Hosts(access_denied),
+        ),
     ];
     let trials = tests
         .iter()
         .map(|&(name, body)| {
             let hosts = hosts.clone();
             let skip = skip.clone();
-            Trial::ignorable_test(name, move || {
-                if let Some(reason) = skip {
-                    return Ok(Completion::ignored_with(reason));
+            Trial::ignorable_test(name, move || match body {
+                Plain(body) => body().map(|()| Completion::Completed),
+                Hosts(_) if skip.is_some() => Ok(Completion::ignored_with(skip.unwrap())),
+                Hosts(body) => {
+                    let (a, b) = (hosts.get("a")?, hosts.get("b")?);
+                    body(a, b).map(|()| Completion::Completed)
                 }
-                let (a, b) = (hosts.get("a")?, hosts.get("b")?);
-                body(a, b).map(|()| Completion::Completed)
             })
         })
         .collect();
 
     let conclusion = libtest_mimic::run(&args, trials);
     drop(hosts); // the trials are gone: this was the last reference; tears the hosts down
-    let _ = std::fs::remove_dir_all(&units);
     conclusion.exit();
-}
-
-/// Writes [`UNITS`] (and a mask for `masked.service`) into a fresh directory.
-fn unit_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kr-units-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, text) in UNITS {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    std::os::unix::fs::symlink("/dev/null", dir.join("masked.service")).unwrap();
-    dir
 }
 
 /// Runs an async test body on its own runtime.
@@ -152,6 +149,11 @@ fn is_active(host: &TestHost, unit: &str) -> String {
     String::from_utf8_lossy(&host.exec(&["systemctl", "is-active", unit]).stdout)
         .trim()
         .to_owned()
+}
+
+/// SIGKILLs every process of the unit (its hanging ExecStop too).
+fn kill_unit(host: &TestHost, unit: &str) {
+    host.exec_ok(&["systemctl", "kill", "--signal=SIGKILL", unit]);
 }
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
@@ -299,6 +301,7 @@ fn hanging_stop_hits_our_timeout(a: &TestHost, _: &TestHost) -> Result<(), Faile
         let took = t.elapsed();
         let msg = err.to_string();
         eprintln!("{msg} (after {took:?})");
+        kill_unit(a, "hang-stop.service"); // else it delays the host's poweroff
         match &err {
             UnitError::TimedOut {
                 unit,
@@ -338,6 +341,7 @@ fn systemd_job_timeout(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
             .await
             .expect_err("JobTimeoutSec=1 must cancel the stop");
         eprintln!("{err}");
+        kill_unit(a, "job-timeout.service");
         match &err {
             UnitError::JobTimedOut {
                 unit,
@@ -512,7 +516,7 @@ fn two_hosts_are_independent(a: &TestHost, b: &TestHost) -> Result<(), Failed> {
 
 // --- connecting ---------------------------------------------------------------------------------
 
-fn unreachable_bus(_: &TestHost, _: &TestHost) -> Result<(), Failed> {
+fn unreachable_bus() -> Result<(), Failed> {
     block_on(async {
         let address = "unix:path=/nonexistent/kr-test/system_bus_socket";
         let err = SystemdUnits::connect_to(address)

@@ -173,25 +173,34 @@ impl Drop for Hosts {
     }
 }
 
+/// A file to put into each host's `/etc/systemd/system` before boot.
+#[derive(Debug, Clone, Copy)]
+pub enum UnitFile {
+    /// A unit file with this text.
+    Text(&'static str),
+    /// A symlink to this target (`/dev/null` masks the unit).
+    Link(&'static str),
+}
+
 /// Hosts booted on first use and shared by the tests of one test binary; the binary's `main`
 /// drops this after the last test, which tears the hosts down.
 pub struct LazyHosts {
     names: Vec<String>,
-    units: Option<PathBuf>,
+    units: Vec<(&'static str, UnitFile)>,
     hosts: OnceLock<Result<Hosts, String>>,
 }
 
 impl LazyHosts {
     /// Names are made unique per process (`<prefix>-<pid>-<name>`), so that test binaries and
     /// concurrent runs sharing one `KR_TEST_STATE` never collide.
-    pub fn new(prefix: &str, names: &[&str], units: Option<PathBuf>) -> Self {
+    pub fn new(prefix: &str, names: &[&str], units: &[(&'static str, UnitFile)]) -> Self {
         let pid = std::process::id();
         Self {
             names: names
                 .iter()
                 .map(|n| format!("{prefix}-{pid}-{n}"))
                 .collect(),
-            units,
+            units: units.to_vec(),
             hosts: OnceLock::new(),
         }
     }
@@ -200,7 +209,7 @@ impl LazyHosts {
     pub fn get(&self, name: &str) -> Result<&TestHost, String> {
         let hosts = self
             .hosts
-            .get_or_init(|| Hosts::up(&self.names, self.units.as_deref()))
+            .get_or_init(|| self.boot())
             .as_ref()
             .map_err(Clone::clone)?;
         let full = format!("-{}-{name}", std::process::id());
@@ -209,5 +218,27 @@ impl LazyHosts {
             .iter()
             .find(|h| h.name.ends_with(&full))
             .expect("host name"))
+    }
+
+    fn boot(&self) -> Result<Hosts, String> {
+        // `host up --units` copies the directory into each host's state: it is only needed
+        // until the hosts are up.
+        let dir = std::env::temp_dir().join(format!("kr-units-{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            for (name, file) in &self.units {
+                match file {
+                    UnitFile::Text(text) => std::fs::write(dir.join(name), text)?,
+                    UnitFile::Link(target) => std::os::unix::fs::symlink(target, dir.join(name))?,
+                }
+            }
+            Ok(())
+        };
+        let hosts = write()
+            .map_err(|e| format!("unit files in {}: {e}", dir.display()))
+            .and_then(|()| Hosts::up(&self.names, Some(&dir)));
+        let _ = std::fs::remove_dir_all(&dir);
+        hosts
     }
 }
