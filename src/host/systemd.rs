@@ -228,7 +228,7 @@ pub enum UnitError {
         source: zbus::Error,
     },
     /// systemd (or polkit) refused the caller.
-    #[error("{action} of {unit}: access denied ({message}); the agent must run as root or be allowed by polkit")]
+    #[error("{}: access denied ({message}); the agent must run as root or be allowed by polkit", what(*.action, .unit))]
     AccessDenied {
         /// The unit acted on (empty for manager-wide actions).
         unit: String,
@@ -307,7 +307,7 @@ pub enum UnitError {
     },
     /// systemd refused the request with another D-Bus error (e.g. `RefuseManualStart=`, a unit
     /// file that does not parse).
-    #[error("{action} of {unit}: systemd refused: {name}: {message}")]
+    #[error("{}: systemd refused: {name}: {message}", what(*.action, .unit))]
     Refused {
         /// The unit.
         unit: String,
@@ -319,7 +319,7 @@ pub enum UnitError {
         message: String,
     },
     /// The bus failed underneath us (connection closed, malformed reply, method call timeout).
-    #[error("{action} of {unit}: D-Bus error: {source}")]
+    #[error("{}: D-Bus error: {source}", what(*.action, .unit))]
     Bus {
         /// The unit.
         unit: String,
@@ -329,6 +329,15 @@ pub enum UnitError {
         #[source]
         source: zbus::Error,
     },
+}
+
+/// "stop of kibana.service", or just "daemon-reload" for manager-wide actions.
+fn what(action: Action, unit: &str) -> String {
+    if unit.is_empty() {
+        action.to_string()
+    } else {
+        format!("{action} of {unit}")
+    }
 }
 
 fn journal_hint(unit: &str) -> String {
