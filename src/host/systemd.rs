@@ -39,6 +39,8 @@ use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 /// How often the unit's state is read while waiting for it to settle after its job finished.
 const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// How long reading the unit's last state for a timeout error may take.
+const LAST_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Declares a string-backed enum for one of systemd's state properties: known values get a
 /// variant, anything else is kept verbatim in `Other` (systemd grows new states over time).
@@ -552,7 +554,26 @@ impl SystemdUnits {
         action: Action,
         timeout: Duration,
     ) -> Result<UnitStatus, UnitError> {
-        let deadline = Instant::now() + timeout;
+        self.job_until(unit, action, timeout, Instant::now() + timeout)
+            .await
+    }
+
+    /// The unit's state for a timeout error: best effort, and quick (systemd may be the one
+    /// that hangs).
+    async fn last_status(&self, unit: &str) -> Option<UnitStatus> {
+        tokio::time::timeout(LAST_STATUS_TIMEOUT, self.status(unit))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    async fn job_until(
+        &self,
+        unit: &str,
+        action: Action,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<UnitStatus, UnitError> {
         let timed_out = |waiting: Waiting, last: Option<UnitStatus>| UnitError::TimedOut {
             unit: unit.to_owned(),
             action,
@@ -566,7 +587,7 @@ impl SystemdUnits {
         // Matched by job path, not by unit name: an alias would carry the unit's real name.
         let mut removed = self.manager.receive_job_removed().await.map_err(err)?;
         let job = match timeout_at(deadline, self.enqueue(unit, action)).await {
-            Err(_) => return Err(timed_out(Waiting::Enqueue, self.status(unit).await.ok())),
+            Err(_) => return Err(timed_out(Waiting::Enqueue, self.last_status(unit).await)),
             Ok(Ok(job)) => job,
             Ok(Err(e)) => match err(e) {
                 // StopUnit does not load units: "not loaded" may mean "no such unit file" or
@@ -580,7 +601,7 @@ impl SystemdUnits {
                         }),
                         _ if status.is_stopped() => Ok(status),
                         // loaded and running by now: someone started it meanwhile; stop again
-                        _ => Box::pin(self.run_job(unit, action, deadline - Instant::now())).await,
+                        _ => Box::pin(self.job_until(unit, action, timeout, deadline)).await,
                     };
                 }
                 e => return Err(e),
@@ -592,7 +613,7 @@ impl SystemdUnits {
             match timeout_at(deadline, removed.next()).await {
                 Err(_) => {
                     let waiting = Waiting::Job(job.to_string());
-                    return Err(timed_out(waiting, self.status(unit).await.ok()));
+                    return Err(timed_out(waiting, self.last_status(unit).await));
                 }
                 Ok(None) => {
                     let source = zbus::Error::Failure(
@@ -689,5 +710,39 @@ impl SystemdUnits {
             u64::MAX => None,
             usec => Some(Duration::from_micros(usec)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_keep_unknown_values() {
+        assert_eq!(LoadState::from("not-found"), LoadState::NotFound);
+        assert_eq!(ActiveState::from("deactivating").as_str(), "deactivating");
+        let new = JobResult::from("once-in-systemd-300");
+        assert_eq!(new, JobResult::Other("once-in-systemd-300".into()));
+        assert_eq!(new.to_string(), "once-in-systemd-300");
+    }
+
+    #[test]
+    fn errors_name_unit_and_action() {
+        let e = UnitError::NotFound {
+            unit: "kibana.service".into(),
+            action: Action::Stop,
+        };
+        assert!(e
+            .to_string()
+            .starts_with("stop of kibana.service: unit not found"));
+        let e = UnitError::AccessDenied {
+            unit: String::new(),
+            action: Action::DaemonReload,
+            message: "Access denied".into(),
+        };
+        assert!(
+            e.to_string().starts_with("daemon-reload: access denied"),
+            "{e}"
+        );
     }
 }
