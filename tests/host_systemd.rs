@@ -1,0 +1,635 @@
+//! `host::systemd` against real systemd: two test hosts (real systemd as PID 1 of their own
+//! namespaces, real dbus-daemon), booted in parallel on first use, shared by all tests of this
+//! file and torn down after the last one — also when tests fail or panic.
+//!
+//! A custom test main (libtest-mimic) because teardown must run after *all* tests, which the
+//! built-in harness has no hook for. Filtering and the usual flags work as with `cargo test`.
+//! Not root: every test is reported as ignored, with the reason.
+
+#[path = "common/hosts.rs"]
+mod hosts;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hosts::{LazyHosts, TestHost, UnitFile, UnitFile::*};
+use kibana_rollback::host::systemd::{
+    Action, ActiveState, JobResult, LoadState, SystemdUnits, UnitError, Waiting,
+};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+/// Generous timeout for operations that should succeed.
+const OP: Duration = Duration::from_secs(20);
+
+/// Units installed into every host before boot (`host up --units`).
+const UNITS: &[(&str, UnitFile)] = &[
+    // stand-in for the real kibana.service (another engineer's stand-in replaces it later)
+    ("kibana.service", Text("[Unit]\nDescription=Kibana (test stand-in)\n[Service]\nExecStart=/bin/sleep infinity\n")),
+    // its ExecStop hangs; systemd would wait 10 min before killing it
+    ("hang-stop.service", Text("[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep infinity\nTimeoutStopSec=600\n")),
+    // same, but systemd's own job timeout (1 s) gives up first
+    ("job-timeout.service", Text("[Unit]\nJobTimeoutSec=1\n[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep infinity\nTimeoutStopSec=600\n")),
+    // fails to start; oneshot: the start job itself fails (deterministic)
+    ("fails.service", Text("[Service]\nType=oneshot\nExecStart=/bin/false\n")),
+    // fails to start; simple: the start job is done at fork, the unit fails right after
+    ("fails-simple.service", Text("[Service]\nExecStart=/bin/false\n")),
+    ("idle.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("never-loaded.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("denied.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("peer.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
+    ("masked.service", Link("/dev/null")),
+];
+
+/// A test: on the two shared hosts, or without any.
+#[derive(Clone, Copy)]
+enum Body {
+    Hosts(fn(&TestHost, &TestHost) -> Result<(), Failed>),
+    Plain(fn() -> Result<(), Failed>),
+}
+
+fn main() {
+    if let Ok(step) = std::env::var("KR_TEST_CHILD") {
+        return child(&step);
+    }
+    let args = Arguments::from_args();
+    let hosts = Arc::new(LazyHosts::new("sd", &["a", "b"], UNITS));
+    let skip = hosts::skip_reason();
+    if let Some(reason) = &skip {
+        println!("host_systemd: skipping the tests on test hosts: {reason}");
+    }
+
+    use Body::*;
+    let tests: &[(&str, Body)] = &[
+        ("harness_host_view", Hosts(harness_host_view)),
+        (
+            "status_of_an_installed_inactive_unit",
+            Hosts(status_of_installed_inactive_unit),
+        ),
+        (
+            "stop_start_restart_kibana",
+            Hosts(stop_start_restart_kibana),
+        ),
+        (
+            "stop_of_a_never_loaded_unit_succeeds",
+            Hosts(stop_of_never_loaded_unit),
+        ),
+        (
+            "hanging_stop_hits_our_timeout",
+            Hosts(hanging_stop_hits_our_timeout),
+        ),
+        (
+            "systemd_job_timeout_is_reported_as_such",
+            Hosts(systemd_job_timeout),
+        ),
+        (
+            "failing_start_reports_exit_code",
+            Hosts(failing_start_reports_exit_code),
+        ),
+        (
+            "failing_simple_service_reports_exit_code",
+            Hosts(failing_simple_service),
+        ),
+        ("missing_unit_gives_not_found", Hosts(missing_unit)),
+        ("masked_unit_gives_masked", Hosts(masked_unit)),
+        (
+            "unit_added_after_boot_via_daemon_reload",
+            Hosts(unit_added_after_boot),
+        ),
+        (
+            "two_hosts_are_independent",
+            Hosts(two_hosts_are_independent),
+        ),
+        ("unreachable_bus_names_the_address", Plain(unreachable_bus)),
+        (
+            "connect_honours_dbus_system_bus_address",
+            Hosts(connect_honours_env),
+        ),
+        (
+            "unprivileged_caller_gets_access_denied",
+            Hosts(access_denied),
+        ),
+    ];
+    let trials = tests
+        .iter()
+        .map(|&(name, body)| {
+            let hosts = hosts.clone();
+            let skip = skip.clone();
+            Trial::ignorable_test(name, move || match body {
+                Plain(body) => body().map(|()| Completion::Completed),
+                Hosts(_) if skip.is_some() => Ok(Completion::ignored_with(skip.unwrap())),
+                Hosts(body) => {
+                    let (a, b) = (hosts.get("a")?, hosts.get("b")?);
+                    body(a, b).map(|()| Completion::Completed)
+                }
+            })
+        })
+        .collect();
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(hosts); // the trials are gone: this was the last reference; tears the hosts down
+    conclusion.exit();
+}
+
+/// Runs an async test body on its own runtime.
+fn block_on<F: std::future::Future<Output = Result<(), Failed>>>(f: F) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+async fn units(host: &TestHost) -> Result<SystemdUnits, Failed> {
+    Ok(SystemdUnits::connect_to(&host.bus).await?)
+}
+
+/// What systemctl inside the host says (an independent view of the same state).
+fn is_active(host: &TestHost, unit: &str) -> String {
+    String::from_utf8_lossy(&host.exec(&["systemctl", "is-active", unit]).stdout)
+        .trim()
+        .to_owned()
+}
+
+/// SIGKILLs every process of the unit (its hanging ExecStop too).
+fn kill_unit(host: &TestHost, unit: &str) {
+    host.exec_ok(&["systemctl", "kill", "--signal=SIGKILL", unit]);
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+// --- the harness itself -------------------------------------------------------------------------
+
+fn harness_host_view(a: &TestHost, b: &TestHost) -> Result<(), Failed> {
+    // own hostname (UTS name and /etc/hostname) and machine-id per host
+    for h in [a, b] {
+        let name = h.exec_ok(&["hostname"]);
+        check(name.trim() == h.name, || {
+            format!("hostname {name:?} != {}", h.name)
+        })?;
+        let file = h.exec_ok(&["cat", "/etc/hostname"]);
+        check(file.trim() == h.name, || format!("/etc/hostname {file:?}"))?;
+    }
+    let ids = [a, b].map(|h| h.exec_ok(&["cat", "/etc/machine-id"]));
+    let ours = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    check(ids[0] != ids[1] && ids[0] != ours, || {
+        format!("machine-ids not distinct: {ids:?}")
+    })?;
+    // this machine's root filesystem shows through the overlay: the built test binary too
+    let exe = std::env::current_exe()?;
+    a.exec_ok(&["test", "-x", exe.to_str().unwrap()]);
+    a.exec_ok(&[
+        "test",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+    ]);
+    // /tmp is a fresh tmpfs
+    let tmp = a.exec_ok(&["findmnt", "-n", "-o", "FSTYPE", "/tmp"]);
+    check(tmp.trim() == "tmpfs", || format!("/tmp is {tmp:?}"))?;
+    // the network namespace is shared: a listener inside is reachable on 127.0.0.1 outside
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port().to_string();
+    a.exec_ok(&[
+        "bash",
+        "-c",
+        &format!("echo hello-from-{} > /dev/tcp/127.0.0.1/{port}", a.name),
+    ]);
+    let (mut conn, _) = listener.accept()?;
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut got)?;
+    check(got.trim() == format!("hello-from-{}", a.name), || {
+        format!("got {got:?}")
+    })?;
+    // systemd is PID 1 inside
+    let comm = a.exec_ok(&["cat", "/proc/1/comm"]);
+    check(comm.trim() == "systemd", || format!("PID 1 is {comm:?}"))
+}
+
+// --- unit control ---------------------------------------------------------------------------------
+
+fn status_of_installed_inactive_unit(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let st = units(a).await?.status("idle.service").await?;
+        check(st.load_state == LoadState::Loaded, || format!("{st}"))?;
+        check(
+            st.active_state == ActiveState::Inactive && st.sub_state == "dead",
+            || format!("{st}"),
+        )?;
+        check(st.unit_file_state == "static", || format!("{st}"))?; // no [Install] section
+        check(
+            st.result.as_deref() == Some("success") && !st.is_masked(),
+            || format!("{st}"),
+        )?;
+        // and a unit that runs: dbus itself
+        let st = units(a).await?.status("dbus.service").await?;
+        check(st.is_active() && st.sub_state == "running", || {
+            format!("{st}")
+        })
+    })
+}
+
+fn stop_start_restart_kibana(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let sd = units(a).await?;
+        let unit = "kibana.service";
+        let st = sd.start(unit, OP).await?;
+        check(
+            st.active_state == ActiveState::Active && st.sub_state == "running",
+            || format!("{st}"),
+        )?;
+        check(is_active(a, unit) == "active", || {
+            "systemctl disagrees".into()
+        })?;
+        let pid = a.exec_ok(&["systemctl", "show", "-P", "MainPID", unit]);
+
+        sd.start(unit, OP).await?; // idempotent
+        let again = a.exec_ok(&["systemctl", "show", "-P", "MainPID", unit]);
+        check(pid == again, || {
+            format!("start of an active unit restarted it: {pid} -> {again}")
+        })?;
+
+        let st = sd.restart(unit, OP).await?;
+        check(st.is_active(), || format!("{st}"))?;
+        let new_pid = a.exec_ok(&["systemctl", "show", "-P", "MainPID", unit]);
+        check(new_pid != pid, || format!("restart kept MainPID {pid}"))?;
+
+        let t = Instant::now();
+        let st = sd.stop(unit, OP).await?;
+        eprintln!("stop of {unit} took {:?}", t.elapsed());
+        check(
+            st.active_state == ActiveState::Inactive && st.sub_state == "dead",
+            || format!("{st}"),
+        )?;
+        check(st.result.as_deref() == Some("success"), || format!("{st}"))?;
+        check(is_active(a, unit) == "inactive", || {
+            "systemctl disagrees".into()
+        })?;
+
+        let st = sd.stop(unit, OP).await?; // idempotent
+        check(st.is_stopped(), || format!("{st}"))
+    })
+}
+
+fn stop_of_never_loaded_unit(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        // StopUnit answers "not loaded" for a unit systemd has not loaded (nothing referenced
+        // never-loaded.service since boot); that must still be a successful stop.
+        let st = units(a).await?.stop("never-loaded.service", OP).await?;
+        check(
+            st.is_stopped() && st.load_state == LoadState::Loaded,
+            || format!("{st}"),
+        )
+    })
+}
+
+fn hanging_stop_hits_our_timeout(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let sd = units(a).await?;
+        sd.start("hang-stop.service", OP).await?;
+        let timeout = Duration::from_secs(2);
+        let t = Instant::now();
+        let err = sd
+            .stop("hang-stop.service", timeout)
+            .await
+            .expect_err("stop must not finish");
+        let took = t.elapsed();
+        let msg = err.to_string();
+        eprintln!("{msg} (after {took:?})");
+        kill_unit(a, "hang-stop.service"); // else it delays the host's poweroff
+        match &err {
+            UnitError::TimedOut {
+                unit,
+                action: Action::Stop,
+                timeout: t,
+                waiting: Waiting::Job(_),
+                last,
+            } => {
+                check(unit == "hang-stop.service" && *t == timeout, || {
+                    format!("{err:?}")
+                })?;
+                let last = last.as_ref().ok_or("no last state")?;
+                check(last.active_state == ActiveState::Deactivating, || {
+                    format!("{last}")
+                })?;
+            }
+            other => return Err(format!("expected our TimedOut, got {other:?}").into()),
+        }
+        check(
+            took >= timeout && took < timeout + Duration::from_secs(2),
+            || format!("took {took:?}"),
+        )?;
+        check(
+            msg.contains("hang-stop.service") && msg.contains("stop") && msg.contains("2s"),
+            || msg.clone(),
+        )?;
+        check(msg.contains("our timeout"), || msg.clone())
+    })
+}
+
+fn systemd_job_timeout(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let sd = units(a).await?;
+        sd.start("job-timeout.service", OP).await?;
+        let err = sd
+            .stop("job-timeout.service", OP)
+            .await
+            .expect_err("JobTimeoutSec=1 must cancel the stop");
+        eprintln!("{err}");
+        kill_unit(a, "job-timeout.service");
+        match &err {
+            UnitError::JobTimedOut {
+                unit,
+                action: Action::Stop,
+                job_timeout,
+                ..
+            } => {
+                check(unit == "job-timeout.service", || format!("{err:?}"))?;
+                check(*job_timeout == Some(Duration::from_secs(1)), || {
+                    format!("{err:?}")
+                })
+            }
+            other => Err(format!("expected systemd's JobTimedOut, got {other:?}").into()),
+        }
+    })
+}
+
+fn failing_start_reports_exit_code(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let err = units(a)
+            .await?
+            .start("fails.service", OP)
+            .await
+            .expect_err("/bin/false cannot start");
+        eprintln!("{err}");
+        match &err {
+            UnitError::StartFailed {
+                unit,
+                action: Action::Start,
+                job_result: JobResult::Failed,
+                status,
+            } => {
+                check(unit == "fails.service", || format!("{err:?}"))?;
+                check(status.result.as_deref() == Some("exit-code"), || {
+                    format!("{status}")
+                })?;
+                check(status.active_state == ActiveState::Failed, || {
+                    format!("{status}")
+                })?;
+            }
+            other => return Err(format!("expected StartFailed, got {other:?}").into()),
+        }
+        check(err.to_string().contains("Result=exit-code"), || {
+            err.to_string()
+        })
+    })
+}
+
+fn failing_simple_service(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        // Type=simple: the start job is done as soon as systemd forked; /bin/false dies a moment
+        // later. start() reports the failure when it sees it while settling; if the unit was
+        // still "active" at that instant, start() succeeds and status() shows the failure.
+        let sd = units(a).await?;
+        match sd.start("fails-simple.service", OP).await {
+            Err(UnitError::StartFailed {
+                status,
+                job_result: JobResult::Done,
+                ..
+            }) => check(status.result.as_deref() == Some("exit-code"), || {
+                format!("{status}")
+            }),
+            Ok(st) => {
+                eprintln!("fails-simple.service still looked {st} when start() returned");
+                let t = Instant::now();
+                loop {
+                    let st = sd.status("fails-simple.service").await?;
+                    if st.active_state == ActiveState::Failed {
+                        return check(st.result.as_deref() == Some("exit-code"), || {
+                            format!("{st}")
+                        });
+                    }
+                    check(t.elapsed() < Duration::from_secs(5), || {
+                        format!("never failed: {st}")
+                    })?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(other) => Err(format!("expected StartFailed after job done, got {other:?}").into()),
+        }
+    })
+}
+
+fn missing_unit(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let sd = units(a).await?;
+        let st = sd.status("no-such.service").await?;
+        check(
+            st.load_state == LoadState::NotFound && st.is_stopped(),
+            || format!("{st}"),
+        )?;
+        for (action, res) in [
+            (Action::Start, sd.start("no-such.service", OP).await),
+            (Action::Stop, sd.stop("no-such.service", OP).await),
+            (Action::Restart, sd.restart("no-such.service", OP).await),
+        ] {
+            match res {
+                Err(UnitError::NotFound {
+                    ref unit,
+                    action: a,
+                }) if unit == "no-such.service" && a == action => {
+                    eprintln!("{}", res.unwrap_err())
+                }
+                other => return Err(format!("{action}: expected NotFound, got {other:?}").into()),
+            }
+        }
+        Ok(())
+    })
+}
+
+fn masked_unit(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let sd = units(a).await?;
+        let st = sd.status("masked.service").await?;
+        check(st.is_masked() && st.load_state == LoadState::Masked, || {
+            format!("{st}")
+        })?;
+        for (action, res) in [
+            (Action::Start, sd.start("masked.service", OP).await),
+            (Action::Restart, sd.restart("masked.service", OP).await),
+        ] {
+            match res {
+                Err(UnitError::Masked {
+                    ref unit,
+                    action: a,
+                }) if unit == "masked.service" && a == action => {
+                    eprintln!("{}", res.unwrap_err())
+                }
+                other => return Err(format!("{action}: expected Masked, got {other:?}").into()),
+            }
+        }
+        // systemd lets a masked unit be stopped (it may still run from before the mask)
+        let st = sd.stop("masked.service", OP).await?;
+        check(st.is_stopped(), || format!("{st}"))
+    })
+}
+
+fn unit_added_after_boot(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    a.write_unit("late.service", "[Service]\nExecStart=/bin/sleep infinity\n");
+    block_on(async {
+        let sd = units(a).await?;
+        sd.daemon_reload().await?;
+        let st = sd.start("late.service", OP).await?;
+        check(st.is_active(), || format!("{st}"))?;
+        sd.stop("late.service", OP).await?;
+        Ok(())
+    })
+}
+
+fn two_hosts_are_independent(a: &TestHost, b: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let (sa, sb) = (units(a).await?, units(b).await?);
+        let (ra, rb) = tokio::join!(sa.start("peer.service", OP), sb.start("peer.service", OP));
+        check(ra?.is_active() && rb?.is_active(), || {
+            "not both active".into()
+        })?;
+        sa.stop("peer.service", OP).await?;
+        let (st_a, st_b) = (
+            sa.status("peer.service").await?,
+            sb.status("peer.service").await?,
+        );
+        check(st_a.is_stopped() && st_b.is_active(), || {
+            format!("{st_a} / {st_b}")
+        })?;
+        check(is_active(b, "peer.service") == "active", || {
+            "b's systemctl disagrees".into()
+        })?;
+        sb.stop("peer.service", OP).await?;
+        Ok(())
+    })
+}
+
+// --- connecting ---------------------------------------------------------------------------------
+
+fn unreachable_bus() -> Result<(), Failed> {
+    block_on(async {
+        let address = "unix:path=/nonexistent/kr-test/system_bus_socket";
+        let err = SystemdUnits::connect_to(address)
+            .await
+            .expect_err("nothing listens there");
+        let msg = err.to_string();
+        eprintln!("{msg}");
+        check(
+            matches!(&err, UnitError::BusUnreachable { address: a, .. } if a == address),
+            || format!("{err:?}"),
+        )?;
+        check(msg.contains(address), || msg.clone())
+    })
+}
+
+/// Runs this test binary again as a child that performs one step (see [`child`]); returns its
+/// stdout.
+fn run_child(step: &str, env: &[(&str, &str)], as_nobody: bool) -> Result<String, Failed> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.env("KR_TEST_CHILD", step)
+        .env_remove("DBUS_SYSTEM_BUS_ADDRESS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    check(out.status.success(), || {
+        format!(
+            "child {step} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    eprint!("{stdout}");
+    Ok(stdout)
+}
+
+fn connect_honours_env(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    let out = run_child("status-dbus", &[("DBUS_SYSTEM_BUS_ADDRESS", &a.bus)], false)?;
+    check(
+        out.contains("OK dbus.service: LoadState=loaded ActiveState=active"),
+        || out.clone(),
+    )?;
+    let bogus = "unix:path=/nonexistent/kr-env/system_bus_socket";
+    let out = run_child("status-dbus", &[("DBUS_SYSTEM_BUS_ADDRESS", bogus)], false)?;
+    check(
+        out.contains("ERR BusUnreachable") && out.contains(bogus),
+        || out.clone(),
+    )
+}
+
+fn access_denied(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        Ok(units(a)
+            .await?
+            .start("denied.service", OP)
+            .await
+            .map(drop)?)
+    })?;
+    // uid 65534, no polkit in the host: systemd refuses to stop the unit; reading is allowed
+    let out = run_child("stop-denied", &[("KR_TEST_BUS", &a.bus)], true)?;
+    check(
+        out.contains("ERR AccessDenied") && out.contains("stop of denied.service"),
+        || out.clone(),
+    )?;
+    check(out.contains("STATUS active"), || out.clone())?;
+    block_on(async { Ok(units(a).await?.stop("denied.service", OP).await.map(drop)?) })
+}
+
+/// Child mode of this binary (`KR_TEST_CHILD=step`): performs one step in a fresh process (its
+/// own environment, or another uid) and prints the outcome on stdout.
+fn child(step: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let name = |e: &UnitError| {
+            format!("{e:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        match step {
+            "status-dbus" => match SystemdUnits::connect().await {
+                Ok(sd) => match sd.status("dbus.service").await {
+                    Ok(st) => println!("OK {st}"),
+                    Err(e) => println!("ERR {} {e}", name(&e)),
+                },
+                Err(e) => println!("ERR {} {e}", name(&e)),
+            },
+            "stop-denied" => {
+                let sd = SystemdUnits::connect_to(&std::env::var("KR_TEST_BUS").unwrap())
+                    .await
+                    .unwrap();
+                match sd.stop("denied.service", OP).await {
+                    Ok(st) => println!("OK {st}"),
+                    Err(e) => println!("ERR {} {e}", name(&e)),
+                }
+                match sd.status("denied.service").await {
+                    Ok(st) => println!("STATUS {}", st.active_state),
+                    Err(e) => println!("STATUS-ERR {e}"),
+                }
+            }
+            other => panic!("unknown child step {other}"),
+        }
+    });
+}
