@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Manual end-to-end check of the es-node harness: kibana feature snapshot + restore against the real node.
-# Usage: tests/harness/esnode/smoke.sh   (runs `es-node up`; leaves the node running; prints every exchange)
+# End-to-end check of the es-node harness: kibana feature snapshot + restore against the real node.
+# Prints every exchange, then checks the outcome; exits non-zero on a failed check.
+# Usage: tests/harness/esnode/smoke.sh
+# Uses its own node (KR_TEST_STATE=/tmp/kr-smoke, ES_PORT=9251 unless set), stopped at the end unless KEEP=1.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export KR_TEST_STATE="${KR_TEST_STATE:-/tmp/kr-smoke}" ES_PORT="${ES_PORT:-9251}"
+"$here/../es-node" down
+[[ "${KEEP:-}" == 1 ]] || trap '"$here/../es-node" down; rmdir "$KR_TEST_STATE" 2>/dev/null || true' EXIT
 eval "$("$here/../es-node" up)"
 U="$ES_URL"
 K=(-H 'X-elastic-product-origin: kibana')
@@ -38,3 +43,17 @@ req GET '/_cat/indices?v&expand_wildcards=all&h=index,health,docs.count' ''
 req GET '/_alias/.kibana' '' "${K[@]}"
 req GET /other/_doc/1 ''
 req GET /_kr_test/counters ''
+
+fail=0
+check() { # DESCRIPTION COMMAND...
+  if "${@:2}" >/dev/null; then echo "ok   - $1"; else echo "FAIL - $1"; fail=1; fi
+}
+get() { curl -s "$U$1" "${K[@]}"; }
+check "GET _features lists kibana" grep -q '"name":"kibana"' <<<"$(get /_features)"
+check "snapshot s1 has feature_states kibana" grep -q '"feature_states":\[{"feature_name":"kibana","indices":\[".kibana_8.14.3_001"\]}\]' <<<"$(get /_snapshot/repo/s1)"
+check "doc is back to the snapshot's version" grep -q '"v":"old"' <<<"$(get /.kibana/_doc/config:8.14.3)"
+check ".kibana_8.15.0_001 (not in the snapshot) was deleted by the restore" grep -q '"status":404' <<<"$(get /.kibana_8.15.0_001)"
+check "index other untouched" grep -q '"found":true' <<<"$(get /other/_doc/1)"
+check "node saw exactly one restore" grep -q '^{"restore":1,' <<<"$(get /_kr_test/counters)"
+check "restore recorded User-Agent and X-Opaque-Id" grep -q '"user_agent":"kibana-rollback-smoke/0","x_opaque_id":"smoke-restore-1"' <<<"$(get /_kr_test/counters)"
+exit $fail

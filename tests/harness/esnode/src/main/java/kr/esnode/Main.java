@@ -85,7 +85,14 @@ public final class Main {
             }
         }, "kr-es-shutdown"));
 
-        node.start();
+        try {
+            node.start();
+        } catch (Throwable t) {
+            // Non-daemon ES threads could keep a half-started JVM alive: exit so the harness sees the failure.
+            System.err.println("node failed to start: " + t);
+            t.printStackTrace();
+            System.exit(1);
+        }
         int boundPort = node.injector().getInstance(HttpServerTransport.class).boundAddress().publishAddress().getPort();
         writeAtomically(base.resolve("http.port"), Integer.toString(boundPort));
         System.out.println("READY http://127.0.0.1:" + boundPort);
