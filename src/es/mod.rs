@@ -257,9 +257,11 @@ impl Es {
     }
 
     /// Every document whose id starts with `prefix` (near-real-time search; for listings).
+    /// Elasticsearch allows neither prefix queries nor sorting on `_id`, and the coordination
+    /// index maps no fields, so the filtering happens here; the index holds few documents.
     pub async fn list_docs<T: DeserializeOwned>(&self, index: &str, prefix: &str) -> Result<Vec<Versioned<T>>, EsError> {
         let path = format!("{}/_search?seq_no_primary_term=true", seg(index));
-        let body = json!({"size": 10000, "query": {"prefix": {"_id": prefix}}, "sort": [{"_doc": "asc"}]});
+        let body = json!({"size": 10000, "query": {"match_all": {}}, "sort": [{"_doc": "asc"}]});
         let v: serde_json::Value = match self.client.json(Method::POST, &path, Some(&body), None, Idempotence::Safe).await {
             Ok(v) => v,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
@@ -268,6 +270,9 @@ impl Es {
         let mut out = Vec::new();
         for hit in v["hits"]["hits"].as_array().cloned().unwrap_or_default() {
             let id = hit["_id"].as_str().unwrap_or_default().to_string();
+            if !id.starts_with(prefix) {
+                continue;
+            }
             let (Some(seq_no), Some(primary_term)) = (hit["_seq_no"].as_i64(), hit["_primary_term"].as_i64()) else {
                 continue;
             };
@@ -275,6 +280,7 @@ impl Es {
                 .map_err(|e| EsError::Decode { method: "POST".into(), path: path.clone(), detail: format!("document {id}: {e}") })?;
             out.push(Versioned { id, seq_no, primary_term, source });
         }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
