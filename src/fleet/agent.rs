@@ -135,6 +135,10 @@ pub fn decide_host(
             }
             return HostDecision::Idle;
         }
+        // While the unit must stay stopped, stopping again is always safe: retry.
+        Some(StepResult::Failed { .. }) if step == Step::StopUnit && op.phase.holds_stopped() => {
+            return HostDecision::Run { step: HostStep::StopUnit, acks: true, resumed: false };
+        }
         // Reported; the leader decides what a failure means. Not retried on our own.
         Some(StepResult::Failed { .. }) => return HostDecision::Idle,
         Some(StepResult::InProgress) | None => {}

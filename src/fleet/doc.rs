@@ -199,7 +199,9 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { to: Starting, from: &[Reinstalling], by: Mover::Leader },
     Transition { to: Done, from: &[Starting], by: Mover::Leader },
     // Preflight changed nothing anywhere, so it ends `aborted` directly.
-    Transition { to: Aborting, from: &[Prefetching, Stopping, Barrier, SafetySnapshot], by: Mover::Leader },
+    // From `restoring` only while no restore has been recorded (the leader checks): the restore
+    // point is the write-ahead restore record, not the phase name.
+    Transition { to: Aborting, from: &[Prefetching, Stopping, Barrier, SafetySnapshot, Restoring], by: Mover::Leader },
     Transition { to: Aborted, from: &[Preflight, Aborting], by: Mover::Leader },
     // `aborting` fails when a unit cannot be brought back: `aborted` promises every unit is back.
     Transition { to: Failed, from: &[Restoring, Reinstalling, Starting, Aborting], by: Mover::Leader },
@@ -345,6 +347,14 @@ impl OperationDoc {
     }
 }
 
+/// Refuses `restoring -> aborting` once a restore is recorded (it may have happened).
+pub fn check_guard(op: &OperationDoc, to: Phase) -> Result<(), DocError> {
+    if op.phase == Phase::Restoring && to == Phase::Aborting && op.restore.is_some() {
+        return Err(DocError::IllegalTransition { from: op.phase, to });
+    }
+    Ok(())
+}
+
 /// Apply a phase change to `op`: checks the table, records history, sets `phase_epoch`.
 /// `error` is stored when given (aborted/failed causes).
 pub fn transition(
@@ -357,6 +367,7 @@ pub fn transition(
     if !is_legal(op.phase, to, by) {
         return Err(DocError::IllegalTransition { from: op.phase, to });
     }
+    check_guard(op, to)?;
     let mut next = op.clone();
     next.history.push(PhaseChange { from: op.phase, to, epoch: op.epoch, reason: reason.into(), at: at.into() });
     next.phase = to;
@@ -552,7 +563,7 @@ pub(crate) mod tests {
         for t in TRANSITIONS.iter().filter(|t| t.by == Mover::Leader) {
             for from in t.from {
                 assert!(!from.is_terminal(), "{from} -> {}", t.to);
-                if from.restore_point() == RestorePoint::AtOrAfter {
+                if from.restore_point() == RestorePoint::AtOrAfter && *from != Phase::Restoring {
                     assert_ne!(t.to.restore_point(), RestorePoint::Before, "{from} -> {} silently undoes a restore", t.to);
                 }
             }

@@ -207,9 +207,12 @@ pub fn tally(op: &OperationDoc, hosts: &[HostDoc], step: Step, need_stopped: boo
 fn end(op: &OperationDoc, to: Phase, host: Option<String>, cause: String, wall: &str) -> LeaderDecision {
     match transition(op, to, Mover::Leader, cause.clone(), wall) {
         Ok(mut doc) => {
-            if matches!(to, Phase::Aborting | Phase::Aborted | Phase::Failed) && doc.error.is_none() {
-                doc.error = Some(OpError { host, cause: cause.clone() });
-            }
+            // The error names what ended the operation; an abort's reason stays in the cause.
+            let cause_text = match (&op.error, op.phase) {
+                (Some(prev), Phase::Aborting) => format!("{cause} (while aborting after: {})", prev.cause),
+                _ => cause.clone(),
+            };
+            doc.error = Some(OpError { host, cause: cause_text });
             LeaderDecision::Write { doc, why: format!("{} -> {to}: {cause}", op.phase) }
         }
         Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
@@ -410,14 +413,32 @@ fn decide_restoring(
     if op.safety_snapshot.enabled && op.safety_snapshot.taken_uuid.is_none() {
         return end(op, Phase::Failed, None, "internal: restoring without the safety snapshot; refusing to restore".into(), wall);
     }
-    // Write-ahead record of our own restore, once every unit is known stopped (invariant 1).
+    // Every unit must be known stopped before the restore is recorded and again before it is
+    // issued (invariant 1). If that cannot be confirmed: with no restore recorded yet nothing has
+    // changed in Elasticsearch, so a failed stop aborts at once and a silent host aborts after the
+    // barrier timeout; once a restore is recorded the only way out is `failed`.
+    let t = tally(op, hosts, Step::StopUnit, true);
+    let age = now.saturating_sub(mem.phase_since);
+    let held = || -> LeaderDecision {
+        let blocked: Vec<String> = t.pending.iter().chain(t.failed.iter().map(|(h, _)| h)).cloned().collect();
+        let first = blocked.first().cloned();
+        if op.restore.is_none() {
+            if let Some((h, c)) = t.failed.first() {
+                return end(op, Phase::Aborting, Some(h.clone()), format!("restoring: {h} could not stop kibana before the restore: {c}"), wall);
+            }
+            if age >= cfg.barrier_timeout {
+                return end(op, Phase::Aborting, first, format!("restoring: units not confirmed stopped within {:?}: {}; nothing was restored", cfg.barrier_timeout, blocked.join(", ")), wall);
+            }
+        } else if age >= cfg.barrier_timeout {
+            return end(op, Phase::Failed, first, format!("restoring: units not confirmed stopped within {:?}: {}; the restore was recorded, check it before --resume", cfg.barrier_timeout, blocked.join(", ")), wall);
+        }
+        LeaderDecision::Wait(format!("restoring: restore held until every unit is confirmed stopped: {}", blocked.join(", ")))
+    };
+    let all_stopped = t.pending.is_empty() && t.failed.is_empty();
+    // Write-ahead record of our own restore.
     let intent = |superseded: Vec<u64>| -> LeaderDecision {
-        let t = tally(op, hosts, Step::StopUnit, true);
-        if !t.pending.is_empty() || !t.failed.is_empty() {
-            return LeaderDecision::Wait(format!(
-                "restoring: restore held until every unit is confirmed stopped: {}",
-                t.pending.iter().chain(t.failed.iter().map(|(h, _)| h)).cloned().collect::<Vec<_>>().join(", ")
-            ));
+        if !all_stopped {
+            return held();
         }
         let mut doc = op.clone();
         doc.restore = Some(RestoreRecord { epoch: op.epoch, issued: true, completed: false, superseded_epochs: superseded, detail: String::new() });
@@ -484,9 +505,8 @@ fn decide_restoring(
         }
         None => {
             // Re-check the hosts right before issuing, then require a fresh renewal.
-            let t = tally(op, hosts, Step::StopUnit, true);
-            if !t.pending.is_empty() || !t.failed.is_empty() {
-                return LeaderDecision::Wait(format!("restoring: restore held: {}", waiting_for(op, hosts)));
+            if !all_stopped {
+                return held();
             }
             if lease.renew_due(now, &cfg.lease) {
                 LeaderDecision::Renew
