@@ -51,7 +51,7 @@ mod tests;
 
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
-    history_doc_id, is_legal, transition, Ack, DocError, DocVersion, HostDoc, LeaderInfo, Mover, OpError, OperationDoc,
+    history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion, HostDoc, LeaderInfo, Mover, OpError, OperationDoc,
     Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned,
     OPERATION_DOC_ID, TRANSITIONS,
 };
