@@ -8,6 +8,7 @@ pub mod compat;
 pub mod config;
 pub mod es;
 pub mod exit;
+pub mod fleet;
 pub mod host;
 pub mod logging;
 pub mod snapshots;

@@ -1,0 +1,523 @@
+//! Cluster-side decisions, taken only by the lease holder while its lease is valid.
+//!
+//! [`decide_leader`] is pure: the operation document, the host documents, what this leader
+//! remembers of its cluster steps ([`LeaderMemory`]) and the time on its own clock in, one
+//! [`LeaderDecision`] out. The node ([`super::node`]) turns decisions into actions and makes sure
+//! only one write is in flight.
+//!
+//! The restore (the one step that cannot be fenced by Elasticsearch) is done write-ahead:
+//! 1. every expected host has acked `stop_unit` for this operation and reports its unit stopped;
+//! 2. the leader CAS-writes `restore = {epoch: E, issued: true, completed: false}` — this write
+//!    is also a lease renewal;
+//! 3. only while that renewal is fresh (younger than lease/3) is `Restore{epoch: E, deadline}`
+//!    issued, at most once per epoch; the adapter must not send it after `deadline` (the end of
+//!    the lease on this leader's clock) and reports [`ClusterOutcome::RestoreNotSent`] instead,
+//!    whereupon this leader steps down.
+//!
+//! A successor that finds a restore recorded at an older epoch and not completed does **not**
+//! re-issue blindly. It asks the adapter to inspect Elasticsearch ([`ClusterStep::InspectRestore`]:
+//! active recoveries of the kibana feature indices, and whether their recovery source is this
+//! snapshot). Running → wait and inspect again; completed from this snapshot and healthy →
+//! record completion and go on; certainly not started → issue its own restore (safe: every unit is
+//! still stopped, restoring the same snapshot twice gives the same state, and the safety snapshot
+//! already holds what was there before); anything else → `failed` with a cause telling the
+//! operator what to check and to re-run with `--resume`. Elasticsearch restores are not fenced,
+//! so a restore request delayed in the network past the old leader's deadline could still land;
+//! the deadline check right before sending keeps that window to the adapter's send path.
+
+use super::doc::{transition, HostDoc, Mover, OpError, OperationDoc, Phase, RestoreRecord, SnapshotRef, Step, StepResult};
+use super::lease::{renew, HeldLease};
+use super::status::waiting_for;
+use super::FleetConfig;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A cluster-wide step, run by the Elasticsearch adapter for the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum ClusterStep {
+    /// ES reachable; every node compatible with `target_version`; snapshot SUCCESS with the
+    /// `kibana` feature state; coordination index safe. Read-only.
+    Preflight { target_version: Version, snapshot: SnapshotRef, expected_hosts: Vec<String> },
+    /// No Kibana client seen by Elasticsearch recently (`_nodes/stats/http`). Read-only.
+    CheckKibanaClients,
+    /// Snapshot the kibana feature state as `name`. Idempotent: an existing SUCCESS snapshot of
+    /// that name taken for this operation counts as done.
+    SafetySnapshot { repository: String, name: String },
+    /// Restore the kibana feature state. Must not be sent once the monotonic clock passed `deadline`.
+    Restore { snapshot: SnapshotRef, epoch: u64, deadline: Duration },
+    /// What became of a restore recorded by an earlier leader at `recorded_epoch`. Read-only.
+    InspectRestore { snapshot: SnapshotRef, recorded_epoch: u64 },
+    /// After every host started: the restored indices are healthy and Kibana reports the target. Read-only.
+    VerifyFinal { target_version: Version },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterStepKind {
+    Preflight,
+    CheckKibanaClients,
+    SafetySnapshot,
+    Restore,
+    InspectRestore,
+    VerifyFinal,
+}
+
+impl ClusterStep {
+    pub fn kind(&self) -> ClusterStepKind {
+        match self {
+            ClusterStep::Preflight { .. } => ClusterStepKind::Preflight,
+            ClusterStep::CheckKibanaClients => ClusterStepKind::CheckKibanaClients,
+            ClusterStep::SafetySnapshot { .. } => ClusterStepKind::SafetySnapshot,
+            ClusterStep::Restore { .. } => ClusterStepKind::Restore,
+            ClusterStep::InspectRestore { .. } => ClusterStepKind::InspectRestore,
+            ClusterStep::VerifyFinal { .. } => ClusterStepKind::VerifyFinal,
+        }
+    }
+}
+
+/// The restore reply: `snapshot.shards.failed` and the health of the restored indices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    pub shards_failed: u32,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// What [`ClusterStep::InspectRestore`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreInspection {
+    /// A restore of the kibana feature indices is still running.
+    InProgress,
+    /// The kibana feature indices were recovered from this snapshot and are healthy.
+    Completed,
+    /// Certainly not restored from this snapshot and nothing running.
+    NotStarted,
+    /// Cannot tell.
+    Unknown(String),
+}
+
+/// Result of a cluster step, fed back as [`super::node::Event::Cluster`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterOutcome {
+    /// `Err` lists the problems, one per line.
+    Preflight(Result<(), String>),
+    /// `Err` names the clients still seen.
+    KibanaClients(Result<(), String>),
+    /// `Ok(uuid)`.
+    SafetySnapshot(Result<String, String>),
+    Restore(Result<RestoreReport, String>),
+    /// The adapter did not send the restore: the deadline had passed.
+    RestoreNotSent,
+    InspectRestore(RestoreInspection),
+    VerifyFinal(Result<(), String>),
+}
+
+/// What a leader remembers while it leads one phase. Reset on every phase change and takeover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderMemory {
+    pub phase: Phase,
+    /// When this leader first saw the phase, on its own clock (phase and barrier timeouts).
+    pub phase_since: Duration,
+    pub preflight: Option<Result<(), String>>,
+    pub clients: Option<(Result<(), String>, Duration)>,
+    pub safety: Option<Result<String, String>>,
+    pub restore: Option<Result<RestoreReport, String>>,
+    pub inspect: Option<(RestoreInspection, Duration)>,
+    pub verify: Option<Result<(), String>>,
+    /// The epoch at which this leader issued a restore, if it did.
+    pub restore_issued_epoch: Option<u64>,
+    /// Cluster step in flight (request id, kind).
+    pub cluster_inflight: Option<(u64, ClusterStepKind)>,
+}
+
+impl LeaderMemory {
+    pub fn new(phase: Phase, now: Duration) -> Self {
+        LeaderMemory {
+            phase,
+            phase_since: now,
+            preflight: None,
+            clients: None,
+            safety: None,
+            restore: None,
+            inspect: None,
+            verify: None,
+            restore_issued_epoch: None,
+            cluster_inflight: None,
+        }
+    }
+
+    /// Store a result that answers the step in flight. Returns false for a stale one.
+    pub fn record(&mut self, id: u64, outcome: ClusterOutcome, now: Duration) -> bool {
+        match self.cluster_inflight {
+            Some((want, _)) if want == id => self.cluster_inflight = None,
+            _ => return false,
+        }
+        match outcome {
+            ClusterOutcome::Preflight(r) => self.preflight = Some(r),
+            ClusterOutcome::KibanaClients(r) => self.clients = Some((r, now)),
+            ClusterOutcome::SafetySnapshot(r) => self.safety = Some(r),
+            ClusterOutcome::Restore(r) => self.restore = Some(r),
+            ClusterOutcome::RestoreNotSent => {}
+            ClusterOutcome::InspectRestore(r) => self.inspect = Some((r, now)),
+            ClusterOutcome::VerifyFinal(r) => self.verify = Some(r),
+        }
+        true
+    }
+}
+
+/// The leader's decision for this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderDecision {
+    /// CAS-write this document (phase change, restore record).
+    Write { doc: OperationDoc, why: String },
+    /// Run this cluster step (unless one is in flight).
+    Run(ClusterStep),
+    /// Issue the restore at the current epoch now.
+    IssueRestore,
+    /// Renew the lease first (needed before the restore).
+    Renew,
+    Wait(String),
+}
+
+/// Per-host summary of the acks for `step` in `op`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AckTally {
+    pub ok: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub pending: Vec<String>,
+}
+
+/// Tally the expected hosts' acks of `step` that answer `op` (see [`super::doc::Ack::answers`]).
+/// With `need_stopped`, an OK host whose doc does not report its unit stopped is pending.
+pub fn tally(op: &OperationDoc, hosts: &[HostDoc], step: Step, need_stopped: bool) -> AckTally {
+    let mut t = AckTally::default();
+    for h in &op.expected_hosts {
+        let doc = hosts.iter().find(|d| &d.host_id == h);
+        let ack = doc.and_then(|d| d.ack.as_ref()).filter(|a| a.answers(op, step));
+        match ack.map(|a| &a.result) {
+            Some(StepResult::Ok) if !need_stopped || doc.is_some_and(|d| d.unit_state.is_stopped()) => t.ok.push(h.clone()),
+            Some(StepResult::Failed { cause }) => t.failed.push((h.clone(), cause.clone())),
+            _ => t.pending.push(h.clone()),
+        }
+    }
+    t
+}
+
+fn end(op: &OperationDoc, to: Phase, host: Option<String>, cause: String, wall: &str) -> LeaderDecision {
+    match transition(op, to, Mover::Leader, cause.clone(), wall) {
+        Ok(mut doc) => {
+            // The error names what ended the operation; an abort's reason stays in the cause.
+            let cause_text = match (&op.error, op.phase) {
+                (Some(prev), Phase::Aborting) => format!("{cause} (while aborting after: {})", prev.cause),
+                _ => cause.clone(),
+            };
+            doc.error = Some(OpError { host, cause: cause_text });
+            LeaderDecision::Write { doc, why: format!("{} -> {to}: {cause}", op.phase) }
+        }
+        Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
+    }
+}
+
+fn next(op: &OperationDoc, to: Phase, reason: &str, wall: &str) -> LeaderDecision {
+    match transition(op, to, Mover::Leader, reason, wall) {
+        Ok(doc) => LeaderDecision::Write { doc, why: format!("{} -> {to}: {reason}", op.phase) },
+        Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
+    }
+}
+
+/// Where a failure in `phase` leads: abort before the restore point, fail from it on.
+fn failure_target(phase: Phase) -> Phase {
+    match phase {
+        Phase::Preflight => Phase::Aborted,
+        Phase::Aborting => Phase::Failed,
+        p if p.is_before_restore_point() => Phase::Aborting,
+        _ => Phase::Failed,
+    }
+}
+
+fn run_or_wait(mem: &LeaderMemory, step: ClusterStep, what: String) -> LeaderDecision {
+    if mem.cluster_inflight.is_some() {
+        LeaderDecision::Wait(what)
+    } else {
+        LeaderDecision::Run(step)
+    }
+}
+
+/// Decide what the leader does now. Call only while `lease` is valid and no write is in flight.
+pub fn decide_leader(
+    op: &OperationDoc,
+    hosts: &[HostDoc],
+    mem: &LeaderMemory,
+    lease: &HeldLease,
+    now: Duration,
+    cfg: &FleetConfig,
+    wall: &str,
+) -> LeaderDecision {
+    let age = now.saturating_sub(mem.phase_since);
+    if let Some(req) = &op.abort_requested {
+        let cause = format!("aborted by {}: {}", req.by, req.reason);
+        match op.phase {
+            Phase::Preflight | Phase::Prefetching | Phase::Stopping | Phase::Barrier | Phase::SafetySnapshot => {
+                return end(op, failure_target(op.phase), None, cause, wall);
+            }
+            _ => {} // past the restore point (or already aborting): no silent way back
+        }
+    }
+    let waiting = || LeaderDecision::Wait(waiting_for(op, hosts));
+    let timed_out = |t: &AckTally| -> Option<LeaderDecision> {
+        let limit = cfg.phase_timeout?;
+        (age >= limit).then(|| {
+            end(
+                op,
+                failure_target(op.phase),
+                t.pending.first().cloned(),
+                format!("{}: no acknowledgement from {} within {:?}", op.phase, t.pending.join(", "), limit),
+                wall,
+            )
+        })
+    };
+    match op.phase {
+        Phase::Done | Phase::Aborted | Phase::Failed => LeaderDecision::Wait(waiting_for(op, hosts)),
+        Phase::Preflight => {
+            let t = tally(op, hosts, Step::CheckAvailable, false);
+            if let Some((h, c)) = t.failed.first() {
+                return end(op, Phase::Aborted, Some(h.clone()), format!("preflight on {h}: {c}"), wall);
+            }
+            match &mem.preflight {
+                None => run_or_wait(
+                    mem,
+                    ClusterStep::Preflight {
+                        target_version: op.target_version.clone(),
+                        snapshot: op.snapshot.clone(),
+                        expected_hosts: op.expected_hosts.clone(),
+                    },
+                    "preflight: checking the cluster".into(),
+                ),
+                Some(Err(c)) => end(op, Phase::Aborted, None, format!("preflight: {c}"), wall),
+                Some(Ok(())) if t.pending.is_empty() => next(op, Phase::Prefetching, "preflight passed", wall),
+                Some(Ok(())) => timed_out(&t).unwrap_or_else(waiting),
+            }
+        }
+        Phase::Prefetching | Phase::Stopping | Phase::Reinstalling | Phase::Starting | Phase::Aborting => {
+            let step = op.phase.host_step().expect("host phase");
+            let t = tally(op, hosts, step, false);
+            if let Some((h, c)) = t.failed.first() {
+                return end(op, failure_target(op.phase), Some(h.clone()), format!("{} on {h}: {c}", op.phase), wall);
+            }
+            if !t.pending.is_empty() {
+                return timed_out(&t).unwrap_or_else(waiting);
+            }
+            match op.phase {
+                Phase::Prefetching => next(op, Phase::Stopping, "every host prefetched", wall),
+                Phase::Stopping => next(op, Phase::Barrier, "every host stopped", wall),
+                Phase::Reinstalling => next(op, Phase::Starting, "every host reinstalled", wall),
+                Phase::Aborting => next(op, Phase::Aborted, "every unit back on the unchanged package", wall),
+                _ => match &mem.verify {
+                    None => run_or_wait(
+                        mem,
+                        ClusterStep::VerifyFinal { target_version: op.target_version.clone() },
+                        "starting: verifying the result".into(),
+                    ),
+                    Some(Ok(())) => next(op, Phase::Done, "every host started on the target version", wall),
+                    Some(Err(c)) => end(op, Phase::Failed, None, format!("final verification: {c}"), wall),
+                },
+            }
+        }
+        Phase::Barrier => {
+            let t = tally(op, hosts, Step::StopUnit, true);
+            if let Some((h, c)) = t.failed.first() {
+                return end(op, Phase::Aborting, Some(h.clone()), format!("barrier: {h} could not stop: {c}"), wall);
+            }
+            if age >= cfg.barrier_timeout {
+                return end(
+                    op,
+                    Phase::Aborting,
+                    t.pending.first().cloned(),
+                    format!("barrier timeout after {:?}: {}", cfg.barrier_timeout, waiting_for(op, hosts)),
+                    wall,
+                );
+            }
+            if !t.pending.is_empty() {
+                return waiting();
+            }
+            if op.barrier_client_check {
+                let check = || run_or_wait(mem, ClusterStep::CheckKibanaClients, "barrier: checking for Kibana clients".into());
+                match &mem.clients {
+                    None => return check(),
+                    Some((Err(who), at)) => {
+                        if now.saturating_sub(*at) >= cfg.retry_every {
+                            return check();
+                        }
+                        return LeaderDecision::Wait(format!("barrier: Kibana clients still seen by Elasticsearch: {who}"));
+                    }
+                    Some((Ok(()), _)) => {}
+                }
+            }
+            if op.safety_snapshot.enabled {
+                next(op, Phase::SafetySnapshot, "every unit stopped", wall)
+            } else {
+                next(op, Phase::Restoring, "every unit stopped; safety snapshot disabled by the operator", wall)
+            }
+        }
+        Phase::SafetySnapshot => match &mem.safety {
+            None => {
+                let name = op.safety_snapshot.name.clone().unwrap_or_else(|| format!("kibana-rollback-pre-{}", op.id));
+                run_or_wait(
+                    mem,
+                    ClusterStep::SafetySnapshot { repository: op.snapshot.repository.clone(), name },
+                    waiting_for(op, hosts),
+                )
+            }
+            Some(Ok(uuid)) => match transition(op, Phase::Restoring, Mover::Leader, "safety snapshot taken", wall) {
+                Ok(mut doc) => {
+                    doc.safety_snapshot.taken_uuid = Some(uuid.clone());
+                    LeaderDecision::Write { doc, why: "safety_snapshot -> restoring".into() }
+                }
+                Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
+            },
+            Some(Err(c)) => end(op, Phase::Aborting, None, format!("safety snapshot failed: {c}"), wall),
+        },
+        Phase::Restoring => decide_restoring(op, hosts, mem, lease, now, cfg, wall),
+    }
+}
+
+fn complete_restore(op: &OperationDoc, detail: String, wall: &str) -> LeaderDecision {
+    match transition(op, Phase::Reinstalling, Mover::Leader, "restore completed", wall) {
+        Ok(mut doc) => {
+            let r = doc.restore.get_or_insert(RestoreRecord {
+                epoch: op.epoch,
+                issued: true,
+                completed: false,
+                superseded_epochs: vec![],
+                detail: String::new(),
+            });
+            r.completed = true;
+            r.detail = detail;
+            LeaderDecision::Write { doc, why: "restoring -> reinstalling: restore completed".into() }
+        }
+        Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
+    }
+}
+
+fn decide_restoring(
+    op: &OperationDoc,
+    hosts: &[HostDoc],
+    mem: &LeaderMemory,
+    lease: &HeldLease,
+    now: Duration,
+    cfg: &FleetConfig,
+    wall: &str,
+) -> LeaderDecision {
+    let snap = format!("{}/{}", op.snapshot.repository, op.snapshot.name);
+    if op.safety_snapshot.enabled && op.safety_snapshot.taken_uuid.is_none() {
+        return end(op, Phase::Failed, None, "internal: restoring without the safety snapshot; refusing to restore".into(), wall);
+    }
+    // Every unit must be known stopped before the restore is recorded and again before it is
+    // issued (invariant 1). If that cannot be confirmed: with no restore recorded yet nothing has
+    // changed in Elasticsearch, so a failed stop aborts at once and a silent host aborts after the
+    // barrier timeout; once a restore is recorded the only way out is `failed`.
+    let t = tally(op, hosts, Step::StopUnit, true);
+    let age = now.saturating_sub(mem.phase_since);
+    let held = || -> LeaderDecision {
+        let blocked: Vec<String> = t.pending.iter().chain(t.failed.iter().map(|(h, _)| h)).cloned().collect();
+        let first = blocked.first().cloned();
+        if op.restore.is_none() {
+            if let Some((h, c)) = t.failed.first() {
+                return end(op, Phase::Aborting, Some(h.clone()), format!("restoring: {h} could not stop kibana before the restore: {c}"), wall);
+            }
+            if age >= cfg.barrier_timeout {
+                return end(op, Phase::Aborting, first, format!("restoring: units not confirmed stopped within {:?}: {}; nothing was restored", cfg.barrier_timeout, blocked.join(", ")), wall);
+            }
+        } else if age >= cfg.barrier_timeout {
+            return end(op, Phase::Failed, first, format!("restoring: units not confirmed stopped within {:?}: {}; the restore was recorded, check it before --resume", cfg.barrier_timeout, blocked.join(", ")), wall);
+        }
+        LeaderDecision::Wait(format!("restoring: restore held until every unit is confirmed stopped: {}", blocked.join(", ")))
+    };
+    let all_stopped = t.pending.is_empty() && t.failed.is_empty();
+    // Write-ahead record of our own restore.
+    let intent = |superseded: Vec<u64>| -> LeaderDecision {
+        if !all_stopped {
+            return held();
+        }
+        let mut doc = op.clone();
+        doc.restore = Some(RestoreRecord { epoch: op.epoch, issued: true, completed: false, superseded_epochs: superseded, detail: String::new() });
+        LeaderDecision::Write { doc, why: format!("recording the restore of {snap} at epoch {} before issuing it", op.epoch) }
+    };
+    let Some(rec) = &op.restore else { return intent(vec![]) };
+    if rec.completed {
+        return complete_restore(op, rec.detail.clone(), wall);
+    }
+    if rec.epoch < op.epoch {
+        let inspect = || {
+            run_or_wait(
+                mem,
+                ClusterStep::InspectRestore { snapshot: op.snapshot.clone(), recorded_epoch: rec.epoch },
+                format!("restoring: inspecting the restore recorded at epoch {}", rec.epoch),
+            )
+        };
+        return match &mem.inspect {
+            None => inspect(),
+            Some((RestoreInspection::InProgress, at)) => {
+                if now.saturating_sub(*at) >= cfg.retry_every {
+                    inspect()
+                } else {
+                    LeaderDecision::Wait(format!("restoring: restore issued at epoch {} still running in Elasticsearch", rec.epoch))
+                }
+            }
+            Some((RestoreInspection::Completed, _)) => {
+                complete_restore(op, format!("restore issued at epoch {} found completed by epoch {}", rec.epoch, op.epoch), wall)
+            }
+            Some((RestoreInspection::NotStarted, _)) => {
+                let mut sup = rec.superseded_epochs.clone();
+                sup.push(rec.epoch);
+                intent(sup)
+            }
+            Some((RestoreInspection::Unknown(c), _)) => end(
+                op,
+                Phase::Failed,
+                None,
+                format!(
+                    "restore outcome unknown after leader change (restore recorded at epoch {}): {c}; check snapshot {snap} \
+                     and the .kibana indices, then re-run with --resume",
+                    rec.epoch
+                ),
+                wall,
+            ),
+        };
+    }
+    // rec.epoch == op.epoch: ours (a takeover always increases the epoch).
+    match &mem.restore {
+        Some(Ok(rep)) if rep.shards_failed == 0 && rep.healthy => complete_restore(op, rep.detail.clone(), wall),
+        Some(Ok(rep)) => end(
+            op,
+            Phase::Failed,
+            None,
+            format!(
+                "restore of {snap}: {} shards failed, indices healthy: {} ({}); the previous state is in the safety snapshot",
+                rep.shards_failed, rep.healthy, rep.detail
+            ),
+            wall,
+        ),
+        Some(Err(c)) => end(op, Phase::Failed, None, format!("restore of {snap} failed: {c}"), wall),
+        None if mem.restore_issued_epoch == Some(op.epoch) => {
+            LeaderDecision::Wait(format!("restoring: waiting for the restore of {snap} (epoch {})", op.epoch))
+        }
+        None => {
+            // Re-check the hosts right before issuing, then require a fresh renewal.
+            if !all_stopped {
+                return held();
+            }
+            if lease.renew_due(now, &cfg.lease) {
+                LeaderDecision::Renew
+            } else {
+                LeaderDecision::IssueRestore
+            }
+        }
+    }
+}
+
+/// The renewal document (re-exported for the node).
+pub(crate) fn renewal(op: &OperationDoc) -> OperationDoc {
+    renew(op)
+}

@@ -1,0 +1,488 @@
+//! One agent's protocol state and the [`step`] function the daemon loop drives.
+//!
+//! Shaped like `quinn-proto`: [`NodeState`] owns no sockets and reads no clock. Each call to
+//! [`step`] gets [`Inputs`] — the monotonic time, what the adapters just read (operation
+//! document, host documents, local facts) and the results of actions asked for earlier
+//! ([`Event`]s, matched by [`RequestId`]) — and returns [`Action`]s for the adapters to execute.
+//! Every agent is a host and a candidate; the one holding the lease is also the leader.
+//!
+//! Rules the node enforces around the pure decisions ([`super::agent`], [`super::leader`]):
+//! * at most one operation-document write, one host step, one host-document write and one cluster
+//!   step in flight;
+//! * a leader acts only while its lease is valid; it checks that first on every call and emits
+//!   [`Action::StopActing`] the moment it is deposed (by time, or because it sees another leader
+//!   or epoch). It never regains leadership without a takeover (a new epoch);
+//! * a successful write sent at `t` renews the lease from `t` (send time, not reply time);
+//! * a write with unknown outcome does not renew; the next read tells.
+
+use super::agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
+use super::doc::{Ack, DocVersion, HostDoc, OperationDoc, Phase, StepResult, Versioned};
+use super::lease::{takeover, HeldLease, LeaseObserver};
+use super::leader::{decide_leader, renewal, ClusterOutcome, ClusterStep, ClusterStepKind, LeaderDecision, LeaderMemory};
+use super::FleetConfig;
+use std::time::Duration;
+
+/// Correlates an action with its result. Unique within one `NodeState` (one process lifetime).
+pub type RequestId = u64;
+
+/// What the adapter read of the `operation` document this round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpRead {
+    /// Could not be read (Elasticsearch unreachable): the node keeps its last view.
+    Unreadable,
+    /// 404: no active operation.
+    Missing,
+    Found(Versioned<OperationDoc>),
+}
+
+/// Result of a CAS write or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Written; the new `_seq_no`/`_primary_term`.
+    Ok(DocVersion),
+    /// 409: the document changed (or is gone) since the version we expected.
+    Conflict,
+    /// Unknown outcome (timeout, 5xx): it may or may not have been applied.
+    Unknown(String),
+}
+
+/// Results of earlier actions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    OpWritten { id: RequestId, result: WriteResult },
+    HostDocWritten { id: RequestId, ok: bool },
+    Cluster { id: RequestId, outcome: ClusterOutcome },
+    /// `result` is `Ok` or `Failed`; `detail` goes into the ack.
+    HostStepDone { id: RequestId, result: StepResult, detail: String },
+    /// `history-<id>` created (a 409 "already exists" is also `ok`).
+    Archived { id: RequestId, ok: bool },
+    Deleted { id: RequestId, result: WriteResult },
+}
+
+/// Everything the node learns in one round.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Monotonic time since agent start, from a clock that runs during suspend (`CLOCK_BOOTTIME`).
+    pub now: Duration,
+    /// Wall clock for history entries; informational, never compared.
+    pub wall: String,
+    pub op: OpRead,
+    /// Host documents as read this round (all `host-*`; others' and possibly our own).
+    pub hosts: Vec<HostDoc>,
+    pub facts: HostFacts,
+    /// Results that arrived since the last round. Read `op` *after* collecting them.
+    pub events: Vec<Event>,
+}
+
+/// What the adapters should do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `PUT <idx>/_doc/operation?if_seq_no=..&if_primary_term=..` → [`Event::OpWritten`].
+    CasWriteOperation { id: RequestId, expected: DocVersion, doc: OperationDoc, why: String },
+    /// `PUT <idx>/_create/history-<op id>` → [`Event::Archived`] (409 counts as ok).
+    ArchiveHistory { id: RequestId, doc: OperationDoc },
+    /// `DELETE <idx>/_doc/operation?if_seq_no=..` → [`Event::Deleted`].
+    DeleteOperation { id: RequestId, expected: DocVersion },
+    /// `PUT <idx>/_doc/host-<id>` → [`Event::HostDocWritten`].
+    WriteHostDoc { id: RequestId, doc: HostDoc },
+    /// Persist locally (fsync) before executing the next action. No result.
+    RecordProgress(LocalProgress),
+    /// → [`Event::HostStepDone`].
+    RunHostStep { id: RequestId, step: HostStep, resumed: bool },
+    /// → [`Event::Cluster`].
+    RunClusterStep { id: RequestId, step: ClusterStep },
+    /// Nothing to do until something changes; `what` is for logs and `status`.
+    Wait { what: String },
+    /// This node is no longer leader: cancel what can be cancelled of its cluster steps.
+    StopActing { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteKind {
+    Takeover,
+    Leader,
+}
+
+#[derive(Debug, Clone)]
+struct PendingWrite {
+    id: RequestId,
+    sent_at: Duration,
+    doc: OperationDoc,
+    kind: WriteKind,
+}
+
+#[derive(Debug, Clone)]
+struct Leading {
+    lease: HeldLease,
+    op_id: String,
+    mem: LeaderMemory,
+}
+
+#[derive(Debug, Clone)]
+struct PendingHostStep {
+    id: RequestId,
+    op_id: String,
+    epoch: u64,
+    step: HostStep,
+    acks: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Archive {
+    Creating { id: RequestId, op_id: String },
+    Deleting { id: RequestId },
+}
+
+/// One agent's in-memory protocol state. Lost on crash; rebuilt from reads and the local
+/// progress record.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    host_id: String,
+    cfg: FleetConfig,
+    next_id: RequestId,
+    view: Option<Versioned<OperationDoc>>,
+    observer: LeaseObserver,
+    lead: Option<Leading>,
+    op_write: Option<PendingWrite>,
+    archive: Option<Archive>,
+    host_step: Option<PendingHostStep>,
+    host_write: Option<(RequestId, HostDoc)>,
+    host_written: Option<HostDoc>,
+    last_heartbeat: Option<Duration>,
+    heartbeat: Option<u64>,
+    my_ack: Option<Ack>,
+    progress: Option<LocalProgress>,
+}
+
+impl NodeState {
+    /// A fresh agent process. `progress` is the local record left by a previous process, if any.
+    pub fn new(host_id: impl Into<String>, cfg: FleetConfig, progress: Option<LocalProgress>) -> Self {
+        NodeState {
+            host_id: host_id.into(),
+            cfg,
+            next_id: 1,
+            view: None,
+            observer: LeaseObserver::default(),
+            lead: None,
+            op_write: None,
+            archive: None,
+            host_step: None,
+            host_write: None,
+            host_written: None,
+            last_heartbeat: None,
+            heartbeat: None,
+            my_ack: None,
+            progress,
+        }
+    }
+
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+    /// The epoch this node leads, if it is leader.
+    pub fn leading_epoch(&self) -> Option<u64> {
+        self.lead.as_ref().map(|l| l.lease.epoch)
+    }
+    /// The newest operation document this node knows.
+    pub fn view(&self) -> Option<&Versioned<OperationDoc>> {
+        self.view.as_ref()
+    }
+    pub fn progress(&self) -> Option<&LocalProgress> {
+        self.progress.as_ref()
+    }
+
+    fn id(&mut self) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn absorb(&mut self, ev: Event, now: Duration, out: &mut Vec<Action>) {
+        match ev {
+            Event::OpWritten { id, result } => {
+                let Some(w) = self.op_write.take_if(|w| w.id == id) else { return };
+                if let WriteResult::Ok(ver) = result {
+                    let newer = match &self.view {
+                        Some(v) => v.doc.id != w.doc.id || ver.is_newer_than(&v.version()),
+                        None => true,
+                    };
+                    if newer {
+                        self.view = Some(Versioned::new(ver, w.doc.clone()));
+                    }
+                    match w.kind {
+                        WriteKind::Takeover => {
+                            self.lead = Some(Leading {
+                                lease: HeldLease { epoch: w.doc.epoch, last_renewed: w.sent_at },
+                                op_id: w.doc.id.clone(),
+                                mem: LeaderMemory::new(w.doc.phase, now),
+                            });
+                        }
+                        WriteKind::Leader => {
+                            if let Some(l) = self.lead.as_mut().filter(|l| l.lease.epoch == w.doc.epoch && l.op_id == w.doc.id) {
+                                l.lease.renewed(w.sent_at);
+                            }
+                        }
+                    }
+                }
+            }
+            Event::HostDocWritten { id, ok } => {
+                if let Some((_, doc)) = self.host_write.take_if(|(i, _)| *i == id) {
+                    self.host_written = ok.then_some(doc);
+                }
+            }
+            Event::Cluster { id, outcome } => {
+                let not_sent = outcome == ClusterOutcome::RestoreNotSent;
+                if let Some(l) = self.lead.as_mut() {
+                    if l.mem.record(id, outcome, now) && not_sent {
+                        self.lead = None;
+                        out.push(Action::StopActing { reason: "restore not sent: lease deadline passed; a successor will inspect".into() });
+                    }
+                }
+            }
+            Event::HostStepDone { id, result, detail } => {
+                let Some(p) = self.host_step.take_if(|p| p.id == id) else { return };
+                if p.acks {
+                    let rec = LocalProgress {
+                        operation_id: p.op_id.clone(),
+                        epoch: p.epoch,
+                        step: p.step.kind(),
+                        state: ProgressState::Finished { result: result.clone(), detail: detail.clone() },
+                    };
+                    self.progress = Some(rec.clone());
+                    out.push(Action::RecordProgress(rec));
+                    self.my_ack = Some(Ack { operation_id: p.op_id, epoch: p.epoch, step: p.step.kind(), result, detail });
+                }
+            }
+            Event::Archived { id, ok } => {
+                if let Some(Archive::Creating { op_id, .. }) = self.archive.take_if(|a| matches!(a, Archive::Creating { id: i, .. } if *i == id)) {
+                    if ok {
+                        if let Some(expected) = self.view.as_ref().filter(|v| v.doc.id == op_id).map(|v| v.version()) {
+                            let id = self.id();
+                            self.archive = Some(Archive::Deleting { id });
+                            out.push(Action::DeleteOperation { id, expected });
+                        }
+                    }
+                }
+            }
+            Event::Deleted { id, result } => {
+                if self.archive.take_if(|a| matches!(a, Archive::Deleting { id: i } if *i == id)).is_some()
+                    && matches!(result, WriteResult::Ok(_))
+                {
+                    self.view = None;
+                    self.observer.clear();
+                }
+            }
+        }
+    }
+
+    fn observe(&mut self, read: OpRead, now: Duration) {
+        match read {
+            OpRead::Unreadable => {}
+            OpRead::Missing => {
+                self.view = None;
+                self.observer.clear();
+            }
+            OpRead::Found(v) => {
+                self.observer.observe(&v.doc.id, v.version(), now);
+                let keep_ours = self.view.as_ref().is_some_and(|mine| mine.doc.id == v.doc.id && mine.version().is_newer_than(&v.version()));
+                if !keep_ours {
+                    self.view = Some(v);
+                }
+            }
+        }
+    }
+
+    /// Deposed? Checked on every call before anything else the leader does.
+    fn check_leadership(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let Some(l) = &self.lead else { return };
+        let reason = match &self.view {
+            None => Some("the operation document is gone".to_string()),
+            Some(v) if v.doc.id != l.op_id => Some("another operation replaced ours".into()),
+            Some(v) if v.doc.epoch != l.lease.epoch || v.doc.leader_id() != Some(self.host_id.as_str()) => Some(format!(
+                "lease taken over by {} at epoch {}",
+                v.doc.leader_id().unwrap_or("nobody"),
+                v.doc.epoch
+            )),
+            Some(v) if v.doc.phase.is_terminal() => Some(format!("operation ended {}", v.doc.phase)),
+            Some(_) if !l.lease.is_valid(now, &self.cfg.lease) => Some(format!(
+                "lease not renewed for {:?} (lease {:?} - margin {:?}): deposed",
+                now.saturating_sub(l.lease.last_renewed),
+                self.cfg.lease.duration,
+                self.cfg.lease.margin
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            let ended = self.view.as_ref().is_some_and(|v| v.doc.phase.is_terminal());
+            self.lead = None;
+            if !ended {
+                out.push(Action::StopActing { reason });
+            }
+        }
+    }
+}
+
+/// Advance this node by one round. See the module docs for the contract.
+pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
+    let Inputs { now, wall, op, hosts, facts, events } = input;
+    let mut out = Vec::new();
+    for ev in events {
+        st.absorb(ev, now, &mut out);
+    }
+    st.observe(op, now);
+    st.check_leadership(now, &mut out);
+    archive(st, now, &mut out);
+    host_side(st, now, &hosts, &facts, &mut out);
+    if st.lead.is_some() {
+        leader_side(st, now, &wall, &hosts, &mut out);
+    } else {
+        candidate_side(st, now, &wall, &mut out);
+    }
+    out
+}
+
+fn cas(st: &mut NodeState, now: Duration, expected: DocVersion, doc: OperationDoc, kind: WriteKind, why: String, out: &mut Vec<Action>) {
+    let id = st.id();
+    out.push(Action::CasWriteOperation { id, expected, doc: doc.clone(), why });
+    st.op_write = Some(PendingWrite { id, sent_at: now, doc, kind });
+}
+
+fn archive(st: &mut NodeState, now: Duration, out: &mut Vec<Action>) {
+    if st.archive.is_some() || st.op_write.is_some() {
+        return;
+    }
+    let Some(v) = &st.view else { return };
+    if !matches!(v.doc.phase, Phase::Done | Phase::Aborted) {
+        return;
+    }
+    // The leader that finished it archives at once; anyone else after a lease of no change
+    // (covers a leader that crashed between its last write and the archive).
+    let mine = v.doc.leader_id() == Some(st.host_id.as_str());
+    if mine || st.observer.unchanged_for(now) >= st.cfg.lease.duration {
+        let doc = v.doc.clone();
+        let id = st.id();
+        st.archive = Some(Archive::Creating { id, op_id: doc.id.clone() });
+        out.push(Action::ArchiveHistory { id, doc });
+    }
+}
+
+fn host_side(st: &mut NodeState, now: Duration, hosts: &[HostDoc], facts: &HostFacts, out: &mut Vec<Action>) {
+    let own = hosts.iter().find(|h| h.host_id == st.host_id);
+    if st.my_ack.is_none() {
+        st.my_ack = own.and_then(|h| h.ack.clone());
+    }
+    if st.heartbeat.is_none() {
+        st.heartbeat = Some(own.map_or(0, |h| h.heartbeat));
+    }
+    let op = st.view.as_ref().map(|v| &v.doc);
+    if st.host_step.is_none() {
+        match decide_host(op, &st.host_id, st.my_ack.as_ref(), facts, st.progress.as_ref()) {
+            HostDecision::Idle => {}
+            HostDecision::Wait(what) => out.push(Action::Wait { what }),
+            HostDecision::Report(ack) => st.my_ack = Some(ack),
+            HostDecision::Run { step, acks, resumed } => {
+                let op = op.expect("a step needs an operation");
+                let (op_id, epoch) = (op.id.clone(), op.epoch);
+                let id = st.id();
+                if acks {
+                    let rec = LocalProgress { operation_id: op_id.clone(), epoch, step: step.kind(), state: ProgressState::Started };
+                    st.progress = Some(rec.clone());
+                    out.push(Action::RecordProgress(rec));
+                    st.my_ack = Some(Ack { operation_id: op_id.clone(), epoch, step: step.kind(), result: StepResult::InProgress, detail: String::new() });
+                }
+                st.host_step = Some(PendingHostStep { id, op_id, epoch, step: step.clone(), acks });
+                out.push(Action::RunHostStep { id, step, resumed });
+            }
+        }
+    }
+    if st.host_write.is_some() {
+        return;
+    }
+    let desired = HostDoc {
+        host_id: st.host_id.clone(),
+        agent_version: st.cfg.agent_version.clone(),
+        unit_state: facts.unit,
+        installed_version: facts.installed_version.clone(),
+        held: facts.held,
+        heartbeat: st.heartbeat.unwrap_or(0),
+        ack: st.my_ack.clone(),
+    };
+    let same = st.host_written.as_ref().is_some_and(|w| HostDoc { heartbeat: desired.heartbeat, ..w.clone() } == desired);
+    let hb_due = st.last_heartbeat.is_none_or(|t| now.saturating_sub(t) >= st.cfg.heartbeat_every);
+    if !same || hb_due {
+        let hb = st.heartbeat.unwrap_or(0) + 1;
+        st.heartbeat = Some(hb);
+        st.last_heartbeat = Some(now);
+        let doc = HostDoc { heartbeat: hb, ..desired };
+        let id = st.id();
+        st.host_write = Some((id, doc.clone()));
+        out.push(Action::WriteHostDoc { id, doc });
+    }
+}
+
+/// Not leader: take the lease if nobody holds it or it expired by observation.
+fn candidate_side(st: &mut NodeState, now: Duration, wall: &str, out: &mut Vec<Action>) {
+    if st.op_write.is_some() {
+        return;
+    }
+    let Some(v) = &st.view else { return };
+    let op = &v.doc;
+    if op.phase.is_terminal() || !op.is_expected(&st.host_id) {
+        return;
+    }
+    let free = op.leader.is_none();
+    if free || st.observer.expired(&op.id, v.version(), now, &st.cfg.lease) {
+        let expected = v.version();
+        let doc = takeover(op, &st.host_id, wall);
+        let why = if free { "acquiring the free lease".to_string() } else { format!("lease expired by observation ({:?} unchanged)", st.observer.unchanged_for(now)) };
+        cas(st, now, expected, doc, WriteKind::Takeover, why, out);
+    }
+}
+
+fn leader_side(st: &mut NodeState, now: Duration, wall: &str, hosts: &[HostDoc], out: &mut Vec<Action>) {
+    if st.op_write.is_some() {
+        return;
+    }
+    let Some(v) = st.view.clone() else { return };
+    let l = st.lead.as_mut().expect("leading");
+    if l.mem.phase != v.doc.phase {
+        l.mem = LeaderMemory::new(v.doc.phase, now);
+    }
+    let lease = l.lease;
+    let decision = decide_leader(&v.doc, hosts, &l.mem, &lease, now, &st.cfg, wall);
+    let mut wrote = false;
+    match decision {
+        LeaderDecision::Write { doc, why } => {
+            cas(st, now, v.version(), doc, WriteKind::Leader, why, out);
+            wrote = true;
+        }
+        LeaderDecision::Renew => {
+            cas(st, now, v.version(), renewal(&v.doc), WriteKind::Leader, "renewing before the restore".into(), out);
+            wrote = true;
+        }
+        LeaderDecision::Run(step) => {
+            if l.mem.cluster_inflight.is_none() {
+                let id = st.next_id;
+                st.next_id += 1;
+                let l = st.lead.as_mut().expect("leading");
+                l.mem.cluster_inflight = Some((id, step.kind()));
+                out.push(Action::RunClusterStep { id, step });
+            }
+        }
+        LeaderDecision::IssueRestore => {
+            if l.mem.cluster_inflight.is_none() && l.mem.restore_issued_epoch != Some(lease.epoch) {
+                let id = st.next_id;
+                st.next_id += 1;
+                let l = st.lead.as_mut().expect("leading");
+                l.mem.restore_issued_epoch = Some(lease.epoch);
+                l.mem.cluster_inflight = Some((id, ClusterStepKind::Restore));
+                let step = ClusterStep::Restore { snapshot: v.doc.snapshot.clone(), epoch: lease.epoch, deadline: lease.deadline(&st.cfg.lease) };
+                out.push(Action::RunClusterStep { id, step });
+            }
+        }
+        LeaderDecision::Wait(what) => out.push(Action::Wait { what }),
+    }
+    if !wrote && lease.renew_due(now, &st.cfg.lease) {
+        cas(st, now, v.version(), renewal(&v.doc), WriteKind::Leader, "lease renewal".into(), out);
+    }
+}

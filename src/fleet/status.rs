@@ -1,0 +1,202 @@
+//! Pure helpers for the trigger and the operator commands: build an operation, read its
+//! outcome, say what it waits for, request an abort, resume a failed one.
+
+use super::doc::{
+    transition, AbortRequest, DocError, HostDoc, Mover, OpError, OperationDoc, Phase, PhaseChange, SafetySnapshot,
+    SnapshotRef, Step,
+};
+use super::leader::tally;
+use semver::Version;
+
+/// What the trigger (`kibana-rollback start`) knows when it creates an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOperation {
+    pub id: String,
+    pub requested_by: String,
+    /// Wall clock of the trigger, informational only.
+    pub requested_at: String,
+    pub target_version: Version,
+    pub snapshot: SnapshotRef,
+    /// `false` only when the operator turned the safety snapshot off explicitly.
+    pub safety_snapshot: bool,
+    /// Defaults to `kibana-rollback-pre-<id>`.
+    pub safety_snapshot_name: Option<String>,
+    pub expected_hosts: Vec<String>,
+    pub barrier_client_check: bool,
+}
+
+/// The document to `_create` as `operation`: phase `preflight`, epoch 0, no leader yet (the
+/// first agent to CAS itself in becomes leader at epoch 1).
+pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
+    if req.id.is_empty() || req.id.contains(['/', ' ']) {
+        return Err(DocError::Invalid(format!("operation id {:?} must be non-empty without '/' or spaces", req.id)));
+    }
+    if req.expected_hosts.is_empty() {
+        return Err(DocError::Invalid("no expected hosts: name every Kibana host that runs an agent".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &req.expected_hosts {
+        if h.is_empty() || !seen.insert(h) {
+            return Err(DocError::Invalid(format!("expected host {h:?} is empty or listed twice")));
+        }
+    }
+    if req.snapshot.repository.is_empty() || req.snapshot.name.is_empty() {
+        return Err(DocError::Invalid("snapshot repository and name are required".into()));
+    }
+    let name = req.safety_snapshot.then(|| req.safety_snapshot_name.clone().unwrap_or_else(|| format!("kibana-rollback-pre-{}", req.id)));
+    Ok(OperationDoc {
+        history: vec![PhaseChange {
+            from: Phase::Preflight,
+            to: Phase::Preflight,
+            epoch: 0,
+            reason: format!("requested by {}", req.requested_by),
+            at: req.requested_at.clone(),
+        }],
+        id: req.id,
+        requested_by: req.requested_by,
+        requested_at: req.requested_at,
+        target_version: req.target_version,
+        snapshot: req.snapshot,
+        safety_snapshot: SafetySnapshot { enabled: req.safety_snapshot, name, taken_uuid: None },
+        expected_hosts: req.expected_hosts,
+        phase: Phase::Preflight,
+        phase_epoch: 0,
+        epoch: 0,
+        leader: None,
+        barrier_client_check: req.barrier_client_check,
+        error: None,
+        restore: None,
+        abort_requested: None,
+    })
+}
+
+/// How a finished operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Every unit back on the unchanged package, nothing changed in Elasticsearch.
+    Aborted(Option<OpError>),
+    /// Host (or cluster) and cause.
+    Failed(Option<OpError>),
+}
+
+/// `Some` once the operation is finished.
+pub fn outcome(op: &OperationDoc) -> Option<Outcome> {
+    match op.phase {
+        Phase::Done => Some(Outcome::Done),
+        Phase::Aborted => Some(Outcome::Aborted(op.error.clone())),
+        Phase::Failed => Some(Outcome::Failed(op.error.clone())),
+        _ => None,
+    }
+}
+
+fn describe_error(e: &Option<OpError>) -> String {
+    match e {
+        Some(OpError { host: Some(h), cause }) => format!("{h}: {cause}"),
+        Some(OpError { host: None, cause }) => cause.clone(),
+        None => "no cause recorded".into(),
+    }
+}
+
+/// One line for `status`: the phase and what it waits for, e.g.
+/// `stopping: waiting for host-b, host-c`.
+pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
+    let phase = op.phase;
+    let snap = format!("{}/{}", op.snapshot.repository, op.snapshot.name);
+    match phase {
+        Phase::Done => return "done".into(),
+        Phase::Aborted => return format!("aborted: {}", describe_error(&op.error)),
+        Phase::Failed => return format!("failed: {}", describe_error(&op.error)),
+        _ => {}
+    }
+    if op.leader.is_none() {
+        return format!("{phase}: waiting for an agent on {} to take the lease", op.expected_hosts.join(", "));
+    }
+    let hosts_line = |step: Step, need_stopped: bool, what: &str| -> Option<String> {
+        let t = tally(op, hosts, step, need_stopped);
+        let mut parts = vec![];
+        if !t.pending.is_empty() {
+            parts.push(format!("waiting for {}{what}", t.pending.join(", ")));
+        }
+        if !t.failed.is_empty() {
+            let f: Vec<String> = t.failed.iter().map(|(h, c)| format!("{h} ({c})")).collect();
+            parts.push(format!("failed on {}", f.join(", ")));
+        }
+        (!parts.is_empty()).then(|| format!("{phase}: {}", parts.join("; ")))
+    };
+    match phase {
+        Phase::Preflight => hosts_line(Step::CheckAvailable, false, "").unwrap_or_else(|| "preflight: checking the cluster".into()),
+        Phase::Barrier => hosts_line(Step::StopUnit, true, " to confirm kibana stopped").unwrap_or_else(|| {
+            if op.barrier_client_check {
+                "barrier: checking that no Kibana client still talks to Elasticsearch".into()
+            } else {
+                "barrier: every unit stopped".into()
+            }
+        }),
+        Phase::SafetySnapshot => format!(
+            "safety_snapshot: waiting for snapshot {}/{}",
+            op.snapshot.repository,
+            op.safety_snapshot.name.as_deref().unwrap_or("?")
+        ),
+        Phase::Restoring => match &op.restore {
+            None => hosts_line(Step::StopUnit, true, " to confirm kibana stopped")
+                .unwrap_or_else(|| format!("restoring: waiting for the leader to issue the restore of {snap}")),
+            Some(r) if r.epoch < op.epoch => {
+                format!("restoring: checking the outcome of the restore of {snap} issued at epoch {}", r.epoch)
+            }
+            Some(r) => format!("restoring: waiting for the restore of {snap} (epoch {})", r.epoch),
+        },
+        _ => {
+            let step = phase.host_step().expect("host phase");
+            hosts_line(step, false, "").unwrap_or_else(|| format!("{phase}: every host acknowledged; finishing"))
+        }
+    }
+}
+
+/// The document an operator's `abort` CAS-writes. Refused past the restore point: from there
+/// the only ways out are `done` and `failed`.
+pub fn request_abort(op: &OperationDoc, by: &str, reason: &str) -> Result<OperationDoc, DocError> {
+    if op.phase.is_terminal() {
+        return Err(DocError::Invalid(format!("operation {} already ended {}", op.id, op.phase)));
+    }
+    if !matches!(op.phase, Phase::Preflight | Phase::Prefetching | Phase::Stopping | Phase::Barrier | Phase::SafetySnapshot) {
+        return Err(DocError::Invalid(format!(
+            "operation {} is in {}: past the restore point it can only finish (done) or fail",
+            op.id, op.phase
+        )));
+    }
+    let mut next = op.clone();
+    next.abort_requested = Some(AbortRequest { by: by.into(), reason: reason.into() });
+    Ok(next)
+}
+
+/// The document `start --resume` CAS-writes for a `failed` operation: back into the phase it
+/// failed in, at a new epoch with no leader, so every host redoes that phase's step (acks older
+/// than the new `phase_epoch` do not count). With `forget_restore`, a restore recorded but not
+/// completed is dropped and will be issued again: the operator says it certainly did not happen
+/// (or that restoring once more is what they want).
+pub fn resume(op: &OperationDoc, by: &str, at: &str, forget_restore: bool) -> Result<OperationDoc, DocError> {
+    if op.phase != Phase::Failed {
+        return Err(DocError::Invalid(format!("only a failed operation can be resumed; {} is {}", op.id, op.phase)));
+    }
+    let failed_in = op
+        .history
+        .iter()
+        .rev()
+        .find(|c| c.to == Phase::Failed && c.from != Phase::Failed)
+        .map(|c| c.from)
+        .ok_or_else(|| DocError::Invalid("history does not say where the operation failed".into()))?;
+    let mut bumped = op.clone();
+    bumped.epoch = op.epoch + 1;
+    bumped.leader = None;
+    bumped.error = None;
+    let mut next = transition(&bumped, failed_in, Mover::Operator, format!("resumed by {by}"), at)?;
+    if forget_restore {
+        if let Some(r) = &next.restore {
+            if !r.completed {
+                next.restore = None;
+            }
+        }
+    }
+    Ok(next)
+}
