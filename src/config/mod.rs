@@ -443,7 +443,6 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         repository: r.string("rollback.repository").map(|(s, _)| s).filter(|s| !s.is_empty()),
         snapshot: SnapshotSelector::parse(&r.required_string("rollback.snapshot")?),
         safety_snapshot: r.bool("rollback.safety_snapshot"),
-        safety_snapshot_repository: r.string("rollback.safety_snapshot_repository").map(|(s, _)| s),
     };
 
     // [coordination]
@@ -496,6 +495,8 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         lease,
         heartbeat,
         barrier_timeout: r.duration("coordination.barrier_timeout")?,
+        barrier_client_check: r.bool("coordination.barrier_client_check"),
+        phase_timeout: r.duration("coordination.phase_timeout")?,
         state_dir: r.path("coordination.state_dir")?.expect("default").0,
     };
 

@@ -90,7 +90,6 @@ pub struct RollbackSettings {
     pub repository: Option<String>,
     pub snapshot: SnapshotSelector,
     pub safety_snapshot: bool,
-    pub safety_snapshot_repository: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +100,8 @@ pub struct CoordinationSettings {
     pub lease: Duration,
     pub heartbeat: Duration,
     pub barrier_timeout: Duration,
+    pub barrier_client_check: bool,
+    pub phase_timeout: Duration,
     pub state_dir: PathBuf,
 }
 
