@@ -6,6 +6,7 @@
 
 pub mod compat;
 pub mod config;
+pub mod coord;
 pub mod es;
 pub mod exit;
 pub mod fleet;
