@@ -200,6 +200,66 @@ impl Es {
         }
     }
 
+    /// HTTP clients each node has seen (`GET _nodes/stats/http`), with the node's own clock.
+    pub async fn http_clients(&self) -> Result<Vec<HttpClientSeen>, EsError> {
+        let v: serde_json::Value =
+            self.client.json(Method::GET, "_nodes/stats/http?include_client_stats=true", None, None, Idempotence::Safe).await?;
+        let mut out = Vec::new();
+        for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
+            let node_name = node["name"].as_str().unwrap_or("").to_string();
+            let node_now = node["timestamp"].as_i64().unwrap_or(0);
+            for c in node["http"]["clients"].as_array().cloned().unwrap_or_default() {
+                out.push(HttpClientSeen {
+                    node: node_name.clone(),
+                    node_now_millis: node_now,
+                    agent: c["agent"].as_str().unwrap_or("").to_string(),
+                    remote_address: c["remote_address"].as_str().unwrap_or("").to_string(),
+                    last_request_time_millis: c["last_request_time_millis"].as_i64().unwrap_or(0),
+                    closed_time_millis: c["closed_time_millis"].as_i64().filter(|t| *t > 0),
+                    last_uri: c["last_uri"].as_str().unwrap_or("").to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Shard recoveries of indices matching `pattern` (`GET <pattern>/_recovery`): which came
+    /// from a snapshot, from which one, and whether they are done.
+    pub async fn recoveries(&self, pattern: &str) -> Result<Vec<ShardRecovery>, EsError> {
+        let path = format!("{}/_recovery?expand_wildcards=all", pattern.split(',').map(seg).collect::<Vec<_>>().join(","));
+        let v: serde_json::Value = match self.client.json(Method::GET, &path, None, None, Idempotence::Safe).await {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for (index, body) in v.as_object().cloned().unwrap_or_default() {
+            for sh in body["shards"].as_array().cloned().unwrap_or_default() {
+                out.push(ShardRecovery {
+                    index: index.clone(),
+                    kind: sh["type"].as_str().unwrap_or("").to_string(),
+                    stage: sh["stage"].as_str().unwrap_or("").to_string(),
+                    snapshot: sh["source"]["snapshot"].as_str().map(str::to_string),
+                    repository: sh["source"]["repository"].as_str().map(str::to_string),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index an alias points at (the write index when several), if the alias exists.
+    pub async fn alias_target(&self, alias: &str) -> Result<Option<String>, EsError> {
+        let path = format!("_alias/{}", seg(alias));
+        let v: serde_json::Value = match self.client.json(Method::GET, &path, None, None, Idempotence::Safe).await {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let map = v.as_object().cloned().unwrap_or_default();
+        let write = map.iter().find(|(_, b)| b["aliases"][alias]["is_write_index"] == serde_json::Value::Bool(true));
+        Ok(write.or_else(|| map.iter().next()).map(|(k, _)| k.clone()))
+    }
+
     /// Creates the coordination index if it does not exist (one shard; a replica when the
     /// cluster has room; no dynamic mapping since documents are only read by id).
     pub async fn ensure_index(&self, index: &str) -> Result<(), EsError> {

@@ -122,6 +122,9 @@ pub enum Action {
     Restart,
     /// `Manager.Reload` (`systemctl daemon-reload`).
     DaemonReload,
+    /// `MaskUnitFiles` / `UnmaskUnitFiles` with runtime=true.
+    Mask,
+    Unmask,
 }
 
 impl fmt::Display for Action {
@@ -132,6 +135,8 @@ impl fmt::Display for Action {
             Action::Stop => "stop",
             Action::Restart => "restart",
             Action::DaemonReload => "daemon-reload",
+            Action::Mask => "mask --runtime",
+            Action::Unmask => "unmask --runtime",
         })
     }
 }
@@ -521,6 +526,24 @@ impl SystemdUnits {
             .map_err(|e| classify(e, "", Action::DaemonReload))
     }
 
+    /// `systemctl mask --runtime UNIT`: nothing can start the unit until it is unmasked or the
+    /// machine reboots (the mask lives in /run). Used while Kibana must stay stopped.
+    pub async fn mask_runtime(&self, unit: &str) -> Result<(), UnitError> {
+        let err = |e| classify(e, unit, Action::Mask);
+        self.manager.mask_unit_files(vec![unit.to_owned()], true, true).await.map_err(err)?;
+        self.manager.reload().await.map_err(err)
+    }
+
+    /// `systemctl unmask --runtime UNIT`; a unit without a runtime mask is left as it is.
+    pub async fn unmask_runtime(&self, unit: &str) -> Result<(), UnitError> {
+        let err = |e| classify(e, unit, Action::Unmask);
+        let changes = self.manager.unmask_unit_files(vec![unit.to_owned()], true).await.map_err(err)?;
+        if !changes.is_empty() {
+            self.manager.reload().await.map_err(err)?;
+        }
+        Ok(())
+    }
+
     // Uncached proxies: every read is a fresh answer from systemd, and no match rules pile up.
     async fn unit_proxy(&self, path: OwnedObjectPath) -> zbus::Result<UnitProxy<'static>> {
         UnitProxy::builder(&self.conn)
@@ -544,7 +567,9 @@ impl SystemdUnits {
             Action::Start => self.manager.start_unit(name, mode).await,
             Action::Stop => self.manager.stop_unit(name, mode).await,
             Action::Restart => self.manager.restart_unit(name, mode).await,
-            Action::Status | Action::DaemonReload => unreachable!("{action} is not a unit job"),
+            Action::Status | Action::DaemonReload | Action::Mask | Action::Unmask => {
+                unreachable!("{action} is not a unit job")
+            }
         }
     }
 
