@@ -166,7 +166,8 @@ impl LeaderMemory {
     }
 }
 
-/// The leader's decision for this round.
+/// The leader's decision for this round. (One per round and short-lived: not worth boxing.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaderDecision {
     /// CAS-write this document (phase change, restore record).

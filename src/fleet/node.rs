@@ -14,6 +14,11 @@
 //!   or epoch). It never regains leadership without a takeover (a new epoch);
 //! * a successful write sent at `t` renews the lease from `t` (send time, not reply time);
 //! * a write with unknown outcome does not renew; the next read tells.
+//!
+//! Adapter contract: every action that carries a [`RequestId`] gets exactly one result event
+//! (a timeout is reported as a result: [`WriteResult::Unknown`], `ok: false`, a failed step);
+//! until then the node does not issue another action of that kind. Results of a previous
+//! process are never fed to a new `NodeState` (ids restart at 1).
 
 use super::agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 use super::doc::{Ack, DocVersion, HostDoc, OperationDoc, Phase, StepResult, Versioned};
@@ -25,7 +30,8 @@ use std::time::Duration;
 /// Correlates an action with its result. Unique within one `NodeState` (one process lifetime).
 pub type RequestId = u64;
 
-/// What the adapter read of the `operation` document this round.
+/// What the adapter read of the `operation` document this round. (One per round: not boxed.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpRead {
     /// Could not be read (Elasticsearch unreachable): the node keeps its last view.
