@@ -101,14 +101,17 @@ mod tests;
 
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
-    history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion, HostDoc, LeaderInfo, Mover, OpError, OperationDoc,
-    Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned,
-    OPERATION_DOC_ID, TRANSITIONS,
+    history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion, HostDoc,
+    LeaderInfo, Mover, OpError, OperationDoc, Phase, PhaseChange, RestorePoint, RestoreRecord,
+    SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned, OPERATION_DOC_ID,
+    TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
-pub use status::{new_operation, outcome, request_abort, resume, waiting_for, NewOperation, Outcome};
+pub use status::{
+    new_operation, outcome, request_abort, resume, waiting_for, NewOperation, Outcome,
+};
 
 use std::time::Duration;
 
@@ -132,7 +135,10 @@ pub struct FleetConfig {
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
-            lease: LeaseConfig { duration: Duration::from_secs(30), margin: Duration::from_secs(5) },
+            lease: LeaseConfig {
+                duration: Duration::from_secs(30),
+                margin: Duration::from_secs(5),
+            },
             barrier_timeout: Duration::from_secs(120),
             phase_timeout: Some(Duration::from_secs(900)),
             retry_every: Duration::from_secs(10),
