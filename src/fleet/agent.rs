@@ -103,7 +103,11 @@ pub enum HostDecision {
     Idle,
     /// Run this step. `acks`: its result becomes this host's ack (false for a re-stop that only
     /// enforces "stay stopped" during `reinstalling`). `resumed`: a previous run was interrupted.
-    Run { step: HostStep, acks: bool, resumed: bool },
+    Run {
+        step: HostStep,
+        acks: bool,
+        resumed: bool,
+    },
     /// The step had finished before a crash; write this ack without re-running it.
     Report(Ack),
     /// Blocked by a guard; the text says on what.
@@ -118,26 +122,42 @@ pub fn decide_host(
     facts: &HostFacts,
     progress: Option<&LocalProgress>,
 ) -> HostDecision {
-    let Some(op) = op else { return HostDecision::Idle };
+    let Some(op) = op else {
+        return HostDecision::Idle;
+    };
     if !op.is_expected(me) || op.phase.is_terminal() {
         return HostDecision::Idle;
     }
     let stopped = facts.unit.is_stopped();
-    let Some(step) = op.phase.ack_step() else { return HostDecision::Idle };
+    let Some(step) = op.phase.ack_step() else {
+        return HostDecision::Idle;
+    };
     // Enforcement first: a unit that must stay stopped and is not gets stopped again.
     if op.phase.holds_stopped() && !stopped {
-        return HostDecision::Run { step: HostStep::StopUnit, acks: step == Step::StopUnit, resumed: false };
+        return HostDecision::Run {
+            step: HostStep::StopUnit,
+            acks: step == Step::StopUnit,
+            resumed: false,
+        };
     }
     match ack.filter(|a| a.answers(op, step)).map(|a| &a.result) {
         Some(StepResult::Ok) => {
             if step == Step::StopUnit && !stopped {
-                return HostDecision::Run { step: HostStep::StopUnit, acks: true, resumed: false };
+                return HostDecision::Run {
+                    step: HostStep::StopUnit,
+                    acks: true,
+                    resumed: false,
+                };
             }
             return HostDecision::Idle;
         }
         // While the unit must stay stopped, stopping again is always safe: retry.
         Some(StepResult::Failed { .. }) if step == Step::StopUnit && op.phase.holds_stopped() => {
-            return HostDecision::Run { step: HostStep::StopUnit, acks: true, resumed: false };
+            return HostDecision::Run {
+                step: HostStep::StopUnit,
+                acks: true,
+                resumed: false,
+            };
         }
         // Reported; the leader decides what a failure means. Not retried on our own.
         Some(StepResult::Failed { .. }) => return HostDecision::Idle,
@@ -166,9 +186,17 @@ pub fn decide_host(
     }
     if op.phase == Phase::Reinstalling && !stopped {
         // Unreachable through holds_stopped above; kept as a second lock on the door.
-        return HostDecision::Run { step: HostStep::StopUnit, acks: false, resumed: false };
+        return HostDecision::Run {
+            step: HostStep::StopUnit,
+            acks: false,
+            resumed: false,
+        };
     }
-    HostDecision::Run { step: HostStep::for_op(step, op), acks: true, resumed }
+    HostDecision::Run {
+        step: HostStep::for_op(step, op),
+        acks: true,
+        resumed,
+    }
 }
 
 #[cfg(test)]
@@ -178,39 +206,87 @@ mod tests {
     use crate::fleet::doc::RestoreRecord;
 
     fn facts(unit: UnitState) -> HostFacts {
-        HostFacts { unit, installed_version: Some(Version::new(8, 15, 0)), held: false }
+        HostFacts {
+            unit,
+            installed_version: Some(Version::new(8, 15, 0)),
+            held: false,
+        }
     }
     fn op_in(phase: Phase) -> OperationDoc {
         let mut op = sample_op();
         op.phase = phase;
         op.epoch = 2;
         op.phase_epoch = 2;
-        if phase.restore_point() == crate::fleet::doc::RestorePoint::AtOrAfter && phase != Phase::Restoring {
-            op.restore = Some(RestoreRecord { epoch: 2, issued: true, completed: true, superseded_epochs: vec![], detail: String::new() });
+        if phase.restore_point() == crate::fleet::doc::RestorePoint::AtOrAfter
+            && phase != Phase::Restoring
+        {
+            op.restore = Some(RestoreRecord {
+                epoch: 2,
+                issued: true,
+                completed: true,
+                superseded_epochs: vec![],
+                detail: String::new(),
+            });
         }
         op
     }
     fn ack(step: Step, epoch: u64, result: StepResult) -> Ack {
-        Ack { operation_id: "op1".into(), epoch, step, result, detail: String::new() }
+        Ack {
+            operation_id: "op1".into(),
+            epoch,
+            step,
+            result,
+            detail: String::new(),
+        }
     }
     fn run(step: HostStep) -> HostDecision {
-        HostDecision::Run { step, acks: true, resumed: false }
+        HostDecision::Run {
+            step,
+            acks: true,
+            resumed: false,
+        }
     }
 
     #[test]
     fn each_phase_asks_for_its_step() {
         let v = Version::new(8, 14, 3);
         let cases = [
-            (Phase::Preflight, UnitState::Active, run(HostStep::CheckAvailable { version: v.clone() })),
-            (Phase::Prefetching, UnitState::Active, run(HostStep::Prefetch { version: v.clone() })),
+            (
+                Phase::Preflight,
+                UnitState::Active,
+                run(HostStep::CheckAvailable { version: v.clone() }),
+            ),
+            (
+                Phase::Prefetching,
+                UnitState::Active,
+                run(HostStep::Prefetch { version: v.clone() }),
+            ),
             (Phase::Stopping, UnitState::Active, run(HostStep::StopUnit)),
             (Phase::Barrier, UnitState::Inactive, run(HostStep::StopUnit)),
-            (Phase::Reinstalling, UnitState::Inactive, run(HostStep::Reinstall { version: v.clone() })),
-            (Phase::Starting, UnitState::Inactive, run(HostStep::StartUnit { expect_version: v.clone() })),
-            (Phase::Aborting, UnitState::Inactive, run(HostStep::AbortRestart)),
+            (
+                Phase::Reinstalling,
+                UnitState::Inactive,
+                run(HostStep::Reinstall { version: v.clone() }),
+            ),
+            (
+                Phase::Starting,
+                UnitState::Inactive,
+                run(HostStep::StartUnit {
+                    expect_version: v.clone(),
+                }),
+            ),
+            (
+                Phase::Aborting,
+                UnitState::Inactive,
+                run(HostStep::AbortRestart),
+            ),
         ];
         for (phase, unit, want) in cases {
-            assert_eq!(decide_host(Some(&op_in(phase)), "a", None, &facts(unit), None), want, "{phase}");
+            assert_eq!(
+                decide_host(Some(&op_in(phase)), "a", None, &facts(unit), None),
+                want,
+                "{phase}"
+            );
         }
     }
 
@@ -218,9 +294,15 @@ mod tests {
     fn idle_without_operation_when_not_expected_or_finished() {
         let f = facts(UnitState::Active);
         assert_eq!(decide_host(None, "a", None, &f, None), HostDecision::Idle);
-        assert_eq!(decide_host(Some(&op_in(Phase::Stopping)), "z", None, &f, None), HostDecision::Idle);
+        assert_eq!(
+            decide_host(Some(&op_in(Phase::Stopping)), "z", None, &f, None),
+            HostDecision::Idle
+        );
         for p in [Phase::Done, Phase::Aborted, Phase::Failed] {
-            assert_eq!(decide_host(Some(&op_in(p)), "a", None, &f, None), HostDecision::Idle);
+            assert_eq!(
+                decide_host(Some(&op_in(p)), "a", None, &f, None),
+                HostDecision::Idle
+            );
         }
     }
 
@@ -229,14 +311,32 @@ mod tests {
         let op = op_in(Phase::Prefetching);
         let f = facts(UnitState::Active);
         let ok = ack(Step::Prefetch, 2, StepResult::Ok);
-        assert_eq!(decide_host(Some(&op), "a", Some(&ok), &f, None), HostDecision::Idle);
+        assert_eq!(
+            decide_host(Some(&op), "a", Some(&ok), &f, None),
+            HostDecision::Idle
+        );
         let stale = ack(Step::Prefetch, 1, StepResult::Ok);
-        assert!(matches!(decide_host(Some(&op), "a", Some(&stale), &f, None), HostDecision::Run { .. }));
+        assert!(matches!(
+            decide_host(Some(&op), "a", Some(&stale), &f, None),
+            HostDecision::Run { .. }
+        ));
         let mut other = ok.clone();
         other.operation_id = "op0".into();
-        assert!(matches!(decide_host(Some(&op), "a", Some(&other), &f, None), HostDecision::Run { .. }));
-        let failed = ack(Step::Prefetch, 2, StepResult::Failed { cause: "404".into() });
-        assert_eq!(decide_host(Some(&op), "a", Some(&failed), &f, None), HostDecision::Idle);
+        assert!(matches!(
+            decide_host(Some(&op), "a", Some(&other), &f, None),
+            HostDecision::Run { .. }
+        ));
+        let failed = ack(
+            Step::Prefetch,
+            2,
+            StepResult::Failed {
+                cause: "404".into(),
+            },
+        );
+        assert_eq!(
+            decide_host(Some(&op), "a", Some(&failed), &f, None),
+            HostDecision::Idle
+        );
     }
 
     #[test]
@@ -244,20 +344,41 @@ mod tests {
         let mut op = op_in(Phase::Stopping);
         op.epoch = 3; // taken over; phase_epoch still 2
         let ok = ack(Step::StopUnit, 2, StepResult::Ok);
-        assert_eq!(decide_host(Some(&op), "a", Some(&ok), &facts(UnitState::Inactive), None), HostDecision::Idle);
+        assert_eq!(
+            decide_host(Some(&op), "a", Some(&ok), &facts(UnitState::Inactive), None),
+            HostDecision::Idle
+        );
     }
 
     #[test]
     fn a_unit_that_came_back_is_stopped_again_while_it_must_stay_stopped() {
-        for phase in [Phase::Stopping, Phase::Barrier, Phase::SafetySnapshot, Phase::Restoring] {
+        for phase in [
+            Phase::Stopping,
+            Phase::Barrier,
+            Phase::SafetySnapshot,
+            Phase::Restoring,
+        ] {
             let op = op_in(phase);
             let ok = ack(Step::StopUnit, 2, StepResult::Ok);
-            let d = decide_host(Some(&op), "a", Some(&ok), &facts(UnitState::Activating), None);
+            let d = decide_host(
+                Some(&op),
+                "a",
+                Some(&ok),
+                &facts(UnitState::Activating),
+                None,
+            );
             assert_eq!(d, run(HostStep::StopUnit), "{phase}");
         }
         let op = op_in(Phase::Reinstalling);
         let d = decide_host(Some(&op), "a", None, &facts(UnitState::Active), None);
-        assert_eq!(d, HostDecision::Run { step: HostStep::StopUnit, acks: false, resumed: false });
+        assert_eq!(
+            d,
+            HostDecision::Run {
+                step: HostStep::StopUnit,
+                acks: false,
+                resumed: false
+            }
+        );
     }
 
     #[test]
@@ -265,9 +386,15 @@ mod tests {
         let mut op = op_in(Phase::Starting);
         op.restore.as_mut().unwrap().completed = false;
         let d = decide_host(Some(&op), "a", None, &facts(UnitState::Inactive), None);
-        assert!(matches!(d, HostDecision::Wait(ref w) if w.contains("restore")), "{d:?}");
+        assert!(
+            matches!(d, HostDecision::Wait(ref w) if w.contains("restore")),
+            "{d:?}"
+        );
         op.restore = None;
-        assert!(matches!(decide_host(Some(&op), "a", None, &facts(UnitState::Inactive), None), HostDecision::Wait(_)));
+        assert!(matches!(
+            decide_host(Some(&op), "a", None, &facts(UnitState::Inactive), None),
+            HostDecision::Wait(_)
+        ));
     }
 
     #[test]
@@ -275,21 +402,60 @@ mod tests {
         let op = op_in(Phase::Reinstalling);
         let f = facts(UnitState::Inactive);
         let first = decide_host(Some(&op), "a", None, &f, None);
-        let HostDecision::Run { step, .. } = &first else { panic!("{first:?}") };
+        let HostDecision::Run { step, .. } = &first else {
+            panic!("{first:?}")
+        };
         // Crash after the progress record said "started": same step again, marked resumed.
-        let p = LocalProgress { operation_id: "op1".into(), epoch: 2, step: step.kind(), state: ProgressState::Started };
+        let p = LocalProgress {
+            operation_id: "op1".into(),
+            epoch: 2,
+            step: step.kind(),
+            state: ProgressState::Started,
+        };
         let again = decide_host(Some(&op), "a", None, &f, Some(&p));
-        assert_eq!(again, HostDecision::Run { step: step.clone(), acks: true, resumed: true });
-        assert_eq!(decide_host(Some(&op), "a", None, &f, Some(&p)), again, "deterministic");
+        assert_eq!(
+            again,
+            HostDecision::Run {
+                step: step.clone(),
+                acks: true,
+                resumed: true
+            }
+        );
+        assert_eq!(
+            decide_host(Some(&op), "a", None, &f, Some(&p)),
+            again,
+            "deterministic"
+        );
         // Crash after it finished but before the ack was written: report, do not re-run.
-        let done = LocalProgress { state: ProgressState::Finished { result: StepResult::Ok, detail: "8.14.3 held".into() }, ..p.clone() };
+        let done = LocalProgress {
+            state: ProgressState::Finished {
+                result: StepResult::Ok,
+                detail: "8.14.3 held".into(),
+            },
+            ..p.clone()
+        };
         let d = decide_host(Some(&op), "a", None, &f, Some(&done));
-        assert_eq!(d, HostDecision::Report(Ack { operation_id: "op1".into(), epoch: 2, step: Step::Reinstall, result: StepResult::Ok, detail: "8.14.3 held".into() }));
+        assert_eq!(
+            d,
+            HostDecision::Report(Ack {
+                operation_id: "op1".into(),
+                epoch: 2,
+                step: Step::Reinstall,
+                result: StepResult::Ok,
+                detail: "8.14.3 held".into()
+            })
+        );
         // A record for another step or operation is not used.
-        let other = LocalProgress { step: Step::Prefetch, ..done.clone() };
+        let other = LocalProgress {
+            step: Step::Prefetch,
+            ..done.clone()
+        };
         assert_eq!(decide_host(Some(&op), "a", None, &f, Some(&other)), first);
         // An ack still "in progress" (written before the crash) re-runs the same step.
         let inprog = ack(Step::Reinstall, 2, StepResult::InProgress);
-        assert_eq!(decide_host(Some(&op), "a", Some(&inprog), &f, Some(&p)), again);
+        assert_eq!(
+            decide_host(Some(&op), "a", Some(&inprog), &f, Some(&p)),
+            again
+        );
     }
 }

@@ -40,10 +40,17 @@ pub struct Versioned<T> {
 
 impl<T> Versioned<T> {
     pub fn new(version: DocVersion, doc: T) -> Self {
-        Versioned { seq_no: version.seq_no, primary_term: version.primary_term, doc }
+        Versioned {
+            seq_no: version.seq_no,
+            primary_term: version.primary_term,
+            doc,
+        }
     }
     pub fn version(&self) -> DocVersion {
-        DocVersion { seq_no: self.seq_no, primary_term: self.primary_term }
+        DocVersion {
+            seq_no: self.seq_no,
+            primary_term: self.primary_term,
+        }
     }
 }
 
@@ -122,7 +129,9 @@ impl Phase {
             | Phase::SafetySnapshot
             | Phase::Aborting
             | Phase::Aborted => RestorePoint::Before,
-            Phase::Restoring | Phase::Reinstalling | Phase::Starting | Phase::Done => RestorePoint::AtOrAfter,
+            Phase::Restoring | Phase::Reinstalling | Phase::Starting | Phase::Done => {
+                RestorePoint::AtOrAfter
+            }
             Phase::Failed => RestorePoint::Either,
         }
     }
@@ -158,7 +167,10 @@ impl Phase {
     /// Phases in which every expected unit must stay stopped (the agent stops it again if
     /// anything started it).
     pub fn holds_stopped(self) -> bool {
-        matches!(self, Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring | Phase::Reinstalling)
+        matches!(
+            self,
+            Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring | Phase::Reinstalling
+        )
     }
 }
 
@@ -189,32 +201,94 @@ use Phase::*;
 
 /// The whole transition table. Anything not listed is refused by [`transition`].
 pub const TRANSITIONS: &[Transition] = &[
-    Transition { to: Prefetching, from: &[Preflight], by: Mover::Leader },
-    Transition { to: Stopping, from: &[Prefetching], by: Mover::Leader },
-    Transition { to: Barrier, from: &[Stopping], by: Mover::Leader },
-    Transition { to: SafetySnapshot, from: &[Barrier], by: Mover::Leader },
+    Transition {
+        to: Prefetching,
+        from: &[Preflight],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: Stopping,
+        from: &[Prefetching],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: Barrier,
+        from: &[Stopping],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: SafetySnapshot,
+        from: &[Barrier],
+        by: Mover::Leader,
+    },
     // Straight from the barrier only when the operator disabled the safety snapshot explicitly.
-    Transition { to: Restoring, from: &[Barrier, SafetySnapshot], by: Mover::Leader },
-    Transition { to: Reinstalling, from: &[Restoring], by: Mover::Leader },
-    Transition { to: Starting, from: &[Reinstalling], by: Mover::Leader },
-    Transition { to: Done, from: &[Starting], by: Mover::Leader },
+    Transition {
+        to: Restoring,
+        from: &[Barrier, SafetySnapshot],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: Reinstalling,
+        from: &[Restoring],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: Starting,
+        from: &[Reinstalling],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: Done,
+        from: &[Starting],
+        by: Mover::Leader,
+    },
     // Preflight changed nothing anywhere, so it ends `aborted` directly.
     // From `restoring` only while no restore has been recorded (the leader checks): the restore
     // point is the write-ahead restore record, not the phase name.
-    Transition { to: Aborting, from: &[Prefetching, Stopping, Barrier, SafetySnapshot, Restoring], by: Mover::Leader },
-    Transition { to: Aborted, from: &[Preflight, Aborting], by: Mover::Leader },
+    Transition {
+        to: Aborting,
+        from: &[Prefetching, Stopping, Barrier, SafetySnapshot, Restoring],
+        by: Mover::Leader,
+    },
+    Transition {
+        to: Aborted,
+        from: &[Preflight, Aborting],
+        by: Mover::Leader,
+    },
     // `aborting` fails when a unit cannot be brought back: `aborted` promises every unit is back.
-    Transition { to: Failed, from: &[Restoring, Reinstalling, Starting, Aborting], by: Mover::Leader },
+    Transition {
+        to: Failed,
+        from: &[Restoring, Reinstalling, Starting, Aborting],
+        by: Mover::Leader,
+    },
     // `start --resume`: re-enter the phase a failed operation failed in.
-    Transition { to: Restoring, from: &[Failed], by: Mover::Operator },
-    Transition { to: Reinstalling, from: &[Failed], by: Mover::Operator },
-    Transition { to: Starting, from: &[Failed], by: Mover::Operator },
-    Transition { to: Aborting, from: &[Failed], by: Mover::Operator },
+    Transition {
+        to: Restoring,
+        from: &[Failed],
+        by: Mover::Operator,
+    },
+    Transition {
+        to: Reinstalling,
+        from: &[Failed],
+        by: Mover::Operator,
+    },
+    Transition {
+        to: Starting,
+        from: &[Failed],
+        by: Mover::Operator,
+    },
+    Transition {
+        to: Aborting,
+        from: &[Failed],
+        by: Mover::Operator,
+    },
 ];
 
 /// Whether `from -> to` is in the table for `by`.
 pub fn is_legal(from: Phase, to: Phase, by: Mover) -> bool {
-    TRANSITIONS.iter().any(|t| t.to == to && t.by == by && t.from.contains(&from))
+    TRANSITIONS
+        .iter()
+        .any(|t| t.to == to && t.by == by && t.from.contains(&from))
 }
 
 /// Errors of the pure document helpers. Never a panic: a refused transition is a value.
@@ -369,7 +443,13 @@ pub fn transition(
     }
     check_guard(op, to)?;
     let mut next = op.clone();
-    next.history.push(PhaseChange { from: op.phase, to, epoch: op.epoch, reason: reason.into(), at: at.into() });
+    next.history.push(PhaseChange {
+        from: op.phase,
+        to,
+        epoch: op.epoch,
+        reason: reason.into(),
+        at: at.into(),
+    });
     next.phase = to;
     next.phase_epoch = op.epoch;
     Ok(next)
@@ -477,8 +557,16 @@ pub(crate) mod tests {
             requested_by: "alice".into(),
             requested_at: "2026-01-01T00:00:00Z".into(),
             target_version: Version::new(8, 14, 3),
-            snapshot: SnapshotRef { repository: "repo".into(), name: "snap".into(), uuid: "u1".into() },
-            safety_snapshot: SafetySnapshot { enabled: true, name: Some("kibana-rollback-pre-op1".into()), taken_uuid: None },
+            snapshot: SnapshotRef {
+                repository: "repo".into(),
+                name: "snap".into(),
+                uuid: "u1".into(),
+            },
+            safety_snapshot: SafetySnapshot {
+                enabled: true,
+                name: Some("kibana-rollback-pre-op1".into()),
+                taken_uuid: None,
+            },
             expected_hosts: vec!["a".into(), "b".into(), "c".into()],
             phase: Phase::Preflight,
             phase_epoch: 0,
@@ -504,8 +592,17 @@ pub(crate) mod tests {
     #[test]
     fn operation_doc_round_trips_through_json() {
         let mut op = sample_op();
-        op.restore = Some(RestoreRecord { epoch: 2, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
-        op.leader = Some(LeaderInfo { host_id: "a".into(), renewals: 7 });
+        op.restore = Some(RestoreRecord {
+            epoch: 2,
+            issued: true,
+            completed: false,
+            superseded_epochs: vec![],
+            detail: String::new(),
+        });
+        op.leader = Some(LeaderInfo {
+            host_id: "a".into(),
+            renewals: 7,
+        });
         let v = serde_json::to_value(&op).unwrap();
         assert_eq!(v["phase"], "preflight");
         assert_eq!(v["target_version"], "8.14.3");
@@ -523,7 +620,13 @@ pub(crate) mod tests {
             installed_version: Some(Version::new(8, 15, 0)),
             held: false,
             heartbeat: 3,
-            ack: Some(Ack { operation_id: "op1".into(), epoch: 1, step: Step::StopUnit, result: StepResult::Ok, detail: String::new() }),
+            ack: Some(Ack {
+                operation_id: "op1".into(),
+                epoch: 1,
+                step: Step::StopUnit,
+                result: StepResult::Ok,
+                detail: String::new(),
+            }),
         };
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["unit_state"], "inactive");
@@ -540,7 +643,9 @@ pub(crate) mod tests {
                     op.phase = from;
                     op.epoch = 4;
                     let r = transition(&op, to, by, "test", "t");
-                    let listed = TRANSITIONS.iter().any(|t| t.to == to && t.by == by && t.from.contains(&from));
+                    let listed = TRANSITIONS
+                        .iter()
+                        .any(|t| t.to == to && t.by == by && t.from.contains(&from));
                     match r {
                         Ok(next) => {
                             assert!(listed, "{from} -> {to} by {by:?} applied but not listed");
@@ -564,7 +669,12 @@ pub(crate) mod tests {
             for from in t.from {
                 assert!(!from.is_terminal(), "{from} -> {}", t.to);
                 if from.restore_point() == RestorePoint::AtOrAfter && *from != Phase::Restoring {
-                    assert_ne!(t.to.restore_point(), RestorePoint::Before, "{from} -> {} silently undoes a restore", t.to);
+                    assert_ne!(
+                        t.to.restore_point(),
+                        RestorePoint::Before,
+                        "{from} -> {} silently undoes a restore",
+                        t.to
+                    );
                 }
             }
         }
@@ -576,12 +686,27 @@ pub(crate) mod tests {
         op.phase = Phase::Reinstalling;
         op.epoch = 5;
         op.phase_epoch = 4;
-        let ack = |id: &str, epoch, step| Ack { operation_id: id.into(), epoch, step, result: StepResult::Ok, detail: String::new() };
+        let ack = |id: &str, epoch, step| Ack {
+            operation_id: id.into(),
+            epoch,
+            step,
+            result: StepResult::Ok,
+            detail: String::new(),
+        };
         assert!(op.ack_counts(&ack("op1", 4, Step::Reinstall)));
         assert!(op.ack_counts(&ack("op1", 5, Step::Reinstall)));
-        assert!(!op.ack_counts(&ack("op1", 3, Step::Reinstall)), "stale epoch");
-        assert!(!op.ack_counts(&ack("op0", 5, Step::Reinstall)), "other operation");
-        assert!(!op.ack_counts(&ack("op1", 5, Step::StartUnit)), "other step");
+        assert!(
+            !op.ack_counts(&ack("op1", 3, Step::Reinstall)),
+            "stale epoch"
+        );
+        assert!(
+            !op.ack_counts(&ack("op0", 5, Step::Reinstall)),
+            "other operation"
+        );
+        assert!(
+            !op.ack_counts(&ack("op1", 5, Step::StartUnit)),
+            "other step"
+        );
         let mut failed = ack("op1", 5, Step::Reinstall);
         failed.result = StepResult::Failed { cause: "x".into() };
         assert!(!op.ack_counts(&failed));

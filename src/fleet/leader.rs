@@ -25,7 +25,10 @@
 //! so a restore request delayed in the network past the old leader's deadline could still land;
 //! the deadline check right before sending keeps that window to the adapter's send path.
 
-use super::doc::{transition, HostDoc, Mover, OpError, OperationDoc, Phase, RestoreRecord, SnapshotRef, Step, StepResult};
+use super::doc::{
+    transition, HostDoc, Mover, OpError, OperationDoc, Phase, RestoreRecord, SnapshotRef, Step,
+    StepResult,
+};
 use super::lease::{renew, HeldLease};
 use super::status::waiting_for;
 use super::FleetConfig;
@@ -39,16 +42,27 @@ use std::time::Duration;
 pub enum ClusterStep {
     /// ES reachable; every node compatible with `target_version`; snapshot SUCCESS with the
     /// `kibana` feature state; coordination index safe. Read-only.
-    Preflight { target_version: Version, snapshot: SnapshotRef, expected_hosts: Vec<String> },
+    Preflight {
+        target_version: Version,
+        snapshot: SnapshotRef,
+        expected_hosts: Vec<String>,
+    },
     /// No Kibana client seen by Elasticsearch recently (`_nodes/stats/http`). Read-only.
     CheckKibanaClients,
     /// Snapshot the kibana feature state as `name`. Idempotent: an existing SUCCESS snapshot of
     /// that name taken for this operation counts as done.
     SafetySnapshot { repository: String, name: String },
     /// Restore the kibana feature state. Must not be sent once the monotonic clock passed `deadline`.
-    Restore { snapshot: SnapshotRef, epoch: u64, deadline: Duration },
+    Restore {
+        snapshot: SnapshotRef,
+        epoch: u64,
+        deadline: Duration,
+    },
     /// What became of a restore recorded by an earlier leader at `recorded_epoch`. Read-only.
-    InspectRestore { snapshot: SnapshotRef, recorded_epoch: u64 },
+    InspectRestore {
+        snapshot: SnapshotRef,
+        recorded_epoch: u64,
+    },
     /// After every host started: the restored indices are healthy and Kibana reports the target. Read-only.
     VerifyFinal { target_version: Version },
 }
@@ -166,11 +180,15 @@ impl LeaderMemory {
     }
 }
 
-/// The leader's decision for this round.
+/// The leader's decision for this round. (One per round and short-lived: not worth boxing.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaderDecision {
     /// CAS-write this document (phase change, restore record).
-    Write { doc: OperationDoc, why: String },
+    Write {
+        doc: OperationDoc,
+        why: String,
+    },
     /// Run this cluster step (unless one is in flight).
     Run(ClusterStep),
     /// Issue the restore at the current epoch now.
@@ -194,9 +212,15 @@ pub fn tally(op: &OperationDoc, hosts: &[HostDoc], step: Step, need_stopped: boo
     let mut t = AckTally::default();
     for h in &op.expected_hosts {
         let doc = hosts.iter().find(|d| &d.host_id == h);
-        let ack = doc.and_then(|d| d.ack.as_ref()).filter(|a| a.answers(op, step));
+        let ack = doc
+            .and_then(|d| d.ack.as_ref())
+            .filter(|a| a.answers(op, step));
         match ack.map(|a| &a.result) {
-            Some(StepResult::Ok) if !need_stopped || doc.is_some_and(|d| d.unit_state.is_stopped()) => t.ok.push(h.clone()),
+            Some(StepResult::Ok)
+                if !need_stopped || doc.is_some_and(|d| d.unit_state.is_stopped()) =>
+            {
+                t.ok.push(h.clone())
+            }
             Some(StepResult::Failed { cause }) => t.failed.push((h.clone(), cause.clone())),
             _ => t.pending.push(h.clone()),
         }
@@ -204,16 +228,30 @@ pub fn tally(op: &OperationDoc, hosts: &[HostDoc], step: Step, need_stopped: boo
     t
 }
 
-fn end(op: &OperationDoc, to: Phase, host: Option<String>, cause: String, wall: &str) -> LeaderDecision {
+fn end(
+    op: &OperationDoc,
+    to: Phase,
+    host: Option<String>,
+    cause: String,
+    wall: &str,
+) -> LeaderDecision {
     match transition(op, to, Mover::Leader, cause.clone(), wall) {
         Ok(mut doc) => {
             // The error names what ended the operation; an abort's reason stays in the cause.
             let cause_text = match (&op.error, op.phase) {
-                (Some(prev), Phase::Aborting) => format!("{cause} (while aborting after: {})", prev.cause),
+                (Some(prev), Phase::Aborting) => {
+                    format!("{cause} (while aborting after: {})", prev.cause)
+                }
                 _ => cause.clone(),
             };
-            doc.error = Some(OpError { host, cause: cause_text });
-            LeaderDecision::Write { doc, why: format!("{} -> {to}: {cause}", op.phase) }
+            doc.error = Some(OpError {
+                host,
+                cause: cause_text,
+            });
+            LeaderDecision::Write {
+                doc,
+                why: format!("{} -> {to}: {cause}", op.phase),
+            }
         }
         Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
     }
@@ -221,7 +259,10 @@ fn end(op: &OperationDoc, to: Phase, host: Option<String>, cause: String, wall: 
 
 fn next(op: &OperationDoc, to: Phase, reason: &str, wall: &str) -> LeaderDecision {
     match transition(op, to, Mover::Leader, reason, wall) {
-        Ok(doc) => LeaderDecision::Write { doc, why: format!("{} -> {to}: {reason}", op.phase) },
+        Ok(doc) => LeaderDecision::Write {
+            doc,
+            why: format!("{} -> {to}: {reason}", op.phase),
+        },
         Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
     }
 }
@@ -258,7 +299,11 @@ pub fn decide_leader(
     if let Some(req) = &op.abort_requested {
         let cause = format!("aborted by {}: {}", req.by, req.reason);
         match op.phase {
-            Phase::Preflight | Phase::Prefetching | Phase::Stopping | Phase::Barrier | Phase::SafetySnapshot => {
+            Phase::Preflight
+            | Phase::Prefetching
+            | Phase::Stopping
+            | Phase::Barrier
+            | Phase::SafetySnapshot => {
                 return end(op, failure_target(op.phase), None, cause, wall);
             }
             _ => {} // past the restore point (or already aborting): no silent way back
@@ -272,17 +317,30 @@ pub fn decide_leader(
                 op,
                 failure_target(op.phase),
                 t.pending.first().cloned(),
-                format!("{}: no acknowledgement from {} within {:?}", op.phase, t.pending.join(", "), limit),
+                format!(
+                    "{}: no acknowledgement from {} within {:?}",
+                    op.phase,
+                    t.pending.join(", "),
+                    limit
+                ),
                 wall,
             )
         })
     };
     match op.phase {
-        Phase::Done | Phase::Aborted | Phase::Failed => LeaderDecision::Wait(waiting_for(op, hosts)),
+        Phase::Done | Phase::Aborted | Phase::Failed => {
+            LeaderDecision::Wait(waiting_for(op, hosts))
+        }
         Phase::Preflight => {
             let t = tally(op, hosts, Step::CheckAvailable, false);
             if let Some((h, c)) = t.failed.first() {
-                return end(op, Phase::Aborted, Some(h.clone()), format!("preflight on {h}: {c}"), wall);
+                return end(
+                    op,
+                    Phase::Aborted,
+                    Some(h.clone()),
+                    format!("preflight on {h}: {c}"),
+                    wall,
+                );
             }
             match &mem.preflight {
                 None => run_or_wait(
@@ -295,15 +353,27 @@ pub fn decide_leader(
                     "preflight: checking the cluster".into(),
                 ),
                 Some(Err(c)) => end(op, Phase::Aborted, None, format!("preflight: {c}"), wall),
-                Some(Ok(())) if t.pending.is_empty() => next(op, Phase::Prefetching, "preflight passed", wall),
+                Some(Ok(())) if t.pending.is_empty() => {
+                    next(op, Phase::Prefetching, "preflight passed", wall)
+                }
                 Some(Ok(())) => timed_out(&t).unwrap_or_else(waiting),
             }
         }
-        Phase::Prefetching | Phase::Stopping | Phase::Reinstalling | Phase::Starting | Phase::Aborting => {
+        Phase::Prefetching
+        | Phase::Stopping
+        | Phase::Reinstalling
+        | Phase::Starting
+        | Phase::Aborting => {
             let step = op.phase.host_step().expect("host phase");
             let t = tally(op, hosts, step, false);
             if let Some((h, c)) = t.failed.first() {
-                return end(op, failure_target(op.phase), Some(h.clone()), format!("{} on {h}: {c}", op.phase), wall);
+                return end(
+                    op,
+                    failure_target(op.phase),
+                    Some(h.clone()),
+                    format!("{} on {h}: {c}", op.phase),
+                    wall,
+                );
             }
             if !t.pending.is_empty() {
                 return timed_out(&t).unwrap_or_else(waiting);
@@ -312,29 +382,57 @@ pub fn decide_leader(
                 Phase::Prefetching => next(op, Phase::Stopping, "every host prefetched", wall),
                 Phase::Stopping => next(op, Phase::Barrier, "every host stopped", wall),
                 Phase::Reinstalling => next(op, Phase::Starting, "every host reinstalled", wall),
-                Phase::Aborting => next(op, Phase::Aborted, "every unit back on the unchanged package", wall),
+                Phase::Aborting => next(
+                    op,
+                    Phase::Aborted,
+                    "every unit back on the unchanged package",
+                    wall,
+                ),
                 _ => match &mem.verify {
                     None => run_or_wait(
                         mem,
-                        ClusterStep::VerifyFinal { target_version: op.target_version.clone() },
+                        ClusterStep::VerifyFinal {
+                            target_version: op.target_version.clone(),
+                        },
                         "starting: verifying the result".into(),
                     ),
-                    Some(Ok(())) => next(op, Phase::Done, "every host started on the target version", wall),
-                    Some(Err(c)) => end(op, Phase::Failed, None, format!("final verification: {c}"), wall),
+                    Some(Ok(())) => next(
+                        op,
+                        Phase::Done,
+                        "every host started on the target version",
+                        wall,
+                    ),
+                    Some(Err(c)) => end(
+                        op,
+                        Phase::Failed,
+                        None,
+                        format!("final verification: {c}"),
+                        wall,
+                    ),
                 },
             }
         }
         Phase::Barrier => {
             let t = tally(op, hosts, Step::StopUnit, true);
             if let Some((h, c)) = t.failed.first() {
-                return end(op, Phase::Aborting, Some(h.clone()), format!("barrier: {h} could not stop: {c}"), wall);
+                return end(
+                    op,
+                    Phase::Aborting,
+                    Some(h.clone()),
+                    format!("barrier: {h} could not stop: {c}"),
+                    wall,
+                );
             }
             if age >= cfg.barrier_timeout {
                 return end(
                     op,
                     Phase::Aborting,
                     t.pending.first().cloned(),
-                    format!("barrier timeout after {:?}: {}", cfg.barrier_timeout, waiting_for(op, hosts)),
+                    format!(
+                        "barrier timeout after {:?}: {}",
+                        cfg.barrier_timeout,
+                        waiting_for(op, hosts)
+                    ),
                     wall,
                 );
             }
@@ -342,14 +440,22 @@ pub fn decide_leader(
                 return waiting();
             }
             if op.barrier_client_check {
-                let check = || run_or_wait(mem, ClusterStep::CheckKibanaClients, "barrier: checking for Kibana clients".into());
+                let check = || {
+                    run_or_wait(
+                        mem,
+                        ClusterStep::CheckKibanaClients,
+                        "barrier: checking for Kibana clients".into(),
+                    )
+                };
                 match &mem.clients {
                     None => return check(),
                     Some((Err(who), at)) => {
                         if now.saturating_sub(*at) >= cfg.retry_every {
                             return check();
                         }
-                        return LeaderDecision::Wait(format!("barrier: Kibana clients still seen by Elasticsearch: {who}"));
+                        return LeaderDecision::Wait(format!(
+                            "barrier: Kibana clients still seen by Elasticsearch: {who}"
+                        ));
                     }
                     Some((Ok(()), _)) => {}
                 }
@@ -357,33 +463,66 @@ pub fn decide_leader(
             if op.safety_snapshot.enabled {
                 next(op, Phase::SafetySnapshot, "every unit stopped", wall)
             } else {
-                next(op, Phase::Restoring, "every unit stopped; safety snapshot disabled by the operator", wall)
+                next(
+                    op,
+                    Phase::Restoring,
+                    "every unit stopped; safety snapshot disabled by the operator",
+                    wall,
+                )
             }
         }
         Phase::SafetySnapshot => match &mem.safety {
             None => {
-                let name = op.safety_snapshot.name.clone().unwrap_or_else(|| format!("kibana-rollback-pre-{}", op.id));
+                let name = op
+                    .safety_snapshot
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("kibana-rollback-pre-{}", op.id));
                 run_or_wait(
                     mem,
-                    ClusterStep::SafetySnapshot { repository: op.snapshot.repository.clone(), name },
+                    ClusterStep::SafetySnapshot {
+                        repository: op.snapshot.repository.clone(),
+                        name,
+                    },
                     waiting_for(op, hosts),
                 )
             }
-            Some(Ok(uuid)) => match transition(op, Phase::Restoring, Mover::Leader, "safety snapshot taken", wall) {
+            Some(Ok(uuid)) => match transition(
+                op,
+                Phase::Restoring,
+                Mover::Leader,
+                "safety snapshot taken",
+                wall,
+            ) {
                 Ok(mut doc) => {
                     doc.safety_snapshot.taken_uuid = Some(uuid.clone());
-                    LeaderDecision::Write { doc, why: "safety_snapshot -> restoring".into() }
+                    LeaderDecision::Write {
+                        doc,
+                        why: "safety_snapshot -> restoring".into(),
+                    }
                 }
                 Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
             },
-            Some(Err(c)) => end(op, Phase::Aborting, None, format!("safety snapshot failed: {c}"), wall),
+            Some(Err(c)) => end(
+                op,
+                Phase::Aborting,
+                None,
+                format!("safety snapshot failed: {c}"),
+                wall,
+            ),
         },
         Phase::Restoring => decide_restoring(op, hosts, mem, lease, now, cfg, wall),
     }
 }
 
 fn complete_restore(op: &OperationDoc, detail: String, wall: &str) -> LeaderDecision {
-    match transition(op, Phase::Reinstalling, Mover::Leader, "restore completed", wall) {
+    match transition(
+        op,
+        Phase::Reinstalling,
+        Mover::Leader,
+        "restore completed",
+        wall,
+    ) {
         Ok(mut doc) => {
             let r = doc.restore.get_or_insert(RestoreRecord {
                 epoch: op.epoch,
@@ -394,7 +533,10 @@ fn complete_restore(op: &OperationDoc, detail: String, wall: &str) -> LeaderDeci
             });
             r.completed = true;
             r.detail = detail;
-            LeaderDecision::Write { doc, why: "restoring -> reinstalling: restore completed".into() }
+            LeaderDecision::Write {
+                doc,
+                why: "restoring -> reinstalling: restore completed".into(),
+            }
         }
         Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
     }
@@ -411,7 +553,13 @@ fn decide_restoring(
 ) -> LeaderDecision {
     let snap = format!("{}/{}", op.snapshot.repository, op.snapshot.name);
     if op.safety_snapshot.enabled && op.safety_snapshot.taken_uuid.is_none() {
-        return end(op, Phase::Failed, None, "internal: restoring without the safety snapshot; refusing to restore".into(), wall);
+        return end(
+            op,
+            Phase::Failed,
+            None,
+            "internal: restoring without the safety snapshot; refusing to restore".into(),
+            wall,
+        );
     }
     // Every unit must be known stopped before the restore is recorded and again before it is
     // issued (invariant 1). If that cannot be confirmed: with no restore recorded yet nothing has
@@ -420,11 +568,22 @@ fn decide_restoring(
     let t = tally(op, hosts, Step::StopUnit, true);
     let age = now.saturating_sub(mem.phase_since);
     let held = || -> LeaderDecision {
-        let blocked: Vec<String> = t.pending.iter().chain(t.failed.iter().map(|(h, _)| h)).cloned().collect();
+        let blocked: Vec<String> = t
+            .pending
+            .iter()
+            .chain(t.failed.iter().map(|(h, _)| h))
+            .cloned()
+            .collect();
         let first = blocked.first().cloned();
         if op.restore.is_none() {
             if let Some((h, c)) = t.failed.first() {
-                return end(op, Phase::Aborting, Some(h.clone()), format!("restoring: {h} could not stop kibana before the restore: {c}"), wall);
+                return end(
+                    op,
+                    Phase::Aborting,
+                    Some(h.clone()),
+                    format!("restoring: {h} could not stop kibana before the restore: {c}"),
+                    wall,
+                );
             }
             if age >= cfg.barrier_timeout {
                 return end(op, Phase::Aborting, first, format!("restoring: units not confirmed stopped within {:?}: {}; nothing was restored", cfg.barrier_timeout, blocked.join(", ")), wall);
@@ -432,7 +591,10 @@ fn decide_restoring(
         } else if age >= cfg.barrier_timeout {
             return end(op, Phase::Failed, first, format!("restoring: units not confirmed stopped within {:?}: {}; the restore was recorded, check it before --resume", cfg.barrier_timeout, blocked.join(", ")), wall);
         }
-        LeaderDecision::Wait(format!("restoring: restore held until every unit is confirmed stopped: {}", blocked.join(", ")))
+        LeaderDecision::Wait(format!(
+            "restoring: restore held until every unit is confirmed stopped: {}",
+            blocked.join(", ")
+        ))
     };
     let all_stopped = t.pending.is_empty() && t.failed.is_empty();
     // Write-ahead record of our own restore.
@@ -441,10 +603,24 @@ fn decide_restoring(
             return held();
         }
         let mut doc = op.clone();
-        doc.restore = Some(RestoreRecord { epoch: op.epoch, issued: true, completed: false, superseded_epochs: superseded, detail: String::new() });
-        LeaderDecision::Write { doc, why: format!("recording the restore of {snap} at epoch {} before issuing it", op.epoch) }
+        doc.restore = Some(RestoreRecord {
+            epoch: op.epoch,
+            issued: true,
+            completed: false,
+            superseded_epochs: superseded,
+            detail: String::new(),
+        });
+        LeaderDecision::Write {
+            doc,
+            why: format!(
+                "recording the restore of {snap} at epoch {} before issuing it",
+                op.epoch
+            ),
+        }
     };
-    let Some(rec) = &op.restore else { return intent(vec![]) };
+    let Some(rec) = &op.restore else {
+        return intent(vec![]);
+    };
     if rec.completed {
         return complete_restore(op, rec.detail.clone(), wall);
     }
@@ -452,8 +628,14 @@ fn decide_restoring(
         let inspect = || {
             run_or_wait(
                 mem,
-                ClusterStep::InspectRestore { snapshot: op.snapshot.clone(), recorded_epoch: rec.epoch },
-                format!("restoring: inspecting the restore recorded at epoch {}", rec.epoch),
+                ClusterStep::InspectRestore {
+                    snapshot: op.snapshot.clone(),
+                    recorded_epoch: rec.epoch,
+                },
+                format!(
+                    "restoring: inspecting the restore recorded at epoch {}",
+                    rec.epoch
+                ),
             )
         };
         return match &mem.inspect {

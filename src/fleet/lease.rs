@@ -79,13 +79,23 @@ impl LeaseObserver {
 
     /// How long the currently observed version has been seen unchanged.
     pub fn unchanged_for(&self, now: Duration) -> Duration {
-        self.seen.as_ref().map_or(Duration::ZERO, |(_, _, since)| now.saturating_sub(*since))
+        self.seen
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, _, since)| now.saturating_sub(*since))
     }
 
     /// Whether the lease on `op_id` at `version` has expired by observation.
-    pub fn expired(&self, op_id: &str, version: DocVersion, now: Duration, cfg: &LeaseConfig) -> bool {
+    pub fn expired(
+        &self,
+        op_id: &str,
+        version: DocVersion,
+        now: Duration,
+        cfg: &LeaseConfig,
+    ) -> bool {
         match &self.seen {
-            Some((id, v, since)) => id == op_id && *v == version && now.saturating_sub(*since) >= cfg.duration,
+            Some((id, v, since)) => {
+                id == op_id && *v == version && now.saturating_sub(*since) >= cfg.duration
+            }
             None => false,
         }
     }
@@ -126,10 +136,22 @@ pub fn takeover(op: &OperationDoc, me: &str, at: &str) -> OperationDoc {
     next.epoch = op.epoch + 1;
     let reason = match op.leader_id() {
         None => format!("lease acquired by {me}"),
-        Some(prev) => format!("lease of {prev} (epoch {}) expired; taken over by {me}", op.epoch),
+        Some(prev) => format!(
+            "lease of {prev} (epoch {}) expired; taken over by {me}",
+            op.epoch
+        ),
     };
-    next.leader = Some(LeaderInfo { host_id: me.to_owned(), renewals: 0 });
-    next.history.push(PhaseChange { from: op.phase, to: op.phase, epoch: next.epoch, reason, at: at.to_owned() });
+    next.leader = Some(LeaderInfo {
+        host_id: me.to_owned(),
+        renewals: 0,
+    });
+    next.history.push(PhaseChange {
+        from: op.phase,
+        to: op.phase,
+        epoch: next.epoch,
+        reason,
+        at: at.to_owned(),
+    });
     next
 }
 
@@ -149,17 +171,33 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
     fn cfg() -> LeaseConfig {
-        LeaseConfig { duration: S(30), margin: S(5) }
+        LeaseConfig {
+            duration: S(30),
+            margin: S(5),
+        }
     }
     fn v(seq: u64) -> DocVersion {
-        DocVersion { seq_no: seq, primary_term: 1 }
+        DocVersion {
+            seq_no: seq,
+            primary_term: 1,
+        }
     }
 
     #[test]
     fn config_validation() {
         assert!(cfg().validate().is_ok());
-        assert!(LeaseConfig { duration: S(30), margin: S(10) }.validate().is_err());
-        assert!(LeaseConfig { duration: S(30), margin: S(0) }.validate().is_err());
+        assert!(LeaseConfig {
+            duration: S(30),
+            margin: S(10)
+        }
+        .validate()
+        .is_err());
+        assert!(LeaseConfig {
+            duration: S(30),
+            margin: S(0)
+        }
+        .validate()
+        .is_err());
         assert_eq!(cfg().renew_every(), S(10));
     }
 
@@ -183,8 +221,23 @@ mod tests {
     fn a_change_of_primary_term_alone_is_a_new_version() {
         let mut o = LeaseObserver::default();
         o.observe("op1", v(3), S(0));
-        o.observe("op1", DocVersion { seq_no: 3, primary_term: 2 }, S(20));
-        assert!(!o.expired("op1", DocVersion { seq_no: 3, primary_term: 2 }, S(40), &cfg()));
+        o.observe(
+            "op1",
+            DocVersion {
+                seq_no: 3,
+                primary_term: 2,
+            },
+            S(20),
+        );
+        assert!(!o.expired(
+            "op1",
+            DocVersion {
+                seq_no: 3,
+                primary_term: 2
+            },
+            S(40),
+            &cfg()
+        ));
     }
 
     #[test]
@@ -196,7 +249,10 @@ mod tests {
 
     #[test]
     fn leader_is_deposed_after_lease_minus_margin_from_last_successful_send() {
-        let mut l = HeldLease { epoch: 1, last_renewed: S(100) };
+        let mut l = HeldLease {
+            epoch: 1,
+            last_renewed: S(100),
+        };
         assert!(l.is_valid(S(124), &cfg()));
         assert!(!l.is_valid(S(125), &cfg()));
         assert!(!l.renew_due(S(109), &cfg()));
@@ -223,13 +279,30 @@ mod tests {
     fn takeover_increments_epoch_and_records_it() {
         let mut op = sample_op();
         op.epoch = 2;
-        op.leader = Some(LeaderInfo { host_id: "a".into(), renewals: 9 });
+        op.leader = Some(LeaderInfo {
+            host_id: "a".into(),
+            renewals: 9,
+        });
         let next = takeover(&op, "b", "t");
         assert_eq!(next.epoch, 3);
-        assert_eq!(next.leader, Some(LeaderInfo { host_id: "b".into(), renewals: 0 }));
+        assert_eq!(
+            next.leader,
+            Some(LeaderInfo {
+                host_id: "b".into(),
+                renewals: 0
+            })
+        );
         assert_eq!(next.phase, op.phase);
-        assert_eq!(next.phase_epoch, op.phase_epoch, "takeover does not invalidate acks");
-        assert!(next.history.last().unwrap().reason.contains("taken over by b"));
+        assert_eq!(
+            next.phase_epoch, op.phase_epoch,
+            "takeover does not invalidate acks"
+        );
+        assert!(next
+            .history
+            .last()
+            .unwrap()
+            .reason
+            .contains("taken over by b"));
         let r = renew(&next);
         assert_eq!(r.leader.unwrap().renewals, 1);
         assert_eq!(r.epoch, 3);

@@ -33,6 +33,56 @@
 //! }
 //! ```
 //!
+//! # Decisions where DESIGN.md was silent (and why)
+//!
+//! * **Which acks count.** An ack counts when it names this operation and this phase's step and
+//!   its epoch is at least `phase_epoch`, the epoch at which the current phase was entered
+//!   ([`doc::Ack::answers`]). A lease takeover does not change `phase_epoch`: the steps are
+//!   idempotent and their effects persist, and requiring fresh acks after every takeover would
+//!   let one dead host block every new leader. `start --resume` bumps both, so a resumed phase
+//!   is redone by every host.
+//! * **Barrier evidence.** `barrier`, `safety_snapshot` and `restoring` have no host step of
+//!   their own: the `stop_unit` ack plus the host document reporting the unit stopped is the
+//!   evidence, re-checked before the restore is recorded and again before it is issued. From
+//!   `barrier` to `reinstalling` an agent stops its unit again if anything started it, and
+//!   retries a failed stop (stopping is always safe).
+//! * **The restore is write-ahead.** The leader CAS-writes `restore {epoch, issued}` (a renewal),
+//!   then issues `Restore{epoch, deadline}` at most once per epoch while that renewal is younger
+//!   than lease/3; the adapter must not send it after `deadline` and answers `RestoreNotSent`,
+//!   and the leader steps down. A successor finding an unfinished record of an older epoch
+//!   inspects Elasticsearch: running → wait; completed from this snapshot → record and go on;
+//!   certainly not started → issue its own (every unit is still stopped, restoring the same
+//!   snapshot again yields the same state, the safety snapshot is already taken); cannot tell →
+//!   `failed` with "restore outcome unknown after leader change; check snapshot ... and re-run
+//!   with --resume". See [`leader`].
+//! * **The restore point is the record, not the phase name.** `restoring -> aborting` is legal
+//!   only while no restore is recorded ([`doc::check_guard`]); a stop that fails after the
+//!   barrier would otherwise wedge the operation or fail it although nothing had changed.
+//! * **Preflight aborts directly** (`preflight -> aborted`): nothing was touched anywhere.
+//! * **Aborting can fail.** `aborted` promises every unit is back; if a unit cannot be brought
+//!   back the operation ends `failed` naming it, the abort's reason kept in the cause.
+//!   `abort_restart` makes sure the unit runs on the unchanged package and does not restart a
+//!   unit that is already active.
+//! * **Timeouts.** `barrier_timeout` (from entering the barrier, on the leader's clock) aborts;
+//!   an optional `phase_timeout` for host phases aborts before the restore point and fails
+//!   after it, naming the silent hosts; `None` waits, visibly, for ever. A new leader restarts
+//!   these timers (it cannot know how long its predecessor waited; that only lengthens waits).
+//! * **Leadership.** A fresh operation has no leader; any expected host takes it at once by CAS
+//!   (epoch 1). A restarted former leader is an ordinary candidate and waits a whole lease.
+//!   Any successful CAS by the leader renews, counted from its *send* time. Hosts not in
+//!   `expected_hosts` never lead.
+//! * **Endings.** `done` and `aborted` are archived (`history-<id>`, created, 409 = already
+//!   there) and then the operation deleted by CAS: by the leader at once, by anyone after a
+//!   lease without change. `failed` stays as the operation document: it is the lock that keeps
+//!   a new `start` off a half-rolled-back fleet, `status` shows it, `start --resume` continues it.
+//! * **Operator abort** is a CAS that sets `abort_requested` ([`request_abort`]); the leader
+//!   honours it only before the restore point.
+//! * **Clock.** `Inputs::now` must come from `CLOCK_BOOTTIME` (see [`lease`]).
+//! * **Nothing outside the agent starts the unit** while it must stay stopped: `stop_unit`
+//!   should block starts (`systemctl mask`, not only `--runtime`, so a reboot does not start
+//!   it) until `reinstall`/`start_unit`/`abort_restart`. The leader's re-checks are defence in
+//!   depth but cannot close the race with an outside start right before the restore.
+//!
 //! Adapters may run actions concurrently (a restore takes a while; the leader must keep
 //! renewing meanwhile), except: `RecordProgress` must be durable before the `RunHostStep` that
 //! follows it; `ClusterStep::Restore` must not be sent after its `deadline`.
@@ -51,14 +101,17 @@ mod tests;
 
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
-    history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion, HostDoc, LeaderInfo, Mover, OpError, OperationDoc,
-    Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned,
-    OPERATION_DOC_ID, TRANSITIONS,
+    history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion, HostDoc,
+    LeaderInfo, Mover, OpError, OperationDoc, Phase, PhaseChange, RestorePoint, RestoreRecord,
+    SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned, OPERATION_DOC_ID,
+    TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
-pub use status::{new_operation, outcome, request_abort, resume, waiting_for, NewOperation, Outcome};
+pub use status::{
+    new_operation, outcome, request_abort, resume, waiting_for, NewOperation, Outcome,
+};
 
 use std::time::Duration;
 
@@ -82,7 +135,10 @@ pub struct FleetConfig {
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
-            lease: LeaseConfig { duration: Duration::from_secs(30), margin: Duration::from_secs(5) },
+            lease: LeaseConfig {
+                duration: Duration::from_secs(30),
+                margin: Duration::from_secs(5),
+            },
             barrier_timeout: Duration::from_secs(120),
             phase_timeout: Some(Duration::from_secs(900)),
             retry_every: Duration::from_secs(10),

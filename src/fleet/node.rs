@@ -14,18 +14,27 @@
 //!   or epoch). It never regains leadership without a takeover (a new epoch);
 //! * a successful write sent at `t` renews the lease from `t` (send time, not reply time);
 //! * a write with unknown outcome does not renew; the next read tells.
+//!
+//! Adapter contract: every action that carries a [`RequestId`] gets exactly one result event
+//! (a timeout is reported as a result: [`WriteResult::Unknown`], `ok: false`, a failed step);
+//! until then the node does not issue another action of that kind. Results of a previous
+//! process are never fed to a new `NodeState` (ids restart at 1).
 
 use super::agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 use super::doc::{Ack, DocVersion, HostDoc, OperationDoc, Phase, StepResult, Versioned};
+use super::leader::{
+    decide_leader, renewal, ClusterOutcome, ClusterStep, ClusterStepKind, LeaderDecision,
+    LeaderMemory,
+};
 use super::lease::{takeover, HeldLease, LeaseObserver};
-use super::leader::{decide_leader, renewal, ClusterOutcome, ClusterStep, ClusterStepKind, LeaderDecision, LeaderMemory};
 use super::FleetConfig;
 use std::time::Duration;
 
 /// Correlates an action with its result. Unique within one `NodeState` (one process lifetime).
 pub type RequestId = u64;
 
-/// What the adapter read of the `operation` document this round.
+/// What the adapter read of the `operation` document this round. (One per round: not boxed.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpRead {
     /// Could not be read (Elasticsearch unreachable): the node keeps its last view.
@@ -49,14 +58,33 @@ pub enum WriteResult {
 /// Results of earlier actions.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    OpWritten { id: RequestId, result: WriteResult },
-    HostDocWritten { id: RequestId, ok: bool },
-    Cluster { id: RequestId, outcome: ClusterOutcome },
+    OpWritten {
+        id: RequestId,
+        result: WriteResult,
+    },
+    HostDocWritten {
+        id: RequestId,
+        ok: bool,
+    },
+    Cluster {
+        id: RequestId,
+        outcome: ClusterOutcome,
+    },
     /// `result` is `Ok` or `Failed`; `detail` goes into the ack.
-    HostStepDone { id: RequestId, result: StepResult, detail: String },
+    HostStepDone {
+        id: RequestId,
+        result: StepResult,
+        detail: String,
+    },
     /// `history-<id>` created (a 409 "already exists" is also `ok`).
-    Archived { id: RequestId, ok: bool },
-    Deleted { id: RequestId, result: WriteResult },
+    Archived {
+        id: RequestId,
+        ok: bool,
+    },
+    Deleted {
+        id: RequestId,
+        result: WriteResult,
+    },
 }
 
 /// Everything the node learns in one round.
@@ -78,7 +106,12 @@ pub struct Inputs {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// `PUT <idx>/_doc/operation?if_seq_no=..&if_primary_term=..` → [`Event::OpWritten`].
-    CasWriteOperation { id: RequestId, expected: DocVersion, doc: OperationDoc, why: String },
+    CasWriteOperation {
+        id: RequestId,
+        expected: DocVersion,
+        doc: OperationDoc,
+        why: String,
+    },
     /// `PUT <idx>/_create/history-<op id>` → [`Event::Archived`] (409 counts as ok).
     ArchiveHistory { id: RequestId, doc: OperationDoc },
     /// `DELETE <idx>/_doc/operation?if_seq_no=..` → [`Event::Deleted`].
@@ -88,7 +121,11 @@ pub enum Action {
     /// Persist locally (fsync) before executing the next action. No result.
     RecordProgress(LocalProgress),
     /// → [`Event::HostStepDone`].
-    RunHostStep { id: RequestId, step: HostStep, resumed: bool },
+    RunHostStep {
+        id: RequestId,
+        step: HostStep,
+        resumed: bool,
+    },
     /// → [`Event::Cluster`].
     RunClusterStep { id: RequestId, step: ClusterStep },
     /// Nothing to do until something changes; `what` is for logs and `status`.
@@ -156,7 +193,11 @@ pub struct NodeState {
 
 impl NodeState {
     /// A fresh agent process. `progress` is the local record left by a previous process, if any.
-    pub fn new(host_id: impl Into<String>, cfg: FleetConfig, progress: Option<LocalProgress>) -> Self {
+    pub fn new(
+        host_id: impl Into<String>,
+        cfg: FleetConfig,
+        progress: Option<LocalProgress>,
+    ) -> Self {
         NodeState {
             host_id: host_id.into(),
             cfg,
@@ -200,7 +241,9 @@ impl NodeState {
     fn absorb(&mut self, ev: Event, now: Duration, out: &mut Vec<Action>) {
         match ev {
             Event::OpWritten { id, result } => {
-                let Some(w) = self.op_write.take_if(|w| w.id == id) else { return };
+                let Some(w) = self.op_write.take_if(|w| w.id == id) else {
+                    return;
+                };
                 if let WriteResult::Ok(ver) = result {
                     let newer = match &self.view {
                         Some(v) => v.doc.id != w.doc.id || ver.is_newer_than(&v.version()),
@@ -212,13 +255,20 @@ impl NodeState {
                     match w.kind {
                         WriteKind::Takeover => {
                             self.lead = Some(Leading {
-                                lease: HeldLease { epoch: w.doc.epoch, last_renewed: w.sent_at },
+                                lease: HeldLease {
+                                    epoch: w.doc.epoch,
+                                    last_renewed: w.sent_at,
+                                },
                                 op_id: w.doc.id.clone(),
                                 mem: LeaderMemory::new(w.doc.phase, now),
                             });
                         }
                         WriteKind::Leader => {
-                            if let Some(l) = self.lead.as_mut().filter(|l| l.lease.epoch == w.doc.epoch && l.op_id == w.doc.id) {
+                            if let Some(l) = self
+                                .lead
+                                .as_mut()
+                                .filter(|l| l.lease.epoch == w.doc.epoch && l.op_id == w.doc.id)
+                            {
                                 l.lease.renewed(w.sent_at);
                             }
                         }
@@ -235,28 +285,51 @@ impl NodeState {
                 if let Some(l) = self.lead.as_mut() {
                     if l.mem.record(id, outcome, now) && not_sent {
                         self.lead = None;
-                        out.push(Action::StopActing { reason: "restore not sent: lease deadline passed; a successor will inspect".into() });
+                        out.push(Action::StopActing {
+                            reason:
+                                "restore not sent: lease deadline passed; a successor will inspect"
+                                    .into(),
+                        });
                     }
                 }
             }
             Event::HostStepDone { id, result, detail } => {
-                let Some(p) = self.host_step.take_if(|p| p.id == id) else { return };
+                let Some(p) = self.host_step.take_if(|p| p.id == id) else {
+                    return;
+                };
                 if p.acks {
                     let rec = LocalProgress {
                         operation_id: p.op_id.clone(),
                         epoch: p.epoch,
                         step: p.step.kind(),
-                        state: ProgressState::Finished { result: result.clone(), detail: detail.clone() },
+                        state: ProgressState::Finished {
+                            result: result.clone(),
+                            detail: detail.clone(),
+                        },
                     };
                     self.progress = Some(rec.clone());
                     out.push(Action::RecordProgress(rec));
-                    self.my_ack = Some(Ack { operation_id: p.op_id, epoch: p.epoch, step: p.step.kind(), result, detail });
+                    self.my_ack = Some(Ack {
+                        operation_id: p.op_id,
+                        epoch: p.epoch,
+                        step: p.step.kind(),
+                        result,
+                        detail,
+                    });
                 }
             }
             Event::Archived { id, ok } => {
-                if let Some(Archive::Creating { op_id, .. }) = self.archive.take_if(|a| matches!(a, Archive::Creating { id: i, .. } if *i == id)) {
+                if let Some(Archive::Creating { op_id, .. }) = self
+                    .archive
+                    .take_if(|a| matches!(a, Archive::Creating { id: i, .. } if *i == id))
+                {
                     if ok {
-                        if let Some(expected) = self.view.as_ref().filter(|v| v.doc.id == op_id).map(|v| v.version()) {
+                        if let Some(expected) = self
+                            .view
+                            .as_ref()
+                            .filter(|v| v.doc.id == op_id)
+                            .map(|v| v.version())
+                        {
                             let id = self.id();
                             self.archive = Some(Archive::Deleting { id });
                             out.push(Action::DeleteOperation { id, expected });
@@ -265,7 +338,10 @@ impl NodeState {
                 }
             }
             Event::Deleted { id, result } => {
-                if self.archive.take_if(|a| matches!(a, Archive::Deleting { id: i } if *i == id)).is_some()
+                if self
+                    .archive
+                    .take_if(|a| matches!(a, Archive::Deleting { id: i } if *i == id))
+                    .is_some()
                     && matches!(result, WriteResult::Ok(_))
                 {
                     self.view = None;
@@ -284,7 +360,9 @@ impl NodeState {
             }
             OpRead::Found(v) => {
                 self.observer.observe(&v.doc.id, v.version(), now);
-                let keep_ours = self.view.as_ref().is_some_and(|mine| mine.doc.id == v.doc.id && mine.version().is_newer_than(&v.version()));
+                let keep_ours = self.view.as_ref().is_some_and(|mine| {
+                    mine.doc.id == v.doc.id && mine.version().is_newer_than(&v.version())
+                });
                 if !keep_ours {
                     self.view = Some(v);
                 }
@@ -298,12 +376,19 @@ impl NodeState {
         let reason = match &self.view {
             None => Some("the operation document is gone".to_string()),
             Some(v) if v.doc.id != l.op_id => Some("another operation replaced ours".into()),
-            Some(v) if v.doc.epoch != l.lease.epoch || v.doc.leader_id() != Some(self.host_id.as_str()) => Some(format!(
-                "lease taken over by {} at epoch {}",
-                v.doc.leader_id().unwrap_or("nobody"),
-                v.doc.epoch
-            )),
-            Some(v) if v.doc.phase.is_terminal() => Some(format!("operation ended {}", v.doc.phase)),
+            Some(v)
+                if v.doc.epoch != l.lease.epoch
+                    || v.doc.leader_id() != Some(self.host_id.as_str()) =>
+            {
+                Some(format!(
+                    "lease taken over by {} at epoch {}",
+                    v.doc.leader_id().unwrap_or("nobody"),
+                    v.doc.epoch
+                ))
+            }
+            Some(v) if v.doc.phase.is_terminal() => {
+                Some(format!("operation ended {}", v.doc.phase))
+            }
             Some(_) if !l.lease.is_valid(now, &self.cfg.lease) => Some(format!(
                 "lease not renewed for {:?} (lease {:?} - margin {:?}): deposed",
                 now.saturating_sub(l.lease.last_renewed),
@@ -313,7 +398,10 @@ impl NodeState {
             Some(_) => None,
         };
         if let Some(reason) = reason {
-            let ended = self.view.as_ref().is_some_and(|v| v.doc.phase.is_terminal());
+            let ended = self
+                .view
+                .as_ref()
+                .is_some_and(|v| v.doc.phase.is_terminal());
             self.lead = None;
             if !ended {
                 out.push(Action::StopActing { reason });
@@ -324,7 +412,14 @@ impl NodeState {
 
 /// Advance this node by one round. See the module docs for the contract.
 pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
-    let Inputs { now, wall, op, hosts, facts, events } = input;
+    let Inputs {
+        now,
+        wall,
+        op,
+        hosts,
+        facts,
+        events,
+    } = input;
     let mut out = Vec::new();
     for ev in events {
         st.absorb(ev, now, &mut out);
@@ -341,10 +436,28 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
     out
 }
 
-fn cas(st: &mut NodeState, now: Duration, expected: DocVersion, doc: OperationDoc, kind: WriteKind, why: String, out: &mut Vec<Action>) {
+fn cas(
+    st: &mut NodeState,
+    now: Duration,
+    expected: DocVersion,
+    doc: OperationDoc,
+    kind: WriteKind,
+    why: String,
+    out: &mut Vec<Action>,
+) {
     let id = st.id();
-    out.push(Action::CasWriteOperation { id, expected, doc: doc.clone(), why });
-    st.op_write = Some(PendingWrite { id, sent_at: now, doc, kind });
+    out.push(Action::CasWriteOperation {
+        id,
+        expected,
+        doc: doc.clone(),
+        why,
+    });
+    st.op_write = Some(PendingWrite {
+        id,
+        sent_at: now,
+        doc,
+        kind,
+    });
 }
 
 fn archive(st: &mut NodeState, now: Duration, out: &mut Vec<Action>) {
@@ -361,12 +474,21 @@ fn archive(st: &mut NodeState, now: Duration, out: &mut Vec<Action>) {
     if mine || st.observer.unchanged_for(now) >= st.cfg.lease.duration {
         let doc = v.doc.clone();
         let id = st.id();
-        st.archive = Some(Archive::Creating { id, op_id: doc.id.clone() });
+        st.archive = Some(Archive::Creating {
+            id,
+            op_id: doc.id.clone(),
+        });
         out.push(Action::ArchiveHistory { id, doc });
     }
 }
 
-fn host_side(st: &mut NodeState, now: Duration, hosts: &[HostDoc], facts: &HostFacts, out: &mut Vec<Action>) {
+fn host_side(
+    st: &mut NodeState,
+    now: Duration,
+    hosts: &[HostDoc],
+    facts: &HostFacts,
+    out: &mut Vec<Action>,
+) {
     let own = hosts.iter().find(|h| h.host_id == st.host_id);
     if st.my_ack.is_none() {
         st.my_ack = own.and_then(|h| h.ack.clone());
@@ -376,21 +498,48 @@ fn host_side(st: &mut NodeState, now: Duration, hosts: &[HostDoc], facts: &HostF
     }
     let op = st.view.as_ref().map(|v| &v.doc);
     if st.host_step.is_none() {
-        match decide_host(op, &st.host_id, st.my_ack.as_ref(), facts, st.progress.as_ref()) {
+        match decide_host(
+            op,
+            &st.host_id,
+            st.my_ack.as_ref(),
+            facts,
+            st.progress.as_ref(),
+        ) {
             HostDecision::Idle => {}
             HostDecision::Wait(what) => out.push(Action::Wait { what }),
             HostDecision::Report(ack) => st.my_ack = Some(ack),
-            HostDecision::Run { step, acks, resumed } => {
+            HostDecision::Run {
+                step,
+                acks,
+                resumed,
+            } => {
                 let op = op.expect("a step needs an operation");
                 let (op_id, epoch) = (op.id.clone(), op.epoch);
                 let id = st.id();
                 if acks {
-                    let rec = LocalProgress { operation_id: op_id.clone(), epoch, step: step.kind(), state: ProgressState::Started };
+                    let rec = LocalProgress {
+                        operation_id: op_id.clone(),
+                        epoch,
+                        step: step.kind(),
+                        state: ProgressState::Started,
+                    };
                     st.progress = Some(rec.clone());
                     out.push(Action::RecordProgress(rec));
-                    st.my_ack = Some(Ack { operation_id: op_id.clone(), epoch, step: step.kind(), result: StepResult::InProgress, detail: String::new() });
+                    st.my_ack = Some(Ack {
+                        operation_id: op_id.clone(),
+                        epoch,
+                        step: step.kind(),
+                        result: StepResult::InProgress,
+                        detail: String::new(),
+                    });
                 }
-                st.host_step = Some(PendingHostStep { id, op_id, epoch, step: step.clone(), acks });
+                st.host_step = Some(PendingHostStep {
+                    id,
+                    op_id,
+                    epoch,
+                    step: step.clone(),
+                    acks,
+                });
                 out.push(Action::RunHostStep { id, step, resumed });
             }
         }
@@ -407,13 +556,23 @@ fn host_side(st: &mut NodeState, now: Duration, hosts: &[HostDoc], facts: &HostF
         heartbeat: st.heartbeat.unwrap_or(0),
         ack: st.my_ack.clone(),
     };
-    let same = st.host_written.as_ref().is_some_and(|w| HostDoc { heartbeat: desired.heartbeat, ..w.clone() } == desired);
-    let hb_due = st.last_heartbeat.is_none_or(|t| now.saturating_sub(t) >= st.cfg.heartbeat_every);
+    let same = st.host_written.as_ref().is_some_and(|w| {
+        HostDoc {
+            heartbeat: desired.heartbeat,
+            ..w.clone()
+        } == desired
+    });
+    let hb_due = st
+        .last_heartbeat
+        .is_none_or(|t| now.saturating_sub(t) >= st.cfg.heartbeat_every);
     if !same || hb_due {
         let hb = st.heartbeat.unwrap_or(0) + 1;
         st.heartbeat = Some(hb);
         st.last_heartbeat = Some(now);
-        let doc = HostDoc { heartbeat: hb, ..desired };
+        let doc = HostDoc {
+            heartbeat: hb,
+            ..desired
+        };
         let id = st.id();
         st.host_write = Some((id, doc.clone()));
         out.push(Action::WriteHostDoc { id, doc });
@@ -434,12 +593,25 @@ fn candidate_side(st: &mut NodeState, now: Duration, wall: &str, out: &mut Vec<A
     if free || st.observer.expired(&op.id, v.version(), now, &st.cfg.lease) {
         let expected = v.version();
         let doc = takeover(op, &st.host_id, wall);
-        let why = if free { "acquiring the free lease".to_string() } else { format!("lease expired by observation ({:?} unchanged)", st.observer.unchanged_for(now)) };
+        let why = if free {
+            "acquiring the free lease".to_string()
+        } else {
+            format!(
+                "lease expired by observation ({:?} unchanged)",
+                st.observer.unchanged_for(now)
+            )
+        };
         cas(st, now, expected, doc, WriteKind::Takeover, why, out);
     }
 }
 
-fn leader_side(st: &mut NodeState, now: Duration, wall: &str, hosts: &[HostDoc], out: &mut Vec<Action>) {
+fn leader_side(
+    st: &mut NodeState,
+    now: Duration,
+    wall: &str,
+    hosts: &[HostDoc],
+    out: &mut Vec<Action>,
+) {
     if st.op_write.is_some() {
         return;
     }
@@ -457,7 +629,15 @@ fn leader_side(st: &mut NodeState, now: Duration, wall: &str, hosts: &[HostDoc],
             wrote = true;
         }
         LeaderDecision::Renew => {
-            cas(st, now, v.version(), renewal(&v.doc), WriteKind::Leader, "renewing before the restore".into(), out);
+            cas(
+                st,
+                now,
+                v.version(),
+                renewal(&v.doc),
+                WriteKind::Leader,
+                "renewing before the restore".into(),
+                out,
+            );
             wrote = true;
         }
         LeaderDecision::Run(step) => {
@@ -476,13 +656,25 @@ fn leader_side(st: &mut NodeState, now: Duration, wall: &str, hosts: &[HostDoc],
                 let l = st.lead.as_mut().expect("leading");
                 l.mem.restore_issued_epoch = Some(lease.epoch);
                 l.mem.cluster_inflight = Some((id, ClusterStepKind::Restore));
-                let step = ClusterStep::Restore { snapshot: v.doc.snapshot.clone(), epoch: lease.epoch, deadline: lease.deadline(&st.cfg.lease) };
+                let step = ClusterStep::Restore {
+                    snapshot: v.doc.snapshot.clone(),
+                    epoch: lease.epoch,
+                    deadline: lease.deadline(&st.cfg.lease),
+                };
                 out.push(Action::RunClusterStep { id, step });
             }
         }
         LeaderDecision::Wait(what) => out.push(Action::Wait { what }),
     }
     if !wrote && lease.renew_due(now, &st.cfg.lease) {
-        cas(st, now, v.version(), renewal(&v.doc), WriteKind::Leader, "lease renewal".into(), out);
+        cas(
+            st,
+            now,
+            v.version(),
+            renewal(&v.doc),
+            WriteKind::Leader,
+            "lease renewal".into(),
+            out,
+        );
     }
 }

@@ -97,7 +97,10 @@ impl Params {
 
 pub(crate) fn sim_config() -> FleetConfig {
     FleetConfig {
-        lease: LeaseConfig { duration: Duration::from_secs(10), margin: Duration::from_secs(2) },
+        lease: LeaseConfig {
+            duration: Duration::from_secs(10),
+            margin: Duration::from_secs(2),
+        },
         barrier_timeout: Duration::from_secs(60),
         phase_timeout: Some(Duration::from_secs(300)),
         retry_every: Duration::from_secs(3),
@@ -107,13 +110,43 @@ pub(crate) fn sim_config() -> FleetConfig {
 }
 
 enum Ev {
-    Wake { h: usize, inc: u64 },
-    Deliver { h: usize, inc: u64, op: OpRead, hosts: Vec<HostDoc>, facts: HostFacts, events: Vec<Event> },
-    Exec { h: usize, inc: u64, action: Action },
-    Result { h: usize, inc: u64, event: Event },
-    HostStepEnd { h: usize, inc: u64, id: RequestId },
-    RestoreEnd { h: usize, inc: u64, id: RequestId, ok: bool, epoch: u64 },
-    Restart { h: usize },
+    Wake {
+        h: usize,
+        inc: u64,
+    },
+    Deliver {
+        h: usize,
+        inc: u64,
+        op: OpRead,
+        hosts: Vec<HostDoc>,
+        facts: HostFacts,
+        events: Vec<Event>,
+    },
+    Exec {
+        h: usize,
+        inc: u64,
+        action: Action,
+    },
+    Result {
+        h: usize,
+        inc: u64,
+        event: Event,
+    },
+    HostStepEnd {
+        h: usize,
+        inc: u64,
+        id: RequestId,
+    },
+    RestoreEnd {
+        h: usize,
+        inc: u64,
+        id: RequestId,
+        ok: bool,
+        epoch: u64,
+    },
+    Restart {
+        h: usize,
+    },
     OperatorAbort,
 }
 
@@ -142,6 +175,7 @@ pub(crate) struct Report {
     pub history: Vec<Phase>,
     pub restores: usize,
     pub takeovers: u64,
+    pub end_ms: u64,
     pub counts: BTreeMap<&'static str, u64>,
 }
 
@@ -180,7 +214,16 @@ impl World {
         let target = semver::Version::new(8, 14, 3);
         let original = semver::Version::new(8, 15, 0);
         let hosts = (0..p.hosts)
-            .map(|i| (i, if rng.chance(0.1) { UnitState::Failed } else { UnitState::Active }))
+            .map(|i| {
+                (
+                    i,
+                    if rng.chance(0.1) {
+                        UnitState::Failed
+                    } else {
+                        UnitState::Active
+                    },
+                )
+            })
             .map(|(i, unit)| Host {
                 id: format!("host-{}", (b'a' + i as u8) as char),
                 unit,
@@ -228,7 +271,11 @@ impl World {
             requested_by: "sim".into(),
             requested_at: "t0".into(),
             target_version: w.target.clone(),
-            snapshot: SnapshotRef { repository: "repo".into(), name: "before-upgrade".into(), uuid: "u-1".into() },
+            snapshot: SnapshotRef {
+                repository: "repo".into(),
+                name: "before-upgrade".into(),
+                uuid: "u-1".into(),
+            },
             safety_snapshot: w.p.safety,
             safety_snapshot_name: None,
             expected_hosts: w.hosts.iter().map(|h| h.id.clone()).collect(),
@@ -236,7 +283,11 @@ impl World {
         })
         .unwrap();
         w.seq_no += 1;
-        w.op = Some(Versioned { seq_no: w.seq_no, primary_term: w.term, doc });
+        w.op = Some(Versioned {
+            seq_no: w.seq_no,
+            primary_term: w.term,
+            doc,
+        });
         if let Some(at) = w.p.abort_at {
             w.at(at, Ev::OperatorAbort);
         }
@@ -271,7 +322,14 @@ impl World {
         let rate = 1.0 + (self.rng.unit() - 0.5) * 0.04; // ±2 %
         let progress = self.hosts[h].progress.clone();
         let node = NodeState::new(self.hosts[h].id.clone(), self.cfg.clone(), progress);
-        self.hosts[h].agent = Some(Agent { node, inc, boot: self.t, rate, paused_until: 0, inbox: vec![] });
+        self.hosts[h].agent = Some(Agent {
+            node,
+            inc,
+            boot: self.t,
+            rate,
+            paused_until: 0,
+            inbox: vec![],
+        });
         let d = self.rng.range(0, 1000);
         self.at(self.t + d, Ev::Wake { h, inc });
     }
@@ -299,9 +357,15 @@ impl World {
     }
 
     fn crash(&mut self, h: usize) {
-        let Some(a) = self.hosts[h].agent.take() else { return };
+        let Some(a) = self.hosts[h].agent.take() else {
+            return;
+        };
         self.count("crashes");
-        self.note(format!("{} CRASH (leader epoch {:?})", self.hosts[h].id, a.node.leading_epoch()));
+        self.note(format!(
+            "{} CRASH (leader epoch {:?})",
+            self.hosts[h].id,
+            a.node.leading_epoch()
+        ));
         if let Some((_, _, step, fail)) = self.hosts[h].running.take() {
             // The systemd job / dpkg run may finish without the agent.
             if fail.is_none() && self.rng.chance(0.5) {
@@ -317,7 +381,10 @@ impl World {
             HostStep::StopUnit => self.hosts[h].unit = UnitState::Inactive,
             HostStep::Reinstall { version } => {
                 if !self.hosts[h].unit.is_stopped() {
-                    self.violation(format!("{} reinstalled while its unit is {:?}", self.hosts[h].id, self.hosts[h].unit));
+                    self.violation(format!(
+                        "{} reinstalled while its unit is {:?}",
+                        self.hosts[h].id, self.hosts[h].unit
+                    ));
                 }
                 self.hosts[h].installed = version.clone();
                 self.hosts[h].held = true;
@@ -325,10 +392,14 @@ impl World {
             HostStep::StartUnit { .. } | HostStep::AbortRestart => {
                 let (id, installed) = (self.hosts[h].id.clone(), self.hosts[h].installed.clone());
                 if installed == self.target && !self.restored.contains(&self.op_id) {
-                    self.violation(format!("invariant 3: {id} starts kibana {installed} before the restore completed"));
+                    self.violation(format!(
+                        "invariant 3: {id} starts kibana {installed} before the restore completed"
+                    ));
                 }
                 if !self.restore_running.is_empty() {
-                    self.violation(format!("invariant 1: {id} starts kibana while a restore runs"));
+                    self.violation(format!(
+                        "invariant 1: {id} starts kibana while a restore runs"
+                    ));
                 }
                 self.hosts[h].unit = UnitState::Active;
             }
@@ -348,7 +419,9 @@ impl World {
                     if !self.agent_live(h, inc) {
                         continue;
                     }
-                    if self.hosts[h].unit == UnitState::Active && self.hosts[h].installed == self.original {
+                    if self.hosts[h].unit == UnitState::Active
+                        && self.hosts[h].installed == self.original
+                    {
                         self.kibana_gen += 1; // Kibana keeps writing its indices
                     }
                     if self.faults_on() && self.rng.chance(self.p.crash_p) {
@@ -360,11 +433,26 @@ impl World {
                         self.at(paused_until, Ev::Wake { h, inc });
                         continue;
                     }
-                    let leading = self.hosts[h].agent.as_ref().unwrap().node.leading_epoch().is_some();
-                    if self.faults_on() && self.rng.chance(if leading { self.p.pause_p * 3.0 } else { self.p.pause_p }) {
+                    let leading = self.hosts[h]
+                        .agent
+                        .as_ref()
+                        .unwrap()
+                        .node
+                        .leading_epoch()
+                        .is_some();
+                    if self.faults_on()
+                        && self.rng.chance(if leading {
+                            self.p.pause_p * 3.0
+                        } else {
+                            self.p.pause_p
+                        })
+                    {
                         let until = t + self.rng.range(5_000, 35_000);
                         self.count("pauses");
-                        self.note(format!("{} PAUSE until {until} (leading: {leading})", self.hosts[h].id));
+                        self.note(format!(
+                            "{} PAUSE until {until} (leading: {leading})",
+                            self.hosts[h].id
+                        ));
                         self.hosts[h].agent.as_mut().unwrap().paused_until = until;
                         self.at(until, Ev::Wake { h, inc });
                         continue;
@@ -379,19 +467,50 @@ impl World {
                     };
                     let hosts: Vec<HostDoc> = self.host_docs.values().cloned().collect();
                     let host = &self.hosts[h];
-                    let facts = HostFacts { unit: host.unit, installed_version: Some(host.installed.clone()), held: host.held };
+                    let facts = HostFacts {
+                        unit: host.unit,
+                        installed_version: Some(host.installed.clone()),
+                        held: host.held,
+                    };
                     let events = std::mem::take(&mut self.hosts[h].agent.as_mut().unwrap().inbox);
                     let d = self.rng.range(0, 300);
-                    self.at(t + d, Ev::Deliver { h, inc, op, hosts, facts, events });
+                    self.at(
+                        t + d,
+                        Ev::Deliver {
+                            h,
+                            inc,
+                            op,
+                            hosts,
+                            facts,
+                            events,
+                        },
+                    );
                 }
-                Ev::Deliver { h, inc, op, hosts, facts, events } => {
+                Ev::Deliver {
+                    h,
+                    inc,
+                    op,
+                    hosts,
+                    facts,
+                    events,
+                } => {
                     if !self.agent_live(h, inc) {
                         continue;
                     }
                     let now = self.clock(h, t);
                     let a = self.hosts[h].agent.as_mut().unwrap();
                     let before = a.node.leading_epoch();
-                    let actions = step(&mut a.node, Inputs { now, wall: format!("{t}ms"), op, hosts, facts, events });
+                    let actions = step(
+                        &mut a.node,
+                        Inputs {
+                            now,
+                            wall: format!("{t}ms"),
+                            op,
+                            hosts,
+                            facts,
+                            events,
+                        },
+                    );
                     let after = a.node.leading_epoch();
                     if after.is_some() && after != before {
                         takeovers += 1;
@@ -420,20 +539,44 @@ impl World {
                             self.apply_step(h, &step);
                             (StepResult::Ok, "ok".to_string())
                         }
-                        Some(cause) => (StepResult::Failed { cause: cause.clone() }, cause),
+                        Some(cause) => (
+                            StepResult::Failed {
+                                cause: cause.clone(),
+                            },
+                            cause,
+                        ),
                     };
-                    self.note(format!("{} step {:?} -> {:?}", self.hosts[h].id, step.kind(), result));
+                    self.note(format!(
+                        "{} step {:?} -> {:?}",
+                        self.hosts[h].id,
+                        step.kind(),
+                        result
+                    ));
                     self.deliver(h, inc, Event::HostStepDone { id, result, detail });
                 }
-                Ev::RestoreEnd { h, inc, id, ok, epoch } => {
+                Ev::RestoreEnd {
+                    h,
+                    inc,
+                    id,
+                    ok,
+                    epoch,
+                } => {
                     let op_id = self.op_id.clone();
                     self.restore_running.retain(|r| r.1 != epoch);
                     let outcome = if ok {
                         self.restored.insert(op_id.clone());
-                        ClusterOutcome::Restore(Ok(RestoreReport { shards_failed: 0, healthy: true, detail: "ok".into() }))
+                        ClusterOutcome::Restore(Ok(RestoreReport {
+                            shards_failed: 0,
+                            healthy: true,
+                            detail: "ok".into(),
+                        }))
                     } else {
                         self.restore_broken.insert(op_id.clone());
-                        ClusterOutcome::Restore(Ok(RestoreReport { shards_failed: 2, healthy: false, detail: "2 shards failed".into() }))
+                        ClusterOutcome::Restore(Ok(RestoreReport {
+                            shards_failed: 2,
+                            healthy: false,
+                            detail: "2 shards failed".into(),
+                        }))
                     };
                     self.note(format!("restore of {op_id} epoch {epoch} ended ok={ok}"));
                     self.deliver(h, inc, Event::Cluster { id, outcome });
@@ -446,7 +589,11 @@ impl World {
                     if let Some(v) = &self.op {
                         if let Ok(doc) = request_abort(&v.doc, "operator", "changed my mind") {
                             self.seq_no += 1;
-                            self.op = Some(Versioned { seq_no: self.seq_no, primary_term: self.term, doc });
+                            self.op = Some(Versioned {
+                                seq_no: self.seq_no,
+                                primary_term: self.term,
+                                doc,
+                            });
                             self.note("operator requested abort".into());
                         }
                     }
@@ -458,12 +605,25 @@ impl World {
             }
         }
         self.final_checks();
-        let doc = self.op.as_ref().map(|v| v.doc.clone()).or_else(|| self.history.get(&self.op_id).cloned());
+        let doc = self
+            .op
+            .as_ref()
+            .map(|v| v.doc.clone())
+            .or_else(|| self.history.get(&self.op_id).cloned());
         Report {
             outcome: doc.as_ref().and_then(outcome),
-            history: doc.map(|d| d.history.iter().filter(|c| c.from != c.to).map(|c| c.to).collect()).unwrap_or_default(),
+            history: doc
+                .map(|d| {
+                    d.history
+                        .iter()
+                        .filter(|c| c.from != c.to)
+                        .map(|c| c.to)
+                        .collect()
+                })
+                .unwrap_or_default(),
             restores: self.restores.len(),
             takeovers,
+            end_ms: self.t,
             counts: std::mem::take(&mut self.counts),
         }
     }
@@ -477,12 +637,16 @@ impl World {
                 self.note(format!("{} STOPS ACTING: {reason}", self.hosts[h].id));
             }
             Action::RunHostStep { .. } => self.at(self.t, Ev::Exec { h, inc, action }),
-            Action::RunClusterStep { step: ClusterStep::Restore { .. }, .. }
-                if self.faults_on() && self.rng.chance(self.p.pause_before_restore_p) =>
-            {
+            Action::RunClusterStep {
+                step: ClusterStep::Restore { .. },
+                ..
+            } if self.faults_on() && self.rng.chance(self.p.pause_before_restore_p) => {
                 // The process stalls between deciding and sending: longer than the lease.
                 let until = self.t + self.rng.range(9_000, 25_000);
-                self.note(format!("{} PAUSE before sending the restore, until {until}", self.hosts[h].id));
+                self.note(format!(
+                    "{} PAUSE before sending the restore, until {until}",
+                    self.hosts[h].id
+                ));
                 self.hosts[h].agent.as_mut().unwrap().paused_until = until;
                 self.at(until, Ev::Exec { h, inc, action });
             }
@@ -496,12 +660,20 @@ impl World {
     fn exec(&mut self, h: usize, inc: u64, action: Action) {
         let lost = self.faults_on() && self.rng.chance(self.p.lost_reply_p);
         match action {
-            Action::CasWriteOperation { id, expected, doc, why } => {
+            Action::CasWriteOperation {
+                id,
+                expected,
+                doc,
+                why,
+            } => {
                 let cur = self.op.as_ref().map(|v| v.version());
                 let result = if cur == Some(expected) {
                     let old = self.op.as_ref().map(|v| v.doc.phase).unwrap();
                     if old != doc.phase {
-                        let msg = format!("{} writes {old} -> {} (epoch {}): {why}", self.hosts[h].id, doc.phase, doc.epoch);
+                        let msg = format!(
+                            "{} writes {old} -> {} (epoch {}): {why}",
+                            self.hosts[h].id, doc.phase, doc.epoch
+                        );
                         self.note(msg);
                     }
                     if old.is_terminal() {
@@ -511,13 +683,20 @@ impl World {
                         self.term += 1; // a primary failover: same seq_no history, new term
                     }
                     self.seq_no += 1;
-                    let ver = DocVersion { seq_no: self.seq_no, primary_term: self.term };
+                    let ver = DocVersion {
+                        seq_no: self.seq_no,
+                        primary_term: self.term,
+                    };
                     self.op = Some(Versioned::new(ver, doc));
                     WriteResult::Ok(ver)
                 } else {
                     WriteResult::Conflict
                 };
-                let result = if lost { WriteResult::Unknown("timeout".into()) } else { result };
+                let result = if lost {
+                    WriteResult::Unknown("timeout".into())
+                } else {
+                    result
+                };
                 self.deliver(h, inc, Event::OpWritten { id, result });
             }
             Action::ArchiveHistory { id, doc } => {
@@ -541,17 +720,33 @@ impl World {
                 self.host_docs.insert(doc.host_id.clone(), doc);
                 self.deliver(h, inc, Event::HostDocWritten { id, ok: !lost });
             }
-            Action::RunHostStep { id, step, resumed: _ } => {
+            Action::RunHostStep {
+                id,
+                step,
+                resumed: _,
+            } => {
                 if !self.agent_live(h, inc) {
                     return;
                 }
                 if self.hosts[h].running.is_some() {
                     self.violation(format!("{} runs two host steps at once", self.hosts[h].id));
                 }
-                let post = matches!(step, HostStep::Reinstall { .. } | HostStep::StartUnit { .. });
-                let p = if post { self.p.post_fail_p } else { self.p.pre_fail_p };
-                let fail = (self.faults_on() && self.rng.chance(p)).then(|| format!("injected {:?} failure", step.kind()));
-                let dur = if self.rng.chance(0.05) { self.rng.range(10_000, 40_000) } else { self.rng.range(300, 6000) };
+                let post = matches!(
+                    step,
+                    HostStep::Reinstall { .. } | HostStep::StartUnit { .. }
+                );
+                let p = if post {
+                    self.p.post_fail_p
+                } else {
+                    self.p.pre_fail_p
+                };
+                let fail = (self.faults_on() && self.rng.chance(p))
+                    .then(|| format!("injected {:?} failure", step.kind()));
+                let dur = if self.rng.chance(0.05) {
+                    self.rng.range(10_000, 40_000)
+                } else {
+                    self.rng.range(300, 6000)
+                };
                 self.hosts[h].running = Some((inc, id, step, fail));
                 self.at(self.t + dur, Ev::HostStepEnd { h, inc, id });
             }
@@ -563,10 +758,23 @@ impl World {
     fn cluster(&mut self, h: usize, inc: u64, id: RequestId, step: ClusterStep, lost: bool) {
         let fail = self.faults_on() && self.rng.chance(self.p.cluster_fail_p);
         let outcome = match step {
-            ClusterStep::Preflight { .. } => ClusterOutcome::Preflight(if fail { Err("node 8.13.0 too old".into()) } else { Ok(()) }),
+            ClusterStep::Preflight { .. } => ClusterOutcome::Preflight(if fail {
+                Err("node 8.13.0 too old".into())
+            } else {
+                Ok(())
+            }),
             ClusterStep::CheckKibanaClients => {
-                let active: Vec<String> = self.hosts.iter().filter(|x| !x.unit.is_stopped()).map(|x| x.id.clone()).collect();
-                ClusterOutcome::KibanaClients(if active.is_empty() { Ok(()) } else { Err(active.join(", ")) })
+                let active: Vec<String> = self
+                    .hosts
+                    .iter()
+                    .filter(|x| !x.unit.is_stopped())
+                    .map(|x| x.id.clone())
+                    .collect();
+                ClusterOutcome::KibanaClients(if active.is_empty() {
+                    Ok(())
+                } else {
+                    Err(active.join(", "))
+                })
             }
             ClusterStep::SafetySnapshot { name, .. } => {
                 if fail {
@@ -579,14 +787,28 @@ impl World {
                     ClusterOutcome::SafetySnapshot(Ok("safety-uuid".into()))
                 }
             }
-            ClusterStep::Restore { snapshot: _, epoch, deadline } => {
+            ClusterStep::Restore {
+                snapshot: _,
+                epoch,
+                deadline,
+            } => {
                 if !self.agent_live(h, inc) {
                     return; // the process died before sending
                 }
                 if self.clock(h, self.t) > deadline {
                     self.count("restore not sent (deadline)");
-                    self.note(format!("{} did not send the restore: deadline passed", self.hosts[h].id));
-                    self.deliver(h, inc, Event::Cluster { id, outcome: ClusterOutcome::RestoreNotSent });
+                    self.note(format!(
+                        "{} did not send the restore: deadline passed",
+                        self.hosts[h].id
+                    ));
+                    self.deliver(
+                        h,
+                        inc,
+                        Event::Cluster {
+                            id,
+                            outcome: ClusterOutcome::RestoreNotSent,
+                        },
+                    );
                     return;
                 }
                 self.restore_checks(h, epoch);
@@ -595,34 +817,78 @@ impl World {
                 }
                 self.restores.insert((self.op_id.clone(), epoch));
                 self.restore_running.push((self.op_id.clone(), epoch));
-                let dur = if self.rng.chance(0.2) { self.rng.range(12_000, 30_000) } else { self.rng.range(500, 6_000) };
+                let dur = if self.rng.chance(0.2) {
+                    self.rng.range(12_000, 30_000)
+                } else {
+                    self.rng.range(500, 6_000)
+                };
                 let ok = !fail;
-                self.at(self.t + dur, Ev::RestoreEnd { h, inc, id, ok, epoch });
+                self.at(
+                    self.t + dur,
+                    Ev::RestoreEnd {
+                        h,
+                        inc,
+                        id,
+                        ok,
+                        epoch,
+                    },
+                );
                 return;
             }
             ClusterStep::InspectRestore { .. } => {
                 self.count("restore inspected by a successor");
                 ClusterOutcome::InspectRestore(if !self.restore_running.is_empty() {
-                RestoreInspection::InProgress
-            } else if self.restored.contains(&self.op_id) {
-                RestoreInspection::Completed
-            } else if self.restore_broken.contains(&self.op_id) {
-                RestoreInspection::Unknown("kibana indices partially restored".into())
-            } else if fail {
-                RestoreInspection::Unknown("recovery API unavailable".into())
-            } else {
-                RestoreInspection::NotStarted
-            })
+                    RestoreInspection::InProgress
+                } else if self.restored.contains(&self.op_id) {
+                    RestoreInspection::Completed
+                } else if self.restore_broken.contains(&self.op_id) {
+                    RestoreInspection::Unknown("kibana indices partially restored".into())
+                } else if fail {
+                    RestoreInspection::Unknown("recovery API unavailable".into())
+                } else {
+                    RestoreInspection::NotStarted
+                })
             }
             ClusterStep::VerifyFinal { .. } => {
-                let ok = self.hosts.iter().all(|x| x.unit == UnitState::Active && x.installed == self.target);
-                ClusterOutcome::VerifyFinal(if ok && !fail { Ok(()) } else { Err("kibana not available at target".into()) })
+                let ok = self
+                    .hosts
+                    .iter()
+                    .all(|x| x.unit == UnitState::Active && x.installed == self.target);
+                ClusterOutcome::VerifyFinal(if ok && !fail {
+                    Ok(())
+                } else {
+                    Err("kibana not available at target".into())
+                })
             }
         };
-        if lost {
-            return; // reply lost: the adapter would report a timeout... modelled as no answer
-        }
-        self.deliver(h, inc, Event::Cluster { id, outcome });
+        // Reply lost: the adapter reports its request timeout as the step's error (it must
+        // answer every action), later.
+        let outcome = if !lost {
+            outcome
+        } else {
+            let e = || Err("request timed out".to_string());
+            match outcome {
+                ClusterOutcome::Preflight(_) => ClusterOutcome::Preflight(e()),
+                ClusterOutcome::KibanaClients(_) => ClusterOutcome::KibanaClients(e()),
+                ClusterOutcome::SafetySnapshot(_) => {
+                    ClusterOutcome::SafetySnapshot(Err("request timed out".into()))
+                }
+                ClusterOutcome::InspectRestore(_) => ClusterOutcome::InspectRestore(
+                    RestoreInspection::Unknown("request timed out".into()),
+                ),
+                ClusterOutcome::VerifyFinal(_) => ClusterOutcome::VerifyFinal(e()),
+                other => other,
+            }
+        };
+        let d = if lost { 30_000 } else { 0 };
+        self.at(
+            self.t + d,
+            Ev::Result {
+                h,
+                inc,
+                event: Event::Cluster { id, outcome },
+            },
+        );
     }
 
     fn restore_checks(&mut self, h: usize, epoch: u64) {
@@ -631,9 +897,15 @@ impl World {
         // Invariant 1: every expected unit stopped and not about to start.
         for x in 0..self.hosts.len() {
             let host = &self.hosts[x];
-            let starting = matches!(&host.running, Some((_, _, HostStep::StartUnit { .. } | HostStep::AbortRestart, _)));
+            let starting = matches!(
+                &host.running,
+                Some((_, _, HostStep::StartUnit { .. } | HostStep::AbortRestart, _))
+            );
             if !host.unit.is_stopped() || starting {
-                let msg = format!("invariant 1: restore while {} is {:?} (starting: {starting})", host.id, host.unit);
+                let msg = format!(
+                    "invariant 1: restore while {} is {:?} (starting: {starting})",
+                    host.id, host.unit
+                );
                 self.violation(msg);
             }
         }
@@ -659,10 +931,15 @@ impl World {
                 match self.safety.get(&name) {
                     Some(g) if *g == self.kibana_gen => {}
                     Some(g) => {
-                        let msg = format!("invariant 5: safety snapshot at generation {g}, data at {}", self.kibana_gen);
+                        let msg = format!(
+                            "invariant 5: safety snapshot at generation {g}, data at {}",
+                            self.kibana_gen
+                        );
                         self.violation(msg);
                     }
-                    None => self.violation("invariant 5: restore without the safety snapshot".into()),
+                    None => {
+                        self.violation("invariant 5: restore without the safety snapshot".into())
+                    }
                 }
             }
         }
@@ -672,7 +949,11 @@ impl World {
         if let Some(v) = &self.op {
             if v.doc.phase.is_terminal() && self.terminal_seen.is_none() {
                 self.terminal_seen = Some(v.doc.phase);
-                let msg = format!("operation ended {}: {}", v.doc.phase, waiting_for(&v.doc, &[]));
+                let msg = format!(
+                    "operation ended {}: {}",
+                    v.doc.phase,
+                    waiting_for(&v.doc, &[])
+                );
                 self.note(msg);
             }
         }
@@ -680,8 +961,11 @@ impl World {
 
     fn finished(&self) -> bool {
         let archived = self.op.is_none() && self.history.contains_key(&self.op_id);
-        let failed = self.op.as_ref().is_some_and(|v| v.doc.phase == Phase::Failed);
-        (archived || failed) && self.hosts.iter().all(|h| h.running.is_none()) && self.t >= self.p.faults_until.min(self.t)
+        let failed = self
+            .op
+            .as_ref()
+            .is_some_and(|v| v.doc.phase == Phase::Failed);
+        (archived || failed) && self.hosts.iter().all(|h| h.running.is_none())
     }
 
     fn final_checks(&mut self) {
@@ -693,11 +977,17 @@ impl World {
         };
         if !doc.phase.is_terminal() {
             let hosts: Vec<HostDoc> = self.host_docs.values().cloned().collect();
-            let msg = format!("invariant 4: not finished by {}ms: {}", self.p.horizon, waiting_for(&doc, &hosts));
+            let msg = format!(
+                "invariant 4: not finished by {}ms: {}",
+                self.p.horizon,
+                waiting_for(&doc, &hosts)
+            );
             self.violation(msg);
             return;
         }
-        if matches!(doc.phase, Phase::Done | Phase::Aborted) && (self.op.is_some() || archived.is_none()) {
+        if matches!(doc.phase, Phase::Done | Phase::Aborted)
+            && (self.op.is_some() || archived.is_none())
+        {
             self.violation(format!("{} operation not archived and deleted", doc.phase));
         }
         match doc.phase {
@@ -707,7 +997,10 @@ impl World {
                 }
                 for x in &self.hosts {
                     if x.unit != UnitState::Active || x.installed != self.target || !x.held {
-                        let msg = format!("done but {} is {:?} on {} (held {})", x.id, x.unit, x.installed, x.held);
+                        let msg = format!(
+                            "done but {} is {:?} on {} (held {})",
+                            x.id, x.unit, x.installed, x.held
+                        );
                         self.violations.push(msg);
                     }
                 }
@@ -717,11 +1010,19 @@ impl World {
                     self.violation("aborted after a restore was issued".into());
                 }
                 // From preflight nothing was touched; later, every unit was (re)started.
-                let untouched = doc.history.iter().any(|c| c.from == Phase::Preflight && c.to == Phase::Aborted);
+                let untouched = doc
+                    .history
+                    .iter()
+                    .any(|c| c.from == Phase::Preflight && c.to == Phase::Aborted);
                 for x in &self.hosts {
-                    let unit_ok = if untouched { x.unit == x.initial_unit } else { x.unit == UnitState::Active };
+                    let unit_ok = if untouched {
+                        x.unit == x.initial_unit
+                    } else {
+                        x.unit == UnitState::Active
+                    };
                     if !unit_ok || x.installed != self.original {
-                        let msg = format!("aborted but {} is {:?} on {}", x.id, x.unit, x.installed);
+                        let msg =
+                            format!("aborted but {} is {:?} on {}", x.id, x.unit, x.installed);
                         self.violations.push(msg);
                     }
                 }
@@ -741,7 +1042,15 @@ pub(crate) fn run_seed(seed: u64, p: Params) -> Report {
     let mut w = World::new(seed, p.clone());
     let report = w.run();
     if !w.violations.is_empty() {
-        let tail = w.log.iter().rev().take(80).rev().cloned().collect::<Vec<_>>().join("\n");
+        let tail = w
+            .log
+            .iter()
+            .rev()
+            .take(80)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!(
             "simulation seed {seed} (re-run: SIM_SEED={seed} cargo test --lib fleet::sim) violated:\n  {}\nparams: {p:?}\nlog tail:\n{tail}",
             w.violations.join("\n  ")
@@ -790,12 +1099,19 @@ mod tests {
     fn random_seeds_keep_the_invariants() {
         let (start, n) = match std::env::var("SIM_SEED") {
             Ok(s) => (s.parse().expect("SIM_SEED=<u64>"), 1),
-            Err(_) => (0u64, std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500u64)),
+            Err(_) => (
+                0u64,
+                std::env::var("SIM_SEEDS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(2000u64),
+            ),
         };
         let began = std::time::Instant::now();
         let mut ends: BTreeMap<String, usize> = BTreeMap::new();
         let (mut takeovers, mut restores) = (0, 0);
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut latest_end = 0;
         for seed in start..start + n {
             let mut rng = Rng::new(seed.wrapping_mul(7919));
             let p = Params::random(&mut rng);
@@ -803,17 +1119,24 @@ mod tests {
             let key = match &r.outcome {
                 Some(Outcome::Done) => "done".to_string(),
                 Some(Outcome::Aborted(_)) => "aborted".into(),
-                Some(Outcome::Failed(e)) => format!("failed: {}", e.as_ref().map(|e| e.cause.split(':').next().unwrap_or("").to_string()).unwrap_or_default()),
+                Some(Outcome::Failed(e)) => format!(
+                    "failed: {}",
+                    e.as_ref()
+                        .map(|e| e.cause.split(':').next().unwrap_or("").to_string())
+                        .unwrap_or_default()
+                ),
                 None => "unfinished".into(),
             };
             *ends.entry(key).or_default() += 1;
             takeovers += r.takeovers;
+            latest_end = latest_end.max(r.end_ms);
             for (k, v) in r.counts {
                 *counts.entry(k).or_default() += v;
             }
             restores += r.restores;
         }
-        eprintln!("{n} seeds in {:?}; {takeovers} leaderships, {restores} restores; faults: {counts:?}; outcomes: {ends:#?}", began.elapsed());
+        let el = began.elapsed();
+        eprintln!("{n} seeds in {el:?} ({:.0}/s); latest end at {:.1} simulated min; {takeovers} leaderships, {restores} restores; faults: {counts:?}; outcomes: {ends:#?}", n as f64 / el.as_secs_f64(), latest_end as f64 / 60_000.0);
         if n > 100 {
             assert!(ends.get("done").copied().unwrap_or(0) > 0);
             assert!(ends.get("aborted").copied().unwrap_or(0) > 0);

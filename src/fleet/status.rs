@@ -2,8 +2,8 @@
 //! outcome, say what it waits for, request an abort, resume a failed one.
 
 use super::doc::{
-    transition, AbortRequest, DocError, HostDoc, Mover, OpError, OperationDoc, Phase, PhaseChange, SafetySnapshot,
-    SnapshotRef, Step,
+    transition, AbortRequest, DocError, HostDoc, Mover, OpError, OperationDoc, Phase, PhaseChange,
+    SafetySnapshot, SnapshotRef, Step,
 };
 use super::leader::tally;
 use semver::Version;
@@ -29,21 +29,34 @@ pub struct NewOperation {
 /// first agent to CAS itself in becomes leader at epoch 1).
 pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
     if req.id.is_empty() || req.id.contains(['/', ' ']) {
-        return Err(DocError::Invalid(format!("operation id {:?} must be non-empty without '/' or spaces", req.id)));
+        return Err(DocError::Invalid(format!(
+            "operation id {:?} must be non-empty without '/' or spaces",
+            req.id
+        )));
     }
     if req.expected_hosts.is_empty() {
-        return Err(DocError::Invalid("no expected hosts: name every Kibana host that runs an agent".into()));
+        return Err(DocError::Invalid(
+            "no expected hosts: name every Kibana host that runs an agent".into(),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for h in &req.expected_hosts {
         if h.is_empty() || !seen.insert(h) {
-            return Err(DocError::Invalid(format!("expected host {h:?} is empty or listed twice")));
+            return Err(DocError::Invalid(format!(
+                "expected host {h:?} is empty or listed twice"
+            )));
         }
     }
     if req.snapshot.repository.is_empty() || req.snapshot.name.is_empty() {
-        return Err(DocError::Invalid("snapshot repository and name are required".into()));
+        return Err(DocError::Invalid(
+            "snapshot repository and name are required".into(),
+        ));
     }
-    let name = req.safety_snapshot.then(|| req.safety_snapshot_name.clone().unwrap_or_else(|| format!("kibana-rollback-pre-{}", req.id)));
+    let name = req.safety_snapshot.then(|| {
+        req.safety_snapshot_name
+            .clone()
+            .unwrap_or_else(|| format!("kibana-rollback-pre-{}", req.id))
+    });
     Ok(OperationDoc {
         history: vec![PhaseChange {
             from: Phase::Preflight,
@@ -57,7 +70,11 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         requested_at: req.requested_at,
         target_version: req.target_version,
         snapshot: req.snapshot,
-        safety_snapshot: SafetySnapshot { enabled: req.safety_snapshot, name, taken_uuid: None },
+        safety_snapshot: SafetySnapshot {
+            enabled: req.safety_snapshot,
+            name,
+            taken_uuid: None,
+        },
         expected_hosts: req.expected_hosts,
         phase: Phase::Preflight,
         phase_epoch: 0,
@@ -92,7 +109,10 @@ pub fn outcome(op: &OperationDoc) -> Option<Outcome> {
 
 fn describe_error(e: &Option<OpError>) -> String {
     match e {
-        Some(OpError { host: Some(h), cause }) => format!("{h}: {cause}"),
+        Some(OpError {
+            host: Some(h),
+            cause,
+        }) => format!("{h}: {cause}"),
         Some(OpError { host: None, cause }) => cause.clone(),
         None => "no cause recorded".into(),
     }
@@ -110,7 +130,10 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
         _ => {}
     }
     if op.leader.is_none() {
-        return format!("{phase}: waiting for an agent on {} to take the lease", op.expected_hosts.join(", "));
+        return format!(
+            "{phase}: waiting for an agent on {} to take the lease",
+            op.expected_hosts.join(", ")
+        );
     }
     let hosts_line = |step: Step, need_stopped: bool, what: &str| -> Option<String> {
         let t = tally(op, hosts, step, need_stopped);
@@ -125,30 +148,40 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
         (!parts.is_empty()).then(|| format!("{phase}: {}", parts.join("; ")))
     };
     match phase {
-        Phase::Preflight => hosts_line(Step::CheckAvailable, false, "").unwrap_or_else(|| "preflight: checking the cluster".into()),
-        Phase::Barrier => hosts_line(Step::StopUnit, true, " to confirm kibana stopped").unwrap_or_else(|| {
-            if op.barrier_client_check {
-                "barrier: checking that no Kibana client still talks to Elasticsearch".into()
-            } else {
-                "barrier: every unit stopped".into()
-            }
-        }),
+        Phase::Preflight => hosts_line(Step::CheckAvailable, false, "")
+            .unwrap_or_else(|| "preflight: checking the cluster".into()),
+        Phase::Barrier => hosts_line(Step::StopUnit, true, " to confirm kibana stopped")
+            .unwrap_or_else(|| {
+                if op.barrier_client_check {
+                    "barrier: checking that no Kibana client still talks to Elasticsearch".into()
+                } else {
+                    "barrier: every unit stopped".into()
+                }
+            }),
         Phase::SafetySnapshot => format!(
             "safety_snapshot: waiting for snapshot {}/{}",
             op.snapshot.repository,
             op.safety_snapshot.name.as_deref().unwrap_or("?")
         ),
-        Phase::Restoring => match &op.restore {
-            None => hosts_line(Step::StopUnit, true, " to confirm kibana stopped")
-                .unwrap_or_else(|| format!("restoring: waiting for the leader to issue the restore of {snap}")),
-            Some(r) if r.epoch < op.epoch => {
-                format!("restoring: checking the outcome of the restore of {snap} issued at epoch {}", r.epoch)
+        Phase::Restoring => {
+            match &op.restore {
+                None => hosts_line(Step::StopUnit, true, " to confirm kibana stopped")
+                    .unwrap_or_else(|| {
+                        format!("restoring: waiting for the leader to issue the restore of {snap}")
+                    }),
+                Some(r) if r.epoch < op.epoch => {
+                    format!("restoring: checking the outcome of the restore of {snap} issued at epoch {}", r.epoch)
+                }
+                Some(r) => format!(
+                    "restoring: waiting for the restore of {snap} (epoch {})",
+                    r.epoch
+                ),
             }
-            Some(r) => format!("restoring: waiting for the restore of {snap} (epoch {})", r.epoch),
-        },
+        }
         _ => {
             let step = phase.host_step().expect("host phase");
-            hosts_line(step, false, "").unwrap_or_else(|| format!("{phase}: every host acknowledged; finishing"))
+            hosts_line(step, false, "")
+                .unwrap_or_else(|| format!("{phase}: every host acknowledged; finishing"))
         }
     }
 }
@@ -157,16 +190,29 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
 /// the only ways out are `done` and `failed`.
 pub fn request_abort(op: &OperationDoc, by: &str, reason: &str) -> Result<OperationDoc, DocError> {
     if op.phase.is_terminal() {
-        return Err(DocError::Invalid(format!("operation {} already ended {}", op.id, op.phase)));
+        return Err(DocError::Invalid(format!(
+            "operation {} already ended {}",
+            op.id, op.phase
+        )));
     }
-    if !matches!(op.phase, Phase::Preflight | Phase::Prefetching | Phase::Stopping | Phase::Barrier | Phase::SafetySnapshot) {
+    if !matches!(
+        op.phase,
+        Phase::Preflight
+            | Phase::Prefetching
+            | Phase::Stopping
+            | Phase::Barrier
+            | Phase::SafetySnapshot
+    ) {
         return Err(DocError::Invalid(format!(
             "operation {} is in {}: past the restore point it can only finish (done) or fail",
             op.id, op.phase
         )));
     }
     let mut next = op.clone();
-    next.abort_requested = Some(AbortRequest { by: by.into(), reason: reason.into() });
+    next.abort_requested = Some(AbortRequest {
+        by: by.into(),
+        reason: reason.into(),
+    });
     Ok(next)
 }
 
@@ -175,9 +221,17 @@ pub fn request_abort(op: &OperationDoc, by: &str, reason: &str) -> Result<Operat
 /// than the new `phase_epoch` do not count). With `forget_restore`, a restore recorded but not
 /// completed is dropped and will be issued again: the operator says it certainly did not happen
 /// (or that restoring once more is what they want).
-pub fn resume(op: &OperationDoc, by: &str, at: &str, forget_restore: bool) -> Result<OperationDoc, DocError> {
+pub fn resume(
+    op: &OperationDoc,
+    by: &str,
+    at: &str,
+    forget_restore: bool,
+) -> Result<OperationDoc, DocError> {
     if op.phase != Phase::Failed {
-        return Err(DocError::Invalid(format!("only a failed operation can be resumed; {} is {}", op.id, op.phase)));
+        return Err(DocError::Invalid(format!(
+            "only a failed operation can be resumed; {} is {}",
+            op.id, op.phase
+        )));
     }
     let failed_in = op
         .history
@@ -185,12 +239,20 @@ pub fn resume(op: &OperationDoc, by: &str, at: &str, forget_restore: bool) -> Re
         .rev()
         .find(|c| c.to == Phase::Failed && c.from != Phase::Failed)
         .map(|c| c.from)
-        .ok_or_else(|| DocError::Invalid("history does not say where the operation failed".into()))?;
+        .ok_or_else(|| {
+            DocError::Invalid("history does not say where the operation failed".into())
+        })?;
     let mut bumped = op.clone();
     bumped.epoch = op.epoch + 1;
     bumped.leader = None;
     bumped.error = None;
-    let mut next = transition(&bumped, failed_in, Mover::Operator, format!("resumed by {by}"), at)?;
+    let mut next = transition(
+        &bumped,
+        failed_in,
+        Mover::Operator,
+        format!("resumed by {by}"),
+        at,
+    )?;
     if forget_restore {
         if let Some(r) = &next.restore {
             if !r.completed {

@@ -11,7 +11,10 @@ fn s(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 fn ver(seq: u64) -> DocVersion {
-    DocVersion { seq_no: seq, primary_term: 1 }
+    DocVersion {
+        seq_no: seq,
+        primary_term: 1,
+    }
 }
 fn cfg() -> FleetConfig {
     sim_config() // lease 10 s, margin 2 s, barrier 60 s, phase timeout 300 s, retry 3 s
@@ -21,12 +24,24 @@ fn op_in(phase: Phase) -> OperationDoc {
     op.phase = phase;
     op.epoch = 1;
     op.phase_epoch = 1;
-    op.leader = Some(LeaderInfo { host_id: "a".into(), renewals: 0 });
-    if matches!(phase, Phase::Restoring | Phase::Reinstalling | Phase::Starting) {
+    op.leader = Some(LeaderInfo {
+        host_id: "a".into(),
+        renewals: 0,
+    });
+    if matches!(
+        phase,
+        Phase::Restoring | Phase::Reinstalling | Phase::Starting
+    ) {
         op.safety_snapshot.taken_uuid = Some("safe-1".into());
     }
     if matches!(phase, Phase::Reinstalling | Phase::Starting) {
-        op.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: true, superseded_epochs: vec![], detail: String::new() });
+        op.restore = Some(RestoreRecord {
+            epoch: 1,
+            issued: true,
+            completed: true,
+            superseded_epochs: vec![],
+            detail: String::new(),
+        });
     }
     op
 }
@@ -38,15 +53,27 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
         installed_version: Some(semver::Version::new(8, 15, 0)),
         held: false,
         heartbeat: 1,
-        ack: ack.map(|(step, epoch, result)| Ack { operation_id: "op1".into(), epoch, step, result, detail: String::new() }),
+        ack: ack.map(|(step, epoch, result)| Ack {
+            operation_id: "op1".into(),
+            epoch,
+            step,
+            result,
+            detail: String::new(),
+        }),
     }
 }
 /// All three hosts acked `step` OK at epoch 1, units in `unit`.
 fn all(step: Step, unit: UnitState) -> Vec<HostDoc> {
-    ["a", "b", "c"].iter().map(|h| hd(h, unit, Some((step, 1, StepResult::Ok)))).collect()
+    ["a", "b", "c"]
+        .iter()
+        .map(|h| hd(h, unit, Some((step, 1, StepResult::Ok))))
+        .collect()
 }
 fn lease_at(t: u64) -> HeldLease {
-    HeldLease { epoch: 1, last_renewed: s(t) }
+    HeldLease {
+        epoch: 1,
+        last_renewed: s(t),
+    }
 }
 fn mem(phase: Phase) -> LeaderMemory {
     LeaderMemory::new(phase, s(0))
@@ -76,7 +103,9 @@ fn waits(d: LeaderDecision) -> String {
     }
 }
 fn failed(cause: &str) -> StepResult {
-    StepResult::Failed { cause: cause.into() }
+    StepResult::Failed {
+        cause: cause.into(),
+    }
 }
 
 // ---------------------------------------------------------------- leader: every transition
@@ -86,7 +115,10 @@ fn preflight_all_ok_moves_to_prefetching_else_aborted_directly() {
     let op = op_in(Phase::Preflight);
     let hosts = all(Step::CheckAvailable, UnitState::Active);
     let mut m = mem(Phase::Preflight);
-    assert!(matches!(runs(decide(&op, &hosts, &m, 1)), ClusterStep::Preflight { .. }));
+    assert!(matches!(
+        runs(decide(&op, &hosts, &m, 1)),
+        ClusterStep::Preflight { .. }
+    ));
     m.preflight = Some(Ok(()));
     moves_to(decide(&op, &hosts, &m, 1), Phase::Prefetching);
     // Cluster problem: aborted, nothing changed, cause recorded for the cluster side.
@@ -120,7 +152,10 @@ fn host_phases_leave_when_every_host_acked_in_this_operation() {
         assert_eq!(doc.phase_epoch, 1);
         assert_eq!(doc.history.last().unwrap().from, phase);
         // One host missing: wait and say who.
-        assert_eq!(waits(decide(&op, &hosts[..2], &mem(phase), 1)), format!("{phase}: waiting for c"));
+        assert_eq!(
+            waits(decide(&op, &hosts[..2], &mem(phase), 1)),
+            format!("{phase}: waiting for c")
+        );
     }
 }
 
@@ -163,7 +198,10 @@ fn host_failure_before_the_restore_point_aborts_after_it_fails() {
 fn phase_timeout_aborts_before_and_fails_after_the_restore_point() {
     let op = op_in(Phase::Stopping);
     let hosts = &all(Step::StopUnit, UnitState::Inactive)[..1];
-    assert!(matches!(decide(&op, hosts, &mem(op.phase), 299), LeaderDecision::Wait(_)));
+    assert!(matches!(
+        decide(&op, hosts, &mem(op.phase), 299),
+        LeaderDecision::Wait(_)
+    ));
     let doc = moves_to(decide(&op, hosts, &mem(op.phase), 300), Phase::Aborting);
     assert!(doc.error.unwrap().cause.contains("b, c"));
     let op = op_in(Phase::Starting);
@@ -176,7 +214,10 @@ fn starting_verifies_then_done_or_failed() {
     let op = op_in(Phase::Starting);
     let hosts = all(Step::StartUnit, UnitState::Active);
     let mut m = mem(Phase::Starting);
-    assert!(matches!(runs(decide(&op, &hosts, &m, 1)), ClusterStep::VerifyFinal { .. }));
+    assert!(matches!(
+        runs(decide(&op, &hosts, &m, 1)),
+        ClusterStep::VerifyFinal { .. }
+    ));
     m.cluster_inflight = Some((9, leader::ClusterStepKind::VerifyFinal));
     waits(decide(&op, &hosts, &m, 1));
     m.cluster_inflight = None;
@@ -192,10 +233,14 @@ fn starting_verifies_then_done_or_failed() {
 fn barrier_needs_every_unit_confirmed_stopped() {
     let op = op_in(Phase::Barrier);
     let mut hosts = all(Step::StopUnit, UnitState::Inactive);
-    moves_to(decide(&op, &hosts, &mem(op.phase), 1), Phase::SafetySnapshot);
+    moves_to(
+        decide(&op, &hosts, &mem(op.phase), 1),
+        Phase::SafetySnapshot,
+    );
     // A unit reported active again (someone started it): hold.
     hosts[1].unit_state = UnitState::Activating;
-    assert!(waits(decide(&op, &hosts, &mem(op.phase), 1)).contains("waiting for b to confirm kibana stopped"));
+    assert!(waits(decide(&op, &hosts, &mem(op.phase), 1))
+        .contains("waiting for b to confirm kibana stopped"));
     // ... until the barrier timeout, then abort (nothing has changed yet).
     let doc = moves_to(decide(&op, &hosts, &mem(op.phase), 60), Phase::Aborting);
     assert!(doc.error.unwrap().cause.starts_with("barrier timeout"));
@@ -210,7 +255,15 @@ fn barrier_skips_the_safety_snapshot_only_when_disabled() {
     let mut op = op_in(Phase::Barrier);
     op.safety_snapshot.enabled = false;
     op.safety_snapshot.name = None;
-    moves_to(decide(&op, &all(Step::StopUnit, UnitState::Failed), &mem(op.phase), 1), Phase::Restoring);
+    moves_to(
+        decide(
+            &op,
+            &all(Step::StopUnit, UnitState::Failed),
+            &mem(op.phase),
+            1,
+        ),
+        Phase::Restoring,
+    );
 }
 
 #[test]
@@ -219,10 +272,16 @@ fn barrier_client_check_runs_and_is_retried() {
     op.barrier_client_check = true;
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let mut m = mem(op.phase);
-    assert_eq!(runs(decide(&op, &hosts, &m, 1)), ClusterStep::CheckKibanaClients);
+    assert_eq!(
+        runs(decide(&op, &hosts, &m, 1)),
+        ClusterStep::CheckKibanaClients
+    );
     m.clients = Some((Err("Kibana/8.15.0 from 10.0.0.9".into()), s(1)));
     assert!(waits(decide(&op, &hosts, &m, 2)).contains("10.0.0.9"));
-    assert_eq!(runs(decide(&op, &hosts, &m, 4)), ClusterStep::CheckKibanaClients);
+    assert_eq!(
+        runs(decide(&op, &hosts, &m, 4)),
+        ClusterStep::CheckKibanaClients
+    );
     m.clients = Some((Ok(()), s(5)));
     moves_to(decide(&op, &hosts, &m, 5), Phase::SafetySnapshot);
 }
@@ -234,7 +293,10 @@ fn safety_snapshot_then_restoring_or_aborting() {
     let mut m = mem(op.phase);
     assert_eq!(
         runs(decide(&op, &hosts, &m, 1)),
-        ClusterStep::SafetySnapshot { repository: "repo".into(), name: "kibana-rollback-pre-op1".into() }
+        ClusterStep::SafetySnapshot {
+            repository: "repo".into(),
+            name: "kibana-rollback-pre-op1".into()
+        }
     );
     m.safety = Some(Ok("uuid-9".into()));
     let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Restoring);
@@ -250,17 +312,37 @@ fn restore_is_recorded_before_it_is_issued_and_only_with_a_fresh_lease() {
     let op = op_in(Phase::Restoring);
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let m = mem(op.phase);
-    let LeaderDecision::Write { doc, .. } = decide(&op, &hosts, &m, 1) else { panic!() };
+    let LeaderDecision::Write { doc, .. } = decide(&op, &hosts, &m, 1) else {
+        panic!()
+    };
     assert_eq!(doc.phase, Phase::Restoring);
-    assert_eq!(doc.restore, Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() }));
+    assert_eq!(
+        doc.restore,
+        Some(RestoreRecord {
+            epoch: 1,
+            issued: true,
+            completed: false,
+            superseded_epochs: vec![],
+            detail: String::new()
+        })
+    );
     // With the record written: issue only if renewed less than lease/3 ago, else renew first.
     let lease = lease_at(10);
-    assert_eq!(decide_leader(&doc, &hosts, &m, &lease, s(12), &cfg(), "w"), LeaderDecision::IssueRestore);
-    assert_eq!(decide_leader(&doc, &hosts, &m, &lease, s(14), &cfg(), "w"), LeaderDecision::Renew);
+    assert_eq!(
+        decide_leader(&doc, &hosts, &m, &lease, s(12), &cfg(), "w"),
+        LeaderDecision::IssueRestore
+    );
+    assert_eq!(
+        decide_leader(&doc, &hosts, &m, &lease, s(14), &cfg(), "w"),
+        LeaderDecision::Renew
+    );
     // Once issued at this epoch: wait, never a second one.
     let mut m2 = m.clone();
     m2.restore_issued_epoch = Some(1);
-    assert!(waits(decide_leader(&doc, &hosts, &m2, &lease, s(12), &cfg(), "w")).contains("waiting for the restore"));
+    assert!(
+        waits(decide_leader(&doc, &hosts, &m2, &lease, s(12), &cfg(), "w"))
+            .contains("waiting for the restore")
+    );
 }
 
 #[test]
@@ -273,10 +355,30 @@ fn restore_is_held_while_any_unit_is_not_confirmed_stopped() {
     moves_to(decide(&op, &hosts, &mem(op.phase), 60), Phase::Aborting);
     // Recorded (maybe issued by a predecessor) and a unit active: never issue; fail after the timeout.
     let mut rec = op.clone();
-    rec.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
+    rec.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
     let lease = lease_at(1);
-    assert!(matches!(decide_leader(&rec, &hosts, &mem(op.phase), &lease, s(1), &cfg(), "w"), LeaderDecision::Wait(_)));
-    moves_to(decide_leader(&rec, &hosts, &mem(op.phase), &lease_at(60), s(60), &cfg(), "w"), Phase::Failed);
+    assert!(matches!(
+        decide_leader(&rec, &hosts, &mem(op.phase), &lease, s(1), &cfg(), "w"),
+        LeaderDecision::Wait(_)
+    ));
+    moves_to(
+        decide_leader(
+            &rec,
+            &hosts,
+            &mem(op.phase),
+            &lease_at(60),
+            s(60),
+            &cfg(),
+            "w",
+        ),
+        Phase::Failed,
+    );
     // restoring -> aborting is refused by the document layer once a restore is recorded.
     assert!(transition(&rec, Phase::Aborting, Mover::Leader, "x", "w").is_err());
     // A failed stop with nothing recorded aborts at once.
@@ -287,35 +389,75 @@ fn restore_is_held_while_any_unit_is_not_confirmed_stopped() {
 #[test]
 fn restore_result_completes_or_fails_never_aborts() {
     let mut op = op_in(Phase::Restoring);
-    op.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
+    op.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let mut m = mem(op.phase);
     m.restore_issued_epoch = Some(1);
-    m.restore = Some(Ok(RestoreReport { shards_failed: 0, healthy: true, detail: "12 shards".into() }));
+    m.restore = Some(Ok(RestoreReport {
+        shards_failed: 0,
+        healthy: true,
+        detail: "12 shards".into(),
+    }));
     let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Reinstalling);
     assert!(doc.restore_completed());
-    m.restore = Some(Ok(RestoreReport { shards_failed: 3, healthy: false, detail: String::new() }));
+    m.restore = Some(Ok(RestoreReport {
+        shards_failed: 3,
+        healthy: false,
+        detail: String::new(),
+    }));
     let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Failed);
     assert!(doc.error.unwrap().cause.contains("3 shards failed"));
-    m.restore = Some(Err("security_exception: no write on restricted indices".into()));
+    m.restore = Some(Err(
+        "security_exception: no write on restricted indices".into()
+    ));
     moves_to(decide(&op, &hosts, &m, 1), Phase::Failed);
     // An operator's abort request past the restore point is ignored.
-    op.abort_requested = Some(AbortRequest { by: "bob".into(), reason: "x".into() });
+    op.abort_requested = Some(AbortRequest {
+        by: "bob".into(),
+        reason: "x".into(),
+    });
     m.restore = None;
-    assert!(matches!(decide(&op, &hosts, &m, 1), LeaderDecision::Wait(_)));
+    assert!(matches!(
+        decide(&op, &hosts, &m, 1),
+        LeaderDecision::Wait(_)
+    ));
 }
 
 #[test]
 fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
     let mut op = op_in(Phase::Restoring);
     op.epoch = 2;
-    op.leader = Some(LeaderInfo { host_id: "b".into(), renewals: 0 });
-    op.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
+    op.leader = Some(LeaderInfo {
+        host_id: "b".into(),
+        renewals: 0,
+    });
+    op.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let mut m = mem(op.phase);
-    let lease = HeldLease { epoch: 2, last_renewed: s(1) };
+    let lease = HeldLease {
+        epoch: 2,
+        last_renewed: s(1),
+    };
     let d = |m: &LeaderMemory, now| decide_leader(&op, &hosts, m, &lease, s(now), &cfg(), "w");
-    assert_eq!(runs(d(&m, 1)), ClusterStep::InspectRestore { snapshot: op.snapshot.clone(), recorded_epoch: 1 });
+    assert_eq!(
+        runs(d(&m, 1)),
+        ClusterStep::InspectRestore {
+            snapshot: op.snapshot.clone(),
+            recorded_epoch: 1
+        }
+    );
     m.inspect = Some((RestoreInspection::InProgress, s(1)));
     assert!(waits(d(&m, 2)).contains("still running"));
     assert!(matches!(runs(d(&m, 4)), ClusterStep::InspectRestore { .. }));
@@ -323,12 +465,28 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
     let doc = moves_to(d(&m, 4), Phase::Reinstalling);
     assert!(doc.restore_completed());
     m.inspect = Some((RestoreInspection::NotStarted, s(4)));
-    let LeaderDecision::Write { doc, .. } = d(&m, 4) else { panic!() };
-    assert_eq!(doc.restore.unwrap(), RestoreRecord { epoch: 2, issued: true, completed: false, superseded_epochs: vec![1], detail: String::new() });
+    let LeaderDecision::Write { doc, .. } = d(&m, 4) else {
+        panic!()
+    };
+    assert_eq!(
+        doc.restore.unwrap(),
+        RestoreRecord {
+            epoch: 2,
+            issued: true,
+            completed: false,
+            superseded_epochs: vec![1],
+            detail: String::new()
+        }
+    );
     m.inspect = Some((RestoreInspection::Unknown("recovery API 403".into()), s(4)));
     let doc = moves_to(d(&m, 4), Phase::Failed);
     let cause = doc.error.unwrap().cause;
-    assert!(cause.contains("restore outcome unknown after leader change") && cause.contains("--resume") && cause.contains("repo/snap"), "{cause}");
+    assert!(
+        cause.contains("restore outcome unknown after leader change")
+            && cause.contains("--resume")
+            && cause.contains("repo/snap"),
+        "{cause}"
+    );
 }
 
 #[test]
@@ -342,9 +500,20 @@ fn operator_abort_is_honoured_before_the_restore_point() {
     ] {
         let op = request_abort(&op_in(phase), "bob", "wrong snapshot").unwrap();
         let doc = moves_to(decide(&op, &[], &mem(phase), 1), to);
-        assert!(doc.error.unwrap().cause.contains("aborted by bob: wrong snapshot"));
+        assert!(doc
+            .error
+            .unwrap()
+            .cause
+            .contains("aborted by bob: wrong snapshot"));
     }
-    for phase in [Phase::Restoring, Phase::Reinstalling, Phase::Starting, Phase::Aborting, Phase::Done, Phase::Failed] {
+    for phase in [
+        Phase::Restoring,
+        Phase::Reinstalling,
+        Phase::Starting,
+        Phase::Aborting,
+        Phase::Done,
+        Phase::Failed,
+    ] {
         assert!(request_abort(&op_in(phase), "bob", "x").is_err(), "{phase}");
     }
 }
@@ -352,9 +521,18 @@ fn operator_abort_is_honoured_before_the_restore_point() {
 // ---------------------------------------------------------------- node: lease and bookkeeping
 
 fn facts(unit: UnitState) -> HostFacts {
-    HostFacts { unit, installed_version: Some(semver::Version::new(8, 15, 0)), held: false }
+    HostFacts {
+        unit,
+        installed_version: Some(semver::Version::new(8, 15, 0)),
+        held: false,
+    }
 }
-fn input(now: u64, op: Option<(u64, &OperationDoc)>, hosts: Vec<HostDoc>, events: Vec<Event>) -> Inputs {
+fn input(
+    now: u64,
+    op: Option<(u64, &OperationDoc)>,
+    hosts: Vec<HostDoc>,
+    events: Vec<Event>,
+) -> Inputs {
     Inputs {
         now: s(now),
         wall: format!("{now}s"),
@@ -369,15 +547,22 @@ fn input(now: u64, op: Option<(u64, &OperationDoc)>, hosts: Vec<HostDoc>, events
 }
 fn cas_of(actions: &[Action]) -> Option<(RequestId, DocVersion, OperationDoc)> {
     actions.iter().find_map(|a| match a {
-        Action::CasWriteOperation { id, expected, doc, .. } => Some((*id, *expected, doc.clone())),
+        Action::CasWriteOperation {
+            id, expected, doc, ..
+        } => Some((*id, *expected, doc.clone())),
         _ => None,
     })
 }
 fn stop_acting(actions: &[Action]) -> bool {
-    actions.iter().any(|a| matches!(a, Action::StopActing { .. }))
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::StopActing { .. }))
 }
 fn written(id: RequestId, seq: u64) -> Event {
-    Event::OpWritten { id, result: WriteResult::Ok(ver(seq)) }
+    Event::OpWritten {
+        id,
+        result: WriteResult::Ok(ver(seq)),
+    }
 }
 
 /// Makes node "a" leader of a fresh operation at epoch 1; returns (node, doc, seq).
@@ -393,7 +578,10 @@ fn leader_a_acts(now: u64) -> (NodeState, OperationDoc, u64, Vec<Action>) {
     assert_eq!(expected, ver(1));
     assert_eq!(doc.epoch, 1);
     assert_eq!(doc.leader_id(), Some("a"));
-    let acts = step(&mut n, input(now, Some((1, &op)), vec![], vec![written(id, 2)]));
+    let acts = step(
+        &mut n,
+        input(now, Some((1, &op)), vec![], vec![written(id, 2)]),
+    );
     assert_eq!(n.leading_epoch(), Some(1));
     (n, doc, 2, acts)
 }
@@ -403,15 +591,23 @@ fn a_free_lease_is_acquired_and_renewed_every_third_of_the_lease() {
     let (mut n, doc, seq) = leader_a(100);
     // Renewal due 10/3 s after the acquisition was *sent*.
     let acts = step(&mut n, input(103, Some((seq, &doc)), vec![], vec![]));
-    assert!(cas_of(&acts).is_none_or(|(_, _, d)| d.phase != Phase::Preflight || d.leader.as_ref().unwrap().renewals == 0));
+    assert!(cas_of(&acts).is_none_or(
+        |(_, _, d)| d.phase != Phase::Preflight || d.leader.as_ref().unwrap().renewals == 0
+    ));
     let acts = step(&mut n, input(104, Some((seq, &doc)), vec![], vec![]));
     let (id, expected, renewed) = cas_of(&acts).expect("renewal");
     assert_eq!(expected, ver(seq));
     assert_eq!(renewed.leader.as_ref().unwrap().renewals, 1);
     assert_eq!(renewed.epoch, 1);
     // Its success (sent at 104) keeps the lease valid until 104 + 10 - 2.
-    step(&mut n, input(104, Some((seq, &doc)), vec![], vec![written(id, seq + 1)]));
-    let acts = step(&mut n, input(111, Some((seq + 1, &renewed)), vec![], vec![]));
+    step(
+        &mut n,
+        input(104, Some((seq, &doc)), vec![], vec![written(id, seq + 1)]),
+    );
+    let acts = step(
+        &mut n,
+        input(111, Some((seq + 1, &renewed)), vec![], vec![]),
+    );
     assert!(!stop_acting(&acts));
     assert_eq!(n.leading_epoch(), Some(1));
 }
@@ -422,23 +618,57 @@ fn a_deposed_leader_stops_acting_and_does_not_come_back_by_itself() {
     // Its renewals conflict or get lost from now on; at 100 + 10 - 2 it must stop.
     let acts = step(&mut n, input(104, Some((seq, &doc)), vec![], vec![]));
     let (id, _, _) = cas_of(&acts).unwrap_or_else(|| panic!("{acts:?}"));
-    let acts = step(&mut n, input(105, Some((seq, &doc)), vec![], vec![Event::OpWritten { id, result: WriteResult::Unknown("timeout".into()) }]));
+    let acts = step(
+        &mut n,
+        input(
+            105,
+            Some((seq, &doc)),
+            vec![],
+            vec![Event::OpWritten {
+                id,
+                result: WriteResult::Unknown("timeout".into()),
+            }],
+        ),
+    );
     let (id2, _, _) = cas_of(&acts).expect("retries the renewal");
-    let acts = step(&mut n, input(107, Some((seq, &doc)), vec![], vec![Event::OpWritten { id: id2, result: WriteResult::Conflict }]));
+    let acts = step(
+        &mut n,
+        input(
+            107,
+            Some((seq, &doc)),
+            vec![],
+            vec![Event::OpWritten {
+                id: id2,
+                result: WriteResult::Conflict,
+            }],
+        ),
+    );
     assert!(!stop_acting(&acts));
     // (A conflict is not a deposition by itself: the doc still names a at epoch 1.)
     let id3 = cas_of(&acts).map(|c| c.0);
     let acts = step(&mut n, input(108, Some((seq, &doc)), vec![], vec![]));
     assert!(stop_acting(&acts), "{acts:?}");
     assert_eq!(n.leading_epoch(), None);
-    assert!(!acts.iter().any(|a| matches!(a, Action::RunClusterStep { .. })));
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::RunClusterStep { .. })));
     // As a candidate it waits for expiry by observation like anyone else: it first *read*
     // this version at 104, so not before 114.
-    let answered: Vec<Event> = id3.into_iter().map(|id| Event::OpWritten { id, result: WriteResult::Conflict }).collect();
+    let answered: Vec<Event> = id3
+        .into_iter()
+        .map(|id| Event::OpWritten {
+            id,
+            result: WriteResult::Conflict,
+        })
+        .collect();
     let acts = step(&mut n, input(113, Some((seq, &doc)), vec![], answered));
     assert!(cas_of(&acts).is_none());
     let acts = step(&mut n, input(114, Some((seq, &doc)), vec![], vec![]));
-    assert_eq!(cas_of(&acts).unwrap().2.epoch, 2, "takeover bumps the epoch");
+    assert_eq!(
+        cas_of(&acts).unwrap().2.epoch,
+        2,
+        "takeover bumps the epoch"
+    );
 }
 
 #[test]
@@ -454,7 +684,10 @@ fn a_leader_that_sees_another_epoch_stops_at_once() {
 fn a_candidate_takes_over_only_after_a_whole_lease_without_change_on_its_own_clock() {
     let mut op = sample_op();
     op.epoch = 1;
-    op.leader = Some(LeaderInfo { host_id: "a".into(), renewals: 0 });
+    op.leader = Some(LeaderInfo {
+        host_id: "a".into(),
+        renewals: 0,
+    });
     let mut b = NodeState::new("b", cfg(), None);
     let mut seq = 5;
     // The leader keeps renewing: no takeover, however long.
@@ -462,7 +695,10 @@ fn a_candidate_takes_over_only_after_a_whole_lease_without_change_on_its_own_clo
         seq += 1;
         op.leader.as_mut().unwrap().renewals += 1;
         let acts = step(&mut b, input(t, Some((seq, &op)), vec![], vec![]));
-        assert!(cas_of(&acts).is_none(), "takeover at {t} while the leader renews");
+        assert!(
+            cas_of(&acts).is_none(),
+            "takeover at {t} while the leader renews"
+        );
     }
     // It stops renewing at 1099 (b saw that version at 1099): expiry at 1109, not earlier.
     for t in 1100..1108 {
@@ -473,7 +709,18 @@ fn a_candidate_takes_over_only_after_a_whole_lease_without_change_on_its_own_clo
     assert_eq!(expected, ver(seq));
     assert_eq!((doc.epoch, doc.leader_id()), (2, Some("b")));
     // Conflict: someone else won; b stays a candidate and watches the new version afresh.
-    step(&mut b, input(1109, Some((seq, &op)), vec![], vec![Event::OpWritten { id, result: WriteResult::Conflict }]));
+    step(
+        &mut b,
+        input(
+            1109,
+            Some((seq, &op)),
+            vec![],
+            vec![Event::OpWritten {
+                id,
+                result: WriteResult::Conflict,
+            }],
+        ),
+    );
     assert_eq!(b.leading_epoch(), None);
     let c_doc = lease::takeover(&op, "c", "w");
     let acts = step(&mut b, input(1110, Some((seq + 1, &c_doc)), vec![], vec![]));
@@ -491,23 +738,54 @@ fn agents_not_expected_never_take_the_lease() {
 fn leader_issues_restore_with_the_lease_deadline_and_only_once() {
     let (mut n, _, _) = leader_a(100);
     let mut op = op_in(Phase::Restoring);
-    op.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
+    op.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     // Phase change seen: a renewal is not due yet (acquired at 100), so it issues.
     let acts = step(&mut n, input(101, Some((9, &op)), hosts.clone(), vec![]));
-    let restores: Vec<_> = acts.iter().filter_map(|a| match a {
-        Action::RunClusterStep { id, step: ClusterStep::Restore { epoch, deadline, .. } } => Some((*id, *epoch, *deadline)),
-        _ => None,
-    }).collect();
+    let restores: Vec<_> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::RunClusterStep {
+                id,
+                step:
+                    ClusterStep::Restore {
+                        epoch, deadline, ..
+                    },
+            } => Some((*id, *epoch, *deadline)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(restores.len(), 1, "{acts:?}");
     let (rid, epoch, deadline) = restores[0];
     assert_eq!((epoch, deadline), (1, s(108)));
     for t in 102..104 {
         let acts = step(&mut n, input(t, Some((9, &op)), hosts.clone(), vec![]));
-        assert!(!acts.iter().any(|a| matches!(a, Action::RunClusterStep { .. })), "second restore at {t}");
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::RunClusterStep { .. })),
+            "second restore at {t}"
+        );
     }
     // Adapter refused to send it (deadline passed): the leader steps down.
-    let acts = step(&mut n, input(104, Some((9, &op)), hosts, vec![Event::Cluster { id: rid, outcome: ClusterOutcome::RestoreNotSent }]));
+    let acts = step(
+        &mut n,
+        input(
+            104,
+            Some((9, &op)),
+            hosts,
+            vec![Event::Cluster {
+                id: rid,
+                outcome: ClusterOutcome::RestoreNotSent,
+            }],
+        ),
+    );
     assert!(stop_acting(&acts));
     assert_eq!(n.leading_epoch(), None);
 }
@@ -516,12 +794,40 @@ fn leader_issues_restore_with_the_lease_deadline_and_only_once() {
 fn stale_results_are_ignored() {
     let (mut n, doc, seq, acts) = leader_a_acts(100);
     // The new leader starts on the phase's cluster step in the same round.
-    let pid = acts.iter().find_map(|a| match a { Action::RunClusterStep { id, .. } => Some(*id), _ => None }).expect("preflight");
+    let pid = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::RunClusterStep { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("preflight");
     // A result with an unknown id (e.g. from before a takeover) changes nothing.
-    let acts = step(&mut n, input(101, Some((seq, &doc)), vec![], vec![Event::Cluster { id: pid + 100, outcome: ClusterOutcome::Preflight(Err("x".into())) }]));
+    let acts = step(
+        &mut n,
+        input(
+            101,
+            Some((seq, &doc)),
+            vec![],
+            vec![Event::Cluster {
+                id: pid + 100,
+                outcome: ClusterOutcome::Preflight(Err("x".into())),
+            }],
+        ),
+    );
     assert!(cas_of(&acts).is_none());
     // The right one is used.
-    let acts = step(&mut n, input(101, Some((seq, &doc)), vec![], vec![Event::Cluster { id: pid, outcome: ClusterOutcome::Preflight(Err("old ES".into())) }]));
+    let acts = step(
+        &mut n,
+        input(
+            101,
+            Some((seq, &doc)),
+            vec![],
+            vec![Event::Cluster {
+                id: pid,
+                outcome: ClusterOutcome::Preflight(Err("old ES".into())),
+            }],
+        ),
+    );
     assert_eq!(cas_of(&acts).unwrap().2.phase, Phase::Aborted);
 }
 
@@ -531,45 +837,110 @@ fn host_step_is_recorded_before_it_runs_and_acked_after() {
     let op = op_in(Phase::Stopping);
     let acts = step(&mut n, input(1, Some((3, &op)), vec![], vec![]));
     let rec = acts.iter().position(|a| matches!(a, Action::RecordProgress(p) if p.state == ProgressState::Started && p.step == Step::StopUnit));
-    let run = acts.iter().position(|a| matches!(a, Action::RunHostStep { step: HostStep::StopUnit, resumed: false, .. }));
+    let run = acts.iter().position(|a| {
+        matches!(
+            a,
+            Action::RunHostStep {
+                step: HostStep::StopUnit,
+                resumed: false,
+                ..
+            }
+        )
+    });
     assert!(rec.is_some() && run.is_some() && rec < run, "{acts:?}");
-    let id = match &acts[run.unwrap()] { Action::RunHostStep { id, .. } => *id, _ => unreachable!() };
+    let id = match &acts[run.unwrap()] {
+        Action::RunHostStep { id, .. } => *id,
+        _ => unreachable!(),
+    };
     // No second run while it is in flight.
     let acts = step(&mut n, input(2, Some((3, &op)), vec![], vec![]));
     assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
-    let mut inp = input(3, Some((3, &op)), vec![], vec![Event::HostStepDone { id, result: StepResult::Ok, detail: "inactive".into() }]);
+    let mut inp = input(
+        3,
+        Some((3, &op)),
+        vec![],
+        vec![Event::HostStepDone {
+            id,
+            result: StepResult::Ok,
+            detail: "inactive".into(),
+        }],
+    );
     inp.facts = facts(UnitState::Inactive);
     let acts = step(&mut n, inp);
     assert!(acts.iter().any(|a| matches!(a, Action::RecordProgress(p) if matches!(p.state, ProgressState::Finished { .. }))));
-    let doc = acts.iter().find_map(|a| match a { Action::WriteHostDoc { doc, .. } => Some(doc.clone()), _ => None });
+    let doc = acts.iter().find_map(|a| match a {
+        Action::WriteHostDoc { doc, .. } => Some(doc.clone()),
+        _ => None,
+    });
     // The previous host-doc write is still in flight, so the ack goes out once it is answered.
     let doc = doc.or_else(|| {
-        let mut inp = input(4, Some((3, &op)), vec![], vec![Event::HostDocWritten { id: 2, ok: true }, Event::HostDocWritten { id: 3, ok: true }]);
+        let mut inp = input(
+            4,
+            Some((3, &op)),
+            vec![],
+            vec![
+                Event::HostDocWritten { id: 2, ok: true },
+                Event::HostDocWritten { id: 3, ok: true },
+            ],
+        );
         inp.facts = facts(UnitState::Inactive);
-        step(&mut n, inp).into_iter().find_map(|a| match a { Action::WriteHostDoc { doc, .. } => Some(doc), _ => None })
+        step(&mut n, inp).into_iter().find_map(|a| match a {
+            Action::WriteHostDoc { doc, .. } => Some(doc),
+            _ => None,
+        })
     });
     let doc = doc.expect("host doc with the ack");
     assert_eq!(doc.unit_state, UnitState::Inactive);
     let ack = doc.ack.unwrap();
-    assert_eq!((ack.step, ack.epoch, ack.result), (Step::StopUnit, 1, StepResult::Ok));
+    assert_eq!(
+        (ack.step, ack.epoch, ack.result),
+        (Step::StopUnit, 1, StepResult::Ok)
+    );
 }
 
 #[test]
 fn after_a_crash_the_same_step_is_resumed_or_reported() {
     let op = op_in(Phase::Reinstalling);
-    let started = LocalProgress { operation_id: "op1".into(), epoch: 1, step: Step::Reinstall, state: ProgressState::Started };
+    let started = LocalProgress {
+        operation_id: "op1".into(),
+        epoch: 1,
+        step: Step::Reinstall,
+        state: ProgressState::Started,
+    };
     let mut n = NodeState::new("b", cfg(), Some(started.clone()));
     let mut inp = input(1, Some((3, &op)), vec![], vec![]);
     inp.facts = facts(UnitState::Inactive);
     let acts = step(&mut n, inp);
-    assert!(acts.iter().any(|a| matches!(a, Action::RunHostStep { step: HostStep::Reinstall { .. }, resumed: true, .. })), "{acts:?}");
-    let finished = LocalProgress { state: ProgressState::Finished { result: StepResult::Ok, detail: "held".into() }, ..started };
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::RunHostStep {
+                step: HostStep::Reinstall { .. },
+                resumed: true,
+                ..
+            }
+        )),
+        "{acts:?}"
+    );
+    let finished = LocalProgress {
+        state: ProgressState::Finished {
+            result: StepResult::Ok,
+            detail: "held".into(),
+        },
+        ..started
+    };
     let mut n = NodeState::new("b", cfg(), Some(finished));
     let mut inp = input(1, Some((3, &op)), vec![], vec![]);
     inp.facts = facts(UnitState::Inactive);
     let acts = step(&mut n, inp);
     assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
-    let doc = acts.iter().find_map(|a| match a { Action::WriteHostDoc { doc, .. } => Some(doc.clone()), _ => None }).unwrap();
+    let doc = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteHostDoc { doc, .. } => Some(doc.clone()),
+            _ => None,
+        })
+        .unwrap();
     assert_eq!(doc.ack.unwrap().result, StepResult::Ok);
 }
 
@@ -577,28 +948,78 @@ fn after_a_crash_the_same_step_is_resumed_or_reported() {
 fn a_finished_operation_is_archived_then_deleted_by_its_leader() {
     let (mut n, _, _) = leader_a(100);
     let mut op = op_in(Phase::Done);
-    op.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: true, superseded_epochs: vec![], detail: String::new() });
+    op.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: true,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
     let acts = step(&mut n, input(101, Some((20, &op)), vec![], vec![]));
-    let aid = acts.iter().find_map(|a| match a { Action::ArchiveHistory { id, doc } if doc.id == "op1" => Some(*id), _ => None }).expect("archive");
-    assert!(!acts.iter().any(|a| matches!(a, Action::DeleteOperation { .. })), "not before the archive exists");
-    let acts = step(&mut n, input(102, Some((20, &op)), vec![], vec![Event::Archived { id: aid, ok: true }]));
-    assert!(acts.iter().any(|a| matches!(a, Action::DeleteOperation { expected, .. } if *expected == ver(20))));
+    let aid = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::ArchiveHistory { id, doc } if doc.id == "op1" => Some(*id),
+            _ => None,
+        })
+        .expect("archive");
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::DeleteOperation { .. })),
+        "not before the archive exists"
+    );
+    let acts = step(
+        &mut n,
+        input(
+            102,
+            Some((20, &op)),
+            vec![],
+            vec![Event::Archived { id: aid, ok: true }],
+        ),
+    );
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::DeleteOperation { expected, .. } if *expected == ver(20))));
     // A failed operation stays: it is the lock, and `--resume` continues it.
     let (mut n, _, _) = leader_a(100);
     let mut f = op_in(Phase::Failed);
-    f.error = Some(OpError { host: Some("c".into()), cause: "x".into() });
+    f.error = Some(OpError {
+        host: Some("c".into()),
+        cause: "x".into(),
+    });
     let acts = step(&mut n, input(101, Some((20, &f)), vec![], vec![]));
-    assert!(!acts.iter().any(|a| matches!(a, Action::ArchiveHistory { .. } | Action::DeleteOperation { .. })));
+    assert!(!acts.iter().any(|a| matches!(
+        a,
+        Action::ArchiveHistory { .. } | Action::DeleteOperation { .. }
+    )));
     let acts = step(&mut n, input(500, Some((20, &f)), vec![], vec![]));
-    assert!(!acts.iter().any(|a| matches!(a, Action::ArchiveHistory { .. } | Action::CasWriteOperation { .. })));
+    assert!(!acts.iter().any(|a| matches!(
+        a,
+        Action::ArchiveHistory { .. } | Action::CasWriteOperation { .. }
+    )));
 }
 
 #[test]
 fn heartbeats_are_written_periodically_and_on_change() {
     let mut n = NodeState::new("b", cfg(), None);
-    let hb = |acts: &[Action]| acts.iter().find_map(|a| match a { Action::WriteHostDoc { id, doc } => Some((*id, doc.heartbeat)), _ => None });
+    let hb = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::WriteHostDoc { id, doc } => Some((*id, doc.heartbeat)),
+            _ => None,
+        })
+    };
     let (id, h1) = hb(&step(&mut n, input(1, None, vec![], vec![]))).unwrap();
-    assert!(hb(&step(&mut n, input(2, None, vec![], vec![Event::HostDocWritten { id, ok: true }]))).is_none());
+    assert!(hb(&step(
+        &mut n,
+        input(
+            2,
+            None,
+            vec![],
+            vec![Event::HostDocWritten { id, ok: true }]
+        )
+    ))
+    .is_none());
     let (_, h2) = hb(&step(&mut n, input(6, None, vec![], vec![]))).unwrap();
     assert_eq!(h2, h1 + 1);
 }
@@ -612,21 +1033,50 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
         requested_by: "alice".into(),
         requested_at: "2026-01-01T00:00:00Z".into(),
         target_version: semver::Version::new(8, 14, 3),
-        snapshot: SnapshotRef { repository: "r".into(), name: "s".into(), uuid: "u".into() },
+        snapshot: SnapshotRef {
+            repository: "r".into(),
+            name: "s".into(),
+            uuid: "u".into(),
+        },
         safety_snapshot: true,
         safety_snapshot_name: None,
         expected_hosts: vec!["a".into(), "b".into()],
         barrier_client_check: false,
     };
     let op = new_operation(req.clone()).unwrap();
-    assert_eq!((op.phase, op.epoch, op.leader.clone()), (Phase::Preflight, 0, None));
-    assert_eq!(op.safety_snapshot.name.as_deref(), Some("kibana-rollback-pre-op7"));
+    assert_eq!(
+        (op.phase, op.epoch, op.leader.clone()),
+        (Phase::Preflight, 0, None)
+    );
+    assert_eq!(
+        op.safety_snapshot.name.as_deref(),
+        Some("kibana-rollback-pre-op7")
+    );
     assert_eq!(outcome(&op), None);
     assert!(waiting_for(&op, &[]).contains("waiting for an agent"));
-    assert!(new_operation(NewOperation { expected_hosts: vec![], ..req.clone() }).is_err());
-    assert!(new_operation(NewOperation { expected_hosts: vec!["a".into(), "a".into()], ..req.clone() }).is_err());
-    let off = new_operation(NewOperation { safety_snapshot: false, ..req }).unwrap();
-    assert_eq!(off.safety_snapshot, SafetySnapshot { enabled: false, name: None, taken_uuid: None });
+    assert!(new_operation(NewOperation {
+        expected_hosts: vec![],
+        ..req.clone()
+    })
+    .is_err());
+    assert!(new_operation(NewOperation {
+        expected_hosts: vec!["a".into(), "a".into()],
+        ..req.clone()
+    })
+    .is_err());
+    let off = new_operation(NewOperation {
+        safety_snapshot: false,
+        ..req
+    })
+    .unwrap();
+    assert_eq!(
+        off.safety_snapshot,
+        SafetySnapshot {
+            enabled: false,
+            name: None,
+            taken_uuid: None
+        }
+    );
 }
 
 #[test]
@@ -636,29 +1086,79 @@ fn waiting_for_names_the_hosts_and_the_cause() {
     hosts.remove(1);
     hosts.remove(1);
     assert_eq!(waiting_for(&op, &hosts), "stopping: waiting for b, c");
-    hosts.push(hd("b", UnitState::Active, Some((Step::StopUnit, 1, failed("timeout")))));
-    assert_eq!(waiting_for(&op, &hosts), "stopping: waiting for c; failed on b (timeout)");
+    hosts.push(hd(
+        "b",
+        UnitState::Active,
+        Some((Step::StopUnit, 1, failed("timeout"))),
+    ));
+    assert_eq!(
+        waiting_for(&op, &hosts),
+        "stopping: waiting for c; failed on b (timeout)"
+    );
     let mut f = op_in(Phase::Failed);
-    f.error = Some(OpError { host: Some("c".into()), cause: "reinstall: dpkg error".into() });
+    f.error = Some(OpError {
+        host: Some("c".into()),
+        cause: "reinstall: dpkg error".into(),
+    });
     assert_eq!(waiting_for(&f, &[]), "failed: c: reinstall: dpkg error");
     let mut r = op_in(Phase::Restoring);
-    r.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
-    assert_eq!(waiting_for(&r, &[]), "restoring: waiting for the restore of repo/snap (epoch 1)");
+    r.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
+    assert_eq!(
+        waiting_for(&r, &[]),
+        "restoring: waiting for the restore of repo/snap (epoch 1)"
+    );
 }
 
 #[test]
 fn resume_reenters_the_failed_phase_at_a_new_epoch_so_steps_are_redone() {
     let mut op = op_in(Phase::Starting);
     op.epoch = 4;
-    let failed_op = transition(&op, Phase::Failed, Mover::Leader, "starting on c: timeout", "w").unwrap();
+    let failed_op = transition(
+        &op,
+        Phase::Failed,
+        Mover::Leader,
+        "starting on c: timeout",
+        "w",
+    )
+    .unwrap();
     let r = resume(&failed_op, "alice", "w2", false).unwrap();
-    assert_eq!((r.phase, r.epoch, r.phase_epoch, r.leader.clone(), r.error.clone()), (Phase::Starting, 5, 5, None, None));
-    let old_ack = Ack { operation_id: "op1".into(), epoch: 4, step: Step::StartUnit, result: StepResult::Ok, detail: String::new() };
+    assert_eq!(
+        (
+            r.phase,
+            r.epoch,
+            r.phase_epoch,
+            r.leader.clone(),
+            r.error.clone()
+        ),
+        (Phase::Starting, 5, 5, None, None)
+    );
+    let old_ack = Ack {
+        operation_id: "op1".into(),
+        epoch: 4,
+        step: Step::StartUnit,
+        result: StepResult::Ok,
+        detail: String::new(),
+    };
     assert!(!r.ack_counts(&old_ack));
-    assert!(resume(&op, "alice", "w", false).is_err(), "only failed operations");
+    assert!(
+        resume(&op, "alice", "w", false).is_err(),
+        "only failed operations"
+    );
     // --resume with forget_restore drops an unfinished restore record.
     let mut rs = op_in(Phase::Restoring);
-    rs.restore = Some(RestoreRecord { epoch: 1, issued: true, completed: false, superseded_epochs: vec![], detail: String::new() });
+    rs.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
     let f = transition(&rs, Phase::Failed, Mover::Leader, "restore failed", "w").unwrap();
     assert!(resume(&f, "a", "w", false).unwrap().restore.is_some());
     assert!(resume(&f, "a", "w", true).unwrap().restore.is_none());
