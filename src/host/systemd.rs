@@ -122,7 +122,7 @@ pub enum Action {
     Restart,
     /// `Manager.Reload` (`systemctl daemon-reload`).
     DaemonReload,
-    /// `MaskUnitFiles` / `UnmaskUnitFiles` with runtime=true.
+    /// `MaskUnitFiles` / `UnmaskUnitFiles`.
     Mask,
     Unmask,
 }
@@ -135,8 +135,8 @@ impl fmt::Display for Action {
             Action::Stop => "stop",
             Action::Restart => "restart",
             Action::DaemonReload => "daemon-reload",
-            Action::Mask => "mask --runtime",
-            Action::Unmask => "unmask --runtime",
+            Action::Mask => "mask",
+            Action::Unmask => "unmask",
         })
     }
 }
@@ -526,18 +526,19 @@ impl SystemdUnits {
             .map_err(|e| classify(e, "", Action::DaemonReload))
     }
 
-    /// `systemctl mask --runtime UNIT`: nothing can start the unit until it is unmasked or the
-    /// machine reboots (the mask lives in /run). Used while Kibana must stay stopped.
-    pub async fn mask_runtime(&self, unit: &str) -> Result<(), UnitError> {
+    /// `systemctl mask UNIT`: nothing can start the unit until it is unmasked — not an admin,
+    /// a timer, a package script, nor a reboot (hence not `--runtime`, which a reboot clears).
+    /// Used while Kibana must stay stopped.
+    pub async fn mask(&self, unit: &str) -> Result<(), UnitError> {
         let err = |e| classify(e, unit, Action::Mask);
-        self.manager.mask_unit_files(vec![unit.to_owned()], true, true).await.map_err(err)?;
+        self.manager.mask_unit_files(vec![unit.to_owned()], false, true).await.map_err(err)?;
         self.manager.reload().await.map_err(err)
     }
 
-    /// `systemctl unmask --runtime UNIT`; a unit without a runtime mask is left as it is.
-    pub async fn unmask_runtime(&self, unit: &str) -> Result<(), UnitError> {
+    /// `systemctl unmask UNIT`; a unit that is not masked is left as it is.
+    pub async fn unmask(&self, unit: &str) -> Result<(), UnitError> {
         let err = |e| classify(e, unit, Action::Unmask);
-        let changes = self.manager.unmask_unit_files(vec![unit.to_owned()], true).await.map_err(err)?;
+        let changes = self.manager.unmask_unit_files(vec![unit.to_owned()], false).await.map_err(err)?;
         if !changes.is_empty() {
             self.manager.reload().await.map_err(err)?;
         }

@@ -1,0 +1,186 @@
+//! Runs the leader's cluster steps against Elasticsearch: preflight checks, the Kibana-client
+//! check at the barrier, the safety snapshot, the restore (never after its lease deadline), the
+//! inspection of a predecessor's restore, and the final verification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::compat;
+use crate::config::{check_coordination_index, Settings};
+use crate::es::Es;
+use crate::fleet::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, SnapshotRef};
+use crate::snapshots;
+
+pub struct Cluster {
+    pub es: Arc<Es>,
+    pub settings: Arc<Settings>,
+}
+
+/// A client counts as a Kibana still talking when it identifies as Kibana and sent a request
+/// within this window of the node's own clock (the agent's clock plays no part).
+const KIBANA_CLIENT_WINDOW_MILLIS: i64 = 15_000;
+
+impl Cluster {
+    /// `now` is the agent's monotonic clock, for the restore deadline.
+    pub async fn run(&self, step: &ClusterStep, now: impl Fn() -> Duration) -> ClusterOutcome {
+        match step {
+            ClusterStep::Preflight { target_version, snapshot, expected_hosts } => {
+                ClusterOutcome::Preflight(self.preflight(target_version, snapshot, expected_hosts).await)
+            }
+            ClusterStep::CheckKibanaClients => ClusterOutcome::KibanaClients(self.kibana_clients().await),
+            ClusterStep::SafetySnapshot { repository, name } => {
+                ClusterOutcome::SafetySnapshot(self.safety_snapshot(repository, name).await)
+            }
+            ClusterStep::Restore { snapshot, epoch, deadline } => {
+                // Last moment to refuse: past the deadline this leader's lease may have passed to
+                // another, which must not find a restore it did not record.
+                if now() >= *deadline {
+                    return ClusterOutcome::RestoreNotSent;
+                }
+                ClusterOutcome::Restore(self.restore(snapshot, *epoch).await)
+            }
+            ClusterStep::InspectRestore { snapshot, .. } => ClusterOutcome::InspectRestore(self.inspect(snapshot).await),
+            ClusterStep::VerifyFinal { target_version } => ClusterOutcome::VerifyFinal(self.verify_final(target_version).await),
+        }
+    }
+
+    async fn preflight(&self, target: &semver::Version, snap: &SnapshotRef, expected: &[String]) -> Result<(), String> {
+        let mut problems = Vec::new();
+        match self.es.node_versions().await {
+            Ok(nodes) => {
+                let report = compat::Report::new(target, &nodes);
+                if let Some(refusal) = report.refusal() {
+                    problems.push(refusal);
+                }
+                for w in report.warnings() {
+                    tracing::warn!("{w}");
+                }
+            }
+            Err(e) => problems.push(format!("reading node versions: {e}")),
+        }
+        match self.es.features().await {
+            Ok(f) if f.iter().any(|n| n == crate::es::KIBANA_FEATURE) => {}
+            Ok(_) => problems.push("the master has no `kibana` feature installed; the restore would be refused".into()),
+            Err(e) => problems.push(format!("reading features: {e}")),
+        }
+        match self.es.snapshot(&snap.repository, &snap.name).await {
+            Ok(Some(s)) => {
+                if !snap.uuid.is_empty() && s.uuid != snap.uuid {
+                    problems.push(format!(
+                        "snapshot {}/{} has uuid {}, not {} as requested: it was replaced",
+                        snap.repository, snap.name, s.uuid, snap.uuid
+                    ));
+                }
+                let a = snapshots::assess(&s, Some(target));
+                if !a.eligible {
+                    problems.push(format!("snapshot {}/{} is not eligible: {}", snap.repository, snap.name, a.reasons.join("; ")));
+                }
+            }
+            Ok(None) => problems.push(format!("snapshot {}/{} does not exist", snap.repository, snap.name)),
+            Err(e) => problems.push(format!("reading snapshot {}/{}: {e}", snap.repository, snap.name)),
+        }
+        if let Err(e) = check_coordination_index(&self.settings.coordination.index) {
+            problems.push(format!("coordination index {:?}: {e}", self.settings.coordination.index));
+        }
+        if expected.is_empty() {
+            problems.push("the operation expects no hosts".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    async fn kibana_clients(&self) -> Result<(), String> {
+        let clients = self.es.http_clients().await.map_err(|e| format!("reading _nodes/stats/http: {e}"))?;
+        let talking: Vec<String> = clients
+            .iter()
+            .filter(|c| c.agent == "kibana" || c.agent.starts_with("Kibana/"))
+            .filter(|c| c.closed_time_millis.is_none() || c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS)
+            .filter(|c| c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS)
+            .map(|c| format!("{} (agent {:?}, last {} via node {})", c.remote_address, c.agent, c.last_uri, c.node))
+            .collect();
+        if talking.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("Kibana clients still sending requests: {}", talking.join(", ")))
+        }
+    }
+
+    async fn safety_snapshot(&self, repository: &str, name: &str) -> Result<String, String> {
+        // Idempotent: a successor (or a retry) finds the snapshot already taken.
+        match self.es.snapshot(repository, name).await {
+            Ok(Some(s)) if s.state == "SUCCESS" => return Ok(s.uuid),
+            Ok(Some(s)) if s.state == "IN_PROGRESS" => return Err(format!("safety snapshot {repository}/{name} is still in progress")),
+            Ok(Some(s)) => return Err(format!("safety snapshot {repository}/{name} exists in state {}; delete it or choose another name", s.state)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("reading {repository}/{name}: {e}")),
+        }
+        let meta = json!({"taken_by": "kibana-rollback", "purpose": "state replaced by the rollback restore"});
+        match self.es.create_kibana_snapshot(repository, name, meta).await {
+            Ok(s) => Ok(s.uuid),
+            Err(e) => Err(format!("taking safety snapshot {repository}/{name}: {e}")),
+        }
+    }
+
+    async fn restore(&self, snap: &SnapshotRef, epoch: u64) -> Result<RestoreReport, String> {
+        let opaque = format!("kibana-rollback-restore-epoch-{epoch}");
+        tracing::warn!(repository = %snap.repository, snapshot = %snap.name, epoch, "restoring the kibana feature state");
+        match self.es.restore_kibana(&snap.repository, &snap.name, &opaque).await {
+            Ok(r) => Ok(RestoreReport {
+                shards_failed: r.shards.failed as u32,
+                healthy: true,
+                detail: format!("{} indices restored, {} shards, health {}", r.indices.len(), r.shards.total, r.health.unwrap_or_default()),
+            }),
+            Err(crate::es::EsError::Check(msg)) => Ok(RestoreReport { shards_failed: 1, healthy: false, detail: msg }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn inspect(&self, snap: &SnapshotRef) -> RestoreInspection {
+        let recs = match self.es.recoveries(".kibana*").await {
+            Ok(r) => r,
+            Err(e) => return RestoreInspection::Unknown(format!("reading recoveries: {e}")),
+        };
+        let from_snap: Vec<_> = recs
+            .iter()
+            .filter(|r| r.kind == "SNAPSHOT" && r.snapshot.as_deref() == Some(&snap.name) && r.repository.as_deref() == Some(&snap.repository))
+            .collect();
+        if from_snap.is_empty() {
+            if recs.iter().any(|r| r.kind == "SNAPSHOT" && r.stage != "DONE") {
+                return RestoreInspection::InProgress;
+            }
+            return RestoreInspection::NotStarted;
+        }
+        if from_snap.iter().any(|r| r.stage != "DONE") {
+            return RestoreInspection::InProgress;
+        }
+        match self.es.health(".kibana*", "yellow", Duration::from_secs(30)).await {
+            Ok(h) if !h.timed_out && h.status != "red" => RestoreInspection::Completed,
+            Ok(h) => RestoreInspection::Unknown(format!("restored indices are {}", h.status)),
+            Err(e) => RestoreInspection::Unknown(e.to_string()),
+        }
+    }
+
+    async fn verify_final(&self, target: &semver::Version) -> Result<(), String> {
+        let index = self
+            .es
+            .alias_target(".kibana")
+            .await
+            .map_err(|e| format!("reading the .kibana alias: {e}"))?
+            .ok_or("the .kibana alias does not exist after the rollback")?;
+        if let Some(v) = snapshots::version_in_index_name(&index) {
+            if &v > target {
+                return Err(format!(".kibana points at {index}, an index of Kibana {v}, newer than the target {target}"));
+            }
+        }
+        let h = self.es.health(".kibana*", "yellow", Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
+        if h.timed_out || h.status == "red" {
+            return Err(format!("the kibana indices are {}", h.status));
+        }
+        Ok(())
+    }
+}
