@@ -4,6 +4,7 @@
 //! hold Kibana's rules for versions and eligible snapshots, `host` acts on the local machine
 //! (systemd, package manager, Kibana's status), `exit` holds the documented exit codes.
 
+pub mod agent;
 pub mod compat;
 pub mod config;
 pub mod coord;

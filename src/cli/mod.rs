@@ -88,6 +88,11 @@ impl Cli {
 pub async fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::CheckConfig => check_config::run(&cli),
+        Command::Agent => {
+            let loaded = cli.load()?;
+            kibana_rollback::agent::run(loaded.settings).await?;
+            Ok(exit::OK)
+        }
         Command::Snapshots { repository, to } => snapshots::run(&cli, repository.as_deref(), to.as_deref()).await,
         other => {
             // Validate configuration first: a command that is not built still refuses bad input.

@@ -1,0 +1,280 @@
+//! The daemon (`kibana-rollback agent`, unit `kibana-rollbackd.service`): reads the world, asks
+//! `fleet::step` what to do, does it, and feeds the results back — nothing here decides.
+//!
+//! One round: collect the results of finished actions, read the operation document and the host
+//! documents, read this host's facts, call `step`, execute its actions. Writes and steps run as
+//! tasks so a long restore does not stop the leader from renewing its lease; `RecordProgress` is
+//! written and fsynced before the next action runs. Time is `CLOCK_BOOTTIME`, which keeps counting
+//! through a suspend (a leader waking from one must see its lease as old as it is).
+
+mod cluster_steps;
+mod host_steps;
+mod progress;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::coord::{fleet_config, wall_now, Coord};
+use crate::es::{Es, EsError};
+use crate::fleet::{self, Action, Event, HostDoc, Inputs, NodeState, OpRead, WriteResult};
+use crate::host::kibana_status::StatusProbe;
+use crate::host::pkg::PackageManager;
+use crate::host::systemd::SystemdUnits;
+
+pub use cluster_steps::Cluster;
+pub use host_steps::Host;
+pub use progress::ProgressFile;
+
+/// How often the agent looks at the world when nothing happens.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Monotonic time that includes suspend.
+fn boottime() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    let _ = sd_notify::notify(state);
+}
+
+fn write_result(r: Result<fleet::DocVersion, EsError>) -> WriteResult {
+    match r {
+        Ok(v) => WriteResult::Ok(v),
+        Err(e) if e.is_conflict() || e.is_not_found() => WriteResult::Conflict,
+        Err(e) => WriteResult::Unknown(e.to_string()),
+    }
+}
+
+/// Sets up the adapters, waiting for what may come up after us (the bus, Elasticsearch).
+pub async fn run(settings: Settings) -> Result<()> {
+    let settings = Arc::new(settings);
+    let host_id = settings.coordination.host_id.clone();
+    let progress = ProgressFile::open(&settings.coordination.state_dir)
+        .with_context(|| format!("creating the state directory {}", settings.coordination.state_dir.display()))?;
+    let es = Arc::new(Es::new(&settings.elasticsearch)?);
+    let units = SystemdUnits::connect().await.context("connecting to systemd over the system bus")?;
+    let pkg = PackageManager::from_settings(&settings.package_manager).await.context("choosing the package manager")?;
+    let probe = StatusProbe::new(&settings.kibana)?;
+    let host = Arc::new(Host { units, pkg, probe, settings: settings.clone() });
+    let cluster = Arc::new(Cluster { es: es.clone(), settings: settings.clone() });
+
+    notify(&[sd_notify::NotifyState::Status("connecting to Elasticsearch")]);
+    let coord = Coord::new(&es, &settings);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match coord.ensure_index().await {
+            Ok(()) => break,
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!("Elasticsearch not reachable yet, retrying in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e).context(format!("creating the coordination index {}", settings.coordination.index)),
+        }
+    }
+
+    let resumed = progress.load();
+    if let Some(p) = &resumed {
+        tracing::info!(operation_id = %p.operation_id, step = ?p.step, "resuming from the local progress record");
+    }
+    let node = NodeState::new(host_id.clone(), fleet_config(&settings), resumed);
+    tracing::info!(host = %host_id, index = %settings.coordination.index, "agent started");
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("idle: no operation")]);
+    Daemon { settings: settings.clone(), es, host, cluster, progress, node, last_hosts: Vec::new(), facts: None }
+        .run()
+        .await
+}
+
+struct Daemon {
+    settings: Arc<Settings>,
+    es: Arc<Es>,
+    host: Arc<Host>,
+    cluster: Arc<Cluster>,
+    progress: ProgressFile,
+    node: NodeState,
+    last_hosts: Vec<HostDoc>,
+    /// Host facts, re-read after every host step and at every heartbeat.
+    facts: Option<(fleet::HostFacts, Duration)>,
+}
+
+impl Daemon {
+    async fn run(mut self) -> Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let mut inflight: Vec<JoinHandle<()>> = Vec::new();
+        let mut cluster_tasks: Vec<JoinHandle<()>> = Vec::new();
+        let mut pending: Vec<Event> = Vec::new();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut stopping = false;
+        let mut last_status = String::new();
+        let mut last_phase: Option<(String, fleet::Phase)> = None;
+        loop {
+            inflight.retain(|h| !h.is_finished());
+            cluster_tasks.retain(|h| !h.is_finished());
+            while let Ok(ev) = rx.try_recv() {
+                pending.push(ev);
+            }
+            if stopping && inflight.is_empty() && cluster_tasks.is_empty() && pending.is_empty() {
+                tracing::info!("stopped");
+                return Ok(());
+            }
+            let events = std::mem::take(&mut pending);
+            let host_step_done = events.iter().any(|e| matches!(e, Event::HostStepDone { .. }));
+
+            let coord = Coord::new(&self.es, &self.settings);
+            let op = match coord.operation().await {
+                Ok(Some(v)) => OpRead::Found(v),
+                Ok(None) => OpRead::Missing,
+                Err(e) => {
+                    tracing::warn!("cannot read the operation document: {e}");
+                    OpRead::Unreadable
+                }
+            };
+            let mut ids: BTreeSet<String> = BTreeSet::new();
+            ids.insert(self.settings.coordination.host_id.clone());
+            if let OpRead::Found(v) = &op {
+                ids.extend(v.doc.expected_hosts.iter().cloned());
+                let now_phase = (v.doc.id.clone(), v.doc.phase);
+                if last_phase.as_ref() != Some(&now_phase) {
+                    tracing::info!(operation_id = %v.doc.id, phase = %v.doc.phase.as_str(), epoch = v.doc.epoch, "operation {} is in phase {}", v.doc.id, v.doc.phase.as_str());
+                    last_phase = Some(now_phase);
+                }
+            }
+            match coord.hosts(&ids.into_iter().collect::<Vec<_>>()).await {
+                Ok(h) => self.last_hosts = h,
+                Err(e) => tracing::warn!("cannot read host documents: {e}"),
+            }
+            let now = boottime();
+            let stale = match &self.facts {
+                None => true,
+                Some((_, at)) => host_step_done || now.saturating_sub(*at) >= self.settings.coordination.heartbeat.min(Duration::from_secs(5)),
+            };
+            if stale {
+                self.facts = Some((self.host.facts().await, now));
+            }
+            let facts = self.facts.as_ref().expect("just set").0.clone();
+            let op_id = match &op {
+                OpRead::Found(v) => Some(v.doc.id.clone()),
+                _ => None,
+            };
+
+            let actions = fleet::step(&mut self.node, Inputs { now, wall: wall_now(), op, hosts: self.last_hosts.clone(), facts, events });
+            for action in actions {
+                match action {
+                    Action::RecordProgress(p) => {
+                        // Durable before the step it announces: a crash after this resumes it.
+                        if let Err(e) = self.progress.store(&p) {
+                            tracing::error!(path = %self.progress.path().display(), "cannot record progress: {e}");
+                        }
+                    }
+                    Action::Wait { what } => {
+                        if what != last_status {
+                            tracing::debug!(operation_id = op_id.as_deref().unwrap_or(""), "waiting: {what}");
+                            notify(&[sd_notify::NotifyState::Status(&what)]);
+                            last_status = what;
+                        }
+                    }
+                    Action::StopActing { reason } => {
+                        tracing::warn!(operation_id = op_id.as_deref().unwrap_or(""), "no longer leader: {reason}");
+                        for h in cluster_tasks.drain(..) {
+                            h.abort();
+                        }
+                    }
+                    Action::RunHostStep { id, step, resumed } if !stopping => {
+                        tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), resumed, "running host step {step:?}");
+                        let host = self.host.clone();
+                        let tx = tx.clone();
+                        let op_id = op_id.clone().unwrap_or_default();
+                        inflight.push(tokio::spawn(async move {
+                            let (result, detail) = host.run(&step, resumed).await;
+                            tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
+                            let _ = tx.send(Event::HostStepDone { id, result, detail });
+                        }));
+                    }
+                    Action::RunClusterStep { id, step } if !stopping => {
+                        tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), "running cluster step");
+                        let cluster = self.cluster.clone();
+                        let tx = tx.clone();
+                        let op_id = op_id.clone().unwrap_or_default();
+                        cluster_tasks.push(tokio::spawn(async move {
+                            let outcome = cluster.run(&step, boottime).await;
+                            tracing::info!(operation_id = %op_id, step = ?step.kind(), "cluster step finished: {outcome:?}");
+                            let _ = tx.send(Event::Cluster { id, outcome });
+                        }));
+                    }
+                    Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
+                        // Stopping: start nothing new; the next agent process resumes.
+                    }
+                    other => inflight.push(self.spawn_write(other, op_id.clone(), tx.clone())),
+                }
+            }
+
+            tokio::select! {
+                ev = rx.recv() => if let Some(ev) = ev { pending.push(ev) },
+                _ = tokio::time::sleep(POLL) => {}
+                _ = term.recv(), if !stopping => {
+                    tracing::info!("SIGTERM: finishing running steps, starting no new ones");
+                    notify(&[sd_notify::NotifyState::Stopping]);
+                    stopping = true;
+                }
+            }
+        }
+    }
+
+    /// Document writes run as tasks too: a slow Elasticsearch must not stall the loop.
+    fn spawn_write(&self, action: Action, op_id: Option<String>, tx: mpsc::UnboundedSender<Event>) -> JoinHandle<()> {
+        let es = self.es.clone();
+        let settings = self.settings.clone();
+        tokio::spawn(async move {
+            let coord = Coord::new(&es, &settings);
+            let op_id = op_id.unwrap_or_default();
+            let ev = match action {
+                Action::CasWriteOperation { id, expected, doc, why } => {
+                    let r = write_result(coord.cas_operation(&doc, expected).await);
+                    if matches!(r, WriteResult::Ok(_)) {
+                        tracing::info!(operation_id = %doc.id, phase = %doc.phase.as_str(), epoch = doc.epoch, "operation updated: {why}");
+                    } else {
+                        tracing::debug!(operation_id = %doc.id, "operation write not applied ({why}): {r:?}");
+                    }
+                    Event::OpWritten { id, result: r }
+                }
+                Action::ArchiveHistory { id, doc } => {
+                    let r = coord.archive(&doc).await;
+                    if let Err(e) = &r {
+                        tracing::warn!(operation_id = %doc.id, "archiving failed: {e}");
+                    } else {
+                        tracing::info!(operation_id = %doc.id, phase = %doc.phase.as_str(), "operation archived as history");
+                    }
+                    Event::Archived { id, ok: r.is_ok() }
+                }
+                Action::DeleteOperation { id, expected } => {
+                    let r = match coord.delete_operation(expected).await {
+                        Ok(()) => WriteResult::Ok(expected),
+                        Err(e) if e.is_conflict() || e.is_not_found() => WriteResult::Conflict,
+                        Err(e) => WriteResult::Unknown(e.to_string()),
+                    };
+                    if matches!(r, WriteResult::Ok(_)) {
+                        tracing::info!(operation_id = %op_id, "operation finished; lock released");
+                    }
+                    Event::Deleted { id, result: r }
+                }
+                Action::WriteHostDoc { id, doc } => {
+                    let r = coord.write_host(&doc).await;
+                    if let Err(e) = &r {
+                        tracing::warn!("writing the host document failed: {e}");
+                    }
+                    Event::HostDocWritten { id, ok: r.is_ok() }
+                }
+                other => unreachable!("not a write: {other:?}"),
+            };
+            let _ = tx.send(ev);
+        })
+    }
+}
