@@ -17,6 +17,9 @@ use tokio::sync::OnceCell;
 
 /// A repository with an eligible snapshot (`good`, kibana feature state of 8.14.3) taken after an
 /// ineligible one (`data-only`, no feature state), shared by the tests of this binary.
+/// The std lock is held across awaits on purpose, as in es_node.rs: each test has its own
+/// current-thread runtime, and the lock only orders feature-state changes within this binary.
+#[allow(clippy::await_holding_lock)]
 async fn shared_repo() -> &'static str {
     static REPO: OnceCell<String> = OnceCell::const_new();
     REPO.get_or_init(|| async {
@@ -302,6 +305,8 @@ async fn start_status_busy_abort_lock_history() {
 async fn abort_is_refused_past_the_restore_point() {
     let repo = shared_repo().await;
     let e = env(repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
     let (code, out, err) = run_cli(&e.cfg, &["start"]);
     assert_eq!(code, 0, "{err}");
     let id = out.trim();
@@ -375,7 +380,16 @@ async fn plan_passes_and_fails_the_right_checks() {
 #[tokio::test]
 async fn start_wait_exits_with_the_outcome() {
     let repo = shared_repo().await;
-    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    let e = env(repo, "expected_hosts = [\"kb1\", \"kb2\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    // An expected host without an agent is refused up front, naming it.
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--wait"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(err.contains("kb2 not registered"), "{err}");
+    assert!(operation(&e.index).await.is_none());
+    write_host(&e.index, "kb2", 1, "8.15.0").await;
 
     // done -> 0
     let child = spawn_cli(&e.cfg, &["start", "--wait"]);
@@ -419,6 +433,8 @@ async fn start_wait_exits_with_the_outcome() {
 async fn start_wait_stops_following_on_sigterm_and_reattaches() {
     let repo = shared_repo().await;
     let e = env(repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
     let child = spawn_cli(&e.cfg, &["start", "--wait"]);
     let (op, _, _) = wait_for_operation(&e.index).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

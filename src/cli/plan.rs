@@ -100,6 +100,7 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                     reachable = Some((h.to_string(), nodes));
                 }
             }
+            Err(kibana_rollback::es::EsError::Unreachable { attempts }) => unreachable.push(attempts),
             Err(e) => unreachable.push(format!("{h}: {e}")),
         }
     }

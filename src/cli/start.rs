@@ -6,7 +6,7 @@
 //! 1. local: configuration (78), `--to` syntax (2), a target and a repository at all (78);
 //! 2. read-only against Elasticsearch: a running operation (75, or attach with `--wait` when it is
 //!    the same request), every node compatible with the target (1), the snapshot exists and is
-//!    eligible (1), expected hosts known (1);
+//!    eligible (1), expected hosts known and each registered by its agent (1);
 //! 3. only then the coordination index is ensured and the `operation` document `_create`d. Losing
 //!    that race to another trigger is the same 75 as finding it running.
 //!
@@ -497,6 +497,22 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
             format!(
                 "no expected hosts: coordination.expected_hosts is empty and no agent is registered in index {}; \
                  start kibana-rollbackd on every Kibana host or list them in coordination.expected_hosts",
+                settings.coordination.index
+            ),
+        ));
+    }
+
+    // An expected host without a host document runs no agent: the operation would wait in
+    // preflight for its acknowledgement until the phase timeout and then abort. Say so now.
+    let registered = coord.hosts(&hosts).await.context("reading host documents")?;
+    let missing: Vec<&str> =
+        hosts.iter().filter(|h| !registered.iter().any(|d| &d.host_id == *h)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        return Err(exit::coded(
+            exit::FAILED,
+            format!(
+                "expected host(s) {} not registered in {} (no host document): start kibana-rollbackd there, or remove them from coordination.expected_hosts; `kibana-rollback plan` shows every check",
+                missing.join(", "),
                 settings.coordination.index
             ),
         ));
