@@ -1,8 +1,14 @@
 //! The command line: one file per subcommand; this file holds the shared flags, the dispatch
 //! and the helpers every subcommand uses (loading settings, printing tables or JSON).
 
+mod abort;
 mod check_config;
+mod history;
+mod lock;
+mod plan;
 mod snapshots;
+mod start;
+mod status;
 
 use std::path::PathBuf;
 
@@ -53,7 +59,14 @@ pub enum Command {
     /// Show the fleet: hosts, units, package versions, the operation and what it waits for.
     Status,
     /// Abort the running operation (only before the restore point).
-    Abort,
+    Abort {
+        /// Why, recorded in the operation and its history.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Follow the operation until it has ended.
+        #[arg(long)]
+        wait: bool,
+    },
     /// List snapshots of the repository, newest first, marking which a rollback may restore.
     Snapshots {
         /// Repository (default: rollback.repository).
@@ -68,6 +81,9 @@ pub enum Command {
         /// Remove the lock even though an agent may still act on it.
         #[arg(long)]
         force_release: bool,
+        /// Confirm --force-release without asking (required when stdin is not a terminal).
+        #[arg(long, requires = "force_release")]
+        yes: bool,
     },
     /// List finished operations.
     History,
@@ -94,6 +110,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Snapshots { repository, to } => snapshots::run(&cli, repository.as_deref(), to.as_deref()).await,
+        Command::Start { to, snapshot, wait } => start::run(&cli, to.as_deref(), snapshot.as_deref(), *wait).await,
+        Command::Plan { to, snapshot } => plan::run(&cli, to.as_deref(), snapshot.as_deref()).await,
+        Command::Status => status::run(&cli).await,
+        Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
+        Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
+        Command::History => history::run(&cli).await,
         other => {
             // Validate configuration first: a command that is not built still refuses bad input.
             cli.load()?;

@@ -1,0 +1,149 @@
+//! `lock`: show the operation lock (the `operation` document is the lease), and with
+//! `--force-release` remove it.
+//!
+//! A forced release archives the document as `history-<id>` with an error saying who released it
+//! in which phase, then deletes it with a compare-and-set on the version just read (a changed
+//! document is re-read and the release retried). It is for a fleet whose agents are dead: a live
+//! leader may be in the middle of a step (even a restore), and agents that still see nothing
+//! keep their units as they are. So it prints a loud warning and needs confirmation:
+//! `--yes`, or typing the operation id on an interactive terminal. Without either (and with
+//! stdin not a terminal) it refuses with exit 2 and changes nothing. Non-interactive callers
+//! (Ansible) pass `--yes`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context, Result};
+use kibana_rollback::coord;
+use kibana_rollback::exit;
+use kibana_rollback::fleet::{self, OpError, PhaseChange};
+use serde_json::json;
+
+use super::start::{describe_error, requested_by, Ctx, FORCE_RELEASED};
+use super::{print_json, Cli};
+
+const ATTEMPTS: usize = 5;
+
+pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
+    let ctx = Ctx::new(cli)?;
+    let coord = ctx.coord();
+    let Some(current) = coord.operation().await.context("reading the operation document")? else {
+        if cli.json {
+            print_json(&json!({"index": coord.index, "held": false, "operation": null}));
+        } else {
+            println!("the lock is free: no operation document in {}", coord.index);
+        }
+        return Ok(exit::OK);
+    };
+    let op = &current.doc;
+    if !force_release {
+        if cli.json {
+            print_json(&json!({
+                "index": coord.index,
+                "held": true,
+                "operation": op.id,
+                "phase": op.phase,
+                "epoch": op.epoch,
+                "leader": op.leader,
+                "seq_no": current.seq_no,
+                "primary_term": current.primary_term,
+                "requested_by": op.requested_by,
+                "requested_at": op.requested_at,
+            }));
+        } else {
+            println!("lock held by operation {} in {}", op.id, coord.index);
+            println!("  phase         {}", op.phase);
+            println!("  epoch         {}", op.epoch);
+            match &op.leader {
+                Some(l) => println!("  leader        {} ({} renewals)", l.host_id, l.renewals),
+                None => println!("  leader        none (no agent has taken the lease)"),
+            }
+            println!("  seq_no        {} (primary term {})", current.seq_no, current.primary_term);
+            println!("  requested     by {} at {}", op.requested_by, op.requested_at);
+            println!("A live leader renews every lease/3 (coordination.lease = {}): run `lock` again and", humantime::format_duration(ctx.settings().coordination.lease));
+            println!("the renewals and seq_no move. If they do not, no agent leads the operation.");
+        }
+        return Ok(exit::OK);
+    }
+
+    let warning = format!(
+        "WARNING: force-releasing the lock of operation {} (phase {}, leader {}). Agents may still be acting on it: \
+         a leader may be stopping units or restoring the kibana feature state right now, and hosts keep whatever state \
+         they reached. Use this only when every agent of the fleet is dead or stopped; check each host's Kibana unit afterwards.",
+        op.id,
+        op.phase,
+        op.leader_id().unwrap_or("none")
+    );
+    eprintln!("{warning}");
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(exit::coded(exit::USAGE, "--force-release needs --yes when stdin is not a terminal; nothing was changed"));
+        }
+        eprint!("type the operation id ({}) to release it: ", op.id);
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).context("reading the confirmation")?;
+        if answer.trim() != op.id {
+            return Err(exit::coded(exit::USAGE, "not confirmed; nothing was changed"));
+        }
+    }
+
+    let by = requested_by(ctx.settings());
+    let mut seen = current;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            match coord.operation().await.context("re-reading the operation document")? {
+                Some(v) if v.doc.id == seen.doc.id => seen = v,
+                Some(v) => {
+                    return Err(exit::coded(
+                        exit::TEMPFAIL,
+                        format!("operation {} ended and {} started meanwhile; nothing was released", seen.doc.id, v.doc.id),
+                    ))
+                }
+                None => {
+                    println!("operation {} ended on its own meanwhile; the lock is free", seen.doc.id);
+                    return Ok(exit::OK);
+                }
+            }
+        }
+        let op = &seen.doc;
+        let wall = coord::wall_now();
+        let cause = format!(
+            "{FORCE_RELEASED} by {by} at {wall} while in phase {} (epoch {}, leader {}); agents may have been acting",
+            op.phase,
+            op.epoch,
+            op.leader_id().unwrap_or("none")
+        );
+        let mut archived = op.clone();
+        archived.history.push(PhaseChange { from: op.phase, to: op.phase, epoch: op.epoch, reason: cause.clone(), at: wall });
+        archived.error = Some(match &op.error {
+            Some(prev) => OpError { host: prev.host.clone(), cause: format!("{cause}; earlier error: {}", describe_error(Some(prev))) },
+            None => OpError { host: None, cause: cause.clone() },
+        });
+        // Overwrite, not create: the latest state with the release note is what history keeps.
+        coord
+            .es
+            .put_doc(coord.index, &fleet::history_doc_id(&op.id), &archived)
+            .await
+            .context("archiving the operation before releasing it")?;
+        match coord.delete_operation(seen.version()).await {
+            Ok(()) => {
+                if cli.json {
+                    print_json(&json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error}));
+                } else {
+                    println!("released the lock of operation {}; archived as {}", op.id, fleet::history_doc_id(&op.id));
+                }
+                return Ok(exit::OK);
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_not_found() => {
+                println!("operation {} was removed meanwhile; the lock is free", op.id);
+                return Ok(exit::OK);
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("deleting the operation document")),
+        }
+    }
+    Err(exit::coded(
+        exit::TEMPFAIL,
+        format!("the operation document kept changing ({ATTEMPTS} attempts): an agent is live and leading it; use `abort` instead"),
+    ))
+}

@@ -1,0 +1,173 @@
+//! `status`: the fleet table and the operation block, or "no operation running" with the last
+//! finished operation's outcome. Read-only.
+//!
+//! Hosts shown: the operation's expected hosts (a missing host document shows as "not
+//! registered"), or every registered host when no operation runs. The STEP column is the host's
+//! acknowledgement *of the current operation*: `<step>: <result>`, marked `(earlier phase)` when
+//! it answers a step the current phase no longer counts. A host document carries no wall time,
+//! only a heartbeat counter, so `status` shows the counter (watch it move between two runs) and
+//! leaves liveness judgements to `plan`, which watches it for a heartbeat period.
+//!
+//! `--json` keys are stable: `operation` (the document plus `waiting_for`, or null), `hosts`,
+//! `waiting_for` (or null), `last_finished` (outcome object of the newest history entry, or null).
+
+use anyhow::{Context, Result};
+use kibana_rollback::exit;
+use kibana_rollback::fleet::{self, HostDoc, OperationDoc, StepResult};
+use serde_json::json;
+
+use super::start::{describe_error, outcome_json, outcome_name, refresh, Ctx};
+use super::{print_json, print_table, Cli};
+
+fn step_name<T: serde::Serialize>(s: &T) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// The host's acknowledgement of the current operation, for the STEP column.
+pub fn step_cell(op: Option<&OperationDoc>, h: &HostDoc) -> String {
+    let (Some(op), Some(ack)) = (op, &h.ack) else { return "-".into() };
+    if ack.operation_id != op.id {
+        return "-".into();
+    }
+    let result = match &ack.result {
+        StepResult::Ok => "ok".to_string(),
+        StepResult::InProgress => "in progress".to_string(),
+        StepResult::Failed { cause } => format!("failed ({cause})"),
+    };
+    let current = op.phase.ack_step() == Some(ack.step) && ack.epoch >= op.phase_epoch;
+    let mut s = format!("{}: {result}", step_name(&ack.step));
+    if !current && !op.phase.is_terminal() {
+        s.push_str(" (earlier phase)");
+    }
+    s
+}
+
+pub fn host_json(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>, target: Option<&semver::Version>) -> serde_json::Value {
+    match doc {
+        None => json!({"host_id": id, "registered": false}),
+        Some(h) => json!({
+            "host_id": h.host_id,
+            "registered": true,
+            "unit_state": h.unit_state,
+            "installed_version": h.installed_version.as_ref().map(ToString::to_string),
+            "held": h.held,
+            "on_target": target.map(|t| h.installed_version.as_ref() == Some(t)),
+            "agent_version": h.agent_version,
+            "heartbeat": h.heartbeat,
+            "ack": h.ack,
+            "step": op.map(|_| step_cell(op, h)),
+        }),
+    }
+}
+
+pub fn host_row(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>) -> Vec<String> {
+    match doc {
+        None => vec![id.to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "not registered".into()],
+        Some(h) => vec![
+            h.host_id.clone(),
+            step_name(&h.unit_state),
+            h.installed_version.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+            if h.held { "yes".into() } else { "no".into() },
+            step_cell(op, h),
+            format!("{} (heartbeat {})", h.agent_version, h.heartbeat),
+        ],
+    }
+}
+
+pub async fn run(cli: &Cli) -> Result<u8> {
+    let ctx = Ctx::new(cli)?;
+    let coord = ctx.coord();
+    let op = coord.operation().await.context("reading the operation document")?.map(|v| v.doc);
+    refresh(&ctx.es, coord.index).await;
+    let history = coord.history().await.context("reading the history")?;
+    let last = history.first();
+
+    // Which hosts, and their documents.
+    let (ids, docs): (Vec<String>, Vec<HostDoc>) = match &op {
+        Some(op) => (op.expected_hosts.clone(), coord.hosts(&op.expected_hosts).await.context("reading host documents")?),
+        None => {
+            let all = coord.all_hosts().await.context("listing registered hosts")?;
+            (all.iter().map(|h| h.host_id.clone()).collect(), all)
+        }
+    };
+    let find = |id: &str| docs.iter().find(|d| d.host_id == id);
+    let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &docs));
+    let target = op.as_ref().map(|o| &o.target_version).or(last.map(|l| &l.target_version));
+
+    if cli.json {
+        let operation = op.as_ref().map(|o| {
+            let mut v = serde_json::to_value(o).expect("serializes");
+            v["waiting_for"] = json!(waiting);
+            v
+        });
+        print_json(&json!({
+            "index": coord.index,
+            "operation": operation,
+            "hosts": ids.iter().map(|id| host_json(id, find(id), op.as_ref(), target)).collect::<Vec<_>>(),
+            "waiting_for": waiting,
+            "last_finished": last.map(outcome_json),
+        }));
+        return Ok(exit::OK);
+    }
+
+    match &op {
+        Some(o) => {
+            println!("operation {}", o.id);
+            println!("  phase         {} (epoch {}, phase entered at epoch {})", o.phase, o.epoch, o.phase_epoch);
+            println!(
+                "  leader        {}",
+                o.leader.as_ref().map(|l| format!("{} ({} renewals)", l.host_id, l.renewals)).unwrap_or_else(|| "none yet".into())
+            );
+            println!("  target        Kibana {}", o.target_version);
+            println!("  snapshot      {}/{} (uuid {})", o.snapshot.repository, o.snapshot.name, o.snapshot.uuid);
+            match (&o.safety_snapshot.enabled, &o.safety_snapshot.name) {
+                (true, Some(n)) => println!(
+                    "  safety        {}/{n}{}",
+                    o.snapshot.repository,
+                    o.safety_snapshot.taken_uuid.as_ref().map(|u| format!(" (taken, uuid {u})")).unwrap_or_default()
+                ),
+                _ => println!("  safety        disabled (rollback.safety_snapshot = false)"),
+            }
+            if let Some(r) = &o.restore {
+                println!(
+                    "  restore       recorded at epoch {}{}",
+                    r.epoch,
+                    if r.completed { ", completed" } else { ", not confirmed complete" }
+                );
+            }
+            println!("  requested     by {} at {}", o.requested_by, o.requested_at);
+            if let Some(a) = &o.abort_requested {
+                println!("  abort         requested by {}: {}", a.by, a.reason);
+            }
+            println!("  waiting for   {}", waiting.as_deref().unwrap_or("-"));
+            if let Some(e) = &o.error {
+                println!("  error         {}", describe_error(Some(e)));
+            }
+        }
+        None => {
+            println!("no operation running (coordination index {})", coord.index);
+            match last {
+                Some(l) => println!(
+                    "last finished: {} {} (target {}, snapshot {}/{}, requested by {} at {}){}",
+                    l.id,
+                    outcome_name(l),
+                    l.target_version,
+                    l.snapshot.repository,
+                    l.snapshot.name,
+                    l.requested_by,
+                    l.requested_at,
+                    l.error.as_ref().map(|e| format!(": {}", describe_error(Some(e)))).unwrap_or_default()
+                ),
+                None => println!("no finished operation recorded"),
+            }
+        }
+    }
+    println!();
+    if ids.is_empty() {
+        println!("no host registered");
+    } else {
+        let rows: Vec<Vec<String>> = ids.iter().map(|id| host_row(id, find(id), op.as_ref())).collect();
+        print_table(&["HOST", "UNIT", "VERSION", "HELD", "STEP", "AGENT"], &rows);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,455 @@
+//! The operator commands (`start`, `plan`, `status`, `abort`, `lock`, `history`) against the real
+//! Elasticsearch node. No agents run here: tests write host documents as agents would and move
+//! operations on by hand where a leader would, so what is tested is the operator side of the
+//! protocol — what is written, what is refused, what is shown, and which exit code results.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kibana_rollback::fleet::{self, OpError, OperationDoc, Phase, PhaseChange};
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+/// A repository with an eligible snapshot (`good`, kibana feature state of 8.14.3) taken after an
+/// ineligible one (`data-only`, no feature state), shared by the tests of this binary.
+/// The std lock is held across awaits on purpose, as in es_node.rs: each test has its own
+/// current-thread runtime, and the lock only orders feature-state changes within this binary.
+#[allow(clippy::await_holding_lock)]
+async fn shared_repo() -> &'static str {
+    static REPO: OnceCell<String> = OnceCell::const_new();
+    REPO.get_or_init(|| async {
+        let _turn = kibana_feature_lock();
+        let es = es();
+        let repo = unique("kr-cli-repo");
+        es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+        data_only_snapshot(&repo).await;
+        reset_kibana_feature().await;
+        let (s, v) = raw("PUT", ".kibana_8.14.3_001", Some(json!({"aliases": {".kibana": {}}}))).await;
+        assert_eq!(s, 200, "{v}");
+        es.create_kibana_snapshot(&repo, "good", json!({})).await.unwrap();
+        repo
+    })
+    .await
+}
+
+async fn data_only_snapshot(repo: &str) {
+    let data = unique("kr-cli-data");
+    raw("PUT", &format!("{data}/_doc/1?refresh=true"), Some(json!({"a": 1}))).await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("_snapshot/{repo}/data-only?wait_for_completion=true"),
+        Some(json!({"indices": data, "include_global_state": false, "feature_states": ["none"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    raw("DELETE", &data, None).await;
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    index: String,
+}
+
+/// A configuration with its own coordination index. `extra` is appended to [coordination].
+fn env(repo: &str, coordination_extra: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let index = unique("kr-cli");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[elasticsearch]\nhosts = [\"{}\"]\n[rollback]\nrepository = \"{repo}\"\ntarget_version = \"8.14.3\"\n\
+             [coordination]\nhost_id = \"t1\"\nindex = \"{index}\"\nheartbeat = \"1s\"\n{coordination_extra}\n",
+            es_node().url
+        ),
+    )
+    .unwrap();
+    Env { _dir: dir, cfg, index }
+}
+
+async fn write_host(index: &str, id: &str, heartbeat: u64, installed: &str) {
+    let (s, v) = raw(
+        "PUT",
+        &format!("{index}/_doc/host-{id}?refresh=true"),
+        Some(json!({
+            "host_id": id, "agent_version": "0.1.0", "unit_state": "active", "installed_version": installed,
+            "held": false, "heartbeat": heartbeat, "ack": null,
+        })),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{v}");
+}
+
+async fn operation(index: &str) -> Option<(OperationDoc, i64, i64)> {
+    es().get_doc::<OperationDoc>(index, "operation").await.unwrap().map(|v| (v.source, v.seq_no, v.primary_term))
+}
+
+fn one_line(err: &str) {
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err:?}");
+}
+
+fn spawn_cli(cfg: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kibana-rollback"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("KIBANA_ROLLBACK_DROPIN_DIRS", "")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kibana-rollback")
+}
+
+async fn wait_child(mut child: Child) -> (i32, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "child did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+async fn wait_for_operation(index: &str) -> (OperationDoc, i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(op) = operation(index).await {
+            return op;
+        }
+        assert!(Instant::now() < deadline, "no operation was created in {index}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a leader does at the end: the final phase, the archive, the delete.
+async fn finish_by_hand(index: &str, to: Phase, error: Option<OpError>) -> String {
+    wait_for_operation(index).await;
+    // Let the follower see it running first.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (mut op, seq, term) = wait_for_operation(index).await;
+    op.history.push(PhaseChange { from: op.phase, to, epoch: 1, reason: "finished by the test".into(), at: "2026-01-01T00:00:09Z".into() });
+    op.phase = to;
+    op.error = error;
+    let (s, v) = raw("PUT", &format!("{index}/_create/{}", fleet::history_doc_id(&op.id)), Some(serde_json::to_value(&op).unwrap())).await;
+    assert_eq!(s, 201, "{v}");
+    es().cas_delete(index, "operation", seq, term).await.unwrap();
+    op.id
+}
+
+#[tokio::test]
+async fn start_refuses_bad_input_before_writing_anything() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    let (code, out, err) = run_cli(&e.cfg, &["start", "--to", "8.x"]);
+    assert_eq!(code, 2, "{out}{err}");
+    one_line(&err);
+    assert!(err.contains("--to \"8.x\"") && err.contains("8.14.3"), "{err}");
+
+    // No target at all (the configuration's removed): 78, naming both ways to give one.
+    let text = std::fs::read_to_string(&e.cfg).unwrap().replace("target_version = \"8.14.3\"\n", "");
+    std::fs::write(&e.cfg, text).unwrap();
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 78, "{err}");
+    one_line(&err);
+    assert!(err.contains("--to") && err.contains("rollback.target_version"), "{err}");
+
+    // Nothing was written: the coordination index does not even exist.
+    let (s, _) = raw("GET", &e.index, None).await;
+    assert_eq!(s, 404, "start created {} despite refusing", e.index);
+}
+
+#[tokio::test]
+async fn start_refuses_ineligible_or_missing_snapshots_naming_why() {
+    let shared = shared_repo().await;
+    // A repository whose only snapshot holds no kibana feature state.
+    let repo = unique("kr-cli-noelig");
+    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+    data_only_snapshot(&repo).await;
+    let e = env(&repo, "expected_hosts = [\"kb1\"]");
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(err.contains("no eligible snapshot") && err.contains("data-only: holds no kibana feature state"), "{err}");
+
+    let e = env(shared, "expected_hosts = [\"kb1\"]");
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "data-only"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("snapshot {shared}/data-only is not eligible")) && err.contains("holds no kibana feature state"), "{err}");
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "no-such-snapshot"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    // An incompatible target is refused up front too, naming the node.
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--to", "8.16.0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not compatible") && err.contains("node "), "{err}");
+    // No expected hosts configured and none registered.
+    let e2 = env(shared, "");
+    let (code, _, err) = run_cli(&e2.cfg, &["start"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no expected hosts"), "{err}");
+    for idx in [&e.index, &e2.index] {
+        assert!(operation(idx).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn start_status_busy_abort_lock_history() {
+    let repo = shared_repo().await;
+    // expected_hosts empty: the registered agents are the fleet.
+    let e = env(repo, "");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 5, "8.15.0").await;
+    write_host(&e.index, "kb2", 7, "8.15.0").await;
+
+    let (code, out, err) = run_cli(&e.cfg, &["start", "--snapshot", "latest"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.trim().to_string();
+    assert!(id.starts_with("rb-") && !id.contains('\n'), "{out}");
+    let (op, _, _) = operation(&e.index).await.expect("operation created");
+    assert_eq!(op.id, id);
+    assert_eq!(op.phase, Phase::Preflight);
+    assert_eq!(op.expected_hosts, vec!["kb1", "kb2"]);
+    assert_eq!(op.snapshot.name, "good");
+    assert_eq!(op.snapshot.repository, repo);
+    assert!(!op.snapshot.uuid.is_empty());
+    assert_eq!(op.target_version.to_string(), "8.14.3");
+    assert!(op.requested_by.contains('@'), "{}", op.requested_by);
+    assert_eq!(op.safety_snapshot.name.as_deref(), Some(format!("kibana-rollback-pre-{id}").as_str()));
+
+    // One at a time: 75, naming the running one and what to do.
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--to", "8.14.2"]);
+    assert_eq!(code, 75, "{err}");
+    one_line(&err);
+    assert!(err.contains(&format!("operation {id} (phase preflight, requested by")) && err.contains("kibana-rollback abort"), "{err}");
+
+    // status, text and JSON.
+    let (code, out, err) = run_cli(&e.cfg, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("operation {id}")) && out.contains("preflight"), "{out}");
+    assert!(out.contains("waiting for an agent on kb1, kb2 to take the lease"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("kb1") && l.contains("8.15.0")), "{out}");
+    let (code, out, _) = run_cli(&e.cfg, &["--json", "status"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["operation"]["id"], id.as_str());
+    assert_eq!(v["operation"]["phase"], "preflight");
+    assert!(v["waiting_for"].as_str().unwrap().contains("take the lease"), "{v}");
+    assert_eq!(v["hosts"].as_array().unwrap().len(), 2);
+    assert_eq!(v["hosts"][0]["installed_version"], "8.15.0");
+    assert_eq!(v["last_finished"], Value::Null);
+
+    // lock shows the lease.
+    let (code, out, _) = run_cli(&e.cfg, &["lock"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("lock held by operation {id}")) && out.contains("seq_no"), "{out}");
+
+    // abort before the restore point: the request is recorded for the leader.
+    let (code, out, err) = run_cli(&e.cfg, &["abort", "--reason", "test says so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("abort of operation") && out.contains("requested"), "{out}");
+    let (op, _, _) = operation(&e.index).await.unwrap();
+    let req = op.abort_requested.expect("abort requested");
+    assert_eq!(req.reason, "test says so");
+    let (code, out, _) = run_cli(&e.cfg, &["abort"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already requested"), "{out}");
+
+    // force-release needs confirmation; not a terminal here, so --yes.
+    let (code, _, err) = run_cli(&e.cfg, &["lock", "--force-release"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("WARNING") && err.contains("--yes"), "{err}");
+    assert!(operation(&e.index).await.is_some(), "refused release changed nothing");
+    let (code, out, err) = run_cli(&e.cfg, &["lock", "--force-release", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("WARNING"), "{err}");
+    assert!(operation(&e.index).await.is_none(), "operation document deleted");
+    let archived = es().get_doc::<OperationDoc>(&e.index, &fleet::history_doc_id(&id)).await.unwrap().expect("archived").source;
+    assert!(archived.error.as_ref().unwrap().cause.contains("lock force-released"), "{:?}", archived.error);
+    let (code, out, _) = run_cli(&e.cfg, &["lock"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("the lock is free"), "{out}");
+
+    // history lists it; status says nothing runs and shows the last outcome.
+    let (code, out, _) = run_cli(&e.cfg, &["history"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("released") && out.contains("lock force-released"), "{out}");
+    let (_, out, _) = run_cli(&e.cfg, &["--json", "history"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["operations"][0]["operation"], id.as_str());
+    assert_eq!(v["operations"][0]["outcome"], "released");
+    assert!(v["operations"][0]["phases"].as_array().unwrap().len() >= 2);
+    let (_, out, _) = run_cli(&e.cfg, &["status"]);
+    assert!(out.contains("no operation running") && out.contains(&id), "{out}");
+    // Nothing to abort is not an error.
+    let (code, out, _) = run_cli(&e.cfg, &["abort"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no operation running"), "{out}");
+    raw("DELETE", &e.index, None).await;
+}
+
+#[tokio::test]
+async fn abort_is_refused_past_the_restore_point() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    let (code, out, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim();
+    let (mut op, seq, term) = operation(&e.index).await.unwrap();
+    op.phase = Phase::Reinstalling;
+    es().cas_put(&e.index, "operation", &op, seq, term).await.unwrap();
+    let (code, _, err) = run_cli(&e.cfg, &["abort"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(err.contains("past the restore point") && err.contains(&format!("kibana-rollback-pre-{id}")), "{err}");
+    assert!(operation(&e.index).await.unwrap().0.abort_requested.is_none());
+    raw("DELETE", &e.index, None).await;
+}
+
+#[tokio::test]
+async fn plan_passes_and_fails_the_right_checks() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\", \"kb2\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    write_host(&e.index, "kb2", 1, "8.15.0").await;
+
+    // Agents alive: heartbeats move while plan watches.
+    let index = e.index.clone();
+    let beating = tokio::spawn(async move {
+        for n in 2..40 {
+            write_host(&index, "kb1", n, "8.15.0").await;
+            write_host(&index, "kb2", n, "8.15.0").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let cfg = e.cfg.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"])).await.unwrap();
+    beating.abort();
+    assert_eq!(code, 0, "{out}{err}");
+    for check in ["elasticsearch reachable", "nodes compatible with target", "kibana feature", "snapshot", "no operation running", "expected hosts registered", "agents alive"] {
+        assert!(out.lines().any(|l| l.starts_with(check) && l.contains(" OK ")), "{check} OK:\n{out}");
+    }
+    assert!(out.contains(&format!("{repo}/good")), "{out}");
+    assert!(out.contains("stop kibana.service") && out.contains("kibana-rollback-pre-<id>") && out.contains("install kibana 8.14.3"), "{out}");
+    assert!(out.contains("kb1 8.15.0 -> 8.14.3"), "{out}");
+    assert!(operation(&e.index).await.is_none(), "plan wrote nothing");
+
+    // 8.16.0 on the 8.15.0 node, and the agents have gone quiet.
+    let node = es().node_versions().await.unwrap()[0].name.clone();
+    let (code, out, _) = run_cli(&e.cfg, &["plan", "--to", "8.16.0"]);
+    assert_eq!(code, 1, "{out}");
+    let compat = out.lines().find(|l| l.starts_with("nodes compatible with target")).unwrap();
+    assert!(compat.contains("FAIL") && compat.contains(&format!("node {node}")), "{out}");
+    let alive = out.lines().find(|l| l.starts_with("agents alive")).unwrap();
+    assert!(alive.contains("FAIL") && alive.contains("kb1") && alive.contains("kb2"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("elasticsearch reachable") && l.contains(" OK ")), "{out}");
+
+    // JSON: stable shape, and a host that never registered fails its check.
+    let e3 = env(repo, "expected_hosts = [\"kb1\", \"ghost\"]");
+    es().ensure_index(&e3.index).await.unwrap();
+    write_host(&e3.index, "kb1", 1, "8.15.0").await;
+    let (code, out, _) = run_cli(&e3.cfg, &["--json", "plan"]);
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false);
+    let reg = v["checks"].as_array().unwrap().iter().find(|c| c["check"] == "expected hosts registered").unwrap();
+    assert_eq!(reg["status"], "fail");
+    assert!(reg["detail"].as_str().unwrap().contains("ghost"), "{reg}");
+    assert_eq!(v["snapshot"]["name"], "good");
+    for idx in [&e.index, &e3.index] {
+        raw("DELETE", idx, None).await;
+    }
+}
+
+#[tokio::test]
+async fn start_wait_exits_with_the_outcome() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\", \"kb2\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    // An expected host without an agent is refused up front, naming it.
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--wait"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(err.contains("kb2 not registered"), "{err}");
+    assert!(operation(&e.index).await.is_none());
+    write_host(&e.index, "kb2", 1, "8.15.0").await;
+
+    // done -> 0
+    let child = spawn_cli(&e.cfg, &["start", "--wait"]);
+    let id = finish_by_hand(&e.index, Phase::Done, None).await;
+    let (code, out, err) = wait_child(child).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("operation {id} done")), "{out}");
+    assert!(out.contains("preflight -> done"), "phase changes printed: {out}");
+
+    // failed -> 1, naming host and cause; --json gives one object per line, outcome last.
+    let child = spawn_cli(&e.cfg, &["--json", "start", "--wait"]);
+    let err_cause = OpError { host: Some("kb1".into()), cause: "apt-get install kibana=8.14.3 failed".into() };
+    let id = finish_by_hand(&e.index, Phase::Failed, Some(err_cause)).await;
+    let (code, out, err) = wait_child(child).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(events[0]["event"], "started");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "outcome");
+    assert_eq!(last["operation"], id.as_str());
+    assert_eq!(last["outcome"], "failed");
+    assert_eq!(last["error"]["host"], "kb1");
+    assert!(events.iter().any(|e| e["event"] == "waiting"), "{out}");
+
+    // The failed operation stays as the operation document (a leader would keep it for resume):
+    // `start --wait` ends at once with 1.
+    let (code, out, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (mut op, seq, term) = operation(&e.index).await.unwrap();
+    op.phase = Phase::Failed;
+    op.error = Some(OpError { host: Some("kb1".into()), cause: "unit did not start".into() });
+    op.history.push(PhaseChange { from: Phase::Starting, to: Phase::Failed, epoch: 1, reason: "x".into(), at: "t".into() });
+    es().cas_put(&e.index, "operation", &op, seq, term).await.unwrap();
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 75);
+    assert!(err.contains("failed") && err.contains("--force-release"), "{err}");
+    raw("DELETE", &e.index, None).await;
+}
+
+#[tokio::test]
+async fn start_wait_stops_following_on_sigterm_and_reattaches() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    let child = spawn_cli(&e.cfg, &["start", "--wait"]);
+    let (op, _, _) = wait_for_operation(&e.index).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, out, err) = wait_child(child).await;
+    assert_eq!(code, 75, "{out}{err}");
+    assert!(out.contains("stopped following") && out.contains("the operation goes on"), "{out}");
+    assert_eq!(operation(&e.index).await.unwrap().0.id, op.id, "the operation is untouched");
+
+    // Re-running the same request with --wait attaches to it.
+    let child = spawn_cli(&e.cfg, &["start", "--wait"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    finish_by_hand(&e.index, Phase::Aborted, Some(OpError { host: None, cause: "aborted by test".into() })).await;
+    let (code, out, err) = wait_child(child).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("same request") && out.contains(&format!("operation {} aborted", op.id)), "{out}");
+    raw("DELETE", &e.index, None).await;
+}
