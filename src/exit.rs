@@ -10,8 +10,6 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// The command line was wrong (clap's own code).
 pub const USAGE: u8 = 2;
-/// The subcommand exists in the interface but is not built yet.
-pub const NOT_BUILT: u8 = 64;
 /// Elasticsearch (or the system bus) could not be reached.
 pub const UNAVAILABLE: u8 = 69;
 /// An internal error or an answer the tool could not understand.

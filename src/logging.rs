@@ -1,7 +1,8 @@
 //! Logging: to the journal with structured fields when stderr is connected to it (systemd sets
 //! `JOURNAL_STREAM` to stderr's device and inode), human-readable on stderr otherwise.
 //! `KIBANA_ROLLBACK_LOG` (EnvFilter syntax) sets the level; the default is `info`.
-//! Secrets never reach a log: they live in `config::Secret`, whose Debug and Display redact.
+//! Journal fields carry no prefix (`OPERATION_ID=`, `PHASE=`), so `journalctl OPERATION_ID=...`
+//! finds every line of an operation. Secrets never reach a log: they live in `config::Secret`, whose Debug and Display redact.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -33,7 +34,7 @@ pub fn init(verbose: u8) {
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
-            let _ = registry.with(journald.with_syslog_identifier("kibana-rollback".into())).try_init();
+            let _ = registry.with(journald.with_syslog_identifier("kibana-rollback".into()).with_field_prefix(None)).try_init();
             return;
         }
     }

@@ -18,9 +18,13 @@ pub struct Cluster {
     pub settings: Arc<Settings>,
 }
 
-/// A client counts as a Kibana still talking when it identifies as Kibana and sent a request
-/// within this window of the node's own clock (the agent's clock plays no part).
+/// A client counts as a Kibana still talking when it identifies as Kibana (Kibana sends
+/// `X-elastic-product-origin: kibana`, which the node reports as the client's agent) and either
+/// holds an open connection it used within this window, or closed one within `CLOSED_WINDOW`;
+/// both on the node's own clock (the agent's clock plays no part). A stopped Kibana's connections
+/// close when it exits, so the check clears a few seconds after the last stop.
 const KIBANA_CLIENT_WINDOW_MILLIS: i64 = 15_000;
+const CLOSED_WINDOW_MILLIS: i64 = 3_000;
 
 impl Cluster {
     /// `now` is the agent's monotonic clock, for the restore deadline.
@@ -99,8 +103,10 @@ impl Cluster {
         let talking: Vec<String> = clients
             .iter()
             .filter(|c| c.agent == "kibana" || c.agent.starts_with("Kibana/"))
-            .filter(|c| c.closed_time_millis.is_none() || c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS)
-            .filter(|c| c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS)
+            .filter(|c| match c.closed_time_millis {
+                None => c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS,
+                Some(closed) => c.node_now_millis - closed < CLOSED_WINDOW_MILLIS,
+            })
             .map(|c| format!("{} (agent {:?}, last {} via node {})", c.remote_address, c.agent, c.last_uri, c.node))
             .collect();
         if talking.is_empty() {

@@ -70,7 +70,7 @@ impl Host {
             HostStep::StopUnit => self.stop().await,
             HostStep::Reinstall { version } => self.reinstall(version, resumed).await,
             HostStep::StartUnit { expect_version } => self.start(Some(expect_version)).await,
-            HostStep::AbortRestart => self.start(None).await,
+            HostStep::AbortRestart => self.abort_restart().await,
         };
         match outcome {
             Ok(detail) => (StepResult::Ok, detail),
@@ -121,22 +121,26 @@ impl Host {
         Ok(format!("{name} {v} installed (was {was}){}", if installed.held { ", held" } else { "" }))
     }
 
-    /// Starts the unit and waits until Kibana reports `available` — at `expect` when given
-    /// (rollback), at whatever version is installed otherwise (abort: unchanged package).
+    /// An abort puts the host back as it was: the unit running on the unchanged package. That
+    /// package is the one whose migration failed, so Kibana is not expected to become available;
+    /// the step succeeds once the unit is active again, and says what Kibana reports.
+    async fn abort_restart(&self) -> Result<String, String> {
+        let unit = self.unit();
+        self.units.unmask(unit).await.map_err(|e| e.to_string())?;
+        let status = self.units.start(unit, self.settings.kibana.start_timeout).await.map_err(|e| e.to_string())?;
+        let kibana = match self.probe.probe().await {
+            Ok(s) => format!("Kibana reports {:?} at version {}", s.level, s.version.unwrap_or_else(|| "unknown".into())),
+            Err(e) => e.to_string(),
+        };
+        Ok(format!("{unit} {} again on the unchanged package; {kibana}", status.active_state))
+    }
+
+    /// Starts the unit and waits until Kibana reports `available` at `expect`.
     async fn start(&self, expect: Option<&semver::Version>) -> Result<String, String> {
         let unit = self.unit();
         let timeout = self.settings.kibana.start_timeout;
         self.units.unmask(unit).await.map_err(|e| e.to_string())?;
-        let expect = match expect {
-            Some(v) => v.to_string(),
-            None => {
-                let name = self.package()?;
-                match self.pkg.installed_version(&name).await.map_err(|e| e.to_string())? {
-                    Some(v) => v.upstream().to_string(),
-                    None => return Err(format!("{name} is not installed; cannot restart {unit}")),
-                }
-            }
-        };
+        let expect = expect.map(ToString::to_string).unwrap_or_default();
         let started = tokio::time::Instant::now();
         self.units.start(unit, timeout).await.map_err(|e| e.to_string())?;
         let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));

@@ -116,12 +116,6 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,
-        other => {
-            // Validate configuration first: a command that is not built still refuses bad input.
-            cli.load()?;
-            let name = format!("{other:?}").split([' ', '{']).next().unwrap_or("").to_lowercase();
-            Err(exit::coded(exit::NOT_BUILT, format!("`{name}` is not built yet (see the README's status section)")))
-        }
     }
 }
 

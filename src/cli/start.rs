@@ -67,9 +67,11 @@ pub fn requested_by(settings: &Settings) -> String {
     format!("{user}@{host}")
 }
 
-/// `rb-<UTC yyyymmddThhmmss>-<4 hex>`: sortable, readable, unique enough for one-at-a-time use.
+/// `rb-<UTC yyyymmddthhmmss>-<4 hex>`: sortable, readable, unique enough for one-at-a-time use.
+/// Lowercase throughout: the id becomes part of the safety snapshot's name, and Elasticsearch
+/// refuses snapshot names with capitals.
 pub fn new_operation_id(wall: &str) -> String {
-    let stamp: String = wall.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
+    let stamp: String = wall.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().to_lowercase();
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.write_u32(std::process::id());
@@ -589,8 +591,8 @@ mod tests {
     #[test]
     fn operation_ids_are_readable_and_differ() {
         let a = new_operation_id("2026-03-04T05:06:07Z");
-        assert!(a.starts_with("rb-20260304T050607-"), "{a}");
-        assert_eq!(a.len(), "rb-20260304T050607-abcd".len());
+        assert!(a.starts_with("rb-20260304t050607-"), "{a}");
+        assert_eq!(a.len(), "rb-20260304t050607-abcd".len());
         let ids: std::collections::BTreeSet<_> = (0..50).map(|_| new_operation_id("2026-03-04T05:06:07Z")).collect();
         assert!(ids.len() > 40);
     }

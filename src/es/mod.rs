@@ -203,7 +203,7 @@ impl Es {
     /// HTTP clients each node has seen (`GET _nodes/stats/http`), with the node's own clock.
     pub async fn http_clients(&self) -> Result<Vec<HttpClientSeen>, EsError> {
         let v: serde_json::Value =
-            self.client.json(Method::GET, "_nodes/stats/http?include_client_stats=true", None, None, Idempotence::Safe).await?;
+            self.client.json(Method::GET, "_nodes/stats/http", None, None, Idempotence::Safe).await?;
         let mut out = Vec::new();
         for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
             let node_name = node["name"].as_str().unwrap_or("").to_string();

@@ -28,9 +28,11 @@ pub struct NewOperation {
 /// The document to `_create` as `operation`: phase `preflight`, epoch 0, no leader yet (the
 /// first agent to CAS itself in becomes leader at epoch 1).
 pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
-    if req.id.is_empty() || req.id.contains(['/', ' ']) {
+    // The id names the safety snapshot (`kibana-rollback-pre-<id>`) and the history document:
+    // Elasticsearch takes only lowercase snapshot names.
+    if req.id.is_empty() || !req.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
         return Err(DocError::Invalid(format!(
-            "operation id {:?} must be non-empty without '/' or spaces",
+            "operation id {:?} must be non-empty lowercase letters, digits and '-'",
             req.id
         )));
     }

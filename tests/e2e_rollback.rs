@@ -1,0 +1,332 @@
+//! End to end: a real three-host Kibana fleet rolled back after a failed upgrade migration.
+//!
+//! Real parts only: the Elasticsearch node from Maven Central jars, three test hosts each with
+//! its own systemd (PID 1 of its namespaces) and D-Bus system bus, the `kibana` package installed
+//! with apt from a local repository (its program is the Kibana stand-in), and the agent running as
+//! `kibana-rollbackd.service` from the shipped unit file. The fleet goes 8.14.3 → snapshot →
+//! 8.15.0 with a failing migration → `systemctl start kibana-rollback` on one host, and the test
+//! checks the outcome from Elasticsearch, from each host's package manager, systemd and journal,
+//! and from the node's own count of restore requests.
+//!
+//! Runs as root (CI does); skips with a printed reason otherwise.
+
+mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hosts::{Hosts, TestHost};
+use serde_json::{json, Value};
+
+const OLD: &str = "8.14.3";
+const NEW: &str = "8.15.0";
+const HOSTS: [&str; 3] = ["kb1", "kb2", "kb3"];
+
+fn target_dir() -> PathBuf {
+    // tests run from target/<profile>/deps/<test>-<hash>
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds the package repository with the Kibana stand-in as the package's program; returns
+/// the apt source line.
+fn package_repo() -> String {
+    let standin = target_dir().join("kibana-standin");
+    assert!(
+        standin.exists(),
+        "{} is missing: build the workspace first (scripts/test does: cargo build --workspace --all-targets)",
+        standin.display()
+    );
+    let out = Command::new(repo_root().join("tests/harness/pkgrepo"))
+        .args(["build", "--payload"])
+        .arg(&standin)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pkgrepo build failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().find_map(|l| l.strip_prefix("APT_SOURCE=")).expect("APT_SOURCE line").to_string()
+}
+
+fn shipped_unit(name: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("systemd").join(name)).unwrap();
+    // The binary under test instead of the packaged path; a debug log level for the journal.
+    text.replace("/usr/bin/kibana-rollback", env!("CARGO_BIN_EXE_kibana-rollback"))
+        .replace("[Service]\n", "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n")
+}
+
+fn port(i: usize) -> u16 {
+    5611 + i as u16
+}
+
+struct Fleet {
+    hosts: Hosts,
+    index: String,
+    repo: String,
+}
+
+impl Fleet {
+    fn each(&self) -> impl Iterator<Item = (usize, &TestHost)> {
+        HOSTS.iter().enumerate().map(|(i, h)| (i, self.hosts.get(h)))
+    }
+}
+
+fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str) {
+    let es = &es_node().url;
+    // Only the local repository: the hosts have no business with Debian's mirrors here.
+    h.exec_ok(&["sh", "-c", "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list"]);
+    h.write("/etc/apt/sources.list.d/kibana-test.list", &format!("{apt_source}\n"));
+    h.write(
+        "/etc/kibana-rollback/config.toml",
+        &format!(
+            r#"[elasticsearch]
+hosts = ["{es}"]
+[kibana]
+status_url = "http://127.0.0.1:{port}/api/status"
+stop_timeout = "30s"
+start_timeout = "60s"
+[rollback]
+target_version = "{OLD}"
+repository = "{repo}"
+snapshot = "pre-upgrade"
+[coordination]
+index = "{index}"
+host_id = "{name}"
+expected_hosts = ["kb1", "kb2", "kb3"]
+lease = "6s"
+heartbeat = "2s"
+barrier_timeout = "60s"
+phase_timeout = "3m"
+[package_manager]
+kind = "apt"
+"#,
+            port = port(i),
+            name = h.name
+        ),
+    );
+    h.write_unit("kibana-rollbackd.service", &shipped_unit("kibana-rollbackd.service"));
+    h.write_unit("kibana-rollback.service", &shipped_unit("kibana-rollback.service"));
+    h.exec_ok(&["apt-get", "update", "-qq"]);
+    install(h, OLD);
+    kibana_yml(h, i, false);
+    h.exec_ok(&["systemctl", "daemon-reload"]);
+}
+
+fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
+    h.write(
+        "/etc/kibana/kibana.yml",
+        &format!(
+            "server.port: {}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.fail_migration: {fail_migration}\n",
+            port(i),
+            es_node().url
+        ),
+    );
+}
+
+fn install(h: &TestHost, version: &str) {
+    h.exec_ok(&[
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--allow-downgrades",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        &format!("kibana={version}"),
+    ]);
+}
+
+fn kibana_status(i: usize) -> Option<(u16, Value)> {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{}/api/status", port(i))]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn wait_available(i: usize, version: &str) {
+    wait_for(&format!("kibana on port {} available at {version}", port(i)), Duration::from_secs(90), || {
+        matches!(kibana_status(i), Some((200, v)) if v["version"]["number"] == version && v["status"]["overall"]["level"] == "available")
+    });
+}
+
+async fn kibana_docs() -> Vec<(String, Value)> {
+    raw("POST", ".kibana/_refresh", None).await;
+    let (status, v) = raw("POST", ".kibana/_search", Some(json!({"size": 1000}))).await;
+    assert_eq!(status, 200, "{v}");
+    let mut docs: Vec<(String, Value)> = v["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
+        .collect();
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
+    docs
+}
+
+async fn restores_of(repo: &str) -> Vec<Value> {
+    let (_, v) = raw("GET", "_kr_test/counters", None).await;
+    v["restores"].as_array().cloned().unwrap_or_default().into_iter().filter(|r| r["repository"] == repo).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_host_fleet_rolls_back_after_failed_migration() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _turn = kibana_feature_lock();
+    let t0 = Instant::now();
+    let apt_source = package_repo();
+    reset_kibana_feature().await;
+    let repo = unique("kr-e2e-repo");
+    let index = unique("kr-e2e-coord");
+    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+
+    let names: Vec<String> = HOSTS.iter().map(|s| s.to_string()).collect();
+    let hosts = Hosts::up(&names, None).expect("boot test hosts");
+    let fleet = Fleet { hosts, index: index.clone(), repo: repo.clone() };
+    eprintln!("[{:?}] hosts up", t0.elapsed());
+    std::thread::scope(|s| {
+        for (i, h) in fleet.each() {
+            let (a, idx, r) = (&apt_source, &fleet.index, &fleet.repo);
+            s.spawn(move || setup_host(h, i, a, idx, r));
+        }
+    });
+    eprintln!("[{:?}] kibana {OLD} installed on every host", t0.elapsed());
+
+    // 1. The fleet runs 8.14.3; Kibana creates its indices; users save objects.
+    for (i, h) in fleet.each() {
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
+        wait_available(i, OLD);
+    }
+    for (id, title) in [("dashboard:sales", "Sales"), ("dashboard:ops", "Ops"), ("config:8.14.3", "settings")] {
+        let (s, v) = raw("PUT", &format!(".kibana/_doc/{id}?refresh=true"), Some(json!({"title": title}))).await;
+        assert!(s == 200 || s == 201, "{v}");
+    }
+    let before = kibana_docs().await;
+    assert_eq!(before.len(), 3);
+
+    // 2. The operator's pre-upgrade snapshot of the kibana feature state.
+    let (s, v) = raw(
+        "PUT",
+        &format!("_snapshot/{repo}/pre-upgrade?wait_for_completion=true"),
+        Some(json!({"indices": "-*", "include_global_state": false, "feature_states": ["kibana"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // 3. The upgrade to 8.15.0: every instance stopped, package upgraded, migration fails.
+    for (_, h) in fleet.each() {
+        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
+    }
+    for (i, h) in fleet.each() {
+        install(h, NEW);
+        kibana_yml(h, i, true);
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
+    }
+    wait_for("the 8.15.0 migration to fail half-way", Duration::from_secs(60), || {
+        let out = Command::new("curl").args(["-s", &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url)]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("\"count\":")
+    });
+    eprintln!("[{:?}] upgrade to {NEW} failed in its migration, as staged", t0.elapsed());
+
+    // 4. The agents come up on every host and register.
+    for (_, h) in fleet.each() {
+        h.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
+    }
+    wait_for("three registered agents", Duration::from_secs(60), || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("{}/{index}/_mget", es_node().url), "-H", "content-type: application/json", "-d", r#"{"ids":["host-kb1","host-kb2","host-kb3"]}"#])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["docs"].as_array().is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
+    });
+    eprintln!("[{:?}] agents registered", t0.elapsed());
+
+    // 5. The admin's trigger, on one host; its result is the fleet's.
+    let kb1 = fleet.hosts.get("kb1");
+    let trigger = kb1.exec(&["systemctl", "start", "kibana-rollback.service"]);
+    let journal = kb1.exec_ok(&["journalctl", "-u", "kibana-rollback.service", "--no-pager", "-o", "cat"]);
+    eprintln!("[{:?}] trigger finished ({}):\n{journal}", t0.elapsed(), trigger.status);
+    let agent_logs: Vec<String> = fleet
+        .each()
+        .map(|(_, h)| h.exec_ok(&["journalctl", "-u", "kibana-rollbackd.service", "--no-pager", "-o", "cat"]))
+        .collect();
+    assert!(trigger.status.success(), "systemctl start kibana-rollback failed; agent journals:\n{}", agent_logs.join("\n-----\n"));
+
+    // The operation is archived as done and the lease released.
+    let (s, _) = raw("GET", &format!("{index}/_doc/operation"), None).await;
+    assert_eq!(s, 404, "the operation document (the lock) must be gone");
+    raw("POST", &format!("{index}/_refresh"), None).await;
+    let (_, hist) = raw("POST", &format!("{index}/_search"), Some(json!({"size": 10}))).await;
+    let history: Vec<Value> = hist["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
+        .map(|h| h["_source"].clone())
+        .collect();
+    assert_eq!(history.len(), 1, "{hist}");
+    let op = &history[0];
+    assert_eq!(op["phase"], "done", "{op}");
+    let op_id = op["id"].as_str().unwrap().to_string();
+
+    // The kibana feature state is exactly the snapshot's.
+    let (_, alias) = raw("GET", "_alias/.kibana", None).await;
+    assert!(alias.get(".kibana_8.14.3_001").is_some(), ".kibana must point at the 8.14.3 index: {alias}");
+    assert_eq!(kibana_docs().await, before);
+
+    // Exactly one restore was issued, by the node's own count.
+    let restores = restores_of(&repo).await;
+    assert_eq!(restores.len(), 1, "{restores:?}");
+    assert_eq!(restores[0]["snapshot"], "pre-upgrade");
+
+    // The safety snapshot holds the failed 8.15.0 state.
+    let safety = format!("kibana-rollback-pre-{op_id}");
+    let (s, snap) = raw("GET", &format!("_snapshot/{repo}/{safety}"), None).await;
+    assert_eq!(s, 200, "{snap}");
+    let fs = snap["snapshots"][0]["feature_states"].to_string();
+    assert!(fs.contains(".kibana_8.15.0_reindex_temp"), "safety snapshot should hold the 8.15.0 state: {fs}");
+
+    // Every host: 8.14.3 installed and held, unit active, Kibana available at 8.14.3, and its
+    // agent's journal carries the operation id as a structured field.
+    for (i, h) in fleet.each() {
+        let v = h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]);
+        assert_eq!(v, OLD, "{}", h.name);
+        let held = h.exec_ok(&["apt-mark", "showhold"]);
+        assert!(held.lines().any(|l| l == "kibana"), "{}: kibana not held: {held}", h.name);
+        let active = h.exec(&["systemctl", "is-active", "kibana.service"]);
+        assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active", "{}", h.name);
+        let (code, status) = kibana_status(i).expect("status answers");
+        assert_eq!(code, 200);
+        assert_eq!(status["version"]["number"], OLD);
+        assert_eq!(status["status"]["overall"]["level"], "available");
+        let tagged = h.exec_ok(&["journalctl", "-u", "kibana-rollbackd.service", "--no-pager", "-o", "cat", &format!("OPERATION_ID={op_id}")]);
+        assert!(!tagged.trim().is_empty(), "{}: no journal entry carries OPERATION_ID={op_id}", h.name);
+    }
+
+    // `status --json` of the finished operation shows every host on the target version.
+    let st = kb1.exec_ok(&[env!("CARGO_BIN_EXE_kibana-rollback"), "--config", "/etc/kibana-rollback/config.toml", "--json", "status"]);
+    let st: Value = serde_json::from_str(&st).unwrap_or_else(|e| panic!("status --json: {e}: {st}"));
+    for h in st["hosts"].as_array().unwrap() {
+        assert_eq!(h["installed_version"], OLD, "{st}");
+    }
+    eprintln!("[{:?}] rollback verified", t0.elapsed());
+    for (_, h) in fleet.each() {
+        let _ = h.exec(&["systemctl", "stop", "kibana-rollbackd.service", "kibana.service"]);
+    }
+    raw("DELETE", &index, None).await;
+}
