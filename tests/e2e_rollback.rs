@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 
 const OLD: &str = "8.14.3";
 const NEW: &str = "8.15.0";
-const HOSTS: [&str; 3] = ["kb1", "kb2", "kb3"];
 
 fn target_dir() -> PathBuf {
     // tests run from target/<profile>/deps/<test>-<hash>
@@ -61,19 +60,170 @@ fn port(i: usize) -> u16 {
     5611 + i as u16
 }
 
+/// A staged fleet: three hosts whose upgrade to 8.15.0 failed in its migration, agents running.
 struct Fleet {
     hosts: Hosts,
+    names: Vec<String>,
     index: String,
     repo: String,
+    /// The `.kibana` documents as the pre-upgrade snapshot holds them.
+    before: Vec<(String, Value)>,
+    t0: Instant,
 }
 
 impl Fleet {
     fn each(&self) -> impl Iterator<Item = (usize, &TestHost)> {
-        HOSTS.iter().enumerate().map(|(i, h)| (i, self.hosts.get(h)))
+        self.names.iter().enumerate().map(|(i, h)| (i, self.hosts.get(h)))
+    }
+    fn first(&self) -> &TestHost {
+        self.hosts.get(&self.names[0])
+    }
+    fn log(&self, what: &str) {
+        eprintln!("[{:>6.1}s] {what}", self.t0.elapsed().as_secs_f64());
+    }
+    fn cli(&self, h: &TestHost, args: &[&str]) -> std::process::Output {
+        let mut cmd = vec![env!("CARGO_BIN_EXE_kibana-rollback"), "--config", "/etc/kibana-rollback/config.toml"];
+        cmd.extend_from_slice(args);
+        h.exec(&cmd)
+    }
+    fn agent_journals(&self) -> String {
+        self.each()
+            .map(|(_, h)| format!("== {}\n{}", h.name, String::from_utf8_lossy(&h.exec(&["journalctl", "-u", "kibana-rollbackd.service", "--no-pager", "-o", "cat"]).stdout)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+    fn operation_doc(&self) -> Option<Value> {
+        let out = Command::new("curl").args(["-s", &format!("{}/{}/_doc/operation", es_node().url, self.index)]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["found"] == true).then(|| v["_source"].clone())
+    }
+    async fn history(&self) -> Vec<Value> {
+        raw("POST", &format!("{}/_refresh", self.index), None).await;
+        let (_, hist) = raw("POST", &format!("{}/_search", self.index), Some(json!({"size": 50}))).await;
+        hist["hits"]["hits"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|h| h["_id"].as_str().unwrap_or("").starts_with("history-"))
+            .map(|h| h["_source"].clone())
+            .collect()
+    }
+    async fn snapshot_names(&self) -> Vec<String> {
+        let (_, v) = raw("GET", &format!("_snapshot/{}/_all", self.repo), None).await;
+        let mut names: Vec<String> = v["snapshots"].as_array().cloned().unwrap_or_default().iter().map(|s| s["snapshot"].as_str().unwrap().to_string()).collect();
+        names.sort();
+        names
+    }
+    /// Every host still on the failed 8.15.0 package with its unit running (crash-looping), as
+    /// before the rollback was requested.
+    fn assert_untouched(&self) {
+        for (_, h) in self.each() {
+            assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]), NEW, "{}", h.name);
+            let state = String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", "kibana.service"]).stdout).trim().to_string();
+            assert!(state == "active" || state == "activating", "{}: kibana.service is {state}", h.name);
+            let enabled = String::from_utf8_lossy(&h.exec(&["systemctl", "is-enabled", "kibana.service"]).stdout).trim().to_string();
+            assert_ne!(enabled, "masked", "{}: kibana.service left masked", h.name);
+        }
+    }
+    async fn teardown(self) {
+        for (_, h) in self.each() {
+            let _ = h.exec(&["systemctl", "stop", "kibana-rollbackd.service", "kibana.service"]);
+        }
+        raw("DELETE", &self.index, None).await;
     }
 }
 
-fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str) {
+/// Boots three hosts named `<prefix>1..3`, installs Kibana 8.14.3, takes the pre-upgrade
+/// snapshot, upgrades to 8.15.0 with a failing migration and starts the agents.
+/// `tweak(host, i)` runs after the hosts are set up (extra config, drop-ins).
+async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> Fleet {
+    let t0 = Instant::now();
+    let apt_source = package_repo();
+    reset_kibana_feature().await;
+    let repo = unique("kr-e2e-repo");
+    let index = unique("kr-e2e-coord");
+    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+    let names: Vec<String> = (1..=3).map(|i| format!("{prefix}{i}")).collect();
+    let hosts = Hosts::up(&names, None).expect("boot test hosts");
+    let mut fleet = Fleet { hosts, names: names.clone(), index: index.clone(), repo: repo.clone(), before: Vec::new(), t0 };
+    fleet.log("hosts up");
+    std::thread::scope(|s| {
+        for (i, h) in fleet.each() {
+            let (a, idx, r, names, tweak) = (&apt_source, &fleet.index, &fleet.repo, &names, &tweak);
+            s.spawn(move || {
+                setup_host(h, i, a, idx, r, names);
+                tweak(h, i);
+                h.exec_ok(&["systemctl", "daemon-reload"]);
+            });
+        }
+    });
+    fleet.log(&format!("kibana {OLD} installed on every host"));
+
+    // The fleet runs 8.14.3; Kibana creates its indices; users save objects.
+    for (i, h) in fleet.each() {
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
+        wait_available(i, OLD);
+    }
+    for (id, title) in [("dashboard:sales", "Sales"), ("dashboard:ops", "Ops"), ("config:8.14.3", "settings")] {
+        let (s, v) = raw("PUT", &format!(".kibana/_doc/{id}?refresh=true"), Some(json!({"title": title}))).await;
+        assert!(s == 200 || s == 201, "{v}");
+    }
+    fleet.before = kibana_docs().await;
+    assert_eq!(fleet.before.len(), 3);
+
+    // The operator's pre-upgrade snapshot of the kibana feature state, and an ordinary
+    // nightly snapshot without it.
+    let (s, v) = raw(
+        "PUT",
+        &format!("_snapshot/{repo}/pre-upgrade?wait_for_completion=true"),
+        Some(json!({"indices": "-*", "include_global_state": false, "feature_states": ["kibana"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let data = unique("kr-e2e-data");
+    raw("PUT", &format!("{data}/_doc/1?refresh=true"), Some(json!({"a": 1}))).await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("_snapshot/{repo}/nightly-data?wait_for_completion=true"),
+        Some(json!({"indices": data, "include_global_state": false, "feature_states": ["none"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The upgrade to 8.15.0: every instance stopped, package upgraded, migration fails.
+    for (_, h) in fleet.each() {
+        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
+    }
+    for (i, h) in fleet.each() {
+        install(h, NEW);
+        kibana_yml(h, i, true);
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
+    }
+    wait_for("the 8.15.0 migration to fail half-way", Duration::from_secs(60), || {
+        let out = Command::new("curl").args(["-s", &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url)]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("\"count\":")
+    });
+    fleet.log(&format!("upgrade to {NEW} failed in its migration, as staged"));
+
+    // The agents come up on every host and register.
+    for (_, h) in fleet.each() {
+        h.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
+    }
+    let ids = json!({"ids": names.iter().map(|n| format!("host-{n}")).collect::<Vec<_>>()}).to_string();
+    wait_for("three registered agents", Duration::from_secs(60), || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("{}/{index}/_mget", es_node().url), "-H", "content-type: application/json", "-d", &ids])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["docs"].as_array().is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
+    });
+    fleet.log("agents registered");
+    fleet
+}
+
+fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str, names: &[String]) {
     let es = &es_node().url;
     // Only the local repository: the hosts have no business with Debian's mirrors here.
     h.exec_ok(&["sh", "-c", "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list"]);
@@ -94,7 +244,7 @@ snapshot = "pre-upgrade"
 [coordination]
 index = "{index}"
 host_id = "{name}"
-expected_hosts = ["kb1", "kb2", "kb3"]
+expected_hosts = {expected:?}
 lease = "6s"
 heartbeat = "2s"
 barrier_timeout = "60s"
@@ -103,7 +253,8 @@ phase_timeout = "3m"
 kind = "apt"
 "#,
             port = port(i),
-            name = h.name
+            name = h.name,
+            expected = names
         ),
     );
     h.write_unit("kibana-rollbackd.service", &shipped_unit("kibana-rollbackd.service"));
@@ -111,7 +262,6 @@ kind = "apt"
     h.exec_ok(&["apt-get", "update", "-qq"]);
     install(h, OLD);
     kibana_yml(h, i, false);
-    h.exec_ok(&["systemctl", "daemon-reload"]);
 }
 
 fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
@@ -187,85 +337,15 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
         return;
     }
     let _turn = kibana_feature_lock();
-    let t0 = Instant::now();
-    let apt_source = package_repo();
-    reset_kibana_feature().await;
-    let repo = unique("kr-e2e-repo");
-    let index = unique("kr-e2e-coord");
-    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
-
-    let names: Vec<String> = HOSTS.iter().map(|s| s.to_string()).collect();
-    let hosts = Hosts::up(&names, None).expect("boot test hosts");
-    let fleet = Fleet { hosts, index: index.clone(), repo: repo.clone() };
-    eprintln!("[{:?}] hosts up", t0.elapsed());
-    std::thread::scope(|s| {
-        for (i, h) in fleet.each() {
-            let (a, idx, r) = (&apt_source, &fleet.index, &fleet.repo);
-            s.spawn(move || setup_host(h, i, a, idx, r));
-        }
-    });
-    eprintln!("[{:?}] kibana {OLD} installed on every host", t0.elapsed());
-
-    // 1. The fleet runs 8.14.3; Kibana creates its indices; users save objects.
-    for (i, h) in fleet.each() {
-        h.exec_ok(&["systemctl", "start", "kibana.service"]);
-        wait_available(i, OLD);
-    }
-    for (id, title) in [("dashboard:sales", "Sales"), ("dashboard:ops", "Ops"), ("config:8.14.3", "settings")] {
-        let (s, v) = raw("PUT", &format!(".kibana/_doc/{id}?refresh=true"), Some(json!({"title": title}))).await;
-        assert!(s == 200 || s == 201, "{v}");
-    }
-    let before = kibana_docs().await;
-    assert_eq!(before.len(), 3);
-
-    // 2. The operator's pre-upgrade snapshot of the kibana feature state.
-    let (s, v) = raw(
-        "PUT",
-        &format!("_snapshot/{repo}/pre-upgrade?wait_for_completion=true"),
-        Some(json!({"indices": "-*", "include_global_state": false, "feature_states": ["kibana"]})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-
-    // 3. The upgrade to 8.15.0: every instance stopped, package upgraded, migration fails.
-    for (_, h) in fleet.each() {
-        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
-    }
-    for (i, h) in fleet.each() {
-        install(h, NEW);
-        kibana_yml(h, i, true);
-        h.exec_ok(&["systemctl", "start", "kibana.service"]);
-    }
-    wait_for("the 8.15.0 migration to fail half-way", Duration::from_secs(60), || {
-        let out = Command::new("curl").args(["-s", &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url)]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("\"count\":")
-    });
-    eprintln!("[{:?}] upgrade to {NEW} failed in its migration, as staged", t0.elapsed());
-
-    // 4. The agents come up on every host and register.
-    for (_, h) in fleet.each() {
-        h.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
-    }
-    wait_for("three registered agents", Duration::from_secs(60), || {
-        let out = Command::new("curl")
-            .args(["-s", &format!("{}/{index}/_mget", es_node().url), "-H", "content-type: application/json", "-d", r#"{"ids":["host-kb1","host-kb2","host-kb3"]}"#])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v["docs"].as_array().is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
-    });
-    eprintln!("[{:?}] agents registered", t0.elapsed());
+    let fleet = stage_fleet("kb", |_, _| {}).await;
+    let (index, repo, before) = (fleet.index.clone(), fleet.repo.clone(), fleet.before.clone());
 
     // 5. The admin's trigger, on one host; its result is the fleet's.
-    let kb1 = fleet.hosts.get("kb1");
+    let kb1 = fleet.first();
     let trigger = kb1.exec(&["systemctl", "start", "kibana-rollback.service"]);
     let journal = kb1.exec_ok(&["journalctl", "-u", "kibana-rollback.service", "--no-pager", "-o", "cat"]);
-    eprintln!("[{:?}] trigger finished ({}):\n{journal}", t0.elapsed(), trigger.status);
-    let agent_logs: Vec<String> = fleet
-        .each()
-        .map(|(_, h)| h.exec_ok(&["journalctl", "-u", "kibana-rollbackd.service", "--no-pager", "-o", "cat"]))
-        .collect();
-    assert!(trigger.status.success(), "systemctl start kibana-rollback failed; agent journals:\n{}", agent_logs.join("\n-----\n"));
+    fleet.log(&format!("trigger finished ({}):\n{journal}", trigger.status));
+    assert!(trigger.status.success(), "systemctl start kibana-rollback failed; agent journals:\n{}", fleet.agent_journals());
 
     // The operation is archived as done and the lease released.
     let (s, _) = raw("GET", &format!("{index}/_doc/operation"), None).await;
@@ -324,9 +404,119 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
     for h in st["hosts"].as_array().unwrap() {
         assert_eq!(h["installed_version"], OLD, "{st}");
     }
-    eprintln!("[{:?}] rollback verified", t0.elapsed());
-    for (_, h) in fleet.each() {
-        let _ = h.exec(&["systemctl", "stop", "kibana-rollbackd.service", "kibana.service"]);
+    fleet.log("rollback verified");
+    fleet.teardown().await;
+}
+
+/// A target Kibana minor newer than an Elasticsearch node is refused, naming the node, and
+/// nothing is stopped — by `start` itself, and by the leader's preflight for an operation that
+/// got past it (written straight into the index, as an older or foreign client might).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_preflight() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
     }
-    raw("DELETE", &index, None).await;
+    let _turn = kibana_feature_lock();
+    let fleet = stage_fleet("pf", |_, _| {}).await;
+    let h = fleet.first();
+    let restores_before = restores_of(&fleet.repo).await.len();
+
+    // `start` refuses before writing anything.
+    let out = fleet.cli(h, &["start", "--to", "8.16.0", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("8.16.0") && err.contains("kr-test-0"), "the refusal names the node: {err}");
+    let out = fleet.cli(h, &["start", "--snapshot", "nightly-data", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds no kibana feature state"), "{err}");
+    assert!(fleet.operation_doc().is_none(), "a refused start writes no operation");
+
+    // The leader's preflight refuses the same, and the operation ends aborted with nothing stopped.
+    use kibana_rollback::fleet::{new_operation, NewOperation, SnapshotRef};
+    let uuid = |name: &str| {
+        let out = Command::new("curl").args(["-s", &format!("{}/_snapshot/{}/{name}", es_node().url, fleet.repo)]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["snapshots"][0]["uuid"].as_str().unwrap().to_string()
+    };
+    for (id, target, snapshot, expect) in [
+        ("rb-incompatible", "8.16.0", "pre-upgrade", "kr-test-0"),
+        ("rb-no-kibana-state", OLD, "nightly-data", "holds no kibana feature state"),
+    ] {
+        let op = new_operation(NewOperation {
+            id: id.into(),
+            requested_by: "test".into(),
+            requested_at: "2026-01-01T00:00:00Z".into(),
+            target_version: semver::Version::parse(target).unwrap(),
+            snapshot: SnapshotRef { repository: fleet.repo.clone(), name: snapshot.into(), uuid: uuid(snapshot) },
+            safety_snapshot: true,
+            safety_snapshot_name: None,
+            expected_hosts: fleet.names.clone(),
+            barrier_client_check: true,
+        })
+        .unwrap();
+        es().create_doc(&fleet.index, "operation", &op).await.unwrap();
+        wait_for(&format!("{id} to end"), Duration::from_secs(60), || fleet.operation_doc().is_none());
+        let hist = fleet.history().await;
+        let done = hist.iter().find(|o| o["id"] == id).unwrap_or_else(|| panic!("{id} not archived: {hist:?}"));
+        assert_eq!(done["phase"], "aborted", "{done}");
+        let cause = done["error"]["cause"].as_str().unwrap_or("");
+        assert!(cause.contains(expect), "{id}: cause should contain {expect:?}: {cause}");
+        let phases: Vec<&str> = done["history"].as_array().unwrap().iter().map(|c| c["to"].as_str().unwrap()).collect();
+        assert!(!phases.contains(&"stopping"), "{id} must not reach stopping: {phases:?}");
+    }
+    fleet.assert_untouched();
+    assert_eq!(restores_of(&fleet.repo).await.len(), restores_before, "no restore");
+    assert_eq!(fleet.snapshot_names().await, ["nightly-data", "pre-upgrade"], "no snapshot taken");
+    fleet.log("refusals verified");
+    fleet.teardown().await;
+}
+
+/// One host whose Kibana takes longer to stop than `kibana.stop_timeout` makes the operation
+/// abort before the restore point: every unit back on 8.15.0, no restore, no snapshot taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _turn = kibana_feature_lock();
+    let fleet = stage_fleet("ab", |h, i| {
+        if i == 1 {
+            // Its stop takes 20 s; the agent waits 5 s.
+            h.write("/etc/systemd/system/kibana.service.d/slow-stop.conf", "[Service]\nExecStop=/bin/sleep 20\nTimeoutStopSec=60\n");
+            let cfg = std::fs::read_to_string(h.root.join("etc/kibana-rollback/config.toml")).unwrap();
+            h.write("/etc/kibana-rollback/config.toml", &cfg.replace("stop_timeout = \"30s\"", "stop_timeout = \"5s\""));
+        }
+    })
+    .await;
+    let slow = fleet.hosts.get(&fleet.names[1]).name.clone();
+    let restores_before = restores_of(&fleet.repo).await.len();
+
+    let trigger = fleet.first().exec(&["systemctl", "start", "kibana-rollback.service"]);
+    let journal = fleet.first().exec_ok(&["journalctl", "-u", "kibana-rollback.service", "--no-pager", "-o", "cat"]);
+    fleet.log(&format!("trigger finished ({}):\n{journal}", trigger.status));
+    assert!(!trigger.status.success(), "an aborted rollback must fail the trigger unit");
+
+    wait_for("the operation to be archived", Duration::from_secs(60), || fleet.operation_doc().is_none());
+    let hist = fleet.history().await;
+    assert_eq!(hist.len(), 1, "{hist:?}");
+    let op = &hist[0];
+    assert_eq!(op["phase"], "aborted", "{op}\n{}", fleet.agent_journals());
+    assert_eq!(op["error"]["host"], slow.as_str(), "{op}");
+    assert!(op["restore"].is_null(), "nothing restored: {op}");
+    // Every unit comes back on the unchanged package (the slow one once its stop finished).
+    wait_for("every unit running again", Duration::from_secs(60), || {
+        fleet.each().all(|(_, h)| {
+            let s = String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", "kibana.service"]).stdout).trim().to_string();
+            s == "active" || s == "activating"
+        })
+    });
+    fleet.assert_untouched();
+    assert_eq!(restores_of(&fleet.repo).await.len(), restores_before, "no restore");
+    assert_eq!(fleet.snapshot_names().await, ["nightly-data", "pre-upgrade"], "no snapshot taken or changed");
+    assert!(journal.contains(&slow), "the trigger's output names the host: {journal}");
+    fleet.log("abort verified");
+    fleet.teardown().await;
 }

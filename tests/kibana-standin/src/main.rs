@@ -11,7 +11,9 @@
 //!   (the same for `.kibana_task_manager`); with no index yet it creates `.kibana_<ver>_001`;
 //! * `standin.fail_migration: true` in kibana.yml makes it stop half-way through the copy and
 //!   exit 1, leaving the state a real failed migration leaves (old index write-blocked, temp index
-//!   half full, alias unmoved);
+//!   half full, alias unmoved); an instance that finds such a temp index waits for "the other
+//!   instance" to finish, running and answering 503 (so the fleet after a failed upgrade is one
+//!   crashed instance and the rest stuck waiting, as with real Kibana);
 //! * serves `GET /api/status` (503 + `unavailable` until the migration is done);
 //! * sends `X-elastic-product-origin: kibana` and `User-Agent: Kibana/<version>` to Elasticsearch.
 //!
@@ -248,14 +250,25 @@ impl Kibana {
         }
         let source = current.unwrap();
         eprintln!("{alias}: migrating {source} -> {target}");
+        let temp = format!("{alias}_{v}_reindex_temp");
+        // Like Kibana, an instance that finds another instance's migration under way (its temp
+        // index exists) waits for it instead of racing it — for ever, if that one failed. It
+        // keeps running and answering 503 meanwhile.
+        let (code, _) = self.request("HEAD", &temp, None)?;
+        if code == 200 {
+            eprintln!("{alias}: {temp} exists: another Kibana instance appears to be migrating; waiting for it to complete");
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                if self.alias_target(alias)?.as_deref() == Some(target.as_str()) {
+                    eprintln!("{alias}: the other instance completed the migration");
+                    return Ok(());
+                }
+            }
+        }
         // 1. Write-block the source so an older instance cannot change it under us.
         self.ok("PUT", &format!("{source}/_block/write"), None)?;
         // 2. Copy and transform into a temporary index.
-        let temp = format!("{alias}_{v}_reindex_temp");
-        let (code, body) = self.request("PUT", &temp, None)?;
-        if code >= 300 && !body.to_string().contains("resource_already_exists_exception") {
-            return Err(format!("PUT {temp}: HTTP {code}: {body}"));
-        }
+        self.ok("PUT", &temp, None)?;
         self.ok("POST", &format!("{source}/_refresh"), None)?;
         let docs = self.ok("POST", &format!("{source}/_search"), Some(json!({"size": 10000, "sort": [{"_doc": "asc"}]})))?;
         let hits = docs["hits"]["hits"].as_array().cloned().unwrap_or_default();
