@@ -10,6 +10,9 @@
 //!
 //! Runs as root (CI does); skips with a printed reason otherwise.
 
+// The kibana feature lock serializes whole tests; each test has its own runtime thread.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 #[path = "common/hosts.rs"]
 mod hosts;

@@ -2,6 +2,9 @@
 //! compare-and-set documents, the kibana feature state snapshot and restore, node versions,
 //! snapshot eligibility as the `snapshots` command reports it, and host failover.
 
+// The kibana feature lock serializes whole tests; each test has its own runtime thread.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use common::*;

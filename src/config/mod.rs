@@ -157,9 +157,8 @@ pub fn merge(sources: &Sources) -> Result<Merged, ConfigError> {
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|e| {
             let fix = if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "create it (every key is documented in /usr/share/doc/kibana-rollback/config.toml) or pass --config PATH"
-                )
+                "create it (every key is documented in /usr/share/doc/kibana-rollback/config.toml) or pass --config PATH"
+                    .to_string()
             } else {
                 "make it readable by the user running kibana-rollback".to_string()
             };
