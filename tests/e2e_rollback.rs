@@ -314,20 +314,6 @@ fn wait_available(i: usize, version: &str) {
     });
 }
 
-async fn kibana_docs() -> Vec<(String, Value)> {
-    raw("POST", ".kibana/_refresh", None).await;
-    let (status, v) = raw("POST", ".kibana/_search", Some(json!({"size": 1000}))).await;
-    assert_eq!(status, 200, "{v}");
-    let mut docs: Vec<(String, Value)> = v["hits"]["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-        .collect();
-    docs.sort_by(|a, b| a.0.cmp(&b.0));
-    docs
-}
-
 async fn restores_of(repo: &str) -> Vec<Value> {
     let (_, v) = raw("GET", "_kr_test/counters", None).await;
     v["restores"].as_array().cloned().unwrap_or_default().into_iter().filter(|r| r["repository"] == repo).collect()

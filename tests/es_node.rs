@@ -90,20 +90,6 @@ async fn mget_and_list_documents() {
     raw("DELETE", &index, None).await;
 }
 
-async fn kibana_docs() -> Vec<(String, Value)> {
-    raw("POST", ".kibana/_refresh", None).await;
-    let (status, v) = raw("POST", ".kibana/_search", Some(json!({"size": 100}))).await;
-    assert_eq!(status, 200, "{v}");
-    let mut docs: Vec<(String, Value)> = v["hits"]["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-        .collect();
-    docs.sort_by(|a, b| a.0.cmp(&b.0));
-    docs
-}
-
 async fn counters() -> Value {
     let (status, v) = raw("GET", "_kr_test/counters", None).await;
     assert_eq!(status, 200, "{v}");

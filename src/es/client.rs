@@ -181,9 +181,14 @@ impl Client {
     }
 }
 
-/// The innermost cause of a transport error, which is what an operator can act on
-/// ("Connection refused", "invalid peer certificate: UnknownIssuer").
 fn connect_error_text(e: &reqwest::Error) -> String {
+    innermost_cause(e)
+}
+
+/// The innermost cause of an error, which is what an operator can act on
+/// ("Connection refused", "invalid peer certificate: UnknownIssuer"); reqwest's own text is
+/// only "error sending request".
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     let mut last = e.to_string();
     while let Some(s) = source {

@@ -73,7 +73,7 @@ impl StatusProbe {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                return Ok(KibanaStatus { level: Level::NotReady, version: None, http_status: None, summary: innermost(&e) })
+                return Ok(KibanaStatus { level: Level::NotReady, version: None, http_status: None, summary: crate::es::client::innermost_cause(&e) })
             }
         };
         let code = resp.status().as_u16();
@@ -118,14 +118,4 @@ impl StatusProbe {
             tokio::time::sleep(poll).await;
         }
     }
-}
-
-fn innermost(e: &reqwest::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    let mut last = e.to_string();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
 }

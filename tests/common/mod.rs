@@ -121,3 +121,18 @@ pub async fn reset_kibana_feature() {
         }
     }
 }
+
+/// The documents behind the `.kibana` alias, sorted by id.
+pub async fn kibana_docs() -> Vec<(String, serde_json::Value)> {
+    raw("POST", ".kibana/_refresh", None).await;
+    let (status, v) = raw("POST", ".kibana/_search", Some(serde_json::json!({"size": 1000}))).await;
+    assert_eq!(status, 200, "{v}");
+    let mut docs: Vec<(String, serde_json::Value)> = v["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
+        .collect();
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
+    docs
+}
