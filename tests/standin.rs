@@ -6,6 +6,7 @@
 //!   `.kibana_8.15.0_001`, the old index write-blocked and left in place;
 //! * `/api/status` answers 503 `unavailable` until the migration is done, then 200 `available`
 //!   with the version (held back deterministically by a gate between stand-in and node);
+//! * 8.14.3 refuses to start on 8.15.0's index (no migration "down");
 //! * it refuses an incompatible node (8.16.0 against 8.15.0): `critical`, names the node, no
 //!   migration;
 //! * `standin.fail_migration: true` leaves a half-migrated state and exits 1; another instance
@@ -353,8 +354,21 @@ async fn fresh_install_then_upgrade_migrates_like_kibana() {
         assert_eq!(agent, "kibana", "connection whose last request was {uri}");
     }
 
-    // Restarting the same version finds its index and changes nothing.
+    // The older version refuses the newer index (exit 1) and changes nothing: a downgrade
+    // needs the feature state restored first.
     drop(new);
+    let mut older = Standin::start(OLD, &es, "");
+    assert_eq!(older.wait_exit(Duration::from_secs(30)).await, 1, "{}", older.log());
+    assert!(
+        older.log().contains(&format!("The .kibana alias is pointing to a newer version of Kibana: v{NEW}")),
+        "{}",
+        older.log()
+    );
+    assert_eq!(alias_target(".kibana").await.as_deref(), Some(new_idx.as_str()));
+    assert!(!write_blocked(&new_idx).await);
+    drop(older);
+
+    // Restarting the same version finds its index and changes nothing.
     let mut again = Standin::start(NEW, &es, "");
     again.wait_available(NEW).await;
     assert!(again.log().contains("already at"), "{}", again.log());

@@ -9,6 +9,8 @@
 //!   index it write-blocks that index, copies and transforms the documents into
 //!   `.kibana_<ver>_reindex_temp`, clones that into `.kibana_<ver>_001` and moves the aliases
 //!   (the same for `.kibana_task_manager`); with no index yet it creates `.kibana_<ver>_001`;
+//!   an alias on a *newer* version's index is fatal (exit 1: "The .kibana alias is pointing to a
+//!   newer version of Kibana"), as in Kibana — an older package alone cannot go back;
 //! * `standin.fail_migration: true` in kibana.yml makes it stop half-way through the copy and
 //!   exit 1, leaving the state a real failed migration leaves (old index write-blocked, temp index
 //!   half full, alias unmoved); an instance that finds such a temp index waits for "the other
@@ -273,12 +275,35 @@ impl Kibana {
             }
             None => {
                 eprintln!("{alias}: creating {target}");
-                self.ok("PUT", &target, Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})))?;
+                let (code, body) =
+                    self.request("PUT", &target, Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})))?;
+                // Several instances starting together race for the create; the index comes with
+                // its aliases atomically, so the losers find it complete and go on (as Kibana).
+                if code == 400 && body["error"]["type"] == "resource_already_exists_exception" {
+                    if self.alias_target(alias)?.as_deref() == Some(target.as_str()) {
+                        eprintln!("{alias}: {target} was created by another instance");
+                        return Ok(());
+                    }
+                }
+                if code >= 300 {
+                    return Err(format!("PUT {target}: HTTP {code}: {body}"));
+                }
                 return Ok(());
             }
             Some(_) => {}
         }
         let source = current.unwrap();
+        // Kibana never migrates "down": an index of a newer version is fatal at start (this is
+        // why going back needs the snapshot restore, not just the older package).
+        let source_version = source
+            .strip_prefix(&format!("{alias}_"))
+            .and_then(|rest| rest.rsplit_once('_'))
+            .and_then(|(ver, _)| semver::Version::parse(ver).ok());
+        if let Some(sv) = source_version.filter(|sv| sv > v) {
+            return Err(format!(
+                "Unable to complete saved object migrations for the [{alias}] index: The {alias} alias is pointing to a newer version of Kibana: v{sv}"
+            ));
+        }
         eprintln!("{alias}: migrating {source} -> {target}");
         let temp = format!("{alias}_{v}_reindex_temp");
         // Like Kibana, an instance that finds another instance's migration under way (its temp
