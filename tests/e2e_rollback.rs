@@ -16,8 +16,9 @@
 mod common;
 #[path = "common/hosts.rs"]
 mod hosts;
+#[path = "common/testbed.rs"]
+mod testbed;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -28,28 +29,11 @@ use serde_json::{json, Value};
 const OLD: &str = "8.14.3";
 const NEW: &str = "8.15.0";
 
-fn target_dir() -> PathBuf {
-    // tests run from target/<profile>/deps/<test>-<hash>
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// Builds the package repository with the Kibana stand-in as the package's program; returns
-/// the apt source line.
+/// The package repository with the Kibana stand-in as the package's program, built once per
+/// run by tests/harness/testbed (the same payload the other Kibana tests use, so test binaries
+/// do not rebuild the repository back and forth); returns the apt source line.
 fn package_repo() -> String {
-    let standin = target_dir().join("kibana-standin");
-    assert!(
-        standin.exists(),
-        "{} is missing: build the workspace first (scripts/test does: cargo build --workspace --all-targets)",
-        standin.display()
-    );
-    let out = Command::new(repo_root().join("tests/harness/pkgrepo"))
-        .args(["build", "--payload"])
-        .arg(&standin)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pkgrepo build failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout.lines().find_map(|l| l.strip_prefix("APT_SOURCE=")).expect("APT_SOURCE line").to_string()
+    testbed::testbed().apt_source.clone()
 }
 
 fn shipped_unit(name: &str) -> String {

@@ -1,10 +1,14 @@
 //! The package-manager adapter (src/host/pkg.rs) against real apt and real dnf.
 //!
-//! * apt runs inside an isolated root: a private mount namespace on a volatile overlay of the
-//!   machine's root (tests/harness/pkg/isoroot), so the machine's own dpkg database is never
-//!   touched (checked). The adapter reaches it through its command prefix
-//!   (`isoroot exec NAME -- ...`). The test-host harness has the same up/exec/down interface:
-//!   `KR_PKG_TEST_HARNESS=tests/harness/host` switches these tests onto real test hosts.
+//! * apt runs inside real test hosts (tests/harness/host: systemd as PID 1 of its own
+//!   namespaces on a volatile overlay of the machine's root), one per test, booted in parallel
+//!   as the tests run in parallel, so the machine's own dpkg database is never touched
+//!   (checked). The adapter reaches a host through its command prefix
+//!   (`host exec NAME -- env LC_ALL=C ... apt-get ...`: `host exec` clears the environment, so
+//!   the variables the adapter sets travel in the argv). Where test hosts cannot boot
+//!   (`hosts::skip_reason`: systemd, dbus or util-linux missing) the tests fall back to an
+//!   isolated root without systemd (tests/harness/pkg/isoroot, same up/exec/down interface) and
+//!   say so; `KR_PKG_TEST_HARNESS=PATH` picks a harness explicitly.
 //! * dnf runs on the machine with `--installroot` (a fresh directory per test), its own
 //!   versionlock configuration (`--setopt=pluginconfpath=`), and the rpm repository served over
 //!   HTTP on 127.0.0.1, so that downloads really go through dnf's package cache (a `file://`
@@ -20,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
+
+#[path = "common/hosts.rs"]
+mod hosts;
 
 use kibana_rollback::host::pkg::{
     Backend, PackageManager, PackageName, PackageVersion, PkgError, PkgKind, PkgSettings,
@@ -107,9 +114,39 @@ fn machine_has_kibana() -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// apt inside an isolated root
+// apt inside a test host (or the isolated root where hosts cannot boot)
 
-/// An isolated root (or, with KR_PKG_TEST_HARNESS, a test host) driven through the harness'
+/// The harness apt runs in: KR_PKG_TEST_HARNESS, else real test hosts where they can boot,
+/// else the isolated root.
+fn harness() -> PathBuf {
+    static CHOICE: OnceLock<PathBuf> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let h = if let Some(h) = std::env::var_os("KR_PKG_TEST_HARNESS") {
+                PathBuf::from(h)
+            } else if let Some(reason) = hosts::skip_reason() {
+                println!("host_pkg: apt runs in an isolated root (tests/harness/pkg/isoroot), not a test host: {reason}");
+                manifest_dir().join("tests/harness/pkg/isoroot")
+            } else {
+                PathBuf::from(hosts::HARNESS)
+            };
+            println!("host_pkg: apt tests run through {}", h.display());
+            h
+        })
+        .clone()
+}
+
+/// The environment the adapter gives its commands, as argv: `host exec` starts from a clean
+/// environment (isoroot passes it through; then this is harmless).
+const ENV: &[&str] = &[
+    "env",
+    "LC_ALL=C",
+    "LANG=C",
+    "DEBIAN_FRONTEND=noninteractive",
+    "APT_LISTCHANGES_FRONTEND=none",
+];
+
+/// A test host (or the isolated root) driven through the harness'
 /// `up NAME` / `exec NAME -- CMD...` / `down NAME`.
 struct IsolatedRoot {
     harness: PathBuf,
@@ -118,9 +155,7 @@ struct IsolatedRoot {
 
 impl IsolatedRoot {
     fn up(test: &str) -> Self {
-        let harness = std::env::var_os("KR_PKG_TEST_HARNESS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest_dir().join("tests/harness/pkg/isoroot"));
+        let harness = harness();
         let name = format!("pkg-{test}-{}", std::process::id());
         let _ = Command::new(&harness).args(["down", &name]).output();
         must(Command::new(&harness).args(["up", &name]));
@@ -129,20 +164,21 @@ impl IsolatedRoot {
 
     /// The prefix the adapter runs its commands with.
     fn prefix(&self) -> Vec<OsString> {
-        vec![
+        let mut p: Vec<OsString> = vec![
             self.harness.clone().into(),
             "exec".into(),
             self.name.clone().into(),
             "--".into(),
-        ]
+        ];
+        p.extend(ENV.iter().map(OsString::from));
+        p
     }
 
     fn exec(&self, argv: &[&str]) -> std::process::Output {
         Command::new(&self.harness)
             .args(["exec", &self.name, "--"])
+            .args(ENV)
             .args(argv)
-            .env("LC_ALL", "C")
-            .env("DEBIAN_FRONTEND", "noninteractive")
             .output()
             .unwrap()
     }

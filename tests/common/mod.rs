@@ -64,10 +64,35 @@ pub fn es() -> Es {
     Es::new(&es_settings(&[&es_node().url])).unwrap()
 }
 
-/// Serializes tests that snapshot or restore the kibana feature state within one test binary.
-pub fn kibana_feature_lock() -> MutexGuard<'static, ()> {
+/// Held while a test touches the kibana feature state (`.kibana*`): a restore replaces every
+/// `.kibana*` index on the node, a reset deletes them, a migration moves the `.kibana` alias.
+pub struct KibanaFeatureTurn {
+    _file: std::fs::File,
+    _thread: MutexGuard<'static, ()>,
+}
+
+/// Serializes tests that touch the kibana feature state: within one test binary (a mutex) and
+/// across test binaries and concurrent runs that share the node and `KR_TEST_STATE` (an exclusive
+/// `flock` on `$KR_TEST_STATE/kibana-feature.lock`, released when the process ends, also when it
+/// is killed).
+pub fn kibana_feature_lock() -> KibanaFeatureTurn {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let thread = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("kibana-feature.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let t = std::time::Instant::now();
+    file.lock().unwrap_or_else(|e| panic!("flock {}: {e}", path.display()));
+    if t.elapsed() > Duration::from_secs(1) {
+        eprintln!("waited {:?} for the kibana feature state lock ({})", t.elapsed(), path.display());
+    }
+    KibanaFeatureTurn { _file: file, _thread: thread }
 }
 
 /// A name unique to this test run, for indices, repositories and snapshots.

@@ -9,15 +9,28 @@
 //!   index it write-blocks that index, copies and transforms the documents into
 //!   `.kibana_<ver>_reindex_temp`, clones that into `.kibana_<ver>_001` and moves the aliases
 //!   (the same for `.kibana_task_manager`); with no index yet it creates `.kibana_<ver>_001`;
+//!   an alias on a *newer* version's index is fatal (exit 1: "The .kibana alias is pointing to a
+//!   newer version of Kibana"), as in Kibana — an older package alone cannot go back;
 //! * `standin.fail_migration: true` in kibana.yml makes it stop half-way through the copy and
 //!   exit 1, leaving the state a real failed migration leaves (old index write-blocked, temp index
 //!   half full, alias unmoved); an instance that finds such a temp index waits for "the other
 //!   instance" to finish, running and answering 503 (so the fleet after a failed upgrade is one
 //!   crashed instance and the rest stuck waiting, as with real Kibana);
 //! * serves `GET /api/status` (503 + `unavailable` until the migration is done);
-//! * sends `X-elastic-product-origin: kibana` and `User-Agent: Kibana/<version>` to Elasticsearch.
+//! * sends `X-elastic-product-origin: kibana` (so Elasticsearch treats it as Kibana: no
+//!   system-index deprecation `Warning`, and `_nodes/stats/http` lists the connection with
+//!   `agent: kibana`), `User-Agent: Kibana/<version>` and `X-Opaque-Id: kibana-standin-<pid>` to
+//!   Elasticsearch, and logs every `Warning` header Elasticsearch answers with
+//!   (`elasticsearch warning: ...`), as Kibana logs deprecations.
 //!
-//! Usage: `kibana-standin [--home DIR] [--config DIR]` (defaults /usr/share/kibana, /etc/kibana).
+//! The copy works like Kibana's v2 migration: a point-in-time reader over the source
+//! (`_pit`, `search_after` on `_shard_doc`), batches of `migrations.batchSize` (default 1000)
+//! documents transformed and written with `_bulk` into the temp index.
+//!
+//! Usage: `kibana-standin [--home DIR] [--config DIR] [--SETTING=VALUE]...`. Like Kibana, the
+//! directories default to `$KBN_HOME` / `$KBN_PATH_CONF` (the package's kibana.service sets both),
+//! else /usr/share/kibana and /etc/kibana; `--server.port=5611` style arguments override
+//! kibana.yml settings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,24 +50,31 @@ struct Kibana {
     hosts: Vec<String>,
     http: Client,
     fail_migration: bool,
+    batch_size: usize,
 }
 
 fn main() {
-    let mut home = "/usr/share/kibana".to_string();
-    let mut config = "/etc/kibana".to_string();
+    let env_or = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.to_string());
+    let mut home = env_or("KBN_HOME", "/usr/share/kibana");
+    let mut config = env_or("KBN_PATH_CONF", "/etc/kibana");
+    let mut overrides = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--home" => home = args.next().expect("--home DIR"),
-            "--config" => config = args.next().expect("--config DIR"),
-            other => die(&format!("unknown argument {other}")),
+            "--home" => home = args.next().unwrap_or_else(|| die("--home DIR")),
+            "--config" => config = args.next().unwrap_or_else(|| die("--config DIR")),
+            other => match other.strip_prefix("--").and_then(|kv| kv.split_once('=')) {
+                Some((k, v)) => overrides.push((k.to_string(), v.trim_matches('"').to_string())),
+                None => die(&format!("unknown argument {other}")),
+            },
         }
     }
     let version_text = std::fs::read_to_string(format!("{home}/VERSION"))
         .unwrap_or_else(|e| die(&format!("cannot read {home}/VERSION: {e}")));
     let version = semver::Version::parse(version_text.trim()).unwrap_or_else(|e| die(&format!("bad VERSION: {e}")));
     let yml = std::fs::read_to_string(format!("{config}/kibana.yml")).unwrap_or_default();
-    let settings = parse_yaml_lines(&yml);
+    let mut settings = parse_yaml_lines(&yml);
+    settings.extend(overrides);
     let hosts: Vec<String> = settings
         .get("elasticsearch.hosts")
         .map(|v| parse_list(v))
@@ -62,16 +82,18 @@ fn main() {
     let port: u16 = settings.get("server.port").and_then(|p| p.parse().ok()).unwrap_or(5601);
     let host = settings.get("server.host").cloned().unwrap_or_else(|| "127.0.0.1".into());
     let fail_migration = settings.get("standin.fail_migration").map(|v| v == "true").unwrap_or(false);
+    let batch_size = settings.get("migrations.batchSize").and_then(|b| b.parse().ok()).filter(|b| *b > 0).unwrap_or(1000);
 
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("X-elastic-product-origin", "kibana".parse().unwrap());
+    headers.insert("X-Opaque-Id", format!("kibana-standin-{}", std::process::id()).parse().unwrap());
     let http = Client::builder()
         .default_headers(headers)
         .user_agent(format!("Kibana/{version}"))
         .timeout(Duration::from_secs(60))
         .build()
         .expect("http client");
-    let kibana = Kibana { version: version.clone(), hosts, http, fail_migration };
+    let kibana = Kibana { version: version.clone(), hosts, http, fail_migration, batch_size };
 
     let status = Arc::new(Mutex::new(Status { level: "unavailable", summary: "Kibana server is not ready yet".into() }));
     let server = tiny_http::Server::http(format!("{host}:{port}"))
@@ -166,6 +188,9 @@ impl Kibana {
             }
             match req.send() {
                 Ok(r) => {
+                    for w in r.headers().get_all("warning") {
+                        eprintln!("elasticsearch warning: {method} {path}: {}", String::from_utf8_lossy(w.as_bytes()));
+                    }
                     let code = r.status().as_u16();
                     let text = r.text().unwrap_or_default();
                     return Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))));
@@ -188,7 +213,7 @@ impl Kibana {
         // Kibana waits for Elasticsearch; give it a while before giving up.
         let mut nodes = None;
         for _ in 0..60 {
-            match self.ok("GET", "_nodes/_all/_none?filter_path=nodes.*.version,nodes.*.name", None) {
+            match self.ok("GET", "_nodes?filter_path=nodes.*.version,nodes.*.name,nodes.*.ip,nodes.*.http.publish_address", None) {
                 Ok(v) => {
                     nodes = Some(v);
                     break;
@@ -205,7 +230,14 @@ impl Kibana {
             let v = n["version"].as_str().unwrap_or("");
             match semver::Version::parse(v) {
                 Ok(es) if es.major == self.version.major && es.minor >= self.version.minor => {}
-                _ => bad.push(format!("v{v} @ {} ({id})", n["name"].as_str().unwrap_or(""))),
+                // Kibana's wording: `v8.15.0 @ 127.0.0.1:9250 (127.0.0.1)`; plus the node's name
+                // and id, so an operator can find it.
+                _ => bad.push(format!(
+                    "v{v} @ {} ({}) [{} {id}]",
+                    n["http"]["publish_address"].as_str().unwrap_or("?"),
+                    n["ip"].as_str().unwrap_or("?"),
+                    n["name"].as_str().unwrap_or("")
+                )),
             }
         }
         if !bad.is_empty() {
@@ -243,12 +275,35 @@ impl Kibana {
             }
             None => {
                 eprintln!("{alias}: creating {target}");
-                self.ok("PUT", &target, Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})))?;
+                let (code, body) =
+                    self.request("PUT", &target, Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})))?;
+                // Several instances starting together race for the create; the index comes with
+                // its aliases atomically, so the losers find it complete and go on (as Kibana).
+                if code == 400 && body["error"]["type"] == "resource_already_exists_exception" {
+                    if self.alias_target(alias)?.as_deref() == Some(target.as_str()) {
+                        eprintln!("{alias}: {target} was created by another instance");
+                        return Ok(());
+                    }
+                }
+                if code >= 300 {
+                    return Err(format!("PUT {target}: HTTP {code}: {body}"));
+                }
                 return Ok(());
             }
             Some(_) => {}
         }
         let source = current.unwrap();
+        // Kibana never migrates "down": an index of a newer version is fatal at start (this is
+        // why going back needs the snapshot restore, not just the older package).
+        let source_version = source
+            .strip_prefix(&format!("{alias}_"))
+            .and_then(|rest| rest.rsplit_once('_'))
+            .and_then(|(ver, _)| semver::Version::parse(ver).ok());
+        if let Some(sv) = source_version.filter(|sv| sv > v) {
+            return Err(format!(
+                "Unable to complete saved object migrations for the [{alias}] index: The {alias} alias is pointing to a newer version of Kibana: v{sv}"
+            ));
+        }
         eprintln!("{alias}: migrating {source} -> {target}");
         let temp = format!("{alias}_{v}_reindex_temp");
         // Like Kibana, an instance that finds another instance's migration under way (its temp
@@ -270,23 +325,21 @@ impl Kibana {
         // 2. Copy and transform into a temporary index.
         self.ok("PUT", &temp, None)?;
         self.ok("POST", &format!("{source}/_refresh"), None)?;
-        let docs = self.ok("POST", &format!("{source}/_search"), Some(json!({"size": 10000, "sort": [{"_doc": "asc"}]})))?;
-        let hits = docs["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        for (i, h) in hits.iter().enumerate() {
-            if self.fail_migration && i * 2 >= hits.len() && !hits.is_empty() {
-                return Err(format!(
-                    "Unable to complete saved object migrations for the [{alias}] index: migration stopped after {i} of {} documents (standin.fail_migration)",
-                    hits.len()
-                ));
-            }
-            let mut src = h["_source"].clone();
-            src["coreMigrationVersion"] = json!(v.to_string());
-            src["typeMigrationVersion"] = json!(v.to_string());
-            let id = h["_id"].as_str().unwrap_or_default();
-            self.ok("PUT", &format!("{temp}/_doc/{}", urlencode(id)), Some(src))?;
-        }
-        if self.fail_migration && hits.is_empty() {
-            return Err(format!("Unable to complete saved object migrations for the [{alias}] index (standin.fail_migration)"));
+        let total = self.ok("GET", &format!("{source}/_count"), None)?["count"].as_u64().unwrap_or(0) as usize;
+        // With standin.fail_migration the copy stops after half of the documents (at least one
+        // when there are any), as a migration that dies in its transform/bulk-index loop does.
+        let stop_after = if self.fail_migration { Some((total / 2).max(total.min(1))) } else { None };
+        let pit = self.ok("POST", &format!("{source}/_pit?keep_alive=5m"), None)?["id"]
+            .as_str()
+            .ok_or("POST _pit: no id")?
+            .to_string();
+        let copied = self.copy_with_pit(&pit, &temp, stop_after);
+        let _ = self.request("DELETE", "_pit", Some(json!({"id": pit})));
+        let copied = copied?;
+        if let Some(n) = stop_after {
+            return Err(format!(
+                "Unable to complete saved object migrations for the [{alias}] index: migration stopped after {copied} of {total} documents ({n} requested; standin.fail_migration)"
+            ));
         }
         // 3. Clone the temp index into the target and move the aliases there.
         self.ok("POST", &format!("{temp}/_refresh"), None)?;
@@ -305,13 +358,74 @@ impl Kibana {
                 {"remove_index": {"index": temp}},
             ]})),
         )?;
-        eprintln!("{alias}: migrated {} documents into {target}", hits.len());
+        eprintln!("{alias}: migrated {copied} documents into {target}");
         Ok(())
+    }
+
+    /// Reads the source through a point in time in batches, transforms each document and bulk-
+    /// writes it into `temp`; stops after `stop_after` documents when given. Returns how many
+    /// documents were written.
+    fn copy_with_pit(&self, pit: &str, temp: &str, stop_after: Option<usize>) -> Result<usize, String> {
+        let v = self.version.to_string();
+        let mut copied = 0usize;
+        let mut after: Option<Value> = None;
+        loop {
+            let mut size = self.batch_size;
+            if let Some(n) = stop_after {
+                size = size.min(n - copied);
+                if size == 0 {
+                    return Ok(copied);
+                }
+            }
+            let mut q = json!({"size": size, "pit": {"id": pit, "keep_alive": "5m"}, "sort": [{"_shard_doc": "asc"}]});
+            if let Some(a) = &after {
+                q["search_after"] = a.clone();
+            }
+            let page = self.ok("POST", "_search", Some(q))?;
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                return Ok(copied);
+            }
+            after = hits.last().map(|h| h["sort"].clone());
+            let mut bulk = String::new();
+            for h in &hits {
+                let mut src = h["_source"].clone();
+                src["coreMigrationVersion"] = json!(v);
+                src["typeMigrationVersion"] = json!(v);
+                bulk.push_str(&json!({"index": {"_id": h["_id"]}}).to_string());
+                bulk.push('\n');
+                bulk.push_str(&src.to_string());
+                bulk.push('\n');
+            }
+            let r = self.bulk(&format!("{temp}/_bulk"), bulk)?;
+            if r["errors"] == json!(true) {
+                let first = r["items"].as_array().and_then(|i| i.iter().find(|x| x["index"]["error"].is_object()).cloned());
+                return Err(format!("bulk into {temp} failed: {}", first.unwrap_or(Value::Null)));
+            }
+            copied += hits.len();
+        }
+    }
+
+    fn bulk(&self, path: &str, ndjson: String) -> Result<Value, String> {
+        let mut last = String::new();
+        for host in &self.hosts {
+            let url = format!("{}/{path}", host.trim_end_matches('/'));
+            match self.http.post(&url).header("content-type", "application/x-ndjson").body(ndjson.clone()).send() {
+                Ok(r) => {
+                    for w in r.headers().get_all("warning") {
+                        eprintln!("elasticsearch warning: POST {path}: {}", String::from_utf8_lossy(w.as_bytes()));
+                    }
+                    let code = r.status().as_u16();
+                    let text = r.text().unwrap_or_default();
+                    if code >= 300 {
+                        return Err(format!("POST {path}: HTTP {code}: {text}"));
+                    }
+                    return serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}: {text}"));
+                }
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(format!("POST {path}: no Elasticsearch host answered: {last}"))
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
-}

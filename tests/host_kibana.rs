@@ -1,0 +1,190 @@
+//! The real `kibana` package (its program is the Kibana stand-in) on real test hosts: two hosts
+//! booted in parallel (tests/harness/host: systemd as PID 1 of their own namespaces, network
+//! shared with the machine), the package installed with apt **inside** each host from the local
+//! repository, kibana.service started over D-Bus (`SystemdUnits`) and found available through
+//! `StatusProbe` — then a downgrade to 8.14.3 by `PackageManager` (apt through `host exec`), held,
+//! the unit restarted and 8.14.3 available. Along the way: 8.14.3 refuses 8.15.0's indices, which
+//! is why a rollback restores the feature state first (here: deleted, standing in for the
+//! restore that es_node.rs and e2e_rollback.rs do for real).
+//!
+//! How a host learns its Elasticsearch URL and port: the test writes the host's own
+//! /etc/kibana/kibana.yml (testbed::kibana_yml: a free port, the test node's URL) after installing
+//! the package and before starting the unit; dpkg keeps that local edit of the conffile across
+//! the downgrade (--force-confold), which the test checks.
+//!
+//! Root only (CI runs as root); skips with the reason otherwise. `-- --nocapture` prints TIMING.
+
+mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
+#[path = "common/testbed.rs"]
+mod testbed;
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hosts::{Hosts, TestHost};
+use kibana_rollback::config::KibanaSettings;
+use kibana_rollback::host::kibana_status::{Level, StatusProbe};
+use kibana_rollback::host::pkg::{PackageManager, PackageName, PackageVersion, PkgSettings};
+use kibana_rollback::host::systemd::SystemdUnits;
+
+const OLD: &str = "8.14.3";
+const NEW: &str = "8.15.0";
+const UNIT: &str = "kibana.service";
+const OP: Duration = Duration::from_secs(30);
+
+/// The adapter's commands run inside the host. `host exec` starts from a clean environment, so
+/// the variables the adapter sets on its commands are passed inside with `env`.
+pub fn host_command_prefix(h: &TestHost) -> Vec<OsString> {
+    [hosts::HARNESS, "exec", &h.name, "--", "env", "LC_ALL=C", "LANG=C", "DEBIAN_FRONTEND=noninteractive", "APT_LISTCHANGES_FRONTEND=none"]
+        .iter()
+        .map(OsString::from)
+        .collect()
+}
+
+fn probe(port: u16) -> StatusProbe {
+    StatusProbe::new(&KibanaSettings {
+        unit: UNIT.into(),
+        package: "kibana".into(),
+        status_url: format!("http://127.0.0.1:{port}/api/status").parse().unwrap(),
+        status_auth: None,
+        stop_timeout: OP,
+        start_timeout: OP,
+    })
+    .unwrap()
+}
+
+/// Only the local repository as apt source, `apt-get update`, `apt-get install kibana=VERSION`,
+/// then the host's own kibana.yml.
+fn install(h: &TestHost, apt_source: &str, version: &str, port: u16) {
+    h.exec_ok(&["sh", "-c", "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list"]);
+    h.write("/etc/apt/sources.list.d/kibana-test.list", &format!("{apt_source}\n"));
+    h.exec_ok(&["apt-get", "update", "-qq"]);
+    h.exec_ok(&[
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        &format!("kibana={version}"),
+    ]);
+    h.write("/etc/kibana/kibana.yml", &format!("# this host's own settings\n{}", testbed::kibana_yml(port, &es_node().url, false)));
+}
+
+fn journal(h: &TestHost) -> String {
+    String::from_utf8_lossy(&h.exec(&["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"]).stdout).into_owned()
+}
+
+#[tokio::test]
+async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
+    if let Some(reason) = hosts::skip_reason() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let t0 = Instant::now();
+    let tb = testbed::testbed(); // stand-in built, repository built, before any host boots
+    let _turn = kibana_feature_lock();
+    reset_kibana_feature().await;
+
+    let pid = std::process::id();
+    let names: Vec<String> = ["a", "b"].iter().map(|n| format!("kb-{pid}-{n}")).collect();
+    let t_boot = Instant::now();
+    let hosts = Hosts::up(&names, None).expect("boot test hosts"); // torn down on drop, also on panic
+    let boot = t_boot.elapsed();
+    let (a, b) = (hosts.get(&names[0]), hosts.get(&names[1]));
+    let ports = [testbed::free_port(), testbed::free_port()];
+
+    // Install 8.15.0 inside both hosts, in parallel.
+    let t_install = Instant::now();
+    std::thread::scope(|s| {
+        for (h, port) in [(a, ports[0]), (b, ports[1])] {
+            let src = &tb.apt_source;
+            s.spawn(move || install(h, src, NEW, port));
+        }
+    });
+    let install_time = t_install.elapsed();
+    for h in [a, b] {
+        assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]), NEW);
+        assert_eq!(h.exec_ok(&["cat", "/usr/share/kibana/VERSION"]).trim(), NEW);
+    }
+
+    // Start both over D-Bus; both reach available at 8.15.0 (one creates the indices, the other
+    // finds them).
+    let t_start = Instant::now();
+    let (sa, sb) = (SystemdUnits::connect_to(&a.bus).await.unwrap(), SystemdUnits::connect_to(&b.bus).await.unwrap());
+    let (ra, rb) = tokio::join!(sa.start(UNIT, OP), sb.start(UNIT, OP));
+    assert!(ra.unwrap().is_active());
+    assert!(rb.unwrap().is_active());
+    let (pa, pb) = (probe(ports[0]), probe(ports[1]));
+    let poll = Duration::from_millis(50);
+    let (wa, wb) = tokio::join!(pa.wait_available(NEW, OP, poll), pb.wait_available(NEW, OP, poll));
+    let st = wa.unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
+    wb.unwrap_or_else(|e| panic!("{e}\n{}", journal(b)));
+    let start_time = t_start.elapsed();
+    assert_eq!((st.level, st.http_status), (Level::Available, Some(200)));
+    let (_, v) = raw("GET", "_alias/.kibana", None).await;
+    assert!(v.get(format!(".kibana_{NEW}_001")).is_some(), "{v}");
+    // the unit's program is the stand-in, configured by the host's kibana.yml
+    assert!(journal(a).contains(&format!("kibana-standin {NEW}: listening on 127.0.0.1:{}", ports[0])), "{}", journal(a));
+    println!(
+        "TIMING 2 hosts: boot {boot:?} (parallel), apt-get update + install {NEW} {install_time:?} (parallel), \
+         start over D-Bus until both available {start_time:?}; total so far {:?}",
+        t0.elapsed()
+    );
+
+    // The rollback on host a: stop every instance, downgrade + hold with the adapter (apt inside
+    // the host), and the older Kibana refuses the newer indices until the feature state is back.
+    let (ra, rb) = tokio::join!(sa.stop(UNIT, OP), sb.stop(UNIT, OP));
+    assert!(ra.unwrap().is_stopped());
+    assert!(rb.unwrap().is_stopped());
+    let t_down = Instant::now();
+    let pm = PackageManager::with_command_prefix(&PkgSettings::default(), host_command_prefix(a)).await.unwrap();
+    let k = PackageName::new("kibana").unwrap();
+    let v814 = pm.resolve(&k, OLD).await.unwrap();
+    let r = pm.install_exact(&k, &v814).await.unwrap();
+    assert_eq!(r.previous, Some(PackageVersion::new(NEW).unwrap()));
+    assert!(r.held);
+    pm.verify(&k, &v814, true).await.unwrap();
+    let downgrade = t_down.elapsed();
+    assert_eq!(a.exec_ok(&["cat", "/usr/share/kibana/VERSION"]).trim(), OLD);
+    assert!(a.exec_ok(&["apt-mark", "showhold"]).contains("kibana"));
+    let yml = a.exec_ok(&["cat", "/etc/kibana/kibana.yml"]);
+    assert!(yml.contains("# this host's own settings") && yml.contains(&format!("server.port: {}", ports[0])), "{yml}");
+
+    // 8.14.3 on 8.15.0's indices: exits 1 (systemd restarts it), never available.
+    sa.restart(UNIT, OP).await.unwrap();
+    let t = Instant::now();
+    while !journal(a).contains(&format!("The .kibana alias is pointing to a newer version of Kibana: v{NEW}")) {
+        assert!(t.elapsed() < OP, "8.14.3 did not refuse the newer index:\n{}", journal(a));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(pa.probe().await.unwrap().level, Level::Available);
+    sa.stop(UNIT, OP).await.unwrap();
+
+    // The feature state "restored" (here: emptied), the unit restarted: 8.14.3 available.
+    reset_kibana_feature().await;
+    let t_restart = Instant::now();
+    assert!(sa.restart(UNIT, OP).await.unwrap().is_active());
+    let st = pa.wait_available(OLD, OP, poll).await.unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
+    let restart = t_restart.elapsed();
+    assert_eq!(st.version.as_deref(), Some(OLD));
+    let (_, v) = raw("GET", "_alias/.kibana", None).await;
+    assert!(v.get(format!(".kibana_{OLD}_001")).is_some(), "{v}");
+    // still held after the restart; the other host untouched on 8.15.0, stopped
+    pm.verify(&k, &v814, true).await.unwrap();
+    assert_eq!(b.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]), NEW);
+    assert!(sb.status(UNIT).await.unwrap().is_stopped());
+    println!(
+        "TIMING downgrade+hold via PackageManager {downgrade:?}; restart until {OLD} available {restart:?}; test total {:?}",
+        t0.elapsed()
+    );
+
+    sa.stop(UNIT, OP).await.unwrap();
+    drop(hosts);
+    reset_kibana_feature().await;
+}
