@@ -12,8 +12,12 @@ use crate::es::NodeInfo;
 pub enum Verdict {
     Compatible,
     /// Compatible, but not the same version (Kibana logs a warning).
-    Warning { reason: String },
-    Incompatible { reason: String },
+    Warning {
+        reason: String,
+    },
+    Incompatible {
+        reason: String,
+    },
 }
 
 /// Applies the rule to one node.
@@ -25,11 +29,16 @@ pub fn check(kibana: &Version, es: &Version) -> Verdict {
     }
     if es.minor < kibana.minor {
         return Verdict::Incompatible {
-            reason: format!("Elasticsearch {es} is older than Kibana {kibana} (minor {} < {})", es.minor, kibana.minor),
+            reason: format!(
+                "Elasticsearch {es} is older than Kibana {kibana} (minor {} < {})",
+                es.minor, kibana.minor
+            ),
         };
     }
     if es.minor != kibana.minor || es.patch != kibana.patch {
-        return Verdict::Warning { reason: format!("Elasticsearch {es} differs from Kibana {kibana}; compatible") };
+        return Verdict::Warning {
+            reason: format!("Elasticsearch {es} differs from Kibana {kibana}; compatible"),
+        };
     }
     Verdict::Compatible
 }
@@ -55,16 +64,28 @@ impl Report {
             .map(|n| {
                 let verdict = match crate::config::parse_version(&n.version) {
                     Ok(v) => check(kibana, &v),
-                    Err(e) => Verdict::Incompatible { reason: format!("node reports version {:?}: {e}", n.version) },
+                    Err(e) => Verdict::Incompatible {
+                        reason: format!("node reports version {:?}: {e}", n.version),
+                    },
                 };
-                NodeVerdict { node: n.clone(), verdict }
+                NodeVerdict {
+                    node: n.clone(),
+                    verdict,
+                }
             })
             .collect();
-        Report { kibana: kibana.to_string(), nodes }
+        Report {
+            kibana: kibana.to_string(),
+            nodes,
+        }
     }
 
     pub fn compatible(&self) -> bool {
-        !self.nodes.is_empty() && self.nodes.iter().all(|n| !matches!(n.verdict, Verdict::Incompatible { .. }))
+        !self.nodes.is_empty()
+            && self
+                .nodes
+                .iter()
+                .all(|n| !matches!(n.verdict, Verdict::Incompatible { .. }))
     }
 
     /// One line naming every incompatible node, for refusals.
@@ -76,7 +97,10 @@ impl Report {
             .nodes
             .iter()
             .filter_map(|n| match &n.verdict {
-                Verdict::Incompatible { reason } => Some(format!("node {} ({}): {reason}", n.node.name, n.node.version)),
+                Verdict::Incompatible { reason } => Some(format!(
+                    "node {} ({}): {reason}",
+                    n.node.name, n.node.version
+                )),
                 _ => None,
             })
             .collect();
@@ -108,7 +132,11 @@ mod tests {
         Version::parse(s).unwrap()
     }
     fn node(name: &str, version: &str) -> NodeInfo {
-        NodeInfo { id: format!("id-{name}"), name: name.into(), version: version.into() }
+        NodeInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            version: version.into(),
+        }
     }
 
     #[test]
@@ -116,8 +144,8 @@ mod tests {
         let cases = [
             // kibana, es, expected
             ("8.14.3", "8.14.3", "compatible"),
-            ("8.14.3", "8.14.0", "warning"),  // patch ignored, but a difference
-            ("8.14.3", "8.15.0", "warning"),  // ES newer minor
+            ("8.14.3", "8.14.0", "warning"), // patch ignored, but a difference
+            ("8.14.3", "8.15.0", "warning"), // ES newer minor
             ("8.14.3", "8.13.4", "incompatible"), // ES older minor
             ("8.15.0", "8.14.3", "incompatible"),
             ("7.17.20", "8.15.0", "incompatible"), // other major
@@ -135,7 +163,11 @@ mod tests {
 
     #[test]
     fn mixed_version_cluster_is_judged_by_every_node() {
-        let nodes = [node("es1", "8.15.0"), node("es2", "8.14.1"), node("es3", "8.15.2")];
+        let nodes = [
+            node("es1", "8.15.0"),
+            node("es2", "8.14.1"),
+            node("es3", "8.15.2"),
+        ];
         let ok = Report::new(&v("8.14.3"), &nodes);
         assert!(ok.compatible());
         assert_eq!(ok.warnings().len(), 3);

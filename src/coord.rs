@@ -14,16 +14,26 @@ pub struct Coord<'a> {
 }
 
 fn to_fleet<T>(v: crate::es::Versioned<T>) -> fleet::Versioned<T> {
-    fleet::Versioned { seq_no: v.seq_no.max(0) as u64, primary_term: v.primary_term.max(0) as u64, doc: v.source }
+    fleet::Versioned {
+        seq_no: v.seq_no.max(0) as u64,
+        primary_term: v.primary_term.max(0) as u64,
+        doc: v.source,
+    }
 }
 
 fn version(w: crate::es::WriteResult) -> DocVersion {
-    DocVersion { seq_no: w.seq_no.max(0) as u64, primary_term: w.primary_term.max(0) as u64 }
+    DocVersion {
+        seq_no: w.seq_no.max(0) as u64,
+        primary_term: w.primary_term.max(0) as u64,
+    }
 }
 
 impl<'a> Coord<'a> {
     pub fn new(es: &'a Es, settings: &'a Settings) -> Self {
-        Coord { es, index: &settings.coordination.index }
+        Coord {
+            es,
+            index: &settings.coordination.index,
+        }
     }
 
     pub async fn ensure_index(&self) -> Result<(), EsError> {
@@ -32,28 +42,56 @@ impl<'a> Coord<'a> {
 
     /// The active operation, if any.
     pub async fn operation(&self) -> Result<Option<fleet::Versioned<OperationDoc>>, EsError> {
-        Ok(self.es.get_doc::<OperationDoc>(self.index, OPERATION_DOC_ID).await?.map(to_fleet))
+        Ok(self
+            .es
+            .get_doc::<OperationDoc>(self.index, OPERATION_DOC_ID)
+            .await?
+            .map(to_fleet))
     }
 
     /// Creates the operation; a conflict means another operation is active.
     pub async fn create_operation(&self, op: &OperationDoc) -> Result<DocVersion, EsError> {
-        self.es.create_doc(self.index, OPERATION_DOC_ID, op).await.map(version)
+        self.es
+            .create_doc(self.index, OPERATION_DOC_ID, op)
+            .await
+            .map(version)
     }
 
-    pub async fn cas_operation(&self, op: &OperationDoc, expected: DocVersion) -> Result<DocVersion, EsError> {
+    pub async fn cas_operation(
+        &self,
+        op: &OperationDoc,
+        expected: DocVersion,
+    ) -> Result<DocVersion, EsError> {
         self.es
-            .cas_put(self.index, OPERATION_DOC_ID, op, expected.seq_no as i64, expected.primary_term as i64)
+            .cas_put(
+                self.index,
+                OPERATION_DOC_ID,
+                op,
+                expected.seq_no as i64,
+                expected.primary_term as i64,
+            )
             .await
             .map(version)
     }
 
     pub async fn delete_operation(&self, expected: DocVersion) -> Result<(), EsError> {
-        self.es.cas_delete(self.index, OPERATION_DOC_ID, expected.seq_no as i64, expected.primary_term as i64).await
+        self.es
+            .cas_delete(
+                self.index,
+                OPERATION_DOC_ID,
+                expected.seq_no as i64,
+                expected.primary_term as i64,
+            )
+            .await
     }
 
     /// Archives a finished operation as `history-<id>`; an existing archive counts as done.
     pub async fn archive(&self, op: &OperationDoc) -> Result<(), EsError> {
-        match self.es.create_doc(self.index, &fleet::history_doc_id(&op.id), op).await {
+        match self
+            .es
+            .create_doc(self.index, &fleet::history_doc_id(&op.id), op)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.is_conflict() => Ok(()),
             Err(e) => Err(e),
@@ -63,22 +101,42 @@ impl<'a> Coord<'a> {
     /// Host documents of these hosts, read in real time.
     pub async fn hosts(&self, ids: &[String]) -> Result<Vec<HostDoc>, EsError> {
         let doc_ids: Vec<String> = ids.iter().map(|h| HostDoc::doc_id(h)).collect();
-        Ok(self.es.get_docs::<HostDoc>(self.index, &doc_ids).await?.into_iter().map(|d| d.source).collect())
+        Ok(self
+            .es
+            .get_docs::<HostDoc>(self.index, &doc_ids)
+            .await?
+            .into_iter()
+            .map(|d| d.source)
+            .collect())
     }
 
     /// Every registered host (near-real-time search).
     pub async fn all_hosts(&self) -> Result<Vec<HostDoc>, EsError> {
-        Ok(self.es.list_docs::<HostDoc>(self.index, "host-").await?.into_iter().map(|d| d.source).collect())
+        Ok(self
+            .es
+            .list_docs::<HostDoc>(self.index, "host-")
+            .await?
+            .into_iter()
+            .map(|d| d.source)
+            .collect())
     }
 
     pub async fn write_host(&self, doc: &HostDoc) -> Result<(), EsError> {
-        self.es.put_doc(self.index, &HostDoc::doc_id(&doc.host_id), doc).await.map(|_| ())
+        self.es
+            .put_doc(self.index, &HostDoc::doc_id(&doc.host_id), doc)
+            .await
+            .map(|_| ())
     }
 
     /// Finished operations, newest first (by the wall-clock time they were requested).
     pub async fn history(&self) -> Result<Vec<OperationDoc>, EsError> {
-        let mut ops: Vec<OperationDoc> =
-            self.es.list_docs::<OperationDoc>(self.index, "history-").await?.into_iter().map(|d| d.source).collect();
+        let mut ops: Vec<OperationDoc> = self
+            .es
+            .list_docs::<OperationDoc>(self.index, "history-")
+            .await?
+            .into_iter()
+            .map(|d| d.source)
+            .collect();
         ops.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
         Ok(ops)
     }
@@ -88,7 +146,10 @@ impl<'a> Coord<'a> {
 pub fn fleet_config(settings: &Settings) -> fleet::FleetConfig {
     let c = &settings.coordination;
     fleet::FleetConfig {
-        lease: fleet::LeaseConfig { duration: c.lease, margin: (c.lease / 6).max(std::time::Duration::from_millis(500)) },
+        lease: fleet::LeaseConfig {
+            duration: c.lease,
+            margin: (c.lease / 6).max(std::time::Duration::from_millis(500)),
+        },
         barrier_timeout: c.barrier_timeout,
         phase_timeout: Some(c.phase_timeout),
         retry_every: std::time::Duration::from_secs(5).min(c.lease / 3),

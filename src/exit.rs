@@ -30,7 +30,11 @@ pub struct Coded {
 }
 
 pub fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
-    Coded { code, message: message.into() }.into()
+    Coded {
+        code,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// The exit code for an error, from the first cause that has one.

@@ -12,10 +12,18 @@ fn main() -> std::process::ExitCode {
         // A listing piped into `head` should end quietly, as other CLI tools do; the daemon keeps
         // Rust's default (SIGPIPE ignored) so a closed socket is an error, not a death.
         // SAFETY: setting a signal disposition before any thread is started.
-        let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
     }
     logging::init(args.verbose);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kibana-rollback: error: cannot start the async runtime: {e}");

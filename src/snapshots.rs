@@ -30,7 +30,12 @@ pub fn version_in_index_name(name: &str) -> Option<Version> {
 pub fn evidence(s: &SnapshotInfo) -> Vec<Version> {
     let mut versions: Vec<Version> = s
         .kibana_feature_state()
-        .map(|f| f.indices.iter().filter_map(|i| version_in_index_name(i)).collect())
+        .map(|f| {
+            f.indices
+                .iter()
+                .filter_map(|i| version_in_index_name(i))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions.dedup();
@@ -46,11 +51,17 @@ pub fn assess(s: &SnapshotInfo, target: Option<&Version>) -> Assessment {
     let versions = evidence(s);
     match s.kibana_feature_state() {
         None => reasons.push("holds no kibana feature state".into()),
-        Some(f) if f.indices.is_empty() => reasons.push("its kibana feature state holds no index".into()),
+        Some(f) if f.indices.is_empty() => {
+            reasons.push("its kibana feature state holds no index".into())
+        }
         Some(_) => {}
     }
     if let Some(target) = target {
-        let newer: Vec<String> = versions.iter().filter(|v| *v > target).map(Version::to_string).collect();
+        let newer: Vec<String> = versions
+            .iter()
+            .filter(|v| *v > target)
+            .map(Version::to_string)
+            .collect();
         if !newer.is_empty() {
             reasons.push(format!(
                 "holds indices of Kibana {} (newer than the target {target}): taken after the upgrade",
@@ -75,7 +86,10 @@ pub fn assess(s: &SnapshotInfo, target: Option<&Version>) -> Assessment {
 }
 
 /// The newest eligible snapshot (the list is newest first).
-pub fn latest_eligible<'a>(list: &'a [SnapshotInfo], target: Option<&Version>) -> Option<&'a SnapshotInfo> {
+pub fn latest_eligible<'a>(
+    list: &'a [SnapshotInfo],
+    target: Option<&Version>,
+) -> Option<&'a SnapshotInfo> {
     list.iter().find(|s| assess(s, target).eligible)
 }
 
@@ -93,7 +107,12 @@ mod tests {
             indices: vec![],
             include_global_state: Some(false),
             feature_states: kibana
-                .map(|idx| vec![FeatureState { feature_name: "kibana".into(), indices: idx.iter().map(|s| s.to_string()).collect() }])
+                .map(|idx| {
+                    vec![FeatureState {
+                        feature_name: "kibana".into(),
+                        indices: idx.iter().map(|s| s.to_string()).collect(),
+                    }]
+                })
                 .unwrap_or_default(),
             state: state.into(),
             start_time_in_millis: Some(0),
@@ -105,8 +124,14 @@ mod tests {
 
     #[test]
     fn version_from_index_names() {
-        assert_eq!(version_in_index_name(".kibana_8.14.3_001"), Some(Version::new(8, 14, 3)));
-        assert_eq!(version_in_index_name(".kibana_task_manager_8.15.0_001"), Some(Version::new(8, 15, 0)));
+        assert_eq!(
+            version_in_index_name(".kibana_8.14.3_001"),
+            Some(Version::new(8, 14, 3))
+        );
+        assert_eq!(
+            version_in_index_name(".kibana_task_manager_8.15.0_001"),
+            Some(Version::new(8, 15, 0))
+        );
         assert_eq!(version_in_index_name(".kibana_1"), None);
         assert_eq!(version_in_index_name("kibana_8.14.3_001"), None);
     }
@@ -114,7 +139,14 @@ mod tests {
     #[test]
     fn eligibility_reasons() {
         let t = Version::new(8, 14, 3);
-        let ok = assess(&snap("a", "SUCCESS", Some(&[".kibana_8.14.3_001", ".kibana_task_manager_8.14.3_001"])), Some(&t));
+        let ok = assess(
+            &snap(
+                "a",
+                "SUCCESS",
+                Some(&[".kibana_8.14.3_001", ".kibana_task_manager_8.14.3_001"]),
+            ),
+            Some(&t),
+        );
         assert!(ok.eligible, "{ok:?}");
         assert_eq!(ok.kibana_versions, vec!["8.14.3"]);
 
@@ -122,14 +154,30 @@ mod tests {
         assert!(!none.eligible);
         assert_eq!(none.reasons, vec!["holds no kibana feature state"]);
 
-        let partial = assess(&snap("c", "PARTIAL", Some(&[".kibana_8.14.3_001"])), Some(&t));
+        let partial = assess(
+            &snap("c", "PARTIAL", Some(&[".kibana_8.14.3_001"])),
+            Some(&t),
+        );
         assert_eq!(partial.reasons, vec!["state is PARTIAL (must be SUCCESS)"]);
 
-        let after = assess(&snap("d", "SUCCESS", Some(&[".kibana_8.15.0_001", ".kibana_8.14.3_001"])), Some(&t));
+        let after = assess(
+            &snap(
+                "d",
+                "SUCCESS",
+                Some(&[".kibana_8.15.0_001", ".kibana_8.14.3_001"]),
+            ),
+            Some(&t),
+        );
         assert!(!after.eligible);
-        assert!(after.reasons[0].contains("8.15.0 (newer than the target 8.14.3)"), "{after:?}");
+        assert!(
+            after.reasons[0].contains("8.15.0 (newer than the target 8.14.3)"),
+            "{after:?}"
+        );
 
-        let older = assess(&snap("e", "SUCCESS", Some(&[".kibana_8.12.0_001"])), Some(&t));
+        let older = assess(
+            &snap("e", "SUCCESS", Some(&[".kibana_8.12.0_001"])),
+            Some(&t),
+        );
         assert!(older.eligible);
         assert_eq!(older.notes.len(), 1);
     }

@@ -26,12 +26,21 @@ async fn shared_repo() -> &'static str {
         let _turn = kibana_feature_lock();
         let es = es();
         let repo = unique("kr-cli-repo");
-        es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+        es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+            .await
+            .unwrap();
         data_only_snapshot(&repo).await;
         reset_kibana_feature().await;
-        let (s, v) = raw("PUT", ".kibana_8.14.3_001", Some(json!({"aliases": {".kibana": {}}}))).await;
+        let (s, v) = raw(
+            "PUT",
+            ".kibana_8.14.3_001",
+            Some(json!({"aliases": {".kibana": {}}})),
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
-        es.create_kibana_snapshot(&repo, "good", json!({})).await.unwrap();
+        es.create_kibana_snapshot(&repo, "good", json!({}))
+            .await
+            .unwrap();
         repo
     })
     .await
@@ -39,7 +48,12 @@ async fn shared_repo() -> &'static str {
 
 async fn data_only_snapshot(repo: &str) {
     let data = unique("kr-cli-data");
-    raw("PUT", &format!("{data}/_doc/1?refresh=true"), Some(json!({"a": 1}))).await;
+    raw(
+        "PUT",
+        &format!("{data}/_doc/1?refresh=true"),
+        Some(json!({"a": 1})),
+    )
+    .await;
     let (s, v) = raw(
         "PUT",
         &format!("_snapshot/{repo}/data-only?wait_for_completion=true"),
@@ -70,7 +84,11 @@ fn env(repo: &str, coordination_extra: &str) -> Env {
         ),
     )
     .unwrap();
-    Env { _dir: dir, cfg, index }
+    Env {
+        _dir: dir,
+        cfg,
+        index,
+    }
 }
 
 async fn write_host(index: &str, id: &str, heartbeat: u64, installed: &str) {
@@ -87,11 +105,18 @@ async fn write_host(index: &str, id: &str, heartbeat: u64, installed: &str) {
 }
 
 async fn operation(index: &str) -> Option<(OperationDoc, i64, i64)> {
-    es().get_doc::<OperationDoc>(index, "operation").await.unwrap().map(|v| (v.source, v.seq_no, v.primary_term))
+    es().get_doc::<OperationDoc>(index, "operation")
+        .await
+        .unwrap()
+        .map(|v| (v.source, v.seq_no, v.primary_term))
 }
 
 fn one_line(err: &str) {
-    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err:?}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line on stderr: {err:?}"
+    );
 }
 
 fn spawn_cli(cfg: &Path, args: &[&str]) -> Child {
@@ -119,8 +144,18 @@ async fn wait_child(mut child: Child) -> (i32, String, String) {
     };
     let mut out = String::new();
     let mut err = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     (status.code().unwrap_or(-1), out, err)
 }
 
@@ -130,7 +165,10 @@ async fn wait_for_operation(index: &str) -> (OperationDoc, i64, i64) {
         if let Some(op) = operation(index).await {
             return op;
         }
-        assert!(Instant::now() < deadline, "no operation was created in {index}");
+        assert!(
+            Instant::now() < deadline,
+            "no operation was created in {index}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -141,12 +179,25 @@ async fn finish_by_hand(index: &str, to: Phase, error: Option<OpError>) -> Strin
     // Let the follower see it running first.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (mut op, seq, term) = wait_for_operation(index).await;
-    op.history.push(PhaseChange { from: op.phase, to, epoch: 1, reason: "finished by the test".into(), at: "2026-01-01T00:00:09Z".into() });
+    op.history.push(PhaseChange {
+        from: op.phase,
+        to,
+        epoch: 1,
+        reason: "finished by the test".into(),
+        at: "2026-01-01T00:00:09Z".into(),
+    });
     op.phase = to;
     op.error = error;
-    let (s, v) = raw("PUT", &format!("{index}/_create/{}", fleet::history_doc_id(&op.id)), Some(serde_json::to_value(&op).unwrap())).await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("{index}/_create/{}", fleet::history_doc_id(&op.id)),
+        Some(serde_json::to_value(&op).unwrap()),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
-    es().cas_delete(index, "operation", seq, term).await.unwrap();
+    es().cas_delete(index, "operation", seq, term)
+        .await
+        .unwrap();
     op.id
 }
 
@@ -157,15 +208,23 @@ async fn start_refuses_bad_input_before_writing_anything() {
     let (code, out, err) = run_cli(&e.cfg, &["start", "--to", "8.x"]);
     assert_eq!(code, 2, "{out}{err}");
     one_line(&err);
-    assert!(err.contains("--to \"8.x\"") && err.contains("8.14.3"), "{err}");
+    assert!(
+        err.contains("--to \"8.x\"") && err.contains("8.14.3"),
+        "{err}"
+    );
 
     // No target at all (the configuration's removed): 78, naming both ways to give one.
-    let text = std::fs::read_to_string(&e.cfg).unwrap().replace("target_version = \"8.14.3\"\n", "");
+    let text = std::fs::read_to_string(&e.cfg)
+        .unwrap()
+        .replace("target_version = \"8.14.3\"\n", "");
     std::fs::write(&e.cfg, text).unwrap();
     let (code, _, err) = run_cli(&e.cfg, &["start"]);
     assert_eq!(code, 78, "{err}");
     one_line(&err);
-    assert!(err.contains("--to") && err.contains("rollback.target_version"), "{err}");
+    assert!(
+        err.contains("--to") && err.contains("rollback.target_version"),
+        "{err}"
+    );
 
     // Nothing was written: the coordination index does not even exist.
     let (s, _) = raw("GET", &e.index, None).await;
@@ -177,25 +236,38 @@ async fn start_refuses_ineligible_or_missing_snapshots_naming_why() {
     let shared = shared_repo().await;
     // A repository whose only snapshot holds no kibana feature state.
     let repo = unique("kr-cli-noelig");
-    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+        .await
+        .unwrap();
     data_only_snapshot(&repo).await;
     let e = env(&repo, "expected_hosts = [\"kb1\"]");
     let (code, _, err) = run_cli(&e.cfg, &["start"]);
     assert_eq!(code, 1, "{err}");
     one_line(&err);
-    assert!(err.contains("no eligible snapshot") && err.contains("data-only: holds no kibana feature state"), "{err}");
+    assert!(
+        err.contains("no eligible snapshot")
+            && err.contains("data-only: holds no kibana feature state"),
+        "{err}"
+    );
 
     let e = env(shared, "expected_hosts = [\"kb1\"]");
     let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "data-only"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&format!("snapshot {shared}/data-only is not eligible")) && err.contains("holds no kibana feature state"), "{err}");
+    assert!(
+        err.contains(&format!("snapshot {shared}/data-only is not eligible"))
+            && err.contains("holds no kibana feature state"),
+        "{err}"
+    );
     let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "no-such-snapshot"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("does not exist"), "{err}");
     // An incompatible target is refused up front too, naming the node.
     let (code, _, err) = run_cli(&e.cfg, &["start", "--to", "8.16.0"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not compatible") && err.contains("node "), "{err}");
+    assert!(
+        err.contains("not compatible") && err.contains("node "),
+        "{err}"
+    );
     // No expected hosts configured and none registered.
     let e2 = env(shared, "");
     let (code, _, err) = run_cli(&e2.cfg, &["start"]);
@@ -228,26 +300,49 @@ async fn start_status_busy_abort_lock_history() {
     assert!(!op.snapshot.uuid.is_empty());
     assert_eq!(op.target_version.to_string(), "8.14.3");
     assert!(op.requested_by.contains('@'), "{}", op.requested_by);
-    assert_eq!(op.safety_snapshot.name.as_deref(), Some(format!("kibana-rollback-pre-{id}").as_str()));
+    assert_eq!(
+        op.safety_snapshot.name.as_deref(),
+        Some(format!("kibana-rollback-pre-{id}").as_str())
+    );
 
     // One at a time: 75, naming the running one and what to do.
     let (code, _, err) = run_cli(&e.cfg, &["start", "--to", "8.14.2"]);
     assert_eq!(code, 75, "{err}");
     one_line(&err);
-    assert!(err.contains(&format!("operation {id} (phase preflight, requested by")) && err.contains("kibana-rollback abort"), "{err}");
+    assert!(
+        err.contains(&format!("operation {id} (phase preflight, requested by"))
+            && err.contains("kibana-rollback abort"),
+        "{err}"
+    );
 
     // status, text and JSON.
     let (code, out, err) = run_cli(&e.cfg, &["status"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("operation {id}")) && out.contains("preflight"), "{out}");
-    assert!(out.contains("waiting for an agent on kb1, kb2 to take the lease"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("kb1") && l.contains("8.15.0")), "{out}");
+    assert!(
+        out.contains(&format!("operation {id}")) && out.contains("preflight"),
+        "{out}"
+    );
+    assert!(
+        out.contains("waiting for an agent on kb1, kb2 to take the lease"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("kb1") && l.contains("8.15.0")),
+        "{out}"
+    );
     let (code, out, _) = run_cli(&e.cfg, &["--json", "status"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["operation"]["id"], id.as_str());
     assert_eq!(v["operation"]["phase"], "preflight");
-    assert!(v["waiting_for"].as_str().unwrap().contains("take the lease"), "{v}");
+    assert!(
+        v["waiting_for"]
+            .as_str()
+            .unwrap()
+            .contains("take the lease"),
+        "{v}"
+    );
     assert_eq!(v["hosts"].as_array().unwrap().len(), 2);
     assert_eq!(v["hosts"][0]["installed_version"], "8.15.0");
     assert_eq!(v["last_finished"], Value::Null);
@@ -255,12 +350,18 @@ async fn start_status_busy_abort_lock_history() {
     // lock shows the lease.
     let (code, out, _) = run_cli(&e.cfg, &["lock"]);
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("lock held by operation {id}")) && out.contains("seq_no"), "{out}");
+    assert!(
+        out.contains(&format!("lock held by operation {id}")) && out.contains("seq_no"),
+        "{out}"
+    );
 
     // abort before the restore point: the request is recorded for the leader.
     let (code, out, err) = run_cli(&e.cfg, &["abort", "--reason", "test says so"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("abort of operation") && out.contains("requested"), "{out}");
+    assert!(
+        out.contains("abort of operation") && out.contains("requested"),
+        "{out}"
+    );
     let (op, _, _) = operation(&e.index).await.unwrap();
     let req = op.abort_requested.expect("abort requested");
     assert_eq!(req.reason, "test says so");
@@ -272,13 +373,33 @@ async fn start_status_busy_abort_lock_history() {
     let (code, _, err) = run_cli(&e.cfg, &["lock", "--force-release"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("WARNING") && err.contains("--yes"), "{err}");
-    assert!(operation(&e.index).await.is_some(), "refused release changed nothing");
+    assert!(
+        operation(&e.index).await.is_some(),
+        "refused release changed nothing"
+    );
     let (code, out, err) = run_cli(&e.cfg, &["lock", "--force-release", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("WARNING"), "{err}");
-    assert!(operation(&e.index).await.is_none(), "operation document deleted");
-    let archived = es().get_doc::<OperationDoc>(&e.index, &fleet::history_doc_id(&id)).await.unwrap().expect("archived").source;
-    assert!(archived.error.as_ref().unwrap().cause.contains("lock force-released"), "{:?}", archived.error);
+    assert!(
+        operation(&e.index).await.is_none(),
+        "operation document deleted"
+    );
+    let archived = es()
+        .get_doc::<OperationDoc>(&e.index, &fleet::history_doc_id(&id))
+        .await
+        .unwrap()
+        .expect("archived")
+        .source;
+    assert!(
+        archived
+            .error
+            .as_ref()
+            .unwrap()
+            .cause
+            .contains("lock force-released"),
+        "{:?}",
+        archived.error
+    );
     let (code, out, _) = run_cli(&e.cfg, &["lock"]);
     assert_eq!(code, 0);
     assert!(out.contains("the lock is free"), "{out}");
@@ -286,14 +407,20 @@ async fn start_status_busy_abort_lock_history() {
     // history lists it; status says nothing runs and shows the last outcome.
     let (code, out, _) = run_cli(&e.cfg, &["history"]);
     assert_eq!(code, 0);
-    assert!(out.contains(&id) && out.contains("released") && out.contains("lock force-released"), "{out}");
+    assert!(
+        out.contains(&id) && out.contains("released") && out.contains("lock force-released"),
+        "{out}"
+    );
     let (_, out, _) = run_cli(&e.cfg, &["--json", "history"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["operations"][0]["operation"], id.as_str());
     assert_eq!(v["operations"][0]["outcome"], "released");
     assert!(v["operations"][0]["phases"].as_array().unwrap().len() >= 2);
     let (_, out, _) = run_cli(&e.cfg, &["status"]);
-    assert!(out.contains("no operation running") && out.contains(&id), "{out}");
+    assert!(
+        out.contains("no operation running") && out.contains(&id),
+        "{out}"
+    );
     // Nothing to abort is not an error.
     let (code, out, _) = run_cli(&e.cfg, &["abort"]);
     assert_eq!(code, 0);
@@ -312,12 +439,23 @@ async fn abort_is_refused_past_the_restore_point() {
     let id = out.trim();
     let (mut op, seq, term) = operation(&e.index).await.unwrap();
     op.phase = Phase::Reinstalling;
-    es().cas_put(&e.index, "operation", &op, seq, term).await.unwrap();
+    es().cas_put(&e.index, "operation", &op, seq, term)
+        .await
+        .unwrap();
     let (code, _, err) = run_cli(&e.cfg, &["abort"]);
     assert_eq!(code, 1, "{err}");
     one_line(&err);
-    assert!(err.contains("past the restore point") && err.contains(&format!("kibana-rollback-pre-{id}")), "{err}");
-    assert!(operation(&e.index).await.unwrap().0.abort_requested.is_none());
+    assert!(
+        err.contains("past the restore point")
+            && err.contains(&format!("kibana-rollback-pre-{id}")),
+        "{err}"
+    );
+    assert!(operation(&e.index)
+        .await
+        .unwrap()
+        .0
+        .abort_requested
+        .is_none());
     raw("DELETE", &e.index, None).await;
 }
 
@@ -339,14 +477,33 @@ async fn plan_passes_and_fails_the_right_checks() {
         }
     });
     let cfg = e.cfg.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"])).await.unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"]))
+        .await
+        .unwrap();
     beating.abort();
     assert_eq!(code, 0, "{out}{err}");
-    for check in ["elasticsearch reachable", "nodes compatible with target", "kibana feature", "snapshot", "no operation running", "expected hosts registered", "agents alive"] {
-        assert!(out.lines().any(|l| l.starts_with(check) && l.contains(" OK ")), "{check} OK:\n{out}");
+    for check in [
+        "elasticsearch reachable",
+        "nodes compatible with target",
+        "kibana feature",
+        "snapshot",
+        "no operation running",
+        "expected hosts registered",
+        "agents alive",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(check) && l.contains(" OK ")),
+            "{check} OK:\n{out}"
+        );
     }
     assert!(out.contains(&format!("{repo}/good")), "{out}");
-    assert!(out.contains("stop kibana.service") && out.contains("kibana-rollback-pre-<id>") && out.contains("install kibana 8.14.3"), "{out}");
+    assert!(
+        out.contains("stop kibana.service")
+            && out.contains("kibana-rollback-pre-<id>")
+            && out.contains("install kibana 8.14.3"),
+        "{out}"
+    );
     assert!(out.contains("kb1 8.15.0 -> 8.14.3"), "{out}");
     assert!(operation(&e.index).await.is_none(), "plan wrote nothing");
 
@@ -354,11 +511,24 @@ async fn plan_passes_and_fails_the_right_checks() {
     let node = es().node_versions().await.unwrap()[0].name.clone();
     let (code, out, _) = run_cli(&e.cfg, &["plan", "--to", "8.16.0"]);
     assert_eq!(code, 1, "{out}");
-    let compat = out.lines().find(|l| l.starts_with("nodes compatible with target")).unwrap();
-    assert!(compat.contains("FAIL") && compat.contains(&format!("node {node}")), "{out}");
+    let compat = out
+        .lines()
+        .find(|l| l.starts_with("nodes compatible with target"))
+        .unwrap();
+    assert!(
+        compat.contains("FAIL") && compat.contains(&format!("node {node}")),
+        "{out}"
+    );
     let alive = out.lines().find(|l| l.starts_with("agents alive")).unwrap();
-    assert!(alive.contains("FAIL") && alive.contains("kb1") && alive.contains("kb2"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("elasticsearch reachable") && l.contains(" OK ")), "{out}");
+    assert!(
+        alive.contains("FAIL") && alive.contains("kb1") && alive.contains("kb2"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("elasticsearch reachable") && l.contains(" OK ")),
+        "{out}"
+    );
 
     // JSON: stable shape, and a host that never registered fails its check.
     let e3 = env(repo, "expected_hosts = [\"kb1\", \"ghost\"]");
@@ -368,7 +538,12 @@ async fn plan_passes_and_fails_the_right_checks() {
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], false);
-    let reg = v["checks"].as_array().unwrap().iter().find(|c| c["check"] == "expected hosts registered").unwrap();
+    let reg = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "expected hosts registered")
+        .unwrap();
     assert_eq!(reg["status"], "fail");
     assert!(reg["detail"].as_str().unwrap().contains("ghost"), "{reg}");
     assert_eq!(v["snapshot"]["name"], "good");
@@ -397,15 +572,24 @@ async fn start_wait_exits_with_the_outcome() {
     let (code, out, err) = wait_child(child).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("operation {id} done")), "{out}");
-    assert!(out.contains("preflight -> done"), "phase changes printed: {out}");
+    assert!(
+        out.contains("preflight -> done"),
+        "phase changes printed: {out}"
+    );
 
     // failed -> 1, naming host and cause; --json gives one object per line, outcome last.
     let child = spawn_cli(&e.cfg, &["--json", "start", "--wait"]);
-    let err_cause = OpError { host: Some("kb1".into()), cause: "apt-get install kibana=8.14.3 failed".into() };
+    let err_cause = OpError {
+        host: Some("kb1".into()),
+        cause: "apt-get install kibana=8.14.3 failed".into(),
+    };
     let id = finish_by_hand(&e.index, Phase::Failed, Some(err_cause)).await;
     let (code, out, err) = wait_child(child).await;
     assert_eq!(code, 1, "{out}{err}");
-    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
     assert_eq!(events[0]["event"], "started");
     let last = events.last().unwrap();
     assert_eq!(last["event"], "outcome");
@@ -420,12 +604,26 @@ async fn start_wait_exits_with_the_outcome() {
     assert_eq!(code, 0, "{out}{err}");
     let (mut op, seq, term) = operation(&e.index).await.unwrap();
     op.phase = Phase::Failed;
-    op.error = Some(OpError { host: Some("kb1".into()), cause: "unit did not start".into() });
-    op.history.push(PhaseChange { from: Phase::Starting, to: Phase::Failed, epoch: 1, reason: "x".into(), at: "t".into() });
-    es().cas_put(&e.index, "operation", &op, seq, term).await.unwrap();
+    op.error = Some(OpError {
+        host: Some("kb1".into()),
+        cause: "unit did not start".into(),
+    });
+    op.history.push(PhaseChange {
+        from: Phase::Starting,
+        to: Phase::Failed,
+        epoch: 1,
+        reason: "x".into(),
+        at: "t".into(),
+    });
+    es().cas_put(&e.index, "operation", &op, seq, term)
+        .await
+        .unwrap();
     let (code, _, err) = run_cli(&e.cfg, &["start"]);
     assert_eq!(code, 75);
-    assert!(err.contains("failed") && err.contains("--force-release"), "{err}");
+    assert!(
+        err.contains("failed") && err.contains("--force-release"),
+        "{err}"
+    );
     raw("DELETE", &e.index, None).await;
 }
 
@@ -438,18 +636,40 @@ async fn start_wait_stops_following_on_sigterm_and_reattaches() {
     let child = spawn_cli(&e.cfg, &["start", "--wait"]);
     let (op, _, _) = wait_for_operation(&e.index).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let (code, out, err) = wait_child(child).await;
     assert_eq!(code, 75, "{out}{err}");
-    assert!(out.contains("stopped following") && out.contains("the operation goes on"), "{out}");
-    assert_eq!(operation(&e.index).await.unwrap().0.id, op.id, "the operation is untouched");
+    assert!(
+        out.contains("stopped following") && out.contains("the operation goes on"),
+        "{out}"
+    );
+    assert_eq!(
+        operation(&e.index).await.unwrap().0.id,
+        op.id,
+        "the operation is untouched"
+    );
 
     // Re-running the same request with --wait attaches to it.
     let child = spawn_cli(&e.cfg, &["start", "--wait"]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    finish_by_hand(&e.index, Phase::Aborted, Some(OpError { host: None, cause: "aborted by test".into() })).await;
+    finish_by_hand(
+        &e.index,
+        Phase::Aborted,
+        Some(OpError {
+            host: None,
+            cause: "aborted by test".into(),
+        }),
+    )
+    .await;
     let (code, out, err) = wait_child(child).await;
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("same request") && out.contains(&format!("operation {} aborted", op.id)), "{out}");
+    assert!(
+        out.contains("same request") && out.contains(&format!("operation {} aborted", op.id)),
+        "{out}"
+    );
     raw("DELETE", &e.index, None).await;
 }

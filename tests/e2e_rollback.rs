@@ -39,8 +39,14 @@ fn package_repo() -> String {
 fn shipped_unit(name: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("systemd").join(name)).unwrap();
     // The binary under test instead of the packaged path; a debug log level for the journal.
-    text.replace("/usr/bin/kibana-rollback", env!("CARGO_BIN_EXE_kibana-rollback"))
-        .replace("[Service]\n", "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n")
+    text.replace(
+        "/usr/bin/kibana-rollback",
+        env!("CARGO_BIN_EXE_kibana-rollback"),
+    )
+    .replace(
+        "[Service]\n",
+        "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n",
+    )
 }
 
 fn port(i: usize) -> u16 {
@@ -60,7 +66,10 @@ struct Fleet {
 
 impl Fleet {
     fn each(&self) -> impl Iterator<Item = (usize, &TestHost)> {
-        self.names.iter().enumerate().map(|(i, h)| (i, self.hosts.get(h)))
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i, self.hosts.get(h)))
     }
     fn first(&self) -> &TestHost {
         self.hosts.get(&self.names[0])
@@ -69,24 +78,55 @@ impl Fleet {
         eprintln!("[{:>6.1}s] {what}", self.t0.elapsed().as_secs_f64());
     }
     fn cli(&self, h: &TestHost, args: &[&str]) -> std::process::Output {
-        let mut cmd = vec![env!("CARGO_BIN_EXE_kibana-rollback"), "--config", "/etc/kibana-rollback/config.toml"];
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_kibana-rollback"),
+            "--config",
+            "/etc/kibana-rollback/config.toml",
+        ];
         cmd.extend_from_slice(args);
         h.exec(&cmd)
     }
     fn agent_journals(&self) -> String {
         self.each()
-            .map(|(_, h)| format!("== {}\n{}", h.name, String::from_utf8_lossy(&h.exec(&["journalctl", "-u", "kibana-rollbackd.service", "--no-pager", "-o", "cat"]).stdout)))
+            .map(|(_, h)| {
+                format!(
+                    "== {}\n{}",
+                    h.name,
+                    String::from_utf8_lossy(
+                        &h.exec(&[
+                            "journalctl",
+                            "-u",
+                            "kibana-rollbackd.service",
+                            "--no-pager",
+                            "-o",
+                            "cat"
+                        ])
+                        .stdout
+                    )
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
     fn operation_doc(&self) -> Option<Value> {
-        let out = Command::new("curl").args(["-s", &format!("{}/{}/_doc/operation", es_node().url, self.index)]).output().unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                &format!("{}/{}/_doc/operation", es_node().url, self.index),
+            ])
+            .output()
+            .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["found"] == true).then(|| v["_source"].clone())
     }
     async fn history(&self) -> Vec<Value> {
         raw("POST", &format!("{}/_refresh", self.index), None).await;
-        let (_, hist) = raw("POST", &format!("{}/_search", self.index), Some(json!({"size": 50}))).await;
+        let (_, hist) = raw(
+            "POST",
+            &format!("{}/_search", self.index),
+            Some(json!({"size": 50})),
+        )
+        .await;
         hist["hits"]["hits"]
             .as_array()
             .cloned()
@@ -98,7 +138,13 @@ impl Fleet {
     }
     async fn snapshot_names(&self) -> Vec<String> {
         let (_, v) = raw("GET", &format!("_snapshot/{}/_all", self.repo), None).await;
-        let mut names: Vec<String> = v["snapshots"].as_array().cloned().unwrap_or_default().iter().map(|s| s["snapshot"].as_str().unwrap().to_string()).collect();
+        let mut names: Vec<String> = v["snapshots"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s["snapshot"].as_str().unwrap().to_string())
+            .collect();
         names.sort();
         names
     }
@@ -106,16 +152,39 @@ impl Fleet {
     /// before the rollback was requested.
     fn assert_untouched(&self) {
         for (_, h) in self.each() {
-            assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]), NEW, "{}", h.name);
-            let state = String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", "kibana.service"]).stdout).trim().to_string();
-            assert!(state == "active" || state == "activating", "{}: kibana.service is {state}", h.name);
-            let enabled = String::from_utf8_lossy(&h.exec(&["systemctl", "is-enabled", "kibana.service"]).stdout).trim().to_string();
+            assert_eq!(
+                h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
+                NEW,
+                "{}",
+                h.name
+            );
+            let state = String::from_utf8_lossy(
+                &h.exec(&["systemctl", "is-active", "kibana.service"]).stdout,
+            )
+            .trim()
+            .to_string();
+            assert!(
+                state == "active" || state == "activating",
+                "{}: kibana.service is {state}",
+                h.name
+            );
+            let enabled = String::from_utf8_lossy(
+                &h.exec(&["systemctl", "is-enabled", "kibana.service"])
+                    .stdout,
+            )
+            .trim()
+            .to_string();
             assert_ne!(enabled, "masked", "{}: kibana.service left masked", h.name);
         }
     }
     async fn teardown(self) {
         for (_, h) in self.each() {
-            let _ = h.exec(&["systemctl", "stop", "kibana-rollbackd.service", "kibana.service"]);
+            let _ = h.exec(&[
+                "systemctl",
+                "stop",
+                "kibana-rollbackd.service",
+                "kibana.service",
+            ]);
         }
         raw("DELETE", &self.index, None).await;
     }
@@ -130,14 +199,24 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
     reset_kibana_feature().await;
     let repo = unique("kr-e2e-repo");
     let index = unique("kr-e2e-coord");
-    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+        .await
+        .unwrap();
     let names: Vec<String> = (1..=3).map(|i| format!("{prefix}{i}")).collect();
     let hosts = Hosts::up(&names, None).expect("boot test hosts");
-    let mut fleet = Fleet { hosts, names: names.clone(), index: index.clone(), repo: repo.clone(), before: Vec::new(), t0 };
+    let mut fleet = Fleet {
+        hosts,
+        names: names.clone(),
+        index: index.clone(),
+        repo: repo.clone(),
+        before: Vec::new(),
+        t0,
+    };
     fleet.log("hosts up");
     std::thread::scope(|s| {
         for (i, h) in fleet.each() {
-            let (a, idx, r, names, tweak) = (&apt_source, &fleet.index, &fleet.repo, &names, &tweak);
+            let (a, idx, r, names, tweak) =
+                (&apt_source, &fleet.index, &fleet.repo, &names, &tweak);
             s.spawn(move || {
                 setup_host(h, i, a, idx, r, names);
                 tweak(h, i);
@@ -152,8 +231,17 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
         h.exec_ok(&["systemctl", "start", "kibana.service"]);
         wait_available(i, OLD);
     }
-    for (id, title) in [("dashboard:sales", "Sales"), ("dashboard:ops", "Ops"), ("config:8.14.3", "settings")] {
-        let (s, v) = raw("PUT", &format!(".kibana/_doc/{id}?refresh=true"), Some(json!({"title": title}))).await;
+    for (id, title) in [
+        ("dashboard:sales", "Sales"),
+        ("dashboard:ops", "Ops"),
+        ("config:8.14.3", "settings"),
+    ] {
+        let (s, v) = raw(
+            "PUT",
+            &format!(".kibana/_doc/{id}?refresh=true"),
+            Some(json!({"title": title})),
+        )
+        .await;
         assert!(s == 200 || s == 201, "{v}");
     }
     fleet.before = kibana_docs().await;
@@ -169,7 +257,12 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
     .await;
     assert_eq!(s, 200, "{v}");
     let data = unique("kr-e2e-data");
-    raw("PUT", &format!("{data}/_doc/1?refresh=true"), Some(json!({"a": 1}))).await;
+    raw(
+        "PUT",
+        &format!("{data}/_doc/1?refresh=true"),
+        Some(json!({"a": 1})),
+    )
+    .await;
     let (s, v) = raw(
         "PUT",
         &format!("_snapshot/{repo}/nightly-data?wait_for_completion=true"),
@@ -187,24 +280,46 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
         kibana_yml(h, i, true);
         h.exec_ok(&["systemctl", "start", "kibana.service"]);
     }
-    wait_for("the 8.15.0 migration to fail half-way", Duration::from_secs(60), || {
-        let out = Command::new("curl").args(["-s", &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url)]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("\"count\":")
-    });
-    fleet.log(&format!("upgrade to {NEW} failed in its migration, as staged"));
+    wait_for(
+        "the 8.15.0 migration to fail half-way",
+        Duration::from_secs(60),
+        || {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url),
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("\"count\":")
+        },
+    );
+    fleet.log(&format!(
+        "upgrade to {NEW} failed in its migration, as staged"
+    ));
 
     // The agents come up on every host and register.
     for (_, h) in fleet.each() {
         h.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
     }
-    let ids = json!({"ids": names.iter().map(|n| format!("host-{n}")).collect::<Vec<_>>()}).to_string();
+    let ids =
+        json!({"ids": names.iter().map(|n| format!("host-{n}")).collect::<Vec<_>>()}).to_string();
     wait_for("three registered agents", Duration::from_secs(60), || {
         let out = Command::new("curl")
-            .args(["-s", &format!("{}/{index}/_mget", es_node().url), "-H", "content-type: application/json", "-d", &ids])
+            .args([
+                "-s",
+                &format!("{}/{index}/_mget", es_node().url),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &ids,
+            ])
             .output()
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v["docs"].as_array().is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
+        v["docs"]
+            .as_array()
+            .is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
     });
     fleet.log("agents registered");
     fleet
@@ -213,8 +328,15 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
 fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str, names: &[String]) {
     let es = &es_node().url;
     // Only the local repository: the hosts have no business with Debian's mirrors here.
-    h.exec_ok(&["sh", "-c", "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list"]);
-    h.write("/etc/apt/sources.list.d/kibana-test.list", &format!("{apt_source}\n"));
+    h.exec_ok(&[
+        "sh",
+        "-c",
+        "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list",
+    ]);
+    h.write(
+        "/etc/apt/sources.list.d/kibana-test.list",
+        &format!("{apt_source}\n"),
+    );
     h.write(
         "/etc/kibana-rollback/config.toml",
         &format!(
@@ -244,8 +366,14 @@ kind = "apt"
             expected = names
         ),
     );
-    h.write_unit("kibana-rollbackd.service", &shipped_unit("kibana-rollbackd.service"));
-    h.write_unit("kibana-rollback.service", &shipped_unit("kibana-rollback.service"));
+    h.write_unit(
+        "kibana-rollbackd.service",
+        &shipped_unit("kibana-rollbackd.service"),
+    );
+    h.write_unit(
+        "kibana-rollback.service",
+        &shipped_unit("kibana-rollback.service"),
+    );
     h.exec_ok(&["apt-get", "update", "-qq"]);
     install(h, OLD);
     kibana_yml(h, i, false);
@@ -278,29 +406,51 @@ fn install(h: &TestHost, version: &str) {
 }
 
 fn kibana_status(i: usize) -> Option<(u16, Value)> {
-    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{}/api/status", port(i))]).output().ok()?;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{}/api/status", port(i)),
+        ])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (body, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, serde_json::from_str(body).unwrap_or(Value::Null)))
+    Some((
+        code.trim().parse().ok()?,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
 fn wait_available(i: usize, version: &str) {
-    wait_for(&format!("kibana on port {} available at {version}", port(i)), Duration::from_secs(90), || {
-        matches!(kibana_status(i), Some((200, v)) if v["version"]["number"] == version && v["status"]["overall"]["level"] == "available")
-    });
+    wait_for(
+        &format!("kibana on port {} available at {version}", port(i)),
+        Duration::from_secs(90),
+        || matches!(kibana_status(i), Some((200, v)) if v["version"]["number"] == version && v["status"]["overall"]["level"] == "available"),
+    );
 }
 
 async fn restores_of(repo: &str) -> Vec<Value> {
     let (_, v) = raw("GET", "_kr_test/counters", None).await;
-    v["restores"].as_array().cloned().unwrap_or_default().into_iter().filter(|r| r["repository"] == repo).collect()
+    v["restores"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["repository"] == repo)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,20 +461,43 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
     }
     let _turn = kibana_feature_lock();
     let fleet = stage_fleet("kb", |_, _| {}).await;
-    let (index, repo, before) = (fleet.index.clone(), fleet.repo.clone(), fleet.before.clone());
+    let (index, repo, before) = (
+        fleet.index.clone(),
+        fleet.repo.clone(),
+        fleet.before.clone(),
+    );
 
     // 5. The admin's trigger, on one host; its result is the fleet's.
     let kb1 = fleet.first();
     let trigger = kb1.exec(&["systemctl", "start", "kibana-rollback.service"]);
-    let journal = kb1.exec_ok(&["journalctl", "-u", "kibana-rollback.service", "--no-pager", "-o", "cat"]);
-    fleet.log(&format!("trigger finished ({}):\n{journal}", trigger.status));
-    assert!(trigger.status.success(), "systemctl start kibana-rollback failed; agent journals:\n{}", fleet.agent_journals());
+    let journal = kb1.exec_ok(&[
+        "journalctl",
+        "-u",
+        "kibana-rollback.service",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    fleet.log(&format!(
+        "trigger finished ({}):\n{journal}",
+        trigger.status
+    ));
+    assert!(
+        trigger.status.success(),
+        "systemctl start kibana-rollback failed; agent journals:\n{}",
+        fleet.agent_journals()
+    );
 
     // The operation is archived as done and the lease released.
     let (s, _) = raw("GET", &format!("{index}/_doc/operation"), None).await;
     assert_eq!(s, 404, "the operation document (the lock) must be gone");
     raw("POST", &format!("{index}/_refresh"), None).await;
-    let (_, hist) = raw("POST", &format!("{index}/_search"), Some(json!({"size": 10}))).await;
+    let (_, hist) = raw(
+        "POST",
+        &format!("{index}/_search"),
+        Some(json!({"size": 10})),
+    )
+    .await;
     let history: Vec<Value> = hist["hits"]["hits"]
         .as_array()
         .unwrap()
@@ -339,7 +512,10 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 
     // The kibana feature state is exactly the snapshot's.
     let (_, alias) = raw("GET", "_alias/.kibana", None).await;
-    assert!(alias.get(".kibana_8.14.3_001").is_some(), ".kibana must point at the 8.14.3 index: {alias}");
+    assert!(
+        alias.get(".kibana_8.14.3_001").is_some(),
+        ".kibana must point at the 8.14.3 index: {alias}"
+    );
     assert_eq!(kibana_docs().await, before);
 
     // Exactly one restore was issued, by the node's own count.
@@ -352,7 +528,10 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
     let (s, snap) = raw("GET", &format!("_snapshot/{repo}/{safety}"), None).await;
     assert_eq!(s, 200, "{snap}");
     let fs = snap["snapshots"][0]["feature_states"].to_string();
-    assert!(fs.contains(".kibana_8.15.0_reindex_temp"), "safety snapshot should hold the 8.15.0 state: {fs}");
+    assert!(
+        fs.contains(".kibana_8.15.0_reindex_temp"),
+        "safety snapshot should hold the 8.15.0 state: {fs}"
+    );
 
     // Every host: 8.14.3 installed and held, unit active, Kibana available at 8.14.3, and its
     // agent's journal carries the operation id as a structured field.
@@ -360,20 +539,48 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
         let v = h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]);
         assert_eq!(v, OLD, "{}", h.name);
         let held = h.exec_ok(&["apt-mark", "showhold"]);
-        assert!(held.lines().any(|l| l == "kibana"), "{}: kibana not held: {held}", h.name);
+        assert!(
+            held.lines().any(|l| l == "kibana"),
+            "{}: kibana not held: {held}",
+            h.name
+        );
         let active = h.exec(&["systemctl", "is-active", "kibana.service"]);
-        assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active", "{}", h.name);
+        assert_eq!(
+            String::from_utf8_lossy(&active.stdout).trim(),
+            "active",
+            "{}",
+            h.name
+        );
         let (code, status) = kibana_status(i).expect("status answers");
         assert_eq!(code, 200);
         assert_eq!(status["version"]["number"], OLD);
         assert_eq!(status["status"]["overall"]["level"], "available");
-        let tagged = h.exec_ok(&["journalctl", "-u", "kibana-rollbackd.service", "--no-pager", "-o", "cat", &format!("OPERATION_ID={op_id}")]);
-        assert!(!tagged.trim().is_empty(), "{}: no journal entry carries OPERATION_ID={op_id}", h.name);
+        let tagged = h.exec_ok(&[
+            "journalctl",
+            "-u",
+            "kibana-rollbackd.service",
+            "--no-pager",
+            "-o",
+            "cat",
+            &format!("OPERATION_ID={op_id}"),
+        ]);
+        assert!(
+            !tagged.trim().is_empty(),
+            "{}: no journal entry carries OPERATION_ID={op_id}",
+            h.name
+        );
     }
 
     // `status --json` of the finished operation shows every host on the target version.
-    let st = kb1.exec_ok(&[env!("CARGO_BIN_EXE_kibana-rollback"), "--config", "/etc/kibana-rollback/config.toml", "--json", "status"]);
-    let st: Value = serde_json::from_str(&st).unwrap_or_else(|e| panic!("status --json: {e}: {st}"));
+    let st = kb1.exec_ok(&[
+        env!("CARGO_BIN_EXE_kibana-rollback"),
+        "--config",
+        "/etc/kibana-rollback/config.toml",
+        "--json",
+        "status",
+    ]);
+    let st: Value =
+        serde_json::from_str(&st).unwrap_or_else(|e| panic!("status --json: {e}: {st}"));
     for h in st["hosts"].as_array().unwrap() {
         assert_eq!(h["installed_version"], OLD, "{st}");
     }
@@ -399,49 +606,96 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
     let out = fleet.cli(h, &["start", "--to", "8.16.0", "--wait"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("8.16.0") && err.contains("kr-test-0"), "the refusal names the node: {err}");
+    assert!(
+        err.contains("8.16.0") && err.contains("kr-test-0"),
+        "the refusal names the node: {err}"
+    );
     let out = fleet.cli(h, &["start", "--snapshot", "nightly-data", "--wait"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("holds no kibana feature state"), "{err}");
-    assert!(fleet.operation_doc().is_none(), "a refused start writes no operation");
+    assert!(
+        fleet.operation_doc().is_none(),
+        "a refused start writes no operation"
+    );
 
     // The leader's preflight refuses the same, and the operation ends aborted with nothing stopped.
     use kibana_rollback::fleet::{new_operation, NewOperation, SnapshotRef};
     let uuid = |name: &str| {
-        let out = Command::new("curl").args(["-s", &format!("{}/_snapshot/{}/{name}", es_node().url, fleet.repo)]).output().unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                &format!("{}/_snapshot/{}/{name}", es_node().url, fleet.repo),
+            ])
+            .output()
+            .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["snapshots"][0]["uuid"].as_str().unwrap().to_string()
     };
     for (id, target, snapshot, expect) in [
         ("rb-incompatible", "8.16.0", "pre-upgrade", "kr-test-0"),
-        ("rb-no-kibana-state", OLD, "nightly-data", "holds no kibana feature state"),
+        (
+            "rb-no-kibana-state",
+            OLD,
+            "nightly-data",
+            "holds no kibana feature state",
+        ),
     ] {
         let op = new_operation(NewOperation {
             id: id.into(),
             requested_by: "test".into(),
             requested_at: "2026-01-01T00:00:00Z".into(),
             target_version: semver::Version::parse(target).unwrap(),
-            snapshot: SnapshotRef { repository: fleet.repo.clone(), name: snapshot.into(), uuid: uuid(snapshot) },
+            snapshot: SnapshotRef {
+                repository: fleet.repo.clone(),
+                name: snapshot.into(),
+                uuid: uuid(snapshot),
+            },
             safety_snapshot: true,
             safety_snapshot_name: None,
             expected_hosts: fleet.names.clone(),
             barrier_client_check: true,
         })
         .unwrap();
-        es().create_doc(&fleet.index, "operation", &op).await.unwrap();
-        wait_for(&format!("{id} to end"), Duration::from_secs(60), || fleet.operation_doc().is_none());
+        es().create_doc(&fleet.index, "operation", &op)
+            .await
+            .unwrap();
+        wait_for(&format!("{id} to end"), Duration::from_secs(60), || {
+            fleet.operation_doc().is_none()
+        });
         let hist = fleet.history().await;
-        let done = hist.iter().find(|o| o["id"] == id).unwrap_or_else(|| panic!("{id} not archived: {hist:?}"));
+        let done = hist
+            .iter()
+            .find(|o| o["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not archived: {hist:?}"));
         assert_eq!(done["phase"], "aborted", "{done}");
         let cause = done["error"]["cause"].as_str().unwrap_or("");
-        assert!(cause.contains(expect), "{id}: cause should contain {expect:?}: {cause}");
-        let phases: Vec<&str> = done["history"].as_array().unwrap().iter().map(|c| c["to"].as_str().unwrap()).collect();
-        assert!(!phases.contains(&"stopping"), "{id} must not reach stopping: {phases:?}");
+        assert!(
+            cause.contains(expect),
+            "{id}: cause should contain {expect:?}: {cause}"
+        );
+        let phases: Vec<&str> = done["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["to"].as_str().unwrap())
+            .collect();
+        assert!(
+            !phases.contains(&"stopping"),
+            "{id} must not reach stopping: {phases:?}"
+        );
     }
     fleet.assert_untouched();
-    assert_eq!(restores_of(&fleet.repo).await.len(), restores_before, "no restore");
-    assert_eq!(fleet.snapshot_names().await, ["nightly-data", "pre-upgrade"], "no snapshot taken");
+    assert_eq!(
+        restores_of(&fleet.repo).await.len(),
+        restores_before,
+        "no restore"
+    );
+    assert_eq!(
+        fleet.snapshot_names().await,
+        ["nightly-data", "pre-upgrade"],
+        "no snapshot taken"
+    );
     fleet.log("refusals verified");
     fleet.teardown().await;
 }
@@ -458,21 +712,47 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
     let fleet = stage_fleet("ab", |h, i| {
         if i == 1 {
             // Its stop takes 20 s; the agent waits 5 s.
-            h.write("/etc/systemd/system/kibana.service.d/slow-stop.conf", "[Service]\nExecStop=/bin/sleep 20\nTimeoutStopSec=60\n");
-            let cfg = std::fs::read_to_string(h.root.join("etc/kibana-rollback/config.toml")).unwrap();
-            h.write("/etc/kibana-rollback/config.toml", &cfg.replace("stop_timeout = \"30s\"", "stop_timeout = \"5s\""));
+            h.write(
+                "/etc/systemd/system/kibana.service.d/slow-stop.conf",
+                "[Service]\nExecStop=/bin/sleep 20\nTimeoutStopSec=60\n",
+            );
+            let cfg =
+                std::fs::read_to_string(h.root.join("etc/kibana-rollback/config.toml")).unwrap();
+            h.write(
+                "/etc/kibana-rollback/config.toml",
+                &cfg.replace("stop_timeout = \"30s\"", "stop_timeout = \"5s\""),
+            );
         }
     })
     .await;
     let slow = fleet.hosts.get(&fleet.names[1]).name.clone();
     let restores_before = restores_of(&fleet.repo).await.len();
 
-    let trigger = fleet.first().exec(&["systemctl", "start", "kibana-rollback.service"]);
-    let journal = fleet.first().exec_ok(&["journalctl", "-u", "kibana-rollback.service", "--no-pager", "-o", "cat"]);
-    fleet.log(&format!("trigger finished ({}):\n{journal}", trigger.status));
-    assert!(!trigger.status.success(), "an aborted rollback must fail the trigger unit");
+    let trigger = fleet
+        .first()
+        .exec(&["systemctl", "start", "kibana-rollback.service"]);
+    let journal = fleet.first().exec_ok(&[
+        "journalctl",
+        "-u",
+        "kibana-rollback.service",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    fleet.log(&format!(
+        "trigger finished ({}):\n{journal}",
+        trigger.status
+    ));
+    assert!(
+        !trigger.status.success(),
+        "an aborted rollback must fail the trigger unit"
+    );
 
-    wait_for("the operation to be archived", Duration::from_secs(60), || fleet.operation_doc().is_none());
+    wait_for(
+        "the operation to be archived",
+        Duration::from_secs(60),
+        || fleet.operation_doc().is_none(),
+    );
     let hist = fleet.history().await;
     assert_eq!(hist.len(), 1, "{hist:?}");
     let op = &hist[0];
@@ -482,14 +762,29 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
     // Every unit comes back on the unchanged package (the slow one once its stop finished).
     wait_for("every unit running again", Duration::from_secs(60), || {
         fleet.each().all(|(_, h)| {
-            let s = String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", "kibana.service"]).stdout).trim().to_string();
+            let s = String::from_utf8_lossy(
+                &h.exec(&["systemctl", "is-active", "kibana.service"]).stdout,
+            )
+            .trim()
+            .to_string();
             s == "active" || s == "activating"
         })
     });
     fleet.assert_untouched();
-    assert_eq!(restores_of(&fleet.repo).await.len(), restores_before, "no restore");
-    assert_eq!(fleet.snapshot_names().await, ["nightly-data", "pre-upgrade"], "no snapshot taken or changed");
-    assert!(journal.contains(&slow), "the trigger's output names the host: {journal}");
+    assert_eq!(
+        restores_of(&fleet.repo).await.len(),
+        restores_before,
+        "no restore"
+    );
+    assert_eq!(
+        fleet.snapshot_names().await,
+        ["nightly-data", "pre-upgrade"],
+        "no snapshot taken or changed"
+    );
+    assert!(
+        journal.contains(&slow),
+        "the trigger's output names the host: {journal}"
+    );
     fleet.log("abort verified");
     fleet.teardown().await;
 }

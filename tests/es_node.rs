@@ -19,7 +19,8 @@ async fn features_list_kibana_and_nodes_report_versions() {
     let nodes = es.node_versions().await.unwrap();
     assert!(!nodes.is_empty());
     for n in &nodes {
-        semver::Version::parse(&n.version).unwrap_or_else(|e| panic!("node {} version {:?}: {e}", n.name, n.version));
+        semver::Version::parse(&n.version)
+            .unwrap_or_else(|e| panic!("node {} version {:?}: {e}", n.name, n.version));
     }
 }
 
@@ -36,7 +37,8 @@ async fn concurrent_creates_exactly_one_wins_and_stale_cas_conflicts() {
         let index = index.clone();
         tasks.push(tokio::spawn(async move {
             let es = common::es();
-            es.create_doc(&index, "operation", &json!({"creator": i})).await
+            es.create_doc(&index, "operation", &json!({"creator": i}))
+                .await
         }));
     }
     let mut wins = 0;
@@ -53,23 +55,65 @@ async fn concurrent_creates_exactly_one_wins_and_stale_cas_conflicts() {
     }
     assert_eq!((wins, conflicts), (1, 7));
 
-    let doc = es.get_doc::<Value>(&index, "operation").await.unwrap().unwrap();
+    let doc = es
+        .get_doc::<Value>(&index, "operation")
+        .await
+        .unwrap()
+        .unwrap();
     // A CAS write at the current version succeeds and moves seq_no on.
-    let w = es.cas_put(&index, "operation", &json!({"v": 2}), doc.seq_no, doc.primary_term).await.unwrap();
+    let w = es
+        .cas_put(
+            &index,
+            "operation",
+            &json!({"v": 2}),
+            doc.seq_no,
+            doc.primary_term,
+        )
+        .await
+        .unwrap();
     assert!(w.seq_no > doc.seq_no);
     // The same (now stale) version fails as a conflict, for writes and deletes alike.
-    let e = es.cas_put(&index, "operation", &json!({"v": 3}), doc.seq_no, doc.primary_term).await.unwrap_err();
+    let e = es
+        .cas_put(
+            &index,
+            "operation",
+            &json!({"v": 3}),
+            doc.seq_no,
+            doc.primary_term,
+        )
+        .await
+        .unwrap_err();
     assert!(e.is_conflict(), "{e}");
-    assert!(e.to_string().contains("version_conflict_engine_exception"), "{e}");
-    let e = es.cas_delete(&index, "operation", doc.seq_no, doc.primary_term).await.unwrap_err();
+    assert!(
+        e.to_string().contains("version_conflict_engine_exception"),
+        "{e}"
+    );
+    let e = es
+        .cas_delete(&index, "operation", doc.seq_no, doc.primary_term)
+        .await
+        .unwrap_err();
     assert!(e.is_conflict(), "{e}");
-    let now = es.get_doc::<Value>(&index, "operation").await.unwrap().unwrap();
+    let now = es
+        .get_doc::<Value>(&index, "operation")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(now.source, json!({"v": 2}));
-    es.cas_delete(&index, "operation", now.seq_no, now.primary_term).await.unwrap();
-    assert!(es.get_doc::<Value>(&index, "operation").await.unwrap().is_none());
+    es.cas_delete(&index, "operation", now.seq_no, now.primary_term)
+        .await
+        .unwrap();
+    assert!(es
+        .get_doc::<Value>(&index, "operation")
+        .await
+        .unwrap()
+        .is_none());
 
     // Missing index reads as a missing document.
-    assert!(es.get_doc::<Value>(&unique("kr-missing"), "x").await.unwrap().is_none());
+    assert!(es
+        .get_doc::<Value>(&unique("kr-missing"), "x")
+        .await
+        .unwrap()
+        .is_none());
     raw("DELETE", &index, None).await;
 }
 
@@ -79,14 +123,30 @@ async fn mget_and_list_documents() {
     let index = unique("kr-list");
     es.ensure_index(&index).await.unwrap();
     for h in ["a", "b", "c"] {
-        es.put_doc(&index, &format!("host-{h}"), &json!({"host": h})).await.unwrap();
+        es.put_doc(&index, &format!("host-{h}"), &json!({"host": h}))
+            .await
+            .unwrap();
     }
-    es.put_doc(&index, "operation", &json!({"op": 1})).await.unwrap();
-    let got = es.get_docs::<Value>(&index, &["host-a".into(), "host-c".into(), "host-zz".into()]).await.unwrap();
-    assert_eq!(got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["host-a", "host-c"]);
+    es.put_doc(&index, "operation", &json!({"op": 1}))
+        .await
+        .unwrap();
+    let got = es
+        .get_docs::<Value>(
+            &index,
+            &["host-a".into(), "host-c".into(), "host-zz".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["host-a", "host-c"]
+    );
     raw("POST", &format!("{index}/_refresh"), None).await;
     let listed = es.list_docs::<Value>(&index, "host-").await.unwrap();
-    assert_eq!(listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["host-a", "host-b", "host-c"]);
+    assert_eq!(
+        listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["host-a", "host-b", "host-c"]
+    );
     raw("DELETE", &index, None).await;
 }
 
@@ -101,18 +161,35 @@ async fn kibana_feature_state_snapshot_and_restore_roundtrip() {
     let _turn = kibana_feature_lock();
     let es = es();
     let repo = unique("kr-repo");
-    es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+    es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+        .await
+        .unwrap();
 
     // Start from a clean kibana feature state: a restore would delete any of these anyway.
     reset_kibana_feature().await;
-    let (s, v) = raw("PUT", ".kibana_8.14.3_001", Some(json!({"aliases": {".kibana": {}, ".kibana_8.14.3": {}}}))).await;
+    let (s, v) = raw(
+        "PUT",
+        ".kibana_8.14.3_001",
+        Some(json!({"aliases": {".kibana": {}, ".kibana_8.14.3": {}}})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     for (id, title) in [("dashboard:1", "Sales"), ("dashboard:2", "Ops")] {
-        let (s, v) = raw("PUT", &format!(".kibana_8.14.3_001/_doc/{id}?refresh=true"), Some(json!({"title": title}))).await;
+        let (s, v) = raw(
+            "PUT",
+            &format!(".kibana_8.14.3_001/_doc/{id}?refresh=true"),
+            Some(json!({"title": title})),
+        )
+        .await;
         assert!(s == 201 || s == 200, "{v}");
     }
     let other = unique("kr-other");
-    raw("PUT", &format!("{other}/_doc/1?refresh=true"), Some(json!({"keep": "me"}))).await;
+    raw(
+        "PUT",
+        &format!("{other}/_doc/1?refresh=true"),
+        Some(json!({"keep": "me"})),
+    )
+    .await;
     let before = kibana_docs().await;
     assert_eq!(before.len(), 2);
 
@@ -121,29 +198,68 @@ async fn kibana_feature_state_snapshot_and_restore_roundtrip() {
         .await
         .unwrap();
     assert_eq!(snap.state, "SUCCESS");
-    let fs = snap.kibana_feature_state().expect("snapshot holds the kibana feature state");
-    assert!(fs.indices.contains(&".kibana_8.14.3_001".to_string()), "{fs:?}");
-    assert!(!snap.indices.contains(&other), "only the feature state is snapshotted: {:?}", snap.indices);
+    let fs = snap
+        .kibana_feature_state()
+        .expect("snapshot holds the kibana feature state");
+    assert!(
+        fs.indices.contains(&".kibana_8.14.3_001".to_string()),
+        "{fs:?}"
+    );
+    assert!(
+        !snap.indices.contains(&other),
+        "only the feature state is snapshotted: {:?}",
+        snap.indices
+    );
 
     // "Upgrade": change a document, add one, and migrate into a newer index.
-    raw("PUT", ".kibana_8.14.3_001/_doc/dashboard:1?refresh=true", Some(json!({"title": "Sales (edited)"}))).await;
-    raw("PUT", ".kibana_8.14.3_001/_doc/dashboard:3?refresh=true", Some(json!({"title": "New"}))).await;
+    raw(
+        "PUT",
+        ".kibana_8.14.3_001/_doc/dashboard:1?refresh=true",
+        Some(json!({"title": "Sales (edited)"})),
+    )
+    .await;
+    raw(
+        "PUT",
+        ".kibana_8.14.3_001/_doc/dashboard:3?refresh=true",
+        Some(json!({"title": "New"})),
+    )
+    .await;
     raw("PUT", ".kibana_8.15.0_001", None).await;
-    raw("PUT", &format!("{other}/_doc/2?refresh=true"), Some(json!({"added": "after"}))).await;
+    raw(
+        "PUT",
+        &format!("{other}/_doc/2?refresh=true"),
+        Some(json!({"added": "after"})),
+    )
+    .await;
     assert_ne!(kibana_docs().await, before);
 
     let restores_before = counters().await["restore"].as_u64().unwrap();
-    let report = es.restore_kibana(&repo, "pre-upgrade", "kr-test-restore").await.unwrap();
+    let report = es
+        .restore_kibana(&repo, "pre-upgrade", "kr-test-restore")
+        .await
+        .unwrap();
     assert_eq!(report.shards.failed, 0);
-    assert!(report.indices.contains(&".kibana_8.14.3_001".to_string()), "{report:?}");
-    assert!(matches!(report.health.as_deref(), Some("green" | "yellow")), "{report:?}");
-    assert_eq!(counters().await["restore"].as_u64().unwrap(), restores_before + 1);
+    assert!(
+        report.indices.contains(&".kibana_8.14.3_001".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        matches!(report.health.as_deref(), Some("green" | "yellow")),
+        "{report:?}"
+    );
+    assert_eq!(
+        counters().await["restore"].as_u64().unwrap(),
+        restores_before + 1
+    );
 
     // The documents are exactly the snapshot's.
     assert_eq!(kibana_docs().await, before);
     // The index created after the snapshot belonged to the feature and is gone.
     let (s, _) = raw("GET", ".kibana_8.15.0_001", None).await;
-    assert_eq!(s, 404, ".kibana_8.15.0_001 should have been deleted by the feature-state restore");
+    assert_eq!(
+        s, 404,
+        ".kibana_8.15.0_001 should have been deleted by the feature-state restore"
+    );
     // Indices outside the feature are untouched (both documents, including the later one).
     raw("POST", &format!("{other}/_refresh"), None).await;
     let (_, v) = raw("GET", &format!("{other}/_count"), None).await;
@@ -161,12 +277,23 @@ async fn kibana_feature_state_snapshot_and_restore_roundtrip() {
 async fn restore_of_missing_snapshot_reports_es_error_type() {
     let es = es();
     let repo = unique("kr-repo");
-    es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
-    let e = es.restore_kibana(&repo, "does-not-exist", "kr-test").await.unwrap_err();
+    es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+        .await
+        .unwrap();
+    let e = es
+        .restore_kibana(&repo, "does-not-exist", "kr-test")
+        .await
+        .unwrap_err();
     match &e {
         // The node answers 500 snapshot_restore_exception here, not a 404 snapshot_missing_exception.
-        EsError::Api { err_type, reason, .. } => {
-            assert_eq!(err_type.as_deref(), Some("snapshot_restore_exception"), "{e}");
+        EsError::Api {
+            err_type, reason, ..
+        } => {
+            assert_eq!(
+                err_type.as_deref(),
+                Some("snapshot_restore_exception"),
+                "{e}"
+            );
             assert!(reason.contains("does not exist"), "{e}");
         }
         other => panic!("unexpected {other:?}"),
@@ -178,9 +305,16 @@ async fn snapshots_command_marks_snapshot_without_kibana_state_ineligible() {
     let _turn = kibana_feature_lock();
     let repo = unique("kr-repo");
     let es = es();
-    es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path)).await.unwrap();
+    es.put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+        .await
+        .unwrap();
     let other = unique("kr-data");
-    raw("PUT", &format!("{other}/_doc/1?refresh=true"), Some(json!({"a": 1}))).await;
+    raw(
+        "PUT",
+        &format!("{other}/_doc/1?refresh=true"),
+        Some(json!({"a": 1})),
+    )
+    .await;
     // An ordinary snapshot of one data index and no feature states.
     let (s, v) = raw(
         "PUT",
@@ -190,8 +324,15 @@ async fn snapshots_command_marks_snapshot_without_kibana_state_ineligible() {
     .await;
     assert_eq!(s, 200, "{v}");
     reset_kibana_feature().await;
-    raw("PUT", ".kibana_8.14.3_001", Some(json!({"aliases": {".kibana": {}}}))).await;
-    es.create_kibana_snapshot(&repo, "with-kibana", json!({})).await.unwrap();
+    raw(
+        "PUT",
+        ".kibana_8.14.3_001",
+        Some(json!({"aliases": {".kibana": {}}})),
+    )
+    .await;
+    es.create_kibana_snapshot(&repo, "with-kibana", json!({}))
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
@@ -217,7 +358,10 @@ async fn snapshots_command_marks_snapshot_without_kibana_state_ineligible() {
     let (code, out, _) = run_cli(&cfg, &["snapshots"]);
     assert_eq!(code, 0);
     let line = out.lines().find(|l| l.starts_with("data-only")).unwrap();
-    assert!(line.contains(" no ") && line.contains("holds no kibana feature state"), "{out}");
+    assert!(
+        line.contains(" no ") && line.contains("holds no kibana feature state"),
+        "{out}"
+    );
     raw("DELETE", &other, None).await;
 }
 
@@ -230,7 +374,10 @@ async fn failover_to_the_next_host_and_unreachable_error() {
     let e = dead.features().await.unwrap_err();
     assert!(e.is_unreachable(), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("127.0.0.1:9") && msg.contains("127.0.0.1:7"), "{msg}");
+    assert!(
+        msg.contains("127.0.0.1:9") && msg.contains("127.0.0.1:7"),
+        "{msg}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");

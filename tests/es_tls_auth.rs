@@ -18,20 +18,82 @@ use kibana_rollback::es::Es;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it.
 fn make_pki(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=kr-test-ca"]);
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kr-test-ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
 }
 
 struct Socat(Child);
@@ -78,10 +140,17 @@ async fn private_ca_is_trusted_only_when_configured() {
     assert!(features.contains(&"kibana".to_string()));
 
     // Without the CA the system trust store does not know it: a clear certificate error.
-    let e = Es::new(&es_settings(&[&url])).unwrap().features().await.unwrap_err();
+    let e = Es::new(&es_settings(&[&url]))
+        .unwrap()
+        .features()
+        .await
+        .unwrap_err();
     assert!(e.is_unreachable(), "{e}");
     let msg = e.to_string();
-    assert!(msg.to_lowercase().contains("certificate") || msg.contains("UnknownIssuer"), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("certificate") || msg.contains("UnknownIssuer"),
+        "{msg}"
+    );
 
     // A file that holds no certificate is a configuration error, not a silent fallback.
     std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
@@ -110,7 +179,9 @@ async fn recording_proxy(seen: Arc<Mutex<Vec<String>>>) -> u16 {
     let upstream = es_node().url.trim_start_matches("http://").to_string();
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { return };
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
             let seen = seen.clone();
             let upstream = upstream.clone();
             tokio::spawn(async move {
@@ -130,7 +201,11 @@ async fn recording_proxy(seen: Arc<Mutex<Vec<String>>>) -> u16 {
                 let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
                     .unwrap_or(0);
                 while buf.len() < head_end + len {
                     let n = client.read(&mut chunk).await.unwrap_or(0);
@@ -141,7 +216,10 @@ async fn recording_proxy(seen: Arc<Mutex<Vec<String>>>) -> u16 {
                 }
                 let auth = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+                    .find_map(|l| {
+                        l.strip_prefix("authorization: ")
+                            .or_else(|| l.strip_prefix("Authorization: "))
+                    })
                     .unwrap_or("(none)")
                     .to_string();
                 seen.lock().unwrap().push(auth);
@@ -167,14 +245,27 @@ async fn api_key_and_basic_auth_headers_are_sent_and_never_logged() {
     let url = format!("http://127.0.0.1:{port}");
 
     let mut s = es_settings(&[&url]);
-    s.auth = EsAuth::ApiKey { key: Secret::new("a3ItdGVzdDpzZWNyZXQta2V5".into()), source: "/x".into() };
+    s.auth = EsAuth::ApiKey {
+        key: Secret::new("a3ItdGVzdDpzZWNyZXQta2V5".into()),
+        source: "/x".into(),
+    };
     Es::new(&s).unwrap().features().await.unwrap();
-    s.auth = EsAuth::Basic { username: "kr".into(), password: Secret::new("pa55-w0rd".into()), source: "/y".into() };
+    s.auth = EsAuth::Basic {
+        username: "kr".into(),
+        password: Secret::new("pa55-w0rd".into()),
+        source: "/y".into(),
+    };
     Es::new(&s).unwrap().features().await.unwrap();
     {
         let seen = seen.lock().unwrap();
-        assert!(seen.contains(&"ApiKey a3ItdGVzdDpzZWNyZXQta2V5".to_string()), "{seen:?}");
-        assert!(seen.contains(&"Basic a3I6cGE1NS13MHJk".to_string()), "{seen:?}"); // base64("kr:pa55-w0rd")
+        assert!(
+            seen.contains(&"ApiKey a3ItdGVzdDpzZWNyZXQta2V5".to_string()),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&"Basic a3I6cGE1NS13MHJk".to_string()),
+            "{seen:?}"
+        ); // base64("kr:pa55-w0rd")
     }
 
     // Through the CLI, at the most verbose log level: the key is sent, and appears nowhere in
@@ -193,11 +284,22 @@ async fn api_key_and_basic_auth_headers_are_sent_and_never_logged() {
         ),
     )
     .unwrap();
-    for args in [&["-vv", "snapshots"][..], &["-vv", "status"][..], &["-vv", "--json", "check-config"][..], &["-vv", "plan", "--to", "8.14.3"][..]] {
+    for args in [
+        &["-vv", "snapshots"][..],
+        &["-vv", "status"][..],
+        &["-vv", "--json", "check-config"][..],
+        &["-vv", "plan", "--to", "8.14.3"][..],
+    ] {
         let (_, out, err) = run_cli(&cfg, args);
         for text in [&out, &err] {
-            assert!(!text.contains("c2VjcmV0LWZyb20tZmlsZQ"), "{args:?} leaked the API key:\n{text}");
+            assert!(
+                !text.contains("c2VjcmV0LWZyb20tZmlsZQ"),
+                "{args:?} leaked the API key:\n{text}"
+            );
         }
     }
-    assert!(seen.lock().unwrap().contains(&"ApiKey c2VjcmV0LWZyb20tZmlsZQ==".to_string()));
+    assert!(seen
+        .lock()
+        .unwrap()
+        .contains(&"ApiKey c2VjcmV0LWZyb20tZmlsZQ==".to_string()));
 }

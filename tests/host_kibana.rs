@@ -38,17 +38,29 @@ const OP: Duration = Duration::from_secs(30);
 /// The adapter's commands run inside the host. `host exec` starts from a clean environment, so
 /// the variables the adapter sets on its commands are passed inside with `env`.
 pub fn host_command_prefix(h: &TestHost) -> Vec<OsString> {
-    [hosts::HARNESS, "exec", &h.name, "--", "env", "LC_ALL=C", "LANG=C", "DEBIAN_FRONTEND=noninteractive", "APT_LISTCHANGES_FRONTEND=none"]
-        .iter()
-        .map(OsString::from)
-        .collect()
+    [
+        hosts::HARNESS,
+        "exec",
+        &h.name,
+        "--",
+        "env",
+        "LC_ALL=C",
+        "LANG=C",
+        "DEBIAN_FRONTEND=noninteractive",
+        "APT_LISTCHANGES_FRONTEND=none",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect()
 }
 
 fn probe(port: u16) -> StatusProbe {
     StatusProbe::new(&KibanaSettings {
         unit: UNIT.into(),
         package: "kibana".into(),
-        status_url: format!("http://127.0.0.1:{port}/api/status").parse().unwrap(),
+        status_url: format!("http://127.0.0.1:{port}/api/status")
+            .parse()
+            .unwrap(),
         status_auth: None,
         stop_timeout: OP,
         start_timeout: OP,
@@ -59,8 +71,15 @@ fn probe(port: u16) -> StatusProbe {
 /// Only the local repository as apt source, `apt-get update`, `apt-get install kibana=VERSION`,
 /// then the host's own kibana.yml.
 fn install(h: &TestHost, apt_source: &str, version: &str, port: u16) {
-    h.exec_ok(&["sh", "-c", "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list"]);
-    h.write("/etc/apt/sources.list.d/kibana-test.list", &format!("{apt_source}\n"));
+    h.exec_ok(&[
+        "sh",
+        "-c",
+        "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list",
+    ]);
+    h.write(
+        "/etc/apt/sources.list.d/kibana-test.list",
+        &format!("{apt_source}\n"),
+    );
     h.exec_ok(&["apt-get", "update", "-qq"]);
     h.exec_ok(&[
         "env",
@@ -73,11 +92,21 @@ fn install(h: &TestHost, apt_source: &str, version: &str, port: u16) {
         "Dpkg::Options::=--force-confold",
         &format!("kibana={version}"),
     ]);
-    h.write("/etc/kibana/kibana.yml", &format!("# this host's own settings\n{}", testbed::kibana_yml(port, &es_node().url, false)));
+    h.write(
+        "/etc/kibana/kibana.yml",
+        &format!(
+            "# this host's own settings\n{}",
+            testbed::kibana_yml(port, &es_node().url, false)
+        ),
+    );
 }
 
 fn journal(h: &TestHost) -> String {
-    String::from_utf8_lossy(&h.exec(&["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"]).stdout).into_owned()
+    String::from_utf8_lossy(
+        &h.exec(&["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
+            .stdout,
+    )
+    .into_owned()
 }
 
 #[tokio::test]
@@ -109,20 +138,29 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     });
     let install_time = t_install.elapsed();
     for h in [a, b] {
-        assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]), NEW);
+        assert_eq!(
+            h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
+            NEW
+        );
         assert_eq!(h.exec_ok(&["cat", "/usr/share/kibana/VERSION"]).trim(), NEW);
     }
 
     // Start both over D-Bus; both reach available at 8.15.0 (one creates the indices, the other
     // finds them).
     let t_start = Instant::now();
-    let (sa, sb) = (SystemdUnits::connect_to(&a.bus).await.unwrap(), SystemdUnits::connect_to(&b.bus).await.unwrap());
+    let (sa, sb) = (
+        SystemdUnits::connect_to(&a.bus).await.unwrap(),
+        SystemdUnits::connect_to(&b.bus).await.unwrap(),
+    );
     let (ra, rb) = tokio::join!(sa.start(UNIT, OP), sb.start(UNIT, OP));
     assert!(ra.unwrap().is_active());
     assert!(rb.unwrap().is_active());
     let (pa, pb) = (probe(ports[0]), probe(ports[1]));
     let poll = Duration::from_millis(50);
-    let (wa, wb) = tokio::join!(pa.wait_available(NEW, OP, poll), pb.wait_available(NEW, OP, poll));
+    let (wa, wb) = tokio::join!(
+        pa.wait_available(NEW, OP, poll),
+        pb.wait_available(NEW, OP, poll)
+    );
     let st = wa.unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
     wb.unwrap_or_else(|e| panic!("{e}\n{}", journal(b)));
     let start_time = t_start.elapsed();
@@ -130,7 +168,14 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     let (_, v) = raw("GET", "_alias/.kibana", None).await;
     assert!(v.get(format!(".kibana_{NEW}_001")).is_some(), "{v}");
     // the unit's program is the stand-in, configured by the host's kibana.yml
-    assert!(journal(a).contains(&format!("kibana-standin {NEW}: listening on 127.0.0.1:{}", ports[0])), "{}", journal(a));
+    assert!(
+        journal(a).contains(&format!(
+            "kibana-standin {NEW}: listening on 127.0.0.1:{}",
+            ports[0]
+        )),
+        "{}",
+        journal(a)
+    );
     println!(
         "TIMING 2 hosts: boot {boot:?} (parallel), apt-get update + install {NEW} {install_time:?} (parallel), \
          start over D-Bus until both available {start_time:?}; total so far {:?}",
@@ -143,7 +188,9 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     assert!(ra.unwrap().is_stopped());
     assert!(rb.unwrap().is_stopped());
     let t_down = Instant::now();
-    let pm = PackageManager::with_command_prefix(&PkgSettings::default(), host_command_prefix(a)).await.unwrap();
+    let pm = PackageManager::with_command_prefix(&PkgSettings::default(), host_command_prefix(a))
+        .await
+        .unwrap();
     let k = PackageName::new("kibana").unwrap();
     let v814 = pm.resolve(&k, OLD).await.unwrap();
     let r = pm.install_exact(&k, &v814).await.unwrap();
@@ -154,13 +201,23 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     assert_eq!(a.exec_ok(&["cat", "/usr/share/kibana/VERSION"]).trim(), OLD);
     assert!(a.exec_ok(&["apt-mark", "showhold"]).contains("kibana"));
     let yml = a.exec_ok(&["cat", "/etc/kibana/kibana.yml"]);
-    assert!(yml.contains("# this host's own settings") && yml.contains(&format!("server.port: {}", ports[0])), "{yml}");
+    assert!(
+        yml.contains("# this host's own settings")
+            && yml.contains(&format!("server.port: {}", ports[0])),
+        "{yml}"
+    );
 
     // 8.14.3 on 8.15.0's indices: exits 1 (systemd restarts it), never available.
     sa.restart(UNIT, OP).await.unwrap();
     let t = Instant::now();
-    while !journal(a).contains(&format!("The .kibana alias is pointing to a newer version of Kibana: v{NEW}")) {
-        assert!(t.elapsed() < OP, "8.14.3 did not refuse the newer index:\n{}", journal(a));
+    while !journal(a).contains(&format!(
+        "The .kibana alias is pointing to a newer version of Kibana: v{NEW}"
+    )) {
+        assert!(
+            t.elapsed() < OP,
+            "8.14.3 did not refuse the newer index:\n{}",
+            journal(a)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_ne!(pa.probe().await.unwrap().level, Level::Available);
@@ -170,14 +227,20 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     reset_kibana_feature().await;
     let t_restart = Instant::now();
     assert!(sa.restart(UNIT, OP).await.unwrap().is_active());
-    let st = pa.wait_available(OLD, OP, poll).await.unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
+    let st = pa
+        .wait_available(OLD, OP, poll)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
     let restart = t_restart.elapsed();
     assert_eq!(st.version.as_deref(), Some(OLD));
     let (_, v) = raw("GET", "_alias/.kibana", None).await;
     assert!(v.get(format!(".kibana_{OLD}_001")).is_some(), "{v}");
     // still held after the restart; the other host untouched on 8.15.0, stopped
     pm.verify(&k, &v814, true).await.unwrap();
-    assert_eq!(b.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]), NEW);
+    assert_eq!(
+        b.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
+        NEW
+    );
     assert!(sb.status(UNIT).await.unwrap().is_stopped());
     println!(
         "TIMING downgrade+hold via PackageManager {downgrade:?}; restart until {OLD} available {restart:?}; test total {:?}",

@@ -85,7 +85,12 @@ impl Standin {
     }
 
     /// Polls until `/api/status` answers and `ok` accepts the answer.
-    async fn wait_status(&mut self, what: &str, timeout: Duration, ok: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    async fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
         let t = Instant::now();
         loop {
             if let Some((code, body)) = self.status().await {
@@ -94,17 +99,30 @@ impl Standin {
                 }
             }
             if let Ok(Some(exit)) = self.child.try_wait() {
-                panic!("stand-in exited ({exit}) while waiting for {what}; its log:\n{}", self.log());
+                panic!(
+                    "stand-in exited ({exit}) while waiting for {what}; its log:\n{}",
+                    self.log()
+                );
             }
-            assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}; log:\n{}", self.log());
+            assert!(
+                t.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     async fn wait_available(&mut self, version: &str) -> (u16, Value) {
-        self.wait_status(&format!("{version} available"), Duration::from_secs(60), |c, b| {
-            c == 200 && b["status"]["overall"]["level"] == "available" && b["version"]["number"] == version
-        })
+        self.wait_status(
+            &format!("{version} available"),
+            Duration::from_secs(60),
+            |c, b| {
+                c == 200
+                    && b["status"]["overall"]["level"] == "available"
+                    && b["version"]["number"] == version
+            },
+        )
         .await
     }
 
@@ -115,7 +133,11 @@ impl Standin {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s.code().unwrap_or(-1);
             }
-            assert!(t.elapsed() < timeout, "stand-in still running after {timeout:?}; log:\n{}", self.log());
+            assert!(
+                t.elapsed() < timeout,
+                "stand-in still running after {timeout:?}; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -137,7 +159,10 @@ struct Gate {
 
 impl Gate {
     fn new(upstream: &str) -> Gate {
-        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let open = Arc::new((Mutex::new(false), Condvar::new()));
@@ -149,7 +174,9 @@ impl Gate {
                     let (m, cv) = &*o;
                     let _g = cv.wait_while(m.lock().unwrap(), |open| !*open).unwrap();
                     drop(_g);
-                    let Ok(up) = TcpStream::connect(&upstream) else { return };
+                    let Ok(up) = TcpStream::connect(&upstream) else {
+                        return;
+                    };
                     let (mut a, mut b) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
                     std::thread::spawn(move || pipe(&mut a, &mut b));
                     let (mut a, mut b) = (up, conn);
@@ -190,7 +217,11 @@ async fn alias_target(alias: &str) -> Option<String> {
     }
     assert_eq!(s, 200, "{v}");
     let names: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(names.len(), 1, "alias {alias} on several indices: {names:?}");
+    assert_eq!(
+        names.len(),
+        1,
+        "alias {alias} on several indices: {names:?}"
+    );
     Some(names[0].clone())
 }
 
@@ -206,7 +237,12 @@ async fn exists(index: &str) -> bool {
 }
 
 async fn write_blocked(index: &str) -> bool {
-    let (_, v) = raw("GET", &format!("{index}/_settings/index.blocks.write?flat_settings=true"), None).await;
+    let (_, v) = raw(
+        "GET",
+        &format!("{index}/_settings/index.blocks.write?flat_settings=true"),
+        None,
+    )
+    .await;
     v[index]["settings"]["index.blocks.write"] == "true"
 }
 
@@ -242,7 +278,9 @@ async fn install_old(n_docs: usize) {
 }
 
 fn warnings(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.starts_with("elasticsearch warning:")).collect()
+    log.lines()
+        .filter(|l| l.starts_with("elasticsearch warning:"))
+        .collect()
 }
 
 /// Connections the node saw from this stand-in process (its `X-Opaque-Id`), as
@@ -253,9 +291,16 @@ async fn node_clients_of(pid: u32) -> Vec<(String, String)> {
     let opaque = format!("kibana-standin-{pid}");
     let mut out = Vec::new();
     for node in v["nodes"].as_object().unwrap().values() {
-        for c in node["http"]["clients"].as_array().cloned().unwrap_or_default() {
+        for c in node["http"]["clients"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             if c["x_opaque_id"] == opaque.as_str() {
-                out.push((c["agent"].as_str().unwrap_or("").to_string(), c["last_uri"].as_str().unwrap_or("").to_string()));
+                out.push((
+                    c["agent"].as_str().unwrap_or("").to_string(),
+                    c["last_uri"].as_str().unwrap_or("").to_string(),
+                ));
             }
         }
     }
@@ -272,21 +317,35 @@ async fn fresh_install_then_upgrade_migrates_like_kibana() {
     let gate = Gate::new(&es);
     let mut old = Standin::start(OLD, &gate.url, "");
     let (code, body) = old
-        .wait_status("503 while Elasticsearch does not answer", Duration::from_secs(20), |c, _| c == 503)
+        .wait_status(
+            "503 while Elasticsearch does not answer",
+            Duration::from_secs(20),
+            |c, _| c == 503,
+        )
         .await;
     assert_eq!(body["status"]["overall"]["level"], "unavailable", "{body}");
     assert_eq!(body["version"]["number"], OLD, "{body}");
     assert_eq!(code, 503);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(old.status().await.unwrap().0, 503, "available without Elasticsearch");
+    assert_eq!(
+        old.status().await.unwrap().0,
+        503,
+        "available without Elasticsearch"
+    );
     assert_eq!(alias_target(".kibana").await, None);
     gate.open();
     let (_, body) = old.wait_available(OLD).await;
-    assert_eq!(body["status"]["overall"]["summary"], "All services are available");
+    assert_eq!(
+        body["status"]["overall"]["summary"],
+        "All services are available"
+    );
     for alias in [".kibana", ".kibana_task_manager"] {
         let idx = format!("{alias}_{OLD}_001");
         assert_eq!(alias_target(alias).await.as_deref(), Some(idx.as_str()));
-        assert_eq!(alias_target(&format!("{alias}_{OLD}")).await.as_deref(), Some(idx.as_str()));
+        assert_eq!(
+            alias_target(&format!("{alias}_{OLD}")).await.as_deref(),
+            Some(idx.as_str())
+        );
         assert!(!write_blocked(&idx).await);
     }
     drop(old);
@@ -304,32 +363,68 @@ async fn fresh_install_then_upgrade_migrates_like_kibana() {
 
     let new_idx = format!(".kibana_{NEW}_001");
     let old_idx = format!(".kibana_{OLD}_001");
-    assert_eq!(alias_target(".kibana").await.as_deref(), Some(new_idx.as_str()), "{log}");
-    assert_eq!(alias_target(&format!(".kibana_{NEW}")).await.as_deref(), Some(new_idx.as_str()));
+    assert_eq!(
+        alias_target(".kibana").await.as_deref(),
+        Some(new_idx.as_str()),
+        "{log}"
+    );
+    assert_eq!(
+        alias_target(&format!(".kibana_{NEW}")).await.as_deref(),
+        Some(new_idx.as_str())
+    );
     // the old version's own alias stays on the old index (a rollback restores, not re-aliases)
-    assert_eq!(alias_target(&format!(".kibana_{OLD}")).await.as_deref(), Some(old_idx.as_str()));
+    assert_eq!(
+        alias_target(&format!(".kibana_{OLD}")).await.as_deref(),
+        Some(old_idx.as_str())
+    );
     assert_eq!(count(&new_idx).await, N as u64);
-    assert_eq!(count(&old_idx).await, N as u64, "the old index keeps its documents");
+    assert_eq!(
+        count(&old_idx).await,
+        N as u64,
+        "the old index keeps its documents"
+    );
     assert!(write_blocked(&old_idx).await, "old index not write-blocked");
-    assert!(!write_blocked(&new_idx).await, "the new index must take writes");
-    assert!(!exists(&format!(".kibana_{NEW}_reindex_temp")).await, "temp index left behind");
+    assert!(
+        !write_blocked(&new_idx).await,
+        "the new index must take writes"
+    );
+    assert!(
+        !exists(&format!(".kibana_{NEW}_reindex_temp")).await,
+        "temp index left behind"
+    );
     let (s, d) = raw("GET", &format!("{new_idx}/_doc/dashboard:00042"), None).await;
     assert_eq!(s, 200, "{d}");
     assert_eq!(d["_source"]["coreMigrationVersion"], NEW, "{d}");
     assert_eq!(d["_source"]["typeMigrationVersion"], NEW, "{d}");
     assert_eq!(d["_source"]["dashboard"]["title"], "dash 42", "{d}");
     let (_, d) = raw("GET", &format!("{old_idx}/_doc/dashboard:00042"), None).await;
-    assert_eq!(d["_source"]["coreMigrationVersion"], OLD, "the old index is not rewritten: {d}");
+    assert_eq!(
+        d["_source"]["coreMigrationVersion"], OLD,
+        "the old index is not rewritten: {d}"
+    );
     // the old index really refuses writes now
-    let (s, v) = raw("PUT", &format!("{old_idx}/_doc/late?refresh=true"), Some(json!({"a": 1}))).await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("{old_idx}/_doc/late?refresh=true"),
+        Some(json!({"a": 1})),
+    )
+    .await;
     assert_eq!(s, 403, "{v}");
     assert!(v.to_string().contains("index write (api)"), "{v}");
     // the task manager index migrated the same way (empty)
     let tm = format!(".kibana_task_manager_{NEW}_001");
-    assert_eq!(alias_target(".kibana_task_manager").await.as_deref(), Some(tm.as_str()));
+    assert_eq!(
+        alias_target(".kibana_task_manager").await.as_deref(),
+        Some(tm.as_str())
+    );
     assert!(write_blocked(&format!(".kibana_task_manager_{OLD}_001")).await);
     // writes through the alias land in the new index
-    let (s, v) = raw("PUT", ".kibana/_doc/after-upgrade?refresh=true", Some(json!({"type": "config"}))).await;
+    let (s, v) = raw(
+        "PUT",
+        ".kibana/_doc/after-upgrade?refresh=true",
+        Some(json!({"type": "config"})),
+    )
+    .await;
     assert!(s == 201 || s == 200, "{v}");
     assert_eq!(count(&new_idx).await, N as u64 + 1);
 
@@ -343,13 +438,22 @@ async fn fresh_install_then_upgrade_migrates_like_kibana() {
         .send()
         .await
         .unwrap();
-    let control = w.headers().get("warning").map(|h| h.to_str().unwrap().to_string());
+    let control = w
+        .headers()
+        .get("warning")
+        .map(|h| h.to_str().unwrap().to_string());
     assert!(
-        control.as_deref().is_some_and(|w| w.contains("this request accesses system indices")),
+        control
+            .as_deref()
+            .is_some_and(|w| w.contains("this request accesses system indices")),
         "control request without the header got no Warning: {control:?}"
     );
     let clients = node_clients_of(new.pid()).await;
-    assert!(!clients.is_empty(), "the node lists no connection of the stand-in (X-Opaque-Id kibana-standin-{})", new.pid());
+    assert!(
+        !clients.is_empty(),
+        "the node lists no connection of the stand-in (X-Opaque-Id kibana-standin-{})",
+        new.pid()
+    );
     for (agent, uri) in &clients {
         assert_eq!(agent, "kibana", "connection whose last request was {uri}");
     }
@@ -358,13 +462,23 @@ async fn fresh_install_then_upgrade_migrates_like_kibana() {
     // needs the feature state restored first.
     drop(new);
     let mut older = Standin::start(OLD, &es, "");
-    assert_eq!(older.wait_exit(Duration::from_secs(30)).await, 1, "{}", older.log());
-    assert!(
-        older.log().contains(&format!("The .kibana alias is pointing to a newer version of Kibana: v{NEW}")),
+    assert_eq!(
+        older.wait_exit(Duration::from_secs(30)).await,
+        1,
         "{}",
         older.log()
     );
-    assert_eq!(alias_target(".kibana").await.as_deref(), Some(new_idx.as_str()));
+    assert!(
+        older.log().contains(&format!(
+            "The .kibana alias is pointing to a newer version of Kibana: v{NEW}"
+        )),
+        "{}",
+        older.log()
+    );
+    assert_eq!(
+        alias_target(".kibana").await.as_deref(),
+        Some(new_idx.as_str())
+    );
     assert!(!write_blocked(&new_idx).await);
     drop(older);
 
@@ -382,15 +496,34 @@ async fn refuses_an_incompatible_elasticsearch_node() {
     let _turn = kibana_feature_lock();
     reset_kibana_feature().await;
     install_old(3).await;
-    let (_, nodes) = raw("GET", "_nodes?filter_path=nodes.*.name,nodes.*.version,nodes.*.http.publish_address", None).await;
-    let node = nodes["nodes"].as_object().unwrap().values().next().unwrap().clone();
-    let (name, es_version) = (node["name"].as_str().unwrap().to_string(), node["version"].as_str().unwrap().to_string());
-    let address = node["http"]["publish_address"].as_str().unwrap().to_string();
+    let (_, nodes) = raw(
+        "GET",
+        "_nodes?filter_path=nodes.*.name,nodes.*.version,nodes.*.http.publish_address",
+        None,
+    )
+    .await;
+    let node = nodes["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    let (name, es_version) = (
+        node["name"].as_str().unwrap().to_string(),
+        node["version"].as_str().unwrap().to_string(),
+    );
+    let address = node["http"]["publish_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(es_version, "8.15.0");
 
     let mut newer = Standin::start("8.16.0", &es_node().url, "");
     let (code, body) = newer
-        .wait_status("critical", Duration::from_secs(30), |_, b| b["status"]["overall"]["level"] == "critical")
+        .wait_status("critical", Duration::from_secs(30), |_, b| {
+            b["status"]["overall"]["level"] == "critical"
+        })
         .await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["version"]["number"], "8.16.0");
@@ -403,22 +536,44 @@ async fn refuses_an_incompatible_elasticsearch_node() {
     );
     // it keeps running, refusing; nothing migrated, nothing blocked
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(newer.child.try_wait().unwrap(), None, "exited: {}", newer.log());
+    assert_eq!(
+        newer.child.try_wait().unwrap(),
+        None,
+        "exited: {}",
+        newer.log()
+    );
     let old_idx = format!(".kibana_{OLD}_001");
-    assert_eq!(alias_target(".kibana").await.as_deref(), Some(old_idx.as_str()));
+    assert_eq!(
+        alias_target(".kibana").await.as_deref(),
+        Some(old_idx.as_str())
+    );
     assert!(!exists(".kibana_8.16.0_001").await);
     assert!(!exists(".kibana_8.16.0_reindex_temp").await);
-    assert!(!write_blocked(&old_idx).await, "an incompatible Kibana write-blocked the index");
+    assert!(
+        !write_blocked(&old_idx).await,
+        "an incompatible Kibana write-blocked the index"
+    );
     drop(newer);
 
     // Another major refuses too: Kibana 7.17 against an 8.15 node.
     let mut seven = Standin::start("7.17.22", &es_node().url, "");
     let (_, body) = seven
-        .wait_status("critical", Duration::from_secs(30), |_, b| b["status"]["overall"]["level"] == "critical")
+        .wait_status("critical", Duration::from_secs(30), |_, b| {
+            b["status"]["overall"]["level"] == "critical"
+        })
         .await;
-    assert!(body["status"]["overall"]["summary"].as_str().unwrap().contains(&name), "{body}");
+    assert!(
+        body["status"]["overall"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&name),
+        "{body}"
+    );
     drop(seven);
-    assert_eq!(alias_target(".kibana").await.as_deref(), Some(old_idx.as_str()));
+    assert_eq!(
+        alias_target(".kibana").await.as_deref(),
+        Some(old_idx.as_str())
+    );
     reset_kibana_feature().await;
 }
 
@@ -432,20 +587,37 @@ async fn failed_migration_leaves_the_half_migrated_state_and_exits_nonzero() {
     let temp = format!(".kibana_{NEW}_reindex_temp");
 
     // batch size 2: the failure comes after some bulk requests succeeded, not before the first
-    let mut failing = Standin::start(NEW, &es_node().url, "standin.fail_migration: true\nmigrations.batchSize: 2\n");
+    let mut failing = Standin::start(
+        NEW,
+        &es_node().url,
+        "standin.fail_migration: true\nmigrations.batchSize: 2\n",
+    );
     let code = failing.wait_exit(Duration::from_secs(60)).await;
     let log = failing.log();
     assert_eq!(code, 1, "{log}");
-    assert!(log.contains("Unable to complete saved object migrations for the [.kibana] index"), "{log}");
+    assert!(
+        log.contains("Unable to complete saved object migrations for the [.kibana] index"),
+        "{log}"
+    );
 
-    assert_eq!(alias_target(".kibana").await.as_deref(), Some(old_idx.as_str()), "alias moved");
+    assert_eq!(
+        alias_target(".kibana").await.as_deref(),
+        Some(old_idx.as_str()),
+        "alias moved"
+    );
     assert!(write_blocked(&old_idx).await, "old index not write-blocked");
     assert_eq!(count(&old_idx).await, N as u64);
     assert!(exists(&temp).await, "no temp index");
     let copied = count(&temp).await;
-    assert!(copied > 0 && copied < N as u64, "temp index holds {copied} of {N}");
+    assert!(
+        copied > 0 && copied < N as u64,
+        "temp index holds {copied} of {N}"
+    );
     assert_eq!(copied, (N / 2) as u64);
-    assert!(!exists(&format!(".kibana_{NEW}_001")).await, "target index created");
+    assert!(
+        !exists(&format!(".kibana_{NEW}_001")).await,
+        "target index created"
+    );
     // the failure was in .kibana: the task manager index was not touched
     assert_eq!(
         alias_target(".kibana_task_manager").await.as_deref(),
@@ -456,16 +628,23 @@ async fn failed_migration_leaves_the_half_migrated_state_and_exits_nonzero() {
     // The next instance (systemd's restart, another host) finds the temp index and waits,
     // running and answering 503, without touching anything.
     let mut next = Standin::start(NEW, &es_node().url, "");
-    next.wait_status("503", Duration::from_secs(20), |c, _| c == 503).await;
+    next.wait_status("503", Duration::from_secs(20), |c, _| c == 503)
+        .await;
     let t = Instant::now();
-    while !next.log().contains("another Kibana instance appears to be migrating") {
+    while !next
+        .log()
+        .contains("another Kibana instance appears to be migrating")
+    {
         assert!(t.elapsed() < Duration::from_secs(20), "{}", next.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(next.child.try_wait().unwrap(), None, "{}", next.log());
     assert_eq!(next.status().await.unwrap().0, 503);
     assert_eq!(count(&temp).await, copied);
-    assert_eq!(alias_target(".kibana").await.as_deref(), Some(old_idx.as_str()));
+    assert_eq!(
+        alias_target(".kibana").await.as_deref(),
+        Some(old_idx.as_str())
+    );
     drop(next);
     reset_kibana_feature().await;
 }
@@ -481,12 +660,25 @@ fn standin_binary_is_the_package_program() {
         .find(|p| p.to_string_lossy().ends_with("kibana_8.15.0_amd64.deb"))
         .expect("kibana 8.15.0 .deb");
     let dir = tempfile::tempdir().unwrap();
-    let ok = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.path()).status().unwrap();
+    let ok = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.path())
+        .status()
+        .unwrap();
     assert!(ok.success());
     let packaged = std::fs::read(dir.path().join("usr/share/kibana/bin/kibana")).unwrap();
-    assert_eq!(packaged, std::fs::read(&tb.standin).unwrap(), "the package does not carry the stand-in");
+    assert_eq!(
+        packaged,
+        std::fs::read(&tb.standin).unwrap(),
+        "the package does not carry the stand-in"
+    );
     let version = std::fs::read_to_string(dir.path().join("usr/share/kibana/VERSION")).unwrap();
     assert_eq!(version.trim(), "8.15.0");
-    let unit = std::fs::read_to_string(dir.path().join("lib/systemd/system/kibana.service")).unwrap();
-    assert!(unit.contains("Environment=KBN_PATH_CONF=/etc/kibana"), "{unit}");
+    let unit =
+        std::fs::read_to_string(dir.path().join("lib/systemd/system/kibana.service")).unwrap();
+    assert!(
+        unit.contains("Environment=KBN_PATH_CONF=/etc/kibana"),
+        "{unit}"
+    );
 }

@@ -30,14 +30,25 @@ impl Cluster {
     /// `now` is the agent's monotonic clock, for the restore deadline.
     pub async fn run(&self, step: &ClusterStep, now: impl Fn() -> Duration) -> ClusterOutcome {
         match step {
-            ClusterStep::Preflight { target_version, snapshot, expected_hosts } => {
-                ClusterOutcome::Preflight(self.preflight(target_version, snapshot, expected_hosts).await)
+            ClusterStep::Preflight {
+                target_version,
+                snapshot,
+                expected_hosts,
+            } => ClusterOutcome::Preflight(
+                self.preflight(target_version, snapshot, expected_hosts)
+                    .await,
+            ),
+            ClusterStep::CheckKibanaClients => {
+                ClusterOutcome::KibanaClients(self.kibana_clients().await)
             }
-            ClusterStep::CheckKibanaClients => ClusterOutcome::KibanaClients(self.kibana_clients().await),
             ClusterStep::SafetySnapshot { repository, name } => {
                 ClusterOutcome::SafetySnapshot(self.safety_snapshot(repository, name).await)
             }
-            ClusterStep::Restore { snapshot, epoch, deadline } => {
+            ClusterStep::Restore {
+                snapshot,
+                epoch,
+                deadline,
+            } => {
                 // Last moment to refuse: past the deadline this leader's lease may have passed to
                 // another, which must not find a restore it did not record.
                 if now() >= *deadline {
@@ -45,12 +56,21 @@ impl Cluster {
                 }
                 ClusterOutcome::Restore(self.restore(snapshot, *epoch).await)
             }
-            ClusterStep::InspectRestore { snapshot, .. } => ClusterOutcome::InspectRestore(self.inspect(snapshot).await),
-            ClusterStep::VerifyFinal { target_version } => ClusterOutcome::VerifyFinal(self.verify_final(target_version).await),
+            ClusterStep::InspectRestore { snapshot, .. } => {
+                ClusterOutcome::InspectRestore(self.inspect(snapshot).await)
+            }
+            ClusterStep::VerifyFinal { target_version } => {
+                ClusterOutcome::VerifyFinal(self.verify_final(target_version).await)
+            }
         }
     }
 
-    async fn preflight(&self, target: &semver::Version, snap: &SnapshotRef, expected: &[String]) -> Result<(), String> {
+    async fn preflight(
+        &self,
+        target: &semver::Version,
+        snap: &SnapshotRef,
+        expected: &[String],
+    ) -> Result<(), String> {
         let mut problems = Vec::new();
         match self.es.node_versions().await {
             Ok(nodes) => {
@@ -66,7 +86,9 @@ impl Cluster {
         }
         match self.es.features().await {
             Ok(f) if f.iter().any(|n| n == crate::es::KIBANA_FEATURE) => {}
-            Ok(_) => problems.push("the master has no `kibana` feature installed; the restore would be refused".into()),
+            Ok(_) => problems.push(
+                "the master has no `kibana` feature installed; the restore would be refused".into(),
+            ),
             Err(e) => problems.push(format!("reading features: {e}")),
         }
         match self.es.snapshot(&snap.repository, &snap.name).await {
@@ -79,14 +101,28 @@ impl Cluster {
                 }
                 let a = snapshots::assess(&s, Some(target));
                 if !a.eligible {
-                    problems.push(format!("snapshot {}/{} is not eligible: {}", snap.repository, snap.name, a.reasons.join("; ")));
+                    problems.push(format!(
+                        "snapshot {}/{} is not eligible: {}",
+                        snap.repository,
+                        snap.name,
+                        a.reasons.join("; ")
+                    ));
                 }
             }
-            Ok(None) => problems.push(format!("snapshot {}/{} does not exist", snap.repository, snap.name)),
-            Err(e) => problems.push(format!("reading snapshot {}/{}: {e}", snap.repository, snap.name)),
+            Ok(None) => problems.push(format!(
+                "snapshot {}/{} does not exist",
+                snap.repository, snap.name
+            )),
+            Err(e) => problems.push(format!(
+                "reading snapshot {}/{}: {e}",
+                snap.repository, snap.name
+            )),
         }
         if let Err(e) = check_coordination_index(&self.settings.coordination.index) {
-            problems.push(format!("coordination index {:?}: {e}", self.settings.coordination.index));
+            problems.push(format!(
+                "coordination index {:?}: {e}",
+                self.settings.coordination.index
+            ));
         }
         if expected.is_empty() {
             problems.push("the operation expects no hosts".into());
@@ -99,20 +135,34 @@ impl Cluster {
     }
 
     async fn kibana_clients(&self) -> Result<(), String> {
-        let clients = self.es.http_clients().await.map_err(|e| format!("reading _nodes/stats/http: {e}"))?;
+        let clients = self
+            .es
+            .http_clients()
+            .await
+            .map_err(|e| format!("reading _nodes/stats/http: {e}"))?;
         let talking: Vec<String> = clients
             .iter()
             .filter(|c| c.agent == "kibana" || c.agent.starts_with("Kibana/"))
             .filter(|c| match c.closed_time_millis {
-                None => c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS,
+                None => {
+                    c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS
+                }
                 Some(closed) => c.node_now_millis - closed < CLOSED_WINDOW_MILLIS,
             })
-            .map(|c| format!("{} (agent {:?}, last {} via node {})", c.remote_address, c.agent, c.last_uri, c.node))
+            .map(|c| {
+                format!(
+                    "{} (agent {:?}, last {} via node {})",
+                    c.remote_address, c.agent, c.last_uri, c.node
+                )
+            })
             .collect();
         if talking.is_empty() {
             Ok(())
         } else {
-            Err(format!("Kibana clients still sending requests: {}", talking.join(", ")))
+            Err(format!(
+                "Kibana clients still sending requests: {}",
+                talking.join(", ")
+            ))
         }
     }
 
@@ -135,13 +185,26 @@ impl Cluster {
     async fn restore(&self, snap: &SnapshotRef, epoch: u64) -> Result<RestoreReport, String> {
         let opaque = format!("kibana-rollback-restore-epoch-{epoch}");
         tracing::warn!(repository = %snap.repository, snapshot = %snap.name, epoch, "restoring the kibana feature state");
-        match self.es.restore_kibana(&snap.repository, &snap.name, &opaque).await {
+        match self
+            .es
+            .restore_kibana(&snap.repository, &snap.name, &opaque)
+            .await
+        {
             Ok(r) => Ok(RestoreReport {
                 shards_failed: r.shards.failed as u32,
                 healthy: true,
-                detail: format!("{} indices restored, {} shards, health {}", r.indices.len(), r.shards.total, r.health.unwrap_or_default()),
+                detail: format!(
+                    "{} indices restored, {} shards, health {}",
+                    r.indices.len(),
+                    r.shards.total,
+                    r.health.unwrap_or_default()
+                ),
             }),
-            Err(crate::es::EsError::Check(msg)) => Ok(RestoreReport { shards_failed: 1, healthy: false, detail: msg }),
+            Err(crate::es::EsError::Check(msg)) => Ok(RestoreReport {
+                shards_failed: 1,
+                healthy: false,
+                detail: msg,
+            }),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -153,10 +216,17 @@ impl Cluster {
         };
         let from_snap: Vec<_> = recs
             .iter()
-            .filter(|r| r.kind == "SNAPSHOT" && r.snapshot.as_deref() == Some(&snap.name) && r.repository.as_deref() == Some(&snap.repository))
+            .filter(|r| {
+                r.kind == "SNAPSHOT"
+                    && r.snapshot.as_deref() == Some(&snap.name)
+                    && r.repository.as_deref() == Some(&snap.repository)
+            })
             .collect();
         if from_snap.is_empty() {
-            if recs.iter().any(|r| r.kind == "SNAPSHOT" && r.stage != "DONE") {
+            if recs
+                .iter()
+                .any(|r| r.kind == "SNAPSHOT" && r.stage != "DONE")
+            {
                 return RestoreInspection::InProgress;
             }
             return RestoreInspection::NotStarted;
@@ -164,7 +234,11 @@ impl Cluster {
         if from_snap.iter().any(|r| r.stage != "DONE") {
             return RestoreInspection::InProgress;
         }
-        match self.es.health(".kibana*", "yellow", Duration::from_secs(30)).await {
+        match self
+            .es
+            .health(".kibana*", "yellow", Duration::from_secs(30))
+            .await
+        {
             Ok(h) if !h.timed_out && h.status != "red" => RestoreInspection::Completed,
             Ok(h) => RestoreInspection::Unknown(format!("restored indices are {}", h.status)),
             Err(e) => RestoreInspection::Unknown(e.to_string()),
@@ -183,7 +257,11 @@ impl Cluster {
                 return Err(format!(".kibana points at {index}, an index of Kibana {v}, newer than the target {target}"));
             }
         }
-        let h = self.es.health(".kibana*", "yellow", Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
+        let h = self
+            .es
+            .health(".kibana*", "yellow", Duration::from_secs(60))
+            .await
+            .map_err(|e| e.to_string())?;
         if h.timed_out || h.status == "red" {
             return Err(format!("the kibana indices are {}", h.status));
         }

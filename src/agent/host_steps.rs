@@ -36,7 +36,9 @@ impl Host {
                 ActiveState::Reloading => UnitState::Reloading,
                 ActiveState::Activating => UnitState::Activating,
                 ActiveState::Deactivating => UnitState::Deactivating,
-                ActiveState::Inactive if s.load_state.as_str() != "not-found" => UnitState::Inactive,
+                ActiveState::Inactive if s.load_state.as_str() != "not-found" => {
+                    UnitState::Inactive
+                }
                 ActiveState::Failed => UnitState::Failed,
                 _ => UnitState::Unknown,
             },
@@ -59,7 +61,11 @@ impl Host {
             }
             Err(_) => (None, false),
         };
-        HostFacts { unit, installed_version, held }
+        HostFacts {
+            unit,
+            installed_version,
+            held,
+        }
     }
 
     /// Runs one step; the text is the ack's detail (Ok) or the cause (Failed).
@@ -74,37 +80,66 @@ impl Host {
         };
         match outcome {
             Ok(detail) => (StepResult::Ok, detail),
-            Err(cause) => (StepResult::Failed { cause: cause.clone() }, cause),
+            Err(cause) => (
+                StepResult::Failed {
+                    cause: cause.clone(),
+                },
+                cause,
+            ),
         }
     }
 
-    async fn resolve(&self, version: &semver::Version) -> Result<(PackageName, PackageVersion), String> {
+    async fn resolve(
+        &self,
+        version: &semver::Version,
+    ) -> Result<(PackageName, PackageVersion), String> {
         let name = self.package()?;
-        let v = self.pkg.resolve(&name, &version.to_string()).await.map_err(|e| e.to_string())?;
+        let v = self
+            .pkg
+            .resolve(&name, &version.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((name, v))
     }
 
     async fn check_available(&self, version: &semver::Version) -> Result<String, String> {
         // Fresh package lists, so "available" means available now.
-        self.pkg.refresh().await.map_err(|e| format!("refreshing the package lists: {e}"))?;
+        self.pkg
+            .refresh()
+            .await
+            .map_err(|e| format!("refreshing the package lists: {e}"))?;
         let (name, v) = self.resolve(version).await?;
         Ok(format!("{name} {v} is available"))
     }
 
     async fn prefetch(&self, version: &semver::Version) -> Result<String, String> {
         let (name, v) = self.resolve(version).await?;
-        let r = self.pkg.prefetch(&name, &v).await.map_err(|e| e.to_string())?;
+        let r = self
+            .pkg
+            .prefetch(&name, &v)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(format!("{name} {v}: {r:?}"))
     }
 
     async fn stop(&self) -> Result<String, String> {
         let timeout = self.settings.kibana.stop_timeout;
         let unit = self.unit();
-        let status = self.units.stop(unit, timeout).await.map_err(|e| e.to_string())?;
+        let status = self
+            .units
+            .stop(unit, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         // Until the rollback starts it again, nothing else may start Kibana (a timer, an admin,
         // a package script): a Kibana of either version running during the restore corrupts it.
-        self.units.mask(unit).await.map_err(|e| format!("stopped, but masking failed: {e}"))?;
-        Ok(format!("{unit} stopped ({}) and masked until the rollback starts it", status.active_state))
+        self.units
+            .mask(unit)
+            .await
+            .map_err(|e| format!("stopped, but masking failed: {e}"))?;
+        Ok(format!(
+            "{unit} stopped ({}) and masked until the rollback starts it",
+            status.active_state
+        ))
     }
 
     async fn reinstall(&self, version: &semver::Version, resumed: bool) -> Result<String, String> {
@@ -112,13 +147,23 @@ impl Host {
             tracing::info!("resuming an interrupted reinstall of {version}");
         }
         let (name, v) = self.resolve(version).await?;
-        let installed = self.pkg.install_exact(&name, &v).await.map_err(|e| e.to_string())?;
+        let installed = self
+            .pkg
+            .install_exact(&name, &v)
+            .await
+            .map_err(|e| e.to_string())?;
         self.pkg
             .verify(&name, &v, self.settings.package_manager.hold)
             .await
             .map_err(|e| format!("installed, but verification failed: {e}"))?;
-        let was = installed.previous.map(|p| p.to_string()).unwrap_or_else(|| "not installed".into());
-        Ok(format!("{name} {v} installed (was {was}){}", if installed.held { ", held" } else { "" }))
+        let was = installed
+            .previous
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "not installed".into());
+        Ok(format!(
+            "{name} {v} installed (was {was}){}",
+            if installed.held { ", held" } else { "" }
+        ))
     }
 
     /// An abort puts the host back as it was: the unit running on the unchanged package. That
@@ -127,12 +172,23 @@ impl Host {
     async fn abort_restart(&self) -> Result<String, String> {
         let unit = self.unit();
         self.units.unmask(unit).await.map_err(|e| e.to_string())?;
-        let status = self.units.start(unit, self.settings.kibana.start_timeout).await.map_err(|e| e.to_string())?;
+        let status = self
+            .units
+            .start(unit, self.settings.kibana.start_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         let kibana = match self.probe.probe().await {
-            Ok(s) => format!("Kibana reports {:?} at version {}", s.level, s.version.unwrap_or_else(|| "unknown".into())),
+            Ok(s) => format!(
+                "Kibana reports {:?} at version {}",
+                s.level,
+                s.version.unwrap_or_else(|| "unknown".into())
+            ),
             Err(e) => e.to_string(),
         };
-        Ok(format!("{unit} {} again on the unchanged package; {kibana}", status.active_state))
+        Ok(format!(
+            "{unit} {} again on the unchanged package; {kibana}",
+            status.active_state
+        ))
     }
 
     /// Starts the unit and waits until Kibana reports `available` at `expect`.
@@ -142,13 +198,22 @@ impl Host {
         self.units.unmask(unit).await.map_err(|e| e.to_string())?;
         let expect = expect.map(ToString::to_string).unwrap_or_default();
         let started = tokio::time::Instant::now();
-        self.units.start(unit, timeout).await.map_err(|e| e.to_string())?;
-        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        self.units
+            .start(unit, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
         let status = self
             .probe
             .wait_available(&expect, left, Duration::from_secs(1))
             .await
             .map_err(|e| format!("{unit} started, but {e}"))?;
-        Ok(format!("{unit} active; Kibana {} {:?}", status.version.unwrap_or_default(), status.level))
+        Ok(format!(
+            "{unit} active; Kibana {} {:?}",
+            status.version.unwrap_or_default(),
+            status.level
+        ))
     }
 }

@@ -36,7 +36,8 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// Monotonic time that includes suspend.
 fn boottime() -> Duration {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .expect("CLOCK_BOOTTIME is available on Linux");
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
@@ -57,16 +58,34 @@ fn write_result(r: Result<fleet::DocVersion, EsError>) -> WriteResult {
 pub async fn run(settings: Settings) -> Result<()> {
     let settings = Arc::new(settings);
     let host_id = settings.coordination.host_id.clone();
-    let progress = ProgressFile::open(&settings.coordination.state_dir)
-        .with_context(|| format!("creating the state directory {}", settings.coordination.state_dir.display()))?;
+    let progress = ProgressFile::open(&settings.coordination.state_dir).with_context(|| {
+        format!(
+            "creating the state directory {}",
+            settings.coordination.state_dir.display()
+        )
+    })?;
     let es = Arc::new(Es::new(&settings.elasticsearch)?);
-    let units = SystemdUnits::connect().await.context("connecting to systemd over the system bus")?;
-    let pkg = PackageManager::from_settings(&settings.package_manager).await.context("choosing the package manager")?;
+    let units = SystemdUnits::connect()
+        .await
+        .context("connecting to systemd over the system bus")?;
+    let pkg = PackageManager::from_settings(&settings.package_manager)
+        .await
+        .context("choosing the package manager")?;
     let probe = StatusProbe::new(&settings.kibana)?;
-    let host = Arc::new(Host { units, pkg, probe, settings: settings.clone() });
-    let cluster = Arc::new(Cluster { es: es.clone(), settings: settings.clone() });
+    let host = Arc::new(Host {
+        units,
+        pkg,
+        probe,
+        settings: settings.clone(),
+    });
+    let cluster = Arc::new(Cluster {
+        es: es.clone(),
+        settings: settings.clone(),
+    });
 
-    notify(&[sd_notify::NotifyState::Status("connecting to Elasticsearch")]);
+    notify(&[sd_notify::NotifyState::Status(
+        "connecting to Elasticsearch",
+    )]);
     let coord = Coord::new(&es, &settings);
     let mut delay = Duration::from_secs(1);
     loop {
@@ -77,7 +96,12 @@ pub async fn run(settings: Settings) -> Result<()> {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Err(e).context(format!("creating the coordination index {}", settings.coordination.index)),
+            Err(e) => {
+                return Err(e).context(format!(
+                    "creating the coordination index {}",
+                    settings.coordination.index
+                ))
+            }
         }
     }
 
@@ -87,10 +111,22 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let node = NodeState::new(host_id.clone(), fleet_config(&settings), resumed);
     tracing::info!(host = %host_id, index = %settings.coordination.index, "agent started");
-    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("idle: no operation")]);
-    Daemon { settings: settings.clone(), es, host, cluster, progress, node, last_hosts: Vec::new(), facts: None }
-        .run()
-        .await
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("idle: no operation"),
+    ]);
+    Daemon {
+        settings: settings.clone(),
+        es,
+        host,
+        cluster,
+        progress,
+        node,
+        last_hosts: Vec::new(),
+        facts: None,
+    }
+    .run()
+    .await
 }
 
 struct Daemon {
@@ -126,7 +162,9 @@ impl Daemon {
                 return Ok(());
             }
             let events = std::mem::take(&mut pending);
-            let host_step_done = events.iter().any(|e| matches!(e, Event::HostStepDone { .. }));
+            let host_step_done = events
+                .iter()
+                .any(|e| matches!(e, Event::HostStepDone { .. }));
 
             let coord = Coord::new(&self.es, &self.settings);
             let op = match coord.operation().await {
@@ -154,7 +192,15 @@ impl Daemon {
             let now = boottime();
             let stale = match &self.facts {
                 None => true,
-                Some((_, at)) => host_step_done || now.saturating_sub(*at) >= self.settings.coordination.heartbeat.min(Duration::from_secs(5)),
+                Some((_, at)) => {
+                    host_step_done
+                        || now.saturating_sub(*at)
+                            >= self
+                                .settings
+                                .coordination
+                                .heartbeat
+                                .min(Duration::from_secs(5))
+                }
             };
             if stale {
                 self.facts = Some((self.host.facts().await, now));
@@ -165,7 +211,17 @@ impl Daemon {
                 _ => None,
             };
 
-            let actions = fleet::step(&mut self.node, Inputs { now, wall: wall_now(), op, hosts: self.last_hosts.clone(), facts, events });
+            let actions = fleet::step(
+                &mut self.node,
+                Inputs {
+                    now,
+                    wall: wall_now(),
+                    op,
+                    hosts: self.last_hosts.clone(),
+                    facts,
+                    events,
+                },
+            );
             for action in actions {
                 match action {
                     Action::RecordProgress(p) => {
@@ -176,13 +232,19 @@ impl Daemon {
                     }
                     Action::Wait { what } => {
                         if what != last_status {
-                            tracing::debug!(operation_id = op_id.as_deref().unwrap_or(""), "waiting: {what}");
+                            tracing::debug!(
+                                operation_id = op_id.as_deref().unwrap_or(""),
+                                "waiting: {what}"
+                            );
                             notify(&[sd_notify::NotifyState::Status(&what)]);
                             last_status = what;
                         }
                     }
                     Action::StopActing { reason } => {
-                        tracing::warn!(operation_id = op_id.as_deref().unwrap_or(""), "no longer leader: {reason}");
+                        tracing::warn!(
+                            operation_id = op_id.as_deref().unwrap_or(""),
+                            "no longer leader: {reason}"
+                        );
                         for h in cluster_tasks.drain(..) {
                             h.abort();
                         }
@@ -229,14 +291,24 @@ impl Daemon {
     }
 
     /// Document writes run as tasks too: a slow Elasticsearch must not stall the loop.
-    fn spawn_write(&self, action: Action, op_id: Option<String>, tx: mpsc::UnboundedSender<Event>) -> JoinHandle<()> {
+    fn spawn_write(
+        &self,
+        action: Action,
+        op_id: Option<String>,
+        tx: mpsc::UnboundedSender<Event>,
+    ) -> JoinHandle<()> {
         let es = self.es.clone();
         let settings = self.settings.clone();
         tokio::spawn(async move {
             let coord = Coord::new(&es, &settings);
             let op_id = op_id.unwrap_or_default();
             let ev = match action {
-                Action::CasWriteOperation { id, expected, doc, why } => {
+                Action::CasWriteOperation {
+                    id,
+                    expected,
+                    doc,
+                    why,
+                } => {
                     let r = write_result(coord.cas_operation(&doc, expected).await);
                     if matches!(r, WriteResult::Ok(_)) {
                         tracing::info!(operation_id = %doc.id, phase = %doc.phase.as_str(), epoch = doc.epoch, "operation updated: {why}");

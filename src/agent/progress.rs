@@ -15,8 +15,13 @@ impl ProgressFile {
     /// Creates the state directory (mode 0700) if needed.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
-        Ok(ProgressFile { path: state_dir.join("progress.json") })
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)?;
+        Ok(ProgressFile {
+            path: state_dir.join("progress.json"),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -41,7 +46,11 @@ impl ProgressFile {
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(serde_json::to_string_pretty(progress).expect("progress serializes").as_bytes())?;
+            f.write_all(
+                serde_json::to_string_pretty(progress)
+                    .expect("progress serializes")
+                    .as_bytes(),
+            )?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
@@ -62,7 +71,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = ProgressFile::open(&dir.path().join("state")).unwrap();
         assert!(f.load().is_none());
-        let p = LocalProgress { operation_id: "op".into(), epoch: 2, step: Step::StopUnit, state: ProgressState::Started };
+        let p = LocalProgress {
+            operation_id: "op".into(),
+            epoch: 2,
+            step: Step::StopUnit,
+            state: ProgressState::Started,
+        };
         f.store(&p).unwrap();
         assert_eq!(f.load(), Some(p));
         std::fs::write(f.path(), "{not json").unwrap();

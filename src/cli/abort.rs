@@ -24,9 +24,15 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
     let by = requested_by(ctx.settings());
     let reason = reason.unwrap_or("requested with `kibana-rollback abort`");
     for _ in 0..ATTEMPTS {
-        let Some(current) = coord.operation().await.context("reading the operation document")? else {
+        let Some(current) = coord
+            .operation()
+            .await
+            .context("reading the operation document")?
+        else {
             if cli.json {
-                print_json(&json!({"operation": null, "abort_requested": false, "message": "no operation running"}));
+                print_json(
+                    &json!({"operation": null, "abort_requested": false, "message": "no operation running"}),
+                );
             } else {
                 println!("no operation running; nothing to abort");
             }
@@ -36,11 +42,20 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
         if let Some(a) = &op.abort_requested {
             if !op.phase.is_terminal() {
                 if cli.json && !wait {
-                    print_json(&json!({"operation": op.id, "phase": op.phase, "abort_requested": a, "already": true}));
+                    print_json(
+                        &json!({"operation": op.id, "phase": op.phase, "abort_requested": a, "already": true}),
+                    );
                 } else if !cli.json {
-                    println!("abort of operation {} was already requested by {} ({}); phase {}", op.id, a.by, a.reason, op.phase);
+                    println!(
+                        "abort of operation {} was already requested by {} ({}); phase {}",
+                        op.id, a.by, a.reason, op.phase
+                    );
                 }
-                return if wait { follow(&ctx, &op.id, cli.json).await } else { Ok(exit::OK) };
+                return if wait {
+                    follow(&ctx, &op.id, cli.json).await
+                } else {
+                    Ok(exit::OK)
+                };
             }
         }
         let next = match fleet::request_abort(op, &by, reason) {
@@ -74,7 +89,9 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
         match coord.cas_operation(&next, current.version()).await {
             Ok(_) => {
                 if cli.json && !wait {
-                    print_json(&json!({"operation": op.id, "phase": op.phase, "abort_requested": next.abort_requested, "already": false}));
+                    print_json(
+                        &json!({"operation": op.id, "phase": op.phase, "abort_requested": next.abort_requested, "already": false}),
+                    );
                 } else if !cli.json {
                     println!(
                         "abort of operation {} requested (phase {}); the leader brings every unit back on its unchanged package and ends it aborted",
@@ -86,10 +103,16 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
                         );
                     }
                 }
-                return if wait { follow(&ctx, &op.id, cli.json).await } else { Ok(exit::OK) };
+                return if wait {
+                    follow(&ctx, &op.id, cli.json).await
+                } else {
+                    Ok(exit::OK)
+                };
             }
             Err(e) if e.is_conflict() => {
-                tracing::debug!("operation document changed while requesting the abort; re-reading");
+                tracing::debug!(
+                    "operation document changed while requesting the abort; re-reading"
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             Err(e) => return Err(anyhow::Error::new(e).context("writing the abort request")),
@@ -97,6 +120,8 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
     }
     Err(exit::coded(
         exit::TEMPFAIL,
-        format!("the operation document changed {ATTEMPTS} times while requesting the abort; try again"),
+        format!(
+            "the operation document changed {ATTEMPTS} times while requesting the abort; try again"
+        ),
     ))
 }

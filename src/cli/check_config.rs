@@ -14,7 +14,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let auth = match &loaded.settings.elasticsearch.auth {
         EsAuth::None => "none".to_string(),
         EsAuth::ApiKey { source, .. } => format!("API key from {}", source.display()),
-        EsAuth::Basic { username, source, .. } => format!("basic auth as {username:?}, password from {}", source.display()),
+        EsAuth::Basic {
+            username, source, ..
+        } => format!(
+            "basic auth as {username:?}, password from {}",
+            source.display()
+        ),
     };
     let s = &loaded.settings;
     if cli.json {
@@ -42,7 +47,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
         let (sec, name) = key.split_once('.').expect("dotted");
         if sec != section {
             println!("\n[{sec}]");
-            section = schema::SECTIONS.iter().find(|s| **s == sec).copied().unwrap_or("");
+            section = schema::SECTIONS
+                .iter()
+                .find(|s| **s == sec)
+                .copied()
+                .unwrap_or("");
         }
         println!("{name} = {value}  # {origin}");
     }

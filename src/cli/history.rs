@@ -6,7 +6,10 @@ use anyhow::{Context, Result};
 use kibana_rollback::exit;
 use serde_json::json;
 
-use super::start::{describe_error, finished_at, outcome_json, outcome_name, phase_change_json, phase_change_line, refresh, Ctx};
+use super::start::{
+    describe_error, finished_at, outcome_json, outcome_name, phase_change_json, phase_change_line,
+    refresh, Ctx,
+};
 use super::{print_json, Cli};
 
 pub async fn run(cli: &Cli) -> Result<u8> {

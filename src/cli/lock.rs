@@ -26,7 +26,11 @@ const ATTEMPTS: usize = 5;
 pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
     let coord = ctx.coord();
-    let Some(current) = coord.operation().await.context("reading the operation document")? else {
+    let Some(current) = coord
+        .operation()
+        .await
+        .context("reading the operation document")?
+    else {
         if cli.json {
             print_json(&json!({"index": coord.index, "held": false, "operation": null}));
         } else {
@@ -57,8 +61,14 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
                 Some(l) => println!("  leader        {} ({} renewals)", l.host_id, l.renewals),
                 None => println!("  leader        none (no agent has taken the lease)"),
             }
-            println!("  seq_no        {} (primary term {})", current.seq_no, current.primary_term);
-            println!("  requested     by {} at {}", op.requested_by, op.requested_at);
+            println!(
+                "  seq_no        {} (primary term {})",
+                current.seq_no, current.primary_term
+            );
+            println!(
+                "  requested     by {} at {}",
+                op.requested_by, op.requested_at
+            );
             println!("A live leader renews every lease/3 (coordination.lease = {}): run `lock` again and", humantime::format_duration(ctx.settings().coordination.lease));
             println!("the renewals and seq_no move. If they do not, no agent leads the operation.");
         }
@@ -76,14 +86,23 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
     eprintln!("{warning}");
     if !yes {
         if !std::io::stdin().is_terminal() {
-            return Err(exit::coded(exit::USAGE, "--force-release needs --yes when stdin is not a terminal; nothing was changed"));
+            return Err(exit::coded(
+                exit::USAGE,
+                "--force-release needs --yes when stdin is not a terminal; nothing was changed",
+            ));
         }
         eprint!("type the operation id ({}) to release it: ", op.id);
         std::io::stderr().flush().ok();
         let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer).context("reading the confirmation")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("reading the confirmation")?;
         if answer.trim() != op.id {
-            return Err(exit::coded(exit::USAGE, "not confirmed; nothing was changed"));
+            return Err(exit::coded(
+                exit::USAGE,
+                "not confirmed; nothing was changed",
+            ));
         }
     }
 
@@ -91,16 +110,26 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
     let mut seen = current;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
-            match coord.operation().await.context("re-reading the operation document")? {
+            match coord
+                .operation()
+                .await
+                .context("re-reading the operation document")?
+            {
                 Some(v) if v.doc.id == seen.doc.id => seen = v,
                 Some(v) => {
                     return Err(exit::coded(
                         exit::TEMPFAIL,
-                        format!("operation {} ended and {} started meanwhile; nothing was released", seen.doc.id, v.doc.id),
+                        format!(
+                            "operation {} ended and {} started meanwhile; nothing was released",
+                            seen.doc.id, v.doc.id
+                        ),
                     ))
                 }
                 None => {
-                    println!("operation {} ended on its own meanwhile; the lock is free", seen.doc.id);
+                    println!(
+                        "operation {} ended on its own meanwhile; the lock is free",
+                        seen.doc.id
+                    );
                     return Ok(exit::OK);
                 }
             }
@@ -114,10 +143,22 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
             op.leader_id().unwrap_or("none")
         );
         let mut archived = op.clone();
-        archived.history.push(PhaseChange { from: op.phase, to: op.phase, epoch: op.epoch, reason: cause.clone(), at: wall });
+        archived.history.push(PhaseChange {
+            from: op.phase,
+            to: op.phase,
+            epoch: op.epoch,
+            reason: cause.clone(),
+            at: wall,
+        });
         archived.error = Some(match &op.error {
-            Some(prev) => OpError { host: prev.host.clone(), cause: format!("{cause}; earlier error: {}", describe_error(Some(prev))) },
-            None => OpError { host: None, cause: cause.clone() },
+            Some(prev) => OpError {
+                host: prev.host.clone(),
+                cause: format!("{cause}; earlier error: {}", describe_error(Some(prev))),
+            },
+            None => OpError {
+                host: None,
+                cause: cause.clone(),
+            },
         });
         // Overwrite, not create: the latest state with the release note is what history keeps.
         coord
@@ -128,15 +169,24 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
         match coord.delete_operation(seen.version()).await {
             Ok(()) => {
                 if cli.json {
-                    print_json(&json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error}));
+                    print_json(
+                        &json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error}),
+                    );
                 } else {
-                    println!("released the lock of operation {}; archived as {}", op.id, fleet::history_doc_id(&op.id));
+                    println!(
+                        "released the lock of operation {}; archived as {}",
+                        op.id,
+                        fleet::history_doc_id(&op.id)
+                    );
                 }
                 return Ok(exit::OK);
             }
             Err(e) if e.is_conflict() => continue,
             Err(e) if e.is_not_found() => {
-                println!("operation {} was removed meanwhile; the lock is free", op.id);
+                println!(
+                    "operation {} was removed meanwhile; the lock is free",
+                    op.id
+                );
                 return Ok(exit::OK);
             }
             Err(e) => return Err(anyhow::Error::new(e).context("deleting the operation document")),

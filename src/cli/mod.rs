@@ -18,10 +18,19 @@ use kibana_rollback::config::{self, Loaded, Sources};
 use kibana_rollback::exit;
 
 #[derive(Debug, Parser)]
-#[command(name = "kibana-rollback", version, about = "Roll a self-managed Kibana fleet back after a failed upgrade migration")]
+#[command(
+    name = "kibana-rollback",
+    version,
+    about = "Roll a self-managed Kibana fleet back after a failed upgrade migration"
+)]
 pub struct Cli {
     /// Main configuration file; drop-ins in /etc, /run and /usr/lib kibana-rollback/config.d/ follow it.
-    #[arg(long, global = true, value_name = "PATH", env = "KIBANA_ROLLBACK_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "KIBANA_ROLLBACK_CONFIG"
+    )]
     pub config: Option<PathBuf>,
     /// Print machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
@@ -109,8 +118,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
             kibana_rollback::agent::run(loaded.settings).await?;
             Ok(exit::OK)
         }
-        Command::Snapshots { repository, to } => snapshots::run(&cli, repository.as_deref(), to.as_deref()).await,
-        Command::Start { to, snapshot, wait } => start::run(&cli, to.as_deref(), snapshot.as_deref(), *wait).await,
+        Command::Snapshots { repository, to } => {
+            snapshots::run(&cli, repository.as_deref(), to.as_deref()).await
+        }
+        Command::Start { to, snapshot, wait } => {
+            start::run(&cli, to.as_deref(), snapshot.as_deref(), *wait).await
+        }
         Command::Plan { to, snapshot } => plan::run(&cli, to.as_deref(), snapshot.as_deref()).await,
         Command::Status => status::run(&cli).await,
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
@@ -145,15 +158,21 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON value serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON value serializes")
+    );
 }
 
 /// A target version from a flag or the configuration, validated.
 pub fn target_version(flag: Option<&str>, loaded: &Loaded) -> Result<Option<semver::Version>> {
     match flag {
-        Some(s) => config::parse_version(s)
-            .map(Some)
-            .map_err(|e| exit::coded(exit::USAGE, format!("--to {s:?}: {e}; write a version such as 8.14.3"))),
+        Some(s) => config::parse_version(s).map(Some).map_err(|e| {
+            exit::coded(
+                exit::USAGE,
+                format!("--to {s:?}: {e}; write a version such as 8.14.3"),
+            )
+        }),
         None => Ok(loaded.settings.rollback.target_version.clone()),
     }
 }

@@ -55,7 +55,12 @@ impl Checks {
         self.0.last_mut().expect("just pushed")
     }
     fn skip(&mut self, check: &str, why: impl Into<String>) {
-        self.0.push(Check { check: check.into(), status: Status::Skipped, detail: why.into(), warnings: vec![] });
+        self.0.push(Check {
+            check: check.into(),
+            status: Status::Skipped,
+            detail: why.into(),
+            warnings: vec![],
+        });
     }
     fn passed(&self) -> bool {
         self.0.iter().all(|c| c.status == Status::Ok)
@@ -76,12 +81,38 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
     let mut checks = Checks::default();
 
     match &target {
-        Some(t) => checks.push("target version", true, format!("Kibana {t}{}", if to.is_some() { " (--to)" } else { " (rollback.target_version)" })),
-        None => checks.push("target version", false, "none: pass --to VERSION or set rollback.target_version"),
+        Some(t) => checks.push(
+            "target version",
+            true,
+            format!(
+                "Kibana {t}{}",
+                if to.is_some() {
+                    " (--to)"
+                } else {
+                    " (rollback.target_version)"
+                }
+            ),
+        ),
+        None => checks.push(
+            "target version",
+            false,
+            "none: pass --to VERSION or set rollback.target_version",
+        ),
     };
     match check_coordination_index(&s.coordination.index) {
-        Ok(()) => checks.push("coordination index name", true, format!("{} is outside the kibana feature state", s.coordination.index)),
-        Err(e) => checks.push("coordination index name", false, format!("{}: {e}", s.coordination.index)),
+        Ok(()) => checks.push(
+            "coordination index name",
+            true,
+            format!(
+                "{} is outside the kibana feature state",
+                s.coordination.index
+            ),
+        ),
+        Err(e) => checks.push(
+            "coordination index name",
+            false,
+            format!("{}: {e}", s.coordination.index),
+        ),
     };
 
     // Reachability, host by host, so the operator sees which endpoint answers.
@@ -100,14 +131,23 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                     reachable = Some((h.to_string(), nodes));
                 }
             }
-            Err(kibana_rollback::es::EsError::Unreachable { attempts }) => unreachable.push(attempts),
+            Err(kibana_rollback::es::EsError::Unreachable { attempts }) => {
+                unreachable.push(attempts)
+            }
             Err(e) => unreachable.push(format!("{h}: {e}")),
         }
     }
     let nodes = match reachable {
         Some((host, nodes)) => {
-            let c = checks.push("elasticsearch reachable", true, format!("{host} answers; cluster of {} node(s)", nodes.len()));
-            c.warnings = unreachable.iter().map(|u| format!("not reachable: {u}")).collect();
+            let c = checks.push(
+                "elasticsearch reachable",
+                true,
+                format!("{host} answers; cluster of {} node(s)", nodes.len()),
+            );
+            c.warnings = unreachable
+                .iter()
+                .map(|u| format!("not reachable: {u}"))
+                .collect();
             Some(nodes)
         }
         None => {
@@ -155,9 +195,21 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         match (&target, &s.rollback.repository) {
             (Some(t), Some(repo)) => match resolve_snapshot(&ctx.es, repo, &sel, t).await {
                 Ok(Ok(r)) => {
-                    let fs = r.info.kibana_feature_state().map(|f| f.indices.join(", ")).unwrap_or_default();
-                    let evidence = if r.assessment.kibana_versions.is_empty() { "none".into() } else { r.assessment.kibana_versions.join(", ") };
-                    let how = if sel == SnapshotSelector::Latest { "newest eligible" } else { "named" };
+                    let fs = r
+                        .info
+                        .kibana_feature_state()
+                        .map(|f| f.indices.join(", "))
+                        .unwrap_or_default();
+                    let evidence = if r.assessment.kibana_versions.is_empty() {
+                        "none".into()
+                    } else {
+                        r.assessment.kibana_versions.join(", ")
+                    };
+                    let how = if sel == SnapshotSelector::Latest {
+                        "newest eligible"
+                    } else {
+                        "named"
+                    };
                     let c = checks.push(
                         "snapshot",
                         true,
@@ -173,7 +225,11 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                     checks.push("snapshot", false, why);
                 }
                 Err(e) => {
-                    checks.push("snapshot", false, format!("listing snapshots of {repo}: {e}"));
+                    checks.push(
+                        "snapshot",
+                        false,
+                        format!("listing snapshots of {repo}: {e}"),
+                    );
                 }
             },
             (_, None) => {
@@ -183,13 +239,24 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         }
         let coord = ctx.coord();
         match coord.operation().await {
-            Ok(None) => checks.push("no operation running", true, format!("no operation document in {}", coord.index)),
+            Ok(None) => checks.push(
+                "no operation running",
+                true,
+                format!("no operation document in {}", coord.index),
+            ),
             Ok(Some(v)) => checks.push(
                 "no operation running",
                 false,
-                format!("operation {} is in phase {} (requested by {} at {})", v.doc.id, v.doc.phase, v.doc.requested_by, v.doc.requested_at),
+                format!(
+                    "operation {} is in phase {} (requested by {} at {})",
+                    v.doc.id, v.doc.phase, v.doc.requested_by, v.doc.requested_at
+                ),
             ),
-            Err(e) => checks.push("no operation running", false, format!("reading {}: {e}", coord.index)),
+            Err(e) => checks.push(
+                "no operation running",
+                false,
+                format!("reading {}: {e}", coord.index),
+            ),
         };
         match expected_hosts(&ctx).await {
             Ok((ids, from)) => {
@@ -201,15 +268,30 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
             }
         }
         if expected.is_empty() && expected_from == "registered agents" {
-            checks.push("expected hosts registered", false, "coordination.expected_hosts is empty and no agent is registered");
+            checks.push(
+                "expected hosts registered",
+                false,
+                "coordination.expected_hosts is empty and no agent is registered",
+            );
         } else if !expected.is_empty() {
             let t0 = Instant::now();
             match coord.hosts(&expected).await {
                 Ok(docs) => {
-                    hosts_seen = expected.iter().map(|h| (h.clone(), docs.iter().find(|d| &d.host_id == h).cloned())).collect();
-                    let missing: Vec<&str> = hosts_seen.iter().filter(|(_, d)| d.is_none()).map(|(h, _)| h.as_str()).collect();
+                    hosts_seen = expected
+                        .iter()
+                        .map(|h| (h.clone(), docs.iter().find(|d| &d.host_id == h).cloned()))
+                        .collect();
+                    let missing: Vec<&str> = hosts_seen
+                        .iter()
+                        .filter(|(_, d)| d.is_none())
+                        .map(|(h, _)| h.as_str())
+                        .collect();
                     if missing.is_empty() {
-                        checks.push("expected hosts registered", true, format!("{} ({expected_from})", expected.join(", ")));
+                        checks.push(
+                            "expected hosts registered",
+                            true,
+                            format!("{} ({expected_from})", expected.join(", ")),
+                        );
                     } else {
                         checks.push(
                             "expected hosts registered",
@@ -217,19 +299,37 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                             format!("no host document for {}: is kibana-rollbackd running there? ({expected_from})", missing.join(", ")),
                         );
                     }
-                    heartbeat_verdict = watch_heartbeats(&ctx, &hosts_seen, t0, s.coordination.heartbeat).await;
-                    let registered: Vec<_> = heartbeat_verdict.iter().filter(|(_, v)| v.is_some()).collect();
+                    heartbeat_verdict =
+                        watch_heartbeats(&ctx, &hosts_seen, t0, s.coordination.heartbeat).await;
+                    let registered: Vec<_> = heartbeat_verdict
+                        .iter()
+                        .filter(|(_, v)| v.is_some())
+                        .collect();
                     if registered.is_empty() {
                         checks.skip("agents alive (heartbeats)", "no registered host to watch");
                     } else {
                         let stale: Vec<String> = hosts_seen
                             .iter()
-                            .filter(|(h, _)| heartbeat_verdict.iter().any(|(x, v)| x == h && *v == Some(false)))
-                            .map(|(h, d)| format!("{h} (stuck at {})", d.as_ref().map(|d| d.heartbeat).unwrap_or(0)))
+                            .filter(|(h, _)| {
+                                heartbeat_verdict
+                                    .iter()
+                                    .any(|(x, v)| x == h && *v == Some(false))
+                            })
+                            .map(|(h, d)| {
+                                format!(
+                                    "{h} (stuck at {})",
+                                    d.as_ref().map(|d| d.heartbeat).unwrap_or(0)
+                                )
+                            })
                             .collect();
-                        let window = humantime::format_duration(heartbeat_window(s.coordination.heartbeat));
+                        let window =
+                            humantime::format_duration(heartbeat_window(s.coordination.heartbeat));
                         if stale.is_empty() {
-                            checks.push("agents alive (heartbeats)", true, format!("every registered agent wrote a heartbeat within {window}"));
+                            checks.push(
+                                "agents alive (heartbeats)",
+                                true,
+                                format!("every registered agent wrote a heartbeat within {window}"),
+                            );
                         } else {
                             checks.push(
                                 "agents alive (heartbeats)",
@@ -240,19 +340,41 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                     }
                 }
                 Err(e) => {
-                    checks.push("expected hosts registered", false, format!("reading host documents: {e}"));
+                    checks.push(
+                        "expected hosts registered",
+                        false,
+                        format!("reading host documents: {e}"),
+                    );
                 }
             }
         }
     } else {
-        for c in ["nodes compatible with target", "kibana feature", "snapshot", "no operation running", "expected hosts registered", "agents alive (heartbeats)"] {
+        for c in [
+            "nodes compatible with target",
+            "kibana feature",
+            "snapshot",
+            "no operation running",
+            "expected hosts registered",
+            "agents alive (heartbeats)",
+        ] {
             checks.skip(c, "Elasticsearch not reachable");
         }
     }
 
-    let steps = steps(&ctx, target.as_ref(), resolved.as_ref(), &expected, &hosts_seen);
+    let steps = steps(
+        &ctx,
+        target.as_ref(),
+        resolved.as_ref(),
+        &expected,
+        &hosts_seen,
+    );
     let ok = checks.passed();
-    let alive = |h: &str| heartbeat_verdict.iter().find(|(x, _)| x == h).and_then(|(_, v)| *v);
+    let alive = |h: &str| {
+        heartbeat_verdict
+            .iter()
+            .find(|(x, _)| x == h)
+            .and_then(|(_, v)| *v)
+    };
 
     if cli.json {
         print_json(&json!({
@@ -282,9 +404,19 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
 
     println!(
         "plan: roll Kibana back to {} from {} on {}",
-        target.as_ref().map(ToString::to_string).unwrap_or_else(|| "?".into()),
-        resolved.as_ref().map(|r| format!("{}/{}", r.sref.repository, r.sref.name)).unwrap_or_else(|| "?".into()),
-        if expected.is_empty() { "?".to_string() } else { format!("{} ({expected_from})", expected.join(", ")) }
+        target
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "?".into()),
+        resolved
+            .as_ref()
+            .map(|r| format!("{}/{}", r.sref.repository, r.sref.name))
+            .unwrap_or_else(|| "?".into()),
+        if expected.is_empty() {
+            "?".to_string()
+        } else {
+            format!("{} ({expected_from})", expected.join(", "))
+        }
     );
     println!();
     let mut rows = vec![];
@@ -305,11 +437,24 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         let rows: Vec<Vec<String>> = hosts_seen
             .iter()
             .map(|(h, d)| match d {
-                None => vec![h.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "not registered".into()],
+                None => vec![
+                    h.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "not registered".into(),
+                ],
                 Some(d) => vec![
                     h.clone(),
-                    serde_json::to_value(d.unit_state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-                    d.installed_version.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+                    serde_json::to_value(d.unit_state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    d.installed_version
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "-".into()),
                     if d.held { "yes".into() } else { "no".into() },
                     d.agent_version.clone(),
                     match alive(h) {
@@ -320,7 +465,10 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                 ],
             })
             .collect();
-        print_table(&["HOST", "UNIT", "INSTALLED", "HELD", "AGENT", "HEARTBEAT"], &rows);
+        print_table(
+            &["HOST", "UNIT", "INSTALLED", "HELD", "AGENT", "HEARTBEAT"],
+            &rows,
+        );
     }
     println!();
     println!("steps that would run (<id> is the operation id `start` assigns):");
@@ -329,7 +477,14 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         println!("  {:<w$}  {}: {}", s.phase, s.actor, s.action);
     }
     println!();
-    println!("{}", if ok { "every check passed: `kibana-rollback start` would go ahead" } else { "some checks FAILED: `kibana-rollback start` would refuse or abort in preflight" });
+    println!(
+        "{}",
+        if ok {
+            "every check passed: `kibana-rollback start` would go ahead"
+        } else {
+            "some checks FAILED: `kibana-rollback start` would refuse or abort in preflight"
+        }
+    );
     Ok(if ok { exit::OK } else { exit::FAILED })
 }
 
@@ -339,15 +494,30 @@ fn heartbeat_window(period: Duration) -> Duration {
 
 /// For each host: `Some(true)` its heartbeat counter moved within the window, `Some(false)` it
 /// did not, `None` not registered.
-async fn watch_heartbeats(ctx: &Ctx, first: &[(String, Option<HostDoc>)], since: Instant, period: Duration) -> Vec<(String, Option<bool>)> {
-    let mut verdict: Vec<(String, Option<bool>)> =
-        first.iter().map(|(h, d)| (h.clone(), d.as_ref().map(|_| false))).collect();
-    let ids: Vec<String> = first.iter().filter(|(_, d)| d.is_some()).map(|(h, _)| h.clone()).collect();
+async fn watch_heartbeats(
+    ctx: &Ctx,
+    first: &[(String, Option<HostDoc>)],
+    since: Instant,
+    period: Duration,
+) -> Vec<(String, Option<bool>)> {
+    let mut verdict: Vec<(String, Option<bool>)> = first
+        .iter()
+        .map(|(h, d)| (h.clone(), d.as_ref().map(|_| false)))
+        .collect();
+    let ids: Vec<String> = first
+        .iter()
+        .filter(|(_, d)| d.is_some())
+        .map(|(h, _)| h.clone())
+        .collect();
     let window = heartbeat_window(period);
     loop {
         if let Ok(now) = ctx.coord().hosts(&ids).await {
             for (h, v) in verdict.iter_mut() {
-                let before = first.iter().find(|(x, _)| x == h).and_then(|(_, d)| d.as_ref()).map(|d| d.heartbeat);
+                let before = first
+                    .iter()
+                    .find(|(x, _)| x == h)
+                    .and_then(|(_, d)| d.as_ref())
+                    .map(|d| d.heartbeat);
                 let after = now.iter().find(|d| &d.host_id == h).map(|d| d.heartbeat);
                 if let (Some(b), Some(a)) = (before, after) {
                     if a != b {
@@ -363,18 +533,40 @@ async fn watch_heartbeats(ctx: &Ctx, first: &[(String, Option<HostDoc>)], since:
     }
 }
 
-fn steps(ctx: &Ctx, target: Option<&Version>, snap: Option<&Resolved>, hosts: &[String], seen: &[(String, Option<HostDoc>)]) -> Vec<Step> {
+fn steps(
+    ctx: &Ctx,
+    target: Option<&Version>,
+    snap: Option<&Resolved>,
+    hosts: &[String],
+    seen: &[(String, Option<HostDoc>)],
+) -> Vec<Step> {
     let s = ctx.settings();
-    let t = target.map(ToString::to_string).unwrap_or_else(|| "<target>".into());
-    let all = if hosts.is_empty() { "<expected hosts>".to_string() } else { hosts.join(", ") };
-    let repo = s.rollback.repository.clone().unwrap_or_else(|| "<repository>".into());
-    let snap_name = snap.map(|r| r.sref.name.clone()).unwrap_or_else(|| "<snapshot>".into());
+    let t = target
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "<target>".into());
+    let all = if hosts.is_empty() {
+        "<expected hosts>".to_string()
+    } else {
+        hosts.join(", ")
+    };
+    let repo = s
+        .rollback
+        .repository
+        .clone()
+        .unwrap_or_else(|| "<repository>".into());
+    let snap_name = snap
+        .map(|r| r.sref.name.clone())
+        .unwrap_or_else(|| "<snapshot>".into());
     let unit = &s.kibana.unit;
     let pkg = &s.kibana.package;
     let leader = "leader".to_string();
     let downgrades: Vec<String> = seen
         .iter()
-        .filter_map(|(h, d)| d.as_ref().and_then(|d| d.installed_version.as_ref()).map(|v| format!("{h} {v} -> {t}")))
+        .filter_map(|(h, d)| {
+            d.as_ref()
+                .and_then(|d| d.installed_version.as_ref())
+                .map(|v| format!("{h} {v} -> {t}"))
+        })
         .collect();
     let mut out = vec![
         Step {
@@ -401,7 +593,9 @@ fn steps(ctx: &Ctx, target: Option<&Version>, snap: Option<&Resolved>, hosts: &[
         out.push(Step {
             phase: "safety_snapshot",
             actor: leader.clone(),
-            action: format!("snapshot the current kibana feature state as {repo}/kibana-rollback-pre-<id>"),
+            action: format!(
+                "snapshot the current kibana feature state as {repo}/kibana-rollback-pre-<id>"
+            ),
         });
     } else {
         out.push(Step {
@@ -422,8 +616,16 @@ fn steps(ctx: &Ctx, target: Option<&Version>, snap: Option<&Resolved>, hosts: &[
         actor: all.clone(),
         action: format!(
             "install {pkg} {t}{}{}",
-            if s.package_manager.hold { " and hold it" } else { "" },
-            if downgrades.is_empty() { String::new() } else { format!(" ({})", downgrades.join(", ")) }
+            if s.package_manager.hold {
+                " and hold it"
+            } else {
+                ""
+            },
+            if downgrades.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", downgrades.join(", "))
+            }
         ),
     });
     out.push(Step {

@@ -25,7 +25,10 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         .snapshots(&repository)
         .await
         .with_context(|| format!("listing snapshots of repository {repository:?}"))?;
-    let assessed: Vec<_> = list.iter().map(|s| (s, snapshots::assess(s, target.as_ref()))).collect();
+    let assessed: Vec<_> = list
+        .iter()
+        .map(|s| (s, snapshots::assess(s, target.as_ref())))
+        .collect();
     if cli.json {
         let items: Vec<_> = assessed
             .iter()
@@ -51,23 +54,53 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         }));
         return Ok(exit::OK);
     }
-    let target_note = target.as_ref().map(|t| format!(", judged for target {t}")).unwrap_or_default();
-    println!("repository {repository}: {} snapshot(s), newest first{target_note}", list.len());
+    let target_note = target
+        .as_ref()
+        .map(|t| format!(", judged for target {t}"))
+        .unwrap_or_default();
+    println!(
+        "repository {repository}: {} snapshot(s), newest first{target_note}",
+        list.len()
+    );
     let rows: Vec<Vec<String>> = assessed
         .iter()
         .map(|(s, a)| {
-            let why = if a.eligible { a.notes.join("; ") } else { a.reasons.join("; ") };
+            let why = if a.eligible {
+                a.notes.join("; ")
+            } else {
+                a.reasons.join("; ")
+            };
             vec![
                 s.snapshot.clone(),
                 s.state.clone(),
-                s.start_time_in_millis.map(format_millis).unwrap_or_else(|| "-".into()),
-                if a.kibana_versions.is_empty() { "-".into() } else { a.kibana_versions.join(",") },
-                if a.eligible { "yes".into() } else { "no".into() },
+                s.start_time_in_millis
+                    .map(format_millis)
+                    .unwrap_or_else(|| "-".into()),
+                if a.kibana_versions.is_empty() {
+                    "-".into()
+                } else {
+                    a.kibana_versions.join(",")
+                },
+                if a.eligible {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
                 why,
             ]
         })
         .collect();
-    print_table(&["SNAPSHOT", "STATE", "STARTED (UTC)", "KIBANA", "ELIGIBLE", "WHY"], &rows);
+    print_table(
+        &[
+            "SNAPSHOT",
+            "STATE",
+            "STARTED (UTC)",
+            "KIBANA",
+            "ELIGIBLE",
+            "WHY",
+        ],
+        &rows,
+    );
     Ok(exit::OK)
 }
 

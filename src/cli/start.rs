@@ -24,7 +24,9 @@ use kibana_rollback::config::{Loaded, Settings, SnapshotSelector};
 use kibana_rollback::coord::{self, Coord};
 use kibana_rollback::es::{Es, EsError, SnapshotInfo};
 use kibana_rollback::exit;
-use kibana_rollback::fleet::{self, HostDoc, NewOperation, OpError, OperationDoc, Phase, PhaseChange, SnapshotRef};
+use kibana_rollback::fleet::{
+    self, HostDoc, NewOperation, OpError, OperationDoc, Phase, PhaseChange, SnapshotRef,
+};
 use kibana_rollback::snapshots::{self, Assessment};
 use semver::Version;
 use serde_json::json;
@@ -56,7 +58,12 @@ pub fn requested_by(settings: &Settings) -> String {
     let user = std::env::var("SUDO_USER")
         .ok()
         .filter(|u| !u.is_empty())
-        .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name))
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| format!("uid{}", nix::unistd::getuid()));
     let host = nix::unistd::gethostname()
@@ -71,9 +78,18 @@ pub fn requested_by(settings: &Settings) -> String {
 /// Lowercase throughout: the id becomes part of the safety snapshot's name, and Elasticsearch
 /// refuses snapshot names with capitals.
 pub fn new_operation_id(wall: &str) -> String {
-    let stamp: String = wall.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().to_lowercase();
+    let stamp: String = wall
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect::<String>()
+        .to_lowercase();
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.write_u32(std::process::id());
     format!("rb-{stamp}-{:04x}", h.finish() & 0xffff)
 }
@@ -87,12 +103,16 @@ pub fn require_target(flag: Option<&str>, loaded: &Loaded) -> Result<Version> {
 
 pub fn require_repository(loaded: &Loaded) -> Result<String> {
     loaded.settings.rollback.repository.clone().ok_or_else(|| {
-        exit::coded(exit::CONFIG, "no snapshot repository: set rollback.repository in the configuration")
+        exit::coded(
+            exit::CONFIG,
+            "no snapshot repository: set rollback.repository in the configuration",
+        )
     })
 }
 
 pub fn selector(flag: Option<&str>, loaded: &Loaded) -> SnapshotSelector {
-    flag.map(SnapshotSelector::parse).unwrap_or_else(|| loaded.settings.rollback.snapshot.clone())
+    flag.map(SnapshotSelector::parse)
+        .unwrap_or_else(|| loaded.settings.rollback.snapshot.clone())
 }
 
 /// A snapshot the rollback may restore.
@@ -113,28 +133,51 @@ pub async fn resolve_snapshot(
     let missing_repo = |e: &EsError| e.err_type() == Some("repository_missing_exception");
     let found = |info: SnapshotInfo| {
         let assessment = snapshots::assess(&info, Some(target));
-        let sref = SnapshotRef { repository: repository.to_string(), name: info.snapshot.clone(), uuid: info.uuid.clone() };
-        Resolved { info, assessment, sref }
+        let sref = SnapshotRef {
+            repository: repository.to_string(),
+            name: info.snapshot.clone(),
+            uuid: info.uuid.clone(),
+        };
+        Resolved {
+            info,
+            assessment,
+            sref,
+        }
     };
     match selector {
         SnapshotSelector::Latest => {
-            let list = match es.snapshots(repository).await {
-                Ok(l) => l,
-                Err(e) if missing_repo(&e) => return Ok(Err(format!("snapshot repository {repository:?} does not exist (rollback.repository)"))),
-                Err(e) => return Err(e),
-            };
+            let list =
+                match es.snapshots(repository).await {
+                    Ok(l) => l,
+                    Err(e) if missing_repo(&e) => return Ok(Err(format!(
+                        "snapshot repository {repository:?} does not exist (rollback.repository)"
+                    ))),
+                    Err(e) => return Err(e),
+                };
             if let Some(s) = snapshots::latest_eligible(&list, Some(target)) {
                 return Ok(Ok(found(s.clone())));
             }
             if list.is_empty() {
-                return Ok(Err(format!("no eligible snapshot: repository {repository} holds no snapshot")));
+                return Ok(Err(format!(
+                    "no eligible snapshot: repository {repository} holds no snapshot"
+                )));
             }
             let why: Vec<String> = list
                 .iter()
                 .take(3)
-                .map(|s| format!("{}: {}", s.snapshot, snapshots::assess(s, Some(target)).reasons.join(", ")))
+                .map(|s| {
+                    format!(
+                        "{}: {}",
+                        s.snapshot,
+                        snapshots::assess(s, Some(target)).reasons.join(", ")
+                    )
+                })
                 .collect();
-            let more = if list.len() > 3 { format!(" (and {} older)", list.len() - 3) } else { String::new() };
+            let more = if list.len() > 3 {
+                format!(" (and {} older)", list.len() - 3)
+            } else {
+                String::new()
+            };
             Ok(Err(format!(
                 "no eligible snapshot in repository {repository} for target {target}: {}{more}; see `kibana-rollback snapshots`",
                 why.join("; ")
@@ -143,8 +186,14 @@ pub async fn resolve_snapshot(
         SnapshotSelector::Named(name) => {
             let info = match es.snapshot(repository, name).await {
                 Ok(Some(i)) => i,
-                Ok(None) => return Ok(Err(format!("snapshot {repository}/{name} does not exist; see `kibana-rollback snapshots`"))),
-                Err(e) if missing_repo(&e) => return Ok(Err(format!("snapshot repository {repository:?} does not exist (rollback.repository)"))),
+                Ok(None) => return Ok(Err(format!(
+                    "snapshot {repository}/{name} does not exist; see `kibana-rollback snapshots`"
+                ))),
+                Err(e) if missing_repo(&e) => {
+                    return Ok(Err(format!(
+                        "snapshot repository {repository:?} does not exist (rollback.repository)"
+                    )))
+                }
                 Err(e) => return Err(e),
             };
             let r = found(info);
@@ -164,7 +213,18 @@ pub async fn resolve_snapshot(
 /// a key without the `maintenance` privilege lists what is searchable already.
 pub async fn refresh(es: &Es, index: &str) {
     let path = format!("{}/_refresh", kibana_rollback::es::seg(index));
-    if let Err(e) = es.client().send(reqwest::Method::POST, &path, None, &[], None, kibana_rollback::es::Idempotence::Safe).await {
+    if let Err(e) = es
+        .client()
+        .send(
+            reqwest::Method::POST,
+            &path,
+            None,
+            &[],
+            None,
+            kibana_rollback::es::Idempotence::Safe,
+        )
+        .await
+    {
         tracing::debug!("refresh of {index} failed (listing may lag a second): {e}");
     }
 }
@@ -177,7 +237,14 @@ pub async fn expected_hosts(ctx: &Ctx) -> Result<(Vec<String>, &'static str)> {
         return Ok((configured.clone(), "coordination.expected_hosts"));
     }
     refresh(&ctx.es, &ctx.settings().coordination.index).await;
-    let mut ids: Vec<String> = ctx.coord().all_hosts().await.context("listing registered hosts")?.into_iter().map(|h| h.host_id).collect();
+    let mut ids: Vec<String> = ctx
+        .coord()
+        .all_hosts()
+        .await
+        .context("listing registered hosts")?
+        .into_iter()
+        .map(|h| h.host_id)
+        .collect();
     ids.sort();
     ids.dedup();
     Ok((ids, "registered agents"))
@@ -203,7 +270,10 @@ pub fn running_message(op: &OperationDoc) -> String {
 
 pub fn describe_error(e: Option<&OpError>) -> String {
     match e {
-        Some(OpError { host: Some(h), cause }) => format!("on {h}: {cause}"),
+        Some(OpError {
+            host: Some(h),
+            cause,
+        }) => format!("on {h}: {cause}"),
         Some(OpError { host: None, cause }) => cause.clone(),
         None => "no cause recorded".into(),
     }
@@ -216,7 +286,13 @@ pub fn outcome_name(op: &OperationDoc) -> &'static str {
         Some(fleet::Outcome::Done) => "done",
         Some(fleet::Outcome::Aborted(_)) => "aborted",
         Some(fleet::Outcome::Failed(_)) => "failed",
-        None if op.error.as_ref().is_some_and(|e| e.cause.contains(FORCE_RELEASED)) => "released",
+        None if op
+            .error
+            .as_ref()
+            .is_some_and(|e| e.cause.contains(FORCE_RELEASED)) =>
+        {
+            "released"
+        }
         None => "running",
     }
 }
@@ -233,7 +309,10 @@ pub fn phase_change_line(c: &PhaseChange) -> String {
     if c.from == c.to {
         format!("{}  {} (epoch {}): {}", c.at, c.to, c.epoch, c.reason)
     } else {
-        format!("{}  {} -> {} (epoch {}): {}", c.at, c.from, c.to, c.epoch, c.reason)
+        format!(
+            "{}  {} -> {} (epoch {}): {}",
+            c.at, c.from, c.to, c.epoch, c.reason
+        )
     }
 }
 
@@ -260,7 +339,10 @@ pub fn outcome_json(op: &OperationDoc) -> serde_json::Value {
 
 fn emit(json_mode: bool, v: serde_json::Value, text: impl FnOnce() -> String) {
     if json_mode {
-        println!("{}", serde_json::to_string(&v).expect("JSON value serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&v).expect("JSON value serializes")
+        );
     } else {
         println!("{}", text());
     }
@@ -284,7 +366,11 @@ async fn look(coord: &Coord<'_>, op_id: &str) -> Result<Seen, EsError> {
             return Ok(Seen::Running(v.doc, hosts));
         }
     }
-    match coord.es.get_doc::<OperationDoc>(coord.index, &fleet::history_doc_id(op_id)).await? {
+    match coord
+        .es
+        .get_doc::<OperationDoc>(coord.index, &fleet::history_doc_id(op_id))
+        .await?
+    {
         Some(h) => Ok(Seen::Finished(h.source)),
         None => Ok(Seen::Vanished),
     }
@@ -308,7 +394,9 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
         match look(&coord, op_id).await {
             Ok(seen) => {
                 if failing_since.take().is_some() && !json_mode {
-                    eprintln!("kibana-rollback: Elasticsearch answers again; still following {op_id}");
+                    eprintln!(
+                        "kibana-rollback: Elasticsearch answers again; still following {op_id}"
+                    );
                 }
                 let op = match &seen {
                     Seen::Running(op, _) | Seen::Finished(op) => Some(op),
@@ -316,7 +404,11 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                 };
                 if let Some(op) = op {
                     for c in op.history.iter().skip(printed) {
-                        emit(json_mode, json!({"event": "phase", "operation": op_id, "change": phase_change_json(c)}), || phase_change_line(c));
+                        emit(
+                            json_mode,
+                            json!({"event": "phase", "operation": op_id, "change": phase_change_json(c)}),
+                            || phase_change_line(c),
+                        );
                     }
                     printed = printed.max(op.history.len());
                     last_phase = Some(op.phase);
@@ -342,7 +434,11 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                                 "operation {op_id} is gone and left no history-{op_id} record (last seen in phase {}); check `kibana-rollback history`",
                                 last_phase.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
                             );
-                            emit(json_mode, json!({"event": "outcome", "operation": op_id, "outcome": "vanished", "error": msg}), || msg.clone());
+                            emit(
+                                json_mode,
+                                json!({"event": "outcome", "operation": op_id, "outcome": "vanished", "error": msg}),
+                                || msg.clone(),
+                            );
                             return Ok(exit::FAILED);
                         }
                     }
@@ -351,10 +447,14 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= patience {
-                    return Err(anyhow::Error::new(e).context(format!("following operation {op_id} (it may still be running)")));
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "following operation {op_id} (it may still be running)"
+                    )));
                 }
                 if since.elapsed() < Duration::from_millis(10) {
-                    eprintln!("kibana-rollback: warning: cannot read operation {op_id} ({e}); retrying");
+                    eprintln!(
+                        "kibana-rollback: warning: cannot read operation {op_id} ({e}); retrying"
+                    );
                 }
             }
         }
@@ -372,7 +472,11 @@ fn stop_following(op_id: &str, phase: Option<Phase>, json_mode: bool, signal: &s
         "stopped following operation {op_id} ({signal}); the operation goes on (phase {phase}): \
          follow it with `kibana-rollback status`, stop it with `kibana-rollback abort`"
     );
-    emit(json_mode, json!({"event": "stopped_following", "operation": op_id, "phase": phase, "signal": signal}), || msg.clone());
+    emit(
+        json_mode,
+        json!({"event": "stopped_following", "operation": op_id, "phase": phase, "signal": signal}),
+        || msg.clone(),
+    );
     if json_mode {
         eprintln!("kibana-rollback: {msg}");
     }
@@ -383,7 +487,8 @@ fn finish(op: &OperationDoc, json_mode: bool) -> u8 {
     let name = outcome_name(op);
     let mut event = outcome_json(op);
     event["event"] = json!("outcome");
-    emit(json_mode, event, || match name {
+    emit(json_mode, event, || {
+        match name {
         "done" => format!(
             "operation {} done: every expected host ({}) runs Kibana {} on the restored state of {}/{}",
             op.id,
@@ -408,6 +513,7 @@ fn finish(op: &OperationDoc, json_mode: bool) -> u8 {
             s
         }
         _ => format!("operation {} ended {name} in phase {}: {}", op.id, op.phase, describe_error(op.error.as_ref())),
+    }
     });
     if name == "done" {
         exit::OK
@@ -426,7 +532,13 @@ fn failed_in(op: &OperationDoc) -> String {
 }
 
 /// Whether a running operation is what this `start` would have asked for.
-fn same_request(op: &OperationDoc, target: &Version, repository: &str, sel: &SnapshotSelector, settings: &Settings) -> bool {
+fn same_request(
+    op: &OperationDoc,
+    target: &Version,
+    repository: &str,
+    sel: &SnapshotSelector,
+    settings: &Settings,
+) -> bool {
     let snap_ok = match sel {
         SnapshotSelector::Latest => true,
         SnapshotSelector::Named(n) => &op.snapshot.name == n,
@@ -449,7 +561,10 @@ async fn busy(ctx: &Ctx, op: &OperationDoc, same: bool, wait: bool, json_mode: b
             op.id, op.target_version, op.snapshot.repository, op.snapshot.name, op.phase
         );
         if json_mode {
-            println!("{}", json!({"event": "attached", "operation": op.id, "phase": op.phase}));
+            println!(
+                "{}",
+                json!({"event": "attached", "operation": op.id, "phase": op.phase})
+            );
         } else {
             println!("{msg}");
         }
@@ -470,7 +585,10 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
     let sel = selector(snapshot, &loaded);
     if let SnapshotSelector::Named(n) = &sel {
         if n.is_empty() || n.contains(['/', ',', '*', ' ']) {
-            return Err(exit::coded(exit::USAGE, format!("--snapshot {n:?}: not a snapshot name; give a name or \"latest\"")));
+            return Err(exit::coded(
+                exit::USAGE,
+                format!("--snapshot {n:?}: not a snapshot name; give a name or \"latest\""),
+            ));
         }
     }
     let es = Es::new(&loaded.settings.elasticsearch)?;
@@ -479,16 +597,27 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
     let coord = ctx.coord();
 
     // 2. Read-only checks against the cluster.
-    if let Some(running) = coord.operation().await.context("reading the coordination index")? {
+    if let Some(running) = coord
+        .operation()
+        .await
+        .context("reading the coordination index")?
+    {
         let same = same_request(&running.doc, &target, &repository, &sel, settings);
         return busy(&ctx, &running.doc, same, wait, cli.json).await;
     }
-    let nodes = ctx.es.node_versions().await.context("reading node versions")?;
+    let nodes = ctx
+        .es
+        .node_versions()
+        .await
+        .context("reading node versions")?;
     let report = compat::Report::new(&target, &nodes);
     if let Some(refusal) = report.refusal() {
         return Err(exit::coded(exit::FAILED, refusal));
     }
-    let resolved = match resolve_snapshot(&ctx.es, &repository, &sel, &target).await.context("resolving the snapshot")? {
+    let resolved = match resolve_snapshot(&ctx.es, &repository, &sel, &target)
+        .await
+        .context("resolving the snapshot")?
+    {
         Ok(r) => r,
         Err(why) => return Err(exit::coded(exit::FAILED, why)),
     };
@@ -506,9 +635,15 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
 
     // An expected host without a host document runs no agent: the operation would wait in
     // preflight for its acknowledgement until the phase timeout and then abort. Say so now.
-    let registered = coord.hosts(&hosts).await.context("reading host documents")?;
-    let missing: Vec<&str> =
-        hosts.iter().filter(|h| !registered.iter().any(|d| &d.host_id == *h)).map(String::as_str).collect();
+    let registered = coord
+        .hosts(&hosts)
+        .await
+        .context("reading host documents")?;
+    let missing: Vec<&str> = hosts
+        .iter()
+        .filter(|h| !registered.iter().any(|d| &d.host_id == *h))
+        .map(String::as_str)
+        .collect();
     if !missing.is_empty() {
         return Err(exit::coded(
             exit::FAILED,
@@ -535,16 +670,26 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
         barrier_client_check: settings.coordination.barrier_client_check,
     })
     .map_err(|e| exit::coded(exit::FAILED, e.to_string()))?;
-    coord.ensure_index().await.context("creating the coordination index")?;
+    coord
+        .ensure_index()
+        .await
+        .context("creating the coordination index")?;
     match coord.create_operation(&doc).await {
         Ok(_) => {}
         Err(e) if e.is_conflict() => {
-            return match coord.operation().await.context("reading the running operation")? {
+            return match coord
+                .operation()
+                .await
+                .context("reading the running operation")?
+            {
                 Some(running) => {
                     let same = same_request(&running.doc, &target, &repository, &sel, settings);
                     busy(&ctx, &running.doc, same, wait, cli.json).await
                 }
-                None => Err(exit::coded(exit::TEMPFAIL, "another operation was being created or just ended; try again")),
+                None => Err(exit::coded(
+                    exit::TEMPFAIL,
+                    "another operation was being created or just ended; try again",
+                )),
             };
         }
         Err(e) => return Err(anyhow::Error::new(e).context("writing the operation request")),
@@ -593,7 +738,9 @@ mod tests {
         let a = new_operation_id("2026-03-04T05:06:07Z");
         assert!(a.starts_with("rb-20260304t050607-"), "{a}");
         assert_eq!(a.len(), "rb-20260304t050607-abcd".len());
-        let ids: std::collections::BTreeSet<_> = (0..50).map(|_| new_operation_id("2026-03-04T05:06:07Z")).collect();
+        let ids: std::collections::BTreeSet<_> = (0..50)
+            .map(|_| new_operation_id("2026-03-04T05:06:07Z"))
+            .collect();
         assert!(ids.len() > 40);
     }
 }

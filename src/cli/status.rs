@@ -20,12 +20,17 @@ use super::start::{describe_error, outcome_json, outcome_name, refresh, Ctx};
 use super::{print_json, print_table, Cli};
 
 fn step_name<T: serde::Serialize>(s: &T) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The host's acknowledgement of the current operation, for the STEP column.
 pub fn step_cell(op: Option<&OperationDoc>, h: &HostDoc) -> String {
-    let (Some(op), Some(ack)) = (op, &h.ack) else { return "-".into() };
+    let (Some(op), Some(ack)) = (op, &h.ack) else {
+        return "-".into();
+    };
     if ack.operation_id != op.id {
         return "-".into();
     }
@@ -42,7 +47,12 @@ pub fn step_cell(op: Option<&OperationDoc>, h: &HostDoc) -> String {
     s
 }
 
-pub fn host_json(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>, target: Option<&semver::Version>) -> serde_json::Value {
+pub fn host_json(
+    id: &str,
+    doc: Option<&HostDoc>,
+    op: Option<&OperationDoc>,
+    target: Option<&semver::Version>,
+) -> serde_json::Value {
     match doc {
         None => json!({"host_id": id, "registered": false}),
         Some(h) => json!({
@@ -62,11 +72,21 @@ pub fn host_json(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>, tar
 
 pub fn host_row(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>) -> Vec<String> {
     match doc {
-        None => vec![id.to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "not registered".into()],
+        None => vec![
+            id.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "not registered".into(),
+        ],
         Some(h) => vec![
             h.host_id.clone(),
             step_name(&h.unit_state),
-            h.installed_version.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+            h.installed_version
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "-".into()),
             if h.held { "yes".into() } else { "no".into() },
             step_cell(op, h),
             format!("{} (heartbeat {})", h.agent_version, h.heartbeat),
@@ -77,22 +97,38 @@ pub fn host_row(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>) -> V
 pub async fn run(cli: &Cli) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
     let coord = ctx.coord();
-    let op = coord.operation().await.context("reading the operation document")?.map(|v| v.doc);
+    let op = coord
+        .operation()
+        .await
+        .context("reading the operation document")?
+        .map(|v| v.doc);
     refresh(&ctx.es, coord.index).await;
     let history = coord.history().await.context("reading the history")?;
     let last = history.first();
 
     // Which hosts, and their documents.
     let (ids, docs): (Vec<String>, Vec<HostDoc>) = match &op {
-        Some(op) => (op.expected_hosts.clone(), coord.hosts(&op.expected_hosts).await.context("reading host documents")?),
+        Some(op) => (
+            op.expected_hosts.clone(),
+            coord
+                .hosts(&op.expected_hosts)
+                .await
+                .context("reading host documents")?,
+        ),
         None => {
-            let all = coord.all_hosts().await.context("listing registered hosts")?;
+            let all = coord
+                .all_hosts()
+                .await
+                .context("listing registered hosts")?;
             (all.iter().map(|h| h.host_id.clone()).collect(), all)
         }
     };
     let find = |id: &str| docs.iter().find(|d| d.host_id == id);
     let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &docs));
-    let target = op.as_ref().map(|o| &o.target_version).or(last.map(|l| &l.target_version));
+    let target = op
+        .as_ref()
+        .map(|o| &o.target_version)
+        .or(last.map(|l| &l.target_version));
 
     if cli.json {
         let operation = op.as_ref().map(|o| {
@@ -113,18 +149,31 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     match &op {
         Some(o) => {
             println!("operation {}", o.id);
-            println!("  phase         {} (epoch {}, phase entered at epoch {})", o.phase, o.epoch, o.phase_epoch);
+            println!(
+                "  phase         {} (epoch {}, phase entered at epoch {})",
+                o.phase, o.epoch, o.phase_epoch
+            );
             println!(
                 "  leader        {}",
-                o.leader.as_ref().map(|l| format!("{} ({} renewals)", l.host_id, l.renewals)).unwrap_or_else(|| "none yet".into())
+                o.leader
+                    .as_ref()
+                    .map(|l| format!("{} ({} renewals)", l.host_id, l.renewals))
+                    .unwrap_or_else(|| "none yet".into())
             );
             println!("  target        Kibana {}", o.target_version);
-            println!("  snapshot      {}/{} (uuid {})", o.snapshot.repository, o.snapshot.name, o.snapshot.uuid);
+            println!(
+                "  snapshot      {}/{} (uuid {})",
+                o.snapshot.repository, o.snapshot.name, o.snapshot.uuid
+            );
             match (&o.safety_snapshot.enabled, &o.safety_snapshot.name) {
                 (true, Some(n)) => println!(
                     "  safety        {}/{n}{}",
                     o.snapshot.repository,
-                    o.safety_snapshot.taken_uuid.as_ref().map(|u| format!(" (taken, uuid {u})")).unwrap_or_default()
+                    o.safety_snapshot
+                        .taken_uuid
+                        .as_ref()
+                        .map(|u| format!(" (taken, uuid {u})"))
+                        .unwrap_or_default()
                 ),
                 _ => println!("  safety        disabled (rollback.safety_snapshot = false)"),
             }
@@ -132,10 +181,17 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 println!(
                     "  restore       recorded at epoch {}{}",
                     r.epoch,
-                    if r.completed { ", completed" } else { ", not confirmed complete" }
+                    if r.completed {
+                        ", completed"
+                    } else {
+                        ", not confirmed complete"
+                    }
                 );
             }
-            println!("  requested     by {} at {}", o.requested_by, o.requested_at);
+            println!(
+                "  requested     by {} at {}",
+                o.requested_by, o.requested_at
+            );
             if let Some(a) = &o.abort_requested {
                 println!("  abort         requested by {}: {}", a.by, a.reason);
             }
@@ -156,7 +212,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                     l.snapshot.name,
                     l.requested_by,
                     l.requested_at,
-                    l.error.as_ref().map(|e| format!(": {}", describe_error(Some(e)))).unwrap_or_default()
+                    l.error
+                        .as_ref()
+                        .map(|e| format!(": {}", describe_error(Some(e))))
+                        .unwrap_or_default()
                 ),
                 None => println!("no finished operation recorded"),
             }
@@ -166,7 +225,10 @@ pub async fn run(cli: &Cli) -> Result<u8> {
     if ids.is_empty() {
         println!("no host registered");
     } else {
-        let rows: Vec<Vec<String>> = ids.iter().map(|id| host_row(id, find(id), op.as_ref())).collect();
+        let rows: Vec<Vec<String>> = ids
+            .iter()
+            .map(|id| host_row(id, find(id), op.as_ref()))
+            .collect();
         print_table(&["HOST", "UNIT", "VERSION", "HELD", "STEP", "AGENT"], &rows);
     }
     Ok(exit::OK)

@@ -45,7 +45,12 @@ impl ConfigError {
             fix: None,
         }
     }
-    pub fn at(origin: &Origin, key: &str, value: Option<String>, problem: impl Into<String>) -> Self {
+    pub fn at(
+        origin: &Origin,
+        key: &str,
+        value: Option<String>,
+        problem: impl Into<String>,
+    ) -> Self {
         ConfigError {
             file: origin.file().map(Path::to_path_buf),
             key: Some(key.to_string()),
@@ -174,12 +179,25 @@ pub fn merge(sources: &Sources) -> Result<Merged, ConfigError> {
         let origin = Origin::File(file.clone());
         for (section, body) in table {
             let toml::Value::Table(body) = body else {
-                return Err(ConfigError::at(&origin, &section, Some(render(&body)), "is a key outside any section")
-                    .fix(format!("put it under one of the sections [{}]", schema::SECTIONS.join("], ["))));
+                return Err(ConfigError::at(
+                    &origin,
+                    &section,
+                    Some(render(&body)),
+                    "is a key outside any section",
+                )
+                .fix(format!(
+                    "put it under one of the sections [{}]",
+                    schema::SECTIONS.join("], [")
+                )));
             };
             if !schema::SECTIONS.contains(&section.as_str()) {
-                return Err(ConfigError::at(&origin, &format!("[{section}]"), None, "unknown section")
-                    .fix(format!("use one of [{}]", schema::SECTIONS.join("], ["))));
+                return Err(ConfigError::at(
+                    &origin,
+                    &format!("[{section}]"),
+                    None,
+                    "unknown section",
+                )
+                .fix(format!("use one of [{}]", schema::SECTIONS.join("], ["))));
             }
             for (name, value) in body {
                 let dotted = format!("{section}.{name}");
@@ -187,12 +205,24 @@ pub fn merge(sources: &Sources) -> Result<Merged, ConfigError> {
                     let hint = schema::suggest(&section, &name)
                         .map(|s| format!("did you mean `{s}`? "))
                         .unwrap_or_default();
-                    return Err(ConfigError::at(&origin, &dotted, Some(render(&value)), "unknown key")
-                        .fix(format!("{hint}remove it; accepted keys are documented in config.toml")));
+                    return Err(ConfigError::at(
+                        &origin,
+                        &dotted,
+                        Some(render(&value)),
+                        "unknown key",
+                    )
+                    .fix(format!(
+                        "{hint}remove it; accepted keys are documented in config.toml"
+                    )));
                 };
                 check_type(key.kind, &value).map_err(|()| {
-                    ConfigError::at(&origin, &dotted, Some(render(&value)), format!("must be {}", key.kind.describe()))
-                        .fix(format!("write it as {}", key.kind.describe()))
+                    ConfigError::at(
+                        &origin,
+                        &dotted,
+                        Some(render(&value)),
+                        format!("must be {}", key.kind.describe()),
+                    )
+                    .fix(format!("write it as {}", key.kind.describe()))
                 })?;
                 merged.values.insert(dotted, (value, origin.clone()));
             }
@@ -204,9 +234,9 @@ pub fn merge(sources: &Sources) -> Result<Merged, ConfigError> {
 fn check_type(kind: Kind, v: &toml::Value) -> Result<(), ()> {
     let ok = match kind {
         Kind::Bool => v.is_bool(),
-        Kind::StringList | Kind::UrlList => {
-            v.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str))
-        }
+        Kind::StringList | Kind::UrlList => v
+            .as_array()
+            .is_some_and(|a| a.iter().all(toml::Value::is_str)),
         _ => v.is_str(),
     };
     if ok {
@@ -229,7 +259,9 @@ impl<'a> Reader<'a> {
         let (section, name) = dotted.split_once('.').expect("dotted key");
         let key = schema::find(section, name).unwrap_or_else(|| panic!("{dotted} not in schema"));
         let default = key.default.map(|d| {
-            let t: toml::Table = format!("v = {d}").parse().expect("schema default is valid TOML");
+            let t: toml::Table = format!("v = {d}")
+                .parse()
+                .expect("schema default is valid TOML");
             t["v"].clone()
         });
         (default, Origin::Default)
@@ -237,14 +269,17 @@ impl<'a> Reader<'a> {
 
     fn string(&self, dotted: &str) -> Option<(String, Origin)> {
         let (v, o) = self.raw(dotted);
-        v.and_then(|v| v.as_str().map(str::to_string)).map(|s| (s, o))
+        v.and_then(|v| v.as_str().map(str::to_string))
+            .map(|s| (s, o))
     }
 
     fn required_string(&self, dotted: &str) -> Result<String, ConfigError> {
         let (s, o) = self.string(dotted).expect("key with a default");
         if s.trim().is_empty() {
-            return Err(ConfigError::at(&o, dotted, Some("\"\"".into()), "must not be empty")
-                .fix("set a value or remove the key to use the default"));
+            return Err(
+                ConfigError::at(&o, dotted, Some("\"\"".into()), "must not be empty")
+                    .fix("set a value or remove the key to use the default"),
+            );
         }
         Ok(s)
     }
@@ -261,51 +296,91 @@ impl<'a> Reader<'a> {
     }
 
     fn bool(&self, dotted: &str) -> bool {
-        self.raw(dotted).0.and_then(|v| v.as_bool()).expect("bool key with a default")
+        self.raw(dotted)
+            .0
+            .and_then(|v| v.as_bool())
+            .expect("bool key with a default")
     }
 
     fn duration(&self, dotted: &str) -> Result<Duration, ConfigError> {
         let (s, o) = self.string(dotted).expect("duration key with a default");
         let d = humantime::parse_duration(&s).map_err(|e| {
-            ConfigError::at(&o, dotted, Some(format!("{s:?}")), format!("not a duration ({e})"))
-                .fix("write a duration such as \"30s\", \"5m\" or \"1h 30m\"")
+            ConfigError::at(
+                &o,
+                dotted,
+                Some(format!("{s:?}")),
+                format!("not a duration ({e})"),
+            )
+            .fix("write a duration such as \"30s\", \"5m\" or \"1h 30m\"")
         })?;
         if d.is_zero() {
-            return Err(ConfigError::at(&o, dotted, Some(format!("{s:?}")), "must be longer than zero")
-                .fix("write a positive duration such as \"30s\""));
+            return Err(ConfigError::at(
+                &o,
+                dotted,
+                Some(format!("{s:?}")),
+                "must be longer than zero",
+            )
+            .fix("write a positive duration such as \"30s\""));
         }
         Ok(d)
     }
 
     fn version(&self, dotted: &str) -> Result<Option<Version>, ConfigError> {
-        let Some((s, o)) = self.string(dotted) else { return Ok(None) };
+        let Some((s, o)) = self.string(dotted) else {
+            return Ok(None);
+        };
         parse_version(&s).map(Some).map_err(|e| {
-            ConfigError::at(&o, dotted, Some(format!("{s:?}")), e).fix("write a Kibana version such as \"8.14.3\"")
+            ConfigError::at(&o, dotted, Some(format!("{s:?}")), e)
+                .fix("write a Kibana version such as \"8.14.3\"")
         })
     }
 
     fn path(&self, dotted: &str) -> Result<Option<(PathBuf, Origin)>, ConfigError> {
-        let Some((s, o)) = self.string(dotted) else { return Ok(None) };
+        let Some((s, o)) = self.string(dotted) else {
+            return Ok(None);
+        };
         let p = PathBuf::from(&s);
         if !p.is_absolute() {
-            return Err(ConfigError::at(&o, dotted, Some(format!("{s:?}")), "must be an absolute path")
-                .fix("write the full path, starting with /"));
+            return Err(ConfigError::at(
+                &o,
+                dotted,
+                Some(format!("{s:?}")),
+                "must be an absolute path",
+            )
+            .fix("write the full path, starting with /"));
         }
         Ok(Some((p, o)))
     }
 
     fn url(&self, dotted: &str, value: &str, origin: &Origin) -> Result<Url, ConfigError> {
         let url = Url::parse(value).map_err(|e| {
-            ConfigError::at(origin, dotted, Some(format!("{value:?}")), format!("not a URL ({e})"))
-                .fix("write it as http://host:port or https://host:port")
+            ConfigError::at(
+                origin,
+                dotted,
+                Some(format!("{value:?}")),
+                format!("not a URL ({e})"),
+            )
+            .fix("write it as http://host:port or https://host:port")
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ConfigError::at(origin, dotted, Some(format!("{value:?}")), "must be an http or https URL with a host")
-                .fix("write it as http://host:port or https://host:port"));
+            return Err(ConfigError::at(
+                origin,
+                dotted,
+                Some(format!("{value:?}")),
+                "must be an http or https URL with a host",
+            )
+            .fix("write it as http://host:port or https://host:port"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(ConfigError::at(origin, dotted, Some("(a URL with credentials)".into()), "must not carry credentials")
-                .fix("put the user in `username` and the password in a file named by `password_file`"));
+            return Err(ConfigError::at(
+                origin,
+                dotted,
+                Some("(a URL with credentials)".into()),
+                "must not carry credentials",
+            )
+            .fix(
+                "put the user in `username` and the password in a file named by `password_file`",
+            ));
         }
         Ok(url)
     }
@@ -324,9 +399,21 @@ fn secret(dotted: &str, path: &Path, origin: &Origin) -> Result<Secret, ConfigEr
     read_secret_file(path).map_err(|problem| {
         let (problem, fix) = match problem.split_once("; fix: ") {
             Some((p, f)) => (p.to_string(), f.to_string()),
-            None => (problem, format!("create {} with mode 600, holding only the secret", path.display())),
+            None => (
+                problem,
+                format!(
+                    "create {} with mode 600, holding only the secret",
+                    path.display()
+                ),
+            ),
         };
-        ConfigError::at(origin, dotted, Some(format!("{:?}", path.display().to_string())), problem).fix(fix)
+        ConfigError::at(
+            origin,
+            dotted,
+            Some(format!("{:?}", path.display().to_string())),
+            problem,
+        )
+        .fix(fix)
     })
 }
 
@@ -342,8 +429,13 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     // [elasticsearch]
     let (host_strings, hosts_origin) = r.list("elasticsearch.hosts");
     if host_strings.is_empty() {
-        return Err(ConfigError::at(&hosts_origin, "elasticsearch.hosts", Some("[]".into()), "no Elasticsearch host given")
-            .fix("list at least one, e.g. hosts = [\"https://es1:9200\"]"));
+        return Err(ConfigError::at(
+            &hosts_origin,
+            "elasticsearch.hosts",
+            Some("[]".into()),
+            "no Elasticsearch host given",
+        )
+        .fix("list at least one, e.g. hosts = [\"https://es1:9200\"]"));
     }
     let hosts = host_strings
         .iter()
@@ -354,13 +446,26 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     let password_file = r.path("elasticsearch.password_file")?;
     let auth = match (api_key_file, username, password_file) {
         (Some((_, o)), Some(_), _) => {
-            return Err(ConfigError::at(&o, "elasticsearch.api_key_file", None, "both an API key and a username are configured")
-                .fix("keep one: api_key_file, or username with password_file"))
+            return Err(ConfigError::at(
+                &o,
+                "elasticsearch.api_key_file",
+                None,
+                "both an API key and a username are configured",
+            )
+            .fix("keep one: api_key_file, or username with password_file"))
         }
-        (Some((p, o)), None, None) => EsAuth::ApiKey { key: secret("elasticsearch.api_key_file", &p, &o)?, source: p },
+        (Some((p, o)), None, None) => EsAuth::ApiKey {
+            key: secret("elasticsearch.api_key_file", &p, &o)?,
+            source: p,
+        },
         (Some((_, o)), None, Some(_)) => {
-            return Err(ConfigError::at(&o, "elasticsearch.password_file", None, "a password file without a username")
-                .fix("set elasticsearch.username, or remove password_file when using an API key"))
+            return Err(ConfigError::at(
+                &o,
+                "elasticsearch.password_file",
+                None,
+                "a password file without a username",
+            )
+            .fix("set elasticsearch.username, or remove password_file when using an API key"))
         }
         (None, Some((user, o)), pw) => {
             let (path, origin) = match pw {
@@ -374,16 +479,28 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
                 },
             };
             let password = secret("elasticsearch.password_file", &path, &origin)?;
-            EsAuth::Basic { username: user, password, source: path }
+            EsAuth::Basic {
+                username: user,
+                password,
+                source: path,
+            }
         }
         (None, None, Some((_, o))) => {
-            return Err(ConfigError::at(&o, "elasticsearch.password_file", None, "a password file without a username")
-                .fix("set elasticsearch.username"))
+            return Err(ConfigError::at(
+                &o,
+                "elasticsearch.password_file",
+                None,
+                "a password file without a username",
+            )
+            .fix("set elasticsearch.username"))
         }
         (None, None, None) => match credential(merged, CREDENTIAL_API_KEY) {
             Some(p) => {
                 let origin = Origin::Credential(p.clone());
-                EsAuth::ApiKey { key: secret("elasticsearch.api_key_file", &p, &origin)?, source: p }
+                EsAuth::ApiKey {
+                    key: secret("elasticsearch.api_key_file", &p, &origin)?,
+                    source: p,
+                }
             }
             None => EsAuth::None,
         },
@@ -391,8 +508,13 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     let ca_file = match r.path("elasticsearch.ca_file")? {
         Some((p, o)) => {
             if let Err(e) = std::fs::metadata(&p) {
-                return Err(ConfigError::at(&o, "elasticsearch.ca_file", Some(format!("{:?}", p.display().to_string())), format!("cannot read the CA file: {e}"))
-                    .fix("point it at the PEM file of the CA that signed the cluster's certificate"));
+                return Err(ConfigError::at(
+                    &o,
+                    "elasticsearch.ca_file",
+                    Some(format!("{:?}", p.display().to_string())),
+                    format!("cannot read the CA file: {e}"),
+                )
+                .fix("point it at the PEM file of the CA that signed the cluster's certificate"));
             }
             Some(p)
         }
@@ -409,23 +531,41 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
 
     // [kibana]
     let (status_url_s, status_url_o) = r.string("kibana.status_url").expect("default");
-    let status_auth = match (r.string("kibana.status_username"), r.path("kibana.status_password_file")?) {
+    let status_auth = match (
+        r.string("kibana.status_username"),
+        r.path("kibana.status_password_file")?,
+    ) {
         (Some((u, _)), Some((p, o))) => Some((u, secret("kibana.status_password_file", &p, &o)?)),
         (None, None) => None,
         (Some((u, o)), None) => {
-            return Err(ConfigError::at(&o, "kibana.status_username", Some(format!("{u:?}")), "a username without a password file")
-                .fix("set kibana.status_password_file too, or remove status_username"))
+            return Err(ConfigError::at(
+                &o,
+                "kibana.status_username",
+                Some(format!("{u:?}")),
+                "a username without a password file",
+            )
+            .fix("set kibana.status_password_file too, or remove status_username"))
         }
         (None, Some((_, o))) => {
-            return Err(ConfigError::at(&o, "kibana.status_password_file", None, "a password file without a username")
-                .fix("set kibana.status_username too, or remove status_password_file"))
+            return Err(ConfigError::at(
+                &o,
+                "kibana.status_password_file",
+                None,
+                "a password file without a username",
+            )
+            .fix("set kibana.status_username too, or remove status_password_file"))
         }
     };
     let unit = r.required_string("kibana.unit")?;
     if !unit.contains('.') {
         let (_, o) = r.raw("kibana.unit");
-        return Err(ConfigError::at(&o, "kibana.unit", Some(format!("{unit:?}")), "a unit name needs its type suffix")
-            .fix(format!("write \"{unit}.service\"")));
+        return Err(ConfigError::at(
+            &o,
+            "kibana.unit",
+            Some(format!("{unit:?}")),
+            "a unit name needs its type suffix",
+        )
+        .fix(format!("write \"{unit}.service\"")));
     }
     let kibana = KibanaSettings {
         unit,
@@ -439,7 +579,10 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     // [rollback]
     let rollback = RollbackSettings {
         target_version: r.version("rollback.target_version")?,
-        repository: r.string("rollback.repository").map(|(s, _)| s).filter(|s| !s.is_empty()),
+        repository: r
+            .string("rollback.repository")
+            .map(|(s, _)| s)
+            .filter(|s| !s.is_empty()),
         snapshot: SnapshotSelector::parse(&r.required_string("rollback.snapshot")?),
         safety_snapshot: r.bool("rollback.safety_snapshot"),
     };
@@ -447,8 +590,13 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     // [coordination]
     let (index, index_o) = r.string("coordination.index").expect("default");
     check_coordination_index(&index).map_err(|problem| {
-        ConfigError::at(&index_o, "coordination.index", Some(format!("{index:?}")), problem)
-            .fix("use an ordinary index name such as \"kibana-rollback\"")
+        ConfigError::at(
+            &index_o,
+            "coordination.index",
+            Some(format!("{index:?}")),
+            problem,
+        )
+        .fix("use an ordinary index name such as \"kibana-rollback\"")
     })?;
     let host_id = match r.string("coordination.host_id") {
         Some((id, o)) => {
@@ -463,8 +611,13 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default();
             check_host_id(&name).map_err(|p| {
-                ConfigError::at(&Origin::Default, "coordination.host_id", Some(format!("{name:?} (the hostname)")), p)
-                    .fix("set coordination.host_id explicitly")
+                ConfigError::at(
+                    &Origin::Default,
+                    "coordination.host_id",
+                    Some(format!("{name:?} (the hostname)")),
+                    p,
+                )
+                .fix("set coordination.host_id explicitly")
             })?;
             name
         }
@@ -472,20 +625,42 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     let (expected_hosts, eh_o) = r.list("coordination.expected_hosts");
     for h in &expected_hosts {
         check_host_id(h).map_err(|p| {
-            ConfigError::at(&eh_o, "coordination.expected_hosts", Some(format!("{h:?}")), p)
-                .fix("list host ids as the agents report them (coordination.host_id)")
+            ConfigError::at(
+                &eh_o,
+                "coordination.expected_hosts",
+                Some(format!("{h:?}")),
+                p,
+            )
+            .fix("list host ids as the agents report them (coordination.host_id)")
         })?;
     }
-    if let Some(dup) = expected_hosts.iter().enumerate().find(|(i, h)| expected_hosts[..*i].contains(h)) {
-        return Err(ConfigError::at(&eh_o, "coordination.expected_hosts", Some(format!("{:?}", dup.1)), "is listed twice")
-            .fix("list each host once"));
+    if let Some(dup) = expected_hosts
+        .iter()
+        .enumerate()
+        .find(|(i, h)| expected_hosts[..*i].contains(h))
+    {
+        return Err(ConfigError::at(
+            &eh_o,
+            "coordination.expected_hosts",
+            Some(format!("{:?}", dup.1)),
+            "is listed twice",
+        )
+        .fix("list each host once"));
     }
     let lease = r.duration("coordination.lease")?;
     let heartbeat = r.duration("coordination.heartbeat")?;
     if lease < Duration::from_secs(3) {
         let (_, o) = r.raw("coordination.lease");
-        return Err(ConfigError::at(&o, "coordination.lease", Some(format!("{:?}", humantime::format_duration(lease).to_string())), "is too short to renew reliably")
-            .fix("use at least \"3s\" (the default is \"30s\")"));
+        return Err(ConfigError::at(
+            &o,
+            "coordination.lease",
+            Some(format!(
+                "{:?}",
+                humantime::format_duration(lease).to_string()
+            )),
+            "is too short to renew reliably",
+        )
+        .fix("use at least \"3s\" (the default is \"30s\")"));
     }
     let coordination = CoordinationSettings {
         index,
@@ -514,7 +689,13 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         command_timeout: r.duration("package_manager.command_timeout")?,
     };
 
-    Ok(Settings { elasticsearch, kibana, rollback, coordination, package_manager })
+    Ok(Settings {
+        elasticsearch,
+        kibana,
+        rollback,
+        coordination,
+        package_manager,
+    })
 }
 
 /// One line per key for `check-config`: the value (secrets stay files; credentials are never read

@@ -63,7 +63,13 @@ pub const SECTIONS: &[&str] = &[
 
 macro_rules! key {
     ($s:literal, $n:literal, $k:expr, $d:expr, $doc:literal) => {
-        Key { section: $s, name: $n, kind: $k, default: $d, doc: $doc }
+        Key {
+            section: $s,
+            name: $n,
+            kind: $k,
+            default: $d,
+            doc: $doc,
+        }
     };
 }
 

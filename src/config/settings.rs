@@ -35,8 +35,15 @@ impl std::fmt::Display for Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EsAuth {
     None,
-    ApiKey { key: Secret, source: PathBuf },
-    Basic { username: String, password: Secret, source: PathBuf },
+    ApiKey {
+        key: Secret,
+        source: PathBuf,
+    },
+    Basic {
+        username: String,
+        password: Secret,
+        source: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +181,10 @@ pub fn check_coordination_index(name: &str) -> Result<(), String> {
         return Err("must be 1 to 255 characters".into());
     }
     if name.starts_with(['-', '_', '+', '.']) {
-        return Err("must not start with -, _, + or . (names starting with . are hidden or system indices)".into());
+        return Err(
+            "must not start with -, _, + or . (names starting with . are hidden or system indices)"
+                .into(),
+        );
     }
     if name != name.to_lowercase() {
         return Err("must be lowercase".into());
@@ -190,7 +200,10 @@ pub fn check_host_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters".into());
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err("may contain only letters, digits, '-', '_' and '.'".into());
     }
     Ok(())
@@ -207,7 +220,8 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the secret file: {e}"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the secret file: {e}"))?;
     let value = text.trim().to_string();
     if value.is_empty() {
         return Err("the secret file is empty".into());
@@ -231,10 +245,21 @@ mod tests {
     #[test]
     fn coordination_index_rules() {
         assert!(check_coordination_index("kibana-rollback").is_ok());
-        for bad in [".kibana-rollback", ".kibana_x", ".reporting-x", ".apm-custom-link-x", "Upper", "a b", "_x", ""] {
+        for bad in [
+            ".kibana-rollback",
+            ".kibana_x",
+            ".reporting-x",
+            ".apm-custom-link-x",
+            "Upper",
+            "a b",
+            "_x",
+            "",
+        ] {
             assert!(check_coordination_index(bad).is_err(), "{bad} accepted");
         }
-        assert!(check_coordination_index(".kibana_rollback").unwrap_err().contains(".kibana*"));
+        assert!(check_coordination_index(".kibana_rollback")
+            .unwrap_err()
+            .contains(".kibana*"));
     }
 
     #[test]

@@ -38,11 +38,15 @@ impl Sources {
     /// override or the defaults.
     pub fn new(main: Option<&Path>) -> Self {
         let dropin_dirs = match std::env::var_os(DROPIN_DIRS_ENV) {
-            Some(v) => std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect(),
+            Some(v) => std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect(),
             None => DEFAULT_DROPIN_DIRS.iter().map(PathBuf::from).collect(),
         };
         Sources {
-            main: main.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+            main: main
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
             dropin_dirs,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         }
@@ -58,8 +62,11 @@ impl Sources {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    return Err(ConfigError::file(dir, format!("cannot read drop-in directory: {e}"))
-                        .fix("make the directory readable by the agent or remove it"))
+                    return Err(ConfigError::file(
+                        dir,
+                        format!("cannot read drop-in directory: {e}"),
+                    )
+                    .fix("make the directory readable by the agent or remove it"))
                 }
             };
             for entry in entries {
@@ -86,5 +93,7 @@ fn is_mask(path: &Path) -> bool {
             return true;
         }
     }
-    std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(false)
 }

@@ -10,7 +10,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let f = Fixture { dir: tempfile::tempdir().unwrap() };
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
         for d in ["etc", "run", "usr"] {
             std::fs::create_dir_all(f.dir.path().join(d)).unwrap();
         }
@@ -64,14 +66,25 @@ fn minimal_config_gets_documented_defaults() {
 }
 
 fn err(f: &Fixture, main: &str) -> String {
-    f.load(main).expect_err("config should be refused").to_string()
+    f.load(main)
+        .expect_err("config should be refused")
+        .to_string()
 }
 
 #[test]
 fn unknown_key_names_file_key_and_suggests() {
     let f = Fixture::new();
-    let e = err(&f, &format!("{MINIMAL}\n[kibana]\nstatus_ur = \"http://x\"\n"));
-    assert!(e.starts_with(&format!("{}: kibana.status_ur = \"http://x\": unknown key", f.path("config.toml").display())), "{e}");
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n[kibana]\nstatus_ur = \"http://x\"\n"),
+    );
+    assert!(
+        e.starts_with(&format!(
+            "{}: kibana.status_ur = \"http://x\": unknown key",
+            f.path("config.toml").display()
+        )),
+        "{e}"
+    );
     assert!(e.contains("did you mean `status_url`"), "{e}");
     assert!(!e.contains('\n'));
 }
@@ -86,17 +99,29 @@ fn unknown_section_is_refused() {
 #[test]
 fn wrong_type_names_expected_type() {
     let f = Fixture::new();
-    let e = err(&f, &format!("{MINIMAL}\n[rollback]\nsafety_snapshot = \"yes\"\n"));
-    assert!(e.contains("rollback.safety_snapshot = \"yes\": must be true or false"), "{e}");
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n[rollback]\nsafety_snapshot = \"yes\"\n"),
+    );
+    assert!(
+        e.contains("rollback.safety_snapshot = \"yes\": must be true or false"),
+        "{e}"
+    );
     let e = err(&f, "[elasticsearch]\nhosts = \"http://x:9200\"\n");
-    assert!(e.contains("elasticsearch.hosts = \"http://x:9200\": must be a list of URL strings"), "{e}");
+    assert!(
+        e.contains("elasticsearch.hosts = \"http://x:9200\": must be a list of URL strings"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_duration() {
     let f = Fixture::new();
     let e = err(&f, &format!("{MINIMAL}\nlease = \"30 parsecs\"\n"));
-    assert!(e.contains("coordination.lease = \"30 parsecs\": not a duration"), "{e}");
+    assert!(
+        e.contains("coordination.lease = \"30 parsecs\": not a duration"),
+        "{e}"
+    );
     assert!(e.contains("fix: write a duration"), "{e}");
     let e = err(&f, &format!("{MINIMAL}\nlease = \"0s\"\n"));
     assert!(e.contains("must be longer than zero"), "{e}");
@@ -105,9 +130,20 @@ fn bad_duration() {
 #[test]
 fn bad_version() {
     let f = Fixture::new();
-    let e = err(&f, &format!("{MINIMAL}\n[rollback]\ntarget_version = \"8.14\"\n"));
-    assert!(e.contains("rollback.target_version = \"8.14\": not a version"), "{e}");
-    let s = f.load(&format!("{MINIMAL}\n[rollback]\ntarget_version = \"8.14.3\"\n")).unwrap().settings;
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n[rollback]\ntarget_version = \"8.14\"\n"),
+    );
+    assert!(
+        e.contains("rollback.target_version = \"8.14\": not a version"),
+        "{e}"
+    );
+    let s = f
+        .load(&format!(
+            "{MINIMAL}\n[rollback]\ntarget_version = \"8.14.3\"\n"
+        ))
+        .unwrap()
+        .settings;
     assert_eq!(s.rollback.target_version, Some(Version::new(8, 14, 3)));
 }
 
@@ -123,7 +159,10 @@ fn bad_toml_syntax_names_line() {
 fn missing_main_file() {
     let f = Fixture::new();
     let e = load(&f.sources()).unwrap_err().to_string();
-    assert!(e.contains("config.toml: cannot read the configuration file"), "{e}");
+    assert!(
+        e.contains("config.toml: cannot read the configuration file"),
+        "{e}"
+    );
     assert!(e.contains("fix: create it"), "{e}");
 }
 
@@ -132,7 +171,10 @@ fn coordination_index_inside_kibana_feature_is_refused() {
     let f = Fixture::new();
     let e = err(&f, &format!("{MINIMAL}\nindex = \".kibana_rollback\"\n"));
     assert!(e.contains("coordination.index = \".kibana_rollback\": matches the kibana feature pattern .kibana*"), "{e}");
-    let e = err(&f, &format!("{MINIMAL}\nindex = \".apm-custom-link-coord\"\n"));
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\nindex = \".apm-custom-link-coord\"\n"),
+    );
     assert!(e.contains(".apm-custom-link*"), "{e}");
 }
 
@@ -140,11 +182,17 @@ fn coordination_index_inside_kibana_feature_is_refused() {
 fn secret_file_mode_and_presence() {
     let f = Fixture::new();
     let key = f.secret("apikey", "c2VjcmV0OmtleQ==\n", 0o644);
-    let cfg = format!("[elasticsearch]\napi_key_file = \"{}\"\n[coordination]\nhost_id = \"kb1\"\n", key.display());
+    let cfg = format!(
+        "[elasticsearch]\napi_key_file = \"{}\"\n[coordination]\nhost_id = \"kb1\"\n",
+        key.display()
+    );
     let e = err(&f, &cfg);
     assert!(e.contains("elasticsearch.api_key_file"), "{e}");
     assert!(e.contains("readable by group or others (mode 0644)"), "{e}");
-    assert!(e.contains(&format!("fix: chmod 600 {}", key.display())), "{e}");
+    assert!(
+        e.contains(&format!("fix: chmod 600 {}", key.display())),
+        "{e}"
+    );
     assert!(!e.contains("c2VjcmV0"), "secret leaked: {e}");
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -155,7 +203,10 @@ fn secret_file_mode_and_presence() {
     }
 
     let missing = f.path("nope");
-    let e = err(&f, &cfg.replace(&key.display().to_string(), &missing.display().to_string()));
+    let e = err(
+        &f,
+        &cfg.replace(&key.display().to_string(), &missing.display().to_string()),
+    );
     assert!(e.contains("cannot read the secret file"), "{e}");
 }
 
@@ -177,7 +228,10 @@ fn auth_combinations() {
     let key = f.secret("k", "x", 0o600);
     let e = err(&f, &format!("[elasticsearch]\napi_key_file = \"{}\"\nusername = \"u\"\n[coordination]\nhost_id = \"kb1\"\n", key.display()));
     assert!(e.contains("both an API key and a username"), "{e}");
-    let e = err(&f, "[elasticsearch]\nusername = \"u\"\n[coordination]\nhost_id = \"kb1\"\n");
+    let e = err(
+        &f,
+        "[elasticsearch]\nusername = \"u\"\n[coordination]\nhost_id = \"kb1\"\n",
+    );
     assert!(e.contains("a username without a password"), "{e}");
 }
 
@@ -185,12 +239,17 @@ fn auth_combinations() {
 fn credentials_directory_supplies_secrets() {
     let f = Fixture::new();
     f.secret("creds/elasticsearch-password", "pw", 0o400);
-    f.write("config.toml", "[elasticsearch]\nusername = \"kr\"\n[coordination]\nhost_id = \"kb1\"\n");
+    f.write(
+        "config.toml",
+        "[elasticsearch]\nusername = \"kr\"\n[coordination]\nhost_id = \"kb1\"\n",
+    );
     let mut src = f.sources();
     src.credentials_dir = Some(f.path("creds"));
     let s = load(&src).unwrap().settings;
     match s.elasticsearch.auth {
-        EsAuth::Basic { username, password, .. } => {
+        EsAuth::Basic {
+            username, password, ..
+        } => {
             assert_eq!(username, "kr");
             assert_eq!(password.expose(), "pw");
         }
@@ -204,7 +263,10 @@ fn url_checks() {
     let e = err(&f, "[elasticsearch]\nhosts = [\"ftp://x\"]\n");
     assert!(e.contains("must be an http or https URL"), "{e}");
     let e = err(&f, "[elasticsearch]\nhosts = [\"https://u:p@x:9200\"]\n");
-    assert!(e.contains("must not carry credentials") && !e.contains("u:p"), "{e}");
+    assert!(
+        e.contains("must not carry credentials") && !e.contains("u:p"),
+        "{e}"
+    );
     let e = err(&f, "[elasticsearch]\nhosts = []\n");
     assert!(e.contains("no Elasticsearch host given"), "{e}");
 }
@@ -214,8 +276,14 @@ fn dropin_precedence_and_masking() {
     let f = Fixture::new();
     f.write("config.toml", MINIMAL);
     // name order: 10 < 20; later wins per key
-    f.write("usr/10-defaults.toml", "[kibana]\nunit = \"kibana-usr.service\"\npackage = \"kibana-oss\"\n");
-    f.write("etc/20-site.toml", "[kibana]\nunit = \"kibana-etc.service\"\n");
+    f.write(
+        "usr/10-defaults.toml",
+        "[kibana]\nunit = \"kibana-usr.service\"\npackage = \"kibana-oss\"\n",
+    );
+    f.write(
+        "etc/20-site.toml",
+        "[kibana]\nunit = \"kibana-etc.service\"\n",
+    );
     let l = load(&f.sources()).unwrap();
     assert_eq!(l.settings.kibana.unit, "kibana-etc.service");
     assert_eq!(l.settings.kibana.package, "kibana-oss");
@@ -229,20 +297,41 @@ fn dropin_precedence_and_masking() {
     assert_eq!(l.settings.kibana.stop_timeout, Duration::from_secs(60));
 
     // /run beats /usr/lib but not /etc
-    f.write("run/20-site.toml", "[kibana]\nunit = \"kibana-run.service\"\n");
-    assert_eq!(load(&f.sources()).unwrap().settings.kibana.unit, "kibana-etc.service");
-    f.write("run/30-runtime.toml", "[kibana]\nunit = \"kibana-run.service\"\n");
-    assert_eq!(load(&f.sources()).unwrap().settings.kibana.unit, "kibana-run.service");
+    f.write(
+        "run/20-site.toml",
+        "[kibana]\nunit = \"kibana-run.service\"\n",
+    );
+    assert_eq!(
+        load(&f.sources()).unwrap().settings.kibana.unit,
+        "kibana-etc.service"
+    );
+    f.write(
+        "run/30-runtime.toml",
+        "[kibana]\nunit = \"kibana-run.service\"\n",
+    );
+    assert_eq!(
+        load(&f.sources()).unwrap().settings.kibana.unit,
+        "kibana-run.service"
+    );
 
     // a symlink to /dev/null masks the fragment of that name
     std::os::unix::fs::symlink("/dev/null", f.path("etc/30-runtime.toml")).unwrap();
-    assert_eq!(load(&f.sources()).unwrap().settings.kibana.unit, "kibana-etc.service");
+    assert_eq!(
+        load(&f.sources()).unwrap().settings.kibana.unit,
+        "kibana-etc.service"
+    );
 
     // a bad key in a fragment names that fragment
     f.write("usr/40-bad.toml", "[kibana]\nstop_timeout = 5\n");
     let e = load(&f.sources()).unwrap_err().to_string();
-    assert!(e.starts_with(&f.path("usr/40-bad.toml").display().to_string()), "{e}");
-    assert!(e.contains("kibana.stop_timeout = 5: must be a duration"), "{e}");
+    assert!(
+        e.starts_with(&f.path("usr/40-bad.toml").display().to_string()),
+        "{e}"
+    );
+    assert!(
+        e.contains("kibana.stop_timeout = 5: must be a duration"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -251,10 +340,16 @@ fn describe_lists_every_key_with_origin() {
     let l = f.load(MINIMAL).unwrap();
     let lines = describe(&l.merged);
     assert_eq!(lines.len(), schema::KEYS.len());
-    let host = lines.iter().find(|(k, _, _)| k == "coordination.host_id").unwrap();
+    let host = lines
+        .iter()
+        .find(|(k, _, _)| k == "coordination.host_id")
+        .unwrap();
     assert_eq!(host.1, "\"kb1\"");
     assert_eq!(host.2, f.path("config.toml").display().to_string());
-    let lease = lines.iter().find(|(k, _, _)| k == "coordination.lease").unwrap();
+    let lease = lines
+        .iter()
+        .find(|(k, _, _)| k == "coordination.lease")
+        .unwrap();
     assert_eq!(lease.2, "default");
 }
 
@@ -263,7 +358,11 @@ fn documented_config_lists_every_key_and_parses() {
     let doc = include_str!("../../config/config.toml");
     for k in schema::KEYS {
         let needle = format!("{} =", k.name);
-        assert!(doc.contains(&needle), "config/config.toml does not document {}", k.dotted());
+        assert!(
+            doc.contains(&needle),
+            "config/config.toml does not document {}",
+            k.dotted()
+        );
     }
     // The shipped file (with its commented examples left as comments) must load.
     let f = Fixture::new();

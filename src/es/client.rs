@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use super::error::{parse_error_body, EsError};
-use crate::config::{EsAuth, ElasticsearchSettings};
+use crate::config::{ElasticsearchSettings, EsAuth};
 
 /// Whether a request may be repeated on another host after it may have been received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("hosts", &self.hosts).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,32 +50,54 @@ impl Client {
         match &settings.auth {
             EsAuth::None => {}
             EsAuth::ApiKey { key, .. } => {
-                let mut v = HeaderValue::from_str(&format!("ApiKey {}", key.expose()))
-                    .map_err(|_| EsError::Setup("the API key contains characters not allowed in a header".into()))?;
+                let mut v =
+                    HeaderValue::from_str(&format!("ApiKey {}", key.expose())).map_err(|_| {
+                        EsError::Setup(
+                            "the API key contains characters not allowed in a header".into(),
+                        )
+                    })?;
                 v.set_sensitive(true);
                 headers.insert(AUTHORIZATION, v);
             }
-            EsAuth::Basic { username, password, .. } => {
+            EsAuth::Basic {
+                username, password, ..
+            } => {
                 use base64::Engine;
-                let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
-                let mut v = HeaderValue::from_str(&format!("Basic {token}"))
-                    .map_err(|_| EsError::Setup("the username or password contains characters not allowed in a header".into()))?;
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()));
+                let mut v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|_| {
+                    EsError::Setup(
+                        "the username or password contains characters not allowed in a header"
+                            .into(),
+                    )
+                })?;
                 v.set_sensitive(true);
                 headers.insert(AUTHORIZATION, v);
             }
         }
-        headers.insert(USER_AGENT, HeaderValue::from_str(&user_agent()).expect("ascii"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_str(&user_agent()).expect("ascii"),
+        );
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(50));
         if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| EsError::Setup(format!("cannot read CA file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| EsError::Setup(format!("CA file {} is not PEM certificates: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                EsError::Setup(format!("cannot read CA file {}: {e}", ca.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                EsError::Setup(format!(
+                    "CA file {} is not PEM certificates: {e}",
+                    ca.display()
+                ))
+            })?;
             if certs.is_empty() {
-                return Err(EsError::Setup(format!("CA file {} holds no certificate", ca.display())));
+                return Err(EsError::Setup(format!(
+                    "CA file {} holds no certificate",
+                    ca.display()
+                )));
             }
             builder = builder.tls_certs_only(certs);
         }
@@ -110,28 +134,43 @@ impl Client {
         for i in 0..self.hosts.len() {
             let idx = (start + i) % self.hosts.len();
             let host = &self.hosts[idx];
-            let url = host.join(path.trim_start_matches('/')).map_err(|e| EsError::Setup(format!("bad path {path}: {e}")))?;
+            let url = host
+                .join(path.trim_start_matches('/'))
+                .map_err(|e| EsError::Setup(format!("bad path {path}: {e}")))?;
             let mut req = self.http.request(method.clone(), url).timeout(timeout);
             for (k, v) in extra_headers {
                 req = req.header(*k, *v);
             }
             if let Some(b) = body {
-                req = req.header(CONTENT_TYPE, "application/json").body(b.to_string());
+                req = req
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(b.to_string());
             }
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     let retryable = matches!(
                         status,
-                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
                     );
                     let text = match resp.text().await {
                         Ok(t) => t,
                         Err(e) if e.is_timeout() => {
-                            return Err(EsError::Timeout { method: method.to_string(), path: path.into(), host: host.to_string(), timeout })
+                            return Err(EsError::Timeout {
+                                method: method.to_string(),
+                                path: path.into(),
+                                host: host.to_string(),
+                                timeout,
+                            })
                         }
                         Err(e) => {
-                            return Err(EsError::Decode { method: method.to_string(), path: path.into(), detail: format!("reading the body: {e}") })
+                            return Err(EsError::Decode {
+                                method: method.to_string(),
+                                path: path.into(),
+                                detail: format!("reading the body: {e}"),
+                            })
                         }
                     };
                     if retryable && idempotence == Idempotence::Safe && i + 1 < self.hosts.len() {
@@ -143,27 +182,45 @@ impl Client {
                         return Ok((status, text));
                     }
                     let (err_type, reason) = parse_error_body(&text);
-                    return Err(EsError::Api { method: method.to_string(), path: path.into(), status, err_type, reason });
+                    return Err(EsError::Api {
+                        method: method.to_string(),
+                        path: path.into(),
+                        status,
+                        err_type,
+                        reason,
+                    });
                 }
                 Err(e) if e.is_connect() => {
                     attempts.push(format!("{host}: {}", connect_error_text(&e)));
                 }
                 Err(e) if e.is_timeout() => {
                     if idempotence == Idempotence::Safe {
-                        attempts.push(format!("{host}: no answer within {}", humantime::format_duration(timeout)));
+                        attempts.push(format!(
+                            "{host}: no answer within {}",
+                            humantime::format_duration(timeout)
+                        ));
                         continue;
                     }
-                    return Err(EsError::Timeout { method: method.to_string(), path: path.into(), host: host.to_string(), timeout });
+                    return Err(EsError::Timeout {
+                        method: method.to_string(),
+                        path: path.into(),
+                        host: host.to_string(),
+                        timeout,
+                    });
                 }
                 Err(e) => {
                     attempts.push(format!("{host}: {}", connect_error_text(&e)));
                     if idempotence == Idempotence::Once {
-                        return Err(EsError::Unreachable { attempts: attempts.join("; ") });
+                        return Err(EsError::Unreachable {
+                            attempts: attempts.join("; "),
+                        });
                     }
                 }
             }
         }
-        Err(EsError::Unreachable { attempts: attempts.join("; ") })
+        Err(EsError::Unreachable {
+            attempts: attempts.join("; "),
+        })
     }
 
     /// Sends a request and decodes the JSON answer.
@@ -176,8 +233,14 @@ impl Client {
         idempotence: Idempotence,
     ) -> Result<T, EsError> {
         let m = method.to_string();
-        let (_, text) = self.send(method, path, body, &[], timeout, idempotence).await?;
-        serde_json::from_str(&text).map_err(|e| EsError::Decode { method: m, path: path.into(), detail: e.to_string() })
+        let (_, text) = self
+            .send(method, path, body, &[], timeout, idempotence)
+            .await?;
+        serde_json::from_str(&text).map_err(|e| EsError::Decode {
+            method: m,
+            path: path.into(),
+            detail: e.to_string(),
+        })
     }
 }
 

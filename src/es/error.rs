@@ -6,13 +6,20 @@ use reqwest::StatusCode;
 #[derive(Debug, thiserror::Error)]
 pub enum EsError {
     /// No host could be reached; every attempt is listed.
-    #[error("Elasticsearch is unreachable ({attempts}); check elasticsearch.hosts and the network")]
+    #[error(
+        "Elasticsearch is unreachable ({attempts}); check elasticsearch.hosts and the network"
+    )]
     Unreachable { attempts: String },
 
     /// The request was sent but no answer came in time. Non-idempotent requests are not retried
     /// on another host after this, since the first may still be running.
     #[error("{method} {path} on {host}: no answer within {}; it may still complete on the cluster", humantime::format_duration(*timeout))]
-    Timeout { method: String, path: String, host: String, timeout: std::time::Duration },
+    Timeout {
+        method: String,
+        path: String,
+        host: String,
+        timeout: std::time::Duration,
+    },
 
     /// Elasticsearch answered with an error status.
     #[error("{method} {path}: HTTP {status}{}: {reason}", err_type.as_deref().map(|t| format!(" {t}")).unwrap_or_default())]
@@ -26,7 +33,11 @@ pub enum EsError {
 
     /// The answer could not be understood.
     #[error("{method} {path}: unexpected answer from Elasticsearch: {detail}")]
-    Decode { method: String, path: String, detail: String },
+    Decode {
+        method: String,
+        path: String,
+        detail: String,
+    },
 
     /// The client could not be built (CA file, TLS).
     #[error("cannot set up the Elasticsearch client: {0}")]
@@ -64,7 +75,10 @@ impl EsError {
 
     /// 401 or 403: credentials missing, wrong, or lacking privileges.
     pub fn is_auth(&self) -> bool {
-        matches!(self.status(), Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN))
+        matches!(
+            self.status(),
+            Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        )
     }
 
     pub fn is_unreachable(&self) -> bool {
@@ -76,8 +90,21 @@ impl EsError {
 /// an Elasticsearch error body; falls back to the body's first line.
 pub(crate) fn parse_error_body(body: &str) -> (Option<String>, String) {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-        let line = body.lines().next().unwrap_or("").chars().take(300).collect::<String>();
-        return (None, if line.is_empty() { "(empty body)".into() } else { line });
+        let line = body
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>();
+        return (
+            None,
+            if line.is_empty() {
+                "(empty body)".into()
+            } else {
+                line
+            },
+        );
     };
     let err = &v["error"];
     if let Some(s) = err.as_str() {
@@ -88,7 +115,11 @@ pub(crate) fn parse_error_body(body: &str) -> (Option<String>, String) {
     if let Some(root) = err["root_cause"].get(0) {
         if let Some(r) = root["reason"].as_str() {
             if !reason.contains(r) && r != reason {
-                reason = if reason.is_empty() { r.to_string() } else { format!("{reason} ({r})") };
+                reason = if reason.is_empty() {
+                    r.to_string()
+                } else {
+                    format!("{reason} ({r})")
+                };
             }
         }
     }

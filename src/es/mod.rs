@@ -42,7 +42,10 @@ pub struct Es {
 
 impl Es {
     pub fn new(settings: &crate::config::ElasticsearchSettings) -> Result<Self, EsError> {
-        Ok(Es { client: Client::new(settings)?, snapshot_timeout: settings.snapshot_timeout })
+        Ok(Es {
+            client: Client::new(settings)?,
+            snapshot_timeout: settings.snapshot_timeout,
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -52,9 +55,16 @@ impl Es {
     /// Version of every node (`GET _nodes/_all/_none`), as Kibana itself checks them.
     pub async fn node_versions(&self) -> Result<Vec<NodeInfo>, EsError> {
         let path = "_nodes/_all/_none?filter_path=nodes.*.version,nodes.*.name";
-        let v: serde_json::Value = self.client.json(Method::GET, path, None, None, Idempotence::Safe).await?;
+        let v: serde_json::Value = self
+            .client
+            .json(Method::GET, path, None, None, Idempotence::Safe)
+            .await?;
         let Some(nodes) = v["nodes"].as_object() else {
-            return Err(EsError::Decode { method: "GET".into(), path: path.into(), detail: "no `nodes` object".into() });
+            return Err(EsError::Decode {
+                method: "GET".into(),
+                path: path.into(),
+                detail: "no `nodes` object".into(),
+            });
         };
         let mut out: Vec<NodeInfo> = nodes
             .iter()
@@ -70,10 +80,17 @@ impl Es {
 
     /// Names of the features installed on the master (`GET _features`).
     pub async fn features(&self) -> Result<Vec<String>, EsError> {
-        let v: serde_json::Value = self.client.json(Method::GET, "_features", None, None, Idempotence::Safe).await?;
+        let v: serde_json::Value = self
+            .client
+            .json(Method::GET, "_features", None, None, Idempotence::Safe)
+            .await?;
         Ok(v["features"]
             .as_array()
-            .map(|a| a.iter().filter_map(|f| f["name"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f["name"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -89,7 +106,10 @@ impl Es {
             if let Some(a) = &after {
                 path.push_str(&format!("&after={}", seg(a)));
             }
-            let page: SnapshotList = self.client.json(Method::GET, &path, None, None, Idempotence::Safe).await?;
+            let page: SnapshotList = self
+                .client
+                .json(Method::GET, &path, None, None, Idempotence::Safe)
+                .await?;
             let n = page.snapshots.len();
             out.extend(page.snapshots);
             match page.next {
@@ -101,11 +121,21 @@ impl Es {
     }
 
     /// One snapshot by name; `None` when the repository has no such snapshot.
-    pub async fn snapshot(&self, repository: &str, name: &str) -> Result<Option<SnapshotInfo>, EsError> {
+    pub async fn snapshot(
+        &self,
+        repository: &str,
+        name: &str,
+    ) -> Result<Option<SnapshotInfo>, EsError> {
         let path = format!("_snapshot/{}/{}", seg(repository), seg(name));
-        match self.client.json::<SnapshotList>(Method::GET, &path, None, None, Idempotence::Safe).await {
+        match self
+            .client
+            .json::<SnapshotList>(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
             Ok(list) => Ok(list.snapshots.into_iter().next()),
-            Err(e) if e.is_not_found() && e.err_type() == Some("snapshot_missing_exception") => Ok(None),
+            Err(e) if e.is_not_found() && e.err_type() == Some("snapshot_missing_exception") => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -114,7 +144,16 @@ impl Es {
     /// operator's).
     pub async fn put_fs_repository(&self, name: &str, location: &str) -> Result<(), EsError> {
         let body = json!({"type": "fs", "settings": {"location": location}});
-        self.client.send(Method::PUT, &format!("_snapshot/{}", seg(name)), Some(&body), &[], None, Idempotence::Safe).await?;
+        self.client
+            .send(
+                Method::PUT,
+                &format!("_snapshot/{}", seg(name)),
+                Some(&body),
+                &[],
+                None,
+                Idempotence::Safe,
+            )
+            .await?;
         Ok(())
     }
 
@@ -125,7 +164,11 @@ impl Es {
         name: &str,
         metadata: serde_json::Value,
     ) -> Result<SnapshotInfo, EsError> {
-        let path = format!("_snapshot/{}/{}?wait_for_completion=true", seg(repository), seg(name));
+        let path = format!(
+            "_snapshot/{}/{}?wait_for_completion=true",
+            seg(repository),
+            seg(name)
+        );
         // include_global_state defaults to true on create, which would pull in every feature state.
         let body = json!({
             "indices": "-*",
@@ -133,10 +176,22 @@ impl Es {
             "feature_states": [KIBANA_FEATURE],
             "metadata": metadata,
         });
-        let v: serde_json::Value =
-            self.client.json(Method::PUT, &path, Some(&body), Some(self.snapshot_timeout), Idempotence::Once).await?;
-        let info: SnapshotInfo = serde_json::from_value(v["snapshot"].clone())
-            .map_err(|e| EsError::Decode { method: "PUT".into(), path: path.clone(), detail: e.to_string() })?;
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::PUT,
+                &path,
+                Some(&body),
+                Some(self.snapshot_timeout),
+                Idempotence::Once,
+            )
+            .await?;
+        let info: SnapshotInfo =
+            serde_json::from_value(v["snapshot"].clone()).map_err(|e| EsError::Decode {
+                method: "PUT".into(),
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
         if info.state != "SUCCESS" {
             return Err(EsError::Check(format!(
                 "snapshot {repository}/{name} ended {} instead of SUCCESS",
@@ -149,15 +204,34 @@ impl Es {
     /// Restores the kibana feature state of `repository/name`, then requires zero failed shards
     /// and the restored indices at least yellow. Elasticsearch deletes the feature's current
     /// indices first; every Kibana must be stopped before this is called.
-    pub async fn restore_kibana(&self, repository: &str, name: &str, opaque_id: &str) -> Result<RestoreReport, EsError> {
-        let path = format!("_snapshot/{}/{}/_restore?wait_for_completion=true", seg(repository), seg(name));
+    pub async fn restore_kibana(
+        &self,
+        repository: &str,
+        name: &str,
+        opaque_id: &str,
+    ) -> Result<RestoreReport, EsError> {
+        let path = format!(
+            "_snapshot/{}/{}/_restore?wait_for_completion=true",
+            seg(repository),
+            seg(name)
+        );
         let body = json!({"indices": "-*", "include_global_state": false, "feature_states": [KIBANA_FEATURE]});
         let (_, text) = self
             .client
-            .send(Method::POST, &path, Some(&body), &[("X-Opaque-Id", opaque_id)], Some(self.snapshot_timeout), Idempotence::Once)
+            .send(
+                Method::POST,
+                &path,
+                Some(&body),
+                &[("X-Opaque-Id", opaque_id)],
+                Some(self.snapshot_timeout),
+                Idempotence::Once,
+            )
             .await?;
-        let reply: RestoreReply = serde_json::from_str(&text)
-            .map_err(|e| EsError::Decode { method: "POST".into(), path: path.clone(), detail: e.to_string() })?;
+        let reply: RestoreReply = serde_json::from_str(&text).map_err(|e| EsError::Decode {
+            method: "POST".into(),
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         let s = reply.snapshot;
         if s.shards.failed > 0 || s.shards.successful < s.shards.total {
             return Err(EsError::Check(format!(
@@ -168,7 +242,9 @@ impl Es {
         let health = if s.indices.is_empty() {
             None
         } else {
-            let h = self.health(&s.indices.join(","), "yellow", self.snapshot_timeout).await?;
+            let h = self
+                .health(&s.indices.join(","), "yellow", self.snapshot_timeout)
+                .await?;
             if h.timed_out || h.status == "red" {
                 return Err(EsError::Check(format!(
                     "restored indices of {repository}/{name} did not become healthy: status {}",
@@ -177,11 +253,21 @@ impl Es {
             }
             Some(h.status)
         };
-        Ok(RestoreReport { snapshot: s.snapshot, indices: s.indices, shards: s.shards, health })
+        Ok(RestoreReport {
+            snapshot: s.snapshot,
+            indices: s.indices,
+            shards: s.shards,
+            health,
+        })
     }
 
     /// Cluster health for an index pattern, waiting up to `timeout` for `wait_for_status`.
-    pub async fn health(&self, pattern: &str, wait_for_status: &str, timeout: Duration) -> Result<Health, EsError> {
+    pub async fn health(
+        &self,
+        pattern: &str,
+        wait_for_status: &str,
+        timeout: Duration,
+    ) -> Result<Health, EsError> {
         let secs = timeout.as_secs().max(1);
         let path = format!(
             "_cluster/health/{}?wait_for_status={wait_for_status}&timeout={secs}s&expand_wildcards=all",
@@ -190,11 +276,21 @@ impl Es {
         // 408 is how Elasticsearch says the wait timed out; its body is still a health report.
         match self
             .client
-            .json::<Health>(Method::GET, &path, None, Some(timeout + Duration::from_secs(10)), Idempotence::Safe)
+            .json::<Health>(
+                Method::GET,
+                &path,
+                None,
+                Some(timeout + Duration::from_secs(10)),
+                Idempotence::Safe,
+            )
             .await
         {
             Err(EsError::Api { status, .. }) if status == reqwest::StatusCode::REQUEST_TIMEOUT => {
-                Ok(Health { status: "unknown".into(), timed_out: true, unassigned_shards: 0 })
+                Ok(Health {
+                    status: "unknown".into(),
+                    timed_out: true,
+                    unassigned_shards: 0,
+                })
             }
             other => other,
         }
@@ -202,13 +298,25 @@ impl Es {
 
     /// HTTP clients each node has seen (`GET _nodes/stats/http`), with the node's own clock.
     pub async fn http_clients(&self) -> Result<Vec<HttpClientSeen>, EsError> {
-        let v: serde_json::Value =
-            self.client.json(Method::GET, "_nodes/stats/http", None, None, Idempotence::Safe).await?;
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::GET,
+                "_nodes/stats/http",
+                None,
+                None,
+                Idempotence::Safe,
+            )
+            .await?;
         let mut out = Vec::new();
         for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
             let node_name = node["name"].as_str().unwrap_or("").to_string();
             let node_now = node["timestamp"].as_i64().unwrap_or(0);
-            for c in node["http"]["clients"].as_array().cloned().unwrap_or_default() {
+            for c in node["http"]["clients"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
                 out.push(HttpClientSeen {
                     node: node_name.clone(),
                     node_now_millis: node_now,
@@ -226,8 +334,15 @@ impl Es {
     /// Shard recoveries of indices matching `pattern` (`GET <pattern>/_recovery`): which came
     /// from a snapshot, from which one, and whether they are done.
     pub async fn recoveries(&self, pattern: &str) -> Result<Vec<ShardRecovery>, EsError> {
-        let path = format!("{}/_recovery?expand_wildcards=all", pattern.split(',').map(seg).collect::<Vec<_>>().join(","));
-        let v: serde_json::Value = match self.client.json(Method::GET, &path, None, None, Idempotence::Safe).await {
+        let path = format!(
+            "{}/_recovery?expand_wildcards=all",
+            pattern.split(',').map(seg).collect::<Vec<_>>().join(",")
+        );
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
             Ok(v) => v,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -250,13 +365,19 @@ impl Es {
     /// The index an alias points at (the write index when several), if the alias exists.
     pub async fn alias_target(&self, alias: &str) -> Result<Option<String>, EsError> {
         let path = format!("_alias/{}", seg(alias));
-        let v: serde_json::Value = match self.client.json(Method::GET, &path, None, None, Idempotence::Safe).await {
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
             Ok(v) => v,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
         let map = v.as_object().cloned().unwrap_or_default();
-        let write = map.iter().find(|(_, b)| b["aliases"][alias]["is_write_index"] == serde_json::Value::Bool(true));
+        let write = map
+            .iter()
+            .find(|(_, b)| b["aliases"][alias]["is_write_index"] == serde_json::Value::Bool(true));
         Ok(write.or_else(|| map.iter().next()).map(|(k, _)| k.clone()))
     }
 
@@ -267,7 +388,18 @@ impl Es {
             "settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},
             "mappings": {"dynamic": false},
         });
-        match self.client.send(Method::PUT, &seg(index), Some(&body), &[], None, Idempotence::Safe).await {
+        match self
+            .client
+            .send(
+                Method::PUT,
+                &seg(index),
+                Some(&body),
+                &[],
+                None,
+                Idempotence::Safe,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.err_type() == Some("resource_already_exists_exception") => Ok(()),
             Err(e) => Err(e),
@@ -275,9 +407,17 @@ impl Es {
     }
 
     /// Reads a document in real time; `None` when it (or its index) does not exist.
-    pub async fn get_doc<T: DeserializeOwned>(&self, index: &str, id: &str) -> Result<Option<Versioned<T>>, EsError> {
+    pub async fn get_doc<T: DeserializeOwned>(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<Versioned<T>>, EsError> {
         let path = format!("{}/_doc/{}", seg(index), seg(id));
-        let reply: GetReply<T> = match self.client.json(Method::GET, &path, None, None, Idempotence::Safe).await {
+        let reply: GetReply<T> = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
             Ok(r) => r,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
@@ -286,31 +426,56 @@ impl Es {
             return Ok(None);
         }
         match (reply.seq_no, reply.primary_term, reply.source) {
-            (Some(seq_no), Some(primary_term), Some(source)) => {
-                Ok(Some(Versioned { id: reply.id, seq_no, primary_term, source }))
-            }
-            _ => Err(EsError::Decode { method: "GET".into(), path, detail: "found document without _seq_no/_primary_term/_source".into() }),
+            (Some(seq_no), Some(primary_term), Some(source)) => Ok(Some(Versioned {
+                id: reply.id,
+                seq_no,
+                primary_term,
+                source,
+            })),
+            _ => Err(EsError::Decode {
+                method: "GET".into(),
+                path,
+                detail: "found document without _seq_no/_primary_term/_source".into(),
+            }),
         }
     }
 
     /// Reads several documents by id in real time (`_mget`); missing ones are left out.
-    pub async fn get_docs<T: DeserializeOwned>(&self, index: &str, ids: &[String]) -> Result<Vec<Versioned<T>>, EsError> {
+    pub async fn get_docs<T: DeserializeOwned>(
+        &self,
+        index: &str,
+        ids: &[String],
+    ) -> Result<Vec<Versioned<T>>, EsError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let path = format!("{}/_mget", seg(index));
         let body = json!({"ids": ids});
-        let v: serde_json::Value = match self.client.json(Method::POST, &path, Some(&body), None, Idempotence::Safe).await {
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::POST, &path, Some(&body), None, Idempotence::Safe)
+            .await
+        {
             Ok(v) => v,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
         for d in v["docs"].as_array().cloned().unwrap_or_default() {
-            let r: GetReply<T> = serde_json::from_value(d)
-                .map_err(|e| EsError::Decode { method: "POST".into(), path: path.clone(), detail: e.to_string() })?;
-            if let (true, Some(seq_no), Some(primary_term), Some(source)) = (r.found, r.seq_no, r.primary_term, r.source) {
-                out.push(Versioned { id: r.id, seq_no, primary_term, source });
+            let r: GetReply<T> = serde_json::from_value(d).map_err(|e| EsError::Decode {
+                method: "POST".into(),
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            if let (true, Some(seq_no), Some(primary_term), Some(source)) =
+                (r.found, r.seq_no, r.primary_term, r.source)
+            {
+                out.push(Versioned {
+                    id: r.id,
+                    seq_no,
+                    primary_term,
+                    source,
+                });
             }
         }
         Ok(out)
@@ -319,10 +484,18 @@ impl Es {
     /// Every document whose id starts with `prefix` (near-real-time search; for listings).
     /// Elasticsearch allows neither prefix queries nor sorting on `_id`, and the coordination
     /// index maps no fields, so the filtering happens here; the index holds few documents.
-    pub async fn list_docs<T: DeserializeOwned>(&self, index: &str, prefix: &str) -> Result<Vec<Versioned<T>>, EsError> {
+    pub async fn list_docs<T: DeserializeOwned>(
+        &self,
+        index: &str,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<T>>, EsError> {
         let path = format!("{}/_search?seq_no_primary_term=true", seg(index));
         let body = json!({"size": 10000, "query": {"match_all": {}}, "sort": [{"_doc": "asc"}]});
-        let v: serde_json::Value = match self.client.json(Method::POST, &path, Some(&body), None, Idempotence::Safe).await {
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::POST, &path, Some(&body), None, Idempotence::Safe)
+            .await
+        {
             Ok(v) => v,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -333,47 +506,106 @@ impl Es {
             if !id.starts_with(prefix) {
                 continue;
             }
-            let (Some(seq_no), Some(primary_term)) = (hit["_seq_no"].as_i64(), hit["_primary_term"].as_i64()) else {
+            let (Some(seq_no), Some(primary_term)) =
+                (hit["_seq_no"].as_i64(), hit["_primary_term"].as_i64())
+            else {
                 continue;
             };
-            let source: T = serde_json::from_value(hit["_source"].clone())
-                .map_err(|e| EsError::Decode { method: "POST".into(), path: path.clone(), detail: format!("document {id}: {e}") })?;
-            out.push(Versioned { id, seq_no, primary_term, source });
+            let source: T =
+                serde_json::from_value(hit["_source"].clone()).map_err(|e| EsError::Decode {
+                    method: "POST".into(),
+                    path: path.clone(),
+                    detail: format!("document {id}: {e}"),
+                })?;
+            out.push(Versioned {
+                id,
+                seq_no,
+                primary_term,
+                source,
+            });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
     /// Creates a document only if absent; a 409 conflict (`is_conflict()`) when it exists.
-    pub async fn create_doc<T: Serialize>(&self, index: &str, id: &str, doc: &T) -> Result<WriteResult, EsError> {
+    pub async fn create_doc<T: Serialize>(
+        &self,
+        index: &str,
+        id: &str,
+        doc: &T,
+    ) -> Result<WriteResult, EsError> {
         let path = format!("{}/_create/{}", seg(index), seg(id));
         self.write(Method::PUT, &path, doc).await
     }
 
     /// Replaces a document only if it is still at `seq_no`/`primary_term`; 409 otherwise.
-    pub async fn cas_put<T: Serialize>(&self, index: &str, id: &str, doc: &T, seq_no: i64, primary_term: i64) -> Result<WriteResult, EsError> {
-        let path = format!("{}/_doc/{}?if_seq_no={seq_no}&if_primary_term={primary_term}", seg(index), seg(id));
+    pub async fn cas_put<T: Serialize>(
+        &self,
+        index: &str,
+        id: &str,
+        doc: &T,
+        seq_no: i64,
+        primary_term: i64,
+    ) -> Result<WriteResult, EsError> {
+        let path = format!(
+            "{}/_doc/{}?if_seq_no={seq_no}&if_primary_term={primary_term}",
+            seg(index),
+            seg(id)
+        );
         self.write(Method::PUT, &path, doc).await
     }
 
     /// Writes a document unconditionally (host heartbeats: one writer per document).
-    pub async fn put_doc<T: Serialize>(&self, index: &str, id: &str, doc: &T) -> Result<WriteResult, EsError> {
+    pub async fn put_doc<T: Serialize>(
+        &self,
+        index: &str,
+        id: &str,
+        doc: &T,
+    ) -> Result<WriteResult, EsError> {
         let path = format!("{}/_doc/{}", seg(index), seg(id));
         self.write(Method::PUT, &path, doc).await
     }
 
     /// Deletes a document only if it is still at `seq_no`/`primary_term`.
-    pub async fn cas_delete(&self, index: &str, id: &str, seq_no: i64, primary_term: i64) -> Result<(), EsError> {
-        let path = format!("{}/_doc/{}?if_seq_no={seq_no}&if_primary_term={primary_term}", seg(index), seg(id));
-        self.client.send(Method::DELETE, &path, None, &[], None, Idempotence::Once).await?;
+    pub async fn cas_delete(
+        &self,
+        index: &str,
+        id: &str,
+        seq_no: i64,
+        primary_term: i64,
+    ) -> Result<(), EsError> {
+        let path = format!(
+            "{}/_doc/{}?if_seq_no={seq_no}&if_primary_term={primary_term}",
+            seg(index),
+            seg(id)
+        );
+        self.client
+            .send(Method::DELETE, &path, None, &[], None, Idempotence::Once)
+            .await?;
         Ok(())
     }
 
-    async fn write<T: Serialize>(&self, method: Method, path: &str, doc: &T) -> Result<WriteResult, EsError> {
-        let body = serde_json::to_value(doc).map_err(|e| EsError::Decode { method: method.to_string(), path: path.into(), detail: e.to_string() })?;
+    async fn write<T: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        doc: &T,
+    ) -> Result<WriteResult, EsError> {
+        let body = serde_json::to_value(doc).map_err(|e| EsError::Decode {
+            method: method.to_string(),
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
         // Conditional writes are not retried on another host after being sent: a repeat of an
         // applied write would come back as a conflict and mislead the caller.
-        let reply: WriteReply = self.client.json(method, path, Some(&body), None, Idempotence::Once).await?;
-        Ok(WriteResult { seq_no: reply.seq_no, primary_term: reply.primary_term })
+        let reply: WriteReply = self
+            .client
+            .json(method, path, Some(&body), None, Idempotence::Once)
+            .await?;
+        Ok(WriteResult {
+            seq_no: reply.seq_no,
+            primary_term: reply.primary_term,
+        })
     }
 }

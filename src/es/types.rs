@@ -57,7 +57,9 @@ pub struct SnapshotInfo {
 
 impl SnapshotInfo {
     pub fn kibana_feature_state(&self) -> Option<&FeatureState> {
-        self.feature_states.iter().find(|f| f.feature_name == "kibana")
+        self.feature_states
+            .iter()
+            .find(|f| f.feature_name == "kibana")
     }
 }
 

@@ -30,7 +30,12 @@ pub struct NewOperation {
 pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
     // The id names the safety snapshot (`kibana-rollback-pre-<id>`) and the history document:
     // Elasticsearch takes only lowercase snapshot names.
-    if req.id.is_empty() || !req.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if req.id.is_empty()
+        || !req
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return Err(DocError::Invalid(format!(
             "operation id {:?} must be non-empty lowercase letters, digits and '-'",
             req.id

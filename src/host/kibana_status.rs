@@ -43,7 +43,12 @@ pub enum ProbeError {
     #[error("Kibana status at {url} refused the credentials (HTTP {status}); check kibana.status_username and status_password_file")]
     Auth { url: String, status: u16 },
     #[error("Kibana at {url} did not become available at version {version} within {}: last seen {last}", humantime::format_duration(*timeout))]
-    Timeout { url: String, version: String, timeout: Duration, last: String },
+    Timeout {
+        url: String,
+        version: String,
+        timeout: Duration,
+        last: String,
+    },
     #[error("cannot set up the Kibana status client: {0}")]
     Setup(String),
 }
@@ -61,7 +66,11 @@ impl StatusProbe {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ProbeError::Setup(e.to_string()))?;
-        Ok(StatusProbe { http, url: settings.status_url.clone(), auth: settings.status_auth.clone() })
+        Ok(StatusProbe {
+            http,
+            url: settings.status_url.clone(),
+            auth: settings.status_auth.clone(),
+        })
     }
 
     /// One look at the status API.
@@ -73,12 +82,20 @@ impl StatusProbe {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                return Ok(KibanaStatus { level: Level::NotReady, version: None, http_status: None, summary: crate::es::client::innermost_cause(&e) })
+                return Ok(KibanaStatus {
+                    level: Level::NotReady,
+                    version: None,
+                    http_status: None,
+                    summary: crate::es::client::innermost_cause(&e),
+                })
             }
         };
         let code = resp.status().as_u16();
         if code == 401 || code == 403 {
-            return Err(ProbeError::Auth { url: self.url.to_string(), status: code });
+            return Err(ProbeError::Auth {
+                url: self.url.to_string(),
+                status: code,
+            });
         }
         let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
         let version = body["version"]["number"].as_str().map(str::to_string);
@@ -95,11 +112,21 @@ impl StatusProbe {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {code}"));
-        Ok(KibanaStatus { level, version, http_status: Some(code), summary })
+        Ok(KibanaStatus {
+            level,
+            version,
+            http_status: Some(code),
+            summary,
+        })
     }
 
     /// Polls until Kibana reports `available` at `version`, or `timeout` passes.
-    pub async fn wait_available(&self, version: &str, timeout: Duration, poll: Duration) -> Result<KibanaStatus, ProbeError> {
+    pub async fn wait_available(
+        &self,
+        version: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<KibanaStatus, ProbeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let s = self.probe().await?;
@@ -113,7 +140,12 @@ impl StatusProbe {
                 s.summary
             );
             if tokio::time::Instant::now() + poll > deadline {
-                return Err(ProbeError::Timeout { url: self.url.to_string(), version: version.into(), timeout, last });
+                return Err(ProbeError::Timeout {
+                    url: self.url.to_string(),
+                    version: version.into(),
+                    timeout,
+                    last,
+                });
             }
             tokio::time::sleep(poll).await;
         }

@@ -531,14 +531,21 @@ impl SystemdUnits {
     /// Used while Kibana must stay stopped.
     pub async fn mask(&self, unit: &str) -> Result<(), UnitError> {
         let err = |e| classify(e, unit, Action::Mask);
-        self.manager.mask_unit_files(vec![unit.to_owned()], false, true).await.map_err(err)?;
+        self.manager
+            .mask_unit_files(vec![unit.to_owned()], false, true)
+            .await
+            .map_err(err)?;
         self.manager.reload().await.map_err(err)
     }
 
     /// `systemctl unmask UNIT`; a unit that is not masked is left as it is.
     pub async fn unmask(&self, unit: &str) -> Result<(), UnitError> {
         let err = |e| classify(e, unit, Action::Unmask);
-        let changes = self.manager.unmask_unit_files(vec![unit.to_owned()], false).await.map_err(err)?;
+        let changes = self
+            .manager
+            .unmask_unit_files(vec![unit.to_owned()], false)
+            .await
+            .map_err(err)?;
         if !changes.is_empty() {
             self.manager.reload().await.map_err(err)?;
         }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use kibana_rollback::config::{EsAuth, ElasticsearchSettings};
+use kibana_rollback::config::{ElasticsearchSettings, EsAuth};
 use kibana_rollback::es::Es;
 
 pub fn repo_root() -> PathBuf {
@@ -45,7 +45,10 @@ pub fn es_node() -> &'static EsNode {
                 .unwrap_or_else(|| panic!("es-node up printed no {k}=: {stdout}"))
                 .to_string()
         };
-        EsNode { url: get("ES_URL"), repo_path: get("ES_REPO_PATH") }
+        EsNode {
+            url: get("ES_URL"),
+            repo_path: get("ES_REPO_PATH"),
+        }
     })
 }
 
@@ -78,7 +81,8 @@ pub struct KibanaFeatureTurn {
 pub fn kibana_feature_lock() -> KibanaFeatureTurn {
     static LOCK: Mutex<()> = Mutex::new(());
     let thread = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PathBuf::from(std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into()));
+    let dir =
+        PathBuf::from(std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into()));
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join("kibana-feature.lock");
     let file = std::fs::OpenOptions::new()
@@ -88,35 +92,63 @@ pub fn kibana_feature_lock() -> KibanaFeatureTurn {
         .open(&path)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let t = std::time::Instant::now();
-    file.lock().unwrap_or_else(|e| panic!("flock {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("flock {}: {e}", path.display()));
     if t.elapsed() > Duration::from_secs(1) {
-        eprintln!("waited {:?} for the kibana feature state lock ({})", t.elapsed(), path.display());
+        eprintln!(
+            "waited {:?} for the kibana feature state lock ({})",
+            t.elapsed(),
+            path.display()
+        );
     }
-    KibanaFeatureTurn { _file: file, _thread: thread }
+    KibanaFeatureTurn {
+        _file: file,
+        _thread: thread,
+    }
 }
 
 /// A name unique to this test run, for indices, repositories and snapshots.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Raw HTTP against the node, for setting up fixtures the product never does itself.
-pub async fn raw(method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+pub async fn raw(
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let client = reqwest::Client::new();
-    let url = format!("{}/{}", es_node().url.trim_end_matches('/'), path.trim_start_matches('/'));
+    let url = format!(
+        "{}/{}",
+        es_node().url.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
     let mut req = client
         .request(method.parse().unwrap(), url)
         .header("X-elastic-product-origin", "kibana");
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let resp = req.send().await.expect("request to the test node");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 /// Runs the built binary with a config file; returns (exit code, stdout, stderr).
@@ -150,7 +182,12 @@ pub async fn reset_kibana_feature() {
 /// The documents behind the `.kibana` alias, sorted by id.
 pub async fn kibana_docs() -> Vec<(String, serde_json::Value)> {
     raw("POST", ".kibana/_refresh", None).await;
-    let (status, v) = raw("POST", ".kibana/_search", Some(serde_json::json!({"size": 1000}))).await;
+    let (status, v) = raw(
+        "POST",
+        ".kibana/_search",
+        Some(serde_json::json!({"size": 1000})),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     let mut docs: Vec<(String, serde_json::Value)> = v["hits"]["hits"]
         .as_array()

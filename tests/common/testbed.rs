@@ -30,7 +30,10 @@ pub fn testbed() -> &'static Testbed {
     static TB: OnceLock<Testbed> = OnceLock::new();
     TB.get_or_init(|| {
         let t = Instant::now();
-        let out = Command::new(TESTBED).arg("prepare").output().expect("run tests/harness/testbed");
+        let out = Command::new(TESTBED)
+            .arg("prepare")
+            .output()
+            .expect("run tests/harness/testbed");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

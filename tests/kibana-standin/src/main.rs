@@ -54,7 +54,12 @@ struct Kibana {
 }
 
 fn main() {
-    let env_or = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.to_string());
+    let env_or = |k: &str, d: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| d.to_string())
+    };
     let mut home = env_or("KBN_HOME", "/usr/share/kibana");
     let mut config = env_or("KBN_PATH_CONF", "/etc/kibana");
     let mut overrides = Vec::new();
@@ -71,7 +76,8 @@ fn main() {
     }
     let version_text = std::fs::read_to_string(format!("{home}/VERSION"))
         .unwrap_or_else(|e| die(&format!("cannot read {home}/VERSION: {e}")));
-    let version = semver::Version::parse(version_text.trim()).unwrap_or_else(|e| die(&format!("bad VERSION: {e}")));
+    let version = semver::Version::parse(version_text.trim())
+        .unwrap_or_else(|e| die(&format!("bad VERSION: {e}")));
     let yml = std::fs::read_to_string(format!("{config}/kibana.yml")).unwrap_or_default();
     let mut settings = parse_yaml_lines(&yml);
     settings.extend(overrides);
@@ -79,26 +85,56 @@ fn main() {
         .get("elasticsearch.hosts")
         .map(|v| parse_list(v))
         .unwrap_or_else(|| vec!["http://127.0.0.1:9200".into()]);
-    let port: u16 = settings.get("server.port").and_then(|p| p.parse().ok()).unwrap_or(5601);
-    let host = settings.get("server.host").cloned().unwrap_or_else(|| "127.0.0.1".into());
-    let fail_migration = settings.get("standin.fail_migration").map(|v| v == "true").unwrap_or(false);
-    let batch_size = settings.get("migrations.batchSize").and_then(|b| b.parse().ok()).filter(|b| *b > 0).unwrap_or(1000);
+    let port: u16 = settings
+        .get("server.port")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5601);
+    let host = settings
+        .get("server.host")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let fail_migration = settings
+        .get("standin.fail_migration")
+        .map(|v| v == "true")
+        .unwrap_or(false);
+    let batch_size = settings
+        .get("migrations.batchSize")
+        .and_then(|b| b.parse().ok())
+        .filter(|b| *b > 0)
+        .unwrap_or(1000);
 
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("X-elastic-product-origin", "kibana".parse().unwrap());
-    headers.insert("X-Opaque-Id", format!("kibana-standin-{}", std::process::id()).parse().unwrap());
+    headers.insert(
+        "X-Opaque-Id",
+        format!("kibana-standin-{}", std::process::id())
+            .parse()
+            .unwrap(),
+    );
     let http = Client::builder()
         .default_headers(headers)
         .user_agent(format!("Kibana/{version}"))
         .timeout(Duration::from_secs(60))
         .build()
         .expect("http client");
-    let kibana = Kibana { version: version.clone(), hosts, http, fail_migration, batch_size };
+    let kibana = Kibana {
+        version: version.clone(),
+        hosts,
+        http,
+        fail_migration,
+        batch_size,
+    };
 
-    let status = Arc::new(Mutex::new(Status { level: "unavailable", summary: "Kibana server is not ready yet".into() }));
+    let status = Arc::new(Mutex::new(Status {
+        level: "unavailable",
+        summary: "Kibana server is not ready yet".into(),
+    }));
     let server = tiny_http::Server::http(format!("{host}:{port}"))
         .unwrap_or_else(|e| die(&format!("cannot listen on {host}:{port}: {e}")));
-    eprintln!("kibana-standin {version}: listening on {host}:{port}, elasticsearch {:?}", kibana.hosts);
+    eprintln!(
+        "kibana-standin {version}: listening on {host}:{port}, elasticsearch {:?}",
+        kibana.hosts
+    );
     {
         let status = status.clone();
         let version = version.to_string();
@@ -107,12 +143,18 @@ fn main() {
 
     match kibana.start() {
         Ok(()) => {
-            *status.lock().unwrap() = Status { level: "available", summary: "All services are available".into() };
+            *status.lock().unwrap() = Status {
+                level: "available",
+                summary: "All services are available".into(),
+            };
             eprintln!("kibana-standin {version}: available");
         }
         Err(Fatal::Incompatible(msg)) => {
             eprintln!("kibana-standin {version}: {msg}");
-            *status.lock().unwrap() = Status { level: "critical", summary: msg };
+            *status.lock().unwrap() = Status {
+                level: "critical",
+                summary: msg,
+            };
         }
         Err(Fatal::Exit(msg)) => {
             eprintln!("kibana-standin {version}: FATAL {msg}");
@@ -134,7 +176,10 @@ fn parse_yaml_lines(text: &str) -> HashMap<String, String> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        })
         .collect()
 }
 
@@ -151,17 +196,24 @@ fn serve(server: tiny_http::Server, status: Arc<Mutex<Status>>, version: String)
         let s = status.lock().unwrap().clone();
         let (code, body) = if req.url().starts_with("/api/status") {
             let code = if s.level == "available" { 200 } else { 503 };
-            (code, json!({
-                "name": std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
-                "version": {"number": version, "build_flavor": "traditional"},
-                "status": {"overall": {"level": s.level, "summary": s.summary}},
-            }))
+            (
+                code,
+                json!({
+                    "name": std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
+                    "version": {"number": version, "build_flavor": "traditional"},
+                    "status": {"overall": {"level": s.level, "summary": s.summary}},
+                }),
+            )
         } else {
             (404, json!({"statusCode": 404, "error": "Not Found"}))
         };
         let resp = tiny_http::Response::from_string(body.to_string())
             .with_status_code(code)
-            .with_header("content-type: application/json".parse::<tiny_http::Header>().unwrap());
+            .with_header(
+                "content-type: application/json"
+                    .parse::<tiny_http::Header>()
+                    .unwrap(),
+            );
         let _ = req.respond(resp);
     }
 }
@@ -178,10 +230,19 @@ impl From<String> for Fatal {
 }
 
 impl Kibana {
-    fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         let mut last = String::new();
         for host in &self.hosts {
-            let url = format!("{}/{}", host.trim_end_matches('/'), path.trim_start_matches('/'));
+            let url = format!(
+                "{}/{}",
+                host.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
             let mut req = self.http.request(method.parse().unwrap(), &url);
             if let Some(b) = &body {
                 req = req.json(b);
@@ -189,16 +250,24 @@ impl Kibana {
             match req.send() {
                 Ok(r) => {
                     for w in r.headers().get_all("warning") {
-                        eprintln!("elasticsearch warning: {method} {path}: {}", String::from_utf8_lossy(w.as_bytes()));
+                        eprintln!(
+                            "elasticsearch warning: {method} {path}: {}",
+                            String::from_utf8_lossy(w.as_bytes())
+                        );
                     }
                     let code = r.status().as_u16();
                     let text = r.text().unwrap_or_default();
-                    return Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))));
+                    return Ok((
+                        code,
+                        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    ));
                 }
                 Err(e) => last = format!("{url}: {e}"),
             }
         }
-        Err(format!("Unable to retrieve version information from Elasticsearch nodes. {last}"))
+        Err(format!(
+            "Unable to retrieve version information from Elasticsearch nodes. {last}"
+        ))
     }
 
     fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
@@ -275,8 +344,11 @@ impl Kibana {
             }
             None => {
                 eprintln!("{alias}: creating {target}");
-                let (code, body) =
-                    self.request("PUT", &target, Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})))?;
+                let (code, body) = self.request(
+                    "PUT",
+                    &target,
+                    Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})),
+                )?;
                 // Several instances starting together race for the create; the index comes with
                 // its aliases atomically, so the losers find it complete and go on (as Kibana).
                 if code == 400 && body["error"]["type"] == "resource_already_exists_exception" {
@@ -325,10 +397,16 @@ impl Kibana {
         // 2. Copy and transform into a temporary index.
         self.ok("PUT", &temp, None)?;
         self.ok("POST", &format!("{source}/_refresh"), None)?;
-        let total = self.ok("GET", &format!("{source}/_count"), None)?["count"].as_u64().unwrap_or(0) as usize;
+        let total = self.ok("GET", &format!("{source}/_count"), None)?["count"]
+            .as_u64()
+            .unwrap_or(0) as usize;
         // With standin.fail_migration the copy stops after half of the documents (at least one
         // when there are any), as a migration that dies in its transform/bulk-index loop does.
-        let stop_after = if self.fail_migration { Some((total / 2).max(total.min(1))) } else { None };
+        let stop_after = if self.fail_migration {
+            Some((total / 2).max(total.min(1)))
+        } else {
+            None
+        };
         let pit = self.ok("POST", &format!("{source}/_pit?keep_alive=5m"), None)?["id"]
             .as_str()
             .ok_or("POST _pit: no id")?
@@ -346,8 +424,16 @@ impl Kibana {
         self.ok("PUT", &format!("{temp}/_block/write"), None)?;
         self.ok("POST", &format!("{temp}/_clone/{target}"), None)?;
         // A clone inherits the write block; the target must take writes.
-        self.ok("PUT", &format!("{target}/_settings"), Some(json!({"index.blocks.write": false})))?;
-        self.ok("GET", &format!("_cluster/health/{target}?wait_for_status=yellow&timeout=30s"), None)?;
+        self.ok(
+            "PUT",
+            &format!("{target}/_settings"),
+            Some(json!({"index.blocks.write": false})),
+        )?;
+        self.ok(
+            "GET",
+            &format!("_cluster/health/{target}?wait_for_status=yellow&timeout=30s"),
+            None,
+        )?;
         self.ok(
             "POST",
             "_aliases",
@@ -365,7 +451,12 @@ impl Kibana {
     /// Reads the source through a point in time in batches, transforms each document and bulk-
     /// writes it into `temp`; stops after `stop_after` documents when given. Returns how many
     /// documents were written.
-    fn copy_with_pit(&self, pit: &str, temp: &str, stop_after: Option<usize>) -> Result<usize, String> {
+    fn copy_with_pit(
+        &self,
+        pit: &str,
+        temp: &str,
+        stop_after: Option<usize>,
+    ) -> Result<usize, String> {
         let v = self.version.to_string();
         let mut copied = 0usize;
         let mut after: Option<Value> = None;
@@ -399,8 +490,13 @@ impl Kibana {
             }
             let r = self.bulk(&format!("{temp}/_bulk"), bulk)?;
             if r["errors"] == json!(true) {
-                let first = r["items"].as_array().and_then(|i| i.iter().find(|x| x["index"]["error"].is_object()).cloned());
-                return Err(format!("bulk into {temp} failed: {}", first.unwrap_or(Value::Null)));
+                let first = r["items"]
+                    .as_array()
+                    .and_then(|i| i.iter().find(|x| x["index"]["error"].is_object()).cloned());
+                return Err(format!(
+                    "bulk into {temp} failed: {}",
+                    first.unwrap_or(Value::Null)
+                ));
             }
             copied += hits.len();
         }
@@ -410,22 +506,33 @@ impl Kibana {
         let mut last = String::new();
         for host in &self.hosts {
             let url = format!("{}/{path}", host.trim_end_matches('/'));
-            match self.http.post(&url).header("content-type", "application/x-ndjson").body(ndjson.clone()).send() {
+            match self
+                .http
+                .post(&url)
+                .header("content-type", "application/x-ndjson")
+                .body(ndjson.clone())
+                .send()
+            {
                 Ok(r) => {
                     for w in r.headers().get_all("warning") {
-                        eprintln!("elasticsearch warning: POST {path}: {}", String::from_utf8_lossy(w.as_bytes()));
+                        eprintln!(
+                            "elasticsearch warning: POST {path}: {}",
+                            String::from_utf8_lossy(w.as_bytes())
+                        );
                     }
                     let code = r.status().as_u16();
                     let text = r.text().unwrap_or_default();
                     if code >= 300 {
                         return Err(format!("POST {path}: HTTP {code}: {text}"));
                     }
-                    return serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}: {text}"));
+                    return serde_json::from_str(&text)
+                        .map_err(|e| format!("POST {path}: {e}: {text}"));
                 }
                 Err(e) => last = format!("{url}: {e}"),
             }
         }
-        Err(format!("POST {path}: no Elasticsearch host answered: {last}"))
+        Err(format!(
+            "POST {path}: no Elasticsearch host answered: {last}"
+        ))
     }
 }
-
