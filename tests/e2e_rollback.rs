@@ -19,6 +19,7 @@ mod hosts;
 #[path = "common/testbed.rs"]
 mod testbed;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,17 +37,24 @@ fn package_repo() -> String {
     testbed::testbed().apt_source.clone()
 }
 
+/// The binary under test, where the test hosts can see it.
+fn agent_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        hosts::stage_for_hosts(Path::new(env!("CARGO_BIN_EXE_kibana-rollback")))
+            .display()
+            .to_string()
+    })
+}
+
 fn shipped_unit(name: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("systemd").join(name)).unwrap();
     // The binary under test instead of the packaged path; a debug log level for the journal.
-    text.replace(
-        "/usr/bin/kibana-rollback",
-        env!("CARGO_BIN_EXE_kibana-rollback"),
-    )
-    .replace(
-        "[Service]\n",
-        "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n",
-    )
+    text.replace("/usr/bin/kibana-rollback", agent_bin())
+        .replace(
+            "[Service]\n",
+            "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n",
+        )
 }
 
 fn port(i: usize) -> u16 {
@@ -78,11 +86,7 @@ impl Fleet {
         eprintln!("[{:>6.1}s] {what}", self.t0.elapsed().as_secs_f64());
     }
     fn cli(&self, h: &TestHost, args: &[&str]) -> std::process::Output {
-        let mut cmd = vec![
-            env!("CARGO_BIN_EXE_kibana-rollback"),
-            "--config",
-            "/etc/kibana-rollback/config.toml",
-        ];
+        let mut cmd = vec![agent_bin(), "--config", "/etc/kibana-rollback/config.toml"];
         cmd.extend_from_slice(args);
         h.exec(&cmd)
     }
@@ -195,6 +199,7 @@ impl Fleet {
 /// `tweak(host, i)` runs after the hosts are set up (extra config, drop-ins).
 async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> Fleet {
     let t0 = Instant::now();
+    agent_bin(); // staged before any host boots: overlays see lower-layer files that existed then
     let apt_source = package_repo();
     reset_kibana_feature().await;
     let repo = unique("kr-e2e-repo");
@@ -573,7 +578,7 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 
     // `status --json` of the finished operation shows every host on the target version.
     let st = kb1.exec_ok(&[
-        env!("CARGO_BIN_EXE_kibana-rollback"),
+        agent_bin(),
         "--config",
         "/etc/kibana-rollback/config.toml",
         "--json",

@@ -146,14 +146,15 @@ pub async fn resolve_snapshot(
     };
     match selector {
         SnapshotSelector::Latest => {
-            let list =
-                match es.snapshots(repository).await {
-                    Ok(l) => l,
-                    Err(e) if missing_repo(&e) => return Ok(Err(format!(
+            let list = match es.snapshots(repository).await {
+                Ok(l) => l,
+                Err(e) if missing_repo(&e) => {
+                    return Ok(Err(format!(
                         "snapshot repository {repository:?} does not exist (rollback.repository)"
-                    ))),
-                    Err(e) => return Err(e),
-                };
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(s) = snapshots::latest_eligible(&list, Some(target)) {
                 return Ok(Ok(found(s.clone())));
             }
@@ -186,9 +187,11 @@ pub async fn resolve_snapshot(
         SnapshotSelector::Named(name) => {
             let info = match es.snapshot(repository, name).await {
                 Ok(Some(i)) => i,
-                Ok(None) => return Ok(Err(format!(
+                Ok(None) => {
+                    return Ok(Err(format!(
                     "snapshot {repository}/{name} does not exist; see `kibana-rollback snapshots`"
-                ))),
+                )))
+                }
                 Err(e) if missing_repo(&e) => {
                     return Ok(Err(format!(
                         "snapshot repository {repository:?} does not exist (rollback.repository)"

@@ -37,6 +37,23 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Makes a file built in this checkout visible inside test hosts, and returns the path to use
+/// there. Hosts see the machine's root filesystem through their overlay but get a private `/tmp`,
+/// so a checkout under `/tmp` (as CI's may be) is invisible to them: the file is hard-linked (or
+/// copied) into `$KR_TEST_STATE/bin/` (default `/var/tmp/kr-test`) before the hosts boot.
+pub fn stage_for_hosts(src: &Path) -> PathBuf {
+    let root = std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into());
+    let dir = Path::new(&root).join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dst = dir.join(src.file_name().unwrap());
+    let _ = std::fs::remove_file(&dst);
+    if std::fs::hard_link(src, &dst).is_err() {
+        std::fs::copy(src, &dst)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dst.display()));
+    }
+    dst
+}
+
 /// One booted host, as `host up` reported it.
 #[derive(Debug, Clone)]
 pub struct TestHost {
