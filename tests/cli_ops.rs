@@ -621,9 +621,31 @@ async fn start_wait_exits_with_the_outcome() {
     let (code, _, err) = run_cli(&e.cfg, &["start"]);
     assert_eq!(code, 75);
     assert!(
-        err.contains("failed") && err.contains("--force-release"),
+        err.contains("failed") && err.contains("--force-release") && err.contains("--resume"),
         "{err}"
     );
+
+    // `start --resume` puts it back into the phase it failed in, at a new epoch, leaderless.
+    let (code, out, err) = run_cli(&e.cfg, &["start", "--resume"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (resumed, _, _) = operation(&e.index).await.unwrap();
+    assert_eq!(resumed.phase, Phase::Starting, "{out}");
+    assert!(resumed.epoch > op.epoch && resumed.phase_epoch == resumed.epoch);
+    assert!(resumed.leader.is_none() && resumed.error.is_none());
+    assert!(
+        out.contains(&format!("resumed operation {}", op.id)),
+        "{out}"
+    );
+    // Only a failed operation can be resumed; --resume takes no --to.
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--resume"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(
+        err.contains("only a failed operation can be resumed"),
+        "{err}"
+    );
+    let (code, _, _) = run_cli(&e.cfg, &["start", "--resume", "--to", "8.14.3"]);
+    assert_eq!(code, 2);
     raw("DELETE", &e.index, None).await;
 }
 

@@ -57,6 +57,13 @@ pub enum Command {
         /// Follow the operation to its end, printing progress.
         #[arg(long)]
         wait: bool,
+        /// Resume the `failed` operation instead: its failed phase runs again at a new epoch.
+        #[arg(long, conflicts_with_all = ["to", "snapshot"])]
+        resume: bool,
+        /// With --resume: drop a restore that was recorded but never confirmed, so it is issued
+        /// again (only when you know it did not happen, or want it repeated).
+        #[arg(long, requires = "resume")]
+        forget_restore: bool,
     },
     /// Run every preflight check and list the steps that would run; changes nothing.
     Plan {
@@ -121,9 +128,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Snapshots { repository, to } => {
             snapshots::run(&cli, repository.as_deref(), to.as_deref()).await
         }
-        Command::Start { to, snapshot, wait } => {
-            start::run(&cli, to.as_deref(), snapshot.as_deref(), *wait).await
-        }
+        Command::Start {
+            resume: true,
+            forget_restore,
+            wait,
+            ..
+        } => start::resume(&cli, *forget_restore, *wait).await,
+        Command::Start {
+            to, snapshot, wait, ..
+        } => start::run(&cli, to.as_deref(), snapshot.as_deref(), *wait).await,
         Command::Plan { to, snapshot } => plan::run(&cli, to.as_deref(), snapshot.as_deref()).await,
         Command::Status => status::run(&cli).await,
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,

@@ -258,7 +258,8 @@ pub fn running_message(op: &OperationDoc) -> String {
     if op.phase == Phase::Failed {
         return format!(
             "operation {} (requested by {} at {}) failed ({}) and still holds the lock; inspect it with `kibana-rollback status`, \
-             then release it with `kibana-rollback lock --force-release --yes` once every host is in a known state",
+             fix the cause and continue it with `kibana-rollback start --resume --wait`, or release it with \
+             `kibana-rollback lock --force-release --yes` once every host is in a known state",
             op.id,
             op.requested_by,
             op.requested_at,
@@ -578,6 +579,62 @@ async fn busy(ctx: &Ctx, op: &OperationDoc, same: bool, wait: bool, json_mode: b
         msg.push_str(" (it is the same request: `start --wait` follows it)");
     }
     Err(exit::coded(exit::TEMPFAIL, msg))
+}
+
+/// `start --resume`: a `failed` operation keeps the lock; this puts it back into the phase it
+/// failed in at a new epoch (every host redoes that phase's step) and, with `--wait`, follows it.
+pub async fn resume(cli: &Cli, forget_restore: bool, wait: bool) -> Result<u8> {
+    let ctx = Ctx::new(cli)?;
+    let coord = ctx.coord();
+    let Some(current) = coord
+        .operation()
+        .await
+        .context("reading the coordination index")?
+    else {
+        return Err(exit::coded(
+            exit::FAILED,
+            "no operation to resume: none is recorded in the coordination index",
+        ));
+    };
+    let op = &current.doc;
+    let next = fleet::resume(
+        op,
+        &requested_by(ctx.settings()),
+        &coord::wall_now(),
+        forget_restore,
+    )
+    .map_err(|e| {
+        exit::coded(
+            exit::FAILED,
+            format!("{e}; `kibana-rollback status` shows where it stands"),
+        )
+    })?;
+    match coord.cas_operation(&next, current.version()).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() => return Err(exit::coded(
+            exit::TEMPFAIL,
+            format!(
+                "operation {} changed while resuming it; look again with `kibana-rollback status`",
+                op.id
+            ),
+        )),
+        Err(e) => return Err(anyhow::Error::new(e).context("writing the resumed operation")),
+    }
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "resumed", "operation": op.id, "phase": next.phase, "epoch": next.epoch})
+        );
+    } else {
+        println!(
+            "resumed operation {} in phase {} at epoch {}",
+            op.id, next.phase, next.epoch
+        );
+    }
+    if wait {
+        return follow(&ctx, &op.id, cli.json).await;
+    }
+    Ok(exit::OK)
 }
 
 pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool) -> Result<u8> {
