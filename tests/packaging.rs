@@ -1,0 +1,349 @@
+//! The .deb and .rpm packages of kibana-rollback, built by `packaging/build` and installed on a
+//! real systemd test host (its own PID 1 and D-Bus system bus, see tests/harness/host).
+//!
+//! The .deb: file layout and modes, the conffile, the agent enabled but not started on
+//! installation, the packaged agent reaching READY (Type=notify) and registering in the
+//! coordination index of the real Elasticsearch test node, `check-config`, an upgrade that keeps
+//! an edited conffile and restarts the running agent, `dpkg -r` stopping and disabling it,
+//! `dpkg -P` removing its state, and the maintainer scripts with no systemd running (as in a
+//! chroot or an image build). The .rpm: the same layout and scriptlets with Debian's rpm inside a
+//! test host (`--nodeps`: the host's rpm database has no glibc or systemd), and the requirements
+//! rpmbuild generated.
+//!
+//! The packages hold the debug binary (`--binary`), so no release build is needed here.
+//! Runs as root (CI does); skips with a printed reason otherwise.
+
+mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hosts::{Hosts, TestHost};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kibana-rollback");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const CONF: &str = "/etc/kibana-rollback/config.toml";
+const AGENT: &str = "kibana-rollbackd.service";
+
+/// Runs `packaging/build KIND --binary <debug binary> --out DIR`; returns the package's path.
+fn build(kind: &str, out: &Path) -> PathBuf {
+    let t0 = Instant::now();
+    let res = Command::new(repo_root().join("packaging/build"))
+        .args([kind, "--binary", BIN, "--out"])
+        .arg(out)
+        .output()
+        .expect("run packaging/build");
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "packaging/build {kind} failed ({}):\n{stdout}\n{}",
+        res.status,
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let key = format!("{}=", kind.to_uppercase());
+    let path = PathBuf::from(
+        stdout.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("no {key} line: {stdout}")),
+    );
+    let size = std::fs::metadata(&path).unwrap().len();
+    eprintln!("built {} ({} bytes) in {:.1}s", path.display(), size, t0.elapsed().as_secs_f64());
+    path
+}
+
+/// Builds a package into a fresh directory; the directory goes when the guard is dropped.
+fn built(kind: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("kr-pkg-test").tempdir().unwrap();
+    let pkg = build(kind, dir.path());
+    (dir, pkg)
+}
+
+/// One fresh test host, named uniquely for this process.
+fn boot(tag: &str) -> Hosts {
+    let name = format!("pkg{}{tag}", std::process::id());
+    Hosts::up(&[name], None).expect("boot a test host")
+}
+
+/// Copies a file into the running host (`to` as seen from inside).
+fn copy_in(h: &TestHost, from: &Path, to: &str) {
+    let dest = h.root.join(to.trim_start_matches('/'));
+    std::fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), dest.display()));
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn sh(h: &TestHost, script: &str) -> String {
+    h.exec_ok(&["sh", "-c", script])
+}
+
+fn unit_prop(h: &TestHost, unit: &str, prop: &str) -> String {
+    h.exec_ok(&["systemctl", "show", "--value", "-p", prop, unit]).trim().to_string()
+}
+
+fn is_enabled(h: &TestHost) -> String {
+    let out = h.exec(&["systemctl", "is-enabled", AGENT]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn exists(h: &TestHost, path: &str) -> bool {
+    h.exec(&["test", "-e", path]).status.success()
+}
+
+/// `stat` of each path inside the host: "MODE OWNER:GROUP TYPE".
+fn modes(h: &TestHost, paths: &[&str]) -> Vec<String> {
+    paths.iter().map(|p| h.exec_ok(&["stat", "-c", "%a %U:%G %F", p]).trim().to_string()).collect()
+}
+
+/// The agent's host document in the coordination index, if it is there.
+async fn host_doc(index: &str, host: &str) -> Option<Value> {
+    let (status, v) = raw("GET", &format!("{index}/_doc/host-{host}"), None).await;
+    (status == 200 && v["found"] == true).then(|| v["_source"].clone())
+}
+
+async fn wait_host_doc(index: &str, host: &str, newer_than: u64) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(doc) = host_doc(index, host).await {
+            if doc["heartbeat"].as_u64().unwrap_or(0) > newer_than {
+                return doc;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no host-{host} document (heartbeat > {newer_than}) in {index}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_installs_enables_upgrades_removes_and_purges() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let (_dir, deb) = built("deb");
+    let es_url = es_node().url.clone();
+    let index = unique("kr-pkg-coord");
+    let hosts = boot("d");
+    let h = hosts.get(&format!("pkg{}d", std::process::id()));
+    copy_in(h, &deb, "/root/kibana-rollback.deb");
+    let dpkg_i = || text(&h.exec_ok_full(&["dpkg", "-i", "/root/kibana-rollback.deb"]));
+
+    // Installation: files, modes, the conffile; the agent enabled but not started.
+    let log = dpkg_i();
+    assert!(log.contains("enabled but not started"), "postinst should say what to do next: {log}");
+    let paths = [
+        "/usr/bin/kibana-rollback",
+        "/lib/systemd/system/kibana-rollbackd.service",
+        "/lib/systemd/system/kibana-rollback.service",
+        CONF,
+        "/etc/kibana-rollback/config.d",
+        "/usr/lib/kibana-rollback/config.d",
+        "/usr/share/doc/kibana-rollback/config.toml",
+        "/usr/share/doc/kibana-rollback/copyright",
+    ];
+    assert_eq!(
+        modes(h, &paths),
+        [
+            "755 root:root regular file",
+            "644 root:root regular file",
+            "644 root:root regular file",
+            "640 root:root regular file",
+            "755 root:root directory",
+            "755 root:root directory",
+            "644 root:root regular file",
+            "644 root:root regular file",
+        ],
+        "{paths:?}"
+    );
+    assert_eq!(h.exec_ok(&["kibana-rollback", "--version"]).trim(), format!("kibana-rollback {VERSION}"));
+    assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Version} ${Status}", "kibana-rollback"]), format!("{VERSION} install ok installed"));
+    let conffiles = h.exec_ok(&["dpkg-query", "-W", "-f", "${Conffiles}", "kibana-rollback"]);
+    assert!(conffiles.trim().starts_with(CONF) && !conffiles.contains("obsolete"), "conffiles: {conffiles}");
+    assert_eq!(
+        sh(h, "cmp /etc/kibana-rollback/config.toml /usr/share/doc/kibana-rollback/config.toml && echo same").trim(),
+        "same"
+    );
+    assert_eq!(is_enabled(h), "enabled");
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive", "installation must not start the agent");
+    assert_eq!(unit_prop(h, AGENT, "NRestarts"), "0");
+    let deps = h.exec_ok(&["dpkg-query", "-W", "-f", "${Depends}", "kibana-rollback"]);
+    assert!(deps.contains("libc6 (>=") && deps.contains("systemd") && deps.contains("dbus"), "Depends: {deps}");
+
+    // check-config reads the packaged file; a missing one points at the packaged reference.
+    let out = h.exec(&["kibana-rollback", "check-config"]);
+    assert!(out.status.success(), "check-config: {}", text(&out));
+    assert!(text(&out).contains(&format!("read {CONF}")), "check-config should name {CONF}: {}", text(&out));
+    let out = h.exec(&["kibana-rollback", "--config", "/etc/kibana-rollback/missing.toml", "check-config"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("/usr/share/doc/kibana-rollback/config.toml"), "{}", text(&out));
+
+    // The admin's edit of the conffile: the test node and a coordination index of this test.
+    let edited = format!(
+        "# edited by the admin\n[elasticsearch]\nhosts = [\"{es_url}\"]\n[coordination]\nindex = \"{index}\"\nheartbeat = \"1s\"\n"
+    );
+    h.write(CONF, &edited);
+    let out = h.exec(&["kibana-rollback", "check-config"]);
+    assert!(out.status.success() && text(&out).contains(&index), "check-config after the edit: {}", text(&out));
+
+    // The packaged unit: start returns once the agent sent READY=1; it registers its host doc.
+    let t0 = Instant::now();
+    h.exec_ok(&["systemctl", "start", AGENT]);
+    eprintln!("systemctl start {AGENT}: {:.1}s", t0.elapsed().as_secs_f64());
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "active");
+    assert_eq!(unit_prop(h, AGENT, "Type"), "notify");
+    let doc = wait_host_doc(&index, &h.name, 0).await;
+    assert_eq!(doc["agent_version"], VERSION, "{doc}");
+    assert_eq!(doc["host_id"], h.name.as_str(), "{doc}");
+    assert_eq!(modes(h, &["/var/lib/kibana-rollback"]), ["700 root:root directory"]);
+
+    // Upgrade (the same package again): the edited conffile stays, the running agent is
+    // restarted on the new binary and keeps working with the kept configuration.
+    let pid_before = unit_prop(h, AGENT, "MainPID");
+    let log = dpkg_i();
+    assert!(!log.contains("enabled but not started"), "upgrade is no installation: {log}");
+    assert_eq!(h.exec_ok(&["cat", CONF]), edited, "dpkg replaced the edited conffile");
+    assert_eq!(modes(h, &[CONF]), ["640 root:root regular file"]);
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "active");
+    let pid_after = unit_prop(h, AGENT, "MainPID");
+    assert_ne!(pid_before, pid_after, "the upgrade should restart the running agent");
+    let hb = host_doc(&index, &h.name).await.unwrap()["heartbeat"].as_u64().unwrap();
+    wait_host_doc(&index, &h.name, hb).await;
+
+    // An admin's `systemctl disable` survives an upgrade; a stopped agent is not started by one.
+    h.exec_ok(&["systemctl", "disable", "--now", AGENT]);
+    dpkg_i();
+    assert_eq!(is_enabled(h), "disabled");
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
+    h.exec_ok(&["systemctl", "enable", "--now", AGENT]);
+
+    // dpkg -r: the agent stopped and disabled, the conffile and the state dir stay.
+    let t0 = Instant::now();
+    h.exec_ok(&["dpkg", "-r", "kibana-rollback"]);
+    eprintln!("dpkg -r with the agent running: {:.1}s", t0.elapsed().as_secs_f64());
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
+    assert!(!exists(h, "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"), "still enabled");
+    assert!(!exists(h, "/usr/bin/kibana-rollback"));
+    assert!(!exists(h, "/lib/systemd/system/kibana-rollbackd.service"));
+    assert_eq!(unit_prop(h, AGENT, "LoadState"), "not-found", "systemd was not reloaded");
+    assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "kibana-rollback"]), "deinstall ok config-files");
+    assert_eq!(h.exec_ok(&["cat", CONF]), edited);
+    assert!(exists(h, "/var/lib/kibana-rollback"));
+
+    // Reinstalling after a removal enables the agent again (as after a first installation).
+    dpkg_i();
+    assert_eq!(is_enabled(h), "enabled");
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
+    assert_eq!(h.exec_ok(&["cat", CONF]), edited);
+
+    // dpkg -P: state dir and conffile gone, nothing left registered.
+    h.exec_ok(&["dpkg", "-P", "kibana-rollback"]);
+    for p in ["/var/lib/kibana-rollback", CONF, "/etc/kibana-rollback", "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"] {
+        assert!(!exists(h, p), "{p} left after purge");
+    }
+    assert!(!h.exec(&["dpkg-query", "-W", "kibana-rollback"]).status.success(), "still known to dpkg");
+
+    // No systemd running (a chroot, an image build): /run without systemd in a private mount
+    // namespace. The scripts only make the enablement symlink; nothing is started or stopped.
+    let log = sh(
+        h,
+        "unshare -m sh -ec 'mount -t tmpfs tmpfs /run; dpkg -i /root/kibana-rollback.deb; \
+         systemctl is-enabled kibana-rollbackd.service; dpkg -i /root/kibana-rollback.deb; dpkg -P kibana-rollback' 2>&1",
+    );
+    assert!(log.contains("\nenabled\n"), "offline install: {log}");
+    assert!(!log.contains("warning"), "offline install: {log}");
+    assert!(!exists(h, "/var/lib/kibana-rollback"), "offline purge left the state dir");
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
+
+    raw("DELETE", &index, None).await;
+}
+
+#[test]
+fn rpm_layout_requires_and_scriptlets() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if Command::new("rpmbuild").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: rpmbuild missing (tests/harness/pkgrepo deps installs it)");
+        return;
+    }
+    let (_dir, rpm) = built("rpm");
+    let name = rpm.file_name().unwrap().to_str().unwrap();
+    assert_eq!(name, format!("kibana-rollback-{VERSION}-1.x86_64.rpm"));
+
+    // What rpmbuild generated: glibc and libgcc_s requirements from the binary, plus systemd.
+    let q = |args: &[&str]| {
+        let out = Command::new("rpm").args(["-qp"]).args(args).arg(&rpm).output().unwrap();
+        assert!(out.status.success(), "rpm -qp {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let requires = q(&["--requires"]);
+    for r in ["systemd", "libc.so.6()(64bit)", "libgcc_s.so.1()(64bit)", "/bin/sh"] {
+        assert!(requires.lines().any(|l| l.trim() == r), "no requirement {r}:\n{requires}");
+    }
+    let glibc = requires.lines().filter_map(|l| l.strip_prefix("libc.so.6(GLIBC_")).filter_map(|l| l.strip_suffix(")(64bit)")).max_by_key(|v| v.split('.').map(|n| n.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>());
+    eprintln!("rpm requires glibc >= {}", glibc.unwrap_or("?"));
+    assert_eq!(q(&["--configfiles"]).trim(), CONF);
+
+    let hosts = boot("r");
+    let h = hosts.get(&format!("pkg{}r", std::process::id()));
+    copy_in(h, &rpm, "/root/kibana-rollback.rpm");
+    // The host's rpm database is empty (Debian): no glibc, no systemd to satisfy requirements.
+    h.exec_ok(&["rpm", "-i", "--nodeps", "/root/kibana-rollback.rpm"]);
+    let paths = [
+        "/usr/bin/kibana-rollback",
+        "/usr/lib/systemd/system/kibana-rollbackd.service",
+        "/usr/lib/systemd/system/kibana-rollback.service",
+        CONF,
+        "/etc/kibana-rollback/config.d",
+        "/usr/lib/kibana-rollback/config.d",
+        "/usr/share/doc/kibana-rollback/config.toml",
+    ];
+    assert_eq!(
+        modes(h, &paths),
+        [
+            "755 root:root regular file",
+            "644 root:root regular file",
+            "644 root:root regular file",
+            "640 root:root regular file",
+            "755 root:root directory",
+            "755 root:root directory",
+            "644 root:root regular file",
+        ],
+        "{paths:?}"
+    );
+    let verify = h.exec(&["rpm", "-V", "--nodeps", "kibana-rollback"]);
+    assert!(verify.status.success(), "rpm -V: {}", text(&verify));
+    assert_eq!(is_enabled(h), "enabled");
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive", "installation must not start the agent");
+
+    // Upgrade keeps the edited config (%config(noreplace)).
+    h.write(CONF, "# edited\n");
+    h.exec_ok(&["rpm", "-U", "--replacepkgs", "--nodeps", "/root/kibana-rollback.rpm"]);
+    assert_eq!(h.exec_ok(&["cat", CONF]), "# edited\n");
+    assert_eq!(is_enabled(h), "enabled");
+
+    // Erase: disabled, unit gone from systemd, the edited config saved as .rpmsave.
+    h.exec_ok(&["rpm", "-e", "--nodeps", "kibana-rollback"]);
+    assert!(!exists(h, "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"), "still enabled");
+    assert!(!exists(h, "/usr/bin/kibana-rollback"));
+    assert_eq!(unit_prop(h, AGENT, "LoadState"), "not-found");
+    assert_eq!(h.exec_ok(&["cat", "/etc/kibana-rollback/config.toml.rpmsave"]), "# edited\n");
+}
+
+/// `exec_ok` returning the whole output (dpkg talks on stderr too).
+trait ExecFull {
+    fn exec_ok_full(&self, cmd: &[&str]) -> std::process::Output;
+}
+
+impl ExecFull for TestHost {
+    fn exec_ok_full(&self, cmd: &[&str]) -> std::process::Output {
+        let out = self.exec(cmd);
+        assert!(out.status.success(), "{cmd:?} in host {} failed ({}): {}", self.name, out.status, text(&out));
+        out
+    }
+}
