@@ -47,16 +47,27 @@ fn build(kind: &str, out: &Path) -> PathBuf {
     );
     let key = format!("{}=", kind.to_uppercase());
     let path = PathBuf::from(
-        stdout.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("no {key} line: {stdout}")),
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} line: {stdout}")),
     );
     let size = std::fs::metadata(&path).unwrap().len();
-    eprintln!("built {} ({} bytes) in {:.1}s", path.display(), size, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "built {} ({} bytes) in {:.1}s",
+        path.display(),
+        size,
+        t0.elapsed().as_secs_f64()
+    );
     path
 }
 
 /// Builds a package into a fresh directory; the directory goes when the guard is dropped.
 fn built(kind: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("kr-pkg-test").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kr-pkg-test")
+        .tempdir()
+        .unwrap();
     let pkg = build(kind, dir.path());
     (dir, pkg)
 }
@@ -70,11 +81,16 @@ fn boot(tag: &str) -> Hosts {
 /// Copies a file into the running host (`to` as seen from inside).
 fn copy_in(h: &TestHost, from: &Path, to: &str) {
     let dest = h.root.join(to.trim_start_matches('/'));
-    std::fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), dest.display()));
+    std::fs::copy(from, &dest)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), dest.display()));
 }
 
 fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn sh(h: &TestHost, script: &str) -> String {
@@ -82,7 +98,9 @@ fn sh(h: &TestHost, script: &str) -> String {
 }
 
 fn unit_prop(h: &TestHost, unit: &str, prop: &str) -> String {
-    h.exec_ok(&["systemctl", "show", "--value", "-p", prop, unit]).trim().to_string()
+    h.exec_ok(&["systemctl", "show", "--value", "-p", prop, unit])
+        .trim()
+        .to_string()
 }
 
 fn is_enabled(h: &TestHost) -> String {
@@ -96,7 +114,14 @@ fn exists(h: &TestHost, path: &str) -> bool {
 
 /// `stat` of each path inside the host: "MODE OWNER:GROUP TYPE".
 fn modes(h: &TestHost, paths: &[&str]) -> Vec<String> {
-    paths.iter().map(|p| h.exec_ok(&["stat", "-c", "%a %U:%G %F", p]).trim().to_string()).collect()
+    paths
+        .iter()
+        .map(|p| {
+            h.exec_ok(&["stat", "-c", "%a %U:%G %F", p])
+                .trim()
+                .to_string()
+        })
+        .collect()
 }
 
 /// The agent's host document in the coordination index, if it is there.
@@ -113,7 +138,10 @@ async fn wait_host_doc(index: &str, host: &str, newer_than: u64) -> Value {
                 return doc;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no host-{host} document (heartbeat > {newer_than}) in {index}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no host-{host} document (heartbeat > {newer_than}) in {index}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -134,7 +162,10 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
 
     // Installation: files, modes, the conffile; the agent enabled but not started.
     let log = dpkg_i();
-    assert!(log.contains("enabled but not started"), "postinst should say what to do next: {log}");
+    assert!(
+        log.contains("enabled but not started"),
+        "postinst should say what to do next: {log}"
+    );
     let paths = [
         "/usr/bin/kibana-rollback",
         "/lib/systemd/system/kibana-rollbackd.service",
@@ -159,27 +190,62 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         ],
         "{paths:?}"
     );
-    assert_eq!(h.exec_ok(&["kibana-rollback", "--version"]).trim(), format!("kibana-rollback {VERSION}"));
-    assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Version} ${Status}", "kibana-rollback"]), format!("{VERSION} install ok installed"));
+    assert_eq!(
+        h.exec_ok(&["kibana-rollback", "--version"]).trim(),
+        format!("kibana-rollback {VERSION}")
+    );
+    assert_eq!(
+        h.exec_ok(&[
+            "dpkg-query",
+            "-W",
+            "-f",
+            "${Version} ${Status}",
+            "kibana-rollback"
+        ]),
+        format!("{VERSION} install ok installed")
+    );
     let conffiles = h.exec_ok(&["dpkg-query", "-W", "-f", "${Conffiles}", "kibana-rollback"]);
-    assert!(conffiles.trim().starts_with(CONF) && !conffiles.contains("obsolete"), "conffiles: {conffiles}");
+    assert!(
+        conffiles.trim().starts_with(CONF) && !conffiles.contains("obsolete"),
+        "conffiles: {conffiles}"
+    );
     assert_eq!(
         sh(h, "cmp /etc/kibana-rollback/config.toml /usr/share/doc/kibana-rollback/config.toml && echo same").trim(),
         "same"
     );
     assert_eq!(is_enabled(h), "enabled");
-    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive", "installation must not start the agent");
+    assert_eq!(
+        unit_prop(h, AGENT, "ActiveState"),
+        "inactive",
+        "installation must not start the agent"
+    );
     assert_eq!(unit_prop(h, AGENT, "NRestarts"), "0");
     let deps = h.exec_ok(&["dpkg-query", "-W", "-f", "${Depends}", "kibana-rollback"]);
-    assert!(deps.contains("libc6 (>=") && deps.contains("systemd") && deps.contains("dbus"), "Depends: {deps}");
+    assert!(
+        deps.contains("libc6 (>=") && deps.contains("systemd") && deps.contains("dbus"),
+        "Depends: {deps}"
+    );
 
     // check-config reads the packaged file; a missing one points at the packaged reference.
     let out = h.exec(&["kibana-rollback", "check-config"]);
     assert!(out.status.success(), "check-config: {}", text(&out));
-    assert!(text(&out).contains(&format!("read {CONF}")), "check-config should name {CONF}: {}", text(&out));
-    let out = h.exec(&["kibana-rollback", "--config", "/etc/kibana-rollback/missing.toml", "check-config"]);
+    assert!(
+        text(&out).contains(&format!("read {CONF}")),
+        "check-config should name {CONF}: {}",
+        text(&out)
+    );
+    let out = h.exec(&[
+        "kibana-rollback",
+        "--config",
+        "/etc/kibana-rollback/missing.toml",
+        "check-config",
+    ]);
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(text(&out).contains("/usr/share/doc/kibana-rollback/config.toml"), "{}", text(&out));
+    assert!(
+        text(&out).contains("/usr/share/doc/kibana-rollback/config.toml"),
+        "{}",
+        text(&out)
+    );
 
     // The admin's edit of the conffile: the test node and a coordination index of this test.
     let edited = format!(
@@ -187,30 +253,52 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     );
     h.write(CONF, &edited);
     let out = h.exec(&["kibana-rollback", "check-config"]);
-    assert!(out.status.success() && text(&out).contains(&index), "check-config after the edit: {}", text(&out));
+    assert!(
+        out.status.success() && text(&out).contains(&index),
+        "check-config after the edit: {}",
+        text(&out)
+    );
 
     // The packaged unit: start returns once the agent sent READY=1; it registers its host doc.
     let t0 = Instant::now();
     h.exec_ok(&["systemctl", "start", AGENT]);
-    eprintln!("systemctl start {AGENT}: {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "systemctl start {AGENT}: {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "active");
     assert_eq!(unit_prop(h, AGENT, "Type"), "notify");
     let doc = wait_host_doc(&index, &h.name, 0).await;
     assert_eq!(doc["agent_version"], VERSION, "{doc}");
     assert_eq!(doc["host_id"], h.name.as_str(), "{doc}");
-    assert_eq!(modes(h, &["/var/lib/kibana-rollback"]), ["700 root:root directory"]);
+    assert_eq!(
+        modes(h, &["/var/lib/kibana-rollback"]),
+        ["700 root:root directory"]
+    );
 
     // Upgrade (the same package again): the edited conffile stays, the running agent is
     // restarted on the new binary and keeps working with the kept configuration.
     let pid_before = unit_prop(h, AGENT, "MainPID");
     let log = dpkg_i();
-    assert!(!log.contains("enabled but not started"), "upgrade is no installation: {log}");
-    assert_eq!(h.exec_ok(&["cat", CONF]), edited, "dpkg replaced the edited conffile");
+    assert!(
+        !log.contains("enabled but not started"),
+        "upgrade is no installation: {log}"
+    );
+    assert_eq!(
+        h.exec_ok(&["cat", CONF]),
+        edited,
+        "dpkg replaced the edited conffile"
+    );
     assert_eq!(modes(h, &[CONF]), ["640 root:root regular file"]);
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "active");
     let pid_after = unit_prop(h, AGENT, "MainPID");
-    assert_ne!(pid_before, pid_after, "the upgrade should restart the running agent");
-    let hb = host_doc(&index, &h.name).await.unwrap()["heartbeat"].as_u64().unwrap();
+    assert_ne!(
+        pid_before, pid_after,
+        "the upgrade should restart the running agent"
+    );
+    let hb = host_doc(&index, &h.name).await.unwrap()["heartbeat"]
+        .as_u64()
+        .unwrap();
     wait_host_doc(&index, &h.name, hb).await;
 
     // An admin's `systemctl disable` survives an upgrade; a stopped agent is not started by one.
@@ -223,13 +311,29 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     // dpkg -r: the agent stopped and disabled, the conffile and the state dir stay.
     let t0 = Instant::now();
     h.exec_ok(&["dpkg", "-r", "kibana-rollback"]);
-    eprintln!("dpkg -r with the agent running: {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "dpkg -r with the agent running: {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
-    assert!(!exists(h, "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"), "still enabled");
+    assert!(
+        !exists(
+            h,
+            "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"
+        ),
+        "still enabled"
+    );
     assert!(!exists(h, "/usr/bin/kibana-rollback"));
     assert!(!exists(h, "/lib/systemd/system/kibana-rollbackd.service"));
-    assert_eq!(unit_prop(h, AGENT, "LoadState"), "not-found", "systemd was not reloaded");
-    assert_eq!(h.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "kibana-rollback"]), "deinstall ok config-files");
+    assert_eq!(
+        unit_prop(h, AGENT, "LoadState"),
+        "not-found",
+        "systemd was not reloaded"
+    );
+    assert_eq!(
+        h.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "kibana-rollback"]),
+        "deinstall ok config-files"
+    );
     assert_eq!(h.exec_ok(&["cat", CONF]), edited);
     assert!(exists(h, "/var/lib/kibana-rollback"));
 
@@ -241,10 +345,20 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
 
     // dpkg -P: state dir and conffile gone, nothing left registered.
     h.exec_ok(&["dpkg", "-P", "kibana-rollback"]);
-    for p in ["/var/lib/kibana-rollback", CONF, "/etc/kibana-rollback", "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"] {
+    for p in [
+        "/var/lib/kibana-rollback",
+        CONF,
+        "/etc/kibana-rollback",
+        "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service",
+    ] {
         assert!(!exists(h, p), "{p} left after purge");
     }
-    assert!(!h.exec(&["dpkg-query", "-W", "kibana-rollback"]).status.success(), "still known to dpkg");
+    assert!(
+        !h.exec(&["dpkg-query", "-W", "kibana-rollback"])
+            .status
+            .success(),
+        "still known to dpkg"
+    );
 
     // No systemd running (a chroot, an image build): /run without systemd in a private mount
     // namespace. The scripts only make the enablement symlink; nothing is started or stopped.
@@ -255,7 +369,10 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     );
     assert!(log.contains("\nenabled\n"), "offline install: {log}");
     assert!(!log.contains("warning"), "offline install: {log}");
-    assert!(!exists(h, "/var/lib/kibana-rollback"), "offline purge left the state dir");
+    assert!(
+        !exists(h, "/var/lib/kibana-rollback"),
+        "offline purge left the state dir"
+    );
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
 
     raw("DELETE", &index, None).await;
@@ -277,15 +394,36 @@ fn rpm_layout_requires_and_scriptlets() {
 
     // What rpmbuild generated: glibc and libgcc_s requirements from the binary, plus systemd.
     let q = |args: &[&str]| {
-        let out = Command::new("rpm").args(["-qp"]).args(args).arg(&rpm).output().unwrap();
+        let out = Command::new("rpm")
+            .args(["-qp"])
+            .args(args)
+            .arg(&rpm)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "rpm -qp {args:?}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let requires = q(&["--requires"]);
-    for r in ["systemd", "libc.so.6()(64bit)", "libgcc_s.so.1()(64bit)", "/bin/sh"] {
-        assert!(requires.lines().any(|l| l.trim() == r), "no requirement {r}:\n{requires}");
+    for r in [
+        "systemd",
+        "libc.so.6()(64bit)",
+        "libgcc_s.so.1()(64bit)",
+        "/bin/sh",
+    ] {
+        assert!(
+            requires.lines().any(|l| l.trim() == r),
+            "no requirement {r}:\n{requires}"
+        );
     }
-    let glibc = requires.lines().filter_map(|l| l.strip_prefix("libc.so.6(GLIBC_")).filter_map(|l| l.strip_suffix(")(64bit)")).max_by_key(|v| v.split('.').map(|n| n.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>());
+    let glibc = requires
+        .lines()
+        .filter_map(|l| l.strip_prefix("libc.so.6(GLIBC_"))
+        .filter_map(|l| l.strip_suffix(")(64bit)"))
+        .max_by_key(|v| {
+            v.split('.')
+                .map(|n| n.parse::<u32>().unwrap_or(0))
+                .collect::<Vec<_>>()
+        });
     eprintln!("rpm requires glibc >= {}", glibc.unwrap_or("?"));
     assert_eq!(q(&["--configfiles"]).trim(), CONF);
 
@@ -319,20 +457,39 @@ fn rpm_layout_requires_and_scriptlets() {
     let verify = h.exec(&["rpm", "-V", "--nodeps", "kibana-rollback"]);
     assert!(verify.status.success(), "rpm -V: {}", text(&verify));
     assert_eq!(is_enabled(h), "enabled");
-    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive", "installation must not start the agent");
+    assert_eq!(
+        unit_prop(h, AGENT, "ActiveState"),
+        "inactive",
+        "installation must not start the agent"
+    );
 
     // Upgrade keeps the edited config (%config(noreplace)).
     h.write(CONF, "# edited\n");
-    h.exec_ok(&["rpm", "-U", "--replacepkgs", "--nodeps", "/root/kibana-rollback.rpm"]);
+    h.exec_ok(&[
+        "rpm",
+        "-U",
+        "--replacepkgs",
+        "--nodeps",
+        "/root/kibana-rollback.rpm",
+    ]);
     assert_eq!(h.exec_ok(&["cat", CONF]), "# edited\n");
     assert_eq!(is_enabled(h), "enabled");
 
     // Erase: disabled, unit gone from systemd, the edited config saved as .rpmsave.
     h.exec_ok(&["rpm", "-e", "--nodeps", "kibana-rollback"]);
-    assert!(!exists(h, "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"), "still enabled");
+    assert!(
+        !exists(
+            h,
+            "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"
+        ),
+        "still enabled"
+    );
     assert!(!exists(h, "/usr/bin/kibana-rollback"));
     assert_eq!(unit_prop(h, AGENT, "LoadState"), "not-found");
-    assert_eq!(h.exec_ok(&["cat", "/etc/kibana-rollback/config.toml.rpmsave"]), "# edited\n");
+    assert_eq!(
+        h.exec_ok(&["cat", "/etc/kibana-rollback/config.toml.rpmsave"]),
+        "# edited\n"
+    );
 }
 
 /// `exec_ok` returning the whole output (dpkg talks on stderr too).
@@ -343,7 +500,13 @@ trait ExecFull {
 impl ExecFull for TestHost {
     fn exec_ok_full(&self, cmd: &[&str]) -> std::process::Output {
         let out = self.exec(cmd);
-        assert!(out.status.success(), "{cmd:?} in host {} failed ({}): {}", self.name, out.status, text(&out));
+        assert!(
+            out.status.success(),
+            "{cmd:?} in host {} failed ({}): {}",
+            self.name,
+            out.status,
+            text(&out)
+        );
         out
     }
 }

@@ -611,13 +611,15 @@ pub async fn resume(cli: &Cli, forget_restore: bool, wait: bool) -> Result<u8> {
     })?;
     match coord.cas_operation(&next, current.version()).await {
         Ok(_) => {}
-        Err(e) if e.is_conflict() => return Err(exit::coded(
-            exit::TEMPFAIL,
-            format!(
+        Err(e) if e.is_conflict() => {
+            return Err(exit::coded(
+                exit::TEMPFAIL,
+                format!(
                 "operation {} changed while resuming it; look again with `kibana-rollback status`",
                 op.id
             ),
-        )),
+            ))
+        }
         Err(e) => return Err(anyhow::Error::new(e).context("writing the resumed operation")),
     }
     if cli.json {
