@@ -793,3 +793,144 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
     fleet.log("abort verified");
     fleet.teardown().await;
 }
+
+/// The leader's agent is killed mid-operation: after a whole lease without a renewal another
+/// agent takes over at a new epoch (the killed one comes back through `Restart=on-failure` as a
+/// follower), the operation still ends `done`, and the node counts exactly one restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let _turn = kibana_feature_lock();
+    let fleet = stage_fleet("lf", |_, _| {}).await;
+    let trigger_host = fleet.first();
+    trigger_host.exec_ok(&[
+        "systemctl",
+        "start",
+        "--no-block",
+        "kibana-rollback.service",
+    ]);
+
+    // Wait until the operation has a leader and the fleet is stopping, then kill that agent.
+    let mut leader = String::new();
+    let mut epoch = 0;
+    wait_for(
+        "a leader in phase stopping or later",
+        Duration::from_secs(60),
+        || {
+            let Some(op) = fleet.operation_doc() else {
+                return false;
+            };
+            let phase = op["phase"].as_str().unwrap_or("");
+            match (op["leader"]["host_id"].as_str(), phase) {
+                (Some(l), "stopping" | "barrier" | "safety_snapshot") => {
+                    leader = l.to_string();
+                    epoch = op["epoch"].as_u64().unwrap();
+                    true
+                }
+                _ => false,
+            }
+        },
+    );
+    let victim = fleet.hosts.get(&leader);
+    victim.exec_ok(&[
+        "systemctl",
+        "kill",
+        "--signal=SIGKILL",
+        "kibana-rollbackd.service",
+    ]);
+    fleet.log(&format!(
+        "killed the leader's agent on {leader} (epoch {epoch})"
+    ));
+
+    wait_for(
+        "the trigger unit to finish",
+        Duration::from_secs(180),
+        || {
+            let state = String::from_utf8_lossy(
+                &trigger_host
+                    .exec(&["systemctl", "is-active", "kibana-rollback.service"])
+                    .stdout,
+            )
+            .trim()
+            .to_string();
+            state == "inactive" || state == "failed"
+        },
+    );
+    let journal = trigger_host.exec_ok(&[
+        "journalctl",
+        "-u",
+        "kibana-rollback.service",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    fleet.log(&format!("trigger finished:\n{journal}"));
+    let result = trigger_host.exec_ok(&[
+        "systemctl",
+        "show",
+        "-P",
+        "Result",
+        "kibana-rollback.service",
+    ]);
+    assert_eq!(
+        result.trim(),
+        "success",
+        "trigger result; agent journals:\n{}",
+        fleet.agent_journals()
+    );
+
+    let hist = fleet.history().await;
+    assert_eq!(hist.len(), 1, "{hist:?}");
+    let op = &hist[0];
+    assert_eq!(op["phase"], "done", "{op}");
+    assert!(
+        op["epoch"].as_u64().unwrap() > epoch,
+        "a takeover raises the epoch: {op}"
+    );
+    let takeovers: Vec<&Value> = op["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["reason"].as_str().unwrap_or("").contains("lease"))
+        .collect();
+    assert!(
+        takeovers.len() >= 2,
+        "the lease was acquired, then taken over: {takeovers:?}"
+    );
+    let restores = restores_of(&fleet.repo).await;
+    assert_eq!(
+        restores.len(),
+        1,
+        "exactly one restore across the leader change: {restores:?}"
+    );
+    assert_eq!(kibana_docs().await, fleet.before);
+    for (i, h) in fleet.each() {
+        assert_eq!(
+            h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
+            OLD,
+            "{}",
+            h.name
+        );
+        let (code, status) = kibana_status(i).expect("status answers");
+        assert_eq!(
+            (code, status["version"]["number"].as_str()),
+            (200, Some(OLD)),
+            "{}",
+            h.name
+        );
+    }
+    // The killed agent came back (Restart=on-failure) and is running again.
+    let state = String::from_utf8_lossy(
+        &victim
+            .exec(&["systemctl", "is-active", "kibana-rollbackd.service"])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    assert_eq!(state, "active", "{leader}'s agent restarted");
+    fleet.log("leader failover verified");
+    fleet.teardown().await;
+}

@@ -351,11 +351,13 @@ impl Kibana {
                 )?;
                 // Several instances starting together race for the create; the index comes with
                 // its aliases atomically, so the losers find it complete and go on (as Kibana).
-                if code == 400 && body["error"]["type"] == "resource_already_exists_exception"
-                    && self.alias_target(alias)?.as_deref() == Some(target.as_str()) {
-                        eprintln!("{alias}: {target} was created by another instance");
-                        return Ok(());
-                    }
+                if code == 400
+                    && body["error"]["type"] == "resource_already_exists_exception"
+                    && self.alias_target(alias)?.as_deref() == Some(target.as_str())
+                {
+                    eprintln!("{alias}: {target} was created by another instance");
+                    return Ok(());
+                }
                 if code >= 300 {
                     return Err(format!("PUT {target}: HTTP {code}: {body}"));
                 }
