@@ -474,7 +474,9 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 
     // 5. The admin's trigger, on one host; its result is the fleet's.
     let kb1 = fleet.first();
+    let started = Instant::now();
     let trigger = kb1.exec(&["systemctl", "start", "kibana-rollback.service"]);
+    let rollback_ms = started.elapsed().as_millis();
     let journal = kb1.exec_ok(&[
         "journalctl",
         "-u",
@@ -589,7 +591,41 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
     for h in st["hosts"].as_array().unwrap() {
         assert_eq!(h["installed_version"], OLD, "{st}");
     }
-    fleet.log("rollback verified");
+    fleet.log(&format!(
+        "rollback verified; `systemctl start kibana-rollback` took {rollback_ms} ms"
+    ));
+    // For scripts/bench: the trigger's duration and each agent's resident memory (now and peak).
+    if let Ok(path) = std::env::var("KR_BENCH_OUT") {
+        let rss: Vec<Value> = fleet
+            .each()
+            .map(|(_, h)| {
+                let pid = h.exec_ok(&[
+                    "systemctl",
+                    "show",
+                    "-P",
+                    "MainPID",
+                    "kibana-rollbackd.service",
+                ]);
+                let status = h.exec_ok(&["cat", &format!("/proc/{}/status", pid.trim())]);
+                let kb = |key: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                json!({"host": h.name, "rss_kb": kb("VmRSS:"), "peak_kb": kb("VmHWM:")})
+            })
+            .collect();
+        let line = json!({"rollback_ms": rollback_ms, "agents": rss}).to_string();
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
     fleet.teardown().await;
 }
 
