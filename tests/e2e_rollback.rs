@@ -162,11 +162,7 @@ impl Fleet {
                 "{}",
                 h.name
             );
-            let state = String::from_utf8_lossy(
-                &h.exec(&["systemctl", "is-active", "kibana.service"]).stdout,
-            )
-            .trim()
-            .to_string();
+            let state = unit_state(h, "kibana.service");
             assert!(
                 state == "active" || state == "activating",
                 "{}: kibana.service is {state}",
@@ -179,6 +175,28 @@ impl Fleet {
             .trim()
             .to_string();
             assert_ne!(enabled, "masked", "{}: kibana.service left masked", h.name);
+        }
+    }
+    /// Every host on the target: installed and held, unit active, Kibana available at it.
+    fn assert_rolled_back(&self) {
+        for (i, h) in self.each() {
+            let v = h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]);
+            assert_eq!(v, OLD, "{}", h.name);
+            let held = h.exec_ok(&["apt-mark", "showhold"]);
+            assert!(
+                held.lines().any(|l| l == "kibana"),
+                "{}: kibana not held: {held}",
+                h.name
+            );
+            assert_eq!(unit_state(h, "kibana.service"), "active", "{}", h.name);
+            let (code, status) = kibana_status(i).expect("status answers");
+            assert_eq!(code, 200, "{}", h.name);
+            assert_eq!(status["version"]["number"], OLD, "{}", h.name);
+            assert_eq!(
+                status["status"]["overall"]["level"], "available",
+                "{}",
+                h.name
+            );
         }
     }
     async fn teardown(self) {
@@ -384,6 +402,13 @@ kind = "apt"
     kibana_yml(h, i, false);
 }
 
+/// `systemctl is-active UNIT` inside the host.
+fn unit_state(h: &TestHost, unit: &str) -> String {
+    String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", unit]).stdout)
+        .trim()
+        .to_string()
+}
+
 fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
     h.write(
         "/etc/kibana/kibana.yml",
@@ -542,26 +567,8 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 
     // Every host: 8.14.3 installed and held, unit active, Kibana available at 8.14.3, and its
     // agent's journal carries the operation id as a structured field.
-    for (i, h) in fleet.each() {
-        let v = h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]);
-        assert_eq!(v, OLD, "{}", h.name);
-        let held = h.exec_ok(&["apt-mark", "showhold"]);
-        assert!(
-            held.lines().any(|l| l == "kibana"),
-            "{}: kibana not held: {held}",
-            h.name
-        );
-        let active = h.exec(&["systemctl", "is-active", "kibana.service"]);
-        assert_eq!(
-            String::from_utf8_lossy(&active.stdout).trim(),
-            "active",
-            "{}",
-            h.name
-        );
-        let (code, status) = kibana_status(i).expect("status answers");
-        assert_eq!(code, 200);
-        assert_eq!(status["version"]["number"], OLD);
-        assert_eq!(status["status"]["overall"]["level"], "available");
+    fleet.assert_rolled_back();
+    for (_, h) in fleet.each() {
         let tagged = h.exec_ok(&[
             "journalctl",
             "-u",
@@ -803,11 +810,7 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
     // Every unit comes back on the unchanged package (the slow one once its stop finished).
     wait_for("every unit running again", Duration::from_secs(60), || {
         fleet.each().all(|(_, h)| {
-            let s = String::from_utf8_lossy(
-                &h.exec(&["systemctl", "is-active", "kibana.service"]).stdout,
-            )
-            .trim()
-            .to_string();
+            let s = unit_state(h, "kibana.service");
             s == "active" || s == "activating"
         })
     });
@@ -885,13 +888,7 @@ async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
         "the trigger unit to finish",
         Duration::from_secs(180),
         || {
-            let state = String::from_utf8_lossy(
-                &trigger_host
-                    .exec(&["systemctl", "is-active", "kibana-rollback.service"])
-                    .stdout,
-            )
-            .trim()
-            .to_string();
+            let state = unit_state(trigger_host, "kibana-rollback.service");
             state == "inactive" || state == "failed"
         },
     );
@@ -943,29 +940,9 @@ async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
         "exactly one restore across the leader change: {restores:?}"
     );
     assert_eq!(kibana_docs().await, fleet.before);
-    for (i, h) in fleet.each() {
-        assert_eq!(
-            h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
-            OLD,
-            "{}",
-            h.name
-        );
-        let (code, status) = kibana_status(i).expect("status answers");
-        assert_eq!(
-            (code, status["version"]["number"].as_str()),
-            (200, Some(OLD)),
-            "{}",
-            h.name
-        );
-    }
+    fleet.assert_rolled_back();
     // The killed agent came back (Restart=on-failure) and is running again.
-    let state = String::from_utf8_lossy(
-        &victim
-            .exec(&["systemctl", "is-active", "kibana-rollbackd.service"])
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let state = unit_state(victim, "kibana-rollbackd.service");
     assert_eq!(state, "active", "{leader}'s agent restarted");
     fleet.log("leader failover verified");
     fleet.teardown().await;
