@@ -355,6 +355,17 @@ async fn start_status_busy_abort_lock_history() {
         "{out}"
     );
 
+    // An agent takes the lease (as the daemon would), so the abort below goes to a leader.
+    let (mut led, seq, term) = operation(&e.index).await.unwrap();
+    led.epoch = 1;
+    led.leader = Some(kibana_rollback::fleet::LeaderInfo {
+        host_id: "kb1".into(),
+        renewals: 0,
+    });
+    es().cas_put(&e.index, "operation", &led, seq, term)
+        .await
+        .unwrap();
+
     // abort before the restore point: the request is recorded for the leader.
     let (code, out, err) = run_cli(&e.cfg, &["abort", "--reason", "test says so"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -425,6 +436,34 @@ async fn start_status_busy_abort_lock_history() {
     let (code, out, _) = run_cli(&e.cfg, &["abort"]);
     assert_eq!(code, 0);
     assert!(out.contains("no operation running"), "{out}");
+    raw("DELETE", &e.index, None).await;
+}
+
+/// An operation no agent ever picked up is withdrawn by `abort` itself: archived as aborted,
+/// lock released, nothing else touched.
+#[tokio::test]
+async fn abort_withdraws_an_operation_no_agent_picked_up() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    let (code, out, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.lines().next().unwrap().trim().to_string();
+    let (code, out, err) = run_cli(&e.cfg, &["abort", "--reason", "agents are down"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("withdrawn before any agent acted"), "{out}");
+    assert!(operation(&e.index).await.is_none(), "the lock is released");
+    let hist = es()
+        .get_doc::<OperationDoc>(&e.index, &format!("history-{id}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hist.source.phase, Phase::Aborted);
+    assert!(hist.source.error.unwrap().cause.contains("agents are down"));
+    // A new start goes ahead at once.
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 0, "{err}");
     raw("DELETE", &e.index, None).await;
 }
 

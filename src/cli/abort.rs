@@ -9,8 +9,8 @@
 //! outcome's, as with `start --wait`.
 
 use anyhow::{Context, Result};
-use kibana_rollback::exit;
 use kibana_rollback::fleet::{self, Phase};
+use kibana_rollback::{coord, exit};
 use serde_json::json;
 
 use super::start::{follow, requested_by, Ctx};
@@ -58,6 +58,41 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
                 };
             }
         }
+        // Nobody ever took the lease: nothing was checked, stopped or changed, and no agent
+        // would act on a request. End it here (compare-and-set: an agent taking the lease at
+        // this moment makes exactly one of us win), then archive it and release the lock.
+        if let Ok(withdrawn) = fleet::withdraw(op, &by, reason, &coord::wall_now()) {
+            match coord.cas_operation(&withdrawn, current.version()).await {
+                Ok(version) => {
+                    coord
+                        .archive(&withdrawn)
+                        .await
+                        .context("archiving the withdrawn operation")?;
+                    match coord.delete_operation(version).await {
+                        Ok(()) => {}
+                        // An agent archived and deleted it first: the same end.
+                        Err(e) if e.is_conflict() || e.is_not_found() => {}
+                        Err(e) => return Err(anyhow::Error::new(e).context("releasing the lock")),
+                    }
+                    if cli.json {
+                        print_json(
+                            &json!({"operation": op.id, "phase": "aborted", "withdrawn": true}),
+                        );
+                    } else {
+                        println!(
+                            "operation {} withdrawn before any agent acted: nothing was stopped or changed; it is archived as aborted",
+                            op.id
+                        );
+                    }
+                    return Ok(exit::OK);
+                }
+                Err(e) if e.is_conflict() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("withdrawing the operation")),
+            }
+        }
         let next = match fleet::request_abort(op, &by, reason) {
             Ok(n) => n,
             Err(_) if op.phase == Phase::Failed => {
@@ -99,7 +134,7 @@ pub async fn run(cli: &Cli, reason: Option<&str>, wait: bool) -> Result<u8> {
                     );
                     if op.leader.is_none() {
                         println!(
-                            "note: no agent holds the lease yet, so nobody acts on the request until one does;                              if no agent runs at all, `kibana-rollback lock --force-release --yes` removes the operation"
+                            "note: no agent holds the lease right now, so the request waits for the next leader"
                         );
                     }
                 }

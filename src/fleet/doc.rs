@@ -185,7 +185,7 @@ impl fmt::Display for Phase {
 pub enum Mover {
     /// The lease holder, in the daemon.
     Leader,
-    /// An operator command (`start --resume`); never the daemon on its own.
+    /// An operator command (`start --resume`, `abort` before any agent acted); never the daemon.
     Operator,
 }
 
@@ -280,6 +280,13 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition {
         to: Aborting,
         from: &[Failed],
+        by: Mover::Operator,
+    },
+    // `abort` of an operation no agent ever picked up: nothing happened, so the operator may end
+    // it (see `status::withdraw`).
+    Transition {
+        to: Aborted,
+        from: &[Preflight],
         by: Mover::Operator,
     },
 ];

@@ -223,6 +223,41 @@ pub fn request_abort(op: &OperationDoc, by: &str, reason: &str) -> Result<Operat
     Ok(next)
 }
 
+/// The document `abort` archives (then deletes the operation) when no agent ever took the lease:
+/// still in preflight at epoch 0 with no leader, so nothing was checked, stopped or changed and
+/// nobody would act on an abort request. Refused otherwise: then the leader must do the abort.
+/// The caller writes it with compare-and-set semantics (delete at the version it read), so an
+/// agent taking the lease at the same moment makes exactly one of the two win.
+pub fn withdraw(
+    op: &OperationDoc,
+    by: &str,
+    reason: &str,
+    at: &str,
+) -> Result<OperationDoc, DocError> {
+    if op.phase != Phase::Preflight || op.epoch != 0 || op.leader.is_some() {
+        return Err(DocError::Invalid(format!(
+            "operation {} has been picked up by an agent (phase {}, epoch {}); the leader must abort it",
+            op.id, op.phase, op.epoch
+        )));
+    }
+    let mut next = transition(
+        op,
+        Phase::Aborted,
+        Mover::Operator,
+        format!("withdrawn by {by} before any agent acted: {reason}"),
+        at,
+    )?;
+    next.abort_requested = Some(AbortRequest {
+        by: by.into(),
+        reason: reason.into(),
+    });
+    next.error = Some(OpError {
+        host: None,
+        cause: format!("withdrawn by {by} before any agent acted: {reason}"),
+    });
+    Ok(next)
+}
+
 /// The document `start --resume` CAS-writes for a `failed` operation: back into the phase it
 /// failed in, at a new epoch with no leader, so every host redoes that phase's step (acks older
 /// than the new `phase_epoch` do not count). With `forget_restore`, a restore recorded but not

@@ -1163,3 +1163,36 @@ fn resume_reenters_the_failed_phase_at_a_new_epoch_so_steps_are_redone() {
     assert!(resume(&f, "a", "w", false).unwrap().restore.is_some());
     assert!(resume(&f, "a", "w", true).unwrap().restore.is_none());
 }
+
+#[test]
+fn withdraw_only_before_any_agent_acted() {
+    use crate::fleet::{new_operation, withdraw, NewOperation, SnapshotRef};
+    let op = new_operation(NewOperation {
+        id: "rb-w".into(),
+        requested_by: "ops".into(),
+        requested_at: "t0".into(),
+        target_version: semver::Version::new(8, 14, 3),
+        snapshot: SnapshotRef {
+            repository: "r".into(),
+            name: "s".into(),
+            uuid: "u".into(),
+        },
+        safety_snapshot: true,
+        safety_snapshot_name: None,
+        expected_hosts: vec!["a".into()],
+        barrier_client_check: false,
+    })
+    .unwrap();
+    let w = withdraw(&op, "ops", "agents down", "t1").unwrap();
+    assert_eq!(w.phase, crate::fleet::Phase::Aborted);
+    assert!(w.error.unwrap().cause.contains("agents down"));
+    let mut led = op.clone();
+    led.epoch = 1;
+    assert!(
+        withdraw(&led, "ops", "x", "t1").is_err(),
+        "a leader took it: only the leader aborts"
+    );
+    let mut later = op;
+    later.phase = crate::fleet::Phase::Prefetching;
+    assert!(withdraw(&later, "ops", "x", "t1").is_err());
+}
