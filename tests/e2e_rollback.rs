@@ -63,6 +63,8 @@ fn port(i: usize) -> u16 {
 
 /// A staged fleet: three hosts whose upgrade to 8.15.0 failed in its migration, agents running.
 struct Fleet {
+    /// This test's turn on the kibana feature state (held as long as the fleet lives).
+    _turn: KibanaFeatureTurn,
     hosts: Hosts,
     names: Vec<String>,
     index: String,
@@ -215,7 +217,13 @@ impl Fleet {
 /// Boots three hosts named `<prefix>1..3`, installs Kibana 8.14.3, takes the pre-upgrade
 /// snapshot, upgrades to 8.15.0 with a failing migration and starts the agents.
 /// `tweak(host, i)` runs after the hosts are set up (extra config, drop-ins).
-async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> Fleet {
+/// `None` (after saying why) when test hosts cannot boot here: the test then skips.
+async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> Option<Fleet> {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let turn = kibana_feature_lock();
     let t0 = Instant::now();
     agent_bin(); // staged before any host boots: overlays see lower-layer files that existed then
     let apt_source = package_repo();
@@ -228,6 +236,7 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
     let names: Vec<String> = (1..=3).map(|i| format!("{prefix}{i}")).collect();
     let hosts = Hosts::up(&names, None).expect("boot test hosts");
     let mut fleet = Fleet {
+        _turn: turn,
         hosts,
         names: names.clone(),
         index: index.clone(),
@@ -345,7 +354,7 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> F
             .is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
     });
     fleet.log("agents registered");
-    fleet
+    Some(fleet)
 }
 
 fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str, names: &[String]) {
@@ -485,12 +494,9 @@ async fn restores_of(repo: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_host_fleet_rolls_back_after_failed_migration() {
-    if let Some(why) = hosts::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    let Some(fleet) = stage_fleet("kb", |_, _| {}).await else {
         return;
-    }
-    let _turn = kibana_feature_lock();
-    let fleet = stage_fleet("kb", |_, _| {}).await;
+    };
     let (index, repo, before) = (
         fleet.index.clone(),
         fleet.repo.clone(),
@@ -641,12 +647,9 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 /// got past it (written straight into the index, as an older or foreign client might).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_preflight() {
-    if let Some(why) = hosts::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    let Some(fleet) = stage_fleet("pf", |_, _| {}).await else {
         return;
-    }
-    let _turn = kibana_feature_lock();
-    let fleet = stage_fleet("pf", |_, _| {}).await;
+    };
     let h = fleet.first();
     let restores_before = restores_of(&fleet.repo).await.len();
 
@@ -752,12 +755,7 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
 /// abort before the restore point: every unit back on 8.15.0, no restore, no snapshot taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
-    if let Some(why) = hosts::skip_reason() {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    let _turn = kibana_feature_lock();
-    let fleet = stage_fleet("ab", |h, i| {
+    let Some(fleet) = stage_fleet("ab", |h, i| {
         if i == 1 {
             // Its stop takes 20 s; the agent waits 5 s.
             h.write(
@@ -772,7 +770,10 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
             );
         }
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let slow = fleet.hosts.get(&fleet.names[1]).name.clone();
     let restores_before = restores_of(&fleet.repo).await.len();
 
@@ -838,12 +839,9 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
 /// follower), the operation still ends `done`, and the node counts exactly one restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
-    if let Some(why) = hosts::skip_reason() {
-        eprintln!("SKIPPED: {why}");
+    let Some(fleet) = stage_fleet("lf", |_, _| {}).await else {
         return;
-    }
-    let _turn = kibana_feature_lock();
-    let fleet = stage_fleet("lf", |_, _| {}).await;
+    };
     let trigger_host = fleet.first();
     trigger_host.exec_ok(&[
         "systemctl",

@@ -3,7 +3,7 @@
 //! read out: only the files that hold them are named.
 
 use anyhow::Result;
-use kibana_rollback::config::{self, schema, EsAuth};
+use kibana_rollback::config::{self, EsAuth};
 use serde_json::json;
 
 use super::{print_json, Cli};
@@ -47,11 +47,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         let (sec, name) = key.split_once('.').expect("dotted");
         if sec != section {
             println!("\n[{sec}]");
-            section = schema::SECTIONS
-                .iter()
-                .find(|s| **s == sec)
-                .copied()
-                .unwrap_or("");
+            section = sec;
         }
         println!("{name} = {value}  # {origin}");
     }

@@ -93,7 +93,6 @@ pub enum Origin {
     Default,
     File(PathBuf),
     Credential(PathBuf),
-    Environment(&'static str),
 }
 
 impl Origin {
@@ -111,7 +110,6 @@ impl std::fmt::Display for Origin {
             Origin::Default => f.write_str("default"),
             Origin::File(p) => write!(f, "{}", p.display()),
             Origin::Credential(p) => write!(f, "credential {}", p.display()),
-            Origin::Environment(v) => write!(f, "environment {v}"),
         }
     }
 }

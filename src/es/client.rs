@@ -110,14 +110,6 @@ impl Client {
         })
     }
 
-    pub fn hosts(&self) -> &[Url] {
-        &self.hosts
-    }
-
-    pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
-    }
-
     /// Sends a request and returns the status and body; error statuses become [`EsError::Api`].
     pub async fn send(
         &self,
@@ -191,7 +183,7 @@ impl Client {
                     });
                 }
                 Err(e) if e.is_connect() => {
-                    attempts.push(format!("{host}: {}", connect_error_text(&e)));
+                    attempts.push(format!("{host}: {}", innermost_cause(&e)));
                 }
                 Err(e) if e.is_timeout() => {
                     if idempotence == Idempotence::Safe {
@@ -209,7 +201,7 @@ impl Client {
                     });
                 }
                 Err(e) => {
-                    attempts.push(format!("{host}: {}", connect_error_text(&e)));
+                    attempts.push(format!("{host}: {}", innermost_cause(&e)));
                     if idempotence == Idempotence::Once {
                         return Err(EsError::Unreachable {
                             attempts: attempts.join("; "),
@@ -242,10 +234,6 @@ impl Client {
             detail: e.to_string(),
         })
     }
-}
-
-fn connect_error_text(e: &reqwest::Error) -> String {
-    innermost_cause(e)
 }
 
 /// The innermost cause of an error, which is what an operator can act on
