@@ -57,8 +57,17 @@ fn shipped_unit(name: &str) -> String {
         )
 }
 
+/// The Kibana port of host `i`: free ports chosen once per test process, so concurrent runs
+/// (other checkouts, other KR_TEST_STATE) sharing this machine's network never collide.
 fn port(i: usize) -> u16 {
-    5611 + i as u16
+    static PORTS: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    PORTS.get_or_init(|| {
+        // Held together until all are chosen, so the three differ.
+        let held: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+            .collect();
+        held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    })[i]
 }
 
 /// A staged fleet: three hosts whose upgrade to 8.15.0 failed in its migration, agents running.
