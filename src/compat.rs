@@ -113,6 +113,22 @@ impl Report {
         })
     }
 
+    /// Every node's verdict on one line (`es1 8.15.0: compatible (warning), ...`).
+    pub fn summary(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let v = match &n.verdict {
+                    Verdict::Compatible => "compatible",
+                    Verdict::Warning { .. } => "compatible (warning)",
+                    Verdict::Incompatible { .. } => "INCOMPATIBLE",
+                };
+                format!("{} {}: {v}", n.node.name, n.node.version)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         self.nodes
             .iter()

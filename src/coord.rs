@@ -128,6 +128,38 @@ impl<'a> Coord<'a> {
             .map(|_| ())
     }
 
+    /// Makes near-real-time listings (registered hosts, history) see the latest writes. Best
+    /// effort: a key without the `maintenance` privilege lists what is searchable already.
+    pub async fn refresh(&self) {
+        if let Err(e) = self.es.refresh(self.index).await {
+            tracing::debug!(
+                "refresh of {} failed (listing may lag a second): {e}",
+                self.index
+            );
+        }
+    }
+
+    /// `configured` (`coordination.expected_hosts`), or every registered host when that is
+    /// empty; the second value says where the list came from.
+    pub async fn expected_hosts(
+        &self,
+        configured: &[String],
+    ) -> Result<(Vec<String>, &'static str), EsError> {
+        if !configured.is_empty() {
+            return Ok((configured.to_vec(), "coordination.expected_hosts"));
+        }
+        self.refresh().await;
+        let mut ids: Vec<String> = self
+            .all_hosts()
+            .await?
+            .into_iter()
+            .map(|h| h.host_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok((ids, "registered agents"))
+    }
+
     /// Finished operations, newest first (by the wall-clock time they were requested).
     pub async fn history(&self) -> Result<Vec<OperationDoc>, EsError> {
         let mut ops: Vec<OperationDoc> = self

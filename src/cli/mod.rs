@@ -1,10 +1,14 @@
-//! The command line: one file per subcommand; this file holds the shared flags, the dispatch
-//! and the helpers every subcommand uses (loading settings, printing tables or JSON).
+//! The command line: one file per subcommand, plus `context` (settings, client, who asks),
+//! `follow` (following an operation to its end) and `outcome` (naming how it ended); this file
+//! holds the shared flags, the dispatch and the printing helpers (tables, JSON).
 
 mod abort;
 mod check_config;
+mod context;
+mod follow;
 mod history;
 mod lock;
+mod outcome;
 mod plan;
 mod snapshots;
 mod start;

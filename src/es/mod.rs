@@ -406,6 +406,21 @@ impl Es {
         }
     }
 
+    /// `POST <index>/_refresh`: makes recent writes searchable.
+    pub async fn refresh(&self, index: &str) -> Result<(), EsError> {
+        self.client
+            .send(
+                Method::POST,
+                &format!("{}/_refresh", seg(index)),
+                None,
+                &[],
+                None,
+                Idempotence::Safe,
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Reads a document in real time; `None` when it (or its index) does not exist.
     pub async fn get_doc<T: DeserializeOwned>(
         &self,

@@ -110,7 +110,8 @@ pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
 pub use status::{
-    new_operation, outcome, request_abort, resume, waiting_for, withdraw, NewOperation, Outcome,
+    describe_error, new_operation, outcome, request_abort, resume, running_message, waiting_for,
+    withdraw, NewOperation, Outcome,
 };
 
 use std::time::Duration;

@@ -1100,7 +1100,7 @@ fn waiting_for_names_the_hosts_and_the_cause() {
         host: Some("c".into()),
         cause: "reinstall: dpkg error".into(),
     });
-    assert_eq!(waiting_for(&f, &[]), "failed: c: reinstall: dpkg error");
+    assert_eq!(waiting_for(&f, &[]), "failed: on c: reinstall: dpkg error");
     let mut r = op_in(Phase::Restoring);
     r.restore = Some(RestoreRecord {
         epoch: 1,
