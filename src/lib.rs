@@ -11,6 +11,7 @@ pub mod config;
 pub mod coord;
 pub mod es;
 pub mod exit;
+pub mod feature;
 pub mod fleet;
 pub mod host;
 pub mod logging;

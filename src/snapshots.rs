@@ -85,6 +85,20 @@ pub fn assess(s: &SnapshotInfo, target: Option<&Version>) -> Assessment {
     }
 }
 
+/// Index and alias names of a Kibana newer than `target` among `names` (`.kibana_8.15.0_001`,
+/// the version alias `.kibana_8.15.0`): after a rollback to `target` none may remain, or a
+/// Kibana of `target` would find a newer one's state.
+pub fn newer_than<'a>(names: impl IntoIterator<Item = &'a str>, target: &Version) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter(|n| version_in_index_name(n).is_some_and(|v| &v > target))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The newest eligible snapshot (the list is newest first).
 pub fn latest_eligible<'a>(
     list: &'a [SnapshotInfo],
@@ -180,6 +194,24 @@ mod tests {
         );
         assert!(older.eligible);
         assert_eq!(older.notes.len(), 1);
+    }
+
+    #[test]
+    fn newer_names_are_found_among_indices_and_aliases() {
+        let t = Version::new(8, 14, 3);
+        let names = [
+            ".kibana_8.14.3_001",
+            ".kibana",
+            ".kibana_8.14.3",
+            ".kibana_8.15.0",
+            ".kibana_task_manager_8.15.0_001",
+            ".kibana_analytics_8.8.0_001",
+        ];
+        assert_eq!(
+            newer_than(names, &t),
+            vec![".kibana_8.15.0", ".kibana_task_manager_8.15.0_001"]
+        );
+        assert!(newer_than([".kibana_7.17.29_001"], &Version::new(7, 17, 29)).is_empty());
     }
 
     #[test]

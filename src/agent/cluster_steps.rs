@@ -204,17 +204,30 @@ impl Cluster {
         }
     }
 
+    /// After every host started: `.kibana` exists, no index or alias of a Kibana newer than the
+    /// target is left (a compatible migration adds a `.kibana_<new>` alias in place), and the
+    /// kibana indices are healthy.
     async fn verify_final(&self, target: &semver::Version) -> Result<(), String> {
-        let index = self
+        let found = self
             .es
-            .alias_target(".kibana")
+            .indices_with_aliases(".kibana*")
             .await
-            .map_err(|e| format!("reading the .kibana alias: {e}"))?
-            .ok_or("the .kibana alias does not exist after the rollback")?;
-        if let Some(v) = snapshots::version_in_index_name(&index) {
-            if &v > target {
-                return Err(format!(".kibana points at {index}, an index of Kibana {v}, newer than the target {target}"));
-            }
+            .map_err(|e| format!("reading the .kibana* indices and aliases: {e}"))?;
+        if !found
+            .iter()
+            .any(|(index, aliases)| index == ".kibana" || aliases.iter().any(|a| a == ".kibana"))
+        {
+            return Err("the .kibana alias does not exist after the rollback".into());
+        }
+        let names = found
+            .iter()
+            .flat_map(|(i, a)| std::iter::once(i.as_str()).chain(a.iter().map(String::as_str)));
+        let newer = snapshots::newer_than(names, target);
+        if !newer.is_empty() {
+            return Err(format!(
+                "indices or aliases of a Kibana newer than the target {target} remain after the restore: {}",
+                newer.join(", ")
+            ));
         }
         let h = self
             .es

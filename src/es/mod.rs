@@ -18,7 +18,7 @@ pub use error::EsError;
 pub use types::*;
 
 /// The feature whose state is snapshotted and restored.
-pub const KIBANA_FEATURE: &str = "kibana";
+pub use crate::feature::NAME as KIBANA_FEATURE;
 
 /// Percent-encodes one path segment (index, document id, repository or snapshot name).
 pub fn seg(s: &str) -> String {
@@ -379,6 +379,40 @@ impl Es {
             .iter()
             .find(|(_, b)| b["aliases"][alias]["is_write_index"] == serde_json::Value::Bool(true));
         Ok(write.or_else(|| map.iter().next()).map(|(k, _)| k.clone()))
+    }
+
+    /// Every index matching `pattern` (hidden and closed ones too) with its aliases, sorted.
+    pub async fn indices_with_aliases(
+        &self,
+        pattern: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, EsError> {
+        let path = format!("{}/_alias?expand_wildcards=all", seg(pattern));
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<(String, Vec<String>)> = v
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(index, body)| {
+                        let mut aliases: Vec<String> = body["aliases"]
+                            .as_object()
+                            .map(|a| a.keys().cloned().collect())
+                            .unwrap_or_default();
+                        aliases.sort();
+                        (index.clone(), aliases)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
     }
 
     /// Creates the coordination index if it does not exist (one shard; a replica when the
