@@ -522,7 +522,10 @@ async fn plan_passes_and_fails_the_right_checks() {
     beating.abort();
     assert_eq!(code, 0, "{out}{err}");
     for check in [
+        "target version",
+        "coordination index name",
         "elasticsearch reachable",
+        "privileges",
         "nodes compatible with target",
         "kibana feature",
         "snapshot",
@@ -536,6 +539,9 @@ async fn plan_passes_and_fails_the_right_checks() {
             "{check} OK:\n{out}"
         );
     }
+    // The test node runs without security (no security plugin is on Maven Central): the check
+    // says so instead of passing silently.
+    assert!(out.contains("Elasticsearch runs without security"), "{out}");
     assert!(out.contains(&format!("{repo}/good")), "{out}");
     assert!(
         out.contains("stop kibana.service")

@@ -20,6 +20,17 @@ pub use types::*;
 /// The feature whose state is snapshotted and restored.
 pub use crate::feature::NAME as KIBANA_FEATURE;
 
+/// Whether an error to a `_security` request means the cluster runs without security.
+fn security_off(e: &EsError) -> bool {
+    match e {
+        EsError::Api { status, reason, .. } => {
+            (status.as_u16() == 400 && reason.contains("no handler found"))
+                || reason.contains("Security must be explicitly enabled")
+        }
+        _ => false,
+    }
+}
+
 /// Percent-encodes one path segment (index, document id, repository or snapshot name).
 pub fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -76,6 +87,26 @@ impl Es {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// `_security/user/_has_privileges` for the credentials in use. `Ok(None)` when the cluster
+    /// runs without security: the handler is not registered (`no handler found`, security
+    /// disabled explicitly) or security is off by license default (7.x basic: "Security must be
+    /// explicitly enabled").
+    pub async fn has_privileges(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, EsError> {
+        let path = "_security/user/_has_privileges";
+        match self
+            .client
+            .json(Method::POST, path, Some(request), None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if security_off(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Names of the features installed on the master (`GET _features`).

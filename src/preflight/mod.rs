@@ -7,9 +7,11 @@
 //!
 //! * [`snapshot`] resolves and judges the snapshot (`latest`, a name, or the one an operation
 //!   pinned by uuid);
+//! * [`privileges`] asks `_has_privileges` for exactly what the operation needs;
 //! * [`liveness`] watches the agents' heartbeat counters (host documents carry no wall time).
 
 pub mod liveness;
+pub mod privileges;
 pub mod snapshot;
 
 use semver::Version;
@@ -31,6 +33,7 @@ pub enum CheckId {
     TargetVersion,
     CoordinationIndex,
     ElasticsearchReachable,
+    Privileges,
     NodesCompatible,
     KibanaFeature,
     Snapshot,
@@ -46,6 +49,7 @@ impl CheckId {
             CheckId::TargetVersion => "target version",
             CheckId::CoordinationIndex => "coordination index name",
             CheckId::ElasticsearchReachable => "elasticsearch reachable",
+            CheckId::Privileges => "privileges",
             CheckId::NodesCompatible => "nodes compatible with target",
             CheckId::KibanaFeature => "kibana feature",
             CheckId::Snapshot => "snapshot",
@@ -60,6 +64,7 @@ impl CheckId {
         match self {
             CheckId::TargetVersion => exit::CONFIG,
             CheckId::ElasticsearchReachable => exit::UNAVAILABLE,
+            CheckId::Privileges => exit::NOPERM,
             CheckId::NoOperationRunning => exit::TEMPFAIL,
             _ => exit::FAILED,
         }
@@ -277,6 +282,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     r.nodes = reachability(settings, c).await;
     let Some(nodes) = r.nodes.clone() else {
         for id in [
+            CheckId::Privileges,
             CheckId::NodesCompatible,
             CheckId::KibanaFeature,
             CheckId::Snapshot,
@@ -288,6 +294,55 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         }
         return r;
     };
+
+    // What the credentials may do, before anything is stopped.
+    let versions: Vec<Version> = nodes
+        .iter()
+        .filter_map(|n| compat::coerce(&n.version))
+        .collect();
+    match es
+        .has_privileges(&privileges::request(index, &versions))
+        .await
+    {
+        Ok(None) => {
+            c.ok(
+                CheckId::Privileges,
+                "Elasticsearch runs without security: every request is allowed",
+            );
+        }
+        Ok(Some(answer)) => match privileges::judge(&answer) {
+            Ok(v) if v.missing.is_empty() => {
+                c.ok(
+                    CheckId::Privileges,
+                    format!("{} holds every privilege the rollback needs", v.username),
+                );
+            }
+            Ok(v) => {
+                c.fail(
+                    CheckId::Privileges,
+                    format!(
+                        "{} lacks {}: grant them (README \"Elasticsearch role\" has the role descriptor; `manage` is the only privilege that allows a restore)",
+                        v.username,
+                        v.missing.join(", ")
+                    ),
+                );
+            }
+            Err(e) => {
+                c.fail(
+                    CheckId::Privileges,
+                    format!("unexpected _has_privileges answer: {e}"),
+                )
+                .exit_code = exit::SOFTWARE;
+            }
+        },
+        Err(e) => {
+            c.fail_es(
+                CheckId::Privileges,
+                format!("asking _security/user/_has_privileges: {e}"),
+                &e,
+            );
+        }
+    }
 
     // Kibana's compatibility rule against every node.
     match &target {
