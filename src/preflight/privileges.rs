@@ -204,4 +204,14 @@ mod tests {
             .unwrap()
             .contains(&json!(".chat-*")));
     }
+
+    #[test]
+    fn the_readme_role_is_the_one_the_check_asks_for() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Elasticsearch role").expect("section")..];
+        let start = section.find("```json\n").expect("json block") + 8;
+        let end = start + section[start..].find("```").expect("block end");
+        let shown: Value = serde_json::from_str(&section[start..end]).expect("valid JSON");
+        assert_eq!(shown, role_descriptor("kibana-rollback"));
+    }
 }
