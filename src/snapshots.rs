@@ -50,6 +50,20 @@ pub fn assess(s: &SnapshotInfo, target: Option<&Version>) -> Assessment {
     }
     let versions = evidence(s);
     match s.kibana_feature_state() {
+        None if s.indices.iter().any(|i| i.starts_with(".kibana")) => reasons.push(format!(
+            "holds no kibana feature state, only Kibana's indices as plain indices ({}), as 7.x \
+             snapshots taken with include_global_state:false do; a feature-state restore cannot \
+             use them, and restoring system indices by name would leave the rest of the feature \
+             (task manager, reporting, APM) as it is now; fix: take a snapshot with \
+             \"feature_states\": [\"kibana\"] before the upgrade, or restore these indices by hand \
+             with every Kibana stopped",
+            s.indices
+                .iter()
+                .filter(|i| i.starts_with(".kibana"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
         None => reasons.push("holds no kibana feature state".into()),
         Some(f) if f.indices.is_empty() => {
             reasons.push("its kibana feature state holds no index".into())
@@ -167,6 +181,17 @@ mod tests {
         let none = assess(&snap("b", "SUCCESS", None), Some(&t));
         assert!(!none.eligible);
         assert_eq!(none.reasons, vec!["holds no kibana feature state"]);
+
+        // A 7.x snapshot with `.kibana_*` as plain indices and no feature state: refused, saying why.
+        let mut plain = snap("b7", "SUCCESS", None);
+        plain.indices = vec![".kibana_7.17.28_001".into(), "logs-1".into()];
+        let plain = assess(&plain, Some(&Version::new(7, 17, 28)));
+        assert!(!plain.eligible);
+        assert!(
+            plain.reasons[0].contains("plain indices (.kibana_7.17.28_001)")
+                && plain.reasons[0].contains("feature_states"),
+            "{plain:?}"
+        );
 
         let partial = assess(
             &snap("c", "PARTIAL", Some(&[".kibana_8.14.3_001"])),
