@@ -34,8 +34,9 @@ impl Cluster {
                 target_version,
                 snapshot,
                 expected_hosts,
+                accepted_unjudged,
             } => ClusterOutcome::Preflight(
-                self.preflight(target_version, snapshot, expected_hosts)
+                self.preflight(target_version, snapshot, expected_hosts, *accepted_unjudged)
                     .await,
             ),
             ClusterStep::CheckKibanaClients => {
@@ -71,6 +72,7 @@ impl Cluster {
         target: &semver::Version,
         snap: &SnapshotRef,
         expected: &[String],
+        accepted_unjudged: bool,
     ) -> Result<(), String> {
         let report = preflight::run(
             &self.es,
@@ -79,11 +81,13 @@ impl Cluster {
                 target,
                 snapshot: snap,
                 expected,
+                accepted_unjudged,
             },
             preflight::Request {
                 target: Some(target),
                 target_from: "the operation",
                 snapshot: &self.settings.rollback.snapshot,
+                accept_unjudged: false,
             },
         )
         .await;

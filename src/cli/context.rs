@@ -74,6 +74,7 @@ pub fn preflight_request<'a>(
     to: Option<&str>,
     target: Option<&'a Version>,
     snapshot: &'a SnapshotSelector,
+    accept_unjudged: bool,
 ) -> preflight::Request<'a> {
     preflight::Request {
         target,
@@ -83,6 +84,7 @@ pub fn preflight_request<'a>(
             "rollback.target_version"
         },
         snapshot,
+        accept_unjudged,
     }
 }
 

@@ -24,7 +24,12 @@ struct Step {
     action: String,
 }
 
-pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<u8> {
+pub async fn run(
+    cli: &Cli,
+    to: Option<&str>,
+    snapshot: Option<&str>,
+    accept_unjudged: bool,
+) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
     let target = target_version(to, &ctx.loaded)?;
     let sel = selector(snapshot, &ctx.loaded);
@@ -32,7 +37,7 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         &ctx.es,
         ctx.settings(),
         Scope::Plan,
-        preflight_request(to, target.as_ref(), &sel),
+        preflight_request(to, target.as_ref(), &sel, accept_unjudged),
     )
     .await;
     let checks = &report.checks;

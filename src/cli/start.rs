@@ -153,7 +153,13 @@ pub async fn resume(cli: &Cli, forget_restore: bool, wait: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool) -> Result<u8> {
+pub async fn run(
+    cli: &Cli,
+    to: Option<&str>,
+    snapshot: Option<&str>,
+    accept_unjudged: bool,
+    wait: bool,
+) -> Result<u8> {
     // 1. Local validation: nothing leaves this host until the input is known good.
     let loaded = cli.load()?;
     let target = require_target(to, &loaded)?;
@@ -177,7 +183,7 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
         &ctx.es,
         settings,
         Scope::Start,
-        preflight_request(to, Some(&target), &sel),
+        preflight_request(to, Some(&target), &sel, accept_unjudged),
     )
     .await;
     if let Some(running) = &report.running {
@@ -203,6 +209,12 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>, wait: bool
         target_version: target.clone(),
         snapshot: resolved.sref.clone(),
         safety_snapshot: settings.rollback.safety_snapshot,
+        snapshot_accepted_by: resolved.assessment.unjudged.as_ref().map(|why| {
+            format!(
+                "{} with --accept-unjudged-snapshot (it cannot be judged: {why})",
+                requested_by(settings)
+            )
+        }),
         safety_snapshot_name: None,
         expected_hosts: hosts.clone(),
         barrier_client_check: settings.coordination.barrier_client_check,

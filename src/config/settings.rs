@@ -96,6 +96,8 @@ pub struct RollbackSettings {
     pub target_version: Option<Version>,
     pub repository: Option<String>,
     pub snapshot: SnapshotSelector,
+    /// A snapshot started closer than this to the upgrade's start cannot be judged either way.
+    pub snapshot_margin: Duration,
     pub safety_snapshot: bool,
 }
 

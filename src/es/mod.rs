@@ -109,6 +109,57 @@ impl Es {
         }
     }
 
+    /// The elected master's wall clock (ms since the epoch), which also stamps snapshots'
+    /// `start_time_in_millis`: hosts measure their offset against it.
+    pub async fn master_clock_ms(&self, timeout: std::time::Duration) -> Result<i64, EsError> {
+        let path = "_nodes/_master/stats/os?filter_path=nodes.*.timestamp";
+        let v: serde_json::Value = self
+            .client
+            .json(Method::GET, path, None, Some(timeout), Idempotence::Safe)
+            .await?;
+        v["nodes"]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|n| n["timestamp"].as_i64())
+            .ok_or_else(|| EsError::Decode {
+                method: "GET".into(),
+                path: path.into(),
+                detail: "no nodes.*.timestamp".into(),
+            })
+    }
+
+    /// Creation time (ms, the master's clock) of every index matching `pattern`.
+    pub async fn index_creation_ms(&self, pattern: &str) -> Result<Vec<(String, i64)>, EsError> {
+        let path = format!(
+            "{}/_settings/index.creation_date?expand_wildcards=all",
+            seg(pattern)
+        );
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<(String, i64)> = v
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(index, b)| {
+                        let ms = b["settings"]["index"]["creation_date"]
+                            .as_str()
+                            .and_then(|s| s.parse().ok())?;
+                        Some((index.clone(), ms))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+
     /// Names of the features installed on the master (`GET _features`).
     pub async fn features(&self) -> Result<Vec<String>, EsError> {
         let v: serde_json::Value = self

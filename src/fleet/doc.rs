@@ -388,6 +388,10 @@ pub struct OperationDoc {
     pub requested_at: String,
     pub target_version: Version,
     pub snapshot: SnapshotRef,
+    /// Who accepted a snapshot whose timing against the upgrade could not be judged
+    /// (`start --accept-unjudged-snapshot`), and why it could not; `None`: it was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_accepted_by: Option<String>,
     pub safety_snapshot: SafetySnapshot,
     pub expected_hosts: Vec<String>,
     pub phase: Phase,
@@ -538,6 +542,36 @@ pub struct HostDoc {
     /// Bumped by each heartbeat write; observers watch it change on their own clock.
     pub heartbeat: u64,
     pub ack: Option<Ack>,
+    /// What this host can prove about when each Kibana version was installed (snapshot
+    /// eligibility: a snapshot started after a newer Kibana was installed may hold its state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_history: Option<InstallHistory>,
+}
+
+/// A host's evidence of Kibana package installs, on Elasticsearch's clock (ms since the epoch,
+/// as the master reports it): host clocks are not trusted, so each agent measures its offset to
+/// the master's clock and converts, widening every moment by the measurement's uncertainty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallHistory {
+    /// Installs seen, oldest first.
+    pub installs: Vec<InstallEvent>,
+    /// The oldest moment the package manager's logs still cover; an install before it is not
+    /// seen (rotated away). `None`: no log at all.
+    #[serde(default)]
+    pub covers_since_ms: Option<i64>,
+    /// ± this much on every converted moment (clock offset measurement and log resolution).
+    pub uncertainty_ms: i64,
+}
+
+/// Version `version` became installed at a moment in `[earliest_ms, latest_ms]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallEvent {
+    pub version: Version,
+    pub earliest_ms: i64,
+    pub latest_ms: i64,
+    /// Where it was read: `dpkg.log`, `dnf.rpm.log`, `rpm`, or `agent` (the agent saw the
+    /// previous version until `earliest_ms` and this one from `latest_ms`).
+    pub source: String,
 }
 
 impl HostDoc {
@@ -569,6 +603,7 @@ pub(crate) mod tests {
                 name: "snap".into(),
                 uuid: "u1".into(),
             },
+            snapshot_accepted_by: None,
             safety_snapshot: SafetySnapshot {
                 enabled: true,
                 name: Some("kibana-rollback-pre-op1".into()),
@@ -634,6 +669,7 @@ pub(crate) mod tests {
                 result: StepResult::Ok,
                 detail: String::new(),
             }),
+            install_history: None,
         };
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["unit_state"], "inactive");

@@ -17,6 +17,8 @@ pub struct NewOperation {
     pub requested_at: String,
     pub target_version: Version,
     pub snapshot: SnapshotRef,
+    /// Who accepted a snapshot that could not be judged, and why it could not.
+    pub snapshot_accepted_by: Option<String>,
     /// `false` only when the operator turned the safety snapshot off explicitly.
     pub safety_snapshot: bool,
     /// Defaults to `kibana-rollback-pre-<id>`.
@@ -77,6 +79,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         requested_at: req.requested_at,
         target_version: req.target_version,
         snapshot: req.snapshot,
+        snapshot_accepted_by: req.snapshot_accepted_by,
         safety_snapshot: SafetySnapshot {
             enabled: req.safety_snapshot,
             name,

@@ -60,6 +60,7 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
             result,
             detail: String::new(),
         }),
+        install_history: None,
     }
 }
 /// All three hosts acked `step` OK at epoch 1, units in `unit`.
@@ -525,6 +526,7 @@ fn facts(unit: UnitState) -> HostFacts {
         unit,
         installed_version: Some(semver::Version::new(8, 15, 0)),
         held: false,
+        install_history: None,
     }
 }
 fn input(
@@ -1039,6 +1041,7 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
             uuid: "u".into(),
         },
         safety_snapshot: true,
+        snapshot_accepted_by: None,
         safety_snapshot_name: None,
         expected_hosts: vec!["a".into(), "b".into()],
         barrier_client_check: false,
@@ -1066,6 +1069,7 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
     .is_err());
     let off = new_operation(NewOperation {
         safety_snapshot: false,
+        snapshot_accepted_by: None,
         ..req
     })
     .unwrap();
@@ -1178,6 +1182,7 @@ fn withdraw_only_before_any_agent_acted() {
             uuid: "u".into(),
         },
         safety_snapshot: true,
+        snapshot_accepted_by: None,
         safety_snapshot_name: None,
         expected_hosts: vec!["a".into()],
         barrier_client_check: false,

@@ -23,6 +23,7 @@ use crate::coord::Coord;
 use crate::es::{Es, EsError, NodeInfo, KIBANA_FEATURE};
 use crate::exit;
 use crate::fleet::{HostDoc, OperationDoc, SnapshotRef, Versioned};
+use crate::snapshots;
 
 pub use snapshot::Resolved;
 
@@ -36,9 +37,9 @@ pub enum CheckId {
     Privileges,
     NodesCompatible,
     KibanaFeature,
-    Snapshot,
     NoOperationRunning,
     ExpectedHostsRegistered,
+    Snapshot,
     AgentsAlive,
 }
 
@@ -166,6 +167,8 @@ pub enum Scope<'a> {
         target: &'a Version,
         snapshot: &'a SnapshotRef,
         expected: &'a [String],
+        /// The operator accepted a snapshot that cannot be judged (`--accept-unjudged-snapshot`).
+        accepted_unjudged: bool,
     },
 }
 
@@ -176,6 +179,8 @@ pub struct Request<'a> {
     /// Where the target came from, for the report (`--to`, `rollback.target_version`).
     pub target_from: &'a str,
     pub snapshot: &'a SnapshotSelector,
+    /// `--accept-unjudged-snapshot`: a named snapshot whose timing cannot be judged is taken.
+    pub accept_unjudged: bool,
 }
 
 /// The checks and what they found, for the caller to act on or print.
@@ -194,6 +199,8 @@ pub struct Report {
     pub expected_from: &'static str,
     /// Each expected host with its document, if registered.
     pub hosts: Vec<(String, Option<HostDoc>)>,
+    /// When the upgrade began, as the evidence bounds it (once the snapshot was judged).
+    pub window: Option<snapshots::UpgradeWindow>,
     /// Each expected host: `Some(true)` heartbeat moved, `Some(false)` did not, `None` not watched.
     pub alive: Vec<(String, Option<bool>)>,
 }
@@ -244,15 +251,13 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     let c = &mut r.checks;
 
     // Local: what the request is.
-    let (target, pinned) = match scope {
-        Scope::Leader {
-            target, snapshot, ..
-        } => {
+    let target = match scope {
+        Scope::Leader { target, .. } => {
             c.ok(
                 CheckId::TargetVersion,
                 format!("Kibana {target} (the operation's)"),
             );
-            (Some(target.clone()), Some(snapshot))
+            Some(target.clone())
         }
         _ => {
             match request.target {
@@ -265,7 +270,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
                     "no target version: pass --to VERSION or set rollback.target_version in the configuration",
                 ),
             };
-            (request.target.cloned(), None)
+            request.target.cloned()
         }
     };
     r.target = target.clone();
@@ -285,9 +290,9 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             CheckId::Privileges,
             CheckId::NodesCompatible,
             CheckId::KibanaFeature,
-            CheckId::Snapshot,
             CheckId::NoOperationRunning,
             CheckId::ExpectedHostsRegistered,
+            CheckId::Snapshot,
             CheckId::AgentsAlive,
         ] {
             c.skip(id, "Elasticsearch not reachable");
@@ -373,48 +378,6 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         Err(e) => c.fail_es(CheckId::KibanaFeature, format!("GET _features: {e}"), &e),
     };
 
-    // The snapshot: selected by the operator, or pinned by the operation.
-    let repository = match pinned {
-        Some(p) => Some(p.repository.clone()),
-        None => settings.rollback.repository.clone(),
-    };
-    match (&target, &repository) {
-        (Some(t), Some(repo)) => {
-            let found = match pinned {
-                Some(p) => snapshot::pinned(es, p, t).await,
-                None => snapshot::resolve(es, repo, request.snapshot, t).await,
-            };
-            match found {
-                Ok(Ok(res)) => {
-                    let check = c.ok(CheckId::Snapshot, res.describe(request.snapshot, pinned));
-                    check.warnings = res.assessment.notes.clone();
-                    r.snapshot = Some(res);
-                }
-                Ok(Err(why)) => {
-                    c.fail(CheckId::Snapshot, why);
-                }
-                Err(e) => {
-                    c.fail_es(
-                        CheckId::Snapshot,
-                        format!("reading snapshots of {repo}: {e}"),
-                        &e,
-                    );
-                }
-            }
-        }
-        (_, None) => {
-            c.fail(
-                CheckId::Snapshot,
-                "no snapshot repository: set rollback.repository in the configuration",
-            )
-            .exit_code = exit::CONFIG;
-        }
-        (None, _) => c.skip(
-            CheckId::Snapshot,
-            "no target version to judge eligibility against",
-        ),
-    }
-
     let coord = Coord::new(es, settings);
     match scope {
         Scope::Leader { .. } => c.skip(CheckId::NoOperationRunning, "the leader's own operation"),
@@ -467,6 +430,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     if c.get(CheckId::ExpectedHostsRegistered).is_none() {
         registration(&coord, &mut r).await;
     }
+    snapshot_check(es, settings, &mut r, scope, request).await;
     match scope {
         Scope::Plan => liveness::check(&coord, settings.coordination.heartbeat, &mut r).await,
         Scope::Start => r.checks.skip(
@@ -479,6 +443,107 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         ),
     }
     r
+}
+
+/// The snapshot: selected by the operator, or pinned by the operation; judged against the
+/// upgrade's window from the expected hosts' install evidence and the `.kibana*` creation times.
+async fn snapshot_check(
+    es: &Es,
+    settings: &Settings,
+    r: &mut Report,
+    scope: Scope<'_>,
+    request: Request<'_>,
+) {
+    let (pinned, accept_unjudged) = match scope {
+        Scope::Leader {
+            snapshot,
+            accepted_unjudged,
+            ..
+        } => (Some(snapshot), accepted_unjudged),
+        _ => (None, request.accept_unjudged),
+    };
+    let target = r.target.clone();
+    let c = &mut r.checks;
+    let repository = match pinned {
+        Some(p) => Some(p.repository.clone()),
+        None => settings.rollback.repository.clone(),
+    };
+    match (&target, &repository) {
+        (Some(t), Some(repo)) => {
+            let window = match upgrade_window(es, t, &r.hosts).await {
+                Ok(w) => w,
+                Err(e) => {
+                    c.fail_es(
+                        CheckId::Snapshot,
+                        format!("reading the creation times of the .kibana* indices: {e}"),
+                        &e,
+                    );
+                    return;
+                }
+            };
+            let against = snapshots::Against {
+                target: t,
+                window: &window,
+                margin_ms: settings.rollback.snapshot_margin.as_millis() as i64,
+            };
+            let found = match pinned {
+                Some(p) => snapshot::pinned(es, p, against, accept_unjudged).await,
+                None => {
+                    snapshot::resolve(es, repo, request.snapshot, against, accept_unjudged).await
+                }
+            };
+            match found {
+                Ok(Ok(res)) => {
+                    let check = c.ok(CheckId::Snapshot, res.describe(request.snapshot, pinned));
+                    check.warnings = res.assessment.notes.clone();
+                    r.snapshot = Some(res);
+                }
+                Ok(Err(why)) => {
+                    c.fail(CheckId::Snapshot, why);
+                }
+                Err(e) => {
+                    c.fail_es(
+                        CheckId::Snapshot,
+                        format!("reading snapshots of {repo}: {e}"),
+                        &e,
+                    );
+                }
+            }
+            r.window = Some(window);
+        }
+        (_, None) => {
+            c.fail(
+                CheckId::Snapshot,
+                "no snapshot repository: set rollback.repository in the configuration",
+            )
+            .exit_code = exit::CONFIG;
+        }
+        (None, _) => c.skip(
+            CheckId::Snapshot,
+            "no target version to judge eligibility against",
+        ),
+    }
+}
+
+/// When the upgrade to a Kibana newer than `target` began, from the hosts' install evidence
+/// (an expected host without a document counts as unknown) and the `.kibana*` creation times.
+pub async fn upgrade_window(
+    es: &Es,
+    target: &Version,
+    hosts: &[(String, Option<HostDoc>)],
+) -> Result<snapshots::UpgradeWindow, EsError> {
+    let created = es.index_creation_ms(".kibana*").await?;
+    let docs: Vec<HostDoc> = hosts.iter().filter_map(|(_, d)| d.clone()).collect();
+    let mut window = snapshots::upgrade_window(target, &docs, &created);
+    for (h, d) in hosts {
+        if d.is_none() {
+            window.none_newer = false;
+            window
+                .unknown_hosts
+                .push(format!("{h} (not registered: no evidence)"));
+        }
+    }
+    Ok(window)
 }
 
 /// Asks every configured host on its own; the node versions come from the first that answers.

@@ -7,7 +7,7 @@ use semver::Version;
 use crate::config::SnapshotSelector;
 use crate::es::{Es, EsError, SnapshotInfo};
 use crate::fleet::SnapshotRef;
-use crate::snapshots::{self, Assessment};
+use crate::snapshots::{self, Against, Assessment};
 
 /// A snapshot the rollback may restore, with its assessment.
 #[derive(Debug, Clone)]
@@ -18,8 +18,8 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    fn new(repository: &str, info: SnapshotInfo, target: &Version) -> Self {
-        let assessment = snapshots::assess(&info, Some(target));
+    fn new(repository: &str, info: SnapshotInfo, against: Against<'_>) -> Self {
+        let assessment = snapshots::assess(&info, Some(against));
         let sref = SnapshotRef {
             repository: repository.to_string(),
             name: info.snapshot.clone(),
@@ -49,9 +49,14 @@ impl Resolved {
             (None, SnapshotSelector::Latest) => "newest eligible",
             (None, SnapshotSelector::Named(_)) => "named",
         };
+        let accepted = if self.assessment.unjudged.is_some() {
+            " — ACCEPTED although it cannot be judged"
+        } else {
+            ""
+        };
         format!(
-            "{}/{} ({how}, uuid {}): state {}, kibana feature state [{fs}], Kibana version evidence: {evidence}",
-            self.sref.repository, self.info.snapshot, self.info.uuid, self.info.state
+            "{}/{} ({how}, uuid {}): state {}, kibana feature state [{fs}], Kibana version evidence: {evidence}; {}{accepted}",
+            self.sref.repository, self.info.snapshot, self.info.uuid, self.info.state, self.assessment.timing
         )
     }
 }
@@ -61,13 +66,16 @@ fn missing_repository(e: &EsError) -> bool {
 }
 
 /// Resolves `latest` or a name to an eligible snapshot. `Ok(Err(why))` is a refusal naming the
-/// reason; `Err` is a failure to ask Elasticsearch.
+/// reason; `Err` is a failure to ask Elasticsearch. A named snapshot that cannot be judged is
+/// taken only with `accept_unjudged`; `latest` never takes one.
 pub async fn resolve(
     es: &Es,
     repository: &str,
     selector: &SnapshotSelector,
-    target: &Version,
+    against: Against<'_>,
+    accept_unjudged: bool,
 ) -> Result<Result<Resolved, String>, EsError> {
+    let target = against.target;
     match selector {
         SnapshotSelector::Latest => {
             let list = match es.snapshots(repository).await {
@@ -79,8 +87,8 @@ pub async fn resolve(
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(s) = snapshots::latest_eligible(&list, Some(target)) {
-                return Ok(Ok(Resolved::new(repository, s.clone(), target)));
+            if let Some(s) = snapshots::latest_eligible(&list, against) {
+                return Ok(Ok(Resolved::new(repository, s.clone(), against)));
             }
             if list.is_empty() {
                 return Ok(Err(format!(
@@ -91,11 +99,15 @@ pub async fn resolve(
                 .iter()
                 .take(3)
                 .map(|s| {
-                    format!(
-                        "{}: {}",
-                        s.snapshot,
-                        snapshots::assess(s, Some(target)).reasons.join(", ")
-                    )
+                    let a = snapshots::assess(s, Some(against));
+                    match a.unjudged {
+                        Some(why) => format!(
+                            "{}: cannot be judged ({why}); if you know it predates the upgrade: \
+                             `start --snapshot {} --accept-unjudged-snapshot`",
+                            s.snapshot, s.snapshot
+                        ),
+                        None => format!("{}: {}", s.snapshot, a.reasons.join(", ")),
+                    }
                 })
                 .collect();
             let more = if list.len() > 3 {
@@ -123,7 +135,11 @@ pub async fn resolve(
                 }
                 Err(e) => return Err(e),
             };
-            eligible(Resolved::new(repository, info, target), target)
+            eligible(
+                Resolved::new(repository, info, against),
+                target,
+                accept_unjudged,
+            )
         }
     }
 }
@@ -133,8 +149,10 @@ pub async fn resolve(
 pub async fn pinned(
     es: &Es,
     pin: &SnapshotRef,
-    target: &Version,
+    against: Against<'_>,
+    accepted_unjudged: bool,
 ) -> Result<Result<Resolved, String>, EsError> {
+    let target = against.target;
     let (repository, name) = (&pin.repository, &pin.name);
     let info = match es.snapshot(repository, name).await {
         Ok(Some(i)) => i,
@@ -152,12 +170,31 @@ pub async fn pinned(
             info.uuid, pin.uuid
         )));
     }
-    eligible(Resolved::new(repository, info, target), target)
+    eligible(
+        Resolved::new(repository, info, against),
+        target,
+        accepted_unjudged,
+    )
 }
 
-fn eligible(r: Resolved, target: &Version) -> Result<Result<Resolved, String>, EsError> {
+fn eligible(
+    r: Resolved,
+    target: &Version,
+    accept_unjudged: bool,
+) -> Result<Result<Resolved, String>, EsError> {
     if r.assessment.eligible {
         Ok(Ok(r))
+    } else if let Some(why) = r.assessment.unjudged.as_ref() {
+        if accept_unjudged {
+            Ok(Ok(r))
+        } else {
+            Ok(Err(format!(
+                "snapshot {}/{} cannot be judged to predate the upgrade: {why}; if you know it was \
+                 taken before the upgrade began, name it and accept it: \
+                 `kibana-rollback start --snapshot {} --accept-unjudged-snapshot`",
+                r.sref.repository, r.sref.name, r.sref.name
+            )))
+        }
     } else {
         Ok(Err(format!(
             "snapshot {}/{} is not eligible for target {target}: {}",
