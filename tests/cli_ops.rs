@@ -637,6 +637,12 @@ async fn plan_passes_and_fails_the_right_checks() {
     // says so instead of passing silently.
     assert!(out.contains("Elasticsearch runs without security"), "{out}");
     assert!(out.contains(&format!("{repo}/good")), "{out}");
+    // What the restore would delete, and what it brings back.
+    assert!(
+        out.contains("the restore deletes the current kibana feature state")
+            && out.contains("and restores the snapshot's .kibana_"),
+        "{out}"
+    );
     assert!(
         out.contains("stop kibana.service")
             && out.contains("kibana-rollback-pre-<id>")

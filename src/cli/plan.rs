@@ -47,6 +47,25 @@ pub async fn run(
     let hosts_seen = report.hosts.clone();
     let alive = |h: &str| report.alive(h);
 
+    // What the restore would replace, when there is a snapshot to restore.
+    let discard = match (&resolved, &report.nodes) {
+        (Some(r), Some(nodes)) => {
+            let versions: Vec<Version> = nodes
+                .iter()
+                .filter_map(|n| kibana_rollback::compat::coerce(&n.version))
+                .collect();
+            match preflight::discard::discard(&ctx.es, &versions, &r.info).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!(
+                        "kibana-rollback: warning: cannot read what the restore would replace: {e}"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let steps = steps(
         &ctx,
         target.as_ref(),
@@ -78,6 +97,7 @@ pub async fn run(
                 }),
             }).collect::<Vec<_>>(),
             "steps": steps.iter().map(|s| json!({"phase": s.phase, "actor": s.actor, "action": s.action})).collect::<Vec<_>>(),
+            "restore_replaces": discard,
         }));
         return Ok(if ok { exit::OK } else { exit::FAILED });
     }
@@ -151,6 +171,9 @@ pub async fn run(
         );
     }
     println!();
+    if let Some(d) = &discard {
+        print_discard(d);
+    }
     println!("steps that would run (<id> is the operation id `start` assigns):");
     let w = steps.iter().map(|s| s.phase.len()).max().unwrap_or(0);
     for s in &steps {
@@ -269,4 +292,46 @@ fn steps(
         action: format!("start {unit}, wait until active and Kibana reports available at {t}"),
     });
     out
+}
+
+fn stamp(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What the restore deletes and what it brings back.
+fn print_discard(d: &preflight::discard::Discard) {
+    println!("the restore deletes the current kibana feature state (kept in the safety snapshot):");
+    if d.current.is_empty() {
+        println!("  (no index of the feature exists now)");
+    }
+    for (index, docs) in &d.current {
+        println!("  {index}  {docs} docs");
+    }
+    match (d.newest_update_ms, &d.newest_update_unknown) {
+        (Some(ms), _) => {
+            let lost = d.snapshot_start_ms.is_some_and(|s| ms > s);
+            println!(
+                "  newest saved-object update: {}{}",
+                stamp(ms),
+                if lost {
+                    " — after the snapshot started: changes since then are lost"
+                } else {
+                    ""
+                }
+            );
+        }
+        (None, Some(why)) => println!("  newest saved-object update: unknown ({why})"),
+        (None, None) => println!("  newest saved-object update: none recorded"),
+    }
+    println!(
+        "and restores the snapshot's {} (started {})",
+        if d.snapshot_indices.is_empty() {
+            "indices".to_string()
+        } else {
+            d.snapshot_indices.join(", ")
+        },
+        d.snapshot_start_ms.map(stamp).unwrap_or_else(|| "?".into())
+    );
+    println!();
 }

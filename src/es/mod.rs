@@ -160,6 +160,54 @@ impl Es {
         Ok(out)
     }
 
+    /// Document count of every index matching `patterns` (comma-separated; hidden ones too).
+    pub async fn index_doc_counts(&self, patterns: &str) -> Result<Vec<(String, u64)>, EsError> {
+        let path = format!(
+            "_cat/indices/{}?format=json&h=index,docs.count&expand_wildcards=all",
+            patterns.split(',').map(seg).collect::<Vec<_>>().join(",")
+        );
+        let v: serde_json::Value = self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await?;
+        let mut out: Vec<(String, u64)> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| {
+                        Some((
+                            i["index"].as_str()?.to_string(),
+                            i["docs.count"]
+                                .as_str()
+                                .and_then(|c| c.parse().ok())
+                                .unwrap_or(0),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The largest value of date field `field` in `index` (ms), `None` when no document has it.
+    pub async fn max_date(&self, index: &str, field: &str) -> Result<Option<i64>, EsError> {
+        let body = json!({"size": 0, "aggs": {"newest": {"max": {"field": field}}}});
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::POST,
+                &format!("{}/_search", seg(index)),
+                Some(&body),
+                None,
+                Idempotence::Safe,
+            )
+            .await?;
+        Ok(v["aggregations"]["newest"]["value"]
+            .as_f64()
+            .map(|f| f as i64))
+    }
+
     /// Names of the features installed on the master (`GET _features`).
     pub async fn features(&self) -> Result<Vec<String>, EsError> {
         let v: serde_json::Value = self

@@ -77,10 +77,7 @@ type Stamped = DateTime<chrono::FixedOffset>;
 
 /// dnf.rpm.log lines that install a version of `package`
 /// (`2026-11-30T10:11:12+0000 SUBDEBUG Upgrade: kibana-8.15.0-1.x86_64`), with the first timestamp.
-pub fn parse_dnf_rpm_log(
-    text: &str,
-    package: &str,
-) -> (Vec<(Stamped, Version)>, Option<Stamped>) {
+pub fn parse_dnf_rpm_log(text: &str, package: &str) -> (Vec<(Stamped, Version)>, Option<Stamped>) {
     let mut out = Vec::new();
     let mut first = None;
     let prefix = format!("{package}-");

@@ -10,6 +10,7 @@
 //! * [`privileges`] asks `_has_privileges` for exactly what the operation needs;
 //! * [`liveness`] watches the agents' heartbeat counters (host documents carry no wall time).
 
+pub mod discard;
 pub mod liveness;
 pub mod privileges;
 pub mod snapshot;
