@@ -438,7 +438,7 @@ impl EsCluster {
     /// [`kibana_feature_lock`]; one lock file per cluster name).
     pub fn kibana_feature_lock(&self) -> KibanaFeatureTurn {
         static LOCKS: OnceLock<Mutex<HashMap<String, &'static Mutex<()>>>> = OnceLock::new();
-        let lock: &'static Mutex<()> = *LOCKS
+        let lock: &'static Mutex<()> = LOCKS
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
