@@ -466,6 +466,7 @@ mod tests {
 
     fn host(id: &str, installed: &str, installs: &[(&str, i64, i64)]) -> crate::fleet::HostDoc {
         crate::fleet::HostDoc {
+            format: crate::fleet::doc::FORMAT,
             host_id: id.into(),
             agent_version: "t".into(),
             unit_state: crate::fleet::UnitState::Failed,

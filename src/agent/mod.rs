@@ -179,6 +179,10 @@ impl Daemon {
             let op = match coord.operation().await {
                 Ok(Some(v)) => OpRead::Found(v),
                 Ok(None) => OpRead::Missing,
+                Err(e @ EsError::NewerFormat { .. }) => {
+                    tracing::error!("{e}");
+                    OpRead::Unsupported(e.to_string())
+                }
                 Err(e) => {
                     tracing::warn!("cannot read the operation document: {e}");
                     OpRead::Unreadable

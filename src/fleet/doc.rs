@@ -15,6 +15,23 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The format of the documents this build writes. An agent that reads a newer one (written by a
+/// newer kibana-rollback during the tool's own upgrade) refuses to act on it rather than misread
+/// it; documents written before formats were numbered are format 1.
+pub const FORMAT: u32 = 2;
+
+fn format_v1() -> u32 {
+    1
+}
+
+/// The `format` of a stored document (1 when absent).
+pub fn format_of(source: &serde_json::Value) -> u32 {
+    source["format"]
+        .as_u64()
+        .map(|f| f.min(u32::MAX as u64) as u32)
+        .unwrap_or(1)
+}
+
 /// `_seq_no` and `_primary_term` of a document as last observed; the CAS precondition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DocVersion {
@@ -382,6 +399,9 @@ pub struct AbortRequest {
 /// The `operation` document: the one active operation and its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationDoc {
+    /// [`FORMAT`] of the writer.
+    #[serde(default = "format_v1")]
+    pub format: u32,
     pub id: String,
     pub requested_by: String,
     /// Wall clock of the trigger, informational only.
@@ -534,6 +554,9 @@ impl Ack {
 /// The `host-<id>` document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostDoc {
+    /// [`FORMAT`] of the writer.
+    #[serde(default = "format_v1")]
+    pub format: u32,
     pub host_id: String,
     pub agent_version: String,
     pub unit_state: UnitState,
@@ -594,6 +617,7 @@ pub(crate) mod tests {
 
     pub fn sample_op() -> OperationDoc {
         OperationDoc {
+            format: crate::fleet::doc::FORMAT,
             id: "op1".into(),
             requested_by: "alice".into(),
             requested_at: "2026-01-01T00:00:00Z".into(),
@@ -656,6 +680,7 @@ pub(crate) mod tests {
         let v = serde_json::to_value(StepResult::Failed { cause: "x".into() }).unwrap();
         assert_eq!(v, serde_json::json!({"status": "failed", "cause": "x"}));
         let h = HostDoc {
+            format: crate::fleet::doc::FORMAT,
             host_id: "a".into(),
             agent_version: "0.1.0".into(),
             unit_state: UnitState::Inactive,

@@ -67,6 +67,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
             .unwrap_or_else(|| format!("kibana-rollback-pre-{}", req.id))
     });
     Ok(OperationDoc {
+        format: super::doc::FORMAT,
         history: vec![PhaseChange {
             from: Phase::Preflight,
             to: Phase::Preflight,

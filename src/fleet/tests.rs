@@ -47,6 +47,7 @@ fn op_in(phase: Phase) -> OperationDoc {
 }
 fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDoc {
     HostDoc {
+        format: crate::fleet::doc::FORMAT,
         host_id: id.into(),
         agent_version: "t".into(),
         unit_state: unit,
@@ -1200,4 +1201,33 @@ fn withdraw_only_before_any_agent_acted() {
     let mut later = op;
     later.phase = crate::fleet::Phase::Prefetching;
     assert!(withdraw(&later, "ops", "x", "t1").is_err());
+}
+
+#[test]
+fn an_operation_in_a_newer_format_is_not_acted_on_and_a_leader_steps_down() {
+    let (mut n, _, _) = leader_a(100);
+    let mut inp = input(101, None, vec![], vec![]);
+    inp.op = OpRead::Unsupported("operation has document format 3".into());
+    let acts = step(&mut n, inp);
+    assert!(stop_acting(&acts), "{acts:?}");
+    assert!(n.leading_epoch().is_none());
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Wait { what } if what.contains("document format 3"))));
+    assert!(!acts.iter().any(|a| matches!(
+        a,
+        Action::RunHostStep { .. } | Action::CasWriteOperation { .. }
+    )));
+}
+
+#[test]
+fn documents_carry_their_format_and_old_ones_read_as_format_1() {
+    let op = sample_op();
+    let v = serde_json::to_value(&op).unwrap();
+    assert_eq!(v["format"], FORMAT);
+    let mut old = v.clone();
+    old.as_object_mut().unwrap().remove("format");
+    assert_eq!(crate::fleet::format_of(&old), 1);
+    let back: OperationDoc = serde_json::from_value(old).unwrap();
+    assert_eq!(back.format, 1);
 }
