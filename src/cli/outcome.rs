@@ -59,5 +59,6 @@ pub fn outcome_json(op: &OperationDoc) -> serde_json::Value {
         "requested_at": op.requested_at,
         "finished_at": finished_at(op),
         "error": op.error,
+        "hosts_failed": op.hosts_failed,
     })
 }

@@ -131,11 +131,32 @@ pub fn decide_host(
         return HostDecision::Idle;
     }
     let stopped = facts.unit.is_stopped();
+    // Set aside after the restore point: no further step, and the unit stays stopped (it may
+    // hold a Kibana of the newer version, which must not run against the restored state).
+    if op.is_set_aside(me) {
+        return if stopped {
+            HostDecision::Wait(format!(
+                "set aside in operation {}: kept stopped until `kibana-rollback start --resume`",
+                op.id
+            ))
+        } else {
+            HostDecision::Run {
+                step: HostStep::StopUnit,
+                acks: false,
+                resumed: false,
+            }
+        };
+    }
     let Some(step) = op.phase.ack_step() else {
         return HostDecision::Idle;
     };
+    // Once the restore completed, a unit on the target version may run (a resumed operation's
+    // healthy hosts keep serving through `reinstalling`); only a newer one must stay stopped.
+    let on_target = facts.installed_version.as_ref() == Some(&op.target_version);
+    let must_stay_stopped = op.phase.holds_stopped()
+        && !(op.phase == Phase::Reinstalling && op.restore_completed() && on_target);
     // Enforcement first: a unit that must stay stopped and is not gets stopped again.
-    if op.phase.holds_stopped() && !stopped {
+    if must_stay_stopped && !stopped {
         return HostDecision::Run {
             step: HostStep::StopUnit,
             acks: step == Step::StopUnit,
@@ -186,8 +207,8 @@ pub fn decide_host(
             op.target_version
         ));
     }
-    if op.phase == Phase::Reinstalling && !stopped {
-        // Unreachable through holds_stopped above; kept as a second lock on the door.
+    if op.phase == Phase::Reinstalling && !stopped && !on_target {
+        // Unreachable through the hold above; kept as a second lock on the door.
         return HostDecision::Run {
             step: HostStep::StopUnit,
             acks: false,

@@ -278,7 +278,13 @@ pub const TRANSITIONS: &[Transition] = &[
         from: &[Restoring, Reinstalling, Starting, Aborting],
         by: Mover::Leader,
     },
-    // `start --resume`: re-enter the phase a failed operation failed in.
+    // `start --resume`: re-enter the phase a failed operation failed in. A restore that never
+    // completed is resumed from the barrier: fresh evidence and a new safety snapshot first.
+    Transition {
+        to: Barrier,
+        from: &[Failed],
+        by: Mover::Operator,
+    },
     Transition {
         to: Restoring,
         from: &[Failed],
@@ -342,6 +348,9 @@ pub struct SafetySnapshot {
     /// Uuid of the snapshot once taken.
     #[serde(default)]
     pub taken_uuid: Option<String>,
+    /// Safety snapshots taken by earlier runs of this operation (before a `--resume`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<String>,
 }
 
 /// The current lease holder.
@@ -389,6 +398,14 @@ pub struct RestoreRecord {
     pub detail: String,
 }
 
+/// A host set aside after the restore point, with the step that failed and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFailure {
+    pub host: String,
+    pub step: Step,
+    pub cause: String,
+}
+
 /// An operator's abort request; honoured only before the restore point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbortRequest {
@@ -426,6 +443,11 @@ pub struct OperationDoc {
     pub history: Vec<PhaseChange>,
     pub error: Option<OpError>,
     pub restore: Option<RestoreRecord>,
+    /// Hosts set aside after the restore point because their reinstall or start failed: they
+    /// take no further step and stay stopped, while every other host goes on and serves; the
+    /// operation then ends `failed` naming them, and `start --resume` finishes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts_failed: Vec<HostFailure>,
     #[serde(default)]
     pub abort_requested: Option<AbortRequest>,
 }
@@ -441,6 +463,11 @@ impl OperationDoc {
 
     pub fn restore_completed(&self) -> bool {
         self.restore.as_ref().is_some_and(|r| r.completed)
+    }
+
+    /// Set aside after the restore point (its reinstall or start failed): no further step.
+    pub fn is_set_aside(&self, host_id: &str) -> bool {
+        self.hosts_failed.iter().any(|f| f.host == host_id)
     }
 
     /// The ack a host must have written for the current phase to count, if the phase has a step.
@@ -632,6 +659,7 @@ pub(crate) mod tests {
                 enabled: true,
                 name: Some("kibana-rollback-pre-op1".into()),
                 taken_uuid: None,
+                earlier: vec![],
             },
             expected_hosts: vec!["a".into(), "b".into(), "c".into()],
             phase: Phase::Preflight,
@@ -642,6 +670,7 @@ pub(crate) mod tests {
             history: vec![],
             error: None,
             restore: None,
+            hosts_failed: vec![],
             abort_requested: None,
         }
     }

@@ -26,8 +26,8 @@
 //! the deadline check right before sending keeps that window to the adapter's send path.
 
 use super::doc::{
-    transition, HostDoc, Mover, OpError, OperationDoc, Phase, RestoreRecord, SnapshotRef, Step,
-    StepResult,
+    transition, HostDoc, HostFailure, Mover, OpError, OperationDoc, Phase, PhaseChange,
+    RestoreRecord, SnapshotRef, Step, StepResult,
 };
 use super::lease::{renew, HeldLease};
 use super::status::waiting_for;
@@ -209,10 +209,11 @@ pub struct AckTally {
 }
 
 /// Tally the expected hosts' acks of `step` that answer `op` (see [`super::doc::Ack::answers`]).
-/// With `need_stopped`, an OK host whose doc does not report its unit stopped is pending.
+/// With `need_stopped`, an OK host whose doc does not report its unit stopped is pending. Hosts
+/// set aside after the restore point ([`OperationDoc::hosts_failed`]) are not counted.
 pub fn tally(op: &OperationDoc, hosts: &[HostDoc], step: Step, need_stopped: bool) -> AckTally {
     let mut t = AckTally::default();
-    for h in &op.expected_hosts {
+    for h in op.expected_hosts.iter().filter(|h| !op.is_set_aside(h)) {
         let doc = hosts.iter().find(|d| &d.host_id == h);
         let ack = doc
             .and_then(|d| d.ack.as_ref())
@@ -362,11 +363,10 @@ pub fn decide_leader(
                 Some(Ok(())) => timed_out(&t).unwrap_or_else(waiting),
             }
         }
-        Phase::Prefetching
-        | Phase::Stopping
-        | Phase::Reinstalling
-        | Phase::Starting
-        | Phase::Aborting => {
+        Phase::Reinstalling | Phase::Starting => {
+            decide_after_restore(op, hosts, mem, age, cfg, wall)
+        }
+        Phase::Prefetching | Phase::Stopping | Phase::Aborting => {
             let step = op.phase.host_step().expect("host phase");
             let t = tally(op, hosts, step, false);
             if let Some((h, c)) = t.failed.first() {
@@ -384,35 +384,12 @@ pub fn decide_leader(
             match op.phase {
                 Phase::Prefetching => next(op, Phase::Stopping, "every host prefetched", wall),
                 Phase::Stopping => next(op, Phase::Barrier, "every host stopped", wall),
-                Phase::Reinstalling => next(op, Phase::Starting, "every host reinstalled", wall),
-                Phase::Aborting => next(
+                _ => next(
                     op,
                     Phase::Aborted,
                     "every unit back on the unchanged package",
                     wall,
                 ),
-                _ => match &mem.verify {
-                    None => run_or_wait(
-                        mem,
-                        ClusterStep::VerifyFinal {
-                            target_version: op.target_version.clone(),
-                        },
-                        "starting: verifying the result".into(),
-                    ),
-                    Some(Ok(())) => next(
-                        op,
-                        Phase::Done,
-                        "every host started on the target version",
-                        wall,
-                    ),
-                    Some(Err(c)) => end(
-                        op,
-                        Phase::Failed,
-                        None,
-                        format!("final verification: {c}"),
-                        wall,
-                    ),
-                },
             }
         }
         Phase::Barrier => {
@@ -516,6 +493,141 @@ pub fn decide_leader(
         },
         Phase::Restoring => decide_restoring(op, hosts, mem, lease, now, cfg, wall),
     }
+}
+
+/// `reinstalling` and `starting`, past the restore point: a host whose step fails (or that stays
+/// silent past the phase timeout) is set aside — it stays stopped and takes no further step —
+/// and every other host goes on, so healthy hosts serve. The operation then ends `failed`
+/// naming the hosts set aside, and `start --resume` finishes them.
+fn decide_after_restore(
+    op: &OperationDoc,
+    hosts: &[HostDoc],
+    mem: &LeaderMemory,
+    age: Duration,
+    cfg: &FleetConfig,
+    wall: &str,
+) -> LeaderDecision {
+    let step = op.phase.host_step().expect("host phase");
+    let t = tally(op, hosts, step, false);
+    let timed_out = cfg.phase_timeout.is_some_and(|limit| age >= limit);
+    let mut failures: Vec<HostFailure> = t
+        .failed
+        .iter()
+        .map(|(h, c)| HostFailure {
+            host: h.clone(),
+            step,
+            cause: c.clone(),
+        })
+        .collect();
+    if !t.pending.is_empty() {
+        if !timed_out {
+            return LeaderDecision::Wait(waiting_for(op, hosts));
+        }
+        let limit = cfg.phase_timeout.expect("timed out");
+        failures.extend(t.pending.iter().map(|h| HostFailure {
+            host: h.clone(),
+            step,
+            cause: format!("no acknowledgement within {limit:?}"),
+        }));
+    }
+    if !failures.is_empty() {
+        let mut doc = op.clone();
+        let names: Vec<String> = failures.iter().map(|f| f.host.clone()).collect();
+        let reason = format!(
+            "{} failed on {}: set aside, kept stopped; the other hosts go on",
+            op.phase,
+            failures
+                .iter()
+                .map(|f| format!("{} ({})", f.host, f.cause))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        doc.hosts_failed.extend(failures);
+        doc.history.push(PhaseChange {
+            from: op.phase,
+            to: op.phase,
+            epoch: op.epoch,
+            reason: reason.clone(),
+            at: wall.to_string(),
+        });
+        return LeaderDecision::Write {
+            doc,
+            why: format!("setting aside {}", names.join(", ")),
+        };
+    }
+    let serving = op.expected_hosts.len() - op.hosts_failed.len();
+    if serving == 0 {
+        return end(
+            op,
+            Phase::Failed,
+            op.hosts_failed.first().map(|f| f.host.clone()),
+            format!(
+                "{} failed on every host: {}; the restored state is in place, no Kibana was started; fix the hosts and run `kibana-rollback start --resume`",
+                op.phase,
+                describe_set_aside(op)
+            ),
+            wall,
+        );
+    }
+    if op.phase == Phase::Reinstalling {
+        let why = if op.hosts_failed.is_empty() {
+            "every host reinstalled".to_string()
+        } else {
+            format!(
+                "{serving} host(s) reinstalled; {} set aside",
+                op.hosts_failed.len()
+            )
+        };
+        return next(op, Phase::Starting, &why, wall);
+    }
+    match &mem.verify {
+        None => run_or_wait(
+            mem,
+            ClusterStep::VerifyFinal {
+                target_version: op.target_version.clone(),
+            },
+            "starting: verifying the result".into(),
+        ),
+        Some(Err(c)) => end(
+            op,
+            Phase::Failed,
+            None,
+            format!("final verification: {c}"),
+            wall,
+        ),
+        Some(Ok(())) if op.hosts_failed.is_empty() => next(
+            op,
+            Phase::Done,
+            "every host started on the target version",
+            wall,
+        ),
+        Some(Ok(())) => end(
+            op,
+            Phase::Failed,
+            op.hosts_failed.first().map(|f| f.host.clone()),
+            format!(
+                "{serving} host(s) serve Kibana {}; set aside and kept stopped: {}; fix them and run `kibana-rollback start --resume` to finish them",
+                op.target_version,
+                describe_set_aside(op)
+            ),
+            wall,
+        ),
+    }
+}
+
+/// `kb2 (reinstall: dpkg error ...), kb3 (...)`.
+pub fn describe_set_aside(op: &OperationDoc) -> String {
+    op.hosts_failed
+        .iter()
+        .map(|f| {
+            let step = serde_json::to_value(f.step)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!("{} ({step}: {})", f.host, f.cause)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn complete_restore(op: &OperationDoc, detail: String, wall: &str) -> LeaderDecision {

@@ -102,8 +102,8 @@ mod tests;
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
     format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion,
-    HostDoc, InstallEvent, InstallHistory, LeaderInfo, Mover, OpError, OperationDoc, Phase,
-    PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
+    HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo, Mover, OpError, OperationDoc,
+    Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
     UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};

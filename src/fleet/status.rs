@@ -85,6 +85,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
             enabled: req.safety_snapshot,
             name,
             taken_uuid: None,
+            earlier: vec![],
         },
         expected_hosts: req.expected_hosts,
         phase: Phase::Preflight,
@@ -94,6 +95,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         barrier_client_check: req.barrier_client_check,
         error: None,
         restore: None,
+        hosts_failed: vec![],
         abort_requested: None,
     })
 }
@@ -287,6 +289,12 @@ pub fn withdraw(
 /// than the new `phase_epoch` do not count). With `forget_restore`, a restore recorded but not
 /// completed is dropped and will be issued again: the operator says it certainly did not happen
 /// (or that restoring once more is what they want).
+///
+/// Resume is as safe as the first run: an operation that failed in `restoring` without a
+/// completed restore goes back to the `barrier` (fresh evidence that every unit is stopped) and
+/// takes a new safety snapshot (data written while it sat `failed` is kept too; the earlier one
+/// stays listed). One with hosts set aside after the restore goes back to `reinstalling`, so
+/// those hosts reinstall and start while the others, already on the target, keep serving.
 pub fn resume(
     op: &OperationDoc,
     by: &str,
@@ -312,13 +320,33 @@ pub fn resume(
     bumped.epoch = op.epoch + 1;
     bumped.leader = None;
     bumped.error = None;
-    let mut next = transition(
-        &bumped,
-        failed_in,
-        Mover::Operator,
-        format!("resumed by {by}"),
-        at,
-    )?;
+    bumped.hosts_failed.clear();
+    let restore_done = op.restore_completed();
+    let (to, why) = match failed_in {
+        Phase::Restoring if !restore_done => (
+            Phase::Barrier,
+            "from the barrier: fresh evidence and a new safety snapshot before any restore",
+        ),
+        Phase::Starting if !op.hosts_failed.is_empty() => (
+            Phase::Reinstalling,
+            "from reinstalling: the hosts set aside reinstall, the others keep serving",
+        ),
+        p => (p, ""),
+    };
+    if to == Phase::Barrier && bumped.safety_snapshot.enabled {
+        let s = &mut bumped.safety_snapshot;
+        if let Some(old) = s.name.take() {
+            s.earlier.push(old);
+        }
+        s.name = Some(format!("kibana-rollback-pre-{}-e{}", op.id, bumped.epoch));
+        s.taken_uuid = None;
+    }
+    let reason = if why.is_empty() {
+        format!("resumed by {by}")
+    } else {
+        format!("resumed by {by} {why}")
+    };
+    let mut next = transition(&bumped, to, Mover::Operator, reason, at)?;
     if forget_restore {
         if let Some(r) = &next.restore {
             if !r.completed {

@@ -182,8 +182,6 @@ fn host_failure_before_the_restore_point_aborts_after_it_fails() {
     for (phase, step, to) in [
         (Phase::Prefetching, Step::Prefetch, Phase::Aborting),
         (Phase::Stopping, Step::StopUnit, Phase::Aborting),
-        (Phase::Reinstalling, Step::Reinstall, Phase::Failed),
-        (Phase::Starting, Step::StartUnit, Phase::Failed),
         (Phase::Aborting, Step::AbortRestart, Phase::Failed),
     ] {
         let op = op_in(phase);
@@ -206,9 +204,121 @@ fn phase_timeout_aborts_before_and_fails_after_the_restore_point() {
     ));
     let doc = moves_to(decide(&op, hosts, &mem(op.phase), 300), Phase::Aborting);
     assert!(doc.error.unwrap().cause.contains("b, c"));
+    // After the restore point a silent host is set aside; the others go on.
     let op = op_in(Phase::Starting);
     let hosts = &all(Step::StartUnit, UnitState::Active)[..2];
-    moves_to(decide(&op, hosts, &mem(op.phase), 300), Phase::Failed);
+    waits(decide(&op, hosts, &mem(op.phase), 299));
+    let LeaderDecision::Write { doc, .. } = decide(&op, hosts, &mem(op.phase), 300) else {
+        panic!("sets aside the silent host")
+    };
+    assert_eq!(doc.phase, Phase::Starting);
+    assert_eq!(doc.hosts_failed.len(), 1);
+    assert_eq!(doc.hosts_failed[0].host, "c");
+    assert!(doc.hosts_failed[0].cause.contains("no acknowledgement"));
+}
+
+#[test]
+fn after_the_restore_a_failed_host_is_set_aside_and_the_others_serve() {
+    // c's reinstall fails: it is set aside, a and b go on to start.
+    let op = op_in(Phase::Reinstalling);
+    let mut hosts = all(Step::Reinstall, UnitState::Inactive);
+    hosts[2].ack.as_mut().unwrap().result = failed("dpkg: error processing kibana (--install)");
+    let LeaderDecision::Write { doc: aside, .. } = decide(&op, &hosts, &mem(op.phase), 1) else {
+        panic!("sets aside c")
+    };
+    assert_eq!(aside.phase, Phase::Reinstalling);
+    assert!(aside.is_set_aside("c") && !aside.is_set_aside("a"));
+    assert!(aside.history.last().unwrap().reason.contains("dpkg: error"));
+    let starting = moves_to(decide(&aside, &hosts, &mem(op.phase), 2), Phase::Starting);
+    // c, set aside, takes no step and is kept stopped; a and b start.
+    let running = HostFacts {
+        unit: UnitState::Active,
+        ..facts(UnitState::Active)
+    };
+    match decide_host(Some(&starting), "c", None, &running, None) {
+        HostDecision::Run { step, acks, .. } => {
+            assert_eq!(step, HostStep::StopUnit);
+            assert!(!acks);
+        }
+        d => panic!("c must be kept stopped: {d:?}"),
+    }
+    assert!(matches!(
+        decide_host(
+            Some(&starting),
+            "c",
+            None,
+            &facts(UnitState::Inactive),
+            None
+        ),
+        HostDecision::Wait(_)
+    ));
+    assert!(matches!(
+        decide_host(
+            Some(&starting),
+            "a",
+            None,
+            &facts(UnitState::Inactive),
+            None
+        ),
+        HostDecision::Run {
+            step: HostStep::StartUnit { .. },
+            ..
+        }
+    ));
+    // Every other host started: verify, then `failed` naming c and how to finish it.
+    let mut hosts = all(Step::StartUnit, UnitState::Active);
+    hosts[2].ack = None;
+    let mut m = mem(Phase::Starting);
+    assert!(matches!(
+        runs(decide(&starting, &hosts, &m, 3)),
+        ClusterStep::VerifyFinal { .. }
+    ));
+    m.verify = Some(Ok(()));
+    let end = moves_to(decide(&starting, &hosts, &m, 4), Phase::Failed);
+    let e = end.error.as_ref().unwrap();
+    assert_eq!(e.host.as_deref(), Some("c"));
+    assert!(
+        e.cause.contains("2 host(s) serve Kibana 8.14.3")
+            && e.cause.contains("c (reinstall: dpkg: error")
+            && e.cause.contains("start --resume"),
+        "{}",
+        e.cause
+    );
+    // `--resume` redoes reinstalling for everyone (a no-op on a and b, which keep serving).
+    let resumed = resume(&end, "ops", "w", false).unwrap();
+    assert_eq!(resumed.phase, Phase::Reinstalling);
+    assert!(resumed.hosts_failed.is_empty());
+    let serving = HostFacts {
+        unit: UnitState::Active,
+        installed_version: Some(semver::Version::new(8, 14, 3)),
+        held: true,
+        install_history: None,
+    };
+    assert!(
+        matches!(
+            decide_host(Some(&resumed), "a", None, &serving, None),
+            HostDecision::Run {
+                step: HostStep::Reinstall { .. },
+                acks: true,
+                ..
+            }
+        ),
+        "a serving host on the target is not stopped by a resumed reinstall"
+    );
+}
+
+#[test]
+fn every_host_failing_after_the_restore_fails_with_nothing_started() {
+    let mut op = op_in(Phase::Reinstalling);
+    for h in ["a", "b", "c"] {
+        op.hosts_failed.push(HostFailure {
+            host: h.into(),
+            step: Step::Reinstall,
+            cause: "no space".into(),
+        });
+    }
+    let doc = moves_to(decide(&op, &[], &mem(op.phase), 1), Phase::Failed);
+    assert!(doc.error.unwrap().cause.contains("failed on every host"));
 }
 
 #[test]
@@ -1079,7 +1189,8 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
         SafetySnapshot {
             enabled: false,
             name: None,
-            taken_uuid: None
+            taken_uuid: None,
+            earlier: vec![],
         }
     );
 }
@@ -1164,9 +1275,29 @@ fn resume_reenters_the_failed_phase_at_a_new_epoch_so_steps_are_redone() {
         superseded_epochs: vec![],
         detail: String::new(),
     });
+    rs.safety_snapshot.taken_uuid = Some("first".into());
     let f = transition(&rs, Phase::Failed, Mover::Leader, "restore failed", "w").unwrap();
-    assert!(resume(&f, "a", "w", false).unwrap().restore.is_some());
+    let r = resume(&f, "a", "w", false).unwrap();
+    assert!(r.restore.is_some());
     assert!(resume(&f, "a", "w", true).unwrap().restore.is_none());
+    // A restore that never completed resumes from the barrier, with a new safety snapshot:
+    // whatever was written while the operation sat failed is kept too.
+    assert_eq!(r.phase, Phase::Barrier);
+    assert_eq!(
+        r.safety_snapshot.name.as_deref(),
+        Some(format!("kibana-rollback-pre-op1-e{}", r.epoch).as_str())
+    );
+    assert_eq!(r.safety_snapshot.taken_uuid, None);
+    assert_eq!(r.safety_snapshot.earlier, ["kibana-rollback-pre-op1"]);
+    // A completed restore resumes where it failed.
+    let mut done = rs.clone();
+    done.restore.as_mut().unwrap().completed = true;
+    done.phase = Phase::Reinstalling;
+    let f = transition(&done, Phase::Failed, Mover::Leader, "x", "w").unwrap();
+    assert_eq!(
+        resume(&f, "a", "w", false).unwrap().phase,
+        Phase::Reinstalling
+    );
 }
 
 #[test]
