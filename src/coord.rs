@@ -111,17 +111,38 @@ impl<'a> Coord<'a> {
     /// Host documents of these hosts, read in real time. One in a newer format is left out
     /// (with a warning): it is as good as missing to this agent.
     pub async fn hosts(&self, ids: &[String]) -> Result<Vec<HostDoc>, EsError> {
+        Ok(self
+            .hosts_versioned(ids)
+            .await?
+            .into_iter()
+            .map(|v| v.doc)
+            .collect())
+    }
+
+    /// [`Coord::hosts`] with each document's version (the agent CAS-writes its own).
+    pub async fn hosts_versioned(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<fleet::Versioned<HostDoc>>, EsError> {
         let doc_ids: Vec<String> = ids.iter().map(|h| HostDoc::doc_id(h)).collect();
         Ok(self
             .es
             .get_docs::<serde_json::Value>(self.index, &doc_ids)
             .await?
             .into_iter()
-            .filter_map(|d| match decode(&d.id, d.source) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::warn!("ignoring host document: {e}");
-                    None
+            .filter_map(|d| {
+                let id = d.id.clone();
+                let v = to_fleet(d);
+                match decode(&id, v.doc) {
+                    Ok(h) => Some(fleet::Versioned {
+                        seq_no: v.seq_no,
+                        primary_term: v.primary_term,
+                        doc: h,
+                    }),
+                    Err(e) => {
+                        tracing::warn!("ignoring host document: {e}");
+                        None
+                    }
                 }
             })
             .collect())
@@ -138,11 +159,46 @@ impl<'a> Coord<'a> {
             .collect())
     }
 
-    pub async fn write_host(&self, doc: &HostDoc) -> Result<(), EsError> {
+    /// This host's document: created when `expected` is `None`, else a CAS on it, so only the
+    /// machine that owns the host id writes it (409: another machine wrote it).
+    pub async fn write_host(
+        &self,
+        doc: &HostDoc,
+        expected: Option<DocVersion>,
+    ) -> Result<DocVersion, EsError> {
+        let id = HostDoc::doc_id(&doc.host_id);
+        match expected {
+            None => self.es.create_doc(self.index, &id, doc).await,
+            Some(v) => {
+                self.es
+                    .cas_put(self.index, &id, doc, v.seq_no as i64, v.primary_term as i64)
+                    .await
+            }
+        }
+        .map(version)
+    }
+
+    /// A claim on a host id owned by another machine (plain write: one writer per claim).
+    pub async fn write_claim(&self, doc: &fleet::ClaimDoc) -> Result<(), EsError> {
         self.es
-            .put_doc(self.index, &HostDoc::doc_id(&doc.host_id), doc)
+            .put_doc(
+                self.index,
+                &fleet::ClaimDoc::doc_id(&doc.host_id, &doc.machine),
+                doc,
+            )
             .await
             .map(|_| ())
+    }
+
+    /// Every claim document (near-real-time search): two machines with one host id.
+    pub async fn claims(&self) -> Result<Vec<fleet::ClaimDoc>, EsError> {
+        Ok(self
+            .es
+            .list_docs::<fleet::ClaimDoc>(self.index, "claim-")
+            .await?
+            .into_iter()
+            .map(|d| d.source)
+            .collect())
     }
 
     /// Makes near-real-time listings (registered hosts, history) see the latest writes. Best
@@ -211,8 +267,8 @@ fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Protocol timing from the validated settings.
-pub fn fleet_config(settings: &Settings) -> fleet::FleetConfig {
+/// Protocol timing from the validated settings, and this agent's machine.
+pub fn fleet_config(settings: &Settings, machine: fleet::MachineIdentity) -> fleet::FleetConfig {
     let c = &settings.coordination;
     fleet::FleetConfig {
         lease: fleet::LeaseConfig {
@@ -224,6 +280,7 @@ pub fn fleet_config(settings: &Settings) -> fleet::FleetConfig {
         retry_every: std::time::Duration::from_secs(5).min(c.lease / 3),
         heartbeat_every: c.heartbeat,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        machine,
     }
 }
 

@@ -487,6 +487,7 @@ mod tests {
                 covers_since_ms: Some(0),
                 uncertainty_ms: 10,
             }),
+            machine: None,
         }
     }
 

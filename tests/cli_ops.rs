@@ -454,6 +454,7 @@ async fn start_status_busy_abort_lock_history() {
     led.epoch = 1;
     led.leader = Some(kibana_rollback::fleet::LeaderInfo {
         host_id: "kb1".into(),
+        machine: None,
         renewals: 0,
     });
     es().cas_put(&e.index, "operation", &led, seq, term)
@@ -853,5 +854,41 @@ async fn start_wait_stops_following_on_sigterm_and_reattaches() {
         out.contains("same request") && out.contains(&format!("operation {} aborted", op.id)),
         "{out}"
     );
+    raw("DELETE", &e.index, None).await;
+}
+
+/// Two machines with one host id: the second agent writes a claim document (tested in the
+/// protocol's unit tests); `plan` and `start` name both machines and refuse.
+#[tokio::test]
+async fn a_host_id_claimed_by_two_machines_is_refused_naming_both() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("{}/_doc/claim-kb1-inst2?refresh=true", e.index),
+        Some(json!({
+            "host_id": "kb1",
+            "machine": {"machine_id": "mid-clone", "instance": "inst2"},
+            "owner": {"machine_id": "mid-first", "instance": "inst1"},
+            "heartbeat": 3,
+        })),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{v}");
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "good"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(
+        err.contains("host id kb1 is claimed by two machines")
+            && err.contains("machine mid-first (instance inst1) owns it")
+            && err.contains("machine mid-clone (instance inst2)"),
+        "{err}"
+    );
+    let (code, out, _) = run_cli(&e.cfg, &["plan"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("claimed by two machines"), "{out}");
+    assert!(operation(&e.index).await.is_none());
     raw("DELETE", &e.index, None).await;
 }

@@ -10,6 +10,7 @@
 mod cluster_steps;
 mod evidence;
 mod host_steps;
+mod identity;
 mod progress;
 
 use std::collections::BTreeSet;
@@ -115,7 +116,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     if let Some(p) = &resumed {
         tracing::info!(operation_id = %p.operation_id, step = ?p.step, "resuming from the local progress record");
     }
-    let node = NodeState::new(host_id.clone(), fleet_config(&settings), resumed);
+    let machine = identity::machine(&settings.coordination.state_dir);
+    tracing::info!(host = %host_id, "this agent is {machine}");
+    let node = NodeState::new(host_id.clone(), fleet_config(&settings, machine), resumed);
     tracing::info!(host = %host_id, index = %settings.coordination.index, "agent started");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -198,8 +201,18 @@ impl Daemon {
                     last_phase = Some(now_phase);
                 }
             }
-            match coord.hosts(&ids.into_iter().collect::<Vec<_>>()).await {
-                Ok(h) => self.last_hosts = h,
+            let mut own_version = None;
+            match coord
+                .hosts_versioned(&ids.into_iter().collect::<Vec<_>>())
+                .await
+            {
+                Ok(h) => {
+                    own_version = h
+                        .iter()
+                        .find(|v| v.doc.host_id == self.settings.coordination.host_id)
+                        .map(|v| v.version());
+                    self.last_hosts = h.into_iter().map(|v| v.doc).collect();
+                }
                 Err(e) => tracing::warn!("cannot read host documents: {e}"),
             }
             let now = boottime();
@@ -236,6 +249,7 @@ impl Daemon {
                     wall: wall_now(),
                     op,
                     hosts: self.last_hosts.clone(),
+                    own_version,
                     facts,
                     events,
                 },
@@ -355,12 +369,18 @@ impl Daemon {
                     }
                     Event::Deleted { id, result: r }
                 }
-                Action::WriteHostDoc { id, doc } => {
-                    let r = coord.write_host(&doc).await;
-                    if let Err(e) = &r {
+                Action::WriteHostDoc { id, doc, expected } => {
+                    let r = write_result(coord.write_host(&doc, expected).await);
+                    if let WriteResult::Unknown(e) = &r {
                         tracing::warn!("writing the host document failed: {e}");
                     }
-                    Event::HostDocWritten { id, ok: r.is_ok() }
+                    Event::HostDocWritten { id, result: r }
+                }
+                Action::WriteClaim { id, doc } => {
+                    if let Err(e) = coord.write_claim(&doc).await {
+                        tracing::warn!("writing the claim document failed: {e}");
+                    }
+                    Event::ClaimWritten { id }
                 }
                 other => unreachable!("not a write: {other:?}"),
             };

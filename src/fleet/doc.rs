@@ -353,10 +353,32 @@ pub struct SafetySnapshot {
     pub earlier: Vec<String>,
 }
 
+/// Which machine an agent runs on: `/etc/machine-id` plus an instance id the agent keeps in its
+/// state directory. Two machines that claim one host id (a cloned VM, a reused hostname) differ
+/// here, so neither can answer or lead for the other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MachineIdentity {
+    pub machine_id: String,
+    pub instance: String,
+}
+
+impl fmt::Display for MachineIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "machine {} (instance {})",
+            self.machine_id, self.instance
+        )
+    }
+}
+
 /// The current lease holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
     pub host_id: String,
+    /// The machine that holds the lease; `None` in documents from before identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineIdentity>,
     /// Bumped by every renewal; its only job is to change the document (and so its `_seq_no`).
     pub renewals: u64,
 }
@@ -596,6 +618,26 @@ pub struct HostDoc {
     /// eligibility: a snapshot started after a newer Kibana was installed may hold its state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_history: Option<InstallHistory>,
+    /// The machine that owns this host id; `None` in documents from before identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineIdentity>,
+}
+
+/// `claim-<host id>-<instance>`: written by an agent that finds its host id owned by another
+/// live machine. It does nothing else; `plan`, `start` and `status` name both machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimDoc {
+    pub host_id: String,
+    pub machine: MachineIdentity,
+    /// The machine that owns the host document, as the claimer saw it.
+    pub owner: Option<MachineIdentity>,
+    pub heartbeat: u64,
+}
+
+impl ClaimDoc {
+    pub fn doc_id(host_id: &str, machine: &MachineIdentity) -> String {
+        format!("claim-{host_id}-{}", machine.instance)
+    }
 }
 
 /// A host's evidence of Kibana package installs, on Elasticsearch's clock (ms since the epoch,
@@ -696,6 +738,7 @@ pub(crate) mod tests {
         });
         op.leader = Some(LeaderInfo {
             host_id: "a".into(),
+            machine: None,
             renewals: 7,
         });
         let v = serde_json::to_value(&op).unwrap();
@@ -724,6 +767,7 @@ pub(crate) mod tests {
                 detail: String::new(),
             }),
             install_history: None,
+            machine: None,
         };
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["unit_state"], "inactive");

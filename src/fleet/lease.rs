@@ -24,7 +24,7 @@
 //! `CLOCK_BOOTTIME`, not `CLOCK_MONOTONIC` (which `std::time::Instant` uses on Linux and which
 //! stops during suspend — a leader whose clock stopped would believe its lease still fresh).
 
-use super::doc::{DocVersion, LeaderInfo, OperationDoc, PhaseChange};
+use super::doc::{DocVersion, LeaderInfo, MachineIdentity, OperationDoc, PhaseChange};
 use std::time::Duration;
 
 /// Lease timing. `margin` must be well below `duration / 3`.
@@ -131,7 +131,7 @@ impl HeldLease {
 
 /// The document a candidate writes (by CAS on the version it watched expire, or on a document
 /// without a leader) to become leader: `epoch + 1`, itself as leader, a history note.
-pub fn takeover(op: &OperationDoc, me: &str, at: &str) -> OperationDoc {
+pub fn takeover(op: &OperationDoc, me: &str, machine: &MachineIdentity, at: &str) -> OperationDoc {
     let mut next = op.clone();
     next.epoch = op.epoch + 1;
     let reason = match op.leader_id() {
@@ -143,6 +143,7 @@ pub fn takeover(op: &OperationDoc, me: &str, at: &str) -> OperationDoc {
     };
     next.leader = Some(LeaderInfo {
         host_id: me.to_owned(),
+        machine: Some(machine.clone()),
         renewals: 0,
     });
     next.history.push(PhaseChange {
@@ -281,14 +282,16 @@ mod tests {
         op.epoch = 2;
         op.leader = Some(LeaderInfo {
             host_id: "a".into(),
+            machine: None,
             renewals: 9,
         });
-        let next = takeover(&op, "b", "t");
+        let next = takeover(&op, "b", &MachineIdentity::default(), "t");
         assert_eq!(next.epoch, 3);
         assert_eq!(
             next.leader,
             Some(LeaderInfo {
                 host_id: "b".into(),
+                machine: Some(MachineIdentity::default()),
                 renewals: 0
             })
         );

@@ -101,10 +101,10 @@ mod tests;
 
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
-    format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion,
-    HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo, Mover, OpError, OperationDoc,
-    Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
-    UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
+    format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, ClaimDoc, DocError,
+    DocVersion, HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo, MachineIdentity,
+    Mover, OpError, OperationDoc, Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot,
+    SnapshotRef, Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
@@ -131,6 +131,16 @@ pub struct FleetConfig {
     pub heartbeat_every: Duration,
     /// Written into the host document.
     pub agent_version: String,
+    /// This agent's machine: it owns its host document and leads by it.
+    pub machine: MachineIdentity,
+}
+
+impl FleetConfig {
+    /// After how long without a heartbeat (on our clock) another machine's claim on our host id
+    /// counts as gone: ten heartbeats, at least a lease.
+    pub fn takeover_after(&self) -> Duration {
+        (self.heartbeat_every * 10).max(self.lease.duration)
+    }
 }
 
 impl Default for FleetConfig {
@@ -145,6 +155,7 @@ impl Default for FleetConfig {
             retry_every: Duration::from_secs(10),
             heartbeat_every: Duration::from_secs(15),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            machine: MachineIdentity::default(),
         }
     }
 }

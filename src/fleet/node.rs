@@ -21,7 +21,9 @@
 //! process are never fed to a new `NodeState` (ids restart at 1).
 
 use super::agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
-use super::doc::{Ack, DocVersion, HostDoc, OperationDoc, Phase, StepResult, Versioned};
+use super::doc::{
+    Ack, ClaimDoc, DocVersion, HostDoc, MachineIdentity, OperationDoc, Phase, StepResult, Versioned,
+};
 use super::leader::{
     decide_leader, renewal, ClusterOutcome, ClusterStep, ClusterStepKind, LeaderDecision,
     LeaderMemory,
@@ -67,7 +69,10 @@ pub enum Event {
     },
     HostDocWritten {
         id: RequestId,
-        ok: bool,
+        result: WriteResult,
+    },
+    ClaimWritten {
+        id: RequestId,
     },
     Cluster {
         id: RequestId,
@@ -100,6 +105,8 @@ pub struct Inputs {
     pub op: OpRead,
     /// Host documents as read this round (all `host-*`; others' and possibly our own).
     pub hosts: Vec<HostDoc>,
+    /// The version of this host's own document as read this round (`None`: absent or unread).
+    pub own_version: Option<DocVersion>,
     pub facts: HostFacts,
     /// Results that arrived since the last round. Read `op` *after* collecting them.
     pub events: Vec<Event>,
@@ -119,8 +126,16 @@ pub enum Action {
     ArchiveHistory { id: RequestId, doc: OperationDoc },
     /// `DELETE <idx>/_doc/operation?if_seq_no=..` → [`Event::Deleted`].
     DeleteOperation { id: RequestId, expected: DocVersion },
-    /// `PUT <idx>/_doc/host-<id>` → [`Event::HostDocWritten`].
-    WriteHostDoc { id: RequestId, doc: HostDoc },
+    /// This host's document: `_create` when `expected` is `None`, else a CAS on `expected`, so
+    /// only the machine that owns the host id writes it → [`Event::HostDocWritten`].
+    WriteHostDoc {
+        id: RequestId,
+        doc: HostDoc,
+        expected: Option<DocVersion>,
+    },
+    /// `PUT <idx>/_doc/claim-<host id>-<instance>`: another live machine owns our host id
+    /// → [`Event::ClaimWritten`].
+    WriteClaim { id: RequestId, doc: ClaimDoc },
     /// Persist locally (fsync) before executing the next action. No result.
     RecordProgress(LocalProgress),
     /// → [`Event::HostStepDone`].
@@ -188,6 +203,11 @@ pub struct NodeState {
     host_step: Option<PendingHostStep>,
     host_write: Option<(RequestId, HostDoc)>,
     host_written: Option<HostDoc>,
+    /// Our own host document's version since we last wrote it; `None`: not owned yet this run.
+    host_version: Option<DocVersion>,
+    /// Another machine owns our host id: who, its heartbeat, since when unchanged (our clock).
+    foreign: Option<(MachineIdentity, u64, Duration)>,
+    claim_write: Option<RequestId>,
     last_heartbeat: Option<Duration>,
     heartbeat: Option<u64>,
     my_ack: Option<Ack>,
@@ -213,6 +233,9 @@ impl NodeState {
             host_step: None,
             host_write: None,
             host_written: None,
+            host_version: None,
+            foreign: None,
+            claim_write: None,
             last_heartbeat: None,
             heartbeat: None,
             my_ack: None,
@@ -278,10 +301,24 @@ impl NodeState {
                     }
                 }
             }
-            Event::HostDocWritten { id, ok } => {
+            Event::HostDocWritten { id, result } => {
                 if let Some((_, doc)) = self.host_write.take_if(|(i, _)| *i == id) {
-                    self.host_written = ok.then_some(doc);
+                    match result {
+                        WriteResult::Ok(v) => {
+                            self.host_version = Some(v);
+                            self.host_written = Some(doc);
+                        }
+                        // Someone else wrote our document: look at who, next round.
+                        WriteResult::Conflict => {
+                            self.host_version = None;
+                            self.host_written = None;
+                        }
+                        WriteResult::Unknown(_) => self.host_written = None,
+                    }
                 }
+            }
+            Event::ClaimWritten { id } => {
+                self.claim_write.take_if(|i| *i == id);
             }
             Event::Cluster { id, outcome } => {
                 let not_sent = outcome == ClusterOutcome::RestoreNotSent;
@@ -386,7 +423,12 @@ impl NodeState {
             Some(v) if v.doc.id != l.op_id => Some("another operation replaced ours".into()),
             Some(v)
                 if v.doc.epoch != l.lease.epoch
-                    || v.doc.leader_id() != Some(self.host_id.as_str()) =>
+                    || v.doc.leader_id() != Some(self.host_id.as_str())
+                    || v.doc
+                        .leader
+                        .as_ref()
+                        .and_then(|l| l.machine.as_ref())
+                        .is_some_and(|m| m != &self.cfg.machine) =>
             {
                 Some(format!(
                     "lease taken over by {} at epoch {}",
@@ -425,6 +467,7 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
         wall,
         op,
         hosts,
+        own_version,
         facts,
         events,
     } = input;
@@ -435,8 +478,10 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
     st.observe(op, now, &mut out);
     st.check_leadership(now, &mut out);
     archive(st, now, &mut out);
-    host_side(st, now, &hosts, &facts, &mut out);
-    if st.lead.is_some() {
+    host_side(st, now, &hosts, own_version, &facts, &mut out);
+    if st.foreign.is_some() {
+        // Another machine owns our host id: we neither lead nor take the lease.
+    } else if st.lead.is_some() {
         leader_side(st, now, &wall, &hosts, &mut out);
     } else {
         candidate_side(st, now, &wall, &mut out);
@@ -494,10 +539,15 @@ fn host_side(
     st: &mut NodeState,
     now: Duration,
     hosts: &[HostDoc],
+    own_version: Option<DocVersion>,
     facts: &HostFacts,
     out: &mut Vec<Action>,
 ) {
     let own = hosts.iter().find(|h| h.host_id == st.host_id);
+    if let Some(why) = foreign_owner(st, now, own, out) {
+        out.push(Action::Wait { what: why });
+        return;
+    }
     if st.my_ack.is_none() {
         st.my_ack = own.and_then(|h| h.ack.clone());
     }
@@ -565,6 +615,7 @@ fn host_side(
         heartbeat: st.heartbeat.unwrap_or(0),
         ack: st.my_ack.clone(),
         install_history: facts.install_history.clone(),
+        machine: Some(st.cfg.machine.clone()),
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {
@@ -585,8 +636,60 @@ fn host_side(
         };
         let id = st.id();
         st.host_write = Some((id, doc.clone()));
-        out.push(Action::WriteHostDoc { id, doc });
+        let expected = st.host_version.or(own_version);
+        out.push(Action::WriteHostDoc { id, doc, expected });
     }
+}
+
+/// Whether another live machine owns our host id (a cloned VM, a reused hostname): then this
+/// agent writes only a claim document naming both, takes no step and never leads. An owner whose
+/// heartbeat has not moved for [`FleetConfig::takeover_after`] on our clock is gone (the machine
+/// was reinstalled): its document is taken over by CAS.
+fn foreign_owner(
+    st: &mut NodeState,
+    now: Duration,
+    own: Option<&HostDoc>,
+    out: &mut Vec<Action>,
+) -> Option<String> {
+    if st.host_version.is_some() {
+        st.foreign = None;
+        return None; // we wrote it last; a foreign write would have failed our CAS
+    }
+    let other = own.and_then(|d| d.machine.clone().map(|m| (m, d.heartbeat)))?;
+    if other.0 == st.cfg.machine {
+        st.foreign = None;
+        return None;
+    }
+    let seen = match st.foreign.take() {
+        Some((m, hb, since)) if m == other.0 && hb == other.1 => (m, hb, since),
+        _ => (other.0.clone(), other.1, now),
+    };
+    let quiet = now.saturating_sub(seen.2);
+    st.foreign = Some(seen);
+    if quiet >= st.cfg.takeover_after() {
+        st.foreign = None;
+        return None; // gone: write over it (CAS on the version we read)
+    }
+    st.lead = None;
+    if st.claim_write.is_none() {
+        let id = st.id();
+        st.claim_write = Some(id);
+        st.heartbeat = Some(st.heartbeat.unwrap_or(0) + 1);
+        out.push(Action::WriteClaim {
+            id,
+            doc: ClaimDoc {
+                host_id: st.host_id.clone(),
+                machine: st.cfg.machine.clone(),
+                owner: Some(other.0.clone()),
+                heartbeat: st.heartbeat.unwrap_or(0),
+            },
+        });
+    }
+    Some(format!(
+        "host id {} belongs to {}, not to this {}: give this machine its own coordination.host_id; \
+         this agent does nothing until then",
+        st.host_id, other.0, st.cfg.machine
+    ))
 }
 
 /// Not leader: take the lease if nobody holds it or it expired by observation.
@@ -602,7 +705,7 @@ fn candidate_side(st: &mut NodeState, now: Duration, wall: &str, out: &mut Vec<A
     let free = op.leader.is_none();
     if free || st.observer.expired(&op.id, v.version(), now, &st.cfg.lease) {
         let expected = v.version();
-        let doc = takeover(op, &st.host_id, wall);
+        let doc = takeover(op, &st.host_id, &st.cfg.machine, wall);
         let why = if free {
             "acquiring the free lease".to_string()
         } else {

@@ -106,6 +106,7 @@ pub(crate) fn sim_config() -> FleetConfig {
         retry_every: Duration::from_secs(3),
         heartbeat_every: Duration::from_secs(5),
         agent_version: "sim".into(),
+        machine: MachineIdentity::default(),
     }
 }
 
@@ -119,6 +120,7 @@ enum Ev {
         inc: u64,
         op: OpRead,
         hosts: Vec<HostDoc>,
+        own_version: Option<DocVersion>,
         facts: HostFacts,
         events: Vec<Event>,
     },
@@ -190,6 +192,8 @@ pub(crate) struct World {
     seq_no: u64,
     term: u64,
     host_docs: BTreeMap<String, HostDoc>,
+    /// Each host document's `_seq_no` (the agents CAS-write their own).
+    host_seq: BTreeMap<String, u64>,
     history: BTreeMap<String, OperationDoc>,
     kibana_gen: u64,
     safety: BTreeMap<String, u64>,
@@ -245,6 +249,7 @@ impl World {
             seq_no: 0,
             term: 1,
             host_docs: BTreeMap::new(),
+            host_seq: BTreeMap::new(),
             history: BTreeMap::new(),
             kibana_gen: 0,
             safety: BTreeMap::new(),
@@ -322,7 +327,12 @@ impl World {
         self.next_inc += 1;
         let rate = 1.0 + (self.rng.unit() - 0.5) * 0.04; // ±2 %
         let progress = self.hosts[h].progress.clone();
-        let node = NodeState::new(self.hosts[h].id.clone(), self.cfg.clone(), progress);
+        let mut cfg = self.cfg.clone();
+        cfg.machine = MachineIdentity {
+            machine_id: format!("m-{h}"),
+            instance: format!("i-{h}"),
+        };
+        let node = NodeState::new(self.hosts[h].id.clone(), cfg, progress);
         self.hosts[h].agent = Some(Agent {
             node,
             inc,
@@ -467,6 +477,10 @@ impl World {
                         }
                     };
                     let hosts: Vec<HostDoc> = self.host_docs.values().cloned().collect();
+                    let own_version = self.host_seq.get(&self.hosts[h].id).map(|s| DocVersion {
+                        seq_no: *s,
+                        primary_term: 1,
+                    });
                     let host = &self.hosts[h];
                     let facts = HostFacts {
                         unit: host.unit,
@@ -483,6 +497,7 @@ impl World {
                             inc,
                             op,
                             hosts,
+                            own_version,
                             facts,
                             events,
                         },
@@ -493,6 +508,7 @@ impl World {
                     inc,
                     op,
                     hosts,
+                    own_version,
                     facts,
                     events,
                 } => {
@@ -509,6 +525,7 @@ impl World {
                             wall: format!("{t}ms"),
                             op,
                             hosts,
+                            own_version,
                             facts,
                             events,
                         },
@@ -718,9 +735,34 @@ impl World {
                 };
                 self.deliver(h, inc, Event::Deleted { id, result });
             }
-            Action::WriteHostDoc { id, doc } => {
-                self.host_docs.insert(doc.host_id.clone(), doc);
-                self.deliver(h, inc, Event::HostDocWritten { id, ok: !lost });
+            Action::WriteHostDoc { id, doc, expected } => {
+                let current = self.host_seq.get(&doc.host_id).copied();
+                let applies = match (expected, current) {
+                    (None, None) => true,
+                    (Some(e), Some(c)) => e.seq_no == c,
+                    _ => false,
+                };
+                let result = if applies {
+                    self.seq_no += 1;
+                    self.host_seq.insert(doc.host_id.clone(), self.seq_no);
+                    self.host_docs.insert(doc.host_id.clone(), doc);
+                    WriteResult::Ok(DocVersion {
+                        seq_no: self.seq_no,
+                        primary_term: 1,
+                    })
+                } else {
+                    WriteResult::Conflict
+                };
+                let result = if lost {
+                    WriteResult::Unknown("reply lost".into())
+                } else {
+                    result
+                };
+                self.deliver(h, inc, Event::HostDocWritten { id, result });
+            }
+            Action::WriteClaim { id, .. } => {
+                self.violation(format!("{} claims its own host id", self.hosts[h].id));
+                self.deliver(h, inc, Event::ClaimWritten { id });
             }
             Action::RunHostStep {
                 id,

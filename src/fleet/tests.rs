@@ -26,6 +26,7 @@ fn op_in(phase: Phase) -> OperationDoc {
     op.phase_epoch = 1;
     op.leader = Some(LeaderInfo {
         host_id: "a".into(),
+        machine: None,
         renewals: 0,
     });
     if matches!(
@@ -62,6 +63,7 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
             detail: String::new(),
         }),
         install_history: None,
+        machine: None,
     }
 }
 /// All three hosts acked `step` OK at epoch 1, units in `unit`.
@@ -547,6 +549,7 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
     op.epoch = 2;
     op.leader = Some(LeaderInfo {
         host_id: "b".into(),
+        machine: None,
         renewals: 0,
     });
     op.restore = Some(RestoreRecord {
@@ -654,6 +657,7 @@ fn input(
             None => OpRead::Missing,
         },
         hosts,
+        own_version: None,
         facts: facts(UnitState::Active),
         events,
     }
@@ -787,7 +791,7 @@ fn a_deposed_leader_stops_acting_and_does_not_come_back_by_itself() {
 #[test]
 fn a_leader_that_sees_another_epoch_stops_at_once() {
     let (mut n, doc, seq) = leader_a(100);
-    let other = lease::takeover(&doc, "b", "w");
+    let other = lease::takeover(&doc, "b", &MachineIdentity::default(), "w");
     let acts = step(&mut n, input(101, Some((seq + 1, &other)), vec![], vec![]));
     assert!(stop_acting(&acts));
     assert_eq!(n.leading_epoch(), None);
@@ -799,6 +803,7 @@ fn a_candidate_takes_over_only_after_a_whole_lease_without_change_on_its_own_clo
     op.epoch = 1;
     op.leader = Some(LeaderInfo {
         host_id: "a".into(),
+        machine: None,
         renewals: 0,
     });
     let mut b = NodeState::new("b", cfg(), None);
@@ -835,7 +840,7 @@ fn a_candidate_takes_over_only_after_a_whole_lease_without_change_on_its_own_clo
         ),
     );
     assert_eq!(b.leading_epoch(), None);
-    let c_doc = lease::takeover(&op, "c", "w");
+    let c_doc = lease::takeover(&op, "c", &MachineIdentity::default(), "w");
     let acts = step(&mut b, input(1110, Some((seq + 1, &c_doc)), vec![], vec![]));
     assert!(cas_of(&acts).is_none());
 }
@@ -992,8 +997,14 @@ fn host_step_is_recorded_before_it_runs_and_acked_after() {
             Some((3, &op)),
             vec![],
             vec![
-                Event::HostDocWritten { id: 2, ok: true },
-                Event::HostDocWritten { id: 3, ok: true },
+                Event::HostDocWritten {
+                    id: 2,
+                    result: WriteResult::Ok(ver(3)),
+                },
+                Event::HostDocWritten {
+                    id: 3,
+                    result: WriteResult::Ok(ver(4)),
+                },
             ],
         );
         inp.facts = facts(UnitState::Inactive);
@@ -1118,7 +1129,7 @@ fn heartbeats_are_written_periodically_and_on_change() {
     let mut n = NodeState::new("b", cfg(), None);
     let hb = |acts: &[Action]| {
         acts.iter().find_map(|a| match a {
-            Action::WriteHostDoc { id, doc } => Some((*id, doc.heartbeat)),
+            Action::WriteHostDoc { id, doc, .. } => Some((*id, doc.heartbeat)),
             _ => None,
         })
     };
@@ -1129,7 +1140,10 @@ fn heartbeats_are_written_periodically_and_on_change() {
             2,
             None,
             vec![],
-            vec![Event::HostDocWritten { id, ok: true }]
+            vec![Event::HostDocWritten {
+                id,
+                result: WriteResult::Ok(ver(5))
+            }]
         )
     ))
     .is_none());
@@ -1361,4 +1375,82 @@ fn documents_carry_their_format_and_old_ones_read_as_format_1() {
     assert_eq!(crate::fleet::format_of(&old), 1);
     let back: OperationDoc = serde_json::from_value(old).unwrap();
     assert_eq!(back.format, 1);
+}
+
+fn machine(n: &str) -> MachineIdentity {
+    MachineIdentity {
+        machine_id: format!("mid-{n}"),
+        instance: format!("inst-{n}"),
+    }
+}
+
+fn node_on(host: &str, m: &str) -> NodeState {
+    let mut c = cfg();
+    c.machine = machine(m);
+    NodeState::new(host, c, None)
+}
+
+#[test]
+fn a_second_machine_with_a_taken_host_id_claims_it_and_does_nothing_else() {
+    let mut clone = node_on("a", "clone");
+    let op = sample_op();
+    let mut owned = hd("a", UnitState::Active, None);
+    owned.machine = Some(machine("first"));
+    let round = |n: &mut NodeState, t: u64, hb: u64| {
+        let mut doc = owned.clone();
+        doc.heartbeat = hb;
+        let mut inp = input(t, Some((1, &op)), vec![doc], vec![]);
+        inp.own_version = Some(ver(7));
+        step(n, inp)
+    };
+    let acts = round(&mut clone, 100, 1);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::WriteClaim { doc, .. }
+            if doc.owner == Some(machine("first")) && doc.machine == machine("clone"))),
+        "{acts:?}"
+    );
+    assert!(acts.iter().any(
+        |a| matches!(a, Action::Wait { what } if what.contains("belongs to machine mid-first"))
+    ));
+    for a in &acts {
+        assert!(
+            !matches!(
+                a,
+                Action::WriteHostDoc { .. }
+                    | Action::CasWriteOperation { .. }
+                    | Action::RunHostStep { .. }
+            ),
+            "the clone must not write, lead or act: {a:?}"
+        );
+    }
+    // The owner keeps beating: still refused, however long.
+    for (t, hb) in [(150, 2), (250, 3), (400, 4)] {
+        let acts = round(&mut clone, t, hb);
+        assert!(!acts
+            .iter()
+            .any(|a| matches!(a, Action::WriteHostDoc { .. })));
+    }
+    // The owner went silent for ten heartbeats (it was reinstalled): its document is taken over
+    // by CAS on the version read, never blindly.
+    let quiet = 400 + cfg().takeover_after().as_secs();
+    assert!(!round(&mut clone, 400 + 10, 4)
+        .iter()
+        .any(|a| matches!(a, Action::WriteHostDoc { .. })));
+    let acts = round(&mut clone, quiet, 4);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::WriteHostDoc { expected, doc, .. }
+            if *expected == Some(ver(7)) && doc.machine == Some(machine("clone")))),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn leadership_belongs_to_the_machine_not_the_host_id() {
+    let (mut n, doc, seq) = leader_a(100);
+    let mut taken = doc.clone();
+    taken.leader.as_mut().unwrap().machine = Some(machine("someone-else"));
+    let acts = step(&mut n, input(101, Some((seq + 1, &taken)), vec![], vec![]));
+    assert!(stop_acting(&acts), "{acts:?}");
 }

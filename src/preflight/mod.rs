@@ -627,7 +627,33 @@ async fn registration(coord: &Coord<'_>, r: &mut Report) {
                 .filter(|(_, d)| d.is_none())
                 .map(|(h, _)| h.as_str())
                 .collect();
-            if missing.is_empty() {
+            // Two machines with one host id (a cloned VM, a reused hostname): the second one
+            // writes a claim and does nothing; the fleet must not go on as if they were one.
+            let claims: Vec<String> = match coord.claims().await {
+                Ok(cl) => cl
+                    .into_iter()
+                    .filter(|cl| r.expected.contains(&cl.host_id))
+                    .map(|cl| {
+                        format!(
+                            "host id {} is claimed by two machines: {} owns it, {} also runs an agent with it",
+                            cl.host_id,
+                            cl.owner.map(|o| o.to_string()).unwrap_or_else(|| "?".into()),
+                            cl.machine
+                        )
+                    })
+                    .collect(),
+                Err(_) => vec![], // no claim document was ever written
+            };
+            if !claims.is_empty() {
+                c.fail(
+                    CheckId::ExpectedHostsRegistered,
+                    format!(
+                        "{}: give each machine its own coordination.host_id (then delete the claim-* document of the one renamed from {})",
+                        claims.join("; "),
+                        coord.index
+                    ),
+                );
+            } else if missing.is_empty() {
                 c.ok(
                     CheckId::ExpectedHostsRegistered,
                     format!("{} ({})", r.expected.join(", "), r.expected_from),
