@@ -66,7 +66,9 @@ fn port(i: usize) -> u16 {
         let held: Vec<_> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
             .collect();
-        held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+        held.iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect()
     })[i]
 }
 
