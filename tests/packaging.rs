@@ -29,6 +29,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_kibana-rollback");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const CONF: &str = "/etc/kibana-rollback/config.toml";
 const AGENT: &str = "kibana-rollbackd.service";
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service";
 
 /// Runs `packaging/build KIND --binary <debug binary> [EXTRA] --out DIR`; returns the package's
@@ -322,9 +323,8 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         "20",
     ]);
     assert!(
-        journal
-            .contains("credential /run/credentials/kibana-rollbackd.service/elasticsearch-api-key")
-            && journal.contains("empty"),
+        journal.contains("/run/credentials/kibana-rollbackd.service/elasticsearch-api-key")
+            && journal.contains("the secret file is empty"),
         "the refusal names the credential: {journal}"
     );
     let key = "a3ItdGVzdDpub3QtYS1yZWFsLWtleQ==";
@@ -349,9 +349,23 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     h.exec_ok(&["systemctl", "daemon-reload"]);
     h.exec_ok(&["systemctl", "restart", AGENT]);
 
+    // A policy-rc.d that forbids service actions (as in image builds; this machine's Docker
+    // image ships one, and test hosts see it) is obeyed: an upgrade leaves the agent running
+    // on the old binary.
+    h.write(POLICY_RC_D, "#!/bin/sh\nexit 101\n");
+    h.exec_ok(&["chmod", "755", POLICY_RC_D]);
+    let pid_before = unit_prop(h, AGENT, "MainPID");
+    dpkg_i();
+    assert_eq!(
+        unit_prop(h, AGENT, "MainPID"),
+        pid_before,
+        "policy-rc.d said 101, yet the agent was restarted"
+    );
+    // Without it, as on an ordinary host, the scripts act (and the rest of this test needs that).
+    h.exec_ok(&["rm", POLICY_RC_D]);
+
     // Upgrade (the same package again): the edited conffile stays, the running agent is
     // restarted on the new binary and keeps working with the kept configuration.
-    let pid_before = unit_prop(h, AGENT, "MainPID");
     let log = dpkg_i();
     assert!(
         !log.contains("enabled but not started"),
@@ -701,8 +715,11 @@ fn assert_manual_and_completion(h: &TestHost) {
             "$f" kibana-rollback st kibana-rollback
             printf "reply:%s\n" "${COMPREPLY[@]}"'"#,
     );
+    let registered = completion.lines().next().unwrap_or("");
     assert!(
-        completion.starts_with("complete -F "),
+        registered.starts_with("complete ")
+            && registered.contains(" -F ")
+            && registered.ends_with(" kibana-rollback"),
         "no completion registered: {completion}"
     );
     let replies: Vec<&str> = completion
