@@ -59,6 +59,7 @@ fn agent_repo() -> &'static str {
             .args([
                 "deb",
                 "--repo",
+                "--fast",
                 "--binary",
                 env!("CARGO_BIN_EXE_kibana-rollback"),
                 "--out",
