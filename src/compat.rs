@@ -1,6 +1,14 @@
-//! Kibana's own compatibility rule between a Kibana version and the Elasticsearch nodes: same
-//! major, and every node's minor at least Kibana's; patch is ignored; any other difference that
-//! is still compatible is a warning. Checked against **every** node, as Kibana does.
+//! Kibana's own compatibility rule between a Kibana version and the Elasticsearch nodes, as
+//! Kibana's `es_kibana_version_compatability.ts` has it (with `ensure_es_version.ts` for what it
+//! warns about), checked against **every** node as Kibana does:
+//!
+//! * the last minor of a major accepts the next Elasticsearch major: Kibana 7.17 accepts ES 8.x
+//!   (kibana#122627), 8.18 and so 8.19 accept ES 9.x ("On 8.18: Accept the next major version of
+//!   ES") — exactly the rollbacks after a failed major upgrade, where ES went first;
+//! * otherwise the majors must match and the node's minor must be at least Kibana's (patch is
+//!   ignored);
+//! * a compatible node whose version differs from Kibana's after `coerce` (qualifiers such as
+//!   `-SNAPSHOT` dropped) is a warning, as Kibana logs one.
 
 use semver::Version;
 use serde::Serialize;
@@ -20,24 +28,75 @@ pub enum Verdict {
     },
 }
 
+/// The last minors that accept the next Elasticsearch major: `(major, first minor)`.
+const NEXT_MAJOR_FROM: &[(u64, u64)] = &[(7, 17), (8, 18)];
+
+/// Whether Kibana `kibana` accepts Elasticsearch of major `kibana.major + 1`.
+pub fn accepts_next_major(kibana: &Version) -> bool {
+    NEXT_MAJOR_FROM
+        .iter()
+        .any(|&(major, minor)| kibana.major == major && kibana.minor >= minor)
+}
+
+/// semver's `coerce`: the first `major[.minor[.patch]]` in the text, qualifiers dropped.
+pub fn coerce(text: &str) -> Option<Version> {
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let mut parts = text[start..]
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()?
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u64>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some(Version::new(major, minor, patch))
+}
+
 /// Applies the rule to one node.
 pub fn check(kibana: &Version, es: &Version) -> Verdict {
-    if es.major != kibana.major {
-        return Verdict::Incompatible {
-            reason: format!("Elasticsearch {es} has another major version than Kibana {kibana}"),
-        };
-    }
-    if es.minor < kibana.minor {
-        return Verdict::Incompatible {
+    let (kb, es) = (
+        Version::new(kibana.major, kibana.minor, kibana.patch),
+        Version::new(es.major, es.minor, es.patch),
+    );
+    let next_major = es.major == kb.major + 1 && accepts_next_major(&kb);
+    if next_major {
+        return Verdict::Warning {
             reason: format!(
-                "Elasticsearch {es} is older than Kibana {kibana} (minor {} < {})",
-                es.minor, kibana.minor
+                "Elasticsearch {es} is the next major of Kibana {kb}, which {}.{} accepts; compatible",
+                kb.major, kb.minor
             ),
         };
     }
-    if es.minor != kibana.minor || es.patch != kibana.patch {
+    if es.major != kb.major {
+        let hint = if es.major == kb.major + 1 {
+            format!(
+                " (only the last minor of a major accepts the next: {})",
+                NEXT_MAJOR_FROM
+                    .iter()
+                    .filter(|(m, _)| *m == kb.major)
+                    .map(|(m, n)| format!("Kibana {m}.{n}+ on ES {}.x", m + 1))
+                    .next()
+                    .unwrap_or_else(|| format!("none is known for Kibana {}.x", kb.major))
+            )
+        } else {
+            String::new()
+        };
+        return Verdict::Incompatible {
+            reason: format!("Elasticsearch {es} has another major version than Kibana {kb}{hint}"),
+        };
+    }
+    if es.minor < kb.minor {
+        return Verdict::Incompatible {
+            reason: format!(
+                "Elasticsearch {es} is older than Kibana {kb} (minor {} < {})",
+                es.minor, kb.minor
+            ),
+        };
+    }
+    if es != kb {
         return Verdict::Warning {
-            reason: format!("Elasticsearch {es} differs from Kibana {kibana}; compatible"),
+            reason: format!("Elasticsearch {es} differs from Kibana {kb}; compatible"),
         };
     }
     Verdict::Compatible
@@ -62,10 +121,10 @@ impl Report {
         let nodes = nodes
             .iter()
             .map(|n| {
-                let verdict = match crate::config::parse_version(&n.version) {
-                    Ok(v) => check(kibana, &v),
-                    Err(e) => Verdict::Incompatible {
-                        reason: format!("node reports version {:?}: {e}", n.version),
+                let verdict = match coerce(&n.version) {
+                    Some(v) => check(kibana, &v),
+                    None => Verdict::Incompatible {
+                        reason: format!("node reports version {:?}: not a version", n.version),
                     },
                 };
                 NodeVerdict {
@@ -113,6 +172,22 @@ impl Report {
         })
     }
 
+    /// Every node's verdict on one line (`es1 8.15.0: compatible (warning), ...`).
+    pub fn summary(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let v = match &n.verdict {
+                    Verdict::Compatible => "compatible",
+                    Verdict::Warning { .. } => "compatible (warning)",
+                    Verdict::Incompatible { .. } => "INCOMPATIBLE",
+                };
+                format!("{} {}: {v}", n.node.name, n.node.version)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -139,6 +214,14 @@ mod tests {
         }
     }
 
+    fn verdict(kb: &str, es: &str) -> &'static str {
+        match check(&v(kb), &coerce(es).unwrap()) {
+            Verdict::Compatible => "compatible",
+            Verdict::Warning { .. } => "warning",
+            Verdict::Incompatible { .. } => "incompatible",
+        }
+    }
+
     #[test]
     fn table() {
         let cases = [
@@ -148,17 +231,55 @@ mod tests {
             ("8.14.3", "8.15.0", "warning"), // ES newer minor
             ("8.14.3", "8.13.4", "incompatible"), // ES older minor
             ("8.15.0", "8.14.3", "incompatible"),
-            ("7.17.20", "8.15.0", "incompatible"), // other major
-            ("8.15.0", "9.0.0", "incompatible"),
+            ("8.15.0", "9.0.0", "incompatible"), // next major only from 8.18
+            ("8.17.9", "9.2.2", "incompatible"),
+            ("7.16.3", "8.15.0", "incompatible"), // next major only from 7.17
+            // the next-major exception: the last minor of a major accepts the next ES major
+            ("7.17.29", "8.15.0", "warning"),
+            ("7.17.0", "8.0.0", "warning"),
+            ("7.17.28", "8.19.21", "warning"),
+            ("8.18.8", "9.0.8", "warning"),
+            ("8.19.21", "9.2.2", "warning"),
+            ("8.19.21", "9.9.0", "warning"),
+            // never two majors, never backwards
+            ("7.17.29", "9.2.2", "incompatible"),
+            ("8.19.21", "10.0.0", "incompatible"),
+            ("9.2.2", "8.19.21", "incompatible"),
+            ("9.1.7", "9.2.2", "warning"),
+            ("9.2.2", "9.1.7", "incompatible"),
+            ("9.2.2", "10.0.0", "incompatible"), // no exception known for 9.x
+            // qualifiers are dropped (coerce), as Kibana does
+            ("8.15.0", "8.15.0-SNAPSHOT", "compatible"),
+            ("8.19.21", "9.3.0-SNAPSHOT", "warning"),
+            ("8.14.3", "8.13.0-rc1", "incompatible"),
         ];
         for (kb, es, want) in cases {
-            let got = match check(&v(kb), &v(es)) {
-                Verdict::Compatible => "compatible",
-                Verdict::Warning { .. } => "warning",
-                Verdict::Incompatible { .. } => "incompatible",
-            };
-            assert_eq!(got, want, "kibana {kb} on es {es}");
+            assert_eq!(verdict(kb, es), want, "kibana {kb} on es {es}");
         }
+    }
+
+    #[test]
+    fn a_pre_release_kibana_is_judged_by_its_numbers() {
+        assert_eq!(verdict("8.19.0-beta1", "9.0.0"), "warning");
+        assert_eq!(verdict("8.15.0-rc1", "8.15.0"), "compatible");
+    }
+
+    #[test]
+    fn incompatible_next_major_says_which_minor_would_accept_it() {
+        let Verdict::Incompatible { reason } = check(&v("8.17.2"), &v("9.2.2")) else {
+            panic!()
+        };
+        assert!(reason.contains("Kibana 8.18+ on ES 9.x"), "{reason}");
+    }
+
+    #[test]
+    fn coerce_takes_the_leading_numbers() {
+        assert_eq!(coerce("8.15.0"), Some(v("8.15.0")));
+        assert_eq!(coerce("8.15.0-SNAPSHOT"), Some(v("8.15.0")));
+        assert_eq!(coerce("v9.2"), Some(v("9.2.0")));
+        assert_eq!(coerce("7"), Some(v("7.0.0")));
+        assert_eq!(coerce(""), None);
+        assert_eq!(coerce("unknown"), None);
     }
 
     #[test]
@@ -176,6 +297,19 @@ mod tests {
         let msg = bad.refusal().unwrap();
         assert!(msg.contains("node es2 (8.14.1)"), "{msg}");
         assert!(!msg.contains("es1"), "{msg}");
+    }
+
+    #[test]
+    fn rolling_major_upgrade_cluster_names_the_older_node() {
+        // An 8.19 master with a 9.2 node joined, as during a rolling upgrade.
+        let nodes = [node("es-old", "8.19.21"), node("es-new", "9.2.2")];
+        let to_9 = Report::new(&v("9.2.2"), &nodes);
+        let msg = to_9.refusal().unwrap();
+        assert!(msg.contains("node es-old (8.19.21)"), "{msg}");
+        assert!(!msg.contains("es-new"), "{msg}");
+        let to_8 = Report::new(&v("8.19.21"), &nodes);
+        assert!(to_8.compatible(), "{:?}", to_8.refusal());
+        assert_eq!(to_8.warnings().len(), 1, "the 9.2.2 node is a warning");
     }
 
     #[test]

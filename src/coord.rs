@@ -40,13 +40,23 @@ impl<'a> Coord<'a> {
         self.es.ensure_index(self.index).await
     }
 
-    /// The active operation, if any.
+    /// The active operation, if any. One in a newer document format is
+    /// [`EsError::NewerFormat`], never misread.
     pub async fn operation(&self) -> Result<Option<fleet::Versioned<OperationDoc>>, EsError> {
-        Ok(self
+        let Some(raw) = self
             .es
-            .get_doc::<OperationDoc>(self.index, OPERATION_DOC_ID)
+            .get_doc::<serde_json::Value>(self.index, OPERATION_DOC_ID)
             .await?
-            .map(to_fleet))
+        else {
+            return Ok(None);
+        };
+        let v = to_fleet(raw);
+        let doc = decode(OPERATION_DOC_ID, v.doc)?;
+        Ok(Some(fleet::Versioned {
+            seq_no: v.seq_no,
+            primary_term: v.primary_term,
+            doc,
+        }))
     }
 
     /// Creates the operation; a conflict means another operation is active.
@@ -98,15 +108,22 @@ impl<'a> Coord<'a> {
         }
     }
 
-    /// Host documents of these hosts, read in real time.
+    /// Host documents of these hosts, read in real time. One in a newer format is left out
+    /// (with a warning): it is as good as missing to this agent.
     pub async fn hosts(&self, ids: &[String]) -> Result<Vec<HostDoc>, EsError> {
         let doc_ids: Vec<String> = ids.iter().map(|h| HostDoc::doc_id(h)).collect();
         Ok(self
             .es
-            .get_docs::<HostDoc>(self.index, &doc_ids)
+            .get_docs::<serde_json::Value>(self.index, &doc_ids)
             .await?
             .into_iter()
-            .map(|d| d.source)
+            .filter_map(|d| match decode(&d.id, d.source) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("ignoring host document: {e}");
+                    None
+                }
+            })
             .collect())
     }
 
@@ -128,6 +145,38 @@ impl<'a> Coord<'a> {
             .map(|_| ())
     }
 
+    /// Makes near-real-time listings (registered hosts, history) see the latest writes. Best
+    /// effort: a key without the `maintenance` privilege lists what is searchable already.
+    pub async fn refresh(&self) {
+        if let Err(e) = self.es.refresh(self.index).await {
+            tracing::debug!(
+                "refresh of {} failed (listing may lag a second): {e}",
+                self.index
+            );
+        }
+    }
+
+    /// `configured` (`coordination.expected_hosts`), or every registered host when that is
+    /// empty; the second value says where the list came from.
+    pub async fn expected_hosts(
+        &self,
+        configured: &[String],
+    ) -> Result<(Vec<String>, &'static str), EsError> {
+        if !configured.is_empty() {
+            return Ok((configured.to_vec(), "coordination.expected_hosts"));
+        }
+        self.refresh().await;
+        let mut ids: Vec<String> = self
+            .all_hosts()
+            .await?
+            .into_iter()
+            .map(|h| h.host_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok((ids, "registered agents"))
+    }
+
     /// Finished operations, newest first (by the wall-clock time they were requested).
     pub async fn history(&self) -> Result<Vec<OperationDoc>, EsError> {
         let mut ops: Vec<OperationDoc> = self
@@ -140,6 +189,26 @@ impl<'a> Coord<'a> {
         ops.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
         Ok(ops)
     }
+}
+
+/// A stored coordination document: refused when its format is newer than this build's.
+fn decode<T: serde::de::DeserializeOwned>(
+    id: &str,
+    source: serde_json::Value,
+) -> Result<T, EsError> {
+    let found = fleet::format_of(&source);
+    if found > fleet::FORMAT {
+        return Err(EsError::NewerFormat {
+            doc: id.to_string(),
+            found,
+            known: fleet::FORMAT,
+        });
+    }
+    serde_json::from_value(source).map_err(|e| EsError::Decode {
+        method: "GET".into(),
+        path: id.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// Protocol timing from the validated settings.
@@ -161,4 +230,29 @@ pub fn fleet_config(settings: &Settings) -> fleet::FleetConfig {
 /// Wall-clock time as RFC 3339, for the informational timestamps in documents.
 pub fn wall_now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_format_is_refused_not_misread() {
+        let doc = serde_json::json!({"format": fleet::FORMAT + 1, "host_id": "a", "whatever": 1});
+        match decode::<HostDoc>("host-a", doc) {
+            Err(EsError::NewerFormat { doc, found, known }) => {
+                assert_eq!(
+                    (doc.as_str(), found, known),
+                    ("host-a", fleet::FORMAT + 1, fleet::FORMAT)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = decode::<HostDoc>("host-a", serde_json::json!({"format": 99})).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("upgrade kibana-rollback on this host"),
+            "{e}"
+        );
+    }
 }

@@ -51,7 +51,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 _ if e.is_unreachable() => UNAVAILABLE,
                 _ if e.is_auth() => NOPERM,
                 EsError::Setup(_) => CONFIG,
-                EsError::Check(_) => FAILED,
+                EsError::Check(_) | EsError::NewerFormat { .. } => FAILED,
                 _ => SOFTWARE,
             };
         }

@@ -2,7 +2,8 @@
 //!
 //! `config` turns files into settings, `es` talks to Elasticsearch, `compat` and `snapshots`
 //! hold Kibana's rules for versions and eligible snapshots, `host` acts on the local machine
-//! (systemd, package manager, Kibana's status), `exit` holds the documented exit codes.
+//! (systemd, package manager, Kibana's status), `preflight` holds the one implementation of the
+//! checks before a rollback, `exit` holds the documented exit codes.
 
 pub mod agent;
 pub mod compat;
@@ -10,7 +11,9 @@ pub mod config;
 pub mod coord;
 pub mod es;
 pub mod exit;
+pub mod feature;
 pub mod fleet;
 pub mod host;
 pub mod logging;
+pub mod preflight;
 pub mod snapshots;

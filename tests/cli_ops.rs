@@ -78,7 +78,7 @@ fn env(repo: &str, coordination_extra: &str) -> Env {
     std::fs::write(
         &cfg,
         format!(
-            "[elasticsearch]\nhosts = [\"{}\"]\n[rollback]\nrepository = \"{repo}\"\ntarget_version = \"8.14.3\"\n\
+            "[elasticsearch]\nhosts = [\"{}\"]\n[rollback]\nrepository = \"{repo}\"\ntarget_version = \"8.14.3\"\nsnapshot_margin = \"1s\"\n\
              [coordination]\nhost_id = \"t1\"\nindex = \"{index}\"\nheartbeat = \"1s\"\n{coordination_extra}\n",
             es_node().url
         ),
@@ -91,13 +91,37 @@ fn env(repo: &str, coordination_extra: &str) -> Env {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A host that upgraded to `installed` after the fixtures' snapshots were taken: its dpkg log
+/// shows the install 10 s from now (the snapshots started before now).
 async fn write_host(index: &str, id: &str, heartbeat: u64, installed: &str) {
+    let at = now_ms() + 10_000;
+    let history = json!({
+        "installs": [{"version": installed, "earliest_ms": at, "latest_ms": at + 1000, "source": "dpkg.log"}],
+        "covers_since_ms": at - 86_400_000, "uncertainty_ms": 5,
+    });
+    write_host_with(index, id, heartbeat, installed, history).await;
+}
+
+async fn write_host_with(
+    index: &str,
+    id: &str,
+    heartbeat: u64,
+    installed: &str,
+    install_history: Value,
+) {
     let (s, v) = raw(
         "PUT",
         &format!("{index}/_doc/host-{id}?refresh=true"),
         Some(json!({
             "host_id": id, "agent_version": "0.1.0", "unit_state": "active", "installed_version": installed,
-            "held": false, "heartbeat": heartbeat, "ack": null,
+            "held": false, "heartbeat": heartbeat, "ack": null, "install_history": install_history,
         })),
     )
     .await;
@@ -241,6 +265,8 @@ async fn start_refuses_ineligible_or_missing_snapshots_naming_why() {
         .unwrap();
     data_only_snapshot(&repo).await;
     let e = env(&repo, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
     let (code, _, err) = run_cli(&e.cfg, &["start"]);
     assert_eq!(code, 1, "{err}");
     one_line(&err);
@@ -251,6 +277,8 @@ async fn start_refuses_ineligible_or_missing_snapshots_naming_why() {
     );
 
     let e = env(shared, "expected_hosts = [\"kb1\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
     let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "data-only"]);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -268,6 +296,72 @@ async fn start_refuses_ineligible_or_missing_snapshots_naming_why() {
         err.contains("not compatible") && err.contains("node "),
         "{err}"
     );
+    // Since 8.6 index names prove nothing: a snapshot is judged by its start against the
+    // upgrade's. A host whose dpkg log shows 8.15.0 installed before the snapshot started: the
+    // snapshot was taken after the upgrade began, and is refused saying so.
+    es().ensure_index(&e.index).await.unwrap();
+    let early = now_ms() - 3_600_000;
+    write_host_with(
+        &e.index,
+        "kb1",
+        1,
+        "8.15.0",
+        json!({"installs": [{"version": "8.15.0", "earliest_ms": early, "latest_ms": early + 1000, "source": "dpkg.log"}],
+               "covers_since_ms": early - 1000, "uncertainty_ms": 5}),
+    )
+    .await;
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "good"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("taken after the upgrade")
+            && err.contains("Kibana 8.15.0 installed on kb1 (dpkg.log)"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 1, "`latest` takes none of them: {err}");
+    // A host that runs 8.15.0 but whose logs no longer show when it came: the snapshot cannot
+    // be judged; `latest` skips it, naming it needs the explicit acceptance, which the
+    // operation records.
+    write_host_with(
+        &e.index,
+        "kb1",
+        2,
+        "8.15.0",
+        json!({"installs": [], "covers_since_ms": now_ms() - 1000, "uncertainty_ms": 5}),
+    )
+    .await;
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("good: cannot be judged")
+            && err.contains("its package logs go back only to")
+            && err.contains("--accept-unjudged-snapshot"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "good"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot be judged to predate the upgrade"),
+        "{err}"
+    );
+    assert!(
+        operation(&e.index).await.is_none(),
+        "refusals write nothing"
+    );
+    let (code, out, err) = run_cli(
+        &e.cfg,
+        &["start", "--snapshot", "good", "--accept-unjudged-snapshot"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (op, _, _) = operation(&e.index).await.expect("operation created");
+    assert!(
+        op.snapshot_accepted_by.as_deref().is_some_and(|a| a
+            .contains("--accept-unjudged-snapshot")
+            && a.contains("cannot be judged")),
+        "{op:?}"
+    );
+    raw("DELETE", &e.index, None).await;
+
     // No expected hosts configured and none registered.
     let e2 = env(shared, "");
     let (code, _, err) = run_cli(&e2.cfg, &["start"]);
@@ -522,7 +616,10 @@ async fn plan_passes_and_fails_the_right_checks() {
     beating.abort();
     assert_eq!(code, 0, "{out}{err}");
     for check in [
+        "target version",
+        "coordination index name",
         "elasticsearch reachable",
+        "privileges",
         "nodes compatible with target",
         "kibana feature",
         "snapshot",
@@ -536,7 +633,16 @@ async fn plan_passes_and_fails_the_right_checks() {
             "{check} OK:\n{out}"
         );
     }
+    // The test node runs without security (no security plugin is on Maven Central): the check
+    // says so instead of passing silently.
+    assert!(out.contains("Elasticsearch runs without security"), "{out}");
     assert!(out.contains(&format!("{repo}/good")), "{out}");
+    // What the restore would delete, and what it brings back.
+    assert!(
+        out.contains("the restore deletes the current kibana feature state")
+            && out.contains("and restores the snapshot's .kibana_"),
+        "{out}"
+    );
     assert!(
         out.contains("stop kibana.service")
             && out.contains("kibana-rollback-pre-<id>")
@@ -585,7 +691,22 @@ async fn plan_passes_and_fails_the_right_checks() {
         .unwrap();
     assert_eq!(reg["status"], "fail");
     assert!(reg["detail"].as_str().unwrap().contains("ghost"), "{reg}");
-    assert_eq!(v["snapshot"]["name"], "good");
+    // A host without an agent publishes no install history: no snapshot can be judged to
+    // predate its upgrade.
+    let snap = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "snapshot")
+        .unwrap();
+    assert_eq!(snap["status"], "fail", "{snap}");
+    assert!(
+        snap["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ghost (not registered: no evidence)"),
+        "{snap}"
+    );
     for idx in [&e.index, &e3.index] {
         raw("DELETE", idx, None).await;
     }

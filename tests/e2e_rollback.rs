@@ -359,6 +359,9 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> O
     )
     .await;
     assert_eq!(s, 200, "{v}");
+    // The upgrade starts over a second after the snapshot (margin 1 s; dpkg logs whole seconds):
+    // and eligibility compares the snapshot's start with the install of the newer package.
+    std::thread::sleep(Duration::from_millis(2200));
     let data = unique("kr-e2e-data");
     raw(
         "PUT",
@@ -472,6 +475,8 @@ start_timeout = "60s"
 target_version = "{OLD}"
 repository = "{repo}"
 snapshot = "pre-upgrade"
+# The staged upgrade follows the snapshot by seconds; dpkg logs whole seconds.
+snapshot_margin = "1s"
 [coordination]
 index = "{index}"
 host_id = "{name}"
@@ -782,6 +787,7 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
                 uuid: uuid(snapshot),
             },
             safety_snapshot: true,
+            snapshot_accepted_by: None,
             safety_snapshot_name: None,
             expected_hosts: fleet.names.clone(),
             barrier_client_check: true,

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::compat;
-use crate::config::{check_coordination_index, Settings};
+use crate::config::Settings;
 use crate::es::Es;
 use crate::fleet::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, SnapshotRef};
+use crate::preflight;
 use crate::snapshots;
 
 pub struct Cluster {
@@ -34,8 +34,9 @@ impl Cluster {
                 target_version,
                 snapshot,
                 expected_hosts,
+                accepted_unjudged,
             } => ClusterOutcome::Preflight(
-                self.preflight(target_version, snapshot, expected_hosts)
+                self.preflight(target_version, snapshot, expected_hosts, *accepted_unjudged)
                     .await,
             ),
             ClusterStep::CheckKibanaClients => {
@@ -65,73 +66,35 @@ impl Cluster {
         }
     }
 
+    /// The shared preflight ([`crate::preflight`]) in the leader's scope; one problem per line.
     async fn preflight(
         &self,
         target: &semver::Version,
         snap: &SnapshotRef,
         expected: &[String],
+        accepted_unjudged: bool,
     ) -> Result<(), String> {
-        let mut problems = Vec::new();
-        match self.es.node_versions().await {
-            Ok(nodes) => {
-                let report = compat::Report::new(target, &nodes);
-                if let Some(refusal) = report.refusal() {
-                    problems.push(refusal);
-                }
-                for w in report.warnings() {
-                    tracing::warn!("{w}");
-                }
-            }
-            Err(e) => problems.push(format!("reading node versions: {e}")),
+        let report = preflight::run(
+            &self.es,
+            &self.settings,
+            preflight::Scope::Leader {
+                target,
+                snapshot: snap,
+                expected,
+                accepted_unjudged,
+            },
+            preflight::Request {
+                target: Some(target),
+                target_from: "the operation",
+                snapshot: &self.settings.rollback.snapshot,
+                accept_unjudged: false,
+            },
+        )
+        .await;
+        for w in report.checks.warnings() {
+            tracing::warn!("preflight: {w}");
         }
-        match self.es.features().await {
-            Ok(f) if f.iter().any(|n| n == crate::es::KIBANA_FEATURE) => {}
-            Ok(_) => problems.push(
-                "the master has no `kibana` feature installed; the restore would be refused".into(),
-            ),
-            Err(e) => problems.push(format!("reading features: {e}")),
-        }
-        match self.es.snapshot(&snap.repository, &snap.name).await {
-            Ok(Some(s)) => {
-                if !snap.uuid.is_empty() && s.uuid != snap.uuid {
-                    problems.push(format!(
-                        "snapshot {}/{} has uuid {}, not {} as requested: it was replaced",
-                        snap.repository, snap.name, s.uuid, snap.uuid
-                    ));
-                }
-                let a = snapshots::assess(&s, Some(target));
-                if !a.eligible {
-                    problems.push(format!(
-                        "snapshot {}/{} is not eligible: {}",
-                        snap.repository,
-                        snap.name,
-                        a.reasons.join("; ")
-                    ));
-                }
-            }
-            Ok(None) => problems.push(format!(
-                "snapshot {}/{} does not exist",
-                snap.repository, snap.name
-            )),
-            Err(e) => problems.push(format!(
-                "reading snapshot {}/{}: {e}",
-                snap.repository, snap.name
-            )),
-        }
-        if let Err(e) = check_coordination_index(&self.settings.coordination.index) {
-            problems.push(format!(
-                "coordination index {:?}: {e}",
-                self.settings.coordination.index
-            ));
-        }
-        if expected.is_empty() {
-            problems.push("the operation expects no hosts".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
+        report.problems()
     }
 
     async fn kibana_clients(&self) -> Result<(), String> {
@@ -245,17 +208,30 @@ impl Cluster {
         }
     }
 
+    /// After every host started: `.kibana` exists, no index or alias of a Kibana newer than the
+    /// target is left (a compatible migration adds a `.kibana_<new>` alias in place), and the
+    /// kibana indices are healthy.
     async fn verify_final(&self, target: &semver::Version) -> Result<(), String> {
-        let index = self
+        let found = self
             .es
-            .alias_target(".kibana")
+            .indices_with_aliases(".kibana*")
             .await
-            .map_err(|e| format!("reading the .kibana alias: {e}"))?
-            .ok_or("the .kibana alias does not exist after the rollback")?;
-        if let Some(v) = snapshots::version_in_index_name(&index) {
-            if &v > target {
-                return Err(format!(".kibana points at {index}, an index of Kibana {v}, newer than the target {target}"));
-            }
+            .map_err(|e| format!("reading the .kibana* indices and aliases: {e}"))?;
+        if !found
+            .iter()
+            .any(|(index, aliases)| index == ".kibana" || aliases.iter().any(|a| a == ".kibana"))
+        {
+            return Err("the .kibana alias does not exist after the rollback".into());
+        }
+        let names = found
+            .iter()
+            .flat_map(|(i, a)| std::iter::once(i.as_str()).chain(a.iter().map(String::as_str)));
+        let newer = snapshots::newer_than(names, target);
+        if !newer.is_empty() {
+            return Err(format!(
+                "indices or aliases of a Kibana newer than the target {target} remain after the restore: {}",
+                newer.join(", ")
+            ));
         }
         let h = self
             .es

@@ -65,6 +65,8 @@ impl Host {
             unit,
             installed_version,
             held,
+            // Filled in by the daemon from `agent::evidence`, which has the clock offset.
+            install_history: None,
         }
     }
 

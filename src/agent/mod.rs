@@ -8,6 +8,7 @@
 //! through a suspend (a leader waking from one must see its lease as old as it is).
 
 mod cluster_steps;
+mod evidence;
 mod host_steps;
 mod progress;
 
@@ -72,6 +73,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         .await
         .context("choosing the package manager")?;
     let probe = StatusProbe::new(&settings.kibana)?;
+    let evidence = evidence::Evidence::open(
+        &settings.coordination.state_dir,
+        &settings.kibana.package,
+        pkg.kind(),
+    );
     let host = Arc::new(Host {
         units,
         pkg,
@@ -124,6 +130,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         node,
         last_hosts: Vec::new(),
         facts: None,
+        evidence,
     }
     .run()
     .await
@@ -139,6 +146,8 @@ struct Daemon {
     last_hosts: Vec<HostDoc>,
     /// Host facts, re-read after every host step and at every heartbeat.
     facts: Option<(fleet::HostFacts, Duration)>,
+    /// When each Kibana version was installed here, for snapshot eligibility.
+    evidence: evidence::Evidence,
 }
 
 impl Daemon {
@@ -170,6 +179,10 @@ impl Daemon {
             let op = match coord.operation().await {
                 Ok(Some(v)) => OpRead::Found(v),
                 Ok(None) => OpRead::Missing,
+                Err(e @ EsError::NewerFormat { .. }) => {
+                    tracing::error!("{e}");
+                    OpRead::Unsupported(e.to_string())
+                }
                 Err(e) => {
                     tracing::warn!("cannot read the operation document: {e}");
                     OpRead::Unreadable
@@ -203,7 +216,12 @@ impl Daemon {
                 }
             };
             if stale {
-                self.facts = Some((self.host.facts().await, now));
+                let mut facts = self.host.facts().await;
+                self.evidence
+                    .update(&self.es, facts.installed_version.as_ref(), now)
+                    .await;
+                facts.install_history = self.evidence.history();
+                self.facts = Some((facts, now));
             }
             let facts = self.facts.as_ref().expect("just set").0.clone();
             let op_id = match &op {

@@ -13,7 +13,8 @@ use kibana_rollback::fleet::{self, Phase};
 use kibana_rollback::{coord, exit};
 use serde_json::json;
 
-use super::start::{follow, requested_by, Ctx};
+use super::context::{requested_by, Ctx};
+use super::follow::follow;
 use super::{print_json, Cli};
 
 const ATTEMPTS: usize = 5;

@@ -6,16 +6,18 @@ use anyhow::{Context, Result};
 use kibana_rollback::exit;
 use serde_json::json;
 
-use super::start::{
-    describe_error, finished_at, outcome_json, outcome_name, phase_change_json, phase_change_line,
-    refresh, Ctx,
+use kibana_rollback::fleet::describe_error;
+
+use super::context::Ctx;
+use super::outcome::{
+    finished_at, outcome_json, outcome_name, phase_change_json, phase_change_line,
 };
 use super::{print_json, Cli};
 
 pub async fn run(cli: &Cli) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
     let coord = ctx.coord();
-    refresh(&ctx.es, coord.index).await;
+    coord.refresh().await;
     let ops = coord.history().await.context("reading the history")?;
     if cli.json {
         let items: Vec<_> = ops

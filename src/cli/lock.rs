@@ -18,7 +18,10 @@ use kibana_rollback::exit;
 use kibana_rollback::fleet::{self, OpError, PhaseChange};
 use serde_json::json;
 
-use super::start::{describe_error, requested_by, Ctx, FORCE_RELEASED};
+use kibana_rollback::fleet::describe_error;
+
+use super::context::{requested_by, Ctx};
+use super::outcome::FORCE_RELEASED;
 use super::{print_json, Cli};
 
 const ATTEMPTS: usize = 5;

@@ -1,11 +1,15 @@
-//! The command line: one file per subcommand; this file holds the shared flags, the dispatch
-//! and the helpers every subcommand uses (loading settings, printing tables or JSON).
+//! The command line: one file per subcommand, plus `context` (settings, client, who asks),
+//! `follow` (following an operation to its end) and `outcome` (naming how it ended); this file
+//! holds the shared flags, the dispatch and the printing helpers (tables, JSON).
 
 mod abort;
 mod check_config;
+mod context;
 pub mod docs;
+mod follow;
 mod history;
 mod lock;
+mod outcome;
 mod plan;
 mod snapshots;
 mod start;
@@ -66,8 +70,13 @@ pub enum Command {
         /// Follow the operation to its end, printing progress.
         #[arg(long)]
         wait: bool,
+        /// Restore the named snapshot although its start cannot be judged against the upgrade's
+        /// (within rollback.snapshot_margin of it, or a host's install history is gone): say so
+        /// only when you know it was taken before the upgrade began.
+        #[arg(long, requires = "snapshot")]
+        accept_unjudged_snapshot: bool,
         /// Resume the `failed` operation instead: its failed phase runs again at a new epoch.
-        #[arg(long, conflicts_with_all = ["to", "snapshot"])]
+        #[arg(long, conflicts_with_all = ["to", "snapshot", "accept_unjudged_snapshot"])]
         resume: bool,
         /// With --resume: drop a restore that was recorded but never confirmed, so it is issued
         /// again (only when you know it did not happen, or want it repeated).
@@ -82,6 +91,9 @@ pub enum Command {
         /// Snapshot to check, or "latest" eligible (default: rollback.snapshot).
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
+        /// As `start --accept-unjudged-snapshot`.
+        #[arg(long, requires = "snapshot")]
+        accept_unjudged_snapshot: bool,
     },
     /// Show the fleet: hosts, units, package versions, the operation and what it waits for.
     Status,
@@ -164,9 +176,34 @@ pub async fn run(cli: Cli) -> Result<u8> {
             ..
         } => start::resume(&cli, *forget_restore, *wait).await,
         Command::Start {
-            to, snapshot, wait, ..
-        } => start::run(&cli, to.as_deref(), snapshot.as_deref(), *wait).await,
-        Command::Plan { to, snapshot } => plan::run(&cli, to.as_deref(), snapshot.as_deref()).await,
+            to,
+            snapshot,
+            wait,
+            accept_unjudged_snapshot,
+            ..
+        } => {
+            start::run(
+                &cli,
+                to.as_deref(),
+                snapshot.as_deref(),
+                *accept_unjudged_snapshot,
+                *wait,
+            )
+            .await
+        }
+        Command::Plan {
+            to,
+            snapshot,
+            accept_unjudged_snapshot,
+        } => {
+            plan::run(
+                &cli,
+                to.as_deref(),
+                snapshot.as_deref(),
+                *accept_unjudged_snapshot,
+            )
+            .await
+        }
         Command::Status => status::run(&cli).await,
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,

@@ -1,71 +1,22 @@
-//! `plan`: every preflight check the leader will make, made now and read-only, each OK or FAIL
-//! with its detail; then the hosts as their documents describe them, and the steps that would run
-//! per phase. Changes nothing (not even the coordination index is created).
-//!
-//! Liveness: a host document holds no wall time (clocks are not trusted), only a heartbeat
-//! counter. `plan` reads the counters first and, after the other checks, watches them for up to
-//! two heartbeat periods (`coordination.heartbeat`) on its own clock: a host whose counter moved
-//! is alive; one whose counter did not is reported with the value it is stuck at.
+//! `plan`: the preflight ([`kibana_rollback::preflight`]: every check `start` makes before it
+//! writes anything and the leader repeats, here read-only and with the agents' liveness watched),
+//! each OK, FAIL or SKIP with its detail; then the hosts as their documents describe them, and
+//! the steps that would run per phase. Changes nothing (not even the coordination index is
+//! created).
 //!
 //! Exit 0 when every check passes, 1 when any fails — including an unreachable Elasticsearch,
 //! which is a failed check here, so "exit 0" always means "start would go ahead". A malformed
 //! `--to` is a usage error (2) and a broken configuration 78, as everywhere.
 
-use std::time::{Duration, Instant};
-
 use anyhow::Result;
-use kibana_rollback::compat::{self, Verdict};
-use kibana_rollback::config::{check_coordination_index, SnapshotSelector};
-use kibana_rollback::es::{Es, KIBANA_FEATURE};
 use kibana_rollback::exit;
 use kibana_rollback::fleet::HostDoc;
+use kibana_rollback::preflight::{self, Resolved, Scope, Status};
 use semver::Version;
 use serde_json::json;
 
-use super::start::{expected_hosts, resolve_snapshot, selector, Ctx, Resolved};
+use super::context::{preflight_request, selector, Ctx};
 use super::{print_json, print_table, target_version, Cli};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Status {
-    Ok,
-    Fail,
-    Skipped,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Check {
-    check: String,
-    status: Status,
-    detail: String,
-    warnings: Vec<String>,
-}
-
-#[derive(Default)]
-struct Checks(Vec<Check>);
-
-impl Checks {
-    fn push(&mut self, check: &str, ok: bool, detail: impl Into<String>) -> &mut Check {
-        self.0.push(Check {
-            check: check.into(),
-            status: if ok { Status::Ok } else { Status::Fail },
-            detail: detail.into(),
-            warnings: vec![],
-        });
-        self.0.last_mut().expect("just pushed")
-    }
-    fn skip(&mut self, check: &str, why: impl Into<String>) {
-        self.0.push(Check {
-            check: check.into(),
-            status: Status::Skipped,
-            detail: why.into(),
-            warnings: vec![],
-        });
-    }
-    fn passed(&self) -> bool {
-        self.0.iter().all(|c| c.status == Status::Ok)
-    }
-}
 
 struct Step {
     phase: &'static str,
@@ -73,294 +24,48 @@ struct Step {
     action: String,
 }
 
-pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<u8> {
+pub async fn run(
+    cli: &Cli,
+    to: Option<&str>,
+    snapshot: Option<&str>,
+    accept_unjudged: bool,
+) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
-    let s = ctx.settings().clone();
     let target = target_version(to, &ctx.loaded)?;
     let sel = selector(snapshot, &ctx.loaded);
-    let mut checks = Checks::default();
+    let report = preflight::run(
+        &ctx.es,
+        ctx.settings(),
+        Scope::Plan,
+        preflight_request(to, target.as_ref(), &sel, accept_unjudged),
+    )
+    .await;
+    let checks = &report.checks;
+    let resolved = report.snapshot.clone();
+    let expected = report.expected.clone();
+    let expected_from = report.expected_from;
+    let hosts_seen = report.hosts.clone();
+    let alive = |h: &str| report.alive(h);
 
-    match &target {
-        Some(t) => checks.push(
-            "target version",
-            true,
-            format!(
-                "Kibana {t}{}",
-                if to.is_some() {
-                    " (--to)"
-                } else {
-                    " (rollback.target_version)"
-                }
-            ),
-        ),
-        None => checks.push(
-            "target version",
-            false,
-            "none: pass --to VERSION or set rollback.target_version",
-        ),
-    };
-    match check_coordination_index(&s.coordination.index) {
-        Ok(()) => checks.push(
-            "coordination index name",
-            true,
-            format!(
-                "{} is outside the kibana feature state",
-                s.coordination.index
-            ),
-        ),
-        Err(e) => checks.push(
-            "coordination index name",
-            false,
-            format!("{}: {e}", s.coordination.index),
-        ),
-    };
-
-    // Reachability, host by host, so the operator sees which endpoint answers.
-    let mut reachable = None;
-    let mut unreachable = vec![];
-    for h in &s.elasticsearch.hosts {
-        let mut one = s.elasticsearch.clone();
-        one.hosts = vec![h.clone()];
-        let answer = match Es::new(&one) {
-            Ok(es) => es.node_versions().await,
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(nodes) => {
-                if reachable.is_none() {
-                    reachable = Some((h.to_string(), nodes));
-                }
-            }
-            Err(kibana_rollback::es::EsError::Unreachable { attempts }) => {
-                unreachable.push(attempts)
-            }
-            Err(e) => unreachable.push(format!("{h}: {e}")),
-        }
-    }
-    let nodes = match reachable {
-        Some((host, nodes)) => {
-            let c = checks.push(
-                "elasticsearch reachable",
-                true,
-                format!("{host} answers; cluster of {} node(s)", nodes.len()),
-            );
-            c.warnings = unreachable
+    // What the restore would replace, when there is a snapshot to restore.
+    let discard = match (&resolved, &report.nodes) {
+        (Some(r), Some(nodes)) => {
+            let versions: Vec<Version> = nodes
                 .iter()
-                .map(|u| format!("not reachable: {u}"))
+                .filter_map(|n| kibana_rollback::compat::coerce(&n.version))
                 .collect();
-            Some(nodes)
+            match preflight::discard::discard(&ctx.es, &versions, &r.info).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!(
+                        "kibana-rollback: warning: cannot read what the restore would replace: {e}"
+                    );
+                    None
+                }
+            }
         }
-        None => {
-            checks.push("elasticsearch reachable", false, unreachable.join("; "));
-            None
-        }
+        _ => None,
     };
-
-    let mut resolved: Option<Resolved> = None;
-    let mut hosts_seen: Vec<(String, Option<HostDoc>)> = vec![];
-    let mut expected: Vec<String> = vec![];
-    let mut expected_from = "";
-    let mut heartbeat_verdict: Vec<(String, Option<bool>)> = vec![];
-    if let Some(nodes) = &nodes {
-        // Compatibility of the target with every node.
-        match &target {
-            Some(t) => {
-                let report = compat::Report::new(t, nodes);
-                let detail = report
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let v = match &n.verdict {
-                            Verdict::Compatible => "compatible",
-                            Verdict::Warning { .. } => "compatible (warning)",
-                            Verdict::Incompatible { .. } => "INCOMPATIBLE",
-                        };
-                        format!("{} {}: {v}", n.node.name, n.node.version)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let c = match report.refusal() {
-                    None => checks.push("nodes compatible with target", true, detail),
-                    Some(r) => checks.push("nodes compatible with target", false, r),
-                };
-                c.warnings = report.warnings();
-            }
-            None => checks.skip("nodes compatible with target", "no target version"),
-        }
-        match ctx.es.features().await {
-            Ok(f) if f.iter().any(|n| n == KIBANA_FEATURE) => checks.push("kibana feature", true, "_features lists kibana"),
-            Ok(f) => checks.push("kibana feature", false, format!("_features does not list kibana (has: {}): this cluster cannot snapshot or restore Kibana's state", f.join(", "))),
-            Err(e) => checks.push("kibana feature", false, format!("GET _features: {e}")),
-        };
-        match (&target, &s.rollback.repository) {
-            (Some(t), Some(repo)) => match resolve_snapshot(&ctx.es, repo, &sel, t).await {
-                Ok(Ok(r)) => {
-                    let fs = r
-                        .info
-                        .kibana_feature_state()
-                        .map(|f| f.indices.join(", "))
-                        .unwrap_or_default();
-                    let evidence = if r.assessment.kibana_versions.is_empty() {
-                        "none".into()
-                    } else {
-                        r.assessment.kibana_versions.join(", ")
-                    };
-                    let how = if sel == SnapshotSelector::Latest {
-                        "newest eligible"
-                    } else {
-                        "named"
-                    };
-                    let c = checks.push(
-                        "snapshot",
-                        true,
-                        format!(
-                            "{repo}/{} ({how}, uuid {}): state {}, kibana feature state [{fs}], Kibana version evidence: {evidence}",
-                            r.info.snapshot, r.info.uuid, r.info.state
-                        ),
-                    );
-                    c.warnings = r.assessment.notes.clone();
-                    resolved = Some(r);
-                }
-                Ok(Err(why)) => {
-                    checks.push("snapshot", false, why);
-                }
-                Err(e) => {
-                    checks.push(
-                        "snapshot",
-                        false,
-                        format!("listing snapshots of {repo}: {e}"),
-                    );
-                }
-            },
-            (_, None) => {
-                checks.push("snapshot", false, "no repository: set rollback.repository");
-            }
-            (None, _) => checks.skip("snapshot", "no target version to judge eligibility against"),
-        }
-        let coord = ctx.coord();
-        match coord.operation().await {
-            Ok(None) => checks.push(
-                "no operation running",
-                true,
-                format!("no operation document in {}", coord.index),
-            ),
-            Ok(Some(v)) => checks.push(
-                "no operation running",
-                false,
-                format!(
-                    "operation {} is in phase {} (requested by {} at {})",
-                    v.doc.id, v.doc.phase, v.doc.requested_by, v.doc.requested_at
-                ),
-            ),
-            Err(e) => checks.push(
-                "no operation running",
-                false,
-                format!("reading {}: {e}", coord.index),
-            ),
-        };
-        match expected_hosts(&ctx).await {
-            Ok((ids, from)) => {
-                expected = ids;
-                expected_from = from;
-            }
-            Err(e) => {
-                checks.push("expected hosts registered", false, format!("{e:#}"));
-            }
-        }
-        if expected.is_empty() && expected_from == "registered agents" {
-            checks.push(
-                "expected hosts registered",
-                false,
-                "coordination.expected_hosts is empty and no agent is registered",
-            );
-        } else if !expected.is_empty() {
-            let t0 = Instant::now();
-            match coord.hosts(&expected).await {
-                Ok(docs) => {
-                    hosts_seen = expected
-                        .iter()
-                        .map(|h| (h.clone(), docs.iter().find(|d| &d.host_id == h).cloned()))
-                        .collect();
-                    let missing: Vec<&str> = hosts_seen
-                        .iter()
-                        .filter(|(_, d)| d.is_none())
-                        .map(|(h, _)| h.as_str())
-                        .collect();
-                    if missing.is_empty() {
-                        checks.push(
-                            "expected hosts registered",
-                            true,
-                            format!("{} ({expected_from})", expected.join(", ")),
-                        );
-                    } else {
-                        checks.push(
-                            "expected hosts registered",
-                            false,
-                            format!("no host document for {}: is kibana-rollbackd running there? ({expected_from})", missing.join(", ")),
-                        );
-                    }
-                    heartbeat_verdict =
-                        watch_heartbeats(&ctx, &hosts_seen, t0, s.coordination.heartbeat).await;
-                    let registered: Vec<_> = heartbeat_verdict
-                        .iter()
-                        .filter(|(_, v)| v.is_some())
-                        .collect();
-                    if registered.is_empty() {
-                        checks.skip("agents alive (heartbeats)", "no registered host to watch");
-                    } else {
-                        let stale: Vec<String> = hosts_seen
-                            .iter()
-                            .filter(|(h, _)| {
-                                heartbeat_verdict
-                                    .iter()
-                                    .any(|(x, v)| x == h && *v == Some(false))
-                            })
-                            .map(|(h, d)| {
-                                format!(
-                                    "{h} (stuck at {})",
-                                    d.as_ref().map(|d| d.heartbeat).unwrap_or(0)
-                                )
-                            })
-                            .collect();
-                        let window =
-                            humantime::format_duration(heartbeat_window(s.coordination.heartbeat));
-                        if stale.is_empty() {
-                            checks.push(
-                                "agents alive (heartbeats)",
-                                true,
-                                format!("every registered agent wrote a heartbeat within {window}"),
-                            );
-                        } else {
-                            checks.push(
-                                "agents alive (heartbeats)",
-                                false,
-                                format!("no heartbeat within {window} from {}: is kibana-rollbackd running there?", stale.join(", ")),
-                            );
-                        }
-                    }
-                }
-                Err(e) => {
-                    checks.push(
-                        "expected hosts registered",
-                        false,
-                        format!("reading host documents: {e}"),
-                    );
-                }
-            }
-        }
-    } else {
-        for c in [
-            "nodes compatible with target",
-            "kibana feature",
-            "snapshot",
-            "no operation running",
-            "expected hosts registered",
-            "agents alive (heartbeats)",
-        ] {
-            checks.skip(c, "Elasticsearch not reachable");
-        }
-    }
-
     let steps = steps(
         &ctx,
         target.as_ref(),
@@ -369,12 +74,6 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         &hosts_seen,
     );
     let ok = checks.passed();
-    let alive = |h: &str| {
-        heartbeat_verdict
-            .iter()
-            .find(|(x, _)| x == h)
-            .and_then(|(_, v)| *v)
-    };
 
     if cli.json {
         print_json(&json!({
@@ -398,6 +97,7 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
                 }),
             }).collect::<Vec<_>>(),
             "steps": steps.iter().map(|s| json!({"phase": s.phase, "actor": s.actor, "action": s.action})).collect::<Vec<_>>(),
+            "restore_replaces": discard,
         }));
         return Ok(if ok { exit::OK } else { exit::FAILED });
     }
@@ -426,7 +126,7 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
             Status::Fail => "FAIL",
             Status::Skipped => "SKIP",
         };
-        rows.push(vec![c.check.clone(), r.into(), c.detail.clone()]);
+        rows.push(vec![c.check.to_string(), r.into(), c.detail.clone()]);
         for w in &c.warnings {
             rows.push(vec![String::new(), "warn".into(), w.clone()]);
         }
@@ -471,6 +171,9 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         );
     }
     println!();
+    if let Some(d) = &discard {
+        print_discard(d);
+    }
     println!("steps that would run (<id> is the operation id `start` assigns):");
     let w = steps.iter().map(|s| s.phase.len()).max().unwrap_or(0);
     for s in &steps {
@@ -486,51 +189,6 @@ pub async fn run(cli: &Cli, to: Option<&str>, snapshot: Option<&str>) -> Result<
         }
     );
     Ok(if ok { exit::OK } else { exit::FAILED })
-}
-
-fn heartbeat_window(period: Duration) -> Duration {
-    (period * 2 + Duration::from_secs(1)).min(Duration::from_secs(120))
-}
-
-/// For each host: `Some(true)` its heartbeat counter moved within the window, `Some(false)` it
-/// did not, `None` not registered.
-async fn watch_heartbeats(
-    ctx: &Ctx,
-    first: &[(String, Option<HostDoc>)],
-    since: Instant,
-    period: Duration,
-) -> Vec<(String, Option<bool>)> {
-    let mut verdict: Vec<(String, Option<bool>)> = first
-        .iter()
-        .map(|(h, d)| (h.clone(), d.as_ref().map(|_| false)))
-        .collect();
-    let ids: Vec<String> = first
-        .iter()
-        .filter(|(_, d)| d.is_some())
-        .map(|(h, _)| h.clone())
-        .collect();
-    let window = heartbeat_window(period);
-    loop {
-        if let Ok(now) = ctx.coord().hosts(&ids).await {
-            for (h, v) in verdict.iter_mut() {
-                let before = first
-                    .iter()
-                    .find(|(x, _)| x == h)
-                    .and_then(|(_, d)| d.as_ref())
-                    .map(|d| d.heartbeat);
-                let after = now.iter().find(|d| &d.host_id == h).map(|d| d.heartbeat);
-                if let (Some(b), Some(a)) = (before, after) {
-                    if a != b {
-                        *v = Some(true);
-                    }
-                }
-            }
-        }
-        if verdict.iter().all(|(_, v)| *v != Some(false)) || since.elapsed() >= window {
-            return verdict;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn steps(
@@ -634,4 +292,46 @@ fn steps(
         action: format!("start {unit}, wait until active and Kibana reports available at {t}"),
     });
     out
+}
+
+fn stamp(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What the restore deletes and what it brings back.
+fn print_discard(d: &preflight::discard::Discard) {
+    println!("the restore deletes the current kibana feature state (kept in the safety snapshot):");
+    if d.current.is_empty() {
+        println!("  (no index of the feature exists now)");
+    }
+    for (index, docs) in &d.current {
+        println!("  {index}  {docs} docs");
+    }
+    match (d.newest_update_ms, &d.newest_update_unknown) {
+        (Some(ms), _) => {
+            let lost = d.snapshot_start_ms.is_some_and(|s| ms > s);
+            println!(
+                "  newest saved-object update: {}{}",
+                stamp(ms),
+                if lost {
+                    " — after the snapshot started: changes since then are lost"
+                } else {
+                    ""
+                }
+            );
+        }
+        (None, Some(why)) => println!("  newest saved-object update: unknown ({why})"),
+        (None, None) => println!("  newest saved-object update: none recorded"),
+    }
+    println!(
+        "and restores the snapshot's {} (started {})",
+        if d.snapshot_indices.is_empty() {
+            "indices".to_string()
+        } else {
+            d.snapshot_indices.join(", ")
+        },
+        d.snapshot_start_ms.map(stamp).unwrap_or_else(|| "?".into())
+    );
+    println!();
 }

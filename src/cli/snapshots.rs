@@ -1,9 +1,12 @@
-//! `snapshots`: the repository's snapshots, newest first, each marked eligible for a rollback or
-//! not, with the reason and the Kibana version evidence from its feature state's index names.
+//! `snapshots`: the repository's snapshots, newest first, each marked eligible for a rollback,
+//! not, or "cannot be judged", with the reason: its state, its kibana feature state, its start
+//! against the upgrade's start (the expected hosts' install evidence, `.kibana*` creation times)
+//! and the Kibana version evidence from its index names.
 
 use anyhow::{Context, Result};
+use kibana_rollback::coord::Coord;
 use kibana_rollback::es::Es;
-use kibana_rollback::{exit, snapshots};
+use kibana_rollback::{exit, preflight, snapshots};
 use serde_json::json;
 
 use super::{print_json, print_table, target_version, Cli};
@@ -25,9 +28,38 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         .snapshots(&repository)
         .await
         .with_context(|| format!("listing snapshots of repository {repository:?}"))?;
+    let window = match &target {
+        Some(t) => {
+            let coord = Coord::new(&es, &loaded.settings);
+            let (ids, _) = coord
+                .expected_hosts(&loaded.settings.coordination.expected_hosts)
+                .await
+                .context("listing the hosts")?;
+            let docs = coord.hosts(&ids).await.context("reading host documents")?;
+            let hosts: Vec<_> = ids
+                .iter()
+                .map(|h| (h.clone(), docs.iter().find(|d| &d.host_id == h).cloned()))
+                .collect();
+            Some(
+                preflight::upgrade_window(&es, t, &hosts)
+                    .await
+                    .context("reading the .kibana* indices")?,
+            )
+        }
+        None => None,
+    };
+    let margin_ms = loaded.settings.rollback.snapshot_margin.as_millis() as i64;
+    let against = match (&target, &window) {
+        (Some(target), Some(window)) => Some(snapshots::Against {
+            target,
+            window,
+            margin_ms,
+        }),
+        _ => None,
+    };
     let assessed: Vec<_> = list
         .iter()
-        .map(|s| (s, snapshots::assess(s, target.as_ref())))
+        .map(|s| (s, snapshots::assess(s, against)))
         .collect();
     if cli.json {
         let items: Vec<_> = assessed
@@ -42,6 +74,8 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
                     "kibana_feature_state": s.kibana_feature_state().map(|f| &f.indices),
                     "kibana_versions": a.kibana_versions,
                     "eligible": a.eligible,
+                    "cannot_be_judged": a.unjudged,
+                    "timing": a.timing,
                     "reasons": a.reasons,
                     "notes": a.notes,
                 })
@@ -50,6 +84,7 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         print_json(&json!({
             "repository": repository,
             "target_version": target.as_ref().map(ToString::to_string),
+            "upgrade_window": window,
             "snapshots": items,
         }));
         return Ok(exit::OK);
@@ -66,7 +101,15 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         .iter()
         .map(|(s, a)| {
             let why = if a.eligible {
-                a.notes.join("; ")
+                std::iter::once(a.timing.clone())
+                    .chain(a.notes.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            } else if let Some(u) = &a.unjudged {
+                format!(
+                    "{u}; to use it: start --snapshot {} --accept-unjudged-snapshot",
+                    s.snapshot
+                )
             } else {
                 a.reasons.join("; ")
             };
@@ -83,6 +126,8 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
                 },
                 if a.eligible {
                     "yes".into()
+                } else if a.unjudged.is_some() {
+                    "cannot judge".into()
                 } else {
                     "no".into()
                 },

@@ -16,7 +16,10 @@ use kibana_rollback::exit;
 use kibana_rollback::fleet::{self, HostDoc, OperationDoc, StepResult};
 use serde_json::json;
 
-use super::start::{describe_error, outcome_json, outcome_name, refresh, Ctx};
+use kibana_rollback::fleet::describe_error;
+
+use super::context::Ctx;
+use super::outcome::{outcome_json, outcome_name};
 use super::{print_json, print_table, Cli};
 
 fn step_name<T: serde::Serialize>(s: &T) -> String {
@@ -102,7 +105,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         .await
         .context("reading the operation document")?
         .map(|v| v.doc);
-    refresh(&ctx.es, coord.index).await;
+    coord.refresh().await;
     let history = coord.history().await.context("reading the history")?;
     let last = history.first();
 

@@ -582,6 +582,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
             .map(|(s, _)| s)
             .filter(|s| !s.is_empty()),
         snapshot: SnapshotSelector::parse(&r.required_string("rollback.snapshot")?),
+        snapshot_margin: r.duration("rollback.snapshot_margin")?,
         safety_snapshot: r.bool("rollback.safety_snapshot"),
     };
 

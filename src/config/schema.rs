@@ -110,6 +110,8 @@ pub const KEYS: &[Key] = &[
         "The snapshot repository holding the pre-upgrade snapshot."),
     key!("rollback", "snapshot", Kind::String, Some(r#""latest""#),
         "The snapshot to restore, or \"latest\" for the newest eligible one (also `start --snapshot`)."),
+    key!("rollback", "snapshot_margin", Kind::Duration, Some(r#""2m""#),
+        "How far from the upgrade's start a snapshot's start time must be to be judged before or after it."),
     key!("rollback", "safety_snapshot", Kind::Bool, Some("true"),
         "Snapshot the current kibana feature state before restoring, so the rollback can be undone."),
     key!("coordination", "index", Kind::String, Some(r#""kibana-rollback""#),

@@ -96,6 +96,8 @@ pub struct RollbackSettings {
     pub target_version: Option<Version>,
     pub repository: Option<String>,
     pub snapshot: SnapshotSelector,
+    /// A snapshot started closer than this to the upgrade's start cannot be judged either way.
+    pub snapshot_margin: Duration,
     pub safety_snapshot: bool,
 }
 
@@ -145,34 +147,9 @@ pub struct Settings {
     pub package_manager: PackageManagerSettings,
 }
 
-/// Index name patterns of the `kibana` feature state; a restore deletes every index matching them.
-pub const KIBANA_FEATURE_PATTERNS: &[&str] = &[
-    ".kibana*",
-    ".reporting-*",
-    ".apm-agent-configuration*",
-    ".apm-custom-link*",
-];
-
-/// Whether `name` matches a simple `*`-glob `pattern`.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((prefix, rest)) => {
-            if !name.starts_with(prefix) {
-                return false;
-            }
-            let tail = &name[prefix.len()..];
-            if rest.is_empty() {
-                return true;
-            }
-            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_match(rest, &tail[i..]))
-        }
-    }
-}
-
 /// Elasticsearch's own index-name rules plus ours: never inside the kibana feature state.
 pub fn check_coordination_index(name: &str) -> Result<(), String> {
-    if let Some(p) = KIBANA_FEATURE_PATTERNS.iter().find(|p| glob_match(p, name)) {
+    if let Some(p) = crate::feature::matching_pattern(name) {
         return Err(format!(
             "matches the kibana feature pattern {p}, so the restore would delete it"
         ));
@@ -234,15 +211,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn glob() {
-        assert!(glob_match(".kibana*", ".kibana"));
-        assert!(glob_match(".kibana*", ".kibana_8.14.3_001"));
-        assert!(glob_match(".reporting-*", ".reporting-2024"));
-        assert!(!glob_match(".reporting-*", ".reporting"));
-        assert!(!glob_match(".kibana*", "kibana-rollback"));
-    }
-
-    #[test]
     fn coordination_index_rules() {
         assert!(check_coordination_index("kibana-rollback").is_ok());
         for bad in [
@@ -250,6 +218,8 @@ mod tests {
             ".kibana_x",
             ".reporting-x",
             ".apm-custom-link-x",
+            ".chat-x",
+            ".workflows-events",
             "Upper",
             "a b",
             "_x",

@@ -47,6 +47,11 @@ pub enum EsError {
     /// failed shards in a restore).
     #[error("{0}")]
     Check(String),
+
+    /// A coordination document written by a newer kibana-rollback, in a format this one does
+    /// not know: acting on it could misread it.
+    #[error("{doc} has document format {found}, newer than this kibana-rollback understands ({known}); upgrade kibana-rollback on this host before it acts on it")]
+    NewerFormat { doc: String, found: u32, known: u32 },
 }
 
 impl EsError {

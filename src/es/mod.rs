@@ -18,7 +18,18 @@ pub use error::EsError;
 pub use types::*;
 
 /// The feature whose state is snapshotted and restored.
-pub const KIBANA_FEATURE: &str = "kibana";
+pub use crate::feature::NAME as KIBANA_FEATURE;
+
+/// Whether an error to a `_security` request means the cluster runs without security.
+fn security_off(e: &EsError) -> bool {
+    match e {
+        EsError::Api { status, reason, .. } => {
+            (status.as_u16() == 400 && reason.contains("no handler found"))
+                || reason.contains("Security must be explicitly enabled")
+        }
+        _ => false,
+    }
+}
 
 /// Percent-encodes one path segment (index, document id, repository or snapshot name).
 pub fn seg(s: &str) -> String {
@@ -76,6 +87,125 @@ impl Es {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// `_security/user/_has_privileges` for the credentials in use. `Ok(None)` when the cluster
+    /// runs without security: the handler is not registered (`no handler found`, security
+    /// disabled explicitly) or security is off by license default (7.x basic: "Security must be
+    /// explicitly enabled").
+    pub async fn has_privileges(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, EsError> {
+        let path = "_security/user/_has_privileges";
+        match self
+            .client
+            .json(Method::POST, path, Some(request), None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if security_off(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The elected master's wall clock (ms since the epoch), which also stamps snapshots'
+    /// `start_time_in_millis`: hosts measure their offset against it.
+    pub async fn master_clock_ms(&self, timeout: std::time::Duration) -> Result<i64, EsError> {
+        let path = "_nodes/_master/stats/os?filter_path=nodes.*.timestamp";
+        let v: serde_json::Value = self
+            .client
+            .json(Method::GET, path, None, Some(timeout), Idempotence::Safe)
+            .await?;
+        v["nodes"]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|n| n["timestamp"].as_i64())
+            .ok_or_else(|| EsError::Decode {
+                method: "GET".into(),
+                path: path.into(),
+                detail: "no nodes.*.timestamp".into(),
+            })
+    }
+
+    /// Creation time (ms, the master's clock) of every index matching `pattern`.
+    pub async fn index_creation_ms(&self, pattern: &str) -> Result<Vec<(String, i64)>, EsError> {
+        let path = format!(
+            "{}/_settings/index.creation_date?expand_wildcards=all",
+            seg(pattern)
+        );
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<(String, i64)> = v
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(index, b)| {
+                        let ms = b["settings"]["index"]["creation_date"]
+                            .as_str()
+                            .and_then(|s| s.parse().ok())?;
+                        Some((index.clone(), ms))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Document count of every index matching `patterns` (comma-separated; hidden ones too).
+    pub async fn index_doc_counts(&self, patterns: &str) -> Result<Vec<(String, u64)>, EsError> {
+        let path = format!(
+            "_cat/indices/{}?format=json&h=index,docs.count&expand_wildcards=all",
+            patterns.split(',').map(seg).collect::<Vec<_>>().join(",")
+        );
+        let v: serde_json::Value = self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await?;
+        let mut out: Vec<(String, u64)> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| {
+                        Some((
+                            i["index"].as_str()?.to_string(),
+                            i["docs.count"]
+                                .as_str()
+                                .and_then(|c| c.parse().ok())
+                                .unwrap_or(0),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The largest value of date field `field` in `index` (ms), `None` when no document has it.
+    pub async fn max_date(&self, index: &str, field: &str) -> Result<Option<i64>, EsError> {
+        let body = json!({"size": 0, "aggs": {"newest": {"max": {"field": field}}}});
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::POST,
+                &format!("{}/_search", seg(index)),
+                Some(&body),
+                None,
+                Idempotence::Safe,
+            )
+            .await?;
+        Ok(v["aggregations"]["newest"]["value"]
+            .as_f64()
+            .map(|f| f as i64))
     }
 
     /// Names of the features installed on the master (`GET _features`).
@@ -381,6 +511,40 @@ impl Es {
         Ok(write.or_else(|| map.iter().next()).map(|(k, _)| k.clone()))
     }
 
+    /// Every index matching `pattern` (hidden and closed ones too) with its aliases, sorted.
+    pub async fn indices_with_aliases(
+        &self,
+        pattern: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, EsError> {
+        let path = format!("{}/_alias?expand_wildcards=all", seg(pattern));
+        let v: serde_json::Value = match self
+            .client
+            .json(Method::GET, &path, None, None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<(String, Vec<String>)> = v
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(index, body)| {
+                        let mut aliases: Vec<String> = body["aliases"]
+                            .as_object()
+                            .map(|a| a.keys().cloned().collect())
+                            .unwrap_or_default();
+                        aliases.sort();
+                        (index.clone(), aliases)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+
     /// Creates the coordination index if it does not exist (one shard; a replica when the
     /// cluster has room; no dynamic mapping since documents are only read by id).
     pub async fn ensure_index(&self, index: &str) -> Result<(), EsError> {
@@ -404,6 +568,21 @@ impl Es {
             Err(e) if e.err_type() == Some("resource_already_exists_exception") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `POST <index>/_refresh`: makes recent writes searchable.
+    pub async fn refresh(&self, index: &str) -> Result<(), EsError> {
+        self.client
+            .send(
+                Method::POST,
+                &format!("{}/_refresh", seg(index)),
+                None,
+                &[],
+                None,
+                Idempotence::Safe,
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Reads a document in real time; `None` when it (or its index) does not exist.

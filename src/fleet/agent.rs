@@ -24,6 +24,8 @@ pub struct HostFacts {
     pub installed_version: Option<Version>,
     /// Package held / versionlocked.
     pub held: bool,
+    /// Evidence of when each Kibana version was installed, published in the host document.
+    pub install_history: Option<super::doc::InstallHistory>,
 }
 
 /// A host step with its parameters, for the host adapters to run. Every one is idempotent.
@@ -210,6 +212,7 @@ mod tests {
             unit,
             installed_version: Some(Version::new(8, 15, 0)),
             held: false,
+            install_history: None,
         }
     }
     fn op_in(phase: Phase) -> OperationDoc {

@@ -15,6 +15,23 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The format of the documents this build writes. An agent that reads a newer one (written by a
+/// newer kibana-rollback during the tool's own upgrade) refuses to act on it rather than misread
+/// it; documents written before formats were numbered are format 1.
+pub const FORMAT: u32 = 2;
+
+fn format_v1() -> u32 {
+    1
+}
+
+/// The `format` of a stored document (1 when absent).
+pub fn format_of(source: &serde_json::Value) -> u32 {
+    source["format"]
+        .as_u64()
+        .map(|f| f.min(u32::MAX as u64) as u32)
+        .unwrap_or(1)
+}
+
 /// `_seq_no` and `_primary_term` of a document as last observed; the CAS precondition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DocVersion {
@@ -382,12 +399,19 @@ pub struct AbortRequest {
 /// The `operation` document: the one active operation and its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationDoc {
+    /// [`FORMAT`] of the writer.
+    #[serde(default = "format_v1")]
+    pub format: u32,
     pub id: String,
     pub requested_by: String,
     /// Wall clock of the trigger, informational only.
     pub requested_at: String,
     pub target_version: Version,
     pub snapshot: SnapshotRef,
+    /// Who accepted a snapshot whose timing against the upgrade could not be judged
+    /// (`start --accept-unjudged-snapshot`), and why it could not; `None`: it was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_accepted_by: Option<String>,
     pub safety_snapshot: SafetySnapshot,
     pub expected_hosts: Vec<String>,
     pub phase: Phase,
@@ -530,6 +554,9 @@ impl Ack {
 /// The `host-<id>` document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostDoc {
+    /// [`FORMAT`] of the writer.
+    #[serde(default = "format_v1")]
+    pub format: u32,
     pub host_id: String,
     pub agent_version: String,
     pub unit_state: UnitState,
@@ -538,6 +565,36 @@ pub struct HostDoc {
     /// Bumped by each heartbeat write; observers watch it change on their own clock.
     pub heartbeat: u64,
     pub ack: Option<Ack>,
+    /// What this host can prove about when each Kibana version was installed (snapshot
+    /// eligibility: a snapshot started after a newer Kibana was installed may hold its state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_history: Option<InstallHistory>,
+}
+
+/// A host's evidence of Kibana package installs, on Elasticsearch's clock (ms since the epoch,
+/// as the master reports it): host clocks are not trusted, so each agent measures its offset to
+/// the master's clock and converts, widening every moment by the measurement's uncertainty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallHistory {
+    /// Installs seen, oldest first.
+    pub installs: Vec<InstallEvent>,
+    /// The oldest moment the package manager's logs still cover; an install before it is not
+    /// seen (rotated away). `None`: no log at all.
+    #[serde(default)]
+    pub covers_since_ms: Option<i64>,
+    /// ± this much on every converted moment (clock offset measurement and log resolution).
+    pub uncertainty_ms: i64,
+}
+
+/// Version `version` became installed at a moment in `[earliest_ms, latest_ms]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallEvent {
+    pub version: Version,
+    pub earliest_ms: i64,
+    pub latest_ms: i64,
+    /// Where it was read: `dpkg.log`, `dnf.rpm.log`, `rpm`, or `agent` (the agent saw the
+    /// previous version until `earliest_ms` and this one from `latest_ms`).
+    pub source: String,
 }
 
 impl HostDoc {
@@ -560,6 +617,7 @@ pub(crate) mod tests {
 
     pub fn sample_op() -> OperationDoc {
         OperationDoc {
+            format: crate::fleet::doc::FORMAT,
             id: "op1".into(),
             requested_by: "alice".into(),
             requested_at: "2026-01-01T00:00:00Z".into(),
@@ -569,6 +627,7 @@ pub(crate) mod tests {
                 name: "snap".into(),
                 uuid: "u1".into(),
             },
+            snapshot_accepted_by: None,
             safety_snapshot: SafetySnapshot {
                 enabled: true,
                 name: Some("kibana-rollback-pre-op1".into()),
@@ -621,6 +680,7 @@ pub(crate) mod tests {
         let v = serde_json::to_value(StepResult::Failed { cause: "x".into() }).unwrap();
         assert_eq!(v, serde_json::json!({"status": "failed", "cause": "x"}));
         let h = HostDoc {
+            format: crate::fleet::doc::FORMAT,
             host_id: "a".into(),
             agent_version: "0.1.0".into(),
             unit_state: UnitState::Inactive,
@@ -634,6 +694,7 @@ pub(crate) mod tests {
                 result: StepResult::Ok,
                 detail: String::new(),
             }),
+            install_history: None,
         };
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["unit_state"], "inactive");

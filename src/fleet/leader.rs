@@ -46,6 +46,8 @@ pub enum ClusterStep {
         target_version: Version,
         snapshot: SnapshotRef,
         expected_hosts: Vec<String>,
+        /// The operator accepted a snapshot whose timing cannot be judged.
+        accepted_unjudged: bool,
     },
     /// No Kibana client seen by Elasticsearch recently (`_nodes/stats/http`). Read-only.
     CheckKibanaClients,
@@ -349,6 +351,7 @@ pub fn decide_leader(
                         target_version: op.target_version.clone(),
                         snapshot: op.snapshot.clone(),
                         expected_hosts: op.expected_hosts.clone(),
+                        accepted_unjudged: op.snapshot_accepted_by.is_some(),
                     },
                     "preflight: checking the cluster".into(),
                 ),

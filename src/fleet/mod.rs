@@ -16,7 +16,7 @@
 //! use kibana_rollback::fleet::*;
 //! # fn read_op() -> OpRead { OpRead::Missing }
 //! # fn read_hosts() -> Vec<HostDoc> { vec![] }
-//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false } }
+//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None } }
 //! # fn boottime() -> std::time::Duration { std::time::Duration::ZERO }
 //! # fn execute(_: Action) {}
 //! # fn collect_results() -> Vec<Event> { vec![] }
@@ -101,16 +101,17 @@ mod tests;
 
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
-    history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion, HostDoc,
-    LeaderInfo, Mover, OpError, OperationDoc, Phase, PhaseChange, RestorePoint, RestoreRecord,
-    SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned, OPERATION_DOC_ID,
-    TRANSITIONS,
+    format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, DocError, DocVersion,
+    HostDoc, InstallEvent, InstallHistory, LeaderInfo, Mover, OpError, OperationDoc, Phase,
+    PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
+    UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
 pub use status::{
-    new_operation, outcome, request_abort, resume, waiting_for, withdraw, NewOperation, Outcome,
+    describe_error, new_operation, outcome, request_abort, resume, running_message, waiting_for,
+    withdraw, NewOperation, Outcome,
 };
 
 use std::time::Duration;

@@ -41,6 +41,9 @@ pub enum OpRead {
     Unreadable,
     /// 404: no active operation.
     Missing,
+    /// Written by a newer kibana-rollback in a format this one does not know (the reason): the
+    /// node acts as if there were no operation (a leader steps down) and says so.
+    Unsupported(String),
     Found(Versioned<OperationDoc>),
 }
 
@@ -351,9 +354,14 @@ impl NodeState {
         }
     }
 
-    fn observe(&mut self, read: OpRead, now: Duration) {
+    fn observe(&mut self, read: OpRead, now: Duration, out: &mut Vec<Action>) {
         match read {
             OpRead::Unreadable => {}
+            OpRead::Unsupported(why) => {
+                self.view = None;
+                self.observer.clear();
+                out.push(Action::Wait { what: why });
+            }
             OpRead::Missing => {
                 self.view = None;
                 self.observer.clear();
@@ -424,7 +432,7 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
     for ev in events {
         st.absorb(ev, now, &mut out);
     }
-    st.observe(op, now);
+    st.observe(op, now, &mut out);
     st.check_leadership(now, &mut out);
     archive(st, now, &mut out);
     host_side(st, now, &hosts, &facts, &mut out);
@@ -548,6 +556,7 @@ fn host_side(
         return;
     }
     let desired = HostDoc {
+        format: crate::fleet::doc::FORMAT,
         host_id: st.host_id.clone(),
         agent_version: st.cfg.agent_version.clone(),
         unit_state: facts.unit,
@@ -555,6 +564,7 @@ fn host_side(
         held: facts.held,
         heartbeat: st.heartbeat.unwrap_or(0),
         ack: st.my_ack.clone(),
+        install_history: facts.install_history.clone(),
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {

@@ -277,6 +277,7 @@ impl World {
                 uuid: "u-1".into(),
             },
             safety_snapshot: w.p.safety,
+            snapshot_accepted_by: None,
             safety_snapshot_name: None,
             expected_hosts: w.hosts.iter().map(|h| h.id.clone()).collect(),
             barrier_client_check: w.p.client_check,
@@ -471,6 +472,7 @@ impl World {
                         unit: host.unit,
                         installed_version: Some(host.installed.clone()),
                         held: host.held,
+                        install_history: None,
                     };
                     let events = std::mem::take(&mut self.hosts[h].agent.as_mut().unwrap().inbox);
                     let d = self.rng.range(0, 300);

@@ -17,6 +17,8 @@ pub struct NewOperation {
     pub requested_at: String,
     pub target_version: Version,
     pub snapshot: SnapshotRef,
+    /// Who accepted a snapshot that could not be judged, and why it could not.
+    pub snapshot_accepted_by: Option<String>,
     /// `false` only when the operator turned the safety snapshot off explicitly.
     pub safety_snapshot: bool,
     /// Defaults to `kibana-rollback-pre-<id>`.
@@ -65,6 +67,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
             .unwrap_or_else(|| format!("kibana-rollback-pre-{}", req.id))
     });
     Ok(OperationDoc {
+        format: super::doc::FORMAT,
         history: vec![PhaseChange {
             from: Phase::Preflight,
             to: Phase::Preflight,
@@ -77,6 +80,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         requested_at: req.requested_at,
         target_version: req.target_version,
         snapshot: req.snapshot,
+        snapshot_accepted_by: req.snapshot_accepted_by,
         safety_snapshot: SafetySnapshot {
             enabled: req.safety_snapshot,
             name,
@@ -114,15 +118,35 @@ pub fn outcome(op: &OperationDoc) -> Option<Outcome> {
     }
 }
 
-fn describe_error(e: &Option<OpError>) -> String {
+/// An operation's error as one phrase: `on <host>: <cause>`, or the cause of a cluster-side error.
+pub fn describe_error(e: Option<&OpError>) -> String {
     match e {
         Some(OpError {
             host: Some(h),
             cause,
-        }) => format!("{h}: {cause}"),
+        }) => format!("on {h}: {cause}"),
         Some(OpError { host: None, cause }) => cause.clone(),
         None => "no cause recorded".into(),
     }
+}
+
+/// The refusal of a second `start` (and `plan`'s detail) while `op` holds the lock.
+pub fn running_message(op: &OperationDoc) -> String {
+    if op.phase == Phase::Failed {
+        return format!(
+            "operation {} (requested by {} at {}) failed ({}) and still holds the lock; inspect it with `kibana-rollback status`, \
+             fix the cause and continue it with `kibana-rollback start --resume --wait`, or release it with \
+             `kibana-rollback lock --force-release --yes` once every host is in a known state",
+            op.id,
+            op.requested_by,
+            op.requested_at,
+            describe_error(op.error.as_ref())
+        );
+    }
+    format!(
+        "operation {} (phase {}, requested by {} at {}) is already running; follow it with `kibana-rollback status` or stop it with `kibana-rollback abort`",
+        op.id, op.phase, op.requested_by, op.requested_at
+    )
 }
 
 /// One line for `status`: the phase and what it waits for, e.g.
@@ -132,8 +156,8 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
     let snap = format!("{}/{}", op.snapshot.repository, op.snapshot.name);
     match phase {
         Phase::Done => return "done".into(),
-        Phase::Aborted => return format!("aborted: {}", describe_error(&op.error)),
-        Phase::Failed => return format!("failed: {}", describe_error(&op.error)),
+        Phase::Aborted => return format!("aborted: {}", describe_error(op.error.as_ref())),
+        Phase::Failed => return format!("failed: {}", describe_error(op.error.as_ref())),
         _ => {}
     }
     if op.leader.is_none() {

@@ -47,6 +47,7 @@ fn op_in(phase: Phase) -> OperationDoc {
 }
 fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDoc {
     HostDoc {
+        format: crate::fleet::doc::FORMAT,
         host_id: id.into(),
         agent_version: "t".into(),
         unit_state: unit,
@@ -60,6 +61,7 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
             result,
             detail: String::new(),
         }),
+        install_history: None,
     }
 }
 /// All three hosts acked `step` OK at epoch 1, units in `unit`.
@@ -525,6 +527,7 @@ fn facts(unit: UnitState) -> HostFacts {
         unit,
         installed_version: Some(semver::Version::new(8, 15, 0)),
         held: false,
+        install_history: None,
     }
 }
 fn input(
@@ -1039,6 +1042,7 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
             uuid: "u".into(),
         },
         safety_snapshot: true,
+        snapshot_accepted_by: None,
         safety_snapshot_name: None,
         expected_hosts: vec!["a".into(), "b".into()],
         barrier_client_check: false,
@@ -1066,6 +1070,7 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
     .is_err());
     let off = new_operation(NewOperation {
         safety_snapshot: false,
+        snapshot_accepted_by: None,
         ..req
     })
     .unwrap();
@@ -1100,7 +1105,7 @@ fn waiting_for_names_the_hosts_and_the_cause() {
         host: Some("c".into()),
         cause: "reinstall: dpkg error".into(),
     });
-    assert_eq!(waiting_for(&f, &[]), "failed: c: reinstall: dpkg error");
+    assert_eq!(waiting_for(&f, &[]), "failed: on c: reinstall: dpkg error");
     let mut r = op_in(Phase::Restoring);
     r.restore = Some(RestoreRecord {
         epoch: 1,
@@ -1178,6 +1183,7 @@ fn withdraw_only_before_any_agent_acted() {
             uuid: "u".into(),
         },
         safety_snapshot: true,
+        snapshot_accepted_by: None,
         safety_snapshot_name: None,
         expected_hosts: vec!["a".into()],
         barrier_client_check: false,
@@ -1195,4 +1201,33 @@ fn withdraw_only_before_any_agent_acted() {
     let mut later = op;
     later.phase = crate::fleet::Phase::Prefetching;
     assert!(withdraw(&later, "ops", "x", "t1").is_err());
+}
+
+#[test]
+fn an_operation_in_a_newer_format_is_not_acted_on_and_a_leader_steps_down() {
+    let (mut n, _, _) = leader_a(100);
+    let mut inp = input(101, None, vec![], vec![]);
+    inp.op = OpRead::Unsupported("operation has document format 3".into());
+    let acts = step(&mut n, inp);
+    assert!(stop_acting(&acts), "{acts:?}");
+    assert!(n.leading_epoch().is_none());
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Wait { what } if what.contains("document format 3"))));
+    assert!(!acts.iter().any(|a| matches!(
+        a,
+        Action::RunHostStep { .. } | Action::CasWriteOperation { .. }
+    )));
+}
+
+#[test]
+fn documents_carry_their_format_and_old_ones_read_as_format_1() {
+    let op = sample_op();
+    let v = serde_json::to_value(&op).unwrap();
+    assert_eq!(v["format"], FORMAT);
+    let mut old = v.clone();
+    old.as_object_mut().unwrap().remove("format");
+    assert_eq!(crate::fleet::format_of(&old), 1);
+    let back: OperationDoc = serde_json::from_value(old).unwrap();
+    assert_eq!(back.format, 1);
 }

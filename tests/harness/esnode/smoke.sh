@@ -2,7 +2,8 @@
 # End-to-end check of the es-node harness: kibana feature snapshot + restore against the real node.
 # Prints every exchange, then checks the outcome; exits non-zero on a failed check.
 # Usage: tests/harness/esnode/smoke.sh
-# Uses its own node (KR_TEST_STATE=/tmp/kr-smoke, ES_PORT=9251 unless set), stopped at the end unless KEEP=1.
+# Uses its own node (KR_TEST_STATE=/tmp/kr-smoke, ES_PORT=9251 unless set; ES_VERSION picks the version), stopped
+# at the end unless KEEP=1.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export KR_TEST_STATE="${KR_TEST_STATE:-/tmp/kr-smoke}" ES_PORT="${ES_PORT:-9251}"

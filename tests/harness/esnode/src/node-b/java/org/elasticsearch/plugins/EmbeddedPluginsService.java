@@ -3,27 +3,27 @@ package org.elasticsearch.plugins;
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.List;
-import java.util.Map;
 
 import org.elasticsearch.Version;
 import org.elasticsearch.common.settings.Settings;
 import org.elasticsearch.env.Environment;
-import org.elasticsearch.jdk.ModuleQualifiedExportsService;
 
 /**
  * A {@link PluginsService} that loads the given plugin classes from the application classpath and scans no
- * directories. It lives in org.elasticsearch.plugins because LoadedPlugin, loadPlugin and loadExtensions are
- * package-private in Elasticsearch 8.15. Test-only code.
+ * directories; the Elasticsearch 8.18+ and 9.x variant (PluginsLoader, Environment.configDir(), a 3-part
+ * LoadedPlugin, no server exports to add). It lives in org.elasticsearch.plugins because LoadedPlugin,
+ * loadPlugin and loadExtensions are package-private. Test-only code.
  */
 public class EmbeddedPluginsService extends PluginsService {
 
     private final List<LoadedPlugin> classpathPlugins;
 
-    public EmbeddedPluginsService(Settings settings, Environment environment, Collection<Class<? extends Plugin>> classes) {
-        super(settings, environment.configFile(), null, null);
+    public EmbeddedPluginsService(Settings settings, Environment environment, PluginsLoader loader,
+                                  Collection<Class<? extends Plugin>> classes) {
+        super(settings, environment.configDir(), loader);
         List<LoadedPlugin> loaded = new ArrayList<>();
         for (Class<? extends Plugin> cls : classes) {
-            Plugin plugin = loadPlugin(cls, settings, environment.configFile());
+            Plugin plugin = loadPlugin(cls, settings, environment.configDir());
             PluginDescriptor descriptor = new PluginDescriptor(
                 cls.getName(),
                 "classpath plugin",
@@ -38,7 +38,7 @@ public class EmbeddedPluginsService extends PluginsService {
                 false,
                 false
             );
-            loaded.add(new LoadedPlugin(descriptor, plugin, Thread.currentThread().getContextClassLoader(), ModuleLayer.boot()));
+            loaded.add(new LoadedPlugin(descriptor, plugin, Thread.currentThread().getContextClassLoader()));
         }
         loadExtensions(loaded);
         this.classpathPlugins = List.copyOf(loaded);
@@ -47,10 +47,5 @@ public class EmbeddedPluginsService extends PluginsService {
     @Override
     protected List<LoadedPlugin> plugins() {
         return classpathPlugins;
-    }
-
-    @Override
-    protected void addServerExportsService(Map<String, List<ModuleQualifiedExportsService>> qualifiedExports) {
-        // The server is on the classpath (unnamed module), not a module layer: nothing to export.
     }
 }

@@ -10,10 +10,11 @@ import org.elasticsearch.plugins.Plugin;
 import org.elasticsearch.plugins.PluginsService;
 
 /**
- * A {@link Node} whose plugins come from the classpath instead of the modules/ and plugins/ directories.
+ * A {@link Node} whose plugins come from the classpath instead of the modules/ and plugins/ directories; the
+ * Elasticsearch 8.0 to 8.17 variant.
  *
  * It lives in org.elasticsearch.node because NodeConstruction.prepareConstruction, NodeServiceProvider and
- * Node(NodeConstruction) are package-private in Elasticsearch 8.15. Test-only code.
+ * Node(NodeConstruction) are package-private. Test-only code.
  */
 public class EmbeddedNode extends Node {
 

@@ -1,0 +1,211 @@
+//! Following an operation (`start --wait`, `abort --wait`, `start --resume --wait`): only reads —
+//! the operation document once a second (real-time GET), the expected hosts' documents for "what
+//! it waits for", and at the end `history-<id>`. A `failed` operation stays as the `operation`
+//! document (it may be resumed), so `failed` there ends the wait too. Ctrl-C or SIGTERM stops
+//! following, never the operation (exit 75: still running).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kibana_rollback::coord::Coord;
+use kibana_rollback::es::EsError;
+use kibana_rollback::exit;
+use kibana_rollback::fleet::{self, describe_error, HostDoc, OperationDoc, Phase};
+use serde_json::json;
+
+use super::context::Ctx;
+use super::outcome::{outcome_json, outcome_name, phase_change_json, phase_change_line};
+
+fn emit(json_mode: bool, v: serde_json::Value, text: impl FnOnce() -> String) {
+    if json_mode {
+        println!(
+            "{}",
+            serde_json::to_string(&v).expect("JSON value serializes")
+        );
+    } else {
+        println!("{}", text());
+    }
+}
+
+enum Seen {
+    Running(OperationDoc, Vec<HostDoc>),
+    Finished(OperationDoc),
+    Vanished,
+}
+
+async fn look(coord: &Coord<'_>, op_id: &str) -> Result<Seen, EsError> {
+    if let Some(v) = coord.operation().await? {
+        if v.doc.id == op_id {
+            // `failed` stays as the operation document (it may be resumed); `done` and `aborted`
+            // are archived and deleted, but they are final already.
+            if v.doc.phase.is_terminal() {
+                return Ok(Seen::Finished(v.doc));
+            }
+            let hosts = coord.hosts(&v.doc.expected_hosts).await?;
+            return Ok(Seen::Running(v.doc, hosts));
+        }
+    }
+    match coord
+        .es
+        .get_doc::<OperationDoc>(coord.index, &fleet::history_doc_id(op_id))
+        .await?
+    {
+        Some(h) => Ok(Seen::Finished(h.source)),
+        None => Ok(Seen::Vanished),
+    }
+}
+
+/// Follows operation `op_id` until it ends; prints phase changes and what it waits for. Exit
+/// code: 0 done, 1 aborted/failed/released/vanished, 75 when a signal stopped the following.
+pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let coord = ctx.coord();
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut printed = 0usize;
+    let mut last_wait = String::new();
+    let mut last_phase: Option<Phase> = None;
+    let mut vanished = 0u32;
+    let mut failing_since: Option<Instant> = None;
+    // Elasticsearch may be briefly unreachable (a node restarting); give up after this long.
+    let patience = Duration::from_secs(120).max(ctx.settings().elasticsearch.request_timeout * 2);
+    loop {
+        match look(&coord, op_id).await {
+            Ok(seen) => {
+                if failing_since.take().is_some() && !json_mode {
+                    eprintln!(
+                        "kibana-rollback: Elasticsearch answers again; still following {op_id}"
+                    );
+                }
+                let op = match &seen {
+                    Seen::Running(op, _) | Seen::Finished(op) => Some(op),
+                    Seen::Vanished => None,
+                };
+                if let Some(op) = op {
+                    for c in op.history.iter().skip(printed) {
+                        emit(
+                            json_mode,
+                            json!({"event": "phase", "operation": op_id, "change": phase_change_json(c)}),
+                            || phase_change_line(c),
+                        );
+                    }
+                    printed = printed.max(op.history.len());
+                    last_phase = Some(op.phase);
+                }
+                match seen {
+                    Seen::Running(op, hosts) => {
+                        vanished = 0;
+                        let w = fleet::waiting_for(&op, &hosts);
+                        if w != last_wait {
+                            emit(
+                                json_mode,
+                                json!({"event": "waiting", "operation": op_id, "phase": op.phase, "epoch": op.epoch, "leader": op.leader_id(), "waiting_for": w}),
+                                || format!("    {w}"),
+                            );
+                            last_wait = w;
+                        }
+                    }
+                    Seen::Finished(op) => return Ok(finish(&op, json_mode)),
+                    Seen::Vanished => {
+                        vanished += 1;
+                        if vanished >= 3 {
+                            let msg = format!(
+                                "operation {op_id} is gone and left no history-{op_id} record (last seen in phase {}); check `kibana-rollback history`",
+                                last_phase.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                            );
+                            emit(
+                                json_mode,
+                                json!({"event": "outcome", "operation": op_id, "outcome": "vanished", "error": msg}),
+                                || msg.clone(),
+                            );
+                            return Ok(exit::FAILED);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= patience {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "following operation {op_id} (it may still be running)"
+                    )));
+                }
+                if since.elapsed() < Duration::from_millis(10) {
+                    eprintln!(
+                        "kibana-rollback: warning: cannot read operation {op_id} ({e}); retrying"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => return Ok(stop_following(op_id, last_phase, json_mode, "interrupt")),
+            _ = sigterm.recv() => return Ok(stop_following(op_id, last_phase, json_mode, "SIGTERM")),
+        }
+    }
+}
+
+fn stop_following(op_id: &str, phase: Option<Phase>, json_mode: bool, signal: &str) -> u8 {
+    let phase = phase.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+    let msg = format!(
+        "stopped following operation {op_id} ({signal}); the operation goes on (phase {phase}): \
+         follow it with `kibana-rollback status`, stop it with `kibana-rollback abort`"
+    );
+    emit(
+        json_mode,
+        json!({"event": "stopped_following", "operation": op_id, "phase": phase, "signal": signal}),
+        || msg.clone(),
+    );
+    if json_mode {
+        eprintln!("kibana-rollback: {msg}");
+    }
+    exit::TEMPFAIL
+}
+
+fn finish(op: &OperationDoc, json_mode: bool) -> u8 {
+    let name = outcome_name(op);
+    let mut event = outcome_json(op);
+    event["event"] = json!("outcome");
+    emit(json_mode, event, || {
+        match name {
+        "done" => format!(
+            "operation {} done: every expected host ({}) runs Kibana {} on the restored state of {}/{}",
+            op.id,
+            op.expected_hosts.join(", "),
+            op.target_version,
+            op.snapshot.repository,
+            op.snapshot.name
+        ),
+        "aborted" => format!(
+            "operation {} aborted: {}; nothing was restored and every unit is back on its unchanged package",
+            op.id,
+            describe_error(op.error.as_ref())
+        ),
+        "failed" => {
+            let mut s = format!("operation {} failed in {}: {}", op.id, failed_in(op), describe_error(op.error.as_ref()));
+            if let (true, Some(name)) = (op.restore.is_some(), &op.safety_snapshot.name) {
+                s.push_str(&format!(
+                    "; the state from before the restore is in snapshot {}/{name}",
+                    op.snapshot.repository
+                ));
+            }
+            s
+        }
+        _ => format!("operation {} ended {name} in phase {}: {}", op.id, op.phase, describe_error(op.error.as_ref())),
+    }
+    });
+    if name == "done" {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
+fn failed_in(op: &OperationDoc) -> String {
+    op.history
+        .iter()
+        .rev()
+        .find(|c| c.to == Phase::Failed && c.from != Phase::Failed)
+        .map(|c| c.from.to_string())
+        .unwrap_or_else(|| "?".into())
+}

@@ -1,0 +1,86 @@
+//! The liveness check: a host document holds no wall time (clocks are not trusted), only a
+//! heartbeat counter, so liveness is watched: the counters are read, then read again for up to
+//! two heartbeat periods on this process's own clock; a host whose counter moved is alive, one
+//! whose counter did not is reported with the value it is stuck at.
+
+use std::time::{Duration, Instant};
+
+use super::{CheckId, Report};
+use crate::coord::Coord;
+
+/// How long to watch: two heartbeats and a second, at most two minutes.
+pub fn window(period: Duration) -> Duration {
+    (period * 2 + Duration::from_secs(1)).min(Duration::from_secs(120))
+}
+
+/// Watches the registered expected hosts of `r` and records the verdict in `r.alive` and as the
+/// [`CheckId::AgentsAlive`] check.
+pub async fn check(coord: &Coord<'_>, period: Duration, r: &mut Report) {
+    let registered: Vec<String> = r
+        .hosts
+        .iter()
+        .filter(|(_, d)| d.is_some())
+        .map(|(h, _)| h.clone())
+        .collect();
+    if registered.is_empty() {
+        r.checks
+            .skip(CheckId::AgentsAlive, "no registered host to watch");
+        return;
+    }
+    let since = Instant::now();
+    let window = window(period);
+    let mut alive: Vec<(String, Option<bool>)> = r
+        .hosts
+        .iter()
+        .map(|(h, d)| (h.clone(), d.as_ref().map(|_| false)))
+        .collect();
+    loop {
+        if let Ok(now) = coord.hosts(&registered).await {
+            for (h, verdict) in alive.iter_mut() {
+                let before = r
+                    .hosts
+                    .iter()
+                    .find(|(x, _)| x == h)
+                    .and_then(|(_, d)| d.as_ref())
+                    .map(|d| d.heartbeat);
+                let after = now.iter().find(|d| &d.host_id == h).map(|d| d.heartbeat);
+                if let (Some(b), Some(a)) = (before, after) {
+                    if a != b {
+                        *verdict = Some(true);
+                    }
+                }
+            }
+        }
+        if alive.iter().all(|(_, v)| *v != Some(false)) || since.elapsed() >= window {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stale: Vec<String> = r
+        .hosts
+        .iter()
+        .filter(|(h, _)| alive.iter().any(|(x, v)| x == h && *v == Some(false)))
+        .map(|(h, d)| {
+            format!(
+                "{h} (stuck at {})",
+                d.as_ref().map(|d| d.heartbeat).unwrap_or(0)
+            )
+        })
+        .collect();
+    let shown = humantime::format_duration(window);
+    if stale.is_empty() {
+        r.checks.ok(
+            CheckId::AgentsAlive,
+            format!("every registered agent wrote a heartbeat within {shown}"),
+        );
+    } else {
+        r.checks.fail(
+            CheckId::AgentsAlive,
+            format!(
+                "no heartbeat within {shown} from {}: is kibana-rollbackd running there?",
+                stale.join(", ")
+            ),
+        );
+    }
+    r.alive = alive;
+}
