@@ -3,11 +3,10 @@
 
 mod cli;
 
-use clap::Parser;
 use kibana_rollback::{exit, logging};
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    let args = cli::parse();
     if !matches!(args.command, cli::Command::Agent) {
         // A listing piped into `head` should end quietly, as other CLI tools do; the daemon keeps
         // Rust's default (SIGPIPE ignored) so a closed socket is an error, not a death.

@@ -2,8 +2,11 @@
 //!
 //! Real parts only: the Elasticsearch node from Maven Central jars, three test hosts each with
 //! its own systemd (PID 1 of its namespaces) and D-Bus system bus, the `kibana` package installed
-//! with apt from a local repository (its program is the Kibana stand-in), and the agent running as
-//! `kibana-rollbackd.service` from the shipped unit file. The fleet goes 8.14.3 → snapshot →
+//! with apt from a local repository (its program is the Kibana stand-in), and kibana-rollback
+//! installed as operators install it: its .deb (built by `packaging/build` from the binary under
+//! test) with apt from a repository, configured in /etc/kibana-rollback/config.toml, the agent
+//! running as the packaged, sandboxed `kibana-rollbackd.service` (only a drop-in for the debug log
+//! level is added), so every apt-get/dpkg run of the rollback runs in that sandbox. The fleet goes 8.14.3 → snapshot →
 //! 8.15.0 with a failing migration → `systemctl start kibana-rollback` on one host, and the test
 //! checks the outcome from Elasticsearch, from each host's package manager, systemd and journal,
 //! and from the node's own count of restore requests.
@@ -37,25 +40,55 @@ fn package_repo() -> String {
     testbed::testbed().apt_source.clone()
 }
 
-/// The binary under test, where the test hosts can see it.
-fn agent_bin() -> &'static str {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        hosts::stage_for_hosts(Path::new(env!("CARGO_BIN_EXE_kibana-rollback")))
-            .display()
-            .to_string()
+/// The kibana-rollback agent as operators get it: the .deb built by `packaging/build --repo`
+/// from the binary under test, in an apt repository at `$KR_TEST_STATE/agent-repo` (test hosts
+/// have a private /tmp but see /var/tmp). Built once per test process, before any host boots
+/// (overlays see lower-layer files that existed then); returns the apt source line.
+fn agent_repo() -> &'static str {
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let state = std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into());
+        let repo = Path::new(&state).join("agent-repo");
+        // Built aside and renamed into place, so a concurrent run never reads a half-written one.
+        let pid = std::process::id();
+        let new = Path::new(&state).join(format!("agent-repo.new-{pid}"));
+        let old = Path::new(&state).join(format!("agent-repo.old-{pid}"));
+        let _ = std::fs::remove_dir_all(&new);
+        let t0 = Instant::now();
+        let out = Command::new(repo_root().join("packaging/build"))
+            .args([
+                "deb",
+                "--repo",
+                "--fast",
+                "--binary",
+                env!("CARGO_BIN_EXE_kibana-rollback"),
+                "--out",
+            ])
+            .arg(&new)
+            .output()
+            .expect("run packaging/build");
+        assert!(
+            out.status.success(),
+            "packaging/build deb --repo failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::rename(&repo, &old);
+        std::fs::rename(&new, &repo).expect("move the agent repository into place");
+        let _ = std::fs::remove_dir_all(&old);
+        eprintln!(
+            "kibana-rollback .deb and its apt repository in {:.1}s: {}",
+            t0.elapsed().as_secs_f64(),
+            repo.display()
+        );
+        // The index names the .deb relative to the repository, so the move keeps it valid.
+        format!("deb [trusted=yes] file:{} ./", repo.display())
     })
 }
 
-fn shipped_unit(name: &str) -> String {
-    let text = std::fs::read_to_string(repo_root().join("systemd").join(name)).unwrap();
-    // The binary under test instead of the packaged path; a debug log level for the journal.
-    text.replace("/usr/bin/kibana-rollback", agent_bin())
-        .replace(
-            "[Service]\n",
-            "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n",
-        )
-}
+/// The packaged binary, as installed on every test host.
+const AGENT_BIN: &str = "/usr/bin/kibana-rollback";
 
 /// The Kibana port of host `i`: free ports chosen once per test process, so concurrent runs
 /// (other checkouts, other KR_TEST_STATE) sharing this machine's network never collide.
@@ -99,7 +132,7 @@ impl Fleet {
         eprintln!("[{:>6.1}s] {what}", self.t0.elapsed().as_secs_f64());
     }
     fn cli(&self, h: &TestHost, args: &[&str]) -> std::process::Output {
-        let mut cmd = vec![agent_bin(), "--config", "/etc/kibana-rollback/config.toml"];
+        let mut cmd = vec![AGENT_BIN];
         cmd.extend_from_slice(args);
         h.exec(&cmd)
     }
@@ -236,7 +269,9 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> O
     }
     let turn = kibana_feature_lock();
     let t0 = Instant::now();
-    agent_bin(); // staged before any host boots: overlays see lower-layer files that existed then
+    // Both repositories exist before any host boots: overlays see lower-layer files that
+    // existed then.
+    let agent_source = agent_repo();
     let apt_source = package_repo();
     reset_kibana_feature().await;
     let repo = unique("kr-e2e-repo");
@@ -258,16 +293,41 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> O
     fleet.log("hosts up");
     std::thread::scope(|s| {
         for (i, h) in fleet.each() {
-            let (a, idx, r, names, tweak) =
-                (&apt_source, &fleet.index, &fleet.repo, &names, &tweak);
+            let (sources, idx, r, names, tweak) = (
+                [apt_source.as_str(), agent_source],
+                &fleet.index,
+                &fleet.repo,
+                &names,
+                &tweak,
+            );
             s.spawn(move || {
-                setup_host(h, i, a, idx, r, names);
+                setup_host(h, i, &sources, idx, r, names);
                 tweak(h, i);
                 h.exec_ok(&["systemctl", "daemon-reload"]);
             });
         }
     });
     fleet.log(&format!("kibana {OLD} installed on every host"));
+    // The agent and the trigger run from the packaged unit files, byte for byte the shipped
+    // ones, with no drop-in but the test's log level (and a test's own `tweak`).
+    for (_, h) in fleet.each() {
+        for unit in ["kibana-rollbackd.service", "kibana-rollback.service"] {
+            let shipped = std::fs::read_to_string(repo_root().join("systemd").join(unit)).unwrap();
+            assert_eq!(
+                h.exec_ok(&["cat", &format!("/lib/systemd/system/{unit}")]),
+                shipped,
+                "{}: installed {unit} differs from systemd/{unit}",
+                h.name
+            );
+            let dropins = h.exec_ok(&["systemctl", "show", "-P", "DropInPaths", unit]);
+            assert_eq!(
+                dropins.trim(),
+                format!("/etc/systemd/system/{unit}.d/debug.conf"),
+                "{}: drop-ins of {unit}",
+                h.name
+            );
+        }
+    }
 
     // The fleet runs 8.14.3; Kibana creates its indices; users save objects.
     for (i, h) in fleet.each() {
@@ -371,9 +431,20 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> O
     Some(fleet)
 }
 
-fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str, names: &[String]) {
+/// One host as an operator sets it up: the kibana-rollback package installed with apt from its
+/// repository, its configuration written to /etc/kibana-rollback/config.toml, the debug log
+/// level as a drop-in of each unit (the packaged units themselves stay as installed), and
+/// Kibana 8.14.3 installed.
+fn setup_host(
+    h: &TestHost,
+    i: usize,
+    apt_sources: &[&str],
+    index: &str,
+    repo: &str,
+    names: &[String],
+) {
     let es = &es_node().url;
-    // Only the local repository: the hosts have no business with Debian's mirrors here.
+    // Only the local repositories: the hosts have no business with Debian's mirrors here.
     h.exec_ok(&[
         "sh",
         "-c",
@@ -381,8 +452,16 @@ fn setup_host(h: &TestHost, i: usize, apt_source: &str, index: &str, repo: &str,
     ]);
     h.write(
         "/etc/apt/sources.list.d/kibana-test.list",
-        &format!("{apt_source}\n"),
+        &(apt_sources.join("\n") + "\n"),
     );
+    h.exec_ok(&["apt-get", "update", "-qq"]);
+    apt_install(h, "kibana-rollback");
+    for unit in ["kibana-rollbackd.service", "kibana-rollback.service"] {
+        h.write(
+            &format!("/etc/systemd/system/{unit}.d/debug.conf"),
+            "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n",
+        );
+    }
     h.write(
         "/etc/kibana-rollback/config.toml",
         &format!(
@@ -414,15 +493,6 @@ kind = "apt"
             expected = names
         ),
     );
-    h.write_unit(
-        "kibana-rollbackd.service",
-        &shipped_unit("kibana-rollbackd.service"),
-    );
-    h.write_unit(
-        "kibana-rollback.service",
-        &shipped_unit("kibana-rollback.service"),
-    );
-    h.exec_ok(&["apt-get", "update", "-qq"]);
     install(h, OLD);
     kibana_yml(h, i, false);
 }
@@ -446,6 +516,10 @@ fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
 }
 
 fn install(h: &TestHost, version: &str) {
+    apt_install(h, &format!("kibana={version}"));
+}
+
+fn apt_install(h: &TestHost, what: &str) {
     h.exec_ok(&[
         "env",
         "DEBIAN_FRONTEND=noninteractive",
@@ -456,7 +530,7 @@ fn install(h: &TestHost, version: &str) {
         "--allow-downgrades",
         "-o",
         "Dpkg::Options::=--force-confold",
-        &format!("kibana={version}"),
+        what,
     ]);
 }
 
@@ -608,13 +682,7 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
     }
 
     // `status --json` of the finished operation shows every host on the target version.
-    let st = kb1.exec_ok(&[
-        agent_bin(),
-        "--config",
-        "/etc/kibana-rollback/config.toml",
-        "--json",
-        "status",
-    ]);
+    let st = kb1.exec_ok(&[AGENT_BIN, "--json", "status"]);
     let st: Value =
         serde_json::from_str(&st).unwrap_or_else(|e| panic!("status --json: {e}: {st}"));
     for h in st["hosts"].as_array().unwrap() {

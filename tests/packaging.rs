@@ -29,12 +29,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_kibana-rollback");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const CONF: &str = "/etc/kibana-rollback/config.toml";
 const AGENT: &str = "kibana-rollbackd.service";
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service";
 
-/// Runs `packaging/build KIND --binary <debug binary> --out DIR`; returns the package's path.
-fn build(kind: &str, out: &Path) -> PathBuf {
+/// Runs `packaging/build KIND --binary <debug binary> [EXTRA] --out DIR`; returns the package's
+/// path.
+fn build(kind: &str, extra: &[&str], out: &Path) -> PathBuf {
     let t0 = Instant::now();
     let res = Command::new(repo_root().join("packaging/build"))
-        .args([kind, "--binary", BIN, "--out"])
+        .args([kind, "--binary", BIN])
+        .args(extra)
+        .arg("--out")
         .arg(out)
         .output()
         .expect("run packaging/build");
@@ -63,12 +68,14 @@ fn build(kind: &str, out: &Path) -> PathBuf {
 }
 
 /// Builds a package into a fresh directory; the directory goes when the guard is dropped.
-fn built(kind: &str) -> (tempfile::TempDir, PathBuf) {
+/// `fast`: quick compression (the tests that install it do not care; lintian gets the real one).
+fn built(kind: &str, fast: bool) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("kr-pkg-test")
         .tempdir()
         .unwrap();
-    let pkg = build(kind, dir.path());
+    let extra: &[&str] = if fast { &["--fast"] } else { &[] };
+    let pkg = build(kind, extra, dir.path());
     (dir, pkg)
 }
 
@@ -152,7 +159,7 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let (_dir, deb) = built("deb");
+    let (_dir, deb) = built("deb", true);
     let es_url = es_node().url.clone();
     let index = unique("kr-pkg-coord");
     let hosts = boot("d");
@@ -175,21 +182,24 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         "/usr/lib/kibana-rollback/config.d",
         "/usr/share/doc/kibana-rollback/config.toml",
         "/usr/share/doc/kibana-rollback/copyright",
+        "/usr/share/doc/kibana-rollback/changelog.gz",
+        "/usr/share/man/man1/kibana-rollback.1.gz",
+        "/usr/share/man/man1/kibana-rollback-start.1.gz",
+        "/usr/share/bash-completion/completions/kibana-rollback",
+        "/usr/share/zsh/vendor-completions/_kibana-rollback",
+        "/usr/share/fish/vendor_completions.d/kibana-rollback.fish",
     ];
-    assert_eq!(
-        modes(h, &paths),
-        [
-            "755 root:root regular file",
-            "644 root:root regular file",
-            "644 root:root regular file",
-            "640 root:root regular file",
-            "755 root:root directory",
-            "755 root:root directory",
-            "644 root:root regular file",
-            "644 root:root regular file",
-        ],
-        "{paths:?}"
-    );
+    let mut expected = vec![
+        "755 root:root regular file",
+        "644 root:root regular file",
+        "644 root:root regular file",
+        "640 root:root regular file",
+        "755 root:root directory",
+        "755 root:root directory",
+    ];
+    expected.resize(paths.len(), "644 root:root regular file");
+    assert_eq!(modes(h, &paths), expected, "{paths:?}");
+    assert_manual_and_completion(h);
     assert_eq!(
         h.exec_ok(&["kibana-rollback", "--version"]).trim(),
         format!("kibana-rollback {VERSION}")
@@ -276,9 +286,86 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         ["700 root:root directory"]
     );
 
+    // The installed units' exposure as systemd-analyze measures them on the running host (the
+    // same figures as the offline analysis of systemd/, see units_exposure_is_bounded).
+    for (unit, bound) in EXPOSURE {
+        let out = h.exec(&["systemd-analyze", "security", "--no-pager", unit]);
+        let score = exposure(&text(&out), unit);
+        eprintln!("{unit}: exposure {score} on the test host");
+        assert!(score <= *bound, "{unit}: exposure {score} > {bound}");
+    }
+
+    // The API key as a systemd credential (README's drop-in): the packaged agent reads it from
+    // $CREDENTIALS_DIRECTORY -- an empty key is refused naming the credential, a real one is
+    // used and never logged.
+    let dropin = format!("/etc/systemd/system/{AGENT}.d/credential.conf");
+    h.write(
+        &dropin,
+        "[Service]\nLoadCredential=elasticsearch-api-key:/etc/kibana-rollback/es-api-key\n",
+    );
+    sh(
+        h,
+        "umask 077; : > /etc/kibana-rollback/es-api-key; systemctl daemon-reload",
+    );
+    let out = h.exec(&["systemctl", "restart", AGENT]);
+    assert!(
+        !out.status.success(),
+        "an empty credential must fail the agent"
+    );
+    let journal = h.exec_ok(&[
+        "journalctl",
+        "-u",
+        AGENT,
+        "--no-pager",
+        "-o",
+        "cat",
+        "-n",
+        "20",
+    ]);
+    assert!(
+        journal.contains("/run/credentials/kibana-rollbackd.service/elasticsearch-api-key")
+            && journal.contains("the secret file is empty"),
+        "the refusal names the credential: {journal}"
+    );
+    let key = "a3ItdGVzdDpub3QtYS1yZWFsLWtleQ==";
+    sh(
+        h,
+        &format!("umask 077; echo {key} > /etc/kibana-rollback/es-api-key"),
+    );
+    h.exec_ok(&["systemctl", "reset-failed", AGENT]);
+    h.exec_ok(&["systemctl", "restart", AGENT]);
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "active");
+    assert!(exists(
+        h,
+        "/run/credentials/kibana-rollbackd.service/elasticsearch-api-key"
+    ));
+    let hb = host_doc(&index, &h.name).await.unwrap()["heartbeat"]
+        .as_u64()
+        .unwrap();
+    wait_host_doc(&index, &h.name, hb).await;
+    let journal = h.exec_ok(&["journalctl", "--no-pager", "-o", "cat"]);
+    assert!(!journal.contains(key), "the API key reached the journal");
+    h.exec_ok(&["rm", &dropin, "/etc/kibana-rollback/es-api-key"]);
+    h.exec_ok(&["systemctl", "daemon-reload"]);
+    h.exec_ok(&["systemctl", "restart", AGENT]);
+
+    // A policy-rc.d that forbids service actions (as in image builds; this machine's Docker
+    // image ships one, and test hosts see it) is obeyed: an upgrade leaves the agent running
+    // on the old binary.
+    h.write(POLICY_RC_D, "#!/bin/sh\nexit 101\n");
+    h.exec_ok(&["chmod", "755", POLICY_RC_D]);
+    let pid_before = unit_prop(h, AGENT, "MainPID");
+    dpkg_i();
+    assert_eq!(
+        unit_prop(h, AGENT, "MainPID"),
+        pid_before,
+        "policy-rc.d said 101, yet the agent was restarted"
+    );
+    // Without it, as on an ordinary host, the scripts act (and the rest of this test needs that).
+    h.exec_ok(&["rm", POLICY_RC_D]);
+
     // Upgrade (the same package again): the edited conffile stays, the running agent is
     // restarted on the new binary and keeps working with the kept configuration.
-    let pid_before = unit_prop(h, AGENT, "MainPID");
     let log = dpkg_i();
     assert!(
         !log.contains("enabled but not started"),
@@ -308,7 +395,9 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
     h.exec_ok(&["systemctl", "enable", "--now", AGENT]);
 
-    // dpkg -r: the agent stopped and disabled, the conffile and the state dir stay.
+    // dpkg -r: the agent stopped, systemd no longer knows the unit; like the conffile and the
+    // state dir, its enablement stays until purge (debhelper's semantics), so a reinstallation
+    // keeps the admin's choice.
     let t0 = Instant::now();
     h.exec_ok(&["dpkg", "-r", "kibana-rollback"]);
     eprintln!(
@@ -316,19 +405,16 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
-    assert!(
-        !exists(
-            h,
-            "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"
-        ),
-        "still enabled"
-    );
     assert!(!exists(h, "/usr/bin/kibana-rollback"));
     assert!(!exists(h, "/lib/systemd/system/kibana-rollbackd.service"));
     assert_eq!(
         unit_prop(h, AGENT, "LoadState"),
         "not-found",
         "systemd was not reloaded"
+    );
+    assert!(
+        exists(h, WANTS_LINK) || h.exec(&["test", "-L", WANTS_LINK]).status.success(),
+        "the enablement symlink should stay until purge"
     );
     assert_eq!(
         h.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "kibana-rollback"]),
@@ -337,11 +423,21 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     assert_eq!(h.exec_ok(&["cat", CONF]), edited);
     assert!(exists(h, "/var/lib/kibana-rollback"));
 
-    // Reinstalling after a removal enables the agent again (as after a first installation).
+    // Reinstalling after a removal: enabled as before, not started.
     dpkg_i();
     assert_eq!(is_enabled(h), "enabled");
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
     assert_eq!(h.exec_ok(&["cat", CONF]), edited);
+
+    // Disabled by the admin, removed and reinstalled: still disabled.
+    h.exec_ok(&["systemctl", "disable", AGENT]);
+    h.exec_ok(&["dpkg", "-r", "kibana-rollback"]);
+    dpkg_i();
+    assert_eq!(
+        is_enabled(h),
+        "disabled",
+        "a reinstallation re-enabled the agent"
+    );
 
     // dpkg -P: state dir and conffile gone, nothing left registered.
     h.exec_ok(&["dpkg", "-P", "kibana-rollback"]);
@@ -349,10 +445,18 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         "/var/lib/kibana-rollback",
         CONF,
         "/etc/kibana-rollback",
-        "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service",
+        "/var/lib/systemd/deb-systemd-helper-enabled/kibana-rollbackd.service.dsh-also",
     ] {
         assert!(!exists(h, p), "{p} left after purge");
     }
+    assert!(
+        !h.exec(&["test", "-L", WANTS_LINK]).status.success(),
+        "enablement symlink left after purge"
+    );
+    // After a purge the next installation is a first one again: enabled.
+    dpkg_i();
+    assert_eq!(is_enabled(h), "enabled");
+    h.exec_ok(&["dpkg", "-P", "kibana-rollback"]);
     assert!(
         !h.exec(&["dpkg-query", "-W", "kibana-rollback"])
             .status
@@ -388,7 +492,7 @@ fn rpm_layout_requires_and_scriptlets() {
         eprintln!("SKIPPED: rpmbuild missing (tests/harness/pkgrepo deps installs it)");
         return;
     }
-    let (_dir, rpm) = built("rpm");
+    let (_dir, rpm) = built("rpm", true);
     let name = rpm.file_name().unwrap().to_str().unwrap();
     assert_eq!(name, format!("kibana-rollback-{VERSION}-1.x86_64.rpm"));
 
@@ -440,22 +544,27 @@ fn rpm_layout_requires_and_scriptlets() {
         "/etc/kibana-rollback/config.d",
         "/usr/lib/kibana-rollback/config.d",
         "/usr/share/doc/kibana-rollback/config.toml",
+        "/usr/lib/systemd/system-preset/80-kibana-rollback.preset",
+        "/usr/share/man/man1/kibana-rollback.1.gz",
+        "/usr/share/man/man1/kibana-rollback-start.1.gz",
+        "/usr/share/bash-completion/completions/kibana-rollback",
+        "/usr/share/zsh/site-functions/_kibana-rollback",
+        "/usr/share/fish/vendor_completions.d/kibana-rollback.fish",
     ];
-    assert_eq!(
-        modes(h, &paths),
-        [
-            "755 root:root regular file",
-            "644 root:root regular file",
-            "644 root:root regular file",
-            "640 root:root regular file",
-            "755 root:root directory",
-            "755 root:root directory",
-            "644 root:root regular file",
-        ],
-        "{paths:?}"
-    );
+    let mut expected = vec![
+        "755 root:root regular file",
+        "644 root:root regular file",
+        "644 root:root regular file",
+        "640 root:root regular file",
+        "755 root:root directory",
+        "755 root:root directory",
+    ];
+    expected.resize(paths.len(), "644 root:root regular file");
+    assert_eq!(modes(h, &paths), expected, "{paths:?}");
+    assert_manual_and_completion(h);
     let verify = h.exec(&["rpm", "-V", "--nodeps", "kibana-rollback"]);
     assert!(verify.status.success(), "rpm -V: {}", text(&verify));
+    // %systemd_post: enabled as the presets say (the package's own: enable), not started.
     assert_eq!(is_enabled(h), "enabled");
     assert_eq!(
         unit_prop(h, AGENT, "ActiveState"),
@@ -463,33 +572,161 @@ fn rpm_layout_requires_and_scriptlets() {
         "installation must not start the agent"
     );
 
-    // Upgrade keeps the edited config (%config(noreplace)).
-    h.write(CONF, "# edited\n");
-    h.exec_ok(&[
-        "rpm",
-        "-U",
-        "--replacepkgs",
-        "--nodeps",
-        "/root/kibana-rollback.rpm",
-    ]);
-    assert_eq!(h.exec_ok(&["cat", CONF]), "# edited\n");
+    // Upgrade (%systemd_postun_with_restart): the edited config stays (%config(noreplace)), a
+    // running agent is restarted on the new files, a stopped one stays stopped.
+    let index = unique("kr-pkg-rpm");
+    let edited = format!(
+        "# edited\n[elasticsearch]\nhosts = [\"{}\"]\n[coordination]\nindex = \"{index}\"\nheartbeat = \"1s\"\n",
+        es_node().url
+    );
+    h.write(CONF, &edited);
+    h.exec_ok(&["systemctl", "start", AGENT]);
+    let pid_before = unit_prop(h, AGENT, "MainPID");
+    let upgrade = || {
+        h.exec_ok(&[
+            "rpm",
+            "-U",
+            "--replacepkgs",
+            "--nodeps",
+            "/root/kibana-rollback.rpm",
+        ])
+    };
+    upgrade();
+    assert_eq!(h.exec_ok(&["cat", CONF]), edited);
     assert_eq!(is_enabled(h), "enabled");
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "active");
+    assert_ne!(
+        unit_prop(h, AGENT, "MainPID"),
+        pid_before,
+        "the upgrade should restart the running agent"
+    );
+    h.exec_ok(&["systemctl", "stop", AGENT]);
+    upgrade();
+    assert_eq!(
+        unit_prop(h, AGENT, "ActiveState"),
+        "inactive",
+        "an upgrade must not start a stopped agent"
+    );
 
-    // Erase: disabled, unit gone from systemd, the edited config saved as .rpmsave.
+    // Erase (%systemd_preun) with the agent running: stopped and disabled, the unit gone from
+    // systemd, the edited config saved as .rpmsave.
+    h.exec_ok(&["systemctl", "start", AGENT]);
     h.exec_ok(&["rpm", "-e", "--nodeps", "kibana-rollback"]);
     assert!(
-        !exists(
-            h,
-            "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service"
-        ),
+        !h.exec(&["test", "-L", WANTS_LINK]).status.success(),
         "still enabled"
     );
     assert!(!exists(h, "/usr/bin/kibana-rollback"));
+    assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
     assert_eq!(unit_prop(h, AGENT, "LoadState"), "not-found");
     assert_eq!(
         h.exec_ok(&["cat", "/etc/kibana-rollback/config.toml.rpmsave"]),
-        "# edited\n"
+        edited
     );
+
+    // An admin's preset that says disable wins over the package's: installed, not enabled.
+    h.write(
+        "/etc/systemd/system-preset/10-local.preset",
+        "disable kibana-rollbackd.service\n",
+    );
+    h.exec_ok(&["rpm", "-i", "--nodeps", "/root/kibana-rollback.rpm"]);
+    assert_eq!(is_enabled(h), "disabled", "the admin's preset was ignored");
+    h.exec_ok(&["rpm", "-e", "--nodeps", "kibana-rollback"]);
+    let _ = Command::new("curl")
+        .args(["-s", "-X", "DELETE", &format!("{}/{index}", es_node().url)])
+        .output();
+}
+
+/// The units' exposure (`systemd-analyze security`, systemd 252) may not rise above these: the
+/// README's figures. Lower is better; lower them here when a unit gets stricter.
+const EXPOSURE: &[(&str, f64)] = &[
+    ("kibana-rollback.service", 1.4),
+    ("kibana-rollbackd.service", 3.2),
+];
+
+/// The overall exposure from `systemd-analyze security` output.
+fn exposure(out: &str, unit: &str) -> f64 {
+    let key = format!("Overall exposure level for {unit}: ");
+    out.lines()
+        .find_map(|l| l.split_once(&key).map(|(_, rest)| rest.to_string()))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure for {unit} in:\n{out}"))
+}
+
+#[test]
+fn units_exposure_is_bounded() {
+    for (unit, bound) in EXPOSURE {
+        let file = repo_root().join("systemd").join(unit);
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&file)
+            .output()
+            .expect("run systemd-analyze (the systemd package)");
+        let score = exposure(&text(&out), unit);
+        eprintln!("{unit}: exposure {score} (bound {bound})");
+        assert!(
+            score <= *bound,
+            "{unit}: exposure {score} > {bound}; see what rose with: systemd-analyze security --offline=yes {}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn deb_is_lintian_clean() {
+    let (_dir, deb) = built("deb", false);
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--display-info"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian (scripts/install-test-deps installs it)");
+    let report = text(&out);
+    eprintln!("{report}");
+    assert!(
+        out.status.success(),
+        "lintian found errors or warnings:\n{report}"
+    );
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.starts_with("E: ") || l.starts_with("W: ")),
+        "{report}"
+    );
+}
+
+/// `man` shows the packaged pages of the main command and a subcommand, and bash completes the
+/// subcommands from the packaged completion script.
+fn assert_manual_and_completion(h: &TestHost) {
+    for (page, want) in [
+        ("kibana-rollback", "kibana-rollback-start(1)"),
+        ("kibana-rollback", "EXIT STATUS"),
+        ("kibana-rollback-start", "--forget-restore"),
+        ("kibana-rollback-lock", "--force-release"),
+    ] {
+        let out = sh(h, &format!("MANWIDTH=100 man -P cat {page} 2>&1"));
+        assert!(out.contains(want), "man {page} lacks {want:?}:\n{out}");
+    }
+    let completion = sh(
+        h,
+        r#"bash -c '. /usr/share/bash-completion/completions/kibana-rollback
+            complete -p kibana-rollback
+            f=$(complete -p kibana-rollback | sed -n "s/.*-F \([^ ]*\) .*/\1/p")
+            COMP_WORDS=(kibana-rollback st); COMP_CWORD=1
+            "$f" kibana-rollback st kibana-rollback
+            printf "reply:%s\n" "${COMPREPLY[@]}"'"#,
+    );
+    let registered = completion.lines().next().unwrap_or("");
+    assert!(
+        registered.starts_with("complete ")
+            && registered.contains(" -F ")
+            && registered.ends_with(" kibana-rollback"),
+        "no completion registered: {completion}"
+    );
+    let replies: Vec<&str> = completion
+        .lines()
+        .filter_map(|l| l.strip_prefix("reply:"))
+        .collect();
+    assert_eq!(replies, ["start", "status"], "{completion}");
 }
 
 /// `exec_ok` returning the whole output (dpkg talks on stderr too).

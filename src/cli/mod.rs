@@ -5,6 +5,7 @@
 mod abort;
 mod check_config;
 mod context;
+pub mod docs;
 mod follow;
 mod history;
 mod lock;
@@ -17,7 +18,7 @@ mod status;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kibana_rollback::config::{self, Loaded, Sources};
 use kibana_rollback::exit;
 
@@ -25,7 +26,15 @@ use kibana_rollback::exit;
 #[command(
     name = "kibana-rollback",
     version,
-    about = "Roll a self-managed Kibana fleet back after a failed upgrade migration"
+    about = "Roll a self-managed Kibana fleet back after a failed upgrade migration",
+    long_about = "Roll a self-managed Kibana fleet back after a failed upgrade migration.\n\n\
+        An agent on every Kibana host (kibana-rollbackd.service, `kibana-rollback agent`) \
+        controls the local kibana unit; the agents coordinate through a lease document in \
+        Elasticsearch. A rollback (`systemctl start kibana-rollback`, or `kibana-rollback start \
+        --wait`) stops every Kibana instance and verifies the stop, takes a safety snapshot, \
+        restores the kibana feature state from the pre-upgrade snapshot, and has every host \
+        install and hold the older Kibana package and start it again. The other commands \
+        inspect (plan, status, snapshots, lock, history, check-config) or stop (abort) it."
 )]
 pub struct Cli {
     /// Main configuration file; drop-ins in /etc, /run and /usr/lib kibana-rollback/config.d/ follow it.
@@ -76,8 +85,10 @@ pub enum Command {
     },
     /// Run every preflight check and list the steps that would run; changes nothing.
     Plan {
+        /// Kibana version to check a rollback to (default: rollback.target_version).
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
+        /// Snapshot to check, or "latest" eligible (default: rollback.snapshot).
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
         /// As `start --accept-unjudged-snapshot`.
@@ -117,6 +128,24 @@ pub enum Command {
     History,
     /// Validate the configuration and print the merged settings with where each key came from.
     CheckConfig,
+}
+
+/// Parses the command line. The hidden `generate-docs DIR` (packaging/build) is handled here: it
+/// writes the manual pages and completions and exits, so it is not part of [`Cli`] and neither
+/// documents nor completes itself.
+pub fn parse() -> Cli {
+    let matches = Cli::command().subcommand(docs::subcommand()).get_matches();
+    if let Some((docs::SUBCOMMAND, m)) = matches.subcommand() {
+        let dir = m.get_one::<PathBuf>("dir").expect("DIR is required");
+        match docs::generate(dir) {
+            Ok(()) => std::process::exit(exit::OK.into()),
+            Err(e) => {
+                eprintln!("kibana-rollback: error: {e:#}");
+                std::process::exit(exit::SOFTWARE.into());
+            }
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 impl Cli {
