@@ -488,6 +488,8 @@ mod tests {
                 uncertainty_ms: 10,
             }),
             machine: None,
+            probe_answered: 0,
+            client_addresses: vec![],
         }
     }
 

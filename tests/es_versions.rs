@@ -214,9 +214,12 @@ async fn three_node_cluster_loses_its_master_and_takes_it_back() {
     }
     let seen = es.http_clients().await.unwrap();
     assert!(
-        !seen.is_empty(),
+        !seen.clients.is_empty(),
         "the product reads the clients every node saw"
     );
+    // The reading proves something: all three answered and it saw its own connection.
+    assert_eq!((seen.nodes_total, seen.nodes_failed), (3, 0), "{seen:?}");
+    assert!(seen.own_connection_seen, "{seen:?}");
 
     // Node 0 bootstrapped the cluster and is its master; take it away.
     let (_, master) = c.raw(1, "GET", "_cat/master?format=json", None).await;

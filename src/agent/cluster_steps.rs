@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::es::Es;
-use crate::fleet::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, SnapshotRef};
+use crate::fleet::{
+    ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult, SnapshotRef,
+};
 use crate::preflight;
 use crate::snapshots;
 
@@ -17,14 +19,6 @@ pub struct Cluster {
     pub es: Arc<Es>,
     pub settings: Arc<Settings>,
 }
-
-/// A client counts as a Kibana still talking when it identifies as Kibana (Kibana sends
-/// `X-elastic-product-origin: kibana`, which the node reports as the client's agent) and either
-/// holds an open connection it used within this window, or closed one within `CLOSED_WINDOW`;
-/// both on the node's own clock (the agent's clock plays no part). A stopped Kibana's connections
-/// close when it exits, so the check clears a few seconds after the last stop.
-const KIBANA_CLIENT_WINDOW_MILLIS: i64 = 15_000;
-const CLOSED_WINDOW_MILLIS: i64 = 3_000;
 
 impl Cluster {
     /// `now` is the agent's monotonic clock, for the restore deadline.
@@ -39,9 +33,14 @@ impl Cluster {
                 self.preflight(target_version, snapshot, expected_hosts, *accepted_unjudged)
                     .await,
             ),
-            ClusterStep::CheckKibanaClients => {
-                ClusterOutcome::KibanaClients(self.kibana_clients().await)
-            }
+            ClusterStep::CheckKibanaClients { probe } => ClusterOutcome::KibanaClients {
+                probe: *probe,
+                stats: self
+                    .es
+                    .http_clients()
+                    .await
+                    .map_err(|e| format!("reading _nodes/stats/http: {e}")),
+            },
             ClusterStep::SafetySnapshot { repository, name } => {
                 ClusterOutcome::SafetySnapshot(self.safety_snapshot(repository, name).await)
             }
@@ -97,38 +96,6 @@ impl Cluster {
         report.problems()
     }
 
-    async fn kibana_clients(&self) -> Result<(), String> {
-        let clients = self
-            .es
-            .http_clients()
-            .await
-            .map_err(|e| format!("reading _nodes/stats/http: {e}"))?;
-        let talking: Vec<String> = clients
-            .iter()
-            .filter(|c| c.agent == "kibana" || c.agent.starts_with("Kibana/"))
-            .filter(|c| match c.closed_time_millis {
-                None => {
-                    c.node_now_millis - c.last_request_time_millis < KIBANA_CLIENT_WINDOW_MILLIS
-                }
-                Some(closed) => c.node_now_millis - closed < CLOSED_WINDOW_MILLIS,
-            })
-            .map(|c| {
-                format!(
-                    "{} (agent {:?}, last {} via node {})",
-                    c.remote_address, c.agent, c.last_uri, c.node
-                )
-            })
-            .collect();
-        if talking.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "Kibana clients still sending requests: {}",
-                talking.join(", ")
-            ))
-        }
-    }
-
     async fn safety_snapshot(&self, repository: &str, name: &str) -> Result<String, String> {
         // Idempotent: a successor (or a retry) finds the snapshot already taken.
         match self.es.snapshot(repository, name).await {
@@ -145,7 +112,9 @@ impl Cluster {
         }
     }
 
-    async fn restore(&self, snap: &SnapshotRef, epoch: u64) -> Result<RestoreReport, String> {
+    /// Sends the restore; the answer typed as the leader needs it: refused (a 4xx before
+    /// anything happened), failed, completed, or unknown (no answer: it may have started).
+    async fn restore(&self, snap: &SnapshotRef, epoch: u64) -> RestoreResult {
         let opaque = format!("kibana-rollback-restore-epoch-{epoch}");
         tracing::warn!(repository = %snap.repository, snapshot = %snap.name, epoch, "restoring the kibana feature state");
         match self
@@ -153,7 +122,7 @@ impl Cluster {
             .restore_kibana(&snap.repository, &snap.name, &opaque)
             .await
         {
-            Ok(r) => Ok(RestoreReport {
+            Ok(r) => RestoreResult::Completed(RestoreReport {
                 shards_failed: r.shards.failed as u32,
                 healthy: true,
                 detail: format!(
@@ -163,12 +132,16 @@ impl Cluster {
                     r.health.unwrap_or_default()
                 ),
             }),
-            Err(crate::es::EsError::Check(msg)) => Ok(RestoreReport {
+            Err(crate::es::EsError::Check(msg)) => RestoreResult::Completed(RestoreReport {
                 shards_failed: 1,
                 healthy: false,
                 detail: msg,
             }),
-            Err(e) => Err(e.to_string()),
+            Err(e) => match e.status() {
+                Some(s) if s.is_client_error() => RestoreResult::Refused(e.to_string()),
+                Some(_) => RestoreResult::Failed(e.to_string()),
+                None => RestoreResult::Unknown(e.to_string()),
+            },
         }
     }
 

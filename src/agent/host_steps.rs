@@ -65,8 +65,11 @@ impl Host {
             unit,
             installed_version,
             held,
-            // Filled in by the daemon from `agent::evidence`, which has the clock offset.
+            // Filled in by the daemon: the install evidence (it has the clock offset), when these
+            // facts were read, and the addresses.
             install_history: None,
+            read_at: Duration::ZERO,
+            client_addresses: vec![],
         }
     }
 

@@ -48,6 +48,32 @@ fn instance(state_dir: &Path) -> String {
     id
 }
 
+/// The addresses this host's Kibana may connect to Elasticsearch from: `configured`, else every
+/// address of this machine's interfaces (loopback too: a Kibana beside a local node uses it).
+pub fn client_addresses(configured: &[String]) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    let mut out: Vec<String> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address)
+                .filter_map(|a| {
+                    if let Some(v4) = a.as_sockaddr_in() {
+                        Some(std::net::IpAddr::V4(v4.ip()).to_string())
+                    } else {
+                        a.as_sockaddr_in6()
+                            .map(|v6| std::net::IpAddr::V6(v6.ip()).to_string())
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -59,5 +85,13 @@ mod tests {
         assert_eq!(a.instance.len(), 32);
         let other = tempfile::tempdir().unwrap();
         assert_ne!(super::machine(other.path()).instance, a.instance);
+    }
+
+    #[test]
+    fn configured_addresses_win_and_the_default_lists_loopback() {
+        assert_eq!(super::client_addresses(&["10.1.2.3".into()]), ["10.1.2.3"]);
+        assert!(super::client_addresses(&[])
+            .iter()
+            .any(|a| a == "127.0.0.1"));
     }
 }

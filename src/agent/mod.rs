@@ -134,6 +134,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         last_hosts: Vec::new(),
         facts: None,
         evidence,
+        client_addresses: identity::client_addresses(&settings.coordination.client_addresses),
     }
     .run()
     .await
@@ -151,6 +152,8 @@ struct Daemon {
     facts: Option<(fleet::HostFacts, Duration)>,
     /// When each Kibana version was installed here, for snapshot eligibility.
     evidence: evidence::Evidence,
+    /// Where this host's Kibana connects from (configured, or every interface address).
+    client_addresses: Vec<String>,
 }
 
 impl Daemon {
@@ -228,8 +231,12 @@ impl Daemon {
                                 .min(Duration::from_secs(5))
                 }
             };
+            let stale = stale || self.node.wants_fresh_facts();
             if stale {
+                let read_at = boottime();
                 let mut facts = self.host.facts().await;
+                facts.read_at = read_at;
+                facts.client_addresses = self.client_addresses.clone();
                 self.evidence
                     .update(&self.es, facts.installed_version.as_ref(), now)
                     .await;

@@ -621,6 +621,20 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
             name
         }
     };
+    let (client_addresses, ca_o) = r.list("coordination.client_addresses");
+    for a in &client_addresses {
+        if a.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::at(
+                &ca_o,
+                "coordination.client_addresses",
+                Some(format!("{a:?}")),
+                "not an IP address",
+            )
+            .fix(
+                "list the IPv4/IPv6 addresses this host's Kibana connects from, or leave it empty",
+            ));
+        }
+    }
     let (expected_hosts, eh_o) = r.list("coordination.expected_hosts");
     for h in &expected_hosts {
         check_host_id(h).map_err(|p| {
@@ -669,6 +683,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         heartbeat,
         barrier_timeout: r.duration("coordination.barrier_timeout")?,
         barrier_client_check: r.bool("coordination.barrier_client_check"),
+        client_addresses,
         phase_timeout: r.duration("coordination.phase_timeout")?,
         state_dir: r.path("coordination.state_dir")?.expect("default").0,
     };

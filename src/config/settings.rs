@@ -110,6 +110,8 @@ pub struct CoordinationSettings {
     pub heartbeat: Duration,
     pub barrier_timeout: Duration,
     pub barrier_client_check: bool,
+    /// Where this host's Kibana connects from; empty: every address of this machine.
+    pub client_addresses: Vec<String>,
     pub phase_timeout: Duration,
     pub state_dir: PathBuf,
 }

@@ -426,39 +426,66 @@ impl Es {
         }
     }
 
-    /// HTTP clients each node has seen (`GET _nodes/stats/http`), with the node's own clock.
-    pub async fn http_clients(&self) -> Result<Vec<HttpClientSeen>, EsError> {
-        let v: serde_json::Value = self
+    /// Every node's HTTP clients (`GET _nodes/stats/http`), and whether the reading can be
+    /// trusted: how many nodes answered, and whether this request's own connection is in the
+    /// list — without it client stats are off or unsupported. The request is recognised by a
+    /// nonce in its `filter_path` (which matches nothing), since a pooled connection keeps the
+    /// `X-Opaque-Id` of its first request in the stats but its `last_uri` is this one's.
+    pub async fn http_clients(&self) -> Result<crate::fleet::clients::ClientStats, EsError> {
+        use crate::fleet::clients::{ClientStats, SeenClient};
+        let nonce = format!(
+            "kibana-rollback-clients-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let path = format!("_nodes/stats/http?filter_path=_nodes,nodes,{nonce}");
+        let (_, text) = self
             .client
-            .json(
-                Method::GET,
-                "_nodes/stats/http",
-                None,
-                None,
-                Idempotence::Safe,
-            )
+            .send(Method::GET, &path, None, &[], None, Idempotence::Safe)
             .await?;
-        let mut out = Vec::new();
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| EsError::Decode {
+            method: "GET".into(),
+            path: "_nodes/stats/http".into(),
+            detail: e.to_string(),
+        })?;
+        let mut stats = ClientStats {
+            nodes_total: v["_nodes"]["total"].as_u64().unwrap_or(0) as u32,
+            nodes_failed: v["_nodes"]["failed"].as_u64().unwrap_or(0) as u32,
+            failed_nodes: v["_nodes"]["failures"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .filter_map(|x| x["node_id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            own_connection_seen: false,
+            clients: vec![],
+        };
         for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
             let node_name = node["name"].as_str().unwrap_or("").to_string();
-            let node_now = node["timestamp"].as_i64().unwrap_or(0);
             for c in node["http"]["clients"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default()
             {
-                out.push(HttpClientSeen {
+                if c["last_uri"].as_str().is_some_and(|u| u.contains(&nonce)) {
+                    stats.own_connection_seen = true;
+                }
+                stats.clients.push(SeenClient {
                     node: node_name.clone(),
-                    node_now_millis: node_now,
-                    agent: c["agent"].as_str().unwrap_or("").to_string(),
                     remote_address: c["remote_address"].as_str().unwrap_or("").to_string(),
-                    last_request_time_millis: c["last_request_time_millis"].as_i64().unwrap_or(0),
-                    closed_time_millis: c["closed_time_millis"].as_i64().filter(|t| *t > 0),
+                    agent: c["agent"].as_str().unwrap_or("").to_string(),
+                    last_request_ms: c["last_request_time_millis"].as_i64().unwrap_or(0),
+                    closed_ms: c["closed_time_millis"].as_i64().filter(|t| *t > 0),
                     last_uri: c["last_uri"].as_str().unwrap_or("").to_string(),
                 });
             }
         }
-        Ok(out)
+        Ok(stats)
     }
 
     /// Shard recoveries of indices matching `pattern` (`GET <pattern>/_recovery`): which came

@@ -143,20 +143,6 @@ pub(crate) struct WriteReply {
     pub primary_term: i64,
 }
 
-/// One HTTP client connection as a node reports it in `_nodes/stats/http`. `agent` is the
-/// `X-elastic-product-origin` header when sent (Kibana sends `kibana`), else the User-Agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HttpClientSeen {
-    pub node: String,
-    /// The node's clock when it reported, to judge "recent" on the same clock.
-    pub node_now_millis: i64,
-    pub agent: String,
-    pub remote_address: String,
-    pub last_request_time_millis: i64,
-    pub closed_time_millis: Option<i64>,
-    pub last_uri: String,
-}
-
 /// One shard recovery from `_recovery`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardRecovery {

@@ -26,6 +26,11 @@ pub struct HostFacts {
     pub held: bool,
     /// Evidence of when each Kibana version was installed, published in the host document.
     pub install_history: Option<super::doc::InstallHistory>,
+    /// When these facts were read (the same monotonic clock as `Inputs::now`): a probe is
+    /// answered only with facts read after it was seen.
+    pub read_at: std::time::Duration,
+    /// The addresses this host's Kibana connects to Elasticsearch from.
+    pub client_addresses: Vec<String>,
 }
 
 /// A host step with its parameters, for the host adapters to run. Every one is idempotent.
@@ -234,6 +239,8 @@ mod tests {
             installed_version: Some(Version::new(8, 15, 0)),
             held: false,
             install_history: None,
+            read_at: std::time::Duration::ZERO,
+            client_addresses: vec![],
         }
     }
     fn op_in(phase: Phase) -> OperationDoc {

@@ -428,6 +428,17 @@ pub struct HostFailure {
     pub cause: String,
 }
 
+/// The leader asks every host to confirm its unit state afresh (`n` rises with every probe):
+/// asked once all stop acks are in at the barrier, and again right before the restore. A host's
+/// "stopped" counts only with `probe_answered >= n`, so a dead agent's last word never does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub n: u64,
+    /// The phase and epoch it was asked in: a new phase or a new leader asks again.
+    pub phase: Phase,
+    pub epoch: u64,
+}
+
 /// An operator's abort request; honoured only before the restore point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbortRequest {
@@ -470,6 +481,12 @@ pub struct OperationDoc {
     /// operation then ends `failed` naming them, and `start --resume` finishes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts_failed: Vec<HostFailure>,
+    /// The leader's current request for fresh host evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// Kibanas the barrier waits for, as Elasticsearch reports them (for `status`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub barrier_clients: Vec<super::clients::LiveClient>,
     #[serde(default)]
     pub abort_requested: Option<AbortRequest>,
 }
@@ -621,6 +638,14 @@ pub struct HostDoc {
     /// The machine that owns this host id; `None` in documents from before identities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineIdentity>,
+    /// The highest [`Probe`] this host answered with facts read after it saw the probe: the
+    /// leader's evidence that the unit state in this document is fresh.
+    #[serde(default)]
+    pub probe_answered: u64,
+    /// The addresses this host's Kibana connects to Elasticsearch from, so the barrier can
+    /// attribute the clients Elasticsearch reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_addresses: Vec<String>,
 }
 
 /// `claim-<host id>-<instance>`: written by an agent that finds its host id owned by another
@@ -713,6 +738,8 @@ pub(crate) mod tests {
             error: None,
             restore: None,
             hosts_failed: vec![],
+            probe: None,
+            barrier_clients: vec![],
             abort_requested: None,
         }
     }
@@ -768,6 +795,8 @@ pub(crate) mod tests {
             }),
             install_history: None,
             machine: None,
+            probe_answered: 0,
+            client_addresses: vec![],
         };
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["unit_state"], "inactive");

@@ -25,6 +25,8 @@
 //! so a restore request delayed in the network past the old leader's deadline could still land;
 //! the deadline check right before sending keeps that window to the adapter's send path.
 
+use super::clients::{judge as judge_clients, ClientStats, ClientsVerdict, Purpose};
+use super::doc::Probe;
 use super::doc::{
     transition, HostDoc, HostFailure, Mover, OpError, OperationDoc, Phase, PhaseChange,
     RestoreRecord, SnapshotRef, Step, StepResult,
@@ -49,8 +51,9 @@ pub enum ClusterStep {
         /// The operator accepted a snapshot whose timing cannot be judged.
         accepted_unjudged: bool,
     },
-    /// No Kibana client seen by Elasticsearch recently (`_nodes/stats/http`). Read-only.
-    CheckKibanaClients,
+    /// Every node's HTTP clients (`_nodes/stats/http`), read after every host answered probe
+    /// `probe`; judged by [`super::clients::judge`]. Read-only.
+    CheckKibanaClients { probe: u64 },
     /// Snapshot the kibana feature state as `name`. Idempotent: an existing SUCCESS snapshot of
     /// that name taken for this operation counts as done.
     SafetySnapshot { repository: String, name: String },
@@ -83,7 +86,7 @@ impl ClusterStep {
     pub fn kind(&self) -> ClusterStepKind {
         match self {
             ClusterStep::Preflight { .. } => ClusterStepKind::Preflight,
-            ClusterStep::CheckKibanaClients => ClusterStepKind::CheckKibanaClients,
+            ClusterStep::CheckKibanaClients { .. } => ClusterStepKind::CheckKibanaClients,
             ClusterStep::SafetySnapshot { .. } => ClusterStepKind::SafetySnapshot,
             ClusterStep::Restore { .. } => ClusterStepKind::Restore,
             ClusterStep::InspectRestore { .. } => ClusterStepKind::InspectRestore,
@@ -113,16 +116,33 @@ pub enum RestoreInspection {
     Unknown(String),
 }
 
+/// What became of the restore request, as its sender can tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreResult {
+    /// It ran; the report says how (failed shards, health).
+    Completed(RestoreReport),
+    /// Elasticsearch refused it before doing anything (validation, a missing snapshot).
+    Refused(String),
+    /// It started and failed.
+    Failed(String),
+    /// No answer that says either (a timeout, a cut connection): it may have started. Never
+    /// assumed either way — the leader inspects.
+    Unknown(String),
+}
+
 /// Result of a cluster step, fed back as [`super::node::Event::Cluster`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterOutcome {
     /// `Err` lists the problems, one per line.
     Preflight(Result<(), String>),
-    /// `Err` names the clients still seen.
-    KibanaClients(Result<(), String>),
+    /// The nodes' HTTP clients, read for probe `probe`.
+    KibanaClients {
+        probe: u64,
+        stats: Result<ClientStats, String>,
+    },
     /// `Ok(uuid)`.
     SafetySnapshot(Result<String, String>),
-    Restore(Result<RestoreReport, String>),
+    Restore(RestoreResult),
     /// The adapter did not send the restore: the deadline had passed.
     RestoreNotSent,
     InspectRestore(RestoreInspection),
@@ -136,9 +156,10 @@ pub struct LeaderMemory {
     /// When this leader first saw the phase, on its own clock (phase and barrier timeouts).
     pub phase_since: Duration,
     pub preflight: Option<Result<(), String>>,
-    pub clients: Option<(Result<(), String>, Duration)>,
+    /// The client reading for a probe, and when it came in.
+    pub clients: Option<(u64, Result<ClientStats, String>, Duration)>,
     pub safety: Option<Result<String, String>>,
-    pub restore: Option<Result<RestoreReport, String>>,
+    pub restore: Option<RestoreResult>,
     pub inspect: Option<(RestoreInspection, Duration)>,
     pub verify: Option<Result<(), String>>,
     /// The epoch at which this leader issued a restore, if it did.
@@ -171,7 +192,9 @@ impl LeaderMemory {
         }
         match outcome {
             ClusterOutcome::Preflight(r) => self.preflight = Some(r),
-            ClusterOutcome::KibanaClients(r) => self.clients = Some((r, now)),
+            ClusterOutcome::KibanaClients { probe, stats } => {
+                self.clients = Some((probe, stats, now))
+            }
             ClusterOutcome::SafetySnapshot(r) => self.safety = Some(r),
             ClusterOutcome::Restore(r) => self.restore = Some(r),
             ClusterOutcome::RestoreNotSent => {}
@@ -197,7 +220,160 @@ pub enum LeaderDecision {
     IssueRestore,
     /// Renew the lease first (needed before the restore).
     Renew,
+    /// Give up the lease (the outcome of our own restore is unknown and Elasticsearch shows no
+    /// trace of it): a successor takes over at a new epoch, inspects, and restores at most once
+    /// at its epoch.
+    StepDown(String),
     Wait(String),
+}
+
+/// Whether every expected host answered the current probe of this phase and epoch with its
+/// unit stopped; the next probe to ask when there is none yet.
+enum Fresh {
+    /// Ask (write) this probe.
+    Ask(Probe),
+    /// These hosts have not confirmed yet.
+    Waiting(Vec<String>),
+    /// Every host confirmed, for probe `n`.
+    Confirmed(u64),
+}
+
+fn fresh_evidence(op: &OperationDoc, hosts: &[HostDoc]) -> Fresh {
+    let current = op
+        .probe
+        .as_ref()
+        .filter(|p| p.phase == op.phase && p.epoch == op.epoch);
+    let Some(p) = current else {
+        return Fresh::Ask(Probe {
+            n: op.probe.as_ref().map_or(1, |p| p.n + 1),
+            phase: op.phase,
+            epoch: op.epoch,
+        });
+    };
+    let waiting: Vec<String> = op
+        .expected_hosts
+        .iter()
+        .filter(|h| {
+            !hosts
+                .iter()
+                .any(|d| &d.host_id == *h && d.probe_answered >= p.n && d.unit_state.is_stopped())
+        })
+        .cloned()
+        .collect();
+    if waiting.is_empty() {
+        Fresh::Confirmed(p.n)
+    } else {
+        Fresh::Waiting(waiting)
+    }
+}
+
+/// What the evidence allows before a restore-side step (the safety snapshot, the restore):
+/// `Ok(())` to go on, or the decision to make instead (ask a probe, wait, check clients, stop).
+/// Called once per round: the large `Err` is not worth a box.
+#[allow(clippy::result_large_err)]
+fn evidence_gate(
+    op: &OperationDoc,
+    hosts: &[HostDoc],
+    mem: &LeaderMemory,
+    now: Duration,
+    cfg: &FleetConfig,
+    wall: &str,
+) -> Result<(), LeaderDecision> {
+    let n = match fresh_evidence(op, hosts) {
+        Fresh::Ask(probe) => {
+            let mut doc = op.clone();
+            let why = format!(
+                "{}: asking every host to confirm its unit stopped (probe {})",
+                op.phase, probe.n
+            );
+            doc.probe = Some(probe);
+            return Err(LeaderDecision::Write { doc, why });
+        }
+        Fresh::Waiting(h) => {
+            return Err(LeaderDecision::Wait(format!(
+                "{}: waiting for {} to confirm kibana stopped afresh",
+                op.phase,
+                h.join(", ")
+            )))
+        }
+        Fresh::Confirmed(n) => n,
+    };
+    if !op.barrier_client_check {
+        return Ok(());
+    }
+    let check = || {
+        Err(run_or_wait(
+            mem,
+            ClusterStep::CheckKibanaClients { probe: n },
+            format!("{}: checking for Kibana clients", op.phase),
+        ))
+    };
+    let Some((probe, stats, at)) = &mem.clients else {
+        return check();
+    };
+    if *probe != n {
+        return check();
+    }
+    let retry_due = now.saturating_sub(*at) >= cfg.retry_every;
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) if retry_due => {
+            let _ = e;
+            return check();
+        }
+        Err(e) => {
+            return Err(LeaderDecision::Wait(format!(
+                "{}: reading Elasticsearch's clients failed ({e}); retrying",
+                op.phase
+            )))
+        }
+    };
+    match judge_clients(stats, Purpose::Barrier, &op.expected_hosts, hosts) {
+        ClientsVerdict::Clear(_) => {
+            if op.barrier_clients.is_empty() {
+                Ok(())
+            } else {
+                let mut doc = op.clone();
+                doc.barrier_clients.clear();
+                Err(LeaderDecision::Write {
+                    doc,
+                    why: format!("{}: no Kibana client left", op.phase),
+                })
+            }
+        }
+        ClientsVerdict::Waiting(live) => {
+            if live != op.barrier_clients {
+                let mut doc = op.clone();
+                doc.barrier_clients = live;
+                return Err(LeaderDecision::Write {
+                    doc,
+                    why: format!("{}: waiting for Kibana clients to go", op.phase),
+                });
+            }
+            if retry_due {
+                return check();
+            }
+            Err(LeaderDecision::Wait(format!(
+                "{}: Kibana clients still connected: {}",
+                op.phase,
+                live.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )))
+        }
+        ClientsVerdict::CannotVerify(why) => Err(end(
+            op,
+            failure_target(op.phase),
+            None,
+            format!(
+                "{}: cannot verify that no Kibana talks to Elasticsearch: {why}; fix that, or set \
+                 coordination.barrier_client_check = false to rely on the agents' reports alone",
+                op.phase
+            ),
+            wall,
+        )),
+    }
 }
 
 /// Per-host summary of the acks for `step` in `op`.
@@ -419,26 +595,8 @@ pub fn decide_leader(
             if !t.pending.is_empty() {
                 return waiting();
             }
-            if op.barrier_client_check {
-                let check = || {
-                    run_or_wait(
-                        mem,
-                        ClusterStep::CheckKibanaClients,
-                        "barrier: checking for Kibana clients".into(),
-                    )
-                };
-                match &mem.clients {
-                    None => return check(),
-                    Some((Err(who), at)) => {
-                        if now.saturating_sub(*at) >= cfg.retry_every {
-                            return check();
-                        }
-                        return LeaderDecision::Wait(format!(
-                            "barrier: Kibana clients still seen by Elasticsearch: {who}"
-                        ));
-                    }
-                    Some((Ok(()), _)) => {}
-                }
+            if let Err(d) = evidence_gate(op, hosts, mem, now, cfg, wall) {
+                return d;
             }
             if op.safety_snapshot.enabled {
                 next(op, Phase::SafetySnapshot, "every unit stopped", wall)
@@ -712,10 +870,26 @@ fn decide_restoring(
         ))
     };
     let all_stopped = t.pending.is_empty() && t.failed.is_empty();
-    // Write-ahead record of our own restore.
+    // Write-ahead record of our own restore, once fresh evidence (every host's answer to a
+    // probe of this phase and epoch, then the nodes' clients) says nothing runs.
     let intent = |superseded: Vec<u64>| -> LeaderDecision {
         if !all_stopped {
             return held();
+        }
+        if let Err(d) = evidence_gate(op, hosts, mem, now, cfg, wall) {
+            return match d {
+                LeaderDecision::Wait(w) if age >= cfg.barrier_timeout => end(
+                    op,
+                    Phase::Aborting,
+                    None,
+                    format!(
+                        "restoring: no fresh evidence within {:?} ({w}); nothing was restored",
+                        cfg.barrier_timeout
+                    ),
+                    wall,
+                ),
+                d => d,
+            };
         }
         let mut doc = op.clone();
         doc.restore = Some(RestoreRecord {
@@ -785,8 +959,8 @@ fn decide_restoring(
     }
     // rec.epoch == op.epoch: ours (a takeover always increases the epoch).
     match &mem.restore {
-        Some(Ok(rep)) if rep.shards_failed == 0 && rep.healthy => complete_restore(op, rep.detail.clone(), wall),
-        Some(Ok(rep)) => end(
+        Some(RestoreResult::Completed(rep)) if rep.shards_failed == 0 && rep.healthy => complete_restore(op, rep.detail.clone(), wall),
+        Some(RestoreResult::Completed(rep)) => end(
             op,
             Phase::Failed,
             None,
@@ -796,7 +970,53 @@ fn decide_restoring(
             ),
             wall,
         ),
-        Some(Err(c)) => end(op, Phase::Failed, None, format!("restore of {snap} failed: {c}"), wall),
+        Some(RestoreResult::Failed(c)) => end(op, Phase::Failed, None, format!("restore of {snap} failed: {c}"), wall),
+        Some(RestoreResult::Refused(c)) => end(
+            op,
+            Phase::Failed,
+            None,
+            format!("Elasticsearch refused the restore of {snap} before starting it: {c}; nothing was restored, fix the cause and run `kibana-rollback start --resume`"),
+            wall,
+        ),
+        // The answer was lost: inspect, never assume.
+        Some(RestoreResult::Unknown(c)) => {
+            let inspect = || {
+                run_or_wait(
+                    mem,
+                    ClusterStep::InspectRestore {
+                        snapshot: op.snapshot.clone(),
+                        recorded_epoch: op.epoch,
+                    },
+                    format!("restoring: the restore's answer was lost ({c}); inspecting Elasticsearch"),
+                )
+            };
+            match &mem.inspect {
+                None => inspect(),
+                Some((RestoreInspection::InProgress, at)) => {
+                    if now.saturating_sub(*at) >= cfg.retry_every {
+                        inspect()
+                    } else {
+                        LeaderDecision::Wait(format!("restoring: the restore of {snap} is still running in Elasticsearch"))
+                    }
+                }
+                Some((RestoreInspection::Completed, _)) => complete_restore(
+                    op,
+                    format!("restore of {snap} found completed after its answer was lost"),
+                    wall,
+                ),
+                // At most one restore per epoch: a successor issues the next one at its own.
+                Some((RestoreInspection::NotStarted, _)) => LeaderDecision::StepDown(
+                    "the restore's answer was lost and Elasticsearch shows no trace of it; stepping down so a successor restores at a new epoch".into(),
+                ),
+                Some((RestoreInspection::Unknown(u), _)) => end(
+                    op,
+                    Phase::Failed,
+                    None,
+                    format!("restore outcome unknown ({c}; {u}); check snapshot {snap} and the .kibana indices, then re-run with --resume"),
+                    wall,
+                ),
+            }
+        }
         None if mem.restore_issued_epoch == Some(op.epoch) => {
             LeaderDecision::Wait(format!("restoring: waiting for the restore of {snap} (epoch {})", op.epoch))
         }

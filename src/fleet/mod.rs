@@ -88,6 +88,7 @@
 //! follows it; `ClusterStep::Restore` must not be sent after its `deadline`.
 
 pub mod agent;
+pub mod clients;
 pub mod doc;
 pub mod leader;
 pub mod lease;
@@ -103,10 +104,11 @@ pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, P
 pub use doc::{
     format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, ClaimDoc, DocError,
     DocVersion, HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo, MachineIdentity,
-    Mover, OpError, OperationDoc, Phase, PhaseChange, RestorePoint, RestoreRecord, SafetySnapshot,
-    SnapshotRef, Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
+    Mover, OpError, OperationDoc, Phase, PhaseChange, Probe, RestorePoint, RestoreRecord,
+    SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID,
+    TRANSITIONS,
 };
-pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport};
+pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
 pub use status::{

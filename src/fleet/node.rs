@@ -207,6 +207,9 @@ pub struct NodeState {
     host_version: Option<DocVersion>,
     /// Another machine owns our host id: who, its heartbeat, since when unchanged (our clock).
     foreign: Option<(MachineIdentity, u64, Duration)>,
+    /// The newest probe seen and when; answered once facts read after that moment come in.
+    probe_seen: Option<(u64, Duration)>,
+    probe_answered: Option<u64>,
     claim_write: Option<RequestId>,
     last_heartbeat: Option<Duration>,
     heartbeat: Option<u64>,
@@ -236,6 +239,8 @@ impl NodeState {
             host_version: None,
             foreign: None,
             claim_write: None,
+            probe_seen: None,
+            probe_answered: None,
             last_heartbeat: None,
             heartbeat: None,
             my_ack: None,
@@ -256,6 +261,12 @@ impl NodeState {
     }
     pub fn progress(&self) -> Option<&LocalProgress> {
         self.progress.as_ref()
+    }
+    /// A probe is waiting for facts read after it was seen: the adapter should read the host's
+    /// facts again before the next round instead of reusing cached ones.
+    pub fn wants_fresh_facts(&self) -> bool {
+        self.probe_seen
+            .is_some_and(|(n, _)| self.probe_answered.is_none_or(|a| a < n))
     }
 
     fn id(&mut self) -> RequestId {
@@ -554,6 +565,21 @@ fn host_side(
     if st.heartbeat.is_none() {
         st.heartbeat = Some(own.map_or(0, |h| h.heartbeat));
     }
+    if st.probe_answered.is_none() {
+        st.probe_answered = Some(own.map_or(0, |h| h.probe_answered));
+    }
+    // A probe from the leader: answer it with facts read after we saw it.
+    if let Some(p) = st.view.as_ref().and_then(|v| v.doc.probe.as_ref()) {
+        if st.probe_answered.is_none_or(|a| a < p.n) {
+            if st.probe_seen.is_none_or(|(n, _)| n < p.n) {
+                st.probe_seen = Some((p.n, now));
+            }
+            let seen_at = st.probe_seen.expect("just set").1;
+            if facts.read_at >= seen_at {
+                st.probe_answered = Some(p.n);
+            }
+        }
+    }
     let op = st.view.as_ref().map(|v| &v.doc);
     if st.host_step.is_none() {
         match decide_host(
@@ -616,6 +642,8 @@ fn host_side(
         ack: st.my_ack.clone(),
         install_history: facts.install_history.clone(),
         machine: Some(st.cfg.machine.clone()),
+        probe_answered: st.probe_answered.unwrap_or(0),
+        client_addresses: facts.client_addresses.clone(),
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {
@@ -778,6 +806,12 @@ fn leader_side(
             }
         }
         LeaderDecision::Wait(what) => out.push(Action::Wait { what }),
+        LeaderDecision::StepDown(reason) => {
+            // No renewal: the lease runs out and a successor takes over at a new epoch.
+            st.lead = None;
+            out.push(Action::StopActing { reason });
+            return;
+        }
     }
     if !wrote && lease.renew_due(now, &st.cfg.lease) {
         cas(

@@ -487,6 +487,8 @@ impl World {
                         installed_version: Some(host.installed.clone()),
                         held: host.held,
                         install_history: None,
+                        read_at: self.clock(h, t),
+                        client_addresses: vec![host.id.clone()],
                     };
                     let events = std::mem::take(&mut self.hosts[h].agent.as_mut().unwrap().inbox);
                     let d = self.rng.range(0, 300);
@@ -584,14 +586,14 @@ impl World {
                     self.restore_running.retain(|r| r.1 != epoch);
                     let outcome = if ok {
                         self.restored.insert(op_id.clone());
-                        ClusterOutcome::Restore(Ok(RestoreReport {
+                        ClusterOutcome::Restore(RestoreResult::Completed(RestoreReport {
                             shards_failed: 0,
                             healthy: true,
                             detail: "ok".into(),
                         }))
                     } else {
                         self.restore_broken.insert(op_id.clone());
-                        ClusterOutcome::Restore(Ok(RestoreReport {
+                        ClusterOutcome::Restore(RestoreResult::Completed(RestoreReport {
                             shards_failed: 2,
                             healthy: false,
                             detail: "2 shards failed".into(),
@@ -807,18 +809,30 @@ impl World {
             } else {
                 Ok(())
             }),
-            ClusterStep::CheckKibanaClients => {
-                let active: Vec<String> = self
+            ClusterStep::CheckKibanaClients { probe } => {
+                // Every running Kibana holds an open connection, from its host's address.
+                let clients = self
                     .hosts
                     .iter()
-                    .filter(|x| !x.unit.is_stopped())
-                    .map(|x| x.id.clone())
+                    .map(|x| clients::SeenClient {
+                        node: "es1".into(),
+                        remote_address: format!("{}:5601", x.id),
+                        agent: "kibana".into(),
+                        last_request_ms: 0,
+                        closed_ms: x.unit.is_stopped().then_some(1),
+                        last_uri: "/".into(),
+                    })
                     .collect();
-                ClusterOutcome::KibanaClients(if active.is_empty() {
-                    Ok(())
-                } else {
-                    Err(active.join(", "))
-                })
+                ClusterOutcome::KibanaClients {
+                    probe,
+                    stats: Ok(clients::ClientStats {
+                        nodes_total: 1,
+                        nodes_failed: 0,
+                        failed_nodes: vec![],
+                        own_connection_seen: true,
+                        clients,
+                    }),
+                }
             }
             ClusterStep::SafetySnapshot { name, .. } => {
                 if fail {
@@ -913,7 +927,10 @@ impl World {
             let e = || Err("request timed out".to_string());
             match outcome {
                 ClusterOutcome::Preflight(_) => ClusterOutcome::Preflight(e()),
-                ClusterOutcome::KibanaClients(_) => ClusterOutcome::KibanaClients(e()),
+                ClusterOutcome::KibanaClients { probe, .. } => ClusterOutcome::KibanaClients {
+                    probe,
+                    stats: Err("request timed out".into()),
+                },
                 ClusterOutcome::SafetySnapshot(_) => {
                     ClusterOutcome::SafetySnapshot(Err("request timed out".into()))
                 }

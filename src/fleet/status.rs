@@ -96,6 +96,8 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         error: None,
         restore: None,
         hosts_failed: vec![],
+        probe: None,
+        barrier_clients: vec![],
         abort_requested: None,
     })
 }
@@ -151,6 +153,21 @@ pub fn running_message(op: &OperationDoc) -> String {
     )
 }
 
+/// The Kibanas the barrier waits for, as the leader recorded them.
+fn clients_line(op: &OperationDoc) -> Option<String> {
+    (!op.barrier_clients.is_empty()).then(|| {
+        format!(
+            "{}: waiting for Kibana clients to disconnect: {}",
+            op.phase,
+            op.barrier_clients
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
 /// One line for `status`: the phase and what it waits for, e.g.
 /// `stopping: waiting for host-b, host-c`.
 pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
@@ -184,6 +201,7 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
         Phase::Preflight => hosts_line(Step::CheckAvailable, false, "")
             .unwrap_or_else(|| "preflight: checking the cluster".into()),
         Phase::Barrier => hosts_line(Step::StopUnit, true, " to confirm kibana stopped")
+            .or_else(|| clients_line(op))
             .unwrap_or_else(|| {
                 if op.barrier_client_check {
                     "barrier: checking that no Kibana client still talks to Elasticsearch".into()
@@ -199,6 +217,7 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
         Phase::Restoring => {
             match &op.restore {
                 None => hosts_line(Step::StopUnit, true, " to confirm kibana stopped")
+                    .or_else(|| clients_line(op))
                     .unwrap_or_else(|| {
                         format!("restoring: waiting for the leader to issue the restore of {snap}")
                     }),

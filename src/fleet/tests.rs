@@ -35,6 +35,15 @@ fn op_in(phase: Phase) -> OperationDoc {
     ) {
         op.safety_snapshot.taken_uuid = Some("safe-1".into());
     }
+    // Fresh evidence already asked in this phase (hosts from `all` have answered it); tests of
+    // the probe itself clear it.
+    if matches!(phase, Phase::Barrier | Phase::Restoring) {
+        op.probe = Some(Probe {
+            n: 1,
+            phase,
+            epoch: 1,
+        });
+    }
     if matches!(phase, Phase::Reinstalling | Phase::Starting) {
         op.restore = Some(RestoreRecord {
             epoch: 1,
@@ -64,6 +73,8 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
         }),
         install_history: None,
         machine: None,
+        probe_answered: 1,
+        client_addresses: vec![format!("10.0.0.{}", id.as_bytes()[0] - b'a' + 1)],
     }
 }
 /// All three hosts acked `step` OK at epoch 1, units in `unit`.
@@ -294,7 +305,7 @@ fn after_the_restore_a_failed_host_is_set_aside_and_the_others_serve() {
         unit: UnitState::Active,
         installed_version: Some(semver::Version::new(8, 14, 3)),
         held: true,
-        install_history: None,
+        ..facts(UnitState::Active)
     };
     assert!(
         matches!(
@@ -382,22 +393,110 @@ fn barrier_skips_the_safety_snapshot_only_when_disabled() {
 
 #[test]
 fn barrier_client_check_runs_and_is_retried() {
+    use crate::fleet::clients::{ClientStats, SeenClient};
     let mut op = op_in(Phase::Barrier);
     op.barrier_client_check = true;
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let mut m = mem(op.phase);
     assert_eq!(
         runs(decide(&op, &hosts, &m, 1)),
-        ClusterStep::CheckKibanaClients
+        ClusterStep::CheckKibanaClients { probe: 1 }
     );
-    m.clients = Some((Err("Kibana/8.15.0 from 10.0.0.9".into()), s(1)));
-    assert!(waits(decide(&op, &hosts, &m, 2)).contains("10.0.0.9"));
+    let stats = |open: bool| ClientStats {
+        nodes_total: 1,
+        nodes_failed: 0,
+        failed_nodes: vec![],
+        own_connection_seen: true,
+        clients: vec![SeenClient {
+            node: "es1".into(),
+            remote_address: "10.0.0.9:50000".into(),
+            agent: "Kibana/8.15.0".into(),
+            last_request_ms: 1,
+            closed_ms: (!open).then_some(2),
+            last_uri: "/_bulk".into(),
+        }],
+    };
+    // A Kibana nobody controls still connected: the operation document names it.
+    m.clients = Some((1, Ok(stats(true)), s(1)));
+    let LeaderDecision::Write { doc: named, .. } = decide(&op, &hosts, &m, 2) else {
+        panic!("names the live clients")
+    };
+    assert_eq!(named.barrier_clients.len(), 1);
+    assert_eq!(named.barrier_clients[0].address, "10.0.0.9:50000");
+    assert_eq!(named.barrier_clients[0].host, None);
+    assert!(waits(decide(&named, &hosts, &m, 2)).contains("10.0.0.9"));
+    assert!(
+        waiting_for(&named, &hosts).contains("10.0.0.9:50000"),
+        "{}",
+        waiting_for(&named, &hosts)
+    );
+    // Retried after retry_every; a reading of another probe does not count.
     assert_eq!(
-        runs(decide(&op, &hosts, &m, 4)),
-        ClusterStep::CheckKibanaClients
+        runs(decide(&named, &hosts, &m, 4)),
+        ClusterStep::CheckKibanaClients { probe: 1 }
     );
-    m.clients = Some((Ok(()), s(5)));
-    moves_to(decide(&op, &hosts, &m, 5), Phase::SafetySnapshot);
+    m.clients = Some((0, Ok(stats(false)), s(5)));
+    assert_eq!(
+        runs(decide(&named, &hosts, &m, 5)),
+        ClusterStep::CheckKibanaClients { probe: 1 }
+    );
+    // Closed: the list is cleared, then the barrier moves on.
+    m.clients = Some((1, Ok(stats(false)), s(5)));
+    let LeaderDecision::Write { doc: cleared, .. } = decide(&named, &hosts, &m, 5) else {
+        panic!("clears the list")
+    };
+    assert!(cleared.barrier_clients.is_empty());
+    moves_to(decide(&cleared, &hosts, &m, 5), Phase::SafetySnapshot);
+    // A reading that cannot prove anything aborts, saying how to go on.
+    let mut blind = stats(false);
+    blind.own_connection_seen = false;
+    m.clients = Some((1, Ok(blind), s(6)));
+    let d = moves_to(decide(&op, &hosts, &m, 6), Phase::Aborting);
+    assert!(d
+        .error
+        .unwrap()
+        .cause
+        .contains("coordination.barrier_client_check = false"));
+}
+
+#[test]
+fn a_hosts_stopped_counts_only_as_its_answer_to_a_fresh_probe() {
+    let mut op = op_in(Phase::Barrier);
+    op.probe = None;
+    let mut hosts = all(Step::StopUnit, UnitState::Inactive);
+    // No probe yet in this phase: ask one.
+    let LeaderDecision::Write { doc: asked, .. } = decide(&op, &hosts, &mem(op.phase), 1) else {
+        panic!("asks a probe")
+    };
+    let p = asked.probe.clone().unwrap();
+    assert_eq!((p.phase, p.epoch), (Phase::Barrier, 1));
+    // A dead agent's last "stopped" (answered only an older probe) never counts.
+    for h in &mut hosts {
+        h.probe_answered = p.n - 1;
+    }
+    hosts[0].probe_answered = p.n;
+    let w = waits(decide(&asked, &hosts, &mem(op.phase), 2));
+    assert!(w.contains("b, c to confirm kibana stopped afresh"), "{w}");
+    // An answer that reports the unit running is no confirmation either.
+    hosts[1].probe_answered = p.n;
+    hosts[2].probe_answered = p.n;
+    hosts[2].unit_state = UnitState::Active;
+    assert!(!matches!(
+        decide(&asked, &hosts, &mem(op.phase), 3),
+        LeaderDecision::Write { ref doc, .. } if doc.phase == Phase::SafetySnapshot
+    ));
+    hosts[2].unit_state = UnitState::Inactive;
+    moves_to(
+        decide(&asked, &hosts, &mem(op.phase), 3),
+        Phase::SafetySnapshot,
+    );
+    // A probe of another phase or epoch (a new leader) is asked again.
+    let mut older = asked.clone();
+    older.epoch = 2;
+    assert!(matches!(
+        decide(&older, &hosts, &mem(op.phase), 4),
+        LeaderDecision::Write { ref doc, .. } if doc.probe.as_ref().unwrap().epoch == 2
+    ));
 }
 
 #[test]
@@ -513,24 +612,48 @@ fn restore_result_completes_or_fails_never_aborts() {
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let mut m = mem(op.phase);
     m.restore_issued_epoch = Some(1);
-    m.restore = Some(Ok(RestoreReport {
+    m.restore = Some(RestoreResult::Completed(RestoreReport {
         shards_failed: 0,
         healthy: true,
         detail: "12 shards".into(),
     }));
     let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Reinstalling);
     assert!(doc.restore_completed());
-    m.restore = Some(Ok(RestoreReport {
+    m.restore = Some(RestoreResult::Completed(RestoreReport {
         shards_failed: 3,
         healthy: false,
         detail: String::new(),
     }));
     let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Failed);
     assert!(doc.error.unwrap().cause.contains("3 shards failed"));
-    m.restore = Some(Err(
-        "security_exception: no write on restricted indices".into()
+    m.restore = Some(RestoreResult::Failed(
+        "security_exception: no write on restricted indices".into(),
     ));
     moves_to(decide(&op, &hosts, &m, 1), Phase::Failed);
+    // Refused before anything happened: failed, saying nothing was restored.
+    m.restore = Some(RestoreResult::Refused("snapshot missing".into()));
+    let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Failed);
+    assert!(doc.error.unwrap().cause.contains("nothing was restored"));
+    // No answer: never assumed either way — inspected; at most one restore per epoch, so an
+    // inspection that finds nothing makes this leader step down for a successor's epoch.
+    m.restore = Some(RestoreResult::Unknown("connection reset".into()));
+    assert!(matches!(
+        runs(decide(&op, &hosts, &m, 1)),
+        ClusterStep::InspectRestore {
+            recorded_epoch: 1,
+            ..
+        }
+    ));
+    m.inspect = Some((RestoreInspection::InProgress, s(1)));
+    waits(decide(&op, &hosts, &m, 2));
+    m.inspect = Some((RestoreInspection::Completed, s(5)));
+    moves_to(decide(&op, &hosts, &m, 5), Phase::Reinstalling);
+    m.inspect = Some((RestoreInspection::NotStarted, s(5)));
+    assert!(matches!(
+        decide(&op, &hosts, &m, 5),
+        LeaderDecision::StepDown(_)
+    ));
+    m.inspect = None;
     // An operator's abort request past the restore point is ignored.
     op.abort_requested = Some(AbortRequest {
         by: "bob".into(),
@@ -559,6 +682,8 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
         superseded_epochs: vec![],
         detail: String::new(),
     });
+    // The successor has its own fresh evidence (a probe of its epoch, answered).
+    op.probe.as_mut().unwrap().epoch = 2;
     let hosts = all(Step::StopUnit, UnitState::Inactive);
     let mut m = mem(op.phase);
     let lease = HeldLease {
@@ -641,6 +766,8 @@ fn facts(unit: UnitState) -> HostFacts {
         installed_version: Some(semver::Version::new(8, 15, 0)),
         held: false,
         install_history: None,
+        read_at: Duration::ZERO,
+        client_addresses: vec![],
     }
 }
 fn input(

@@ -40,6 +40,7 @@ pub enum CheckId {
     KibanaFeature,
     NoOperationRunning,
     ExpectedHostsRegistered,
+    KibanaClients,
     Snapshot,
     AgentsAlive,
 }
@@ -57,6 +58,7 @@ impl CheckId {
             CheckId::Snapshot => "snapshot",
             CheckId::NoOperationRunning => "no operation running",
             CheckId::ExpectedHostsRegistered => "expected hosts registered",
+            CheckId::KibanaClients => "kibana clients",
             CheckId::AgentsAlive => "agents alive (heartbeats)",
         }
     }
@@ -293,6 +295,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             CheckId::KibanaFeature,
             CheckId::NoOperationRunning,
             CheckId::ExpectedHostsRegistered,
+            CheckId::KibanaClients,
             CheckId::Snapshot,
             CheckId::AgentsAlive,
         ] {
@@ -431,6 +434,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     if c.get(CheckId::ExpectedHostsRegistered).is_none() {
         registration(&coord, &mut r).await;
     }
+    kibana_clients(es, settings, &mut r).await;
     snapshot_check(es, settings, &mut r, scope, request).await;
     match scope {
         Scope::Plan => liveness::check(&coord, settings.coordination.heartbeat, &mut r).await,
@@ -444,6 +448,56 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         ),
     }
     r
+}
+
+/// Every Kibana connected to Elasticsearch must be one of the expected hosts': a Kibana no agent
+/// controls would keep migrating the restored indices. The same judgement the barrier makes
+/// ([`crate::fleet::clients::judge`]), for the time before anything stops.
+async fn kibana_clients(es: &Es, settings: &Settings, r: &mut Report) {
+    use crate::fleet::clients::{judge, ClientsVerdict, Purpose};
+    if !settings.coordination.barrier_client_check {
+        r.checks.skip(
+            CheckId::KibanaClients,
+            "coordination.barrier_client_check = false: only the agents' reports are trusted",
+        );
+        return;
+    }
+    let stats = match es.http_clients().await {
+        Ok(s) => s,
+        Err(e) => {
+            r.checks.fail_es(
+                CheckId::KibanaClients,
+                format!("reading _nodes/stats/http: {e}"),
+                &e,
+            );
+            return;
+        }
+    };
+    let docs: Vec<HostDoc> = r.hosts.iter().filter_map(|(_, d)| d.clone()).collect();
+    match judge(&stats, Purpose::Preflight, &r.expected, &docs) {
+        ClientsVerdict::Clear(seen) => {
+            r.checks.ok(CheckId::KibanaClients, seen);
+        }
+        ClientsVerdict::Waiting(uncontrolled) => {
+            r.checks.fail(
+                CheckId::KibanaClients,
+                format!(
+                    "{}: stop it, or add its host to the fleet (an agent there, the host in coordination.expected_hosts, its address in that agent's coordination.client_addresses)",
+                    uncontrolled
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            );
+        }
+        ClientsVerdict::CannotVerify(why) => {
+            r.checks.fail(
+                CheckId::KibanaClients,
+                format!("cannot verify who talks to Elasticsearch as Kibana: {why}; fix that, or set coordination.barrier_client_check = false"),
+            );
+        }
+    }
 }
 
 /// The snapshot: selected by the operator, or pinned by the operation; judged against the

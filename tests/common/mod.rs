@@ -132,23 +132,23 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Raw HTTP against the node, for setting up fixtures the product never does itself.
+/// Raw HTTP against the node, for setting up fixtures the product never does itself. Never with
+/// `X-elastic-product-origin: kibana`: the barrier counts whoever sends it as a live Kibana, so
+/// only the Kibana stand-in may (system indices answer with a deprecation warning instead).
 pub async fn raw(
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    raw_at(&es_node().url, method, path, body, true).await
+    raw_at(&es_node().url, method, path, body).await
 }
 
-/// Raw HTTP against the node at `base` (see [`raw`]); `as_kibana` adds
-/// `X-elastic-product-origin: kibana`.
+/// Raw HTTP against the node at `base` (see [`raw`]).
 pub async fn raw_at(
     base: &str,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
-    as_kibana: bool,
 ) -> (u16, serde_json::Value) {
     let client = reqwest::Client::new();
     let url = format!(
@@ -157,9 +157,6 @@ pub async fn raw_at(
         path.trim_start_matches('/')
     );
     let mut req = client.request(method.parse().unwrap(), url);
-    if as_kibana {
-        req = req.header("X-elastic-product-origin", "kibana");
-    }
     if let Some(b) = body {
         req = req
             .header("content-type", "application/json")
@@ -397,9 +394,7 @@ impl EsCluster {
         Es::new(&es_settings(&[&self.inner.urls[n]])).unwrap()
     }
 
-    /// Raw HTTP against node `n`, for fixtures the product never sets up itself. Without
-    /// `X-elastic-product-origin` (system indices answer with a deprecation warning): a cluster of
-    /// its own need not pose as Kibana.
+    /// Raw HTTP against node `n`, for fixtures the product never sets up itself (see [`raw`]).
     pub async fn raw(
         &self,
         n: usize,
@@ -407,7 +402,7 @@ impl EsCluster {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        raw_at(&self.inner.urls[n], method, path, body, false).await
+        raw_at(&self.inner.urls[n], method, path, body).await
     }
 
     /// Stops node `n` (its data stays); the others carry on.
