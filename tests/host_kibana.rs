@@ -30,6 +30,7 @@ mod hosts;
 mod testbed;
 
 use std::ffi::OsString;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -530,5 +531,3 @@ async fn alias(name: &str) -> Vec<String> {
     }
     v.as_object().unwrap().keys().cloned().collect()
 }
-
-use std::process::Command;
