@@ -505,17 +505,38 @@ async fn rpm_package_creates_the_user_and_keystore_and_runs_as_kibana() {
             "test -f /etc/sysconfig/kibana && test ! -e /etc/default/kibana && echo ok"
         ) == "ok"
     );
+    // The packaged kibana.yml (a JSON log file and the pid file, as Elastic's OS packages set
+    // them) plus this host's port and the test node.
     let port = testbed::free_port();
-    kibana_yml(h, port);
+    let packaged = sh(h, "cat /etc/kibana/kibana.yml");
+    assert!(
+        packaged.contains("pid.file: /run/kibana/kibana.pid"),
+        "{packaged}"
+    );
+    h.write(
+        "/etc/kibana/kibana.yml",
+        &format!(
+            "{packaged}\n{}",
+            testbed::kibana_yml(port, &es_node().url, NO_SECURITY)
+        ),
+    );
     h.exec_ok(&["systemctl", "start", UNIT]);
     probe(port)
         .wait_available(NEW, OP, Duration::from_millis(100))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", journal(h)));
-    assert_eq!(
-        sh(h, &format!("ps -o user= -p {}", show(h, "MainPID"))),
-        "kibana"
+    let main_pid = show(h, "MainPID");
+    assert_eq!(sh(h, &format!("ps -o user= -p {main_pid}")), "kibana");
+    assert_eq!(sh(h, "cat /run/kibana/kibana.pid"), main_pid);
+    let file_log = sh(h, "cat /var/log/kibana/kibana.log");
+    assert!(
+        file_log
+            .lines()
+            .any(|l| l.starts_with("{\"ecs\":{\"version\":")
+                && l.contains("\"message\":\"Kibana is now available (was unavailable)\"")),
+        "{file_log}"
     );
+    assert!(journal(h).contains("[INFO ][status] Kibana is now available (was unavailable)"));
     // Erasing stops it and removes the user (rpm 0 in %preun/%postun).
     h.exec_ok(&["rpm", "-e", "kibana"]);
     assert_eq!(show(h, "ActiveState"), "inactive");

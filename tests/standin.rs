@@ -756,11 +756,30 @@ async fn status_before_8_9_and_in_7x_needs_credentials_and_7x_speaks_the_legacy_
     assert_eq!(rec["tags"], json!(["info", "status"]));
     drop(kb);
 
-    // kibana#101049: the legacy format says red while v8format is fine.
-    let mut kb = Kb::start(
+    // kibana#101049: the legacy format says red while v8format is fine. With
+    // status.allowAnonymous, 7.14+ also serves the full status before it is ready.
+    let gate = Gate::new(&es_node().url);
+    let mut kb = Kb::start_with(
         "7.17.28",
-        "standin.legacy_status_stale: true\nstatus.allowAnonymous: true\n",
+        Opts {
+            es: &gate.url,
+            yml: "standin.legacy_status_stale: true\nstatus.allowAnonymous: true\n",
+            ..Default::default()
+        },
     );
+    kb.wait_log("http server running at", Duration::from_secs(20))
+        .await;
+    let (code, early) = kb.status("", None).await;
+    assert_eq!(code, 503, "{early}");
+    assert_eq!(early["version"]["number"], "7.17.28");
+    assert_eq!(early["status"]["overall"]["state"], "red", "{early}");
+    let (code, early) = kb.status("?v8format=true", None).await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        early["status"]["core"]["elasticsearch"]["summary"],
+        "Waiting for Elasticsearch"
+    );
+    gate.open();
     kb.wait_ready().await;
     let (code, legacy) = kb.status("", None).await;
     assert_eq!(code, 200, "status.allowAnonymous: no credentials needed");
