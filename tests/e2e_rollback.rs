@@ -208,9 +208,11 @@ impl Fleet {
                 "{}",
                 h.name
             );
+            // Running, or crash-looping as a Kibana whose migration failed does: never
+            // stopped by the operation (that would be inactive).
             let state = unit_state(h, "kibana.service");
             assert!(
-                state == "active" || state == "activating",
+                matches!(state.as_str(), "active" | "activating" | "failed"),
                 "{}: kibana.service is {state}",
                 h.name
             );
@@ -262,7 +264,22 @@ impl Fleet {
 /// snapshot, upgrades to 8.15.0 with a failing migration and starts the agents.
 /// `tweak(host, i)` runs after the hosts are set up (extra config, drop-ins).
 /// `None` (after saying why) when test hosts cannot boot here: the test then skips.
-async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> Option<Fleet> {
+/// How the staged upgrade to 8.15.0 goes wrong.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    /// The saved-object migration fails half-way: every instance exits and systemd restarts
+    /// it, as with real Kibana (the fleet crash-loops).
+    FailsMigration,
+    /// Every instance hangs, running, waiting for an Elasticsearch it cannot reach (its
+    /// `elasticsearch.hosts` points at a closed port): the units stay active.
+    Hangs,
+}
+
+async fn stage_fleet(
+    prefix: &str,
+    upgrade: Upgrade,
+    tweak: impl Fn(&TestHost, usize) + Sync,
+) -> Option<Fleet> {
     if let Some(why) = hosts::skip_reason() {
         eprintln!("SKIPPED: {why}");
         return None;
@@ -383,26 +400,44 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> O
     }
     for (i, h) in fleet.each() {
         // before the upgrade: an 8.x .deb upgrade restarts kibana.service (RESTART_ON_UPGRADE)
-        kibana_yml(h, i, true);
+        match upgrade {
+            Upgrade::FailsMigration => kibana_yml(h, i, true),
+            Upgrade::Hangs => kibana_yml_towards(h, i, &closed_port_url(), false),
+        }
         install(h, NEW);
         h.exec_ok(&["systemctl", "start", "kibana.service"]);
     }
-    wait_for(
-        "the 8.15.0 migration to fail half-way",
-        Duration::from_secs(60),
-        || {
-            let out = Command::new("curl")
-                .args([
-                    "-s",
-                    &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url),
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).contains("\"count\":")
-        },
-    );
+    match upgrade {
+        Upgrade::FailsMigration => wait_for(
+            "the 8.15.0 migration to fail half-way",
+            Duration::from_secs(60),
+            || {
+                let out = Command::new("curl")
+                    .args([
+                        "-s",
+                        &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url),
+                    ])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("\"count\":")
+            },
+        ),
+        Upgrade::Hangs => wait_for(
+            "every 8.15.0 instance running, waiting",
+            Duration::from_secs(60),
+            || {
+                fleet
+                    .each()
+                    .all(|(_, h)| unit_state(h, "kibana.service") == "active")
+            },
+        ),
+    }
     fleet.log(&format!(
-        "upgrade to {NEW} failed in its migration, as staged"
+        "upgrade to {NEW} staged: it {}",
+        match upgrade {
+            Upgrade::FailsMigration => "failed in its migration",
+            Upgrade::Hangs => "hangs waiting for Elasticsearch",
+        }
     ));
 
     // The agents come up on every host and register.
@@ -506,6 +541,15 @@ fn unit_state(h: &TestHost, unit: &str) -> String {
 }
 
 fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
+    kibana_yml_towards(h, i, &es_node().url, fail_migration)
+}
+
+/// An URL where nothing listens (the port was free a moment ago).
+fn closed_port_url() -> String {
+    format!("http://127.0.0.1:{}", testbed::free_port())
+}
+
+fn kibana_yml_towards(h: &TestHost, i: usize, es_url: &str, fail_migration: bool) {
     h.write(
         "/etc/kibana/kibana.yml",
         &format!(
@@ -513,7 +557,7 @@ fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
             // credentials); the failing upgrade takes the reindex path (a temp index)
             "server.port: {}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.security: false\nstandin.fail_migration: {fail_migration}\nstandin.migration: {}\n",
             port(i),
-            es_node().url,
+            es_url,
             if fail_migration { "reindex" } else { "auto" }
         ),
     );
@@ -588,7 +632,7 @@ async fn restores_of(repo: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_host_fleet_rolls_back_after_failed_migration() {
-    let Some(fleet) = stage_fleet("kb", |_, _| {}).await else {
+    let Some(fleet) = stage_fleet("kb", Upgrade::FailsMigration, |_, _| {}).await else {
         return;
     };
     let (index, repo, before) = (
@@ -735,7 +779,7 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 /// got past it (written straight into the index, as an older or foreign client might).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_preflight() {
-    let Some(fleet) = stage_fleet("pf", |_, _| {}).await else {
+    let Some(fleet) = stage_fleet("pf", Upgrade::FailsMigration, |_, _| {}).await else {
         return;
     };
     let h = fleet.first();
@@ -844,7 +888,7 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
 /// abort before the restore point: every unit back on 8.15.0, no restore, no snapshot taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
-    let Some(fleet) = stage_fleet("ab", |h, i| {
+    let Some(fleet) = stage_fleet("ab", Upgrade::Hangs, |h, i| {
         if i == 1 {
             // Its stop takes 20 s; the agent waits 5 s.
             h.write(
@@ -928,7 +972,7 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
 /// follower), the operation still ends `done`, and the node counts exactly one restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
-    let Some(fleet) = stage_fleet("lf", |_, _| {}).await else {
+    let Some(fleet) = stage_fleet("lf", Upgrade::FailsMigration, |_, _| {}).await else {
         return;
     };
     let trigger_host = fleet.first();
