@@ -29,6 +29,7 @@ use kibana_rollback::config::KibanaSettings;
 use kibana_rollback::host::kibana_status::{Level, StatusProbe};
 use kibana_rollback::host::pkg::{PackageManager, PackageName, PackageVersion, PkgSettings};
 use kibana_rollback::host::systemd::SystemdUnits;
+use semver::Version;
 
 const OLD: &str = "8.14.3";
 const NEW: &str = "8.15.0";
@@ -62,6 +63,7 @@ fn probe(port: u16) -> StatusProbe {
             .parse()
             .unwrap(),
         status_auth: None,
+        status_ca_file: None,
         stop_timeout: OP,
         start_timeout: OP,
     })
@@ -99,6 +101,10 @@ fn install(h: &TestHost, apt_source: &str, version: &str, port: u16) {
             testbed::kibana_yml(port, &es_node().url, false)
         ),
     );
+}
+
+fn ver(s: &str) -> Version {
+    Version::parse(s).unwrap()
 }
 
 fn journal(h: &TestHost) -> String {
@@ -157,14 +163,15 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     assert!(rb.unwrap().is_active());
     let (pa, pb) = (probe(ports[0]), probe(ports[1]));
     let poll = Duration::from_millis(50);
+    let new = ver(NEW);
     let (wa, wb) = tokio::join!(
-        pa.wait_available(NEW, OP, poll),
-        pb.wait_available(NEW, OP, poll)
+        pa.wait_healthy_at(&new, OP, poll),
+        pb.wait_healthy_at(&new, OP, poll)
     );
     let st = wa.unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
     wb.unwrap_or_else(|e| panic!("{e}\n{}", journal(b)));
     let start_time = t_start.elapsed();
-    assert_eq!((st.level, st.http_status), (Level::Available, Some(200)));
+    assert_eq!((st.level, st.http_status), (Level::Available, 200));
     let (_, v) = raw("GET", "_alias/.kibana", None).await;
     assert!(v.get(format!(".kibana_{NEW}_001")).is_some(), "{v}");
     // the unit's program is the stand-in, configured by the host's kibana.yml
@@ -220,7 +227,7 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_ne!(pa.probe().await.unwrap().level, Level::Available);
+    assert!(!pa.probe(Some(&ver(OLD))).await.is_healthy());
     sa.stop(UNIT, OP).await.unwrap();
 
     // The feature state "restored" (here: emptied), the unit restarted: 8.14.3 available.
@@ -228,11 +235,11 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     let t_restart = Instant::now();
     assert!(sa.restart(UNIT, OP).await.unwrap().is_active());
     let st = pa
-        .wait_available(OLD, OP, poll)
+        .wait_healthy_at(&ver(OLD), OP, poll)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
     let restart = t_restart.elapsed();
-    assert_eq!(st.version.as_deref(), Some(OLD));
+    assert_eq!(st.version, OLD);
     let (_, v) = raw("GET", "_alias/.kibana", None).await;
     assert!(v.get(format!(".kibana_{OLD}_001")).is_some(), "{v}");
     // still held after the restart; the other host untouched on 8.15.0, stopped

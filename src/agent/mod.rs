@@ -24,7 +24,9 @@ use crate::coord::{fleet_config, wall_now, Coord};
 use crate::es::{Es, EsError};
 use crate::fleet::{self, Action, Event, HostDoc, Inputs, NodeState, OpRead, WriteResult};
 use crate::host::kibana_status::StatusProbe;
+use crate::host::local::Local;
 use crate::host::pkg::PackageManager;
+pub use crate::host::readiness::ConfigOnDisk;
 use crate::host::systemd::SystemdUnits;
 
 pub use cluster_steps::Cluster;
@@ -55,7 +57,9 @@ fn write_result(r: Result<fleet::DocVersion, EsError>) -> WriteResult {
 }
 
 /// Sets up the adapters, waiting for what may come up after us (the bus, Elasticsearch).
-pub async fn run(settings: Settings) -> Result<()> {
+/// `config`: the configuration files the settings came from, so the agent notices when they
+/// change (its readiness report says so).
+pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()> {
     let settings = Arc::new(settings);
     let host_id = settings.coordination.host_id.clone();
     let progress = ProgressFile::open(&settings.coordination.state_dir).with_context(|| {
@@ -72,12 +76,14 @@ pub async fn run(settings: Settings) -> Result<()> {
         .await
         .context("choosing the package manager")?;
     let probe = StatusProbe::new(&settings.kibana)?;
-    let host = Arc::new(Host {
+    let host = Arc::new(Host::new(
         units,
         pkg,
         probe,
-        settings: settings.clone(),
-    });
+        settings.clone(),
+        Local::this_host(),
+        config,
+    ));
     let cluster = Arc::new(Cluster {
         es: es.clone(),
         settings: settings.clone(),
@@ -124,6 +130,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         node,
         last_hosts: Vec::new(),
         facts: None,
+        readiness_task: None,
     }
     .run()
     .await
@@ -139,6 +146,9 @@ struct Daemon {
     last_hosts: Vec<HostDoc>,
     /// Host facts, re-read after every host step and at every heartbeat.
     facts: Option<(fleet::HostFacts, Duration)>,
+    /// The readiness checks, when running (they run beside the loop: a slow package query must
+    /// not hold up heartbeats).
+    readiness_task: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -190,10 +200,27 @@ impl Daemon {
                 Err(e) => tracing::warn!("cannot read host documents: {e}"),
             }
             let now = boottime();
+            let readiness_done = self
+                .readiness_task
+                .as_ref()
+                .is_some_and(|t| t.is_finished());
+            if readiness_done {
+                self.readiness_task = None;
+            }
+            if self.readiness_task.is_none() && !stopping {
+                if let Some(trigger) = self.host.readiness_due(now) {
+                    tracing::debug!("readiness checks: {trigger}");
+                    let host = self.host.clone();
+                    self.readiness_task = Some(tokio::spawn(async move {
+                        host.refresh_readiness(trigger).await
+                    }));
+                }
+            }
             let stale = match &self.facts {
                 None => true,
                 Some((_, at)) => {
                     host_step_done
+                        || readiness_done
                         || now.saturating_sub(*at)
                             >= self
                                 .settings

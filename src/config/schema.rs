@@ -100,6 +100,8 @@ pub const KEYS: &[Key] = &[
         "User for basic authentication against the status API, if it needs one."),
     key!("kibana", "status_password_file", Kind::Path, None,
         "File holding that user's password. Must not be readable by group or others."),
+    key!("kibana", "status_ca_file", Kind::Path, None,
+        "PEM file with the CA certificate(s) that signed Kibana's server.ssl certificate, for an https status_url."),
     key!("kibana", "stop_timeout", Kind::Duration, Some(r#""5m""#),
         "How long stopping the unit may take before the host reports failure."),
     key!("kibana", "start_timeout", Kind::Duration, Some(r#""10m""#),

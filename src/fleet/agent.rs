@@ -13,7 +13,7 @@
 //! * invariant 3: `start_unit` is only run when the operation document records the restore as
 //!   completed, whatever phase the document claims.
 
-use super::doc::{Ack, OperationDoc, Phase, Step, StepResult, UnitState};
+use super::doc::{Ack, OperationDoc, Phase, Readiness, Step, StepResult, UnitState};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,8 @@ pub struct HostFacts {
     pub installed_version: Option<Version>,
     /// Package held / versionlocked.
     pub held: bool,
+    /// The host's latest readiness report (published in its host document as it is).
+    pub readiness: Option<Readiness>,
 }
 
 /// A host step with its parameters, for the host adapters to run. Every one is idempotent.
@@ -34,9 +36,8 @@ pub enum HostStep {
     CheckAvailable { version: Version },
     /// Download `version` without installing it.
     Prefetch { version: Version },
-    /// Stop the kibana unit and wait until it is inactive. Recommended: also block starts
-    /// (`systemctl mask --runtime`) until `reinstall` finishes, so nothing outside the agent can
-    /// start it while the unit must stay stopped.
+    /// Stop the kibana unit and wait until it is inactive, then block every other start until
+    /// `start_unit` or `abort_restart` (the agent's hold survives a reboot; see `host::hold`).
     StopUnit,
     /// Install exactly `version` (downgrade allowed), hold it, verify.
     Reinstall { version: Version },
@@ -210,6 +211,7 @@ mod tests {
             unit,
             installed_version: Some(Version::new(8, 15, 0)),
             held: false,
+            readiness: None,
         }
     }
     fn op_in(phase: Phase) -> OperationDoc {

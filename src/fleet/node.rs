@@ -555,6 +555,7 @@ fn host_side(
         held: facts.held,
         heartbeat: st.heartbeat.unwrap_or(0),
         ack: st.my_ack.clone(),
+        readiness: facts.readiness.clone(),
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {

@@ -471,6 +471,7 @@ impl World {
                         unit: host.unit,
                         installed_version: Some(host.installed.clone()),
                         held: host.held,
+                        readiness: None,
                     };
                     let events = std::mem::take(&mut self.hosts[h].agent.as_mut().unwrap().inbox);
                     let d = self.rng.range(0, 300);

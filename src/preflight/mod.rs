@@ -7,8 +7,10 @@
 //!
 //! * [`snapshot`] resolves and judges the snapshot (`latest`, a name, or the one an operation
 //!   pinned by uuid);
-//! * [`liveness`] watches the agents' heartbeat counters (host documents carry no wall time).
+//! * [`liveness`] watches the agents' heartbeat counters (host documents carry no wall time);
+//! * [`hosts`] judges the readiness reports the agents publish in their host documents.
 
+pub mod hosts;
 pub mod liveness;
 pub mod snapshot;
 
@@ -36,6 +38,7 @@ pub enum CheckId {
     Snapshot,
     NoOperationRunning,
     ExpectedHostsRegistered,
+    HostsReady,
     AgentsAlive,
 }
 
@@ -51,6 +54,7 @@ impl CheckId {
             CheckId::Snapshot => "snapshot",
             CheckId::NoOperationRunning => "no operation running",
             CheckId::ExpectedHostsRegistered => "expected hosts registered",
+            CheckId::HostsReady => "hosts ready (their readiness reports)",
             CheckId::AgentsAlive => "agents alive (heartbeats)",
         }
     }
@@ -282,6 +286,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             CheckId::Snapshot,
             CheckId::NoOperationRunning,
             CheckId::ExpectedHostsRegistered,
+            CheckId::HostsReady,
             CheckId::AgentsAlive,
         ] {
             c.skip(id, "Elasticsearch not reachable");
@@ -411,6 +416,13 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     }
     if c.get(CheckId::ExpectedHostsRegistered).is_none() {
         registration(&coord, &mut r).await;
+    }
+    match scope {
+        Scope::Leader { .. } => r.checks.skip(
+            CheckId::HostsReady,
+            "every host's check_available step runs its readiness checks fresh for the operation's target",
+        ),
+        _ => hosts::check(&mut r, target.as_ref()),
     }
     match scope {
         Scope::Plan => liveness::check(&coord, settings.coordination.heartbeat, &mut r).await,
