@@ -529,10 +529,10 @@ pub fn crash_verdict(before: &ServiceStatus, now: &ServiceStatus) -> Option<Stri
     }
     if now.unit.active_state == ActiveState::Failed {
         let result = now.unit.result.as_deref().unwrap_or("?");
-        let what = if result == "start-limit-hit" {
+        let what = if result == "start-limit-hit" || restarts > 0 {
+            // systemd 252 keeps Result=exit-code when the start limit hits
             format!(
-                "hit its start limit (Result=start-limit-hit after {} restart(s): StartLimitBurst= reached)",
-                now.n_restarts.max(restarts)
+                "failed (Result={result}) after {restarts} automatic restart(s): systemd gives up after StartLimitBurst= quick restarts (its start limit)"
             )
         } else {
             format!("failed (Result={result})")
