@@ -100,7 +100,8 @@ impl Apt {
         }
         let line = out.stdout.lines().next().unwrap_or("");
         let (status, secs) = line.split_once('\t').unwrap_or((line, ""));
-        if !status.starts_with("ii") {
+        // "ii " installed, "hi " installed and held: the second letter is the state
+        if status.chars().nth(1) != Some('i') {
             return Ok(None);
         }
         secs.trim().parse().map(Some).map_err(|_| PkgError::Parse {
