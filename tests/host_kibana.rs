@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hosts::{Hosts, TestHost};
-use kibana_rollback::config::KibanaSettings;
+use kibana_rollback::agent::Host;
+use kibana_rollback::config::{self, KibanaSettings, Sources};
+use kibana_rollback::fleet::{HostStep, StepResult};
 use kibana_rollback::host::kibana_status::{Level, StatusProbe};
+use kibana_rollback::host::local::Local;
 use kibana_rollback::host::pkg::{PackageManager, PackageName, PackageVersion, PkgSettings};
 use kibana_rollback::host::systemd::SystemdUnits;
 use semver::Version;
@@ -255,6 +258,149 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     );
 
     sa.stop(UNIT, OP).await.unwrap();
+    drop(hosts);
+    reset_kibana_feature().await;
+}
+
+/// The agent's host adapters for test host `h` (systemd over its bus, apt and journalctl through
+/// `host exec`, files under its root), with `kibana.status_url` on `status_port`.
+async fn agent_host(h: &TestHost, status_port: u16, target: &str) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("config.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "[elasticsearch]\nhosts = [\"{}\"]\n[kibana]\nstatus_url = \"http://127.0.0.1:{status_port}/api/status\"\nstart_timeout = \"60s\"\n\
+             [rollback]\ntarget_version = \"{target}\"\n[coordination]\nhost_id = \"{}\"\n[package_manager]\nkind = \"apt\"\n",
+            es_node().url,
+            h.name
+        ),
+    )
+    .unwrap();
+    let loaded = config::load(&Sources {
+        main,
+        dropin_dirs: vec![],
+        credentials_dir: None,
+    })
+    .unwrap();
+    let settings = std::sync::Arc::new(loaded.settings);
+    let prefix = host_command_prefix(h);
+    let pkg = PackageManager::with_command_prefix(&settings.package_manager, prefix.clone())
+        .await
+        .unwrap();
+    let probe = StatusProbe::new(&settings.kibana).unwrap();
+    let local = Local {
+        root: h.root.clone(),
+        command_prefix: prefix,
+    };
+    Host::new(
+        SystemdUnits::connect_to(&h.bus).await.unwrap(),
+        pkg,
+        probe,
+        settings,
+        local,
+        None,
+    )
+}
+
+/// The readiness checks and the start step against the real package on a real host: what a
+/// misconfigured host reports before anything stops, that a Kibana process older than the
+/// install never passes the start step (however healthy it answers), and a real start.
+#[tokio::test]
+async fn readiness_and_start_step_on_a_real_host() {
+    if let Some(reason) = hosts::skip_reason() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let tb = testbed::testbed();
+    let _turn = kibana_feature_lock();
+    reset_kibana_feature().await;
+    let names = vec![format!("kbr-{}-a", std::process::id())];
+    let hosts = Hosts::up(&names, None).expect("boot a test host");
+    let a = hosts.get(&names[0]);
+    let port = testbed::free_port();
+    install(a, &tb.apt_source, NEW, port);
+    let sd = SystemdUnits::connect_to(&a.bus).await.unwrap();
+    sd.start(UNIT, OP).await.unwrap();
+    probe(port)
+        .wait_healthy_at(&ver(NEW), OP, Duration::from_millis(100))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
+
+    // A host ready for 8.14.3: every check passes (the stand-in answers a full status).
+    let host = agent_host(a, port, OLD).await;
+    let t = Instant::now();
+    let ready = host.check_available(&ver(OLD)).await;
+    println!(
+        "TIMING check_available (apt-get update + readiness) {:?}",
+        t.elapsed()
+    );
+    let ready = ready.unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.contains("readiness checks passed"), "{ready}");
+
+    // The same host, misconfigured: status_url on Kibana's default port while kibana.yml says
+    // another, a plugin built for 8.15.0, and a cross-major target missing from the repository.
+    a.write(
+        "/usr/share/kibana/plugins/sampleVis/kibana.json",
+        r#"{"id":"sampleVis","version":"1.0.0","kibanaVersion":"8.15.0","server":true,"owner":{"name":"x"}}"#,
+    );
+    let misconfigured = agent_host(a, 5601, OLD).await;
+    let e = misconfigured.check_available(&ver(OLD)).await.unwrap_err();
+    println!("not ready: {e}");
+    assert!(
+        e.contains(&format!(
+            "has port 5601 but kibana.yml has server.port: {port}"
+        )) && e.contains(&format!(
+            "set kibana.status_url = \"http://127.0.0.1:{port}/api/status\""
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("sampleVis (built for 8.15.0)") && e.contains("kibana-plugin remove sampleVis"),
+        "{e}"
+    );
+    let e = host.check_available(&ver("7.17.29")).await.unwrap_err();
+    assert!(
+        e.contains("version 7.17.29 of kibana is not available")
+            && e.contains("`deb https://artifacts.elastic.co/packages/7.x/apt stable main`"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(a.root.join("usr/share/kibana/plugins/sampleVis")).unwrap();
+
+    // 8.14.3 installed while the 8.15.0 process keeps running (not restarted): the start step
+    // must not pass, and says why at once.
+    let (r, detail) = host
+        .run(&HostStep::Reinstall { version: ver(OLD) }, false)
+        .await;
+    assert_eq!(r, StepResult::Ok, "{detail}");
+    let t = Instant::now();
+    let e = host.start(&ver(OLD)).await.unwrap_err();
+    println!("old process: {e} (after {:?})", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        e.contains("started before the package install ended")
+            && e.contains("still runs the previous version's code"),
+        "{e}"
+    );
+
+    // Stopped, the feature state "restored" (emptied), started by the step: 8.14.3 proven.
+    sd.stop(UNIT, OP).await.unwrap();
+    reset_kibana_feature().await;
+    let t = Instant::now();
+    let detail = host
+        .start(&ver(OLD))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "TIMING start step until healthy at {OLD}: {:?}: {detail}",
+        t.elapsed()
+    );
+    assert!(
+        detail.contains(&format!("Kibana {OLD} reports available itself")),
+        "{detail}"
+    );
+
+    sd.stop(UNIT, OP).await.unwrap();
     drop(hosts);
     reset_kibana_feature().await;
 }

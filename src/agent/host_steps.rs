@@ -436,9 +436,9 @@ impl Host {
             SystemTime::now(),
         ) {
             Some(false) => Err(Proof::Fatal(format!(
-                "its process (pid {}) started before the package install ended: it still runs the previous version's code although {home} now says {}; restart {} so the installed Kibana runs",
+                "its process (pid {}) started before the package install ended: it still runs the previous version's code{}; restart {} so the installed Kibana runs",
                 p.pid,
-                p.version.as_deref().unwrap_or("nothing"),
+                p.version.as_deref().map(|v| format!(" although {home} now says {v}")).unwrap_or_default(),
                 self.unit()
             ))),
             None => Err(Proof::NotYet(format!(
