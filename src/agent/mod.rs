@@ -35,6 +35,8 @@ pub use progress::ProgressFile;
 
 /// How often the agent looks at the world when nothing happens.
 const POLL: Duration = Duration::from_secs(1);
+/// How long the agent waits for its first readiness report before it registers.
+const FIRST_READINESS_LIMIT: Duration = Duration::from_secs(30);
 
 /// Monotonic time that includes suspend.
 fn boottime() -> Duration {
@@ -161,6 +163,16 @@ impl Daemon {
         let mut stopping = false;
         let mut last_status = String::new();
         let mut last_phase: Option<(String, fleet::Phase)> = None;
+        // The first host document already carries a readiness report: `plan` and `start` judge
+        // hosts by it, and a registered host without one fails their check.
+        if let Some(trigger) = self.host.readiness_due(boottime()) {
+            if tokio::time::timeout(FIRST_READINESS_LIMIT, self.host.refresh_readiness(trigger))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the first readiness checks took longer than {FIRST_READINESS_LIMIT:?}; registering without a report");
+            }
+        }
         loop {
             inflight.retain(|h| !h.is_finished());
             cluster_tasks.retain(|h| !h.is_finished());
