@@ -12,6 +12,18 @@
 //! the package and before starting the unit; dpkg keeps that local edit of the conffile across
 //! the downgrade (--force-confold), which the test checks.
 //!
+//! Also, with the agent's host adapters (`agent::Host`) driving a host from outside:
+//! * `readiness_and_start_step_on_a_real_host`: 8.15.0 with security on and no status
+//!   credentials (so the redacted status of 8.9+): a ready host passes `check_available`; a
+//!   status URL on the wrong port, a plugin built for 8.15.0 and a 7.17 missing from the
+//!   repository are each named with their fix; 8.14.3 installed while the 8.15.0 process keeps
+//!   running (a `systemctl` shim stands in for a host where the package's own stop and restart
+//!   did not happen) fails the start step at once; a real start is proven by process evidence.
+//! * `seven_x_unit_in_etc_hold_reinstall_start_and_exit_64`: the 7.17 packages' unit in
+//!   /etc/systemd/system held through `systemctl start`, `daemon-reload` and a reinstall, the
+//!   401 of 7.x without credentials, a start proven by the authenticated 7.x status, and exit 64
+//!   for a setting 7.17.28 does not know.
+//!
 //! Root only (CI runs as root); skips with the reason otherwise. `-- --nocapture` prints TIMING.
 
 mod common;
@@ -28,7 +40,7 @@ use hosts::{Hosts, TestHost};
 use kibana_rollback::agent::Host;
 use kibana_rollback::config::{self, KibanaSettings, Sources};
 use kibana_rollback::fleet::{HostStep, StepResult};
-use kibana_rollback::host::kibana_status::{Level, StatusProbe};
+use kibana_rollback::host::kibana_status::{Answer, Level, StatusProbe};
 use kibana_rollback::host::local::Local;
 use kibana_rollback::host::pkg::{PackageManager, PackageName, PackageVersion, PkgSettings};
 use kibana_rollback::host::systemd::SystemdUnits;
@@ -76,6 +88,12 @@ fn probe(port: u16) -> StatusProbe {
 /// Only the local repository as apt source, `apt-get update`, `apt-get install kibana=VERSION`,
 /// then the host's own kibana.yml.
 fn install(h: &TestHost, apt_source: &str, version: &str, port: u16) {
+    install_with(h, apt_source, version, port, "standin.security: false\n")
+}
+
+/// Like [`install`], with `extra` kibana.yml lines (`standin.security: false`: Kibana against an
+/// Elasticsearch without security, as the test node is: the full status without credentials).
+fn install_with(h: &TestHost, apt_source: &str, version: &str, port: u16, extra: &str) {
     h.exec_ok(&[
         "sh",
         "-c",
@@ -101,9 +119,16 @@ fn install(h: &TestHost, apt_source: &str, version: &str, port: u16) {
         "/etc/kibana/kibana.yml",
         &format!(
             "# this host's own settings\n{}",
-            testbed::kibana_yml(port, &es_node().url, false)
+            testbed::kibana_yml(port, &es_node().url, extra)
         ),
     );
+}
+
+/// The version in the Kibana home's package.json (as Elastic's packages have it).
+fn home_version(h: &TestHost) -> String {
+    let text = h.exec_ok(&["cat", "/usr/share/kibana/package.json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["version"].as_str().unwrap().to_string()
 }
 
 fn ver(s: &str) -> Version {
@@ -151,7 +176,7 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
             h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
             NEW
         );
-        assert_eq!(h.exec_ok(&["cat", "/usr/share/kibana/VERSION"]).trim(), NEW);
+        assert_eq!(home_version(h), NEW);
     }
 
     // Start both over D-Bus; both reach available at 8.15.0 (one creates the indices, the other
@@ -180,7 +205,7 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     // the unit's program is the stand-in, configured by the host's kibana.yml
     assert!(
         journal(a).contains(&format!(
-            "kibana-standin {NEW}: listening on 127.0.0.1:{}",
+            "http server running at http://127.0.0.1:{}",
             ports[0]
         )),
         "{}",
@@ -208,7 +233,7 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
     assert!(r.held);
     pm.verify(&k, &v814, true).await.unwrap();
     let downgrade = t_down.elapsed();
-    assert_eq!(a.exec_ok(&["cat", "/usr/share/kibana/VERSION"]).trim(), OLD);
+    assert_eq!(home_version(a), OLD);
     assert!(a.exec_ok(&["apt-mark", "showhold"]).contains("kibana"));
     let yml = a.exec_ok(&["cat", "/etc/kibana/kibana.yml"]);
     assert!(
@@ -265,12 +290,32 @@ async fn package_on_real_hosts_installs_starts_downgrades_and_holds() {
 /// The agent's host adapters for test host `h` (systemd over its bus, apt and journalctl through
 /// `host exec`, files under its root), with `kibana.status_url` on `status_port`.
 async fn agent_host(h: &TestHost, status_port: u16, target: &str) -> Host {
+    agent_host_with(h, status_port, target, None).await
+}
+
+async fn agent_host_with(
+    h: &TestHost,
+    status_port: u16,
+    target: &str,
+    status_user: Option<(&str, &str)>,
+) -> Host {
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("config.toml");
+    let mut kibana_extra = String::new();
+    if let Some((user, password)) = status_user {
+        let pw = dir.path().join("status-password");
+        std::fs::write(&pw, password).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        kibana_extra = format!(
+            "status_username = \"{user}\"\nstatus_password_file = \"{}\"\n",
+            pw.display()
+        );
+    }
     std::fs::write(
         &main,
         format!(
-            "[elasticsearch]\nhosts = [\"{}\"]\n[kibana]\nstatus_url = \"http://127.0.0.1:{status_port}/api/status\"\nstart_timeout = \"60s\"\n\
+            "[elasticsearch]\nhosts = [\"{}\"]\n[kibana]\nstatus_url = \"http://127.0.0.1:{status_port}/api/status\"\nstart_timeout = \"60s\"\n{kibana_extra}\
              [rollback]\ntarget_version = \"{target}\"\n[coordination]\nhost_id = \"{}\"\n[package_manager]\nkind = \"apt\"\n",
             es_node().url,
             h.name
@@ -319,15 +364,22 @@ async fn readiness_and_start_step_on_a_real_host() {
     let hosts = Hosts::up(&names, None).expect("boot a test host");
     let a = hosts.get(&names[0]);
     let port = testbed::free_port();
-    install(a, &tb.apt_source, NEW, port);
+    // security on, no status credentials: 8.9+ answers the redacted status
+    install_with(a, &tb.apt_source, NEW, port, "");
     let sd = SystemdUnits::connect_to(&a.bus).await.unwrap();
     sd.start(UNIT, OP).await.unwrap();
-    probe(port)
-        .wait_healthy_at(&ver(NEW), OP, Duration::from_millis(100))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", journal(a)));
+    let t = Instant::now();
+    loop {
+        let answer = probe(port).probe(Some(&ver(NEW))).await;
+        if answer.is_healthy() {
+            assert!(matches!(answer, Answer::Redacted { .. }), "{answer:?}");
+            break;
+        }
+        assert!(t.elapsed() < OP, "{answer:?}\n{}", journal(a));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
-    // A host ready for 8.14.3: every check passes (the stand-in answers a full status).
+    // A host ready for 8.14.3: every check passes.
     let host = agent_host(a, port, OLD).await;
     let t = Instant::now();
     let ready = host.check_available(&ver(OLD)).await;
@@ -359,27 +411,47 @@ async fn readiness_and_start_step_on_a_real_host() {
         e.contains("sampleVis (built for 8.15.0)") && e.contains("kibana-plugin remove sampleVis"),
         "{e}"
     );
-    let e = host.check_available(&ver("7.17.29")).await.unwrap_err();
+    std::fs::remove_dir_all(a.root.join("usr/share/kibana/plugins/sampleVis")).unwrap();
+    // a 7.17 the repository does not have (it has 7.17.28 and 7.17.29)
+    let e = host.check_available(&ver("7.17.27")).await.unwrap_err();
     assert!(
-        e.contains("version 7.17.29 of kibana is not available")
+        e.contains("version 7.17.27 of kibana is not available")
             && e.contains("`deb https://artifacts.elastic.co/packages/7.x/apt stable main`"),
         "{e}"
     );
-    std::fs::remove_dir_all(a.root.join("usr/share/kibana/plugins/sampleVis")).unwrap();
 
-    // 8.14.3 installed while the 8.15.0 process keeps running (not restarted): the start step
-    // must not pass, and says why at once.
+    // 8.14.3 installed while the 8.15.0 process keeps running. Elastic's preinst stops a running
+    // Kibana and its postinst restarts it (RESTART_ON_UPGRADE); a `systemctl` shim that leaves
+    // kibana.service alone stands in for a package or host where that did not happen. The start
+    // step must not pass, and says why at once.
+    // (the host's root is a volatile overlay: the machine's systemctl is not touched)
+    a.exec_ok(&["mv", "/usr/bin/systemctl", "/usr/bin/systemctl.real"]);
+    a.write(
+        "/usr/bin/systemctl",
+        "#!/bin/sh\ncase \"$*\" in *kibana.service*) echo \"shim: leaving kibana.service alone: $*\" >&2; exit 0;; esac\nexec /usr/bin/systemctl.real \"$@\"\n",
+    );
+    a.exec_ok(&["chmod", "755", "/usr/bin/systemctl"]);
+    let main_pid = || a.exec_ok(&["/usr/bin/systemctl.real", "show", "-P", "MainPID", UNIT]);
+    let pid = main_pid();
     let (r, detail) = host
         .run(&HostStep::Reinstall { version: ver(OLD) }, false)
         .await;
     assert_eq!(r, StepResult::Ok, "{detail}");
+    assert_eq!(
+        main_pid(),
+        pid,
+        "the package restarted Kibana during the reinstall: {detail}\n{}",
+        journal(a)
+    );
+    a.exec_ok(&["mv", "/usr/bin/systemctl.real", "/usr/bin/systemctl"]);
     let t = Instant::now();
     let e = host.start(&ver(OLD)).await.unwrap_err();
     println!("old process: {e} (after {:?})", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(
         e.contains("started before the package install ended")
-            && e.contains("still runs the previous version's code"),
+            && e.contains("still runs the previous version's code")
+            && e.contains("/usr/share/kibana/package.json now says 8.14.3"),
         "{e}"
     );
 
@@ -396,11 +468,132 @@ async fn readiness_and_start_step_on_a_real_host() {
         t.elapsed()
     );
     assert!(
-        detail.contains(&format!("Kibana {OLD} reports available itself")),
+        detail.contains("the status is redacted; version from the process")
+            && detail.contains(&format!(
+                "/usr/share/kibana/package.json (home from KBN_HOME) says {OLD}"
+            )),
         "{detail}"
     );
 
     sd.stop(UNIT, OP).await.unwrap();
+    drop(hosts);
+    reset_kibana_feature().await;
+}
+
+/// A 7.x fleet's host with the real 7.17 packages: the unit file is the package's own
+/// `/etc/systemd/system/kibana.service`, where no mask can be made. The stop step's hold keeps
+/// it from starting (systemctl start, a daemon-reload as on reboot), the reinstall of another
+/// 7.17 (which puts its unit file back there) keeps the hold, and the start step lifts it and
+/// proves the version with an authenticated 7.x status (`?v8format=true`). Then a setting the
+/// older Kibana does not know fails the start step at once with exit 64.
+#[tokio::test]
+async fn seven_x_unit_in_etc_hold_reinstall_start_and_exit_64() {
+    if let Some(reason) = hosts::skip_reason() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    const V7_NEW: &str = "7.17.29";
+    const V7_OLD: &str = "7.17.28";
+    let tb = testbed::testbed();
+    let _turn = kibana_feature_lock();
+    reset_kibana_feature().await;
+    let names = vec![format!("kb7-{}-a", std::process::id())];
+    let hosts = Hosts::up(&names, None).expect("boot a test host");
+    let a = hosts.get(&names[0]);
+    let port = testbed::free_port();
+    let users = "standin.users: [\"kr-status:kr-secret\"]\n";
+    install_with(a, &tb.apt_source, V7_NEW, port, users);
+    assert_eq!(
+        a.exec_ok(&["systemctl", "show", "-P", "FragmentPath", UNIT])
+            .trim(),
+        "/etc/systemd/system/kibana.service"
+    );
+    let sd = SystemdUnits::connect_to(&a.bus).await.unwrap();
+    sd.start(UNIT, OP).await.unwrap();
+    // 7.x without credentials: 401
+    let t = Instant::now();
+    loop {
+        match probe(port).probe(Some(&ver(V7_NEW))).await {
+            Answer::AuthRefused {
+                with_credentials: false,
+                ..
+            } => break,
+            other => assert!(t.elapsed() < OP, "{other:?}\n{}", journal(a)),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let host = agent_host_with(a, port, V7_OLD, Some(("kr-status", "kr-secret"))).await;
+    let (r, detail) = host.run(&HostStep::StopUnit, false).await;
+    assert_eq!(r, StepResult::Ok, "{detail}");
+    for when in ["during the hold", "after daemon-reload"] {
+        if when == "after daemon-reload" {
+            a.exec_ok(&["systemctl", "daemon-reload"]);
+        }
+        let out = a.exec(&["systemctl", "start", UNIT]);
+        assert!(
+            !out.status.success(),
+            "{when}: systemctl start kibana started it"
+        );
+        assert_eq!(
+            a.exec_ok(&["sh", "-c", "systemctl is-active kibana.service || true"])
+                .trim(),
+            "inactive",
+            "{when}"
+        );
+    }
+
+    // the downgrade within 7.x rewrites /etc/systemd/system/kibana.service; the hold stays
+    let (r, detail) = host
+        .run(
+            &HostStep::Reinstall {
+                version: ver(V7_OLD),
+            },
+            false,
+        )
+        .await;
+    assert_eq!(r, StepResult::Ok, "{detail}");
+    assert!(a
+        .root
+        .join("etc/systemd/system/kibana.service.d/zz-kibana-rollback-hold.conf")
+        .exists());
+    assert!(!a.exec(&["systemctl", "start", UNIT]).status.success());
+
+    // the restore (here: the feature state emptied), then the start step
+    reset_kibana_feature().await;
+    let t = Instant::now();
+    let detail = host
+        .start(&ver(V7_OLD))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("TIMING 7.x start step {:?}: {detail}", t.elapsed());
+    assert!(
+        detail.contains(&format!("Kibana {V7_OLD} reports available itself")),
+        "{detail}"
+    );
+
+    // a setting 7.17.28 does not know: exit 64 fails the start step at once
+    sd.stop(UNIT, OP).await.unwrap();
+    a.write(
+        "/etc/kibana/kibana.yml",
+        &format!(
+            "{}{users}kr.setting.from.a.newer.kibana: true\n",
+            testbed::kibana_yml(port, &es_node().url, "")
+        ),
+    );
+    let t = Instant::now();
+    let e = host.start(&ver(V7_OLD)).await.unwrap_err();
+    println!(
+        "TIMING exit 64 failed the start step after {:?}: {e}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        e.contains("exit status 64: an unknown setting in kibana.yml")
+            && e.contains("kr.setting.from.a.newer.kibana"),
+        "{e}"
+    );
+    let _ = sd.stop(UNIT, OP).await;
     drop(hosts);
     reset_kibana_feature().await;
 }

@@ -56,6 +56,12 @@ fn epoch_secs() -> u64 {
         .as_secs()
 }
 
+/// The version in a Kibana home's package.json (as Elastic's packages have it).
+fn home_version(package_json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(package_json).unwrap();
+    v["version"].as_str().unwrap().to_string()
+}
+
 fn kibana() -> PackageName {
     PackageName::new("kibana").unwrap()
 }
@@ -304,7 +310,10 @@ async fn apt_install_downgrade_hold_cycle() {
         e.to_string(),
         "kibana: expected version 8.14.3, found version 8.14.3 held"
     );
-    assert_eq!(root.sh("cat /usr/share/kibana/VERSION").trim(), "8.14.3");
+    assert_eq!(
+        home_version(&root.sh("cat /usr/share/kibana/package.json")),
+        "8.14.3"
+    );
     assert!(root
         .sh("cat /etc/kibana/kibana.yml")
         .contains("# operator edit"));
@@ -638,9 +647,7 @@ async fn dnf_install_downgrade_versionlock_cycle() {
     ));
     let ir = env.installroot();
     assert_eq!(
-        std::fs::read_to_string(ir.join("usr/share/kibana/VERSION"))
-            .unwrap()
-            .trim(),
+        home_version(&std::fs::read_to_string(ir.join("usr/share/kibana/package.json")).unwrap()),
         "8.14.3"
     );
     assert!(std::fs::read_to_string(ir.join("etc/kibana/kibana.yml"))

@@ -1,7 +1,8 @@
 //! The test bed of the Kibana tests, prepared once per test binary by `tests/harness/testbed
 //! prepare`: the Kibana stand-in built (`cargo build -p kibana-standin`) and the package
-//! repository built with it as the `kibana` package's program. Also: free ports for Kibana
-//! instances (test hosts share the machine's network) and the kibana.yml a test host gets.
+//! repository of every test version (7.17.28 7.17.29 8.14.3 8.15.0 8.19.21 9.1.7 9.2.2, .deb and
+//! .rpm) built with it as the `kibana` packages' program. Also: free ports for Kibana instances
+//! (test hosts share the machine's network) and the kibana.yml a test host gets.
 //!
 //! Include with `#[path = "common/testbed.rs"] mod testbed;` (it does not need `common`).
 #![allow(dead_code)]
@@ -67,10 +68,15 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// The kibana.yml of one Kibana instance: its own port, the test node's URL.
-pub fn kibana_yml(port: u16, es_url: &str, fail_migration: bool) -> String {
+/// The versions the repository holds.
+pub const VERSIONS: [&str; 7] = [
+    "7.17.28", "7.17.29", "8.14.3", "8.15.0", "8.19.21", "9.1.7", "9.2.2",
+];
+
+/// The kibana.yml of one Kibana instance: its own port, the test node's URL, then `extra`
+/// (more `key: value` lines, e.g. `standin.security: false`).
+pub fn kibana_yml(port: u16, es_url: &str, extra: &str) -> String {
     format!(
-        "server.port: {port}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{es_url}\"]\n\
-         standin.fail_migration: {fail_migration}\n"
+        "server.port: {port}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{es_url}\"]\n{extra}"
     )
 }

@@ -1,539 +1,540 @@
-//! A test-only stand-in for Kibana that behaves like Kibana towards the rollback agent and
-//! Elasticsearch (not shipped):
+//! A test-only stand-in for Kibana (not shipped): one small binary that behaves, per version,
+//! the way Kibana's source says Kibana does, in everything the rollback agent and the
+//! Elasticsearch cluster can observe. It is the program of the test `kibana` packages
+//! (tests/harness/pkgrepo); the package's `/usr/share/kibana/package.json` carries the version
+//! it runs as (Kibana's own `packageInfo` comes from that file too).
 //!
-//! * reads its version from `<home>/VERSION` (built into its package), `elasticsearch.hosts`,
-//!   `server.port` and `server.host` from `<config>/kibana.yml`;
-//! * checks every Elasticsearch node with Kibana's rule (same major, ES minor >= its minor) and
-//!   refuses to serve (status `critical`, no migration) against an incompatible cluster;
-//! * migrates on start as Kibana 7.12+ does: if the `.kibana` alias points at an older version's
-//!   index it write-blocks that index, copies and transforms the documents into
-//!   `.kibana_<ver>_reindex_temp`, clones that into `.kibana_<ver>_001` and moves the aliases
-//!   (the same for `.kibana_task_manager`); with no index yet it creates `.kibana_<ver>_001`;
-//!   an alias on a *newer* version's index is fatal (exit 1: "The .kibana alias is pointing to a
-//!   newer version of Kibana"), as in Kibana — an older package alone cannot go back;
-//! * `standin.fail_migration: true` in kibana.yml makes it stop half-way through the copy and
-//!   exit 1, leaving the state a real failed migration leaves (old index write-blocked, temp index
-//!   half full, alias unmoved); an instance that finds such a temp index waits for "the other
-//!   instance" to finish, running and answering 503 (so the fleet after a failed upgrade is one
-//!   crashed instance and the rest stuck waiting, as with real Kibana);
-//! * serves `GET /api/status` (503 + `unavailable` until the migration is done);
-//! * sends `X-elastic-product-origin: kibana` (so Elasticsearch treats it as Kibana: no
-//!   system-index deprecation `Warning`, and `_nodes/stats/http` lists the connection with
-//!   `agent: kibana`), `User-Agent: Kibana/<version>` and `X-Opaque-Id: kibana-standin-<pid>` to
-//!   Elasticsearch, and logs every `Warning` header Elasticsearch answers with
-//!   (`elasticsearch warning: ...`), as Kibana logs deprecations.
+//! Start-up, in Kibana's order (`core-root-server-internal` `bootstrap.ts`, `server.ts`):
+//! 1. settings: kibana.yml (nested or dotted YAML) plus `--key=value` arguments (`config.rs`);
+//!    a missing kibana.yml is `FATAL CLI ERROR` (exit 1);
+//! 2. logging as the version does it (`log.rs`: 8.x pattern layout on stdout, 7.x legacy JSON to
+//!    `logging.dest`); a fatal error is always mirrored to stderr as ` FATAL  Error: ...`;
+//! 3. plugin discovery: `<home>/plugins/<dir>/kibana.json` for another version is fatal, exit 1
+//!    (`plugins.rs`);
+//! 4. key validation: unknown keys or keys this version does not know, exit 64 (`config.rs`);
+//! 5. the data folder (`path.data`, else `<home>/data` or `/var/lib/kibana`) and its `uuid`
+//!    file ("Unable to write Kibana UUID file ...", exit 1: the package must give the `kibana`
+//!    user that directory), and `pid.file`;
+//! 6. the HTTP(S) server starts in its "not ready" form (`http.rs`): 503 `Kibana server is not
+//!    ready yet`, `/api/status` as the version's pre-boot route answers it;
+//! 7. Elasticsearch compatibility (`core-elasticsearch-server-internal/src/version_check/
+//!    ensure_es_version.ts`): `GET _nodes` every `elasticsearch.healthCheck.delay` (2.5 s); an
+//!    unreachable cluster or an incompatible node (`rules.rs`: Kibana's rule with the
+//!    next-major exception) is logged as Kibana logs it ("This version of Kibana (v8.16.0) is
+//!    incompatible with the following Elasticsearch nodes in your cluster: v8.15.0 @
+//!    127.0.0.1:9200 (127.0.0.1)") and Kibana waits — running, never ready — until it is
+//!    compatible ("Waiting until all Elasticsearch nodes are compatible with Kibana before
+//!    starting saved objects migrations...");
+//! 8. saved-object migrations (`migration.rs`); a failure is fatal, exit 1, with Kibana's log
+//!    lines and error ("Unable to complete saved object migrations for the [.kibana] index:
+//!    ..."), so under systemd every instance exits and is restarted (`Restart=on-failure`)
+//!    until the start limit;
+//! 9. ready: `/api/status` answers with the version's formats, authentication and redaction
+//!    (`status.rs`, `http.rs`); Elasticsearch keeps being polled, as Kibana does, so a running
+//!    instance keeps its connection and an unreachable cluster makes it 503 again.
 //!
-//! The copy works like Kibana's v2 migration: a point-in-time reader over the source
-//! (`_pit`, `search_after` on `_shard_doc`), batches of `migrations.batchSize` (default 1000)
-//! documents transformed and written with `_bulk` into the temp index.
+//! SIGTERM/SIGINT: a clean shutdown, exit 0 (the pid file is removed).
 //!
-//! Usage: `kibana-standin [--home DIR] [--config DIR] [--SETTING=VALUE]...`. Like Kibana, the
-//! directories default to `$KBN_HOME` / `$KBN_PATH_CONF` (the package's kibana.service sets both),
-//! else /usr/share/kibana and /etc/kibana; `--server.port=5611` style arguments override
-//! kibana.yml settings.
+//! The stand-in's own kibana.yml keys (known to every version; real Kibana has none of them):
+//! * `standin.security: false` — as Kibana against an ES with security disabled: no
+//!   authentication at all (default true: security on, the 8.x default);
+//! * `standin.users: ["user:password"]`, `standin.users_without_monitor: ["user"]` — who may log
+//!   in, and who lacks `cluster:monitor` (the simplification for the test ES node, which has no
+//!   security plugin: see `http.rs`);
+//! * `standin.degraded_plugin: NAME` — that plugin reports `degraded`: overall degraded, HTTP
+//!   200 (kibana#138680: common on healthy deployments);
+//! * `standin.legacy_status_stale: true` — kibana#101049: the 7.x legacy format says red while
+//!   `?v8format=true` is fine;
+//! * `standin.fail_migration: true` — this version's migration throws for one `.kibana`
+//!   document (every instance, every restart);
+//! * `standin.migration: reindex|compatible` — force the migration path (`rules.rs` has the
+//!   per-version rule);
+//! * `standin.source_address: 127.0.0.N` — the source address of the Elasticsearch client's
+//!   sockets (`es.rs`: the test hosts share one network namespace, and the barrier tells Kibana
+//!   instances apart by address in `_nodes/stats/http`).
+//!
+//! Usage: `kibana [--home DIR] [--config DIR | -c FILE] [--dev] [--SETTING=VALUE]... [--version]`.
+//! `--dev` is a source checkout's development mode (packages' Kibana has no such flag); the
+//! tests use it to run 9.x against the 8.15 test node with `elasticsearch.ignoreVersionMismatch`,
+//! which Kibana allows only there.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod config;
+mod es;
+mod http;
+mod log;
+mod migration;
+mod plugins;
+mod rules;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use semver::Version;
+use serde_json::Value;
 
-#[derive(Clone, Debug)]
-struct Status {
-    level: &'static str,
-    summary: String,
-}
-
-struct Kibana {
-    version: semver::Version,
-    hosts: Vec<String>,
-    http: Client,
-    fail_migration: bool,
-    batch_size: usize,
-}
+use config::{Invocation, Settings};
+use es::Es;
+use log::Logger;
+use rules::{MigrationPath, Rules};
+use status::{Identity, Level, ServiceStatus, Snapshot};
 
 fn main() {
-    let env_or = |k: &str, d: &str| {
-        std::env::var(k)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| d.to_string())
-    };
-    let mut home = env_or("KBN_HOME", "/usr/share/kibana");
-    let mut config = env_or("KBN_PATH_CONF", "/etc/kibana");
-    let mut overrides = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--home" => home = args.next().unwrap_or_else(|| die("--home DIR")),
-            "--config" => config = args.next().unwrap_or_else(|| die("--config DIR")),
-            other => match other.strip_prefix("--").and_then(|kv| kv.split_once('=')) {
-                Some((k, v)) => overrides.push((k.to_string(), v.trim_matches('"').to_string())),
-                None => die(&format!("unknown argument {other}")),
-            },
-        }
-    }
-    let version_text = std::fs::read_to_string(format!("{home}/VERSION"))
-        .unwrap_or_else(|e| die(&format!("cannot read {home}/VERSION: {e}")));
-    let version = semver::Version::parse(version_text.trim())
-        .unwrap_or_else(|e| die(&format!("bad VERSION: {e}")));
-    let yml = std::fs::read_to_string(format!("{config}/kibana.yml")).unwrap_or_default();
-    let mut settings = parse_yaml_lines(&yml);
-    settings.extend(overrides);
-    let hosts: Vec<String> = settings
-        .get("elasticsearch.hosts")
-        .map(|v| parse_list(v))
-        .unwrap_or_else(|| vec!["http://127.0.0.1:9200".into()]);
-    let port: u16 = settings
-        .get("server.port")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5601);
-    let host = settings
-        .get("server.host")
-        .cloned()
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let fail_migration = settings
-        .get("standin.fail_migration")
-        .map(|v| v == "true")
-        .unwrap_or(false);
-    let batch_size = settings
-        .get("migrations.batchSize")
-        .and_then(|b| b.parse().ok())
-        .filter(|b| *b > 0)
-        .unwrap_or(1000);
-
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("X-elastic-product-origin", "kibana".parse().unwrap());
-    headers.insert(
-        "X-Opaque-Id",
-        format!("kibana-standin-{}", std::process::id())
-            .parse()
-            .unwrap(),
-    );
-    let http = Client::builder()
-        .default_headers(headers)
-        .user_agent(format!("Kibana/{version}"))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("http client");
-    let kibana = Kibana {
-        version: version.clone(),
-        hosts,
-        http,
-        fail_migration,
-        batch_size,
-    };
-
-    let status = Arc::new(Mutex::new(Status {
-        level: "unavailable",
-        summary: "Kibana server is not ready yet".into(),
-    }));
-    let server = tiny_http::Server::http(format!("{host}:{port}"))
-        .unwrap_or_else(|e| die(&format!("cannot listen on {host}:{port}: {e}")));
-    eprintln!(
-        "kibana-standin {version}: listening on {host}:{port}, elasticsearch {:?}",
-        kibana.hosts
-    );
-    {
-        let status = status.clone();
-        let version = version.to_string();
-        std::thread::spawn(move || serve(server, status, version));
-    }
-
-    match kibana.start() {
-        Ok(()) => {
-            *status.lock().unwrap() = Status {
-                level: "available",
-                summary: "All services are available".into(),
-            };
-            eprintln!("kibana-standin {version}: available");
-        }
-        Err(Fatal::Incompatible(msg)) => {
-            eprintln!("kibana-standin {version}: {msg}");
-            *status.lock().unwrap() = Status {
-                level: "critical",
-                summary: msg,
-            };
-        }
-        Err(Fatal::Exit(msg)) => {
-            eprintln!("kibana-standin {version}: FATAL {msg}");
+    let inv = match Invocation::parse(std::env::args().skip(1)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
             std::process::exit(1);
         }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(run(inv));
+    std::process::exit(code);
+}
+
+/// What `<home>/package.json` says (Elastic's build writes `version` and `build`).
+struct Package {
+    version: Version,
+    build_number: u64,
+    build_hash: String,
+}
+
+fn read_package(home: &Path) -> Result<Package, String> {
+    let path = home.join("package.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("Error: {e}, open '{}'", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| format!("Error: {}: {e}", path.display()))?;
+    let version = v["version"]
+        .as_str()
+        .and_then(|s| Version::parse(s).ok())
+        .ok_or_else(|| format!("Error: {} has no semver \"version\"", path.display()))?;
+    Ok(Package {
+        version,
+        build_number: v["build"]["number"].as_u64().unwrap_or(0),
+        build_hash: v["build"]["sha"].as_str().unwrap_or("").to_string(),
+    })
+}
+
+async fn run(inv: Invocation) -> i32 {
+    let pkg = match read_package(&inv.home) {
+        Ok(p) => p,
+        Err(e) => {
+            Logger::console().fatal(&e);
+            return 1;
+        }
+    };
+    if inv.print_version {
+        println!("{}", pkg.version);
+        return 0;
     }
+    let settings = match Settings::load(&inv.config_file, &inv.overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            // src/cli/serve: configuration files are read before logging exists.
+            eprintln!("FATAL CLI ERROR Error: {e}");
+            return 1;
+        }
+    };
+    let rules = Rules::new(pkg.version.clone());
+    let log = match Logger::from_settings(&settings, rules.legacy_logging()) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            Logger::console().fatal(&e);
+            return 1;
+        }
+    };
+    log.info("root", "Kibana is starting");
+    let mut pid_file = None;
+    let code = start(&inv, &pkg, &settings, rules, log.clone(), &mut pid_file).await;
+    if let Some(p) = pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    code
+}
+
+async fn start(
+    inv: &Invocation,
+    pkg: &Package,
+    settings: &Settings,
+    rules: Rules,
+    log: Arc<Logger>,
+    pid_file: &mut Option<PathBuf>,
+) -> i32 {
+    let version = pkg.version.clone();
+    let plugin_ids = match plugins::discover(&inv.home, &version) {
+        Ok(ids) => ids,
+        Err(errors) => {
+            for e in &errors {
+                log.error("plugins-service", &format!("Error: {e}"));
+            }
+            let list: String = errors.iter().map(|e| format!("\n\t{e}")).collect();
+            log.fatal(&format!("Error: Failed to initialize plugins:{list}"));
+            return 1;
+        }
+    };
+    if let Err(e) = settings.validate(&version, inv.dev) {
+        log.fatal(&format!("Error: {e}"));
+        return 64;
+    }
+    let uuid = match data_folder_and_uuid(&inv.home, settings) {
+        Ok(u) => u,
+        Err(e) => {
+            log.fatal(&e);
+            return 1;
+        }
+    };
+    if let Some(p) = settings.str("pid.file") {
+        if Path::new(&p).exists() {
+            if settings.flag("pid.exclusive") {
+                log.fatal(&format!("Error: pid file already exists at {p}"));
+                return 1;
+            }
+            log.warn("environment", &format!("pid file already exists at {p}"));
+        }
+        if let Err(e) = std::fs::write(&p, std::process::id().to_string()) {
+            log.fatal(&format!("Error: {e}, open '{p}'"));
+            return 1;
+        }
+        *pid_file = Some(PathBuf::from(p));
+    }
+    let es = match Es::new(settings, &version.to_string()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            log.fatal(&format!("Error: {e}"));
+            return 64;
+        }
+    };
+
+    let mut plugin_statuses: Vec<(String, ServiceStatus)> = [
+        "licensing",
+        "security",
+        "taskManager",
+        "encryptedSavedObjects",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(plugin_ids)
+    .map(|n| {
+        (
+            n,
+            ServiceStatus::new(Level::Available, "All dependencies are available"),
+        )
+    })
+    .collect();
+    let degraded = settings.str("standin.degraded_plugin");
+    if let Some(d) = &degraded {
+        if !plugin_statuses.iter().any(|(n, _)| n == d) {
+            plugin_statuses.push((
+                d.clone(),
+                ServiceStatus::new(Level::Available, "All dependencies are available"),
+            ));
+        }
+    }
+    let snapshot = Snapshot {
+        elasticsearch: ServiceStatus::new(Level::Unavailable, "Waiting for Elasticsearch"),
+        saved_objects: ServiceStatus::new(
+            Level::Unavailable,
+            "SavedObjects service is not available without a healthy Elasticearch connection",
+        ),
+        plugins: plugin_statuses,
+        legacy_stale_red: settings.flag("standin.legacy_status_stale"),
+    };
+    let identity = Identity {
+        name: settings.str("server.name").unwrap_or_else(hostname),
+        uuid,
+        build_number: pkg.build_number,
+        build_hash: pkg.build_hash.clone(),
+    };
+
+    let listener = match http::bind(settings).await {
+        Ok(l) => l,
+        Err(http::BindError::Config(e)) => {
+            log.fatal(&format!("Error: {e}"));
+            return 64;
+        }
+        Err(http::BindError::Fatal(e)) => {
+            log.fatal(&e);
+            return 1;
+        }
+    };
+    let url = listener.url.clone();
+    log.info(
+        "http.server.Preboot",
+        &format!("http server running at {url}"),
+    );
+    let shared = Arc::new(http::Shared::new(
+        settings,
+        rules.clone(),
+        identity,
+        snapshot,
+        es.clone(),
+        log.clone(),
+    ));
+    tokio::spawn(http::serve(listener, shared.clone()));
+    {
+        let log = log.clone();
+        let pid = pid_file.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            log.info("root", &format!("{name} received - initiating shutdown"));
+            log.info("root", "Kibana is shutting down");
+            if let Some(p) = pid {
+                let _ = std::fs::remove_file(p);
+            }
+            std::process::exit(0);
+        });
+    }
+
+    let delay = Duration::from_millis(
+        settings
+            .u64("elasticsearch.healthCheck.delay")
+            .unwrap_or(2500),
+    );
+    log.info(
+        "savedobjects-service",
+        "Waiting until all Elasticsearch nodes are compatible with Kibana before starting saved objects migrations...",
+    );
+    let mut last = None;
     loop {
-        std::thread::park();
+        let (compatible, es_status) = check_nodes(&es, &log, &rules, settings, &mut last).await;
+        shared.snapshot.write().unwrap().elasticsearch = es_status;
+        if compatible {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+    }
+    log.info("savedobjects-service", "Starting saved objects migrations");
+    shared.snapshot.write().unwrap().saved_objects = ServiceStatus::new(
+        Level::Unavailable,
+        "SavedObjects service is waiting for migrations",
+    );
+    let force_path = match settings.str("standin.migration").as_deref() {
+        Some("reindex") => Some(MigrationPath::Reindex),
+        Some("compatible") => Some(MigrationPath::Compatible),
+        _ => None,
+    };
+    let migrator = migration::Migrator {
+        es: &es,
+        log: &log,
+        rules: &rules,
+        batch_size: settings
+            .u64("migrations.batchSize")
+            .filter(|b| *b > 0)
+            .unwrap_or(1000) as usize,
+        fail_migration: settings.flag("standin.fail_migration"),
+        force_path,
+    };
+    if let Err(e) = migrator.run().await {
+        log.fatal(&format!("Error: {e}"));
+        return 1;
+    }
+
+    {
+        let mut snap = shared.snapshot.write().unwrap();
+        snap.saved_objects = ServiceStatus::new(
+            Level::Available,
+            "SavedObjects service has completed migrations and is available",
+        );
+        if let Some(d) = &degraded {
+            for (n, s) in snap.plugins.iter_mut() {
+                if n == d {
+                    *s = ServiceStatus::new(
+                        Level::Degraded,
+                        format!("{d} is degraded (standin.degraded_plugin)"),
+                    );
+                }
+            }
+        }
+    }
+    *shared.phase.write().unwrap() = http::Phase::Ready;
+    log.info(
+        "http.server.Kibana",
+        &format!("http server running at {url}"),
+    );
+    let level = shared.snapshot.read().unwrap().overall(&rules).0.level;
+    log.info(
+        "status",
+        &format!("Kibana is now {} (was unavailable)", level.name()),
+    );
+    loop {
+        tokio::time::sleep(delay).await;
+        let (_, es_status) = check_nodes(&es, &log, &rules, settings, &mut last).await;
+        shared.snapshot.write().unwrap().elasticsearch = es_status;
     }
 }
 
-fn die(msg: &str) -> ! {
-    eprintln!("kibana-standin: {msg}");
-    std::process::exit(2);
-}
-
-/// `key: value` lines, comments and blank lines ignored (enough of YAML for kibana.yml here).
-fn parse_yaml_lines(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        })
-        .collect()
-}
-
-fn parse_list(v: &str) -> Vec<String> {
-    v.trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(|s| s.trim().trim_matches('"').trim_matches('\'').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn serve(server: tiny_http::Server, status: Arc<Mutex<Status>>, version: String) {
-    for req in server.incoming_requests() {
-        let s = status.lock().unwrap().clone();
-        let (code, body) = if req.url().starts_with("/api/status") {
-            let code = if s.level == "available" { 200 } else { 503 };
-            (
-                code,
-                json!({
-                    "name": std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
-                    "version": {"number": version, "build_flavor": "traditional"},
-                    "status": {"overall": {"level": s.level, "summary": s.summary}},
-                }),
-            )
-        } else {
-            (404, json!({"statusCode": 404, "error": "Not Found"}))
-        };
-        let resp = tiny_http::Response::from_string(body.to_string())
-            .with_status_code(code)
-            .with_header(
-                "content-type: application/json"
-                    .parse::<tiny_http::Header>()
-                    .unwrap(),
+/// One poll of `GET _nodes` as `pollEsNodesVersion` does it; logs only what changed.
+async fn check_nodes(
+    es: &Es,
+    log: &Logger,
+    rules: &Rules,
+    settings: &Settings,
+    last: &mut Option<String>,
+) -> (bool, ServiceStatus) {
+    let path = "_nodes?filter_path=nodes.*.version,nodes.*.http.publish_address,nodes.*.ip";
+    let mut report = |level: log::Level, msg: &str| {
+        if last.as_deref() != Some(msg) {
+            log.log(level, "elasticsearch-service", msg);
+            *last = Some(msg.to_string());
+        }
+    };
+    let nodes = match es.request(log, "GET", path, None).await {
+        Ok((200, v)) => v["nodes"].as_object().cloned().unwrap_or_default(),
+        Ok((code, v)) => {
+            let msg = format!(
+                "Unable to retrieve version information from Elasticsearch nodes. [{}]: HTTP {code} {}",
+                es::error_type(&v),
+                es::error_reason(&v)
             );
-        let _ = req.respond(resp);
+            report(log::Level::Error, &msg);
+            return (false, ServiceStatus::new(Level::Unavailable, msg));
+        }
+        Err(e) => {
+            let msg =
+                format!("Unable to retrieve version information from Elasticsearch nodes. {e}");
+            report(log::Level::Error, &msg);
+            return (false, ServiceStatus::new(Level::Unavailable, msg));
+        }
+    };
+    if nodes.is_empty() {
+        let msg = "Unable to retrieve version information from Elasticsearch nodes.".to_string();
+        report(log::Level::Error, &msg);
+        return (false, ServiceStatus::new(Level::Unavailable, msg));
     }
-}
-
-enum Fatal {
-    Incompatible(String),
-    Exit(String),
-}
-
-impl From<String> for Fatal {
-    fn from(s: String) -> Self {
-        Fatal::Exit(s)
-    }
-}
-
-impl Kibana {
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value), String> {
-        let mut last = String::new();
-        for host in &self.hosts {
-            let url = format!(
-                "{}/{}",
-                host.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            );
-            let mut req = self.http.request(method.parse().unwrap(), &url);
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            match req.send() {
-                Ok(r) => {
-                    for w in r.headers().get_all("warning") {
-                        eprintln!(
-                            "elasticsearch warning: {method} {path}: {}",
-                            String::from_utf8_lossy(w.as_bytes())
-                        );
-                    }
-                    let code = r.status().as_u16();
-                    let text = r.text().unwrap_or_default();
-                    return Ok((
-                        code,
-                        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                    ));
-                }
-                Err(e) => last = format!("{url}: {e}"),
-            }
-        }
-        Err(format!(
-            "Unable to retrieve version information from Elasticsearch nodes. {last}"
-        ))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let (code, v) = self.request(method, path, body)?;
-        if code >= 300 {
-            return Err(format!("{method} {path}: HTTP {code}: {v}"));
-        }
-        Ok(v)
-    }
-
-    fn start(&self) -> Result<(), Fatal> {
-        // Kibana waits for Elasticsearch; give it a while before giving up.
-        let mut nodes = None;
-        for _ in 0..60 {
-            match self.ok("GET", "_nodes?filter_path=nodes.*.version,nodes.*.name,nodes.*.ip,nodes.*.http.publish_address", None) {
-                Ok(v) => {
-                    nodes = Some(v);
-                    break;
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-        let nodes = nodes.ok_or_else(|| Fatal::Exit("Elasticsearch unreachable".into()))?;
-        let mut bad = Vec::new();
-        for (id, n) in nodes["nodes"].as_object().cloned().unwrap_or_default() {
-            let v = n["version"].as_str().unwrap_or("");
-            match semver::Version::parse(v) {
-                Ok(es) if es.major == self.version.major && es.minor >= self.version.minor => {}
-                // Kibana's wording: `v8.15.0 @ 127.0.0.1:9250 (127.0.0.1)`; plus the node's name
-                // and id, so an operator can find it.
-                _ => bad.push(format!(
-                    "v{v} @ {} ({}) [{} {id}]",
-                    n["http"]["publish_address"].as_str().unwrap_or("?"),
-                    n["ip"].as_str().unwrap_or("?"),
-                    n["name"].as_str().unwrap_or("")
-                )),
-            }
-        }
-        if !bad.is_empty() {
-            return Err(Fatal::Incompatible(format!(
-                "This version of Kibana (v{}) is incompatible with the following Elasticsearch nodes in your cluster: {}",
-                self.version,
-                bad.join(", ")
-            )));
-        }
-        self.migrate(".kibana")?;
-        self.migrate(".kibana_task_manager")?;
-        Ok(())
-    }
-
-    /// The index an alias points at, if the alias exists.
-    fn alias_target(&self, alias: &str) -> Result<Option<String>, String> {
-        let (code, v) = self.request("GET", &format!("_alias/{alias}"), None)?;
-        if code == 404 {
-            return Ok(None);
-        }
-        if code >= 300 {
-            return Err(format!("GET _alias/{alias}: HTTP {code}: {v}"));
-        }
-        Ok(v.as_object().and_then(|m| m.keys().next().cloned()))
-    }
-
-    fn migrate(&self, alias: &str) -> Result<(), String> {
-        let v = &self.version;
-        let target = format!("{alias}_{v}_001");
-        let current = self.alias_target(alias)?;
-        match &current {
-            Some(idx) if *idx == target => {
-                eprintln!("{alias}: already at {target}");
-                return Ok(());
-            }
-            None => {
-                eprintln!("{alias}: creating {target}");
-                let (code, body) = self.request(
-                    "PUT",
-                    &target,
-                    Some(json!({"aliases": {alias: {}, format!("{alias}_{v}"): {}}})),
-                )?;
-                // Several instances starting together race for the create; the index comes with
-                // its aliases atomically, so the losers find it complete and go on (as Kibana).
-                if code == 400
-                    && body["error"]["type"] == "resource_already_exists_exception"
-                    && self.alias_target(alias)?.as_deref() == Some(target.as_str())
+    // Sorted by node id for a stable order, named `v<ver> @ <publish_address> (<ip>)`.
+    let mut incompatible = Vec::new();
+    let mut different = Vec::new();
+    for (_, n) in nodes.iter() {
+        let v = n["version"].as_str().unwrap_or("");
+        let name = format!(
+            "v{v} @ {} ({})",
+            n["http"]["publish_address"].as_str().unwrap_or("undefined"),
+            n["ip"].as_str().unwrap_or("undefined")
+        );
+        match Version::parse(v) {
+            Ok(es_v) if rules.es_compatible(&es_v) => {
+                if (es_v.major, es_v.minor, es_v.patch)
+                    != (
+                        rules.version.major,
+                        rules.version.minor,
+                        rules.version.patch,
+                    )
                 {
-                    eprintln!("{alias}: {target} was created by another instance");
-                    return Ok(());
-                }
-                if code >= 300 {
-                    return Err(format!("PUT {target}: HTTP {code}: {body}"));
-                }
-                return Ok(());
-            }
-            Some(_) => {}
-        }
-        let source = current.unwrap();
-        // Kibana never migrates "down": an index of a newer version is fatal at start (this is
-        // why going back needs the snapshot restore, not just the older package).
-        let source_version = source
-            .strip_prefix(&format!("{alias}_"))
-            .and_then(|rest| rest.rsplit_once('_'))
-            .and_then(|(ver, _)| semver::Version::parse(ver).ok());
-        if let Some(sv) = source_version.filter(|sv| sv > v) {
-            return Err(format!(
-                "Unable to complete saved object migrations for the [{alias}] index: The {alias} alias is pointing to a newer version of Kibana: v{sv}"
-            ));
-        }
-        eprintln!("{alias}: migrating {source} -> {target}");
-        let temp = format!("{alias}_{v}_reindex_temp");
-        // Like Kibana, an instance that finds another instance's migration under way (its temp
-        // index exists) waits for it instead of racing it — for ever, if that one failed. It
-        // keeps running and answering 503 meanwhile.
-        let (code, _) = self.request("HEAD", &temp, None)?;
-        if code == 200 {
-            eprintln!("{alias}: {temp} exists: another Kibana instance appears to be migrating; waiting for it to complete");
-            loop {
-                std::thread::sleep(Duration::from_secs(5));
-                if self.alias_target(alias)?.as_deref() == Some(target.as_str()) {
-                    eprintln!("{alias}: the other instance completed the migration");
-                    return Ok(());
+                    different.push(name);
                 }
             }
+            _ => incompatible.push(name),
         }
-        // 1. Write-block the source so an older instance cannot change it under us.
-        self.ok("PUT", &format!("{source}/_block/write"), None)?;
-        // 2. Copy and transform into a temporary index.
-        self.ok("PUT", &temp, None)?;
-        self.ok("POST", &format!("{source}/_refresh"), None)?;
-        let total = self.ok("GET", &format!("{source}/_count"), None)?["count"]
-            .as_u64()
-            .unwrap_or(0) as usize;
-        // With standin.fail_migration the copy stops after half of the documents (at least one
-        // when there are any), as a migration that dies in its transform/bulk-index loop does.
-        let stop_after = if self.fail_migration {
-            Some((total / 2).max(total.min(1)))
-        } else {
-            None
+    }
+    let kv = &rules.version;
+    if !incompatible.is_empty() {
+        if settings.flag("elasticsearch.ignoreVersionMismatch") {
+            let msg = format!(
+                "Ignoring version incompatibility between Kibana v{kv} and the following Elasticsearch nodes: {}",
+                incompatible.join(", ")
+            );
+            report(log::Level::Warn, &msg);
+            return (
+                true,
+                ServiceStatus::new(Level::Available, "Elasticsearch is available"),
+            );
+        }
+        let msg = format!(
+            "This version of Kibana (v{kv}) is incompatible with the following Elasticsearch nodes in your cluster: {}",
+            incompatible.join(", ")
+        );
+        report(log::Level::Error, &msg);
+        return (false, ServiceStatus::new(Level::Critical, msg));
+    }
+    if !different.is_empty() {
+        let msg = format!(
+            "You're running Kibana {kv} with some different versions of Elasticsearch. Update Kibana or Elasticsearch to the same version to prevent compatibility issues: {}",
+            different.join(", ")
+        );
+        report(log::Level::Warn, &msg);
+        return (
+            true,
+            ServiceStatus::new(
+                Level::Available,
+                "Some nodes are a different version of Elasticsearch than this Kibana",
+            ),
+        );
+    }
+    report(log::Level::Info, "Elasticsearch is available");
+    (
+        true,
+        ServiceStatus::new(Level::Available, "Elasticsearch is available"),
+    )
+}
+
+/// `core-environment-server-internal`: the data folder (created if missing) and the instance
+/// uuid kept in `<data>/uuid` (`resolve_uuid.ts`), unless `server.uuid` sets it.
+fn data_folder_and_uuid(home: &Path, s: &Settings) -> Result<String, String> {
+    // @kbn/utils getDataPath: the first readable of <home>/data and /var/lib/kibana (deb/rpm),
+    // else <home>/data.
+    let data = s.str("path.data").map(PathBuf::from).unwrap_or_else(|| {
+        [home.join("data"), PathBuf::from("/var/lib/kibana")]
+            .into_iter()
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| home.join("data"))
+    });
+    let uuid_error = |e: std::io::Error| {
+        let code = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "EACCES".to_string(),
+            std::io::ErrorKind::NotFound => "ENOENT".to_string(),
+            _ => e.to_string(),
         };
-        let pit = self.ok("POST", &format!("{source}/_pit?keep_alive=5m"), None)?["id"]
-            .as_str()
-            .ok_or("POST _pit: no id")?
-            .to_string();
-        let copied = self.copy_with_pit(&pit, &temp, stop_after);
-        let _ = self.request("DELETE", "_pit", Some(json!({"id": pit})));
-        let copied = copied?;
-        if let Some(n) = stop_after {
-            return Err(format!(
-                "Unable to complete saved object migrations for the [{alias}] index: migration stopped after {copied} of {total} documents ({n} requested; standin.fail_migration)"
-            ));
-        }
-        // 3. Clone the temp index into the target and move the aliases there.
-        self.ok("POST", &format!("{temp}/_refresh"), None)?;
-        self.ok("PUT", &format!("{temp}/_block/write"), None)?;
-        self.ok("POST", &format!("{temp}/_clone/{target}"), None)?;
-        // A clone inherits the write block; the target must take writes.
-        self.ok(
-            "PUT",
-            &format!("{target}/_settings"),
-            Some(json!({"index.blocks.write": false})),
-        )?;
-        self.ok(
-            "GET",
-            &format!("_cluster/health/{target}?wait_for_status=yellow&timeout=30s"),
-            None,
-        )?;
-        self.ok(
-            "POST",
-            "_aliases",
-            Some(json!({"actions": [
-                {"remove": {"index": source, "alias": alias}},
-                {"add": {"index": target, "alias": alias}},
-                {"add": {"index": target, "alias": format!("{alias}_{v}")}},
-                {"remove_index": {"index": temp}},
-            ]})),
-        )?;
-        eprintln!("{alias}: migrated {copied} documents into {target}");
-        Ok(())
+        format!("Error: Unable to write Kibana UUID file, please check the uuid.server configuration value in kibana.yml and ensure Kibana has sufficient permissions to read / write to this file. Error was: {code}")
+    };
+    std::fs::create_dir_all(&data).map_err(uuid_error)?;
+    if let Some(u) = s.str("server.uuid") {
+        return Ok(u);
     }
+    let file = data.join("uuid");
+    match std::fs::read_to_string(&file) {
+        Ok(u) if !u.trim().is_empty() => return Ok(u.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(uuid_error(e)),
+    }
+    let u = new_uuid();
+    std::fs::write(&file, &u).map_err(uuid_error)?;
+    Ok(u)
+}
 
-    /// Reads the source through a point in time in batches, transforms each document and bulk-
-    /// writes it into `temp`; stops after `stop_after` documents when given. Returns how many
-    /// documents were written.
-    fn copy_with_pit(
-        &self,
-        pit: &str,
-        temp: &str,
-        stop_after: Option<usize>,
-    ) -> Result<usize, String> {
-        let v = self.version.to_string();
-        let mut copied = 0usize;
-        let mut after: Option<Value> = None;
-        loop {
-            let mut size = self.batch_size;
-            if let Some(n) = stop_after {
-                size = size.min(n - copied);
-                if size == 0 {
-                    return Ok(copied);
-                }
-            }
-            let mut q = json!({"size": size, "pit": {"id": pit, "keep_alive": "5m"}, "sort": [{"_shard_doc": "asc"}]});
-            if let Some(a) = &after {
-                q["search_after"] = a.clone();
-            }
-            let page = self.ok("POST", "_search", Some(q))?;
-            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-            if hits.is_empty() {
-                return Ok(copied);
-            }
-            after = hits.last().map(|h| h["sort"].clone());
-            let mut bulk = String::new();
-            for h in &hits {
-                let mut src = h["_source"].clone();
-                src["coreMigrationVersion"] = json!(v);
-                src["typeMigrationVersion"] = json!(v);
-                bulk.push_str(&json!({"index": {"_id": h["_id"]}}).to_string());
-                bulk.push('\n');
-                bulk.push_str(&src.to_string());
-                bulk.push('\n');
-            }
-            let r = self.bulk(&format!("{temp}/_bulk"), bulk)?;
-            if r["errors"] == json!(true) {
-                let first = r["items"]
-                    .as_array()
-                    .and_then(|i| i.iter().find(|x| x["index"]["error"].is_object()).cloned());
-                return Err(format!(
-                    "bulk into {temp} failed: {}",
-                    first.unwrap_or(Value::Null)
-                ));
-            }
-            copied += hits.len();
-        }
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
     }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
 
-    fn bulk(&self, path: &str, ndjson: String) -> Result<Value, String> {
-        let mut last = String::new();
-        for host in &self.hosts {
-            let url = format!("{}/{path}", host.trim_end_matches('/'));
-            match self
-                .http
-                .post(&url)
-                .header("content-type", "application/x-ndjson")
-                .body(ndjson.clone())
-                .send()
-            {
-                Ok(r) => {
-                    for w in r.headers().get_all("warning") {
-                        eprintln!(
-                            "elasticsearch warning: POST {path}: {}",
-                            String::from_utf8_lossy(w.as_bytes())
-                        );
-                    }
-                    let code = r.status().as_u16();
-                    let text = r.text().unwrap_or_default();
-                    if code >= 300 {
-                        return Err(format!("POST {path}: HTTP {code}: {text}"));
-                    }
-                    return serde_json::from_str(&text)
-                        .map_err(|e| format!("POST {path}: {e}: {text}"));
-                }
-                Err(e) => last = format!("{url}: {e}"),
-            }
-        }
-        Err(format!(
-            "POST {path}: no Elasticsearch host answered: {last}"
-        ))
-    }
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "kibana".into())
 }
