@@ -8,8 +8,10 @@
 //! * `stop_unit` stops the unit and puts the start hold in place (`host::hold`: a drop-in whose
 //!   assertion fails every start, in /etc so it survives a reboot, working with 7.x units in
 //!   /etc/systemd/system where a mask cannot be created);
-//! * `reinstall` installs and holds the package, then `daemon-reload`s (the package may have
-//!   rewritten the unit) and notes when the install ended, for the start step's evidence;
+//! * `reinstall` makes sure the hold is in place (Elastic's 8.x+ .deb restarts kibana.service on
+//!   upgrade and downgrade; the hold refuses that restart), installs and holds the package, then
+//!   `daemon-reload`s (the package may have rewritten the unit) and notes when the install
+//!   ended, for the start step's evidence;
 //! * `start_unit` lifts the hold (`ResetFailedUnit` included, so a start-limited unit can start
 //!   again), starts the unit and waits for Kibana — **failing fast** when the unit crash-loops
 //!   (two automatic restarts), exits 64 (a setting the older Kibana does not know), fails or hits
@@ -261,6 +263,15 @@ impl Host {
             tracing::info!("resuming an interrupted reinstall of {version}");
         }
         let (name, v) = self.resolve(version).await?;
+        // Held before the install, so the package's own restart (Elastic's 8.x+ .deb restarts
+        // kibana.service on upgrade and downgrade: RESTART_ON_UPGRADE in /etc/default/kibana)
+        // is refused too: the start step starts Kibana.
+        let hold = self.hold();
+        if !hold.is_held() {
+            hold.apply(&self.units)
+                .await
+                .map_err(|e| format!("the start hold failed: {e}"))?;
+        }
         let installed = self
             .pkg
             .install_exact(&name, &v)
@@ -276,12 +287,6 @@ impl Host {
             .daemon_reload()
             .await
             .map_err(|e| format!("installed, but daemon-reload failed: {e}"))?;
-        let hold = self.hold();
-        if !hold.is_held() {
-            hold.apply(&self.units)
-                .await
-                .map_err(|e| format!("installed, but the start hold failed: {e}"))?;
-        }
         if installed.previous.as_ref() != Some(&v) {
             *self.install_end.lock().expect("install_end lock") = Some(ended);
         }

@@ -628,6 +628,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn watch_notices_start_changes_and_the_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        let write = |port: u16| {
+            std::fs::write(
+                &main,
+                format!("[elasticsearch]\nhosts = [\"http://127.0.0.1:{port}\"]\n[coordination]\nhost_id = \"kb1\"\n"),
+            )
+            .unwrap()
+        };
+        write(9200);
+        let sources = Sources {
+            main: main.clone(),
+            dropin_dirs: vec![],
+            credentials_dir: None,
+        };
+        let loaded = config::load(&sources).unwrap();
+        let mut w = Watch::new(
+            &loaded.settings,
+            Some(ConfigOnDisk {
+                sources,
+                merged: loaded.merged,
+            }),
+        );
+        let local = Local {
+            root: dir.path().join("host-root"),
+            command_prefix: vec![],
+        };
+        let t0 = Duration::from_secs(100);
+        assert_eq!(w.due(t0, &local).as_deref(), Some("agent start"));
+        assert_eq!(w.due(t0 + Duration::from_secs(1), &local), None);
+        assert_eq!(w.config_problem(), ConfigState::Current);
+        // the agent's configuration changes on disk
+        std::thread::sleep(Duration::from_millis(20));
+        write(9201);
+        let why = w.due(t0 + Duration::from_secs(2), &local).unwrap();
+        assert!(why.contains("config.toml changed"), "{why}");
+        match w.config_problem() {
+            ConfigState::Problem { detail, fix } => {
+                assert!(detail.contains("elasticsearch.hosts"), "{detail}");
+                assert!(fix.contains("systemctl restart kibana-rollbackd"), "{fix}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // a host file (kibana.yml) appears
+        std::fs::create_dir_all(local.path("/etc/kibana")).unwrap();
+        std::fs::write(local.path("/etc/kibana/kibana.yml"), "server.port: 5611\n").unwrap();
+        let why = w.due(t0 + Duration::from_secs(3), &local).unwrap();
+        assert!(why.contains("/etc/kibana/kibana.yml changed"), "{why}");
+        assert_eq!(w.due(t0 + Duration::from_secs(4), &local), None);
+        let why = w.due(t0 + Duration::from_secs(3) + PERIOD, &local).unwrap();
+        assert!(why.starts_with("periodic"), "{why}");
+    }
+
+    #[test]
     fn environment_files() {
         let e = parse_env_file("# comment\nKBN_PATH_CONF=\"/etc/kibana2\"\nexport NODE_OPTIONS='--max-old-space-size=4096'\n\n");
         assert_eq!(
