@@ -319,8 +319,9 @@ async fn stage_fleet(prefix: &str, tweak: impl Fn(&TestHost, usize) + Sync) -> O
         h.exec_ok(&["systemctl", "stop", "kibana.service"]);
     }
     for (i, h) in fleet.each() {
-        install(h, NEW);
+        // before the upgrade: an 8.x .deb upgrade restarts kibana.service (RESTART_ON_UPGRADE)
         kibana_yml(h, i, true);
+        install(h, NEW);
         h.exec_ok(&["systemctl", "start", "kibana.service"]);
     }
     wait_for(
@@ -433,9 +434,12 @@ fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
     h.write(
         "/etc/kibana/kibana.yml",
         &format!(
-            "server.port: {}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.fail_migration: {fail_migration}\n",
+            // the test node has no security (as Kibana sees it: full status without
+            // credentials); the failing upgrade takes the reindex path (a temp index)
+            "server.port: {}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.security: false\nstandin.fail_migration: {fail_migration}\nstandin.migration: {}\n",
             port(i),
-            es_node().url
+            es_node().url,
+            if fail_migration { "reindex" } else { "auto" }
         ),
     );
 }

@@ -28,7 +28,7 @@ mod testbed;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,6 @@ use serde_json::{json, Value};
 
 const OLD: &str = "8.14.3";
 const NEW: &str = "8.15.0";
-const ES_VERSION: &str = "8.15.0";
 
 /// One stand-in process with its own home (package.json, plugins/) and config dir.
 struct Kb {
@@ -757,11 +756,30 @@ async fn status_before_8_9_and_in_7x_needs_credentials_and_7x_speaks_the_legacy_
     assert_eq!(rec["tags"], json!(["info", "status"]));
     drop(kb);
 
-    // kibana#101049: the legacy format says red while v8format is fine.
-    let mut kb = Kb::start(
+    // kibana#101049: the legacy format says red while v8format is fine. With
+    // status.allowAnonymous, 7.14+ also serves the full status before it is ready.
+    let gate = Gate::new(&es_node().url);
+    let mut kb = Kb::start_with(
         "7.17.28",
-        "standin.legacy_status_stale: true\nstatus.allowAnonymous: true\n",
+        Opts {
+            es: &gate.url,
+            yml: "standin.legacy_status_stale: true\nstatus.allowAnonymous: true\n",
+            ..Default::default()
+        },
     );
+    kb.wait_log("http server running at", Duration::from_secs(20))
+        .await;
+    let (code, early) = kb.status("", None).await;
+    assert_eq!(code, 503, "{early}");
+    assert_eq!(early["version"]["number"], "7.17.28");
+    assert_eq!(early["status"]["overall"]["state"], "red", "{early}");
+    let (code, early) = kb.status("?v8format=true", None).await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        early["status"]["core"]["elasticsearch"]["summary"],
+        "Waiting for Elasticsearch"
+    );
+    gate.open();
     kb.wait_ready().await;
     let (code, legacy) = kb.status("", None).await;
     assert_eq!(code, 200, "status.allowAnonymous: no credentials needed");
@@ -1242,9 +1260,9 @@ async fn compatible_upgrade_reuses_the_index_and_the_older_kibana_refuses_its_do
             " FATAL  Error: Unable to complete saved object migrations for the [.kibana] index: Migrations failed. Reason: {N} transformation errors were encountered:\n- tag:00000: Error: Document \"tag:00000\" belongs to a more recent version of Kibana [{NEW}] when the last known version is [{OLD}].\n"
         );
         assert!(err.starts_with(&format!("\n{first}")), "{err}");
-        assert!(err.ends_with(&format!(
+        assert!(err.ends_with(
             "\nTo allow migrations to proceed, please delete or fix these documents.\nNote that you can configure Kibana to automatically discard corrupt documents and transform errors for this migration.\nPlease refer to https://www.elastic.co/guide/en/kibana/8.14/resolve-migrations-failures.html for more information.\n\n"
-        )), "{err}");
+        ), "{err}");
         assert!(older.stdout().contains(
             "[ERROR][savedobjects-service] [.kibana] migration failed, dumping execution log:"
         ));
@@ -1586,5 +1604,4 @@ fn the_packages_carry_the_stand_in_and_elastics_layout() {
     let mut want = testbed::VERSIONS.to_vec();
     want.sort();
     assert_eq!(versions, want);
-    let _ = ES_VERSION;
 }

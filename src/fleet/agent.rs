@@ -32,7 +32,8 @@ pub struct HostFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum HostStep {
-    /// Report whether `version` is installable from the configured repositories.
+    /// Check this host is ready for `version`: its readiness checks, fresh (the package lists
+    /// refreshed first; `version` installable from the configured repositories among them).
     CheckAvailable { version: Version },
     /// Download `version` without installing it.
     Prefetch { version: Version },

@@ -25,7 +25,6 @@
 //! cannot answer, so the body is redacted ("never falls open").
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use http_body_util::Full;
@@ -173,7 +172,7 @@ fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, Stri
 /// Serves until the process ends.
 pub async fn serve(listener: Listener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, peer)) = listener.tcp.accept().await else {
+        let Ok((stream, _)) = listener.tcp.accept().await else {
             continue;
         };
         let shared = shared.clone();
@@ -181,7 +180,7 @@ pub async fn serve(listener: Listener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req, peer).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
             });
             let http = hyper::server::conn::http1::Builder::new();
             match tls {
@@ -236,11 +235,7 @@ fn boom(code: u16, message: &str, name: &str) -> Response<Full<Bytes>> {
     respond(code, "application/json; charset=utf-8", body, name)
 }
 
-async fn handle(
-    shared: &Shared,
-    req: Request<Incoming>,
-    _peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let name = shared.identity.name.as_str();
     let mut path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();

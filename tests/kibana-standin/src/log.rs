@@ -17,8 +17,6 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
-
 use crate::config::Settings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -176,22 +174,21 @@ impl Logger {
                     "[{now}][{:<5}][{logger}] {message}",
                     level.name().to_uppercase()
                 ),
-                Format::Ecs => json!({
-                    "ecs": {"version": "8.11.0"},
-                    "@timestamp": now,
-                    "message": message,
-                    "log": {"level": level.name().to_uppercase(), "logger": logger},
-                    "process": {"pid": std::process::id()},
-                })
-                .to_string(),
-                Format::LegacyJson => json!({
-                    "type": "log",
-                    "@timestamp": now,
-                    "tags": [level.name(), logger],
-                    "pid": std::process::id(),
-                    "message": message,
-                })
-                .to_string(),
+                // Written by hand: Kibana's key order, which serde_json's map would sort.
+                Format::Ecs => format!(
+                    r#"{{"ecs":{{"version":"8.11.0"}},"@timestamp":"{now}","message":{},"log":{{"level":"{}","logger":{}}},"process":{{"pid":{}}}}}"#,
+                    quoted(message),
+                    level.name().to_uppercase(),
+                    quoted(logger),
+                    std::process::id()
+                ),
+                Format::LegacyJson => format!(
+                    r#"{{"type":"log","@timestamp":"{now}","tags":["{}",{}],"pid":{},"message":{}}}"#,
+                    level.name(),
+                    quoted(logger),
+                    std::process::id(),
+                    quoted(message)
+                ),
                 Format::LegacyText => format!(
                     "  log   [{}] [{}][{logger}] {message}",
                     &now[11..23],
@@ -220,6 +217,10 @@ impl Logger {
         self.log(Level::Fatal, "root", reason);
         eprintln!("\n FATAL  {reason}\n");
     }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmm+00:00` (Kibana's ISO8601_TZ; the stand-in always logs in UTC).

@@ -585,7 +585,6 @@ impl<'a> Migrator<'a> {
             after = hits.last().map(|h| h["sort"].clone());
             m.to(transform);
             let mut batch = String::new();
-            let before = problems.corrupt.len() + problems.transform.len();
             for h in &hits {
                 match self.transform(h, fail_id) {
                     Ok(doc) => {
@@ -598,7 +597,6 @@ impl<'a> Migrator<'a> {
                     Err(Problem::Transform(id, err)) => problems.transform.push((id, err)),
                 }
             }
-            let _ = before;
             // Once a problem is seen, no further batch is written; reading goes on to report
             // every problem at the end.
             if !problems.any() {
@@ -676,8 +674,7 @@ impl<'a> Migrator<'a> {
         .into_iter()
         .flatten()
         .find_map(|s| Version::parse(s).ok().map(|p| (s.to_string(), p)));
-        if let Some((raw, dv)) = doc_version.filter(|(_, dv)| dv > v) {
-            let _ = dv;
+        if let Some((raw, _)) = doc_version.filter(|(_, dv)| dv > v) {
             return Err(Problem::Transform(
                 id.clone(),
                 format!("Error: {}", self.rules.newer_document_error(&id, ty, &raw)),
