@@ -490,6 +490,7 @@ mod tests {
             machine: None,
             probe_answered: 0,
             client_addresses: vec![],
+            readiness: None,
         }
     }
 

@@ -122,6 +122,10 @@ async fn write_host_with(
         Some(json!({
             "host_id": id, "agent_version": "0.1.0", "unit_state": "active", "installed_version": installed,
             "held": false, "heartbeat": heartbeat, "ack": null, "install_history": install_history,
+            // what a real agent publishes: its readiness report (here every check passed)
+            "readiness": {"target": null, "trigger": "agent start", "checks": [
+                {"check": "kibana_yml", "status": "ok", "detail": "agrees with kibana.status_url"}
+            ]},
         })),
     )
     .await;
@@ -891,4 +895,62 @@ async fn a_host_id_claimed_by_two_machines_is_refused_naming_both() {
     assert!(out.contains("claimed by two machines"), "{out}");
     assert!(operation(&e.index).await.is_none());
     raw("DELETE", &e.index, None).await;
+}
+
+/// A host whose agent found a problem before anything stopped: `plan` fails naming the host,
+/// the check and the fix, and `start` refuses with it and writes nothing. A report made for
+/// another target version is said so.
+#[tokio::test]
+async fn a_host_that_is_not_ready_is_named_by_plan_and_refused_by_start() {
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\", \"kb2\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("{}/_doc/host-kb2?refresh=true", e.index),
+        Some(json!({
+            "host_id": "kb2", "agent_version": "0.1.0", "unit_state": "active", "installed_version": "8.15.0",
+            "held": false, "heartbeat": 1, "ack": null,
+            "readiness": {"target": "8.13.4", "trigger": "agent start", "checks": [
+                {"check": "kibana_yml", "status": "fail",
+                 "detail": "kibana.status_url http://127.0.0.1:5601/api/status has port 5601 but kibana.yml has server.port: 5611",
+                 "fix": "set kibana.status_url = \"http://127.0.0.1:5611/api/status\" (or change kibana.yml)"},
+                {"check": "repository", "status": "fail", "for_target": true,
+                 "detail": "version 8.13.4 of kibana is not available", "fix": "add it"}
+            ]},
+        })),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{v}");
+
+    let (code, out, _) = run_cli(&e.cfg, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    let ready = out
+        .lines()
+        .find(|l| l.starts_with("hosts ready"))
+        .unwrap_or_else(|| panic!("no hosts ready line:\n{out}"));
+    assert!(
+        ready.contains("FAIL")
+            && ready.contains("kb2: kibana_yml:")
+            && ready.contains("server.port: 5611")
+            && ready.contains("fix: set kibana.status_url = \"http://127.0.0.1:5611/api/status\""),
+        "{out}"
+    );
+    assert!(
+        !ready.contains("kb2: repository"),
+        "a check for another target does not fail: {out}"
+    );
+    assert!(
+        out.contains("readiness report is for Kibana 8.13.4, not the requested 8.14.3"),
+        "{out}"
+    );
+
+    let (code, _, err) = run_cli(&e.cfg, &["start"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("kb2: kibana_yml:") && err.contains("server.port: 5611"),
+        "{err}"
+    );
+    assert!(operation(&e.index).await.is_none(), "start wrote nothing");
 }

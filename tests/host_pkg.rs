@@ -12,8 +12,7 @@
 //! * dnf runs on the machine with `--installroot` (a fresh directory per test), its own
 //!   versionlock configuration (`--setopt=pluginconfpath=`), and the rpm repository served over
 //!   HTTP on 127.0.0.1, so that downloads really go through dnf's package cache (a `file://`
-//!   repository is used in place and never cached). The packages' scriptlets are skipped there
-//!   (`tsflags=noscripts`: the installroot has no shell); tests/host_kibana.rs runs them.
+//!   repository is used in place and never cached).
 //! * Both need root; without it every test here prints why and passes without checking
 //!   anything (CI runs as root).
 //!
@@ -48,6 +47,19 @@ fn skip_unless_root(test: &str) -> bool {
     }
     println!("SKIPPED {test}: needs root (mount namespaces, overlayfs, dnf --installroot); CI runs as root");
     true
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The version in a Kibana home's package.json (as Elastic's packages have it).
+fn home_version(package_json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(package_json).unwrap();
+    v["version"].as_str().unwrap().to_string()
 }
 
 fn kibana() -> PackageName {
@@ -277,10 +289,17 @@ async fn apt_install_downgrade_hold_cycle() {
     // the rollback: downgrade a held package, hold again
     let t_down = Instant::now();
     let v814 = pm.resolve(&k, "8.14.3").await.unwrap();
+    let before = epoch_secs();
     let r = pm.install_exact(&k, &v814).await.unwrap();
     let downgrade = t_down.elapsed();
     assert_eq!(r.previous, Some(v815.clone()));
     assert!(r.held);
+    // the end of the install, as the start step's process evidence reads it (dpkg's file list)
+    let at = pm.installed_at(&k).await.unwrap().expect("installed");
+    assert!(
+        before <= at && at <= epoch_secs(),
+        "installed_at {at}, install began {before}"
+    );
     pm.verify(&k, &v814, true).await.unwrap();
     assert!(matches!(
         pm.verify(&k, &v815, true).await,
@@ -291,9 +310,10 @@ async fn apt_install_downgrade_hold_cycle() {
         e.to_string(),
         "kibana: expected version 8.14.3, found version 8.14.3 held"
     );
-    assert!(root
-        .sh("cat /usr/share/kibana/package.json")
-        .contains("\"version\": \"8.14.3\""));
+    assert_eq!(
+        home_version(&root.sh("cat /usr/share/kibana/package.json")),
+        "8.14.3"
+    );
     assert!(root
         .sh("cat /etc/kibana/kibana.yml")
         .contains("# operator edit"));
@@ -497,9 +517,8 @@ impl DnfRoot {
             ),
             format!("--repofrompath=kr-test,{}", self.url),
             "--nogpgcheck".into(),
-            // The kibana packages' scriptlets (Elastic's: useradd, systemctl, ...) cannot run in
-            // an empty installroot; the repository's kr-test-base provides the /bin/sh they
-            // require so dnf can resolve them (tests/harness/pkgrepo).
+            // the packages' scriptlets (Elastic's: user, chown, systemctl) cannot run in an empty
+            // installroot; the repository's kr-test-base provides the /bin/sh they require
             "--setopt=tsflags=noscripts".into(),
         ]
     }
@@ -607,9 +626,16 @@ async fn dnf_install_downgrade_versionlock_cycle() {
     let t_down = Instant::now();
     let v814 = pm.resolve(&k, "8.14.3").await.unwrap();
     assert_eq!(v814, "8.14.3-1");
+    let before = epoch_secs();
     let r = pm.install_exact(&k, &v814).await.unwrap();
     let downgrade = t_down.elapsed();
     assert_eq!(r.previous, Some(v815.clone()));
+    // rpm's INSTALLTIME of the downgrade, as the start step's process evidence reads it
+    let at = pm.installed_at(&k).await.unwrap().expect("installed");
+    assert!(
+        before <= at && at <= epoch_secs(),
+        "installed_at {at}, install began {before}"
+    );
     pm.verify(&k, &v814, true).await.unwrap();
     assert_eq!(locked(&pm).await, vec![v814.clone()]);
     assert!(
@@ -623,10 +649,9 @@ async fn dnf_install_downgrade_versionlock_cycle() {
         Err(PkgError::VerifyFailed { .. })
     ));
     let ir = env.installroot();
-    assert!(
-        std::fs::read_to_string(ir.join("usr/share/kibana/package.json"))
-            .unwrap()
-            .contains("\"version\": \"8.14.3\"")
+    assert_eq!(
+        home_version(&std::fs::read_to_string(ir.join("usr/share/kibana/package.json")).unwrap()),
+        "8.14.3"
     );
     assert!(std::fs::read_to_string(ir.join("etc/kibana/kibana.yml"))
         .unwrap()
@@ -745,4 +770,51 @@ async fn dnf_prefetch_downloads_without_installing() {
         t.elapsed(),
         prefetch
     );
+}
+
+/// dnf5 (Fedora 41+) is refused before anything runs, with the reason and what to do; shown
+/// with a `dnf` shim on PATH that answers `--version` as dnf5 does (dnf5 does not run on
+/// Debian 12). The machine's real dnf 4 is accepted.
+#[tokio::test]
+async fn dnf5_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("dnf");
+    std::fs::write(
+        &shim,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then\n  echo 'dnf5 version 5.2.8.1'\n  echo 'dnf5 plugin API version 2.0'\n  echo 'libdnf5 version 5.2.8.1'\n  exit 0\nfi\necho \"dnf5 shim: $*\" >&2; exit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let settings = PkgSettings {
+        kind: PkgKind::Dnf,
+        ..PkgSettings::default()
+    };
+    let prefix: Vec<OsString> = vec![
+        "env".into(),
+        format!(
+            "PATH={}:/usr/sbin:/usr/bin:/sbin:/bin",
+            dir.path().display()
+        )
+        .into(),
+    ];
+    let e = PackageManager::with_command_prefix(&settings, prefix)
+        .await
+        .expect_err("dnf5 must be refused");
+    assert!(matches!(e, PkgError::Dnf5Unsupported { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("dnf5 (dnf5 version 5.2.8.1)")
+            && msg.contains("untested")
+            && msg.contains("fix:"),
+        "{msg}"
+    );
+    if Command::new("dnf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let pm = PackageManager::from_settings(&settings).await.unwrap();
+        assert_eq!(pm.kind(), PkgKind::Dnf, "dnf 4 is accepted");
+    }
 }

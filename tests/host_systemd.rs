@@ -14,6 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hosts::{LazyHosts, TestHost, UnitFile, UnitFile::*};
+use kibana_rollback::agent::Host;
+use kibana_rollback::config::{self, Sources};
+use kibana_rollback::fleet::{HostStep, StepResult};
+use kibana_rollback::host::hold::Hold;
+use kibana_rollback::host::kibana_status::StatusProbe;
+use kibana_rollback::host::local::Local;
+use kibana_rollback::host::pkg::PackageManager;
 use kibana_rollback::host::systemd::{
     Action, ActiveState, JobResult, LoadState, SystemdUnits, UnitError, Waiting,
 };
@@ -39,6 +46,14 @@ const UNITS: &[(&str, UnitFile)] = &[
     ("denied.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
     ("peer.service", Text("[Service]\nExecStart=/bin/sleep infinity\n")),
     ("masked.service", Link("/dev/null")),
+    // Kibana's crash loop: exits 1 every time, restarted after 1 s, start limit 3 in 60 s
+    ("crashes.service", Text("[Unit]\nStartLimitBurst=3\nStartLimitIntervalSec=60\n[Service]\nExecStart=/bin/sh -c 'echo \"FATAL  Error: Unable to complete saved object migrations for the [.kibana] index\"; exit 1'\nRestart=on-failure\nRestartSec=1\n")),
+    // Kibana's answer to a setting it does not know: exit 64
+    ("badsetting.service", Text("[Unit]\nStartLimitBurst=3\nStartLimitIntervalSec=60\n[Service]\nExecStart=/bin/sh -c 'echo \"FATAL  Error: Unknown configuration key(s): xpack.newfeature.enabled. Check for spelling errors and ensure that expected plugins are installed.\"; exit 64'\nRestart=on-failure\nRestartSec=1\n")),
+    // fails while /var/tmp/kr-limited-fail exists: driven into its start limit, then healed
+    ("limited.service", Text("[Unit]\nStartLimitBurst=3\nStartLimitIntervalSec=60\n[Service]\nExecStart=/bin/sh -c 'test -e /var/tmp/kr-limited-fail && exit 1; exec sleep infinity'\nRestart=on-failure\nRestartSec=100ms\n")),
+    // a 7.x package's unit: a regular file in /etc/systemd/system (where a mask cannot go)
+    ("kibana7.service", Text("[Unit]\nDescription=Kibana 7.x layout\n[Service]\nExecStart=/bin/sleep infinity\nRestart=on-failure\n[Install]\nWantedBy=multi-user.target\n")),
 ];
 
 /// A test: on the two shared hosts, or without any.
@@ -101,6 +116,22 @@ fn main() {
             Hosts(two_hosts_are_independent),
         ),
         ("unreachable_bus_names_the_address", Plain(unreachable_bus)),
+        (
+            "start_step_fails_fast_on_a_crash_loop",
+            Hosts(start_step_fails_fast_on_a_crash_loop),
+        ),
+        (
+            "start_step_names_exit_64_as_an_unknown_setting",
+            Hosts(start_step_names_exit_64),
+        ),
+        (
+            "start_limited_unit_is_reset_and_started",
+            Hosts(start_limited_unit_is_reset_and_started),
+        ),
+        (
+            "hold_keeps_a_7x_unit_in_etc_from_starting",
+            Hosts(hold_keeps_a_7x_unit_from_starting),
+        ),
         (
             "connect_honours_dbus_system_bus_address",
             Hosts(connect_honours_env),
@@ -590,6 +621,217 @@ fn access_denied(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
     )?;
     check(out.contains("STATUS active"), || out.clone())?;
     block_on(async { Ok(units(a).await?.stop("denied.service", OP).await.map(drop)?) })
+}
+
+// --- the host steps on real units ----------------------------------------------------------------
+
+/// The agent's host adapters for test host `h`, managing `unit`: systemd over the host's bus,
+/// commands (journalctl) through `host exec`, files under the host's root; Kibana's status URL
+/// on a port where nothing listens.
+async fn host_steps(h: &TestHost, unit: &str, start_timeout: &str) -> Result<Host, Failed> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let main = dir.path().join("config.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "[elasticsearch]\nhosts = [\"http://127.0.0.1:9\"]\n\
+             [kibana]\nunit = \"{unit}\"\nstatus_url = \"http://127.0.0.1:{port}/api/status\"\nstart_timeout = \"{start_timeout}\"\n\
+             [coordination]\nhost_id = \"t\"\n[package_manager]\nkind = \"apt\"\n"
+        ),
+    )?;
+    let loaded = config::load(&Sources {
+        main,
+        dropin_dirs: vec![],
+        credentials_dir: None,
+    })?;
+    let settings = Arc::new(loaded.settings);
+    let prefix: Vec<std::ffi::OsString> = [hosts::HARNESS, "exec", &h.name, "--"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    let pkg =
+        PackageManager::with_command_prefix(&settings.package_manager, prefix.clone()).await?;
+    let probe = StatusProbe::new(&settings.kibana)?;
+    let local = Local {
+        root: h.root.clone(),
+        command_prefix: prefix,
+    };
+    Ok(Host::new(
+        units(h).await?,
+        pkg,
+        probe,
+        settings,
+        local,
+        None,
+    ))
+}
+
+fn v(s: &str) -> semver::Version {
+    semver::Version::parse(s).unwrap()
+}
+
+fn start_step_fails_fast_on_a_crash_loop(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let unit = "crashes.service";
+        let host = host_steps(a, unit, "2m").await?;
+        let t = Instant::now();
+        let err = host
+            .start(&v("8.14.3"))
+            .await
+            .expect_err("a crash loop must fail the step");
+        let took = t.elapsed();
+        println!("crash loop failed the start step after {took:?}: {err}");
+        check(took < Duration::from_secs(15), || {
+            format!("took {took:?}: {err}")
+        })?;
+        check(
+            err.contains("exit status 1")
+                && (err.contains("crash-loops") || err.contains("start limit")),
+            || err.clone(),
+        )?;
+        check(
+            err.contains("Unable to complete saved object migrations"),
+            || format!("journal lines not quoted: {err}"),
+        )?;
+        let _ = units(a).await?.stop(unit, OP).await;
+        let _ = a.exec(&["systemctl", "reset-failed", unit]);
+        Ok(())
+    })
+}
+
+fn start_step_names_exit_64(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let unit = "badsetting.service";
+        let host = host_steps(a, unit, "2m").await?;
+        let t = Instant::now();
+        let err = host
+            .start(&v("8.14.3"))
+            .await
+            .expect_err("exit 64 must fail the step");
+        let took = t.elapsed();
+        println!("exit 64 failed the start step after {took:?}: {err}");
+        check(took < Duration::from_secs(10), || format!("took {took:?}"))?;
+        check(
+            err.contains("exit status 64")
+                && err.contains("an unknown setting in kibana.yml: the older Kibana does not know a setting the newer one added"),
+            || err.clone(),
+        )?;
+        check(err.contains("xpack.newfeature.enabled"), || err.clone())?;
+        let _ = units(a).await?.stop(unit, OP).await;
+        let _ = a.exec(&["systemctl", "reset-failed", unit]);
+        Ok(())
+    })
+}
+
+fn start_limited_unit_is_reset_and_started(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    let unit = "limited.service";
+    a.write("/var/tmp/kr-limited-fail", "");
+    let _ = a.exec(&["systemctl", "start", unit]);
+    let t = Instant::now();
+    // systemd 252 keeps Result=exit-code when the limit hits; the journal says "Start request
+    // repeated too quickly"
+    while a
+        .exec_ok(&["systemctl", "show", "-P", "ActiveState", unit])
+        .trim()
+        != "failed"
+        || !a
+            .exec_ok(&["journalctl", "--no-pager", "-u", unit, "-o", "cat"])
+            .contains("Start request repeated too quickly")
+    {
+        check(t.elapsed() < Duration::from_secs(20), || {
+            let status = a.exec(&["systemctl", "status", "--no-pager", unit]);
+            format!(
+                "{unit} never hit its start limit: {}",
+                String::from_utf8_lossy(&status.stdout)
+            )
+        })?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(a.root.join("var/tmp/kr-limited-fail"))?;
+    // systemd itself refuses a plain start now ...
+    let out = a.exec(&["systemctl", "start", unit]);
+    check(!out.status.success(), || {
+        "a start-limited unit started without reset-failed".into()
+    })?;
+    // ... the start step resets it first and starts it (then waits for a Kibana that is not there)
+    block_on(async {
+        let host = host_steps(a, unit, "3s").await?;
+        let err = host
+            .start(&v("8.14.3"))
+            .await
+            .expect_err("no Kibana answers");
+        check(
+            err.contains("was not healthy at version 8.14.3 within 3s"),
+            || err.clone(),
+        )?;
+        check(is_active(a, unit) == "active", || {
+            format!("{unit} is {}", is_active(a, unit))
+        })?;
+        units(a).await?.stop(unit, OP).await?;
+        Ok(())
+    })
+}
+
+fn hold_keeps_a_7x_unit_from_starting(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+    let unit = "kibana7.service";
+    // the 7.x layout: the unit file itself is in /etc/systemd/system, so no mask can be made
+    let frag = a.exec_ok(&["systemctl", "show", "-P", "FragmentPath", unit]);
+    check(frag.trim() == "/etc/systemd/system/kibana7.service", || {
+        frag.clone()
+    })?;
+    let mask = a.exec(&["systemctl", "mask", unit]);
+    check(!mask.status.success(), || {
+        "mask succeeded over a unit file in /etc".into()
+    })?;
+    println!(
+        "systemctl mask: {}",
+        String::from_utf8_lossy(&mask.stderr).trim()
+    );
+
+    let refused = |what: &str| -> Result<(), Failed> {
+        let out = a.exec(&["systemctl", "start", unit]);
+        check(
+            !out.status.success() && is_active(a, unit) != "active",
+            || format!("{what}: systemctl start kibana7 started it during the hold"),
+        )?;
+        println!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        Ok(())
+    };
+    block_on(async {
+        let host = host_steps(a, unit, "3s").await?;
+        units(a).await?.start(unit, OP).await?;
+        let (result, detail) = host.run(&HostStep::StopUnit, false).await;
+        check(result == StepResult::Ok, || detail.clone())?;
+        check(is_active(a, unit) == "inactive", || is_active(a, unit))?;
+        let hold = Hold::new(&host.local, unit);
+        check(hold.is_held(), || {
+            "no hold drop-in after the stop step".into()
+        })?;
+        refused("during the hold")?;
+        // a reboot, as far as the unit files go: systemd re-reads them, then boot starts it
+        a.exec_ok(&["systemctl", "daemon-reload"]);
+        refused("after daemon-reload")?;
+        let status =
+            String::from_utf8_lossy(&a.exec(&["systemctl", "status", "--no-pager", unit]).stdout)
+                .into_owned();
+        check(status.contains("zz-kibana-rollback-hold.conf"), || {
+            status.clone()
+        })?;
+        // the start step lifts the hold and starts the unit (no Kibana answers: the step then
+        // times out waiting for it, which is not what is tested here)
+        let err = host
+            .start(&v("7.17.29"))
+            .await
+            .expect_err("no Kibana answers");
+        check(err.contains("not healthy"), || err.clone())?;
+        check(!hold.is_held(), || "the start step left the hold".into())?;
+        check(is_active(a, unit) == "active", || is_active(a, unit))?;
+        units(a).await?.stop(unit, OP).await?;
+        Ok(())
+    })
 }
 
 /// Child mode of this binary (`KR_TEST_CHILD=step`): performs one step in a fresh process (its

@@ -1,15 +1,50 @@
 //! Runs this host's protocol steps with the host adapters (systemd over D-Bus, apt/dnf, Kibana's
-//! status API) and reports each as Ok or Failed with a cause an operator can act on. Every step
-//! is idempotent: re-running one after a crash finishes it or finds it already done.
+//! status API, the process evidence of `host::process`) and reports each as Ok or Failed with a
+//! cause an operator can act on. Every step is idempotent: re-running one after a crash
+//! finishes it or finds it already done.
+//!
+//! * `check_available` (preflight phase) runs the host's readiness checks fresh for the
+//!   operation's target (`host::readiness`) and fails naming each failed check and its fix;
+//! * `stop_unit` stops the unit and puts the start hold in place (`host::hold`: a drop-in whose
+//!   assertion fails every start, in /etc so it survives a reboot, working with 7.x units in
+//!   /etc/systemd/system where a mask cannot be created);
+//! * `reinstall` makes sure the hold is in place (Elastic's 8.x+ .deb restarts kibana.service on
+//!   upgrade and downgrade; the hold refuses that restart), installs and holds the package, then
+//!   `daemon-reload`s (the package may have rewritten the unit) and notes when the install
+//!   ended, for the start step's evidence;
+//! * `start_unit` lifts the hold (`ResetFailedUnit` included, so a start-limited unit can start
+//!   again), starts the unit and waits for Kibana — **failing fast** when the unit crash-loops
+//!   (two automatic restarts), exits 64 (a setting the older Kibana does not know), fails or hits
+//!   its start limit, quoting the unit's last journal lines and what the exit status means. It
+//!   succeeds when Kibana is healthy (HTTP 200, `available` or `degraded`, degraded reported as
+//!   a warning naming what is degraded) **and** the version is proven for the running process:
+//!   by an unredacted status, or for a redacted one by the process evidence (the unit's main
+//!   process started after the install ended and the `package.json` of the Kibana home it runs
+//!   says the target). A process older than the install fails the step at once: it runs the old
+//!   code however healthy it looks.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use semver::Version;
 
 use crate::config::Settings;
-use crate::fleet::{HostFacts, HostStep, StepResult, UnitState};
-use crate::host::kibana_status::StatusProbe;
+use crate::fleet::{HostFacts, HostStep, Readiness, StepResult, UnitState};
+use crate::host::hold::Hold;
+use crate::host::journal;
+use crate::host::kibana_status::{Answer, StatusProbe};
+use crate::host::local::Local;
 use crate::host::pkg::{PackageManager, PackageName, PackageVersion};
-use crate::host::systemd::{ActiveState, SystemdUnits};
+use crate::host::process::{self, InstallEnd};
+use crate::host::readiness::{self, Watch};
+use crate::host::systemd::{ActiveState, MainExit, ServiceStatus, SystemdUnits, UnitError};
+
+/// How many journal lines a failed start quotes.
+const JOURNAL_LINES: usize = 10;
+/// How often the start step looks at the unit and asks Kibana.
+const START_POLL: Duration = Duration::from_secs(1);
+/// Automatic restarts after our start that make a crash loop.
+const CRASH_LOOP_RESTARTS: u32 = 2;
 
 /// The adapters of this host.
 pub struct Host {
@@ -17,15 +52,54 @@ pub struct Host {
     pub pkg: PackageManager,
     pub probe: StatusProbe,
     pub settings: Arc<Settings>,
+    pub local: Local,
+    /// When this agent's last install ended (`CLOCK_BOOTTIME`): the start step's evidence.
+    install_end: Mutex<Option<Duration>>,
+    readiness: Mutex<Option<Readiness>>,
+    watch: Mutex<Watch>,
 }
 
 impl Host {
+    pub fn new(
+        units: SystemdUnits,
+        pkg: PackageManager,
+        probe: StatusProbe,
+        settings: Arc<Settings>,
+        local: Local,
+        config: Option<readiness::ConfigOnDisk>,
+    ) -> Host {
+        Host {
+            units,
+            pkg,
+            probe,
+            local,
+            install_end: Mutex::new(None),
+            readiness: Mutex::new(None),
+            watch: Mutex::new(Watch::new(&settings, config)),
+            settings,
+        }
+    }
+
     fn unit(&self) -> &str {
         &self.settings.kibana.unit
     }
 
     fn package(&self) -> Result<PackageName, String> {
         PackageName::new(&self.settings.kibana.package).map_err(|e| e.to_string())
+    }
+
+    fn hold(&self) -> Hold {
+        Hold::new(&self.local, self.unit())
+    }
+
+    fn readiness_ctx(&self) -> readiness::Ctx<'_> {
+        readiness::Ctx {
+            units: &self.units,
+            pkg: &self.pkg,
+            probe: &self.probe,
+            settings: &self.settings,
+            local: &self.local,
+        }
     }
 
     /// What the protocol needs to know about this host right now.
@@ -70,7 +144,32 @@ impl Host {
             install_history: None,
             read_at: Duration::ZERO,
             client_addresses: vec![],
+            readiness: self.readiness.lock().expect("readiness lock").clone(),
         }
+    }
+
+    /// Why the readiness report should be made again now, if it should: the agent just started,
+    /// a file it depends on changed (cheap: a few `stat`s), or the period passed.
+    pub fn readiness_due(&self, now: Duration) -> Option<String> {
+        self.watch.lock().expect("watch lock").due(now, &self.local)
+    }
+
+    /// Runs the readiness checks for the configured target and keeps the report for the host
+    /// document.
+    pub async fn refresh_readiness(&self, trigger: String) {
+        let config_problem = self.watch.lock().expect("watch lock").config_problem();
+        let target = self.settings.rollback.target_version.clone();
+        let report = readiness::check(
+            &self.readiness_ctx(),
+            target.as_ref(),
+            &trigger,
+            config_problem,
+        )
+        .await;
+        for c in report.failures() {
+            tracing::warn!(check = %c.check, "readiness: {} (fix: {})", c.detail, c.fix.as_deref().unwrap_or("-"));
+        }
+        *self.readiness.lock().expect("readiness lock") = Some(report);
     }
 
     /// Runs one step; the text is the ack's detail (Ok) or the cause (Failed).
@@ -80,7 +179,7 @@ impl Host {
             HostStep::Prefetch { version } => self.prefetch(version).await,
             HostStep::StopUnit => self.stop().await,
             HostStep::Reinstall { version } => self.reinstall(version, resumed).await,
-            HostStep::StartUnit { expect_version } => self.start(Some(expect_version)).await,
+            HostStep::StartUnit { expect_version } => self.start(expect_version).await,
             HostStep::AbortRestart => self.abort_restart().await,
         };
         match outcome {
@@ -94,10 +193,7 @@ impl Host {
         }
     }
 
-    async fn resolve(
-        &self,
-        version: &semver::Version,
-    ) -> Result<(PackageName, PackageVersion), String> {
+    async fn resolve(&self, version: &Version) -> Result<(PackageName, PackageVersion), String> {
         let name = self.package()?;
         let v = self
             .pkg
@@ -107,17 +203,35 @@ impl Host {
         Ok((name, v))
     }
 
-    async fn check_available(&self, version: &semver::Version) -> Result<String, String> {
-        // Fresh package lists, so "available" means available now.
+    /// The preflight phase's host step: the readiness checks, fresh (package lists refreshed
+    /// first), for the operation's target.
+    pub async fn check_available(&self, version: &Version) -> Result<String, String> {
         self.pkg
             .refresh()
             .await
             .map_err(|e| format!("refreshing the package lists: {e}"))?;
-        let (name, v) = self.resolve(version).await?;
-        Ok(format!("{name} {v} is available"))
+        let config_problem = self.watch.lock().expect("watch lock").config_problem();
+        let report = readiness::check(
+            &self.readiness_ctx(),
+            Some(version),
+            "the preflight phase",
+            config_problem,
+        )
+        .await;
+        let failed: Vec<String> = report.failures().map(|c| c.one_line()).collect();
+        let summary = report.summary();
+        *self.readiness.lock().expect("readiness lock") = Some(report);
+        if failed.is_empty() {
+            Ok(summary)
+        } else {
+            Err(format!(
+                "this host is not ready for Kibana {version}: {}",
+                failed.join("; ")
+            ))
+        }
     }
 
-    async fn prefetch(&self, version: &semver::Version) -> Result<String, String> {
+    async fn prefetch(&self, version: &Version) -> Result<String, String> {
         let (name, v) = self.resolve(version).await?;
         let r = self
             .pkg
@@ -136,31 +250,51 @@ impl Host {
             .await
             .map_err(|e| e.to_string())?;
         // Until the rollback starts it again, nothing else may start Kibana (a timer, an admin,
-        // a package script): a Kibana of either version running during the restore corrupts it.
-        self.units
-            .mask(unit)
+        // a package script, a reboot): a Kibana of either version running during the restore
+        // corrupts it.
+        let hold = self.hold();
+        hold.apply(&self.units)
             .await
-            .map_err(|e| format!("stopped, but masking failed: {e}"))?;
+            .map_err(|e| format!("stopped, but the start hold failed: {e}"))?;
         Ok(format!(
-            "{unit} stopped ({}) and masked until the rollback starts it",
-            status.active_state
+            "{unit} stopped ({}); starts are refused until the rollback starts it ({})",
+            status.active_state,
+            hold.path()
         ))
     }
 
-    async fn reinstall(&self, version: &semver::Version, resumed: bool) -> Result<String, String> {
+    async fn reinstall(&self, version: &Version, resumed: bool) -> Result<String, String> {
         if resumed {
             tracing::info!("resuming an interrupted reinstall of {version}");
         }
         let (name, v) = self.resolve(version).await?;
+        // Held before the install, so the package's own restart (Elastic's 8.x+ .deb restarts
+        // kibana.service on upgrade and downgrade: RESTART_ON_UPGRADE in /etc/default/kibana)
+        // is refused too: the start step starts Kibana.
+        let hold = self.hold();
+        if !hold.is_held() {
+            hold.apply(&self.units)
+                .await
+                .map_err(|e| format!("the start hold failed: {e}"))?;
+        }
         let installed = self
             .pkg
             .install_exact(&name, &v)
             .await
             .map_err(|e| e.to_string())?;
+        let ended = process::boottime_now();
         self.pkg
             .verify(&name, &v, self.settings.package_manager.hold)
             .await
             .map_err(|e| format!("installed, but verification failed: {e}"))?;
+        // The package may have replaced the unit file (7.x ships it in /etc/systemd/system).
+        self.units
+            .daemon_reload()
+            .await
+            .map_err(|e| format!("installed, but daemon-reload failed: {e}"))?;
+        if installed.previous.as_ref() != Some(&v) {
+            *self.install_end.lock().expect("install_end lock") = Some(ended);
+        }
         let was = installed
             .previous
             .map(|p| p.to_string())
@@ -176,49 +310,344 @@ impl Host {
     /// the step succeeds once the unit is active again, and says what Kibana reports.
     async fn abort_restart(&self) -> Result<String, String> {
         let unit = self.unit();
-        self.units.unmask(unit).await.map_err(|e| e.to_string())?;
+        self.hold()
+            .lift(&self.units)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = self
             .units
             .start(unit, self.settings.kibana.start_timeout)
             .await
             .map_err(|e| e.to_string())?;
-        let kibana = match self.probe.probe().await {
-            Ok(s) => format!(
-                "Kibana reports {:?} at version {}",
-                s.level,
-                s.version.unwrap_or_else(|| "unknown".into())
-            ),
-            Err(e) => e.to_string(),
-        };
+        let installed = self.facts().await.installed_version;
+        let kibana = self.probe.probe(installed.as_ref()).await.describe();
         Ok(format!(
-            "{unit} {} again on the unchanged package; {kibana}",
+            "{unit} {} again on the unchanged package; Kibana: {kibana}",
             status.active_state
         ))
     }
 
-    /// Starts the unit and waits until Kibana reports `available` at `expect`.
-    async fn start(&self, expect: Option<&semver::Version>) -> Result<String, String> {
+    /// Lifts the hold, starts the unit and waits until Kibana is healthy at `expect`, proven
+    /// for the running process; fails fast on a crash loop (see the module docs).
+    pub async fn start(&self, expect: &Version) -> Result<String, String> {
         let unit = self.unit();
         let timeout = self.settings.kibana.start_timeout;
-        self.units.unmask(unit).await.map_err(|e| e.to_string())?;
-        let expect = expect.map(ToString::to_string).unwrap_or_default();
-        let started = tokio::time::Instant::now();
-        self.units
-            .start(unit, timeout)
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.hold()
+            .lift(&self.units)
             .await
             .map_err(|e| e.to_string())?;
-        let left = timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_secs(1));
-        let status = self
-            .probe
-            .wait_available(&expect, left, Duration::from_secs(1))
+        let before = self
+            .units
+            .service_status(unit)
             .await
-            .map_err(|e| format!("{unit} started, but {e}"))?;
-        Ok(format!(
-            "{unit} active; Kibana {} {:?}",
-            status.version.unwrap_or_default(),
-            status.level
-        ))
+            .map_err(|e| e.to_string())?;
+        match self.units.start(unit, timeout).await {
+            Ok(_) => {}
+            Err(UnitError::StartFailed { .. }) => {
+                let now = self
+                    .units
+                    .service_status(unit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let why = crash_verdict(&before, &now)
+                    .unwrap_or_else(|| format!("did not start ({})", now.unit));
+                return Err(self.failed_start(unit, &why).await);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let mut last;
+        loop {
+            let svc = self
+                .units
+                .service_status(unit)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(why) = crash_verdict(&before, &svc) {
+                return Err(self.failed_start(unit, &why).await);
+            }
+            let answer = self.probe.probe(Some(expect)).await;
+            match &answer {
+                Answer::AuthRefused {
+                    with_credentials, ..
+                } => return Err(auth_refused(self.probe.url(), *with_credentials, expect)),
+                Answer::TlsFailed { cause } => {
+                    return Err(format!(
+                        "{unit} started, but the TLS handshake with Kibana at {} failed: {cause}; fix: set kibana.status_ca_file to the CA that signed Kibana's server.ssl.certificate (and use the host name the certificate names in kibana.status_url)",
+                        self.probe.url()
+                    ))
+                }
+                a if a.is_healthy() => {
+                    let proof = match a.version() {
+                        Some(v) if v == expect.to_string() => {
+                            Ok(format!("Kibana {v} reports {} itself", a.level().expect("healthy has a level")))
+                        }
+                        Some(v) => match self.process_evidence(&svc, expect).await {
+                            Err(Proof::Fatal(why)) => Err(Proof::Fatal(why)),
+                            _ => Err(Proof::NotYet(format!("Kibana answers as {v}, not {expect}"))),
+                        },
+                        None => self.process_evidence(&svc, expect).await,
+                    };
+                    match proof {
+                        Ok(proof) => return Ok(started_detail(unit, a, &proof)),
+                        Err(Proof::Fatal(why)) => return Err(format!("{unit} started, but {why}")),
+                        Err(Proof::NotYet(why)) => last = format!("{}; {why}", a.describe()),
+                    }
+                }
+                a => last = a.describe(),
+            }
+            if tokio::time::Instant::now() + START_POLL > deadline {
+                return Err(format!(
+                    "{unit} started, but Kibana at {} was not healthy at version {expect} within {}: last seen {last}; unit {}",
+                    self.probe.url(),
+                    humantime::format_duration(timeout),
+                    svc.unit
+                ));
+            }
+            tokio::time::sleep(START_POLL).await;
+        }
+    }
+
+    /// The version of the unit's running process, from evidence tied to it (the status was
+    /// redacted).
+    async fn process_evidence(
+        &self,
+        svc: &ServiceStatus,
+        expect: &Version,
+    ) -> Result<String, Proof> {
+        if svc.main_pid == 0 {
+            return Err(Proof::NotYet("the unit has no main process".into()));
+        }
+        let p = process::inspect(&self.local, svc.main_pid).map_err(Proof::NotYet)?;
+        let recorded = *self.install_end.lock().expect("install_end lock");
+        let install = match recorded {
+            Some(end) => Some(InstallEnd::Boottime(end)),
+            None => match self.package() {
+                Ok(name) => self
+                    .pkg
+                    .installed_at(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(InstallEnd::WallSecs),
+                Err(_) => None,
+            },
+        };
+        let Some(install) = install else {
+            return Err(Proof::NotYet(
+                "the package's install time cannot be read".into(),
+            ));
+        };
+        let home = format!("{}/package.json", p.home.display());
+        match process::started_after_install(
+            p.started,
+            install,
+            process::boottime_now(),
+            SystemTime::now(),
+        ) {
+            Some(false) => Err(Proof::Fatal(format!(
+                "its process (pid {}) started before the package install ended: it still runs the previous version's code{}; restart {} so the installed Kibana runs",
+                p.pid,
+                p.version.as_deref().map(|v| format!(" although {home} now says {v}")).unwrap_or_default(),
+                self.unit()
+            ))),
+            None => Err(Proof::NotYet(format!(
+                "pid {} started in the same second the install ended (the package database keeps whole seconds)",
+                p.pid
+            ))),
+            Some(true) => match p.version.as_deref() {
+                Some(v) if v == expect.to_string() => Ok(format!(
+                    "the status is redacted; version from the process: pid {} started after the install, {home} (home from {}) says {v}",
+                    p.pid, p.home_from
+                )),
+                Some(v) => Err(Proof::Fatal(format!(
+                    "the Kibana home its process (pid {}) runs, {home}, says {v}, not {expect}",
+                    p.pid
+                ))),
+                None => Err(Proof::NotYet(format!("{home} has no version"))),
+            },
+        }
+    }
+
+    /// The cause of a failed start: what happened and the unit's last journal lines.
+    async fn failed_start(&self, unit: &str, why: &str) -> String {
+        let lines = journal::last_lines(&self.local, unit, JOURNAL_LINES).await;
+        format!(
+            "{unit} {why}; last journal lines (journalctl -u {unit}):\n  | {}",
+            lines.join("\n  | ")
+        )
+    }
+}
+
+/// Why a healthy answer does not prove the target version yet.
+enum Proof {
+    /// It never will: fail the step now.
+    Fatal(String),
+    /// Maybe later: keep waiting.
+    NotYet(String),
+}
+
+fn started_detail(unit: &str, a: &Answer, proof: &str) -> String {
+    let mut d = format!("{unit} active; {proof}");
+    if a.level() == Some(crate::host::kibana_status::Level::Degraded) {
+        let what = a.not_available();
+        d.push_str(&if what.is_empty() {
+            "; warning: Kibana is degraded (the redacted status does not say what)".to_string()
+        } else {
+            format!("; warning: Kibana is degraded: {}", what.join("; "))
+        });
+    }
+    d
+}
+
+fn auth_refused(url: &reqwest::Url, with_credentials: bool, expect: &Version) -> String {
+    if with_credentials {
+        format!(
+            "Kibana at {url} refused the status credentials; fix: check kibana.status_username and the password in kibana.status_password_file"
+        )
+    } else {
+        format!(
+            "Kibana {expect} at {url} needs credentials for /api/status (7.x and 8.0–8.8 answer 401 without them); fix: set kibana.status_username and kibana.status_password_file"
+        )
+    }
+}
+
+/// What an exit status of Kibana means.
+pub fn exit_meaning(exit: MainExit) -> String {
+    match exit {
+        MainExit::Exited(1) => "exit status 1: Kibana stopped on a fatal error (the journal lines below say which)".into(),
+        MainExit::Exited(64) => "exit status 64: an unknown setting in kibana.yml: the older Kibana does not know a setting the newer one added; fix: remove or comment out that setting (the journal names it: \"Unknown configuration key(s)\")".into(),
+        MainExit::Exited(n) => format!("exit status {n}"),
+        MainExit::Signal(9) => "killed by signal 9 (SIGKILL; out of memory?)".into(),
+        MainExit::Signal(n) => format!("killed by signal {n}"),
+    }
+}
+
+/// Whether the unit is failing since `before` (read just before our start): the main process
+/// exited 64 since (deterministic: waiting cannot help), the unit is `failed` (start limit hit
+/// or no `Restart=`), or systemd restarted it [`CRASH_LOOP_RESTARTS`] times.
+pub fn crash_verdict(before: &ServiceStatus, now: &ServiceStatus) -> Option<String> {
+    let exited_since = now.last_exit_at_us > before.last_exit_at_us;
+    let last = now.last_exit.filter(|_| exited_since);
+    let restarts = now.n_restarts.saturating_sub(before.n_restarts);
+    let last_text = || {
+        last.map(exit_meaning)
+            .unwrap_or_else(|| "no exit status".into())
+    };
+    if last == Some(MainExit::Exited(64)) {
+        return Some(format!("failed to start: {}", last_text()));
+    }
+    if now.unit.active_state == ActiveState::Failed {
+        let result = now.unit.result.as_deref().unwrap_or("?");
+        let what = if result == "start-limit-hit" || restarts > 0 {
+            // systemd 252 keeps Result=exit-code when the start limit hits
+            format!(
+                "failed (Result={result}) after {restarts} automatic restart(s): systemd gives up after StartLimitBurst= quick restarts (its start limit)"
+            )
+        } else {
+            format!("failed (Result={result})")
+        };
+        return Some(format!("{what}; {}", last_text()));
+    }
+    if restarts >= CRASH_LOOP_RESTARTS {
+        return Some(format!(
+            "crash-loops: systemd restarted it {restarts} times since the start; {}",
+            last_text()
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::systemd::{LoadState, UnitStatus};
+
+    fn svc(
+        state: &str,
+        result: &str,
+        restarts: u32,
+        exit: Option<MainExit>,
+        at: u64,
+    ) -> ServiceStatus {
+        ServiceStatus {
+            unit: UnitStatus {
+                unit: "kibana.service".into(),
+                load_state: LoadState::Loaded,
+                active_state: ActiveState::from(state),
+                sub_state: String::new(),
+                unit_file_state: "enabled".into(),
+                result: Some(result.into()),
+            },
+            main_pid: 0,
+            n_restarts: restarts,
+            last_exit: exit,
+            last_exit_at_us: at,
+            environment: vec![],
+            environment_files: vec![],
+            working_directory: String::new(),
+            fragment_path: String::new(),
+            drop_in_paths: vec![],
+        }
+    }
+
+    #[test]
+    fn crash_verdicts() {
+        let before = svc("inactive", "success", 0, Some(MainExit::Exited(64)), 100);
+        // the old exit 64 from before our start does not count
+        assert_eq!(
+            crash_verdict(
+                &before,
+                &svc("active", "success", 0, Some(MainExit::Exited(64)), 100)
+            ),
+            None
+        );
+        let v = crash_verdict(
+            &before,
+            &svc(
+                "activating",
+                "exit-code",
+                0,
+                Some(MainExit::Exited(64)),
+                200,
+            ),
+        )
+        .unwrap();
+        assert!(v.contains("unknown setting in kibana.yml"), "{v}");
+        assert_eq!(
+            crash_verdict(
+                &before,
+                &svc("activating", "exit-code", 1, Some(MainExit::Exited(1)), 200)
+            ),
+            None,
+            "one crash is not a loop yet"
+        );
+        let v = crash_verdict(
+            &before,
+            &svc("activating", "exit-code", 2, Some(MainExit::Exited(1)), 300),
+        )
+        .unwrap();
+        assert!(
+            v.contains("restarted it 2 times") && v.contains("exit status 1"),
+            "{v}"
+        );
+        let v = crash_verdict(
+            &before,
+            &svc(
+                "failed",
+                "start-limit-hit",
+                3,
+                Some(MainExit::Exited(1)),
+                300,
+            ),
+        )
+        .unwrap();
+        assert!(v.contains("start limit"), "{v}");
+        let v = crash_verdict(
+            &before,
+            &svc("failed", "signal", 0, Some(MainExit::Signal(9)), 300),
+        )
+        .unwrap();
+        assert!(v.contains("Result=signal") && v.contains("SIGKILL"), "{v}");
     }
 }

@@ -26,7 +26,9 @@ use crate::coord::{fleet_config, wall_now, Coord};
 use crate::es::{Es, EsError};
 use crate::fleet::{self, Action, Event, HostDoc, Inputs, NodeState, OpRead, WriteResult};
 use crate::host::kibana_status::StatusProbe;
+use crate::host::local::Local;
 use crate::host::pkg::PackageManager;
+pub use crate::host::readiness::ConfigOnDisk;
 use crate::host::systemd::SystemdUnits;
 
 pub use cluster_steps::Cluster;
@@ -35,6 +37,8 @@ pub use progress::ProgressFile;
 
 /// How often the agent looks at the world when nothing happens.
 const POLL: Duration = Duration::from_secs(1);
+/// How long the agent waits for its first readiness report before it registers.
+const FIRST_READINESS_LIMIT: Duration = Duration::from_secs(30);
 
 /// Monotonic time that includes suspend.
 fn boottime() -> Duration {
@@ -57,7 +61,9 @@ fn write_result(r: Result<fleet::DocVersion, EsError>) -> WriteResult {
 }
 
 /// Sets up the adapters, waiting for what may come up after us (the bus, Elasticsearch).
-pub async fn run(settings: Settings) -> Result<()> {
+/// `config`: the configuration files the settings came from, so the agent notices when they
+/// change (its readiness report says so).
+pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()> {
     let settings = Arc::new(settings);
     let host_id = settings.coordination.host_id.clone();
     let progress = ProgressFile::open(&settings.coordination.state_dir).with_context(|| {
@@ -79,12 +85,14 @@ pub async fn run(settings: Settings) -> Result<()> {
         &settings.kibana.package,
         pkg.kind(),
     );
-    let host = Arc::new(Host {
+    let host = Arc::new(Host::new(
         units,
         pkg,
         probe,
-        settings: settings.clone(),
-    });
+        settings.clone(),
+        Local::this_host(),
+        config,
+    ));
     let cluster = Arc::new(Cluster {
         es: es.clone(),
         settings: settings.clone(),
@@ -135,6 +143,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         facts: None,
         evidence,
         client_addresses: identity::client_addresses(&settings.coordination.client_addresses),
+        readiness_task: None,
     }
     .run()
     .await
@@ -154,6 +163,9 @@ struct Daemon {
     evidence: evidence::Evidence,
     /// Where this host's Kibana connects from (configured, or every interface address).
     client_addresses: Vec<String>,
+    /// The readiness checks, when running (they run beside the loop: a slow package query must
+    /// not hold up heartbeats).
+    readiness_task: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -166,6 +178,16 @@ impl Daemon {
         let mut stopping = false;
         let mut last_status = String::new();
         let mut last_phase: Option<(String, fleet::Phase)> = None;
+        // The first host document already carries a readiness report: `plan` and `start` judge
+        // hosts by it, and a registered host without one fails their check.
+        if let Some(trigger) = self.host.readiness_due(boottime()) {
+            if tokio::time::timeout(FIRST_READINESS_LIMIT, self.host.refresh_readiness(trigger))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the first readiness checks took longer than {FIRST_READINESS_LIMIT:?}; registering without a report");
+            }
+        }
         loop {
             inflight.retain(|h| !h.is_finished());
             cluster_tasks.retain(|h| !h.is_finished());
@@ -219,10 +241,27 @@ impl Daemon {
                 Err(e) => tracing::warn!("cannot read host documents: {e}"),
             }
             let now = boottime();
+            let readiness_done = self
+                .readiness_task
+                .as_ref()
+                .is_some_and(|t| t.is_finished());
+            if readiness_done {
+                self.readiness_task = None;
+            }
+            if self.readiness_task.is_none() && !stopping {
+                if let Some(trigger) = self.host.readiness_due(now) {
+                    tracing::debug!("readiness checks: {trigger}");
+                    let host = self.host.clone();
+                    self.readiness_task = Some(tokio::spawn(async move {
+                        host.refresh_readiness(trigger).await
+                    }));
+                }
+            }
             let stale = match &self.facts {
                 None => true,
                 Some((_, at)) => {
                     host_step_done
+                        || readiness_done
                         || now.saturating_sub(*at)
                             >= self
                                 .settings

@@ -163,7 +163,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::CheckConfig => check_config::run(&cli),
         Command::Agent => {
             let loaded = cli.load()?;
-            kibana_rollback::agent::run(loaded.settings).await?;
+            let config = kibana_rollback::agent::ConfigOnDisk {
+                sources: cli.sources(),
+                merged: loaded.merged,
+            };
+            kibana_rollback::agent::run(loaded.settings, Some(config)).await?;
             Ok(exit::OK)
         }
         Command::Snapshots { repository, to } => {

@@ -68,6 +68,7 @@ pub fn host_json(
             "agent_version": h.agent_version,
             "heartbeat": h.heartbeat,
             "ack": h.ack,
+            "readiness": h.readiness,
             "step": op.map(|_| step_cell(op, h)),
         }),
     }

@@ -554,6 +554,21 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
             .fix("set kibana.status_username too, or remove status_password_file"))
         }
     };
+    let status_ca_file = match r.path("kibana.status_ca_file")? {
+        Some((p, o)) => {
+            read_ca_file(&p).map_err(|problem| {
+                ConfigError::at(
+                    &o,
+                    "kibana.status_ca_file",
+                    Some(format!("{:?}", p.display().to_string())),
+                    problem,
+                )
+                .fix("point it at the PEM file of the CA that signed Kibana's server.ssl.certificate")
+            })?;
+            Some(p)
+        }
+        None => None,
+    };
     let unit = r.required_string("kibana.unit")?;
     if !unit.contains('.') {
         let (_, o) = r.raw("kibana.unit");
@@ -570,6 +585,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         package: r.required_string("kibana.package")?,
         status_url: r.url("kibana.status_url", &status_url_s, &status_url_o)?,
         status_auth,
+        status_ca_file,
         stop_timeout: r.duration("kibana.stop_timeout")?,
         start_timeout: r.duration("kibana.start_timeout")?,
     };

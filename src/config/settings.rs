@@ -62,6 +62,8 @@ pub struct KibanaSettings {
     pub package: String,
     pub status_url: Url,
     pub status_auth: Option<(String, Secret)>,
+    /// CA bundle for an https `status_url` (Kibana's `server.ssl.*` with a private CA).
+    pub status_ca_file: Option<PathBuf>,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
 }
@@ -172,6 +174,17 @@ pub fn check_coordination_index(name: &str) -> Result<(), String> {
         return Err("contains a character Elasticsearch does not allow in index names".into());
     }
     Ok(())
+}
+
+/// Reads a PEM CA bundle and returns its certificates (at least one), for `*.ca_file` keys.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file: {e}"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
 }
 
 /// Host ids appear in document ids and in status tables.

@@ -369,3 +369,49 @@ fn documented_config_lists_every_key_and_parses() {
     f.write("config.toml", doc);
     load(&f.sources()).unwrap();
 }
+
+/// A throwaway self-signed CA certificate (no key anywhere), for the CA-file checks.
+const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUWm21chJX7Qu13FdUz2A0R9jFkOQwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPa3ItdW5pdC10ZXN0LWNhMCAXDTI2MTIwMTEwMDAyNVoYDzIx
+MjYxMTA3MTAwMDI1WjAaMRgwFgYDVQQDDA9rci11bml0LXRlc3QtY2EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAARUV10nOA6BMB+lY0pyYXictPRiod+yOHcmhpCP
+fINrwlSFWaMJ8v52VVdVjzk/elN2/xiPum0zasteGVUig36So1MwUTAdBgNVHQ4E
+FgQUt4s6KK2dws4LRpWBO8f3C/y25NYwHwYDVR0jBBgwFoAUt4s6KK2dws4LRpWB
+O8f3C/y25NYwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiBBNQfW
+oo5qwTzvCXqMep5LFcR2HzA3AnaG/5X3Q/zupAIhAOWukjOvLAIRf7ccHx0M0e9P
+H/e0xI4Ui/mXb4790wv4
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn status_ca_file_must_hold_pem_certificates() {
+    let f = Fixture::new();
+    let ca = f.write("kibana-ca.pem", TEST_CA_PEM);
+    let s = f
+        .load(&format!(
+            "{MINIMAL}\n[kibana]\nstatus_ca_file = {:?}\n",
+            ca.display().to_string()
+        ))
+        .unwrap()
+        .settings;
+    assert_eq!(s.kibana.status_ca_file.as_deref(), Some(ca.as_path()));
+
+    let junk = f.write("junk.pem", "not a certificate\n");
+    let e = err(
+        &f,
+        &format!(
+            "{MINIMAL}\n[kibana]\nstatus_ca_file = {:?}\n",
+            junk.display().to_string()
+        ),
+    );
+    assert!(e.contains("kibana.status_ca_file"), "{e}");
+    assert!(e.contains("holds no PEM certificate"), "{e}");
+    assert!(e.contains("fix: point it at the PEM file"), "{e}");
+
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n[kibana]\nstatus_ca_file = \"/nonexistent/ca.pem\"\n"),
+    );
+    assert!(e.contains("cannot read the CA file"), "{e}");
+}

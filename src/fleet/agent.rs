@@ -13,7 +13,7 @@
 //! * invariant 3: `start_unit` is only run when the operation document records the restore as
 //!   completed, whatever phase the document claims.
 
-use super::doc::{Ack, OperationDoc, Phase, Step, StepResult, UnitState};
+use super::doc::{Ack, OperationDoc, Phase, Readiness, Step, StepResult, UnitState};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
@@ -31,19 +31,21 @@ pub struct HostFacts {
     pub read_at: std::time::Duration,
     /// The addresses this host's Kibana connects to Elasticsearch from.
     pub client_addresses: Vec<String>,
+    /// The host's latest readiness report (published in its host document as it is).
+    pub readiness: Option<Readiness>,
 }
 
 /// A host step with its parameters, for the host adapters to run. Every one is idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum HostStep {
-    /// Report whether `version` is installable from the configured repositories.
+    /// Check this host is ready for `version`: its readiness checks, fresh (the package lists
+    /// refreshed first; `version` installable from the configured repositories among them).
     CheckAvailable { version: Version },
     /// Download `version` without installing it.
     Prefetch { version: Version },
-    /// Stop the kibana unit and wait until it is inactive. Recommended: also block starts
-    /// (`systemctl mask --runtime`) until `reinstall` finishes, so nothing outside the agent can
-    /// start it while the unit must stay stopped.
+    /// Stop the kibana unit and wait until it is inactive, then block every other start until
+    /// `start_unit` or `abort_restart` (the agent's hold survives a reboot; see `host::hold`).
     StopUnit,
     /// Install exactly `version` (downgrade allowed), hold it, verify.
     Reinstall { version: Version },
@@ -241,6 +243,7 @@ mod tests {
             install_history: None,
             read_at: std::time::Duration::ZERO,
             client_addresses: vec![],
+            readiness: None,
         }
     }
     fn op_in(phase: Phase) -> OperationDoc {

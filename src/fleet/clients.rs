@@ -210,6 +210,7 @@ mod tests {
             machine: None,
             probe_answered: 0,
             client_addresses: addrs.iter().map(|a| a.to_string()).collect(),
+            readiness: None,
         }
     }
     fn stats(clients: Vec<SeenClient>) -> ClientStats {

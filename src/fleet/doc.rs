@@ -646,6 +646,10 @@ pub struct HostDoc {
     /// attribute the clients Elasticsearch reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_addresses: Vec<String>,
+    /// What this host will need during a rollback, checked before anything stops (absent from
+    /// agents that predate it, and until the first report is made).
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
 }
 
 /// `claim-<host id>-<instance>`: written by an agent that finds its host id owned by another
@@ -689,6 +693,99 @@ pub struct InstallEvent {
     /// Where it was read: `dpkg.log`, `dnf.rpm.log`, `rpm`, or `agent` (the agent saw the
     /// previous version until `earliest_ms` and this one from `latest_ms`).
     pub source: String,
+}
+
+/// The verdict of one readiness check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    /// Passes, with something the operator should know.
+    Warn,
+    Fail,
+    /// Not run (not applicable, or nothing to check it against).
+    Skipped,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "OK",
+            CheckStatus::Warn => "WARN",
+            CheckStatus::Fail => "FAIL",
+            CheckStatus::Skipped => "SKIPPED",
+        }
+    }
+}
+
+/// One host check of a [`Readiness`] report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessCheck {
+    /// Its id (`kibana_yml`, `repository`, ...).
+    pub check: String,
+    pub status: CheckStatus,
+    pub detail: String,
+    #[serde(default)]
+    pub fix: Option<String>,
+    /// The verdict depends on the target version (repository, plugins, status credentials):
+    /// it does not carry over to a request for another version.
+    #[serde(default)]
+    pub for_target: bool,
+}
+
+impl ReadinessCheck {
+    /// `check: detail; fix: fix`.
+    pub fn one_line(&self) -> String {
+        match &self.fix {
+            Some(fix) => format!("{}: {}; fix: {fix}", self.check, self.detail),
+            None => format!("{}: {}", self.check, self.detail),
+        }
+    }
+}
+
+/// A host's readiness report: each check of what the rollback will need on this host, made
+/// while Kibana still runs (after a failed migration none answers, and a problem found after
+/// the restore is too late).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// The target version the `for_target` checks were made for; `None`: no target configured
+    /// on the host, those checks are skipped.
+    pub target: Option<Version>,
+    /// What made the agent check (agent start, a changed file, the period, the preflight phase).
+    pub trigger: String,
+    pub checks: Vec<ReadinessCheck>,
+}
+
+impl Readiness {
+    pub fn failures(&self) -> impl Iterator<Item = &ReadinessCheck> {
+        self.checks.iter().filter(|c| c.status == CheckStatus::Fail)
+    }
+
+    /// `N checks OK` or the failed checks' ids, plus warnings.
+    pub fn summary(&self) -> String {
+        let failed: Vec<&str> = self.failures().map(|c| c.check.as_str()).collect();
+        let warned: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Warn)
+            .map(|c| c.check.as_str())
+            .collect();
+        let mut s = if failed.is_empty() {
+            format!(
+                "{} readiness checks passed",
+                self.checks
+                    .iter()
+                    .filter(|c| c.status != CheckStatus::Skipped)
+                    .count()
+            )
+        } else {
+            format!("readiness checks failed: {}", failed.join(", "))
+        };
+        if !warned.is_empty() {
+            s.push_str(&format!(" (warnings: {})", warned.join(", ")));
+        }
+        s
+    }
 }
 
 impl HostDoc {
@@ -786,6 +883,17 @@ pub(crate) mod tests {
             installed_version: Some(Version::new(8, 15, 0)),
             held: false,
             heartbeat: 3,
+            readiness: Some(Readiness {
+                target: Some(Version::new(8, 14, 3)),
+                trigger: "agent start".into(),
+                checks: vec![ReadinessCheck {
+                    check: "kibana_yml".into(),
+                    status: CheckStatus::Fail,
+                    detail: "port 5601 vs 5611".into(),
+                    fix: Some("set status_url".into()),
+                    for_target: false,
+                }],
+            }),
             ack: Some(Ack {
                 operation_id: "op1".into(),
                 epoch: 1,
@@ -801,6 +909,14 @@ pub(crate) mod tests {
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["unit_state"], "inactive");
         assert_eq!(v["ack"]["step"], "stop_unit");
+        assert_eq!(v["readiness"]["checks"][0]["status"], "fail");
+        // a host document of an older agent has no readiness report
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("readiness");
+        assert_eq!(
+            serde_json::from_value::<HostDoc>(old).unwrap().readiness,
+            None
+        );
         assert_eq!(serde_json::from_value::<HostDoc>(v).unwrap(), h);
     }
 

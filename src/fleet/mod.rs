@@ -16,7 +16,7 @@
 //! use kibana_rollback::fleet::*;
 //! # fn read_op() -> OpRead { OpRead::Missing }
 //! # fn read_hosts() -> Vec<HostDoc> { vec![] }
-//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None } }
+//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None, read_at: std::time::Duration::ZERO, client_addresses: vec![], readiness: None } }
 //! # fn boottime() -> std::time::Duration { std::time::Duration::ZERO }
 //! # fn execute(_: Action) {}
 //! # fn collect_results() -> Vec<Event> { vec![] }
@@ -79,8 +79,8 @@
 //!   honours it only before the restore point.
 //! * **Clock.** `Inputs::now` must come from `CLOCK_BOOTTIME` (see [`lease`]).
 //! * **Nothing outside the agent starts the unit** while it must stay stopped: `stop_unit`
-//!   should block starts (`systemctl mask`, not only `--runtime`, so a reboot does not start
-//!   it) until `reinstall`/`start_unit`/`abort_restart`. The leader's re-checks are defence in
+//!   blocks starts (a persistent drop-in whose assertion fails every start, `host::hold`; a
+//!   mask cannot replace 7.x's unit file in /etc) until `start_unit`/`abort_restart`. The leader's re-checks are defence in
 //!   depth but cannot close the race with an outside start right before the restore.
 //!
 //! Adapters may run actions concurrently (a restore takes a while; the leader must keep
@@ -102,11 +102,11 @@ mod tests;
 
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
-    format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, ClaimDoc, DocError,
-    DocVersion, HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo, MachineIdentity,
-    Mover, OpError, OperationDoc, Phase, PhaseChange, Probe, RestorePoint, RestoreRecord,
-    SafetySnapshot, SnapshotRef, Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID,
-    TRANSITIONS,
+    format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, CheckStatus, ClaimDoc,
+    DocError, DocVersion, HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo,
+    MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange, Probe, Readiness,
+    ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
+    UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};

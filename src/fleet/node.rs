@@ -644,6 +644,7 @@ fn host_side(
         machine: Some(st.cfg.machine.clone()),
         probe_answered: st.probe_answered.unwrap_or(0),
         client_addresses: facts.client_addresses.clone(),
+        readiness: facts.readiness.clone(),
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {

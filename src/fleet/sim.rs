@@ -110,6 +110,7 @@ pub(crate) fn sim_config() -> FleetConfig {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // a test-only event queue
 enum Ev {
     Wake {
         h: usize,
@@ -489,6 +490,7 @@ impl World {
                         install_history: None,
                         read_at: self.clock(h, t),
                         client_addresses: vec![host.id.clone()],
+                        readiness: None,
                     };
                     let events = std::mem::take(&mut self.hosts[h].agent.as_mut().unwrap().inbox);
                     let d = self.rng.range(0, 300);

@@ -64,6 +64,7 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
         installed_version: Some(semver::Version::new(8, 15, 0)),
         held: false,
         heartbeat: 1,
+        readiness: None,
         ack: ack.map(|(step, epoch, result)| Ack {
             operation_id: "op1".into(),
             epoch,
@@ -768,6 +769,7 @@ fn facts(unit: UnitState) -> HostFacts {
         install_history: None,
         read_at: Duration::ZERO,
         client_addresses: vec![],
+        readiness: None,
     }
 }
 fn input(

@@ -41,7 +41,8 @@
 
 pub mod apt;
 pub mod dnf;
-mod run;
+pub mod elastic_repo;
+pub(crate) mod run;
 mod version;
 
 use std::ffi::OsString;
@@ -99,6 +100,8 @@ pub enum PkgError {
     },
     #[error("no usable package manager: {0}")]
     NoPackageManager(String),
+    #[error("this host's dnf is dnf5 ({version_line}), which kibana-rollback does not support yet: its versionlock is built in and configured differently from dnf 4's plugin, and it is untested here; fix: roll this host back by hand (dnf install kibana-VERSION, dnf versionlock add kibana), or use a host with dnf 4")]
+    Dnf5Unsupported { version_line: String },
     #[error("`{cmdline}` exited with {}: {stderr_tail}", code.map_or_else(|| "a signal".to_string(), |c| format!("code {c}")))]
     Command {
         cmdline: String,
@@ -232,6 +235,9 @@ impl PackageManager {
             }
             k => k,
         };
+        if kind == PkgKind::Dnf {
+            refuse_dnf5(&run).await?;
+        }
         let extra_args = settings.extra_args.clone();
         let backend = match kind {
             PkgKind::Apt => Backend::Apt(Apt { run, extra_args }),
@@ -272,6 +278,12 @@ impl PackageManager {
         pkg: &PackageName,
     ) -> Result<Option<PackageVersion>, PkgError> {
         dispatch!(self, b => b.installed_version(pkg).await)
+    }
+
+    /// When the installed package was last installed, in whole seconds since the epoch (dpkg:
+    /// its file list's modification; rpm: `INSTALLTIME`). `None` when not installed.
+    pub async fn installed_at(&self, pkg: &PackageName) -> Result<Option<u64>, PkgError> {
+        dispatch!(self, b => b.installed_at(pkg).await)
     }
 
     /// The versions the configured repositories offer (from the metadata as last refreshed),
@@ -428,6 +440,32 @@ impl PackageManager {
     }
 }
 
+/// dnf5 (Fedora 41+, `dnf` is `dnf5`) is refused: its versionlock is built in (a TOML lock
+/// file, `dnf versionlock add` with other semantics) and it cannot run here (not on Debian 12),
+/// so nothing about it is tested.
+async fn refuse_dnf5(run: &Runner) -> Result<(), PkgError> {
+    let Ok(out) = run.run("dnf", &["--version".to_string()]).await else {
+        return Ok(()); // not runnable: the first real dnf command reports that
+    };
+    match dnf5_version_line(&out.stdout) {
+        Some(version_line) => Err(PkgError::Dnf5Unsupported { version_line }),
+        None => Ok(()),
+    }
+}
+
+/// The first line of `dnf --version` if it is dnf5's: dnf5 prints `dnf5 version 5.2.8.1`, dnf 4
+/// a bare `4.14.0`.
+pub fn dnf5_version_line(version_output: &str) -> Option<String> {
+    let first = version_output.lines().next()?.trim();
+    let is_dnf5 = first.starts_with("dnf5")
+        || first
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            .is_some_and(|m| m >= 5);
+    is_dnf5.then(|| first.to_string())
+}
+
 /// `auto` detection from `/etc/os-release` and the tools present. `None`: neither tool.
 pub fn choose_kind(os_release: &str, has_apt: bool, has_dnf: bool) -> Option<PkgKind> {
     let mut ids: Vec<String> = Vec::new();
@@ -481,6 +519,19 @@ mod tests {
         assert_eq!(choose_kind("", true, true), Some(PkgKind::Apt));
         assert_eq!(choose_kind("ID=arch\n", false, true), Some(PkgKind::Dnf));
         assert_eq!(choose_kind(DEBIAN, false, false), None);
+    }
+
+    #[test]
+    fn dnf5_is_recognised_by_its_version_output() {
+        let dnf5 = "dnf5 version 5.2.8.1\ndnf5 plugin API version 2.0\nlibdnf5 version 5.2.8.1\n";
+        assert_eq!(
+            dnf5_version_line(dnf5).as_deref(),
+            Some("dnf5 version 5.2.8.1")
+        );
+        assert!(dnf5_version_line("5.2.8.1\n").is_some());
+        let dnf4 = "4.14.0\n  Installed: dnf-0:4.14.0-25.el9.noarch at Mon 01 Jan 2024\n";
+        assert_eq!(dnf5_version_line(dnf4), None);
+        assert_eq!(dnf5_version_line(""), None);
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub enum Action {
     /// `MaskUnitFiles` / `UnmaskUnitFiles`.
     Mask,
     Unmask,
+    /// `ResetFailedUnit` (`systemctl reset-failed`).
+    ResetFailed,
 }
 
 impl fmt::Display for Action {
@@ -137,6 +139,7 @@ impl fmt::Display for Action {
             Action::DaemonReload => "daemon-reload",
             Action::Mask => "mask",
             Action::Unmask => "unmask",
+            Action::ResetFailed => "reset-failed",
         })
     }
 }
@@ -197,6 +200,51 @@ impl fmt::Display for UnitStatus {
             write!(f, " UnitFileState={}", self.unit_file_state)?;
         }
         Ok(())
+    }
+}
+
+/// How a service's main process ended (`ExecMainCode`, the `si_code` of its `waitid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainExit {
+    /// Exited with this status (`CLD_EXITED`).
+    Exited(i32),
+    /// Killed by this signal (`CLD_KILLED`, `CLD_DUMPED`).
+    Signal(i32),
+}
+
+/// A service's process-level state: what a start watch needs to see a crash loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub unit: UnitStatus,
+    /// `MainPID`; 0 when no main process runs.
+    pub main_pid: u32,
+    /// `NRestarts`: automatic restarts since the last manual start (a manual start resets it).
+    pub n_restarts: u32,
+    /// How the last main process ended, if one has ended (`ExecMainCode`/`ExecMainStatus`).
+    pub last_exit: Option<MainExit>,
+    /// `ExecMainExitTimestampMonotonic` (µs, CLOCK_MONOTONIC; 0 if none exited yet): tells a
+    /// new exit from one before a start.
+    pub last_exit_at_us: u64,
+    /// The unit's `Environment=` settings (`KEY=VALUE`).
+    pub environment: Vec<String>,
+    /// The unit's `EnvironmentFile=` paths (the flag: `-`, missing is fine).
+    pub environment_files: Vec<(String, bool)>,
+    /// `WorkingDirectory=`; empty when unset.
+    pub working_directory: String,
+    /// `FragmentPath`: the unit file in use (`/usr/lib/systemd/system/kibana.service`, or
+    /// `/etc/systemd/system/kibana.service` as 7.x packages install it).
+    pub fragment_path: String,
+    /// `DropInPaths`.
+    pub drop_in_paths: Vec<String>,
+}
+
+impl ServiceStatus {
+    /// `KEY` from `Environment=` (the last setting wins, as in systemd).
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.environment
+            .iter()
+            .rev()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 }
 
@@ -497,6 +545,63 @@ impl SystemdUnits {
         })
     }
 
+    /// Reads a service's process-level state along with its unit state.
+    pub async fn service_status(&self, unit: &str) -> Result<ServiceStatus, UnitError> {
+        let err = |e| classify(e, unit, Action::Status);
+        let status = self.status(unit).await?;
+        let path = self.manager.load_unit(unit.to_owned()).await.map_err(err)?;
+        let u = self.unit_proxy(path.clone()).await.map_err(err)?;
+        let s = self.service(path).await.map_err(err)?;
+        let (main_pid, n_restarts, code, exit_status, last_exit_at_us) = tokio::try_join!(
+            s.main_pid(),
+            s.n_restarts(),
+            s.exec_main_code(),
+            s.exec_main_status(),
+            s.exec_main_exit_timestamp_monotonic(),
+        )
+        .map_err(err)?;
+        let (environment, environment_files, working_directory) = tokio::try_join!(
+            s.environment(),
+            s.environment_files(),
+            s.working_directory()
+        )
+        .map_err(err)?;
+        let (fragment_path, drop_in_paths) =
+            tokio::try_join!(u.fragment_path(), u.drop_in_paths()).map_err(err)?;
+        // CLD_EXITED = 1, CLD_KILLED = 2, CLD_DUMPED = 3 (waitid(2)); 0: nothing exited yet.
+        let last_exit = match code {
+            1 => Some(MainExit::Exited(exit_status)),
+            2 | 3 => Some(MainExit::Signal(exit_status)),
+            _ => None,
+        };
+        Ok(ServiceStatus {
+            unit: status,
+            main_pid,
+            n_restarts,
+            last_exit,
+            last_exit_at_us,
+            environment,
+            environment_files,
+            working_directory,
+            fragment_path,
+            drop_in_paths,
+        })
+    }
+
+    /// `systemctl reset-failed UNIT`: forgets a `failed` state and the start-limit counter, so
+    /// a unit that hit `StartLimitBurst=` can be started again. A unit that is not failed is
+    /// left as it is.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), UnitError> {
+        match self.manager.reset_failed_unit(unit.to_owned()).await {
+            Ok(()) => Ok(()),
+            Err(e) => match classify(e, unit, Action::ResetFailed) {
+                // never loaded: nothing to reset
+                UnitError::NotFound { .. } => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
     /// Stops the unit and waits until it is `inactive` or `failed`, within `timeout`.
     /// Succeeds at once for a unit that is not running (or not loaded); a masked unit can be
     /// stopped. Returns the unit's state afterwards.
@@ -575,7 +680,11 @@ impl SystemdUnits {
             Action::Start => self.manager.start_unit(name, mode).await,
             Action::Stop => self.manager.stop_unit(name, mode).await,
             Action::Restart => self.manager.restart_unit(name, mode).await,
-            Action::Status | Action::DaemonReload | Action::Mask | Action::Unmask => {
+            Action::Status
+            | Action::DaemonReload
+            | Action::Mask
+            | Action::Unmask
+            | Action::ResetFailed => {
                 unreachable!("{action} is not a unit job")
             }
         }

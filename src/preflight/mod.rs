@@ -8,9 +8,12 @@
 //! * [`snapshot`] resolves and judges the snapshot (`latest`, a name, or the one an operation
 //!   pinned by uuid);
 //! * [`privileges`] asks `_has_privileges` for exactly what the operation needs;
-//! * [`liveness`] watches the agents' heartbeat counters (host documents carry no wall time).
+//! * [`hosts`] judges the readiness reports the agents publish in their host documents;
+//! * [`liveness`] watches the agents' heartbeat counters (host documents carry no wall time);
+//! * [`discard`] says what a restore would delete (for `plan`).
 
 pub mod discard;
+pub mod hosts;
 pub mod liveness;
 pub mod privileges;
 pub mod snapshot;
@@ -40,6 +43,7 @@ pub enum CheckId {
     KibanaFeature,
     NoOperationRunning,
     ExpectedHostsRegistered,
+    HostsReady,
     KibanaClients,
     Snapshot,
     AgentsAlive,
@@ -58,6 +62,7 @@ impl CheckId {
             CheckId::Snapshot => "snapshot",
             CheckId::NoOperationRunning => "no operation running",
             CheckId::ExpectedHostsRegistered => "expected hosts registered",
+            CheckId::HostsReady => "hosts ready (their readiness reports)",
             CheckId::KibanaClients => "kibana clients",
             CheckId::AgentsAlive => "agents alive (heartbeats)",
         }
@@ -295,6 +300,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             CheckId::KibanaFeature,
             CheckId::NoOperationRunning,
             CheckId::ExpectedHostsRegistered,
+            CheckId::HostsReady,
             CheckId::KibanaClients,
             CheckId::Snapshot,
             CheckId::AgentsAlive,
@@ -433,6 +439,13 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     }
     if c.get(CheckId::ExpectedHostsRegistered).is_none() {
         registration(&coord, &mut r).await;
+    }
+    match scope {
+        Scope::Leader { .. } => r.checks.skip(
+            CheckId::HostsReady,
+            "every host's check_available step runs its readiness checks fresh for the operation's target",
+        ),
+        _ => hosts::check(&mut r, target.as_ref()),
     }
     kibana_clients(es, settings, &mut r).await;
     snapshot_check(es, settings, &mut r, scope, request).await;

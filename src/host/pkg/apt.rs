@@ -77,6 +77,40 @@ impl Apt {
         })
     }
 
+    /// When dpkg last wrote the package's file list (`db-fsys:Last-Modified`, whole seconds):
+    /// the end of its last install. `None` when not installed.
+    pub async fn installed_at(&self, pkg: &PackageName) -> Result<Option<u64>, PkgError> {
+        let out = self
+            .run
+            .run(
+                "dpkg-query",
+                &[
+                    s("-W"),
+                    s("-f"),
+                    s("${db:Status-Abbrev}\t${db-fsys:Last-Modified}\n"),
+                    pkg.to_string(),
+                ],
+            )
+            .await?;
+        if !out.success() {
+            if out.code == Some(1) && out.stderr.contains("no packages found") {
+                return Ok(None);
+            }
+            return Err(out.error());
+        }
+        let line = out.stdout.lines().next().unwrap_or("");
+        let (status, secs) = line.split_once('\t').unwrap_or((line, ""));
+        // "ii " installed, "hi " installed and held: the second letter is the state
+        if status.chars().nth(1) != Some('i') {
+            return Ok(None);
+        }
+        secs.trim().parse().map(Some).map_err(|_| PkgError::Parse {
+            cmdline: out.cmdline.clone(),
+            what: "db-fsys:Last-Modified is not a number of seconds".into(),
+            output: out.stdout.clone(),
+        })
+    }
+
     pub async fn available_versions(
         &self,
         pkg: &PackageName,

@@ -71,6 +71,32 @@ impl Dnf {
             .map(|_| ())
     }
 
+    /// The package's `INSTALLTIME` (whole seconds); `None` when not installed.
+    pub async fn installed_at(&self, pkg: &PackageName) -> Result<Option<u64>, PkgError> {
+        let mut a = Vec::new();
+        if let Some(root) = self.installroot() {
+            a.push(s("--root"));
+            a.push(root.to_string());
+        }
+        a.extend([s("-q"), s("--qf"), s("%{INSTALLTIME}\n"), pkg.to_string()]);
+        let out = self.run.run("rpm", &a).await?;
+        if !out.success() {
+            if out.code == Some(1) && out.stdout.contains("is not installed") {
+                return Ok(None);
+            }
+            return Err(out.error());
+        }
+        // several installed versions: the newest install counts
+        let times: Result<Vec<u64>, _> = out.stdout.split_whitespace().map(str::parse).collect();
+        times
+            .map(|t| t.into_iter().max())
+            .map_err(|_| PkgError::Parse {
+                cmdline: out.cmdline.clone(),
+                what: "INSTALLTIME is not a number of seconds".into(),
+                output: out.stdout.clone(),
+            })
+    }
+
     pub async fn installed_version(
         &self,
         pkg: &PackageName,

@@ -1,0 +1,139 @@
+//! Keeping Kibana from starting while the rollback needs it stopped — from the stop step until
+//! the start step (or an abort) lifts the hold; across reboots and package installs too.
+//!
+//! `systemctl mask` cannot do it everywhere: a mask is a symlink to `/dev/null` at
+//! `/etc/systemd/system/kibana.service`, and that is exactly where the **7.x** packages install
+//! their unit as a regular file (systemd refuses: "File /etc/systemd/system/kibana.service
+//! already exists", kibana#16046, systemd#27965); and a 7.17 package installed during the
+//! reinstall would put its unit file back where a mask sits. So the hold is a **drop-in**,
+//! `/etc/systemd/system/<unit>.d/zz-kibana-rollback-hold.conf`, which works with the unit file in
+//! either place and which no package owns or replaces:
+//!
+//! ```ini
+//! [Unit]
+//! AssertPathExists=!/etc/systemd/system/kibana.service.d/zz-kibana-rollback-hold.conf
+//! ```
+//!
+//! The assertion fails as long as the drop-in exists, so every start — `systemctl start` by an
+//! admin or Ansible, a dependency, the boot — fails loudly ("Assertion failed on job for
+//! kibana.service"), and `systemctl status kibana` shows the drop-in and the failed assertion,
+//! which names the file to look at. An assertion, not a condition: a failed condition would make
+//! `systemctl start` succeed silently without starting anything. Nothing runs, so `Restart=`
+//! does not loop. Deleting the file (even without `daemon-reload`) lifts it.
+//!
+//! [`lift`](Hold::lift) also unmasks the unit: agents before this mechanism masked it, and an
+//! operation they began may be finished by this one.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::local::Local;
+use super::systemd::{SystemdUnits, UnitError};
+
+/// The drop-in's file name: sorts after the usual `NN-*.conf` so nothing later resets it.
+pub const DROP_IN_NAME: &str = "zz-kibana-rollback-hold.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("cannot write the hold drop-in {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the hold drop-in {path}: {source}")]
+    Remove {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+}
+
+/// The hold of one unit on one host.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    local: Local,
+    unit: String,
+}
+
+impl Hold {
+    pub fn new(local: &Local, unit: &str) -> Self {
+        Hold {
+            local: local.clone(),
+            unit: unit.to_string(),
+        }
+    }
+
+    /// The drop-in as the host sees it.
+    pub fn path(&self) -> String {
+        format!("/etc/systemd/system/{}.d/{DROP_IN_NAME}", self.unit)
+    }
+
+    fn local_path(&self) -> PathBuf {
+        self.local.path(self.path())
+    }
+
+    pub fn contents(&self) -> String {
+        format!(
+            "# Written by kibana-rollback while a rollback needs {unit} stopped: every start fails\n\
+             # until the rollback starts it (or aborts). Removing this file lifts the hold.\n\
+             [Unit]\n\
+             AssertPathExists=!{path}\n",
+            unit = self.unit,
+            path = self.path()
+        )
+    }
+
+    /// Whether the drop-in is in place.
+    pub fn is_held(&self) -> bool {
+        self.local_path().exists()
+    }
+
+    /// Puts the drop-in in place (atomically, synced) and reloads systemd. Idempotent.
+    pub async fn apply(&self, units: &SystemdUnits) -> Result<(), HoldError> {
+        let path = self.local_path();
+        let err = |source| HoldError::Write {
+            path: self.path(),
+            source,
+        };
+        let dir = path.parent().expect("drop-in has a directory");
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = dir.join(format!(".{DROP_IN_NAME}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(self.contents().as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        units.daemon_reload().await?;
+        Ok(())
+    }
+
+    /// Removes the drop-in (and a mask left by an older agent), reloads systemd and clears a
+    /// `failed` state. Idempotent.
+    pub async fn lift(&self, units: &SystemdUnits) -> Result<(), HoldError> {
+        let path = self.local_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(HoldError::Remove {
+                    path: self.path(),
+                    source,
+                })
+            }
+        }
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir); // only if empty: admins' drop-ins stay
+        }
+        units.unmask(&self.unit).await?;
+        units.daemon_reload().await?;
+        units.reset_failed(&self.unit).await?;
+        Ok(())
+    }
+}
