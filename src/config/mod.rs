@@ -24,6 +24,8 @@ use schema::Kind;
 pub const CREDENTIAL_API_KEY: &str = "elasticsearch-api-key";
 /// Name of the systemd credential holding the Elasticsearch password.
 pub const CREDENTIAL_PASSWORD: &str = "elasticsearch-password";
+/// Name of the systemd credential holding the webhook's secret header value.
+pub const CREDENTIAL_WEBHOOK_SECRET: &str = "kibana-rollback-webhook-secret";
 
 /// A configuration problem, rendered as one line: `FILE: KEY = VALUE: PROBLEM; fix: FIX`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -719,12 +721,125 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         command_timeout: r.duration("package_manager.command_timeout")?,
     };
 
+    let metrics = metrics_settings(&r)?;
+    let notify = notify_settings(&r, merged)?;
+
     Ok(Settings {
         elasticsearch,
         kibana,
         rollback,
         coordination,
         package_manager,
+        metrics,
+        notify,
+    })
+}
+
+fn metrics_settings(r: &Reader) -> Result<MetricsSettings, ConfigError> {
+    let listen = match r.string("metrics.listen") {
+        Some((s, o)) => Some(s.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+            ConfigError::at(&o, "metrics.listen", Some(format!("{s:?}")), "not an IP address with a port")
+                .fix("write it as \"127.0.0.1:9464\" (or \"[::1]:9464\"); remove the key to serve no metrics")
+        })?),
+        None => None,
+    };
+    let textfile = match r.path("metrics.textfile")? {
+        Some((p, o)) => {
+            if p.extension().and_then(|e| e.to_str()) != Some("prom") {
+                return Err(ConfigError::at(
+                    &o,
+                    "metrics.textfile",
+                    Some(format!("{:?}", p.display().to_string())),
+                    "node-exporter's textfile collector reads only files ending in .prom",
+                )
+                .fix("name a file such as \"/var/lib/prometheus/node-exporter/kibana_rollback.prom\""));
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(MetricsSettings { listen, textfile })
+}
+
+fn notify_settings(r: &Reader, merged: &Merged) -> Result<NotifySettings, ConfigError> {
+    let timeout = r.duration("notify.webhook_timeout")?;
+    let url = match r.string("notify.webhook_url") {
+        Some((s, o)) => Some(r.url("notify.webhook_url", &s, &o)?),
+        None => None,
+    };
+    let header = r.string("notify.webhook_header");
+    let secret_file = r.path("notify.webhook_secret_file")?;
+    let Some(url) = url else {
+        if let Some((_, o)) = header.as_ref().map(|(h, o)| (h, o)) {
+            return Err(ConfigError::at(
+                o,
+                "notify.webhook_header",
+                None,
+                "a webhook header without notify.webhook_url",
+            )
+            .fix("set notify.webhook_url too, or remove webhook_header"));
+        }
+        if let Some((_, o)) = &secret_file {
+            return Err(ConfigError::at(
+                o,
+                "notify.webhook_secret_file",
+                None,
+                "a webhook secret without notify.webhook_url",
+            )
+            .fix("set notify.webhook_url too, or remove webhook_secret_file"));
+        }
+        return Ok(NotifySettings { webhook: None });
+    };
+    let secret_header = match (header, secret_file) {
+        (Some((h, o)), file) => {
+            if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError::at(
+                    &o,
+                    "notify.webhook_header",
+                    Some(format!("{h:?}")),
+                    "not an HTTP header name",
+                )
+                .fix("write a header name such as \"X-Token\" or \"Authorization\""));
+            }
+            let (path, origin) = match file {
+                Some(x) => x,
+                None => match credential(merged, CREDENTIAL_WEBHOOK_SECRET) {
+                    Some(p) => (p.clone(), Origin::Credential(p)),
+                    None => {
+                        return Err(ConfigError::at(&o, "notify.webhook_header", Some(format!("{h:?}")), "a webhook header without a secret")
+                            .fix(format!("set notify.webhook_secret_file (mode 600), or pass the credential {CREDENTIAL_WEBHOOK_SECRET} with LoadCredential=")))
+                    }
+                },
+            };
+            let secret = secret("notify.webhook_secret_file", &path, &origin)?;
+            if reqwest::header::HeaderValue::from_str(secret.expose()).is_err() {
+                return Err(ConfigError::at(
+                    &origin,
+                    "notify.webhook_secret_file",
+                    Some(format!("{:?}", path.display().to_string())),
+                    "holds characters not allowed in an HTTP header",
+                )
+                .fix("keep only the header's value, on one line"));
+            }
+            Some((h, secret))
+        }
+        (None, Some((_, o))) => {
+            return Err(ConfigError::at(
+                &o,
+                "notify.webhook_secret_file",
+                None,
+                "a webhook secret without notify.webhook_header",
+            )
+            .fix("set notify.webhook_header to the header that carries it"))
+        }
+        (None, None) => None,
+    };
+    Ok(NotifySettings {
+        webhook: Some(Webhook {
+            url,
+            secret_header,
+            timeout,
+        }),
     })
 }
 

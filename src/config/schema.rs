@@ -18,6 +18,8 @@ pub enum Kind {
     UrlList,
     /// One of a fixed set of words.
     Enum(&'static [&'static str]),
+    /// A socket address such as "127.0.0.1:9464".
+    SocketAddr,
 }
 
 impl Kind {
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Url => "a URL string such as \"https://host:9200\"".into(),
             Kind::UrlList => "a list of URL strings".into(),
             Kind::Enum(words) => format!("one of {}", words.join(", ")),
+            Kind::SocketAddr => "an address string such as \"127.0.0.1:9464\"".into(),
         }
     }
 }
@@ -59,6 +62,8 @@ pub const SECTIONS: &[&str] = &[
     "rollback",
     "coordination",
     "package_manager",
+    "metrics",
+    "notify",
 ];
 
 macro_rules! key {
@@ -144,6 +149,18 @@ pub const KEYS: &[Key] = &[
         "Extra arguments passed to apt-get or dnf (for example a --setopt)."),
     key!("package_manager", "command_timeout", Kind::Duration, Some(r#""15m""#),
         "Time limit of one apt-get or dnf command."),
+    key!("metrics", "listen", Kind::SocketAddr, None,
+        "Serve the agent's metrics in Prometheus text format at http://ADDRESS/metrics; unset: no listener."),
+    key!("metrics", "textfile", Kind::Path, None,
+        "Also write the metrics to this file (atomically, every 5 s) for node-exporter's textfile collector; its name must end in .prom."),
+    key!("notify", "webhook_url", Kind::Url, None,
+        "POST a JSON event to this URL at an operation's start, each phase change and its outcome (the leader sends)."),
+    key!("notify", "webhook_header", Kind::String, None,
+        "Header that carries the webhook secret (e.g. \"X-Token\" or \"Authorization\")."),
+    key!("notify", "webhook_secret_file", Kind::Path, None,
+        "File holding that header's value. Must not be readable by group or others; unset: the credential kibana-rollback-webhook-secret."),
+    key!("notify", "webhook_timeout", Kind::Duration, Some(r#""10s""#),
+        "How long one webhook request may take before it is retried."),
 ];
 
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {
@@ -157,6 +174,7 @@ pub fn is_secret_path(section: &str, name: &str) -> bool {
         ("elasticsearch", "api_key_file")
             | ("elasticsearch", "password_file")
             | ("kibana", "status_password_file")
+            | ("notify", "webhook_secret_file")
     )
 }
 

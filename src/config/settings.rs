@@ -142,6 +142,29 @@ impl Default for PackageManagerSettings {
     }
 }
 
+/// Where the agent exposes its metrics (both off by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// `metrics.listen`: serve `GET /metrics` here.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `metrics.textfile`: node-exporter textfile collector file, rewritten atomically.
+    pub textfile: Option<PathBuf>,
+}
+
+/// The webhook the leader calls on operation events.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: Url,
+    /// Header name and its secret value.
+    pub secret_header: Option<(String, Secret)>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NotifySettings {
+    pub webhook: Option<Webhook>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub elasticsearch: ElasticsearchSettings,
@@ -149,6 +172,8 @@ pub struct Settings {
     pub rollback: RollbackSettings,
     pub coordination: CoordinationSettings,
     pub package_manager: PackageManagerSettings,
+    pub metrics: MetricsSettings,
+    pub notify: NotifySettings,
 }
 
 /// Elasticsearch's own index-name rules plus ours: never inside the kibana feature state.

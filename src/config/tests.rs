@@ -415,3 +415,114 @@ fn status_ca_file_must_hold_pem_certificates() {
     );
     assert!(e.contains("cannot read the CA file"), "{e}");
 }
+
+#[test]
+fn metrics_keys_are_off_by_default_and_validated() {
+    let f = Fixture::new();
+    let s = f.load(MINIMAL).unwrap().settings;
+    assert_eq!(s.metrics, MetricsSettings::default());
+    assert!(s.notify.webhook.is_none());
+
+    let s = f
+        .load(&format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\ntextfile = \"/var/lib/prometheus/node-exporter/kibana_rollback.prom\"\n"
+        ))
+        .unwrap()
+        .settings;
+    assert_eq!(s.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        s.metrics.textfile.as_deref(),
+        Some(Path::new(
+            "/var/lib/prometheus/node-exporter/kibana_rollback.prom"
+        ))
+    );
+
+    let main = f.path("config.toml").display().to_string();
+    for (bad, want) in [
+        ("listen = \"localhost\"", "metrics.listen = \"localhost\": not an IP address with a port; fix: write it as \"127.0.0.1:9464\""),
+        ("listen = \"127.0.0.1:99999\"", "metrics.listen = \"127.0.0.1:99999\": not an IP address with a port"),
+        ("listen = 9464", "metrics.listen = 9464: must be an address string such as \"127.0.0.1:9464\""),
+        ("textfile = \"/var/lib/x/kr.txt\"", "metrics.textfile = \"/var/lib/x/kr.txt\": node-exporter's textfile collector reads only files ending in .prom; fix:"),
+        ("textfile = \"kr.prom\"", "metrics.textfile = \"kr.prom\": must be an absolute path"),
+    ] {
+        let e = err(&f, &format!("{MINIMAL}\n[metrics]\n{bad}\n"));
+        assert!(e.starts_with(&format!("{main}: ")), "{e}");
+        assert!(e.contains(want), "{bad}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}
+
+#[test]
+fn webhook_secret_comes_from_a_private_file_or_the_credential() {
+    let f = Fixture::new();
+    let url = "[notify]\nwebhook_url = \"http://127.0.0.1:8080/hook\"\n";
+    let s = f.load(&format!("{MINIMAL}\n{url}")).unwrap().settings;
+    let w = s.notify.webhook.unwrap();
+    assert_eq!(w.url.as_str(), "http://127.0.0.1:8080/hook");
+    assert!(w.secret_header.is_none());
+    assert_eq!(w.timeout, Duration::from_secs(10));
+
+    let secret = f.secret("hook-secret", "s3cr3t-token\n", 0o600);
+    let with_secret = format!(
+        "{MINIMAL}\n{url}webhook_header = \"X-Token\"\nwebhook_secret_file = {:?}\n",
+        secret.display().to_string()
+    );
+    let loaded = f.load(&with_secret).unwrap();
+    let (h, v) = loaded
+        .settings
+        .notify
+        .webhook
+        .unwrap()
+        .secret_header
+        .unwrap();
+    assert_eq!((h.as_str(), v.expose()), ("X-Token", "s3cr3t-token"));
+    let listing = format!("{:?}", describe(&loaded.merged));
+    assert!(!listing.contains("s3cr3t"), "{listing}");
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = err(&f, &with_secret);
+    assert!(e.contains("notify.webhook_secret_file"), "{e}");
+    assert!(e.contains("chmod 600"), "{e}");
+    assert!(!e.contains("s3cr3t"), "{e}");
+
+    // A header without a secret, a secret without a header, either without a URL.
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n{url}webhook_header = \"X-Token\"\n"),
+    );
+    assert!(e.contains("notify.webhook_header = \"X-Token\": a webhook header without a secret; fix: set notify.webhook_secret_file"), "{e}");
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n{url}webhook_header = \"X Token\"\nwebhook_secret_file = \"/x\"\n"),
+    );
+    assert!(e.contains("not an HTTP header name"), "{e}");
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n[notify]\nwebhook_header = \"X-Token\"\n"),
+    );
+    assert!(e.contains("without notify.webhook_url"), "{e}");
+    let e = err(
+        &f,
+        &format!("{MINIMAL}\n[notify]\nwebhook_url = \"ftp://x/\"\n"),
+    );
+    assert!(e.contains("notify.webhook_url"), "{e}");
+
+    // The credential, when no file is named.
+    let creds = f.path("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    let c = creds.join(CREDENTIAL_WEBHOOK_SECRET);
+    std::fs::write(&c, "from-credential").unwrap();
+    std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o400)).unwrap();
+    f.write(
+        "config.toml",
+        &format!("{MINIMAL}\n{url}webhook_header = \"Authorization\"\n"),
+    );
+    let mut sources = f.sources();
+    sources.credentials_dir = Some(creds);
+    let s = load(&sources).unwrap().settings;
+    let (h, v) = s.notify.webhook.unwrap().secret_header.unwrap();
+    assert_eq!(
+        (h.as_str(), v.expose()),
+        ("Authorization", "from-credential")
+    );
+}

@@ -24,8 +24,12 @@ pub enum Idempotence {
     Once,
 }
 
+/// Told the result of every request (the agent's metrics count them by kind).
+pub type RequestObserver = std::sync::Arc<dyn Fn(Result<(), &EsError>) + Send + Sync>;
+
 pub struct Client {
     http: reqwest::Client,
+    observer: Option<RequestObserver>,
     hosts: Vec<Url>,
     /// Index of the host that answered last; requests start there.
     preferred: AtomicUsize,
@@ -104,14 +108,42 @@ impl Client {
         let http = builder.build().map_err(|e| EsError::Setup(e.to_string()))?;
         Ok(Client {
             http,
+            observer: None,
             hosts: settings.hosts.clone(),
             preferred: AtomicUsize::new(0),
             request_timeout: settings.request_timeout,
         })
     }
 
+    /// Reports the result of every later request to `observer`.
+    pub fn set_observer(&mut self, observer: RequestObserver) {
+        self.observer = Some(observer);
+    }
+
+    fn observed<T>(&self, r: Result<T, EsError>) -> Result<T, EsError> {
+        if let Some(o) = &self.observer {
+            o(r.as_ref().map(|_| ()));
+        }
+        r
+    }
+
     /// Sends a request and returns the status and body; error statuses become [`EsError::Api`].
     pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra_headers: &[(&'static str, &str)],
+        timeout: Option<Duration>,
+        idempotence: Idempotence,
+    ) -> Result<(StatusCode, String), EsError> {
+        let r = self
+            .send_unobserved(method, path, body, extra_headers, timeout, idempotence)
+            .await;
+        self.observed(r)
+    }
+
+    async fn send_unobserved(
         &self,
         method: Method,
         path: &str,
@@ -225,14 +257,18 @@ impl Client {
         idempotence: Idempotence,
     ) -> Result<T, EsError> {
         let m = method.to_string();
-        let (_, text) = self
-            .send(method, path, body, &[], timeout, idempotence)
-            .await?;
-        serde_json::from_str(&text).map_err(|e| EsError::Decode {
-            method: m,
-            path: path.into(),
-            detail: e.to_string(),
-        })
+        let r = match self
+            .send_unobserved(method, path, body, &[], timeout, idempotence)
+            .await
+        {
+            Ok((_, text)) => serde_json::from_str(&text).map_err(|e| EsError::Decode {
+                method: m,
+                path: path.into(),
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(e),
+        };
+        self.observed(r)
     }
 }
 

@@ -89,6 +89,66 @@ impl EsError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, EsError::Unreachable { .. } | EsError::Timeout { .. })
     }
+
+    /// The kind of failure, as the `kind` label of the agent's request-error metric.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EsError::Unreachable { .. } => ErrorKind::Unreachable,
+            EsError::Timeout { .. } => ErrorKind::Timeout,
+            EsError::Api { status, .. } => match status.as_u16() {
+                401 | 403 => ErrorKind::Auth,
+                404 => ErrorKind::NotFound,
+                409 => ErrorKind::Conflict,
+                500..=599 => ErrorKind::Http5xx,
+                _ => ErrorKind::Http4xx,
+            },
+            EsError::Decode { .. } => ErrorKind::Decode,
+            EsError::Setup(_) | EsError::Check(_) | EsError::NewerFormat { .. } => ErrorKind::Other,
+        }
+    }
+}
+
+/// What kind of failure a request had. `NotFound` and `Conflict` are routine in the protocol (a
+/// missing operation document, a compare-and-set that lost a race); the others are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Unreachable,
+    Timeout,
+    Auth,
+    NotFound,
+    Conflict,
+    Http4xx,
+    Http5xx,
+    Decode,
+    Other,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Unreachable,
+        ErrorKind::Timeout,
+        ErrorKind::Auth,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Http4xx,
+        ErrorKind::Http5xx,
+        ErrorKind::Decode,
+        ErrorKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Auth => "auth",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Http4xx => "http_4xx",
+            ErrorKind::Http5xx => "http_5xx",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Other => "other",
+        }
+    }
 }
 
 /// Pulls `error.type` and `error.reason` (with the root cause's reason when it says more) out of

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 pub use client::{Client, Idempotence};
-pub use error::EsError;
+pub use error::{ErrorKind, EsError};
 pub use types::*;
 
 /// The feature whose state is snapshotted and restored.
@@ -61,6 +61,12 @@ impl Es {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Reports the result of every later request to `observer` (see [`Client::set_observer`]).
+    pub fn with_observer(mut self, observer: client::RequestObserver) -> Self {
+        self.client.set_observer(observer);
+        self
     }
 
     /// Version of every node (`GET _nodes/_all/_none`), as Kibana itself checks them.
