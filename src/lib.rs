@@ -15,5 +15,7 @@ pub mod feature;
 pub mod fleet;
 pub mod host;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod preflight;
 pub mod snapshots;

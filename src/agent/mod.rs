@@ -12,6 +12,7 @@ mod evidence;
 mod host_steps;
 mod identity;
 mod progress;
+mod telemetry;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -72,7 +73,10 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
             settings.coordination.state_dir.display()
         )
     })?;
-    let es = Arc::new(Es::new(&settings.elasticsearch)?);
+    let mut telemetry = telemetry::Telemetry::new(&settings, boottime);
+    let es = Arc::new(Es::new(&settings.elasticsearch)?.with_observer(telemetry.es_observer()));
+    telemetry.start(&settings).await?;
+    let telemetry = Arc::new(telemetry);
     let units = SystemdUnits::connect()
         .await
         .context("connecting to systemd over the system bus")?;
@@ -132,7 +136,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("idle: no operation"),
     ]);
-    Daemon {
+    let result = Daemon {
         settings: settings.clone(),
         es,
         host,
@@ -144,9 +148,12 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         evidence,
         client_addresses: identity::client_addresses(&settings.coordination.client_addresses),
         readiness_task: None,
+        telemetry: telemetry.clone(),
     }
     .run()
-    .await
+    .await;
+    telemetry.shutdown().await;
+    result
 }
 
 struct Daemon {
@@ -166,6 +173,8 @@ struct Daemon {
     /// The readiness checks, when running (they run beside the loop: a slow package query must
     /// not hold up heartbeats).
     readiness_task: Option<JoinHandle<()>>,
+    /// Metrics and webhook events (one call per event).
+    telemetry: Arc<telemetry::Telemetry>,
 }
 
 impl Daemon {
@@ -216,6 +225,8 @@ impl Daemon {
                     OpRead::Unreadable
                 }
             };
+            self.telemetry
+                .operation_read(&op, &self.es, &self.settings.coordination.index);
             let mut ids: BTreeSet<String> = BTreeSet::new();
             ids.insert(self.settings.coordination.host_id.clone());
             if let OpRead::Found(v) = &op {
@@ -300,6 +311,9 @@ impl Daemon {
                     events,
                 },
             );
+            self.telemetry.leading(self.node.leading_epoch());
+            // A write of the operation sent while not leading is a takeover.
+            let takeover = self.node.leading_epoch().is_none();
             for action in actions {
                 match action {
                     Action::RecordProgress(p) => {
@@ -319,6 +333,7 @@ impl Daemon {
                         }
                     }
                     Action::StopActing { reason } => {
+                        self.telemetry.lease_lost();
                         tracing::warn!(
                             operation_id = op_id.as_deref().unwrap_or(""),
                             "no longer leader: {reason}"
@@ -332,8 +347,11 @@ impl Daemon {
                         let host = self.host.clone();
                         let tx = tx.clone();
                         let op_id = op_id.clone().unwrap_or_default();
+                        let telemetry = self.telemetry.clone();
+                        telemetry.host_step_started(&op_id, step.kind());
                         inflight.push(tokio::spawn(async move {
                             let (result, detail) = host.run(&step, resumed).await;
+                            telemetry.host_step_finished(&op_id, step.kind(), &result);
                             tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
                             let _ = tx.send(Event::HostStepDone { id, result, detail });
                         }));
@@ -352,7 +370,9 @@ impl Daemon {
                     Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
                         // Stopping: start nothing new; the next agent process resumes.
                     }
-                    other => inflight.push(self.spawn_write(other, op_id.clone(), tx.clone())),
+                    other => {
+                        inflight.push(self.spawn_write(other, op_id.clone(), takeover, tx.clone()))
+                    }
                 }
             }
 
@@ -373,9 +393,11 @@ impl Daemon {
         &self,
         action: Action,
         op_id: Option<String>,
+        takeover: bool,
         tx: mpsc::UnboundedSender<Event>,
     ) -> JoinHandle<()> {
         let es = self.es.clone();
+        let telemetry = self.telemetry.clone();
         let settings = self.settings.clone();
         tokio::spawn(async move {
             let coord = Coord::new(&es, &settings);
@@ -388,6 +410,7 @@ impl Daemon {
                     why,
                 } => {
                     let r = write_result(coord.cas_operation(&doc, expected).await);
+                    telemetry.operation_written(&doc, takeover, &r);
                     if matches!(r, WriteResult::Ok(_)) {
                         tracing::info!(operation_id = %doc.id, phase = %doc.phase.as_str(), epoch = doc.epoch, "operation updated: {why}");
                     } else {
@@ -417,6 +440,7 @@ impl Daemon {
                 }
                 Action::WriteHostDoc { id, doc, expected } => {
                     let r = write_result(coord.write_host(&doc, expected).await);
+                    telemetry.host_doc_written(&doc, &r);
                     if let WriteResult::Unknown(e) = &r {
                         tracing::warn!("writing the host document failed: {e}");
                     }

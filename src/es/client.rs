@@ -45,6 +45,11 @@ impl std::fmt::Debug for Client {
 }
 
 pub(crate) fn user_agent() -> String {
+    user_agent_string()
+}
+
+/// The User-Agent of every request this tool sends (never `x-elastic-product-origin`).
+pub fn user_agent_string() -> String {
     format!("kibana-rollback/{}", env!("CARGO_PKG_VERSION"))
 }
 
