@@ -1,8 +1,13 @@
-//! Following an operation (`start --wait`, `abort --wait`, `start --resume --wait`): only reads —
-//! the operation document once a second (real-time GET), the expected hosts' documents for "what
-//! it waits for", and at the end `history-<id>`. A `failed` operation stays as the `operation`
-//! document (it may be resumed), so `failed` there ends the wait too. Ctrl-C or SIGTERM stops
-//! following, never the operation (exit 75: still running).
+//! Following an operation (`start --wait`, `abort --wait`, `start --resume --wait`, `status
+//! --watch`): only reads — the operation document once a second (real-time GET), the expected
+//! hosts' documents for "what it waits for", and at the end `history-<id>`. A `failed`
+//! operation stays as the `operation` document (it may be resumed), so `failed` there ends the
+//! wait too. Ctrl-C or SIGTERM stops following, never the operation (exit 75: still running).
+//!
+//! On a terminal (and without `--json`) the progress is drawn live ([`super::live`]): phase
+//! changes as lines that stay, below them one block redrawn every second. Otherwise — the
+//! journal, Ansible, pipes — plain lines: each phase change with its timestamp, and what the
+//! operation waits for whenever that changes.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +19,7 @@ use kibana_rollback::fleet::{self, describe_error, HostDoc, OperationDoc, Phase}
 use serde_json::json;
 
 use super::context::Ctx;
+use super::live::{self, Screen, View};
 use super::outcome::{outcome_json, outcome_name, phase_change_json, phase_change_line};
 
 fn emit(json_mode: bool, v: serde_json::Value, text: impl FnOnce() -> String) {
@@ -58,8 +64,46 @@ async fn look(coord: &Coord<'_>, op_id: &str) -> Result<Seen, EsError> {
 /// Follows operation `op_id` until it ends; prints phase changes and what it waits for. Exit
 /// code: 0 done, 1 aborted/failed/released/vanished, 75 when a signal stopped the following.
 pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
+    Ok(match follow_until(ctx, op_id, json_mode, false).await? {
+        Followed::Ended(code) | Followed::Interrupted(code) => code,
+    })
+}
+
+/// How following ended.
+pub enum Followed {
+    /// The operation ended (or vanished): the outcome's exit code.
+    Ended(u8),
+    /// A signal stopped the following; the operation goes on.
+    Interrupted(u8),
+}
+
+/// The block for a running operation, its expected hosts in order.
+fn draw(screen: &mut Screen, op: &OperationDoc, hosts: &[HostDoc], waiting: &str) {
+    let view = View {
+        op: Some(op),
+        hosts: op
+            .expected_hosts
+            .iter()
+            .map(|id| (id.clone(), hosts.iter().find(|h| &h.host_id == id)))
+            .collect(),
+        waiting: Some(waiting),
+        last: None,
+    };
+    screen.draw(&live::render(&view, live::width()));
+}
+
+/// [`follow`], telling an interruption apart from an end (for `status --watch`, which passes
+/// `watching`: a signal then ends it silently, as the watch it is).
+pub async fn follow_until(
+    ctx: &Ctx,
+    op_id: &str,
+    json_mode: bool,
+    watching: bool,
+) -> Result<Followed> {
     use tokio::signal::unix::{signal, SignalKind};
     let coord = ctx.coord();
+    let live = !json_mode && live::stdout_is_terminal();
+    let mut screen = Screen::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut printed = 0usize;
@@ -73,9 +117,14 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
         match look(&coord, op_id).await {
             Ok(seen) => {
                 if failing_since.take().is_some() && !json_mode {
-                    eprintln!(
+                    let msg = format!(
                         "kibana-rollback: Elasticsearch answers again; still following {op_id}"
                     );
+                    if live {
+                        screen.log(&msg);
+                    } else {
+                        eprintln!("{msg}");
+                    }
                 }
                 let op = match &seen {
                     Seen::Running(op, _) | Seen::Finished(op) => Some(op),
@@ -83,6 +132,10 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                 };
                 if let Some(op) = op {
                     for c in op.history.iter().skip(printed) {
+                        if live {
+                            screen.log(&phase_change_line(c));
+                            continue;
+                        }
                         emit(
                             json_mode,
                             json!({"event": "phase", "operation": op_id, "change": phase_change_json(c)}),
@@ -96,7 +149,9 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                     Seen::Running(op, hosts) => {
                         vanished = 0;
                         let w = fleet::waiting_for(&op, &hosts);
-                        if w != last_wait {
+                        if live {
+                            draw(&mut screen, &op, &hosts, &w);
+                        } else if w != last_wait {
                             emit(
                                 json_mode,
                                 json!({"event": "waiting", "operation": op_id, "phase": op.phase, "epoch": op.epoch, "leader": op.leader_id(), "waiting_for": w}),
@@ -105,7 +160,10 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                             last_wait = w;
                         }
                     }
-                    Seen::Finished(op) => return Ok(finish(&op, json_mode)),
+                    Seen::Finished(op) => {
+                        screen.keep();
+                        return Ok(Followed::Ended(finish(&op, json_mode)));
+                    }
                     Seen::Vanished => {
                         vanished += 1;
                         if vanished >= 3 {
@@ -113,12 +171,13 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                                 "operation {op_id} is gone and left no history-{op_id} record (last seen in phase {}); check `kibana-rollback history`",
                                 last_phase.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
                             );
+                            screen.keep();
                             emit(
                                 json_mode,
                                 json!({"event": "outcome", "operation": op_id, "outcome": "vanished", "error": msg}),
                                 || msg.clone(),
                             );
-                            return Ok(exit::FAILED);
+                            return Ok(Followed::Ended(exit::FAILED));
                         }
                     }
                 }
@@ -131,16 +190,33 @@ pub async fn follow(ctx: &Ctx, op_id: &str, json_mode: bool) -> Result<u8> {
                     )));
                 }
                 if since.elapsed() < Duration::from_millis(10) {
-                    eprintln!(
+                    let msg = format!(
                         "kibana-rollback: warning: cannot read operation {op_id} ({e}); retrying"
                     );
+                    if live {
+                        screen.log(&msg);
+                    } else {
+                        eprintln!("{msg}");
+                    }
                 }
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = &mut ctrl_c => return Ok(stop_following(op_id, last_phase, json_mode, "interrupt")),
-            _ = sigterm.recv() => return Ok(stop_following(op_id, last_phase, json_mode, "SIGTERM")),
+            _ = &mut ctrl_c => {
+                screen.keep();
+                if watching {
+                    return Ok(Followed::Interrupted(exit::OK));
+                }
+                return Ok(Followed::Interrupted(stop_following(op_id, last_phase, json_mode, "interrupt")));
+            }
+            _ = sigterm.recv() => {
+                screen.keep();
+                if watching {
+                    return Ok(Followed::Interrupted(exit::OK));
+                }
+                return Ok(Followed::Interrupted(stop_following(op_id, last_phase, json_mode, "SIGTERM")));
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ mod context;
 pub mod docs;
 mod follow;
 mod history;
+mod live;
 mod lock;
 mod outcome;
 mod plan;
@@ -96,7 +97,12 @@ pub enum Command {
         accept_unjudged_snapshot: bool,
     },
     /// Show the fleet: hosts, units, package versions, the operation and what it waits for.
-    Status,
+    Status {
+        /// Keep watching: on a terminal one block redrawn every second, otherwise a line per
+        /// phase change and per change of what the operation waits for; Ctrl-C ends it (exit 0).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Abort the running operation (only before the restore point).
     Abort {
         /// Why, recorded in the operation and its history.
@@ -208,19 +214,22 @@ pub async fn run(cli: Cli) -> Result<u8> {
             )
             .await
         }
-        Command::Status => status::run(&cli).await,
+        Command::Status { watch: false } => status::run(&cli).await,
+        Command::Status { watch: true } => status::watch(&cli).await,
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,
     }
 }
 
-/// Prints rows as aligned columns under a header.
+/// Prints rows as aligned columns under a header, aligned by display width (wide characters
+/// take two columns).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    use unicode_width::UnicodeWidthStr;
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            widths[i] = widths[i].max(cell.width());
         }
     }
     let line = |cells: Vec<&str>| {
@@ -229,7 +238,8 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i] - c.width() + 2));
             }
         }
         println!("{}", s.trim_end());

@@ -8,6 +8,10 @@
 //! only a heartbeat counter, so `status` shows the counter (watch it move between two runs) and
 //! leaves liveness judgements to `plan`, which watches it for a heartbeat period.
 //!
+//! `status --watch` keeps following: each operation as `start --wait` follows it (live on a
+//! terminal, plain lines otherwise), and between operations the fleet (on a terminal) or one
+//! line saying none runs; Ctrl-C or SIGTERM ends it with exit 0.
+//!
 //! `--json` keys are stable: `operation` (the document plus `waiting_for`, or null), `hosts`,
 //! `waiting_for` (or null), `last_finished` (outcome object of the newest history entry, or null).
 
@@ -236,4 +240,88 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         print_table(&["HOST", "UNIT", "VERSION", "HELD", "STEP", "AGENT"], &rows);
     }
     Ok(exit::OK)
+}
+
+/// `status --watch`: follows every operation that runs, until a signal.
+pub async fn watch(cli: &Cli) -> Result<u8> {
+    use super::follow::{follow_until, Followed};
+    use super::live::{self, Screen, View};
+    use tokio::signal::unix::{signal, SignalKind};
+    let ctx = Ctx::new(cli)?;
+    let coord = ctx.coord();
+    let live = !cli.json && live::stdout_is_terminal();
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut screen = Screen::default();
+    // The operation last followed to its end: a `failed` one stays as the document.
+    let mut ended: Option<String> = None;
+    let mut idle_said = false;
+    loop {
+        match coord.operation().await {
+            Ok(Some(v))
+                if ended.as_deref() != Some(v.doc.id.as_str()) || !v.doc.phase.is_terminal() =>
+            {
+                screen.keep();
+                idle_said = false;
+                match follow_until(&ctx, &v.doc.id, cli.json, true).await? {
+                    Followed::Interrupted(_) => return Ok(exit::OK),
+                    Followed::Ended(_) => ended = Some(v.doc.id.clone()),
+                }
+                continue;
+            }
+            Ok(op) => {
+                let op = op.map(|v| v.doc);
+                if live {
+                    coord.refresh().await;
+                    let history = coord.history().await.unwrap_or_default();
+                    let hosts = match &op {
+                        Some(o) => coord.hosts(&o.expected_hosts).await.unwrap_or_default(),
+                        None => coord.all_hosts().await.unwrap_or_default(),
+                    };
+                    let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &hosts));
+                    let ids: Vec<String> = match &op {
+                        Some(o) => o.expected_hosts.clone(),
+                        None => hosts.iter().map(|h| h.host_id.clone()).collect(),
+                    };
+                    let view = View {
+                        op: op.as_ref(),
+                        hosts: ids
+                            .iter()
+                            .map(|id| (id.clone(), hosts.iter().find(|h| &h.host_id == id)))
+                            .collect(),
+                        waiting: waiting.as_deref(),
+                        last: history.first(),
+                    };
+                    screen.draw(&live::render(&view, live::width()));
+                } else if !idle_said {
+                    idle_said = true;
+                    match &op {
+                        None if cli.json => {
+                            println!("{}", json!({"event": "idle", "index": coord.index}))
+                        }
+                        None => println!(
+                            "no operation running (coordination index {}); watching for one",
+                            coord.index
+                        ),
+                        // A failed operation that was followed to its end: said already.
+                        Some(_) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                let msg =
+                    format!("kibana-rollback: warning: cannot read the operation ({e}); retrying");
+                if live {
+                    screen.log(&msg);
+                } else {
+                    eprintln!("{msg}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => { screen.keep(); return Ok(exit::OK) }
+            _ = sigterm.recv() => { screen.keep(); return Ok(exit::OK) }
+        }
+    }
 }
