@@ -1,0 +1,443 @@
+//! `packaging/ansible/rollback.yml` run for real: ansible-core (from PyPI, in the venv
+//! scripts/install-test-deps makes) against three real test hosts, through a connection plugin
+//! that enters each host (`tests/ansible/connection_plugins/kr_testhost.py` over
+//! `tests/harness/host exec`). The fleet is staged as in tests/e2e_rollback.rs (Kibana 8.14.3
+//! from the test packages, the pre-upgrade snapshot, an upgrade to 8.15.0 whose migration
+//! fails), but the agents are installed by the playbook: the .deb from `packaging/build`, the
+//! API key, the templated configuration plus a per-host drop-in, the agent started.
+//!
+//! 1. With an impossible target (8.16.0 on an 8.15 cluster) and `-e kr_rollback=yes` the play
+//!    fails at the preflight and nothing is touched.
+//! 2. With the right target the play rolls the fleet back: `start --wait` ends `done`, the play
+//!    succeeds, every host runs 8.14.3, held.
+//!
+//! Runs as root (CI does); skips with a printed reason otherwise.
+
+#![allow(clippy::await_holding_lock)]
+
+mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
+#[path = "common/testbed.rs"]
+mod testbed;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hosts::{Hosts, TestHost};
+use serde_json::{json, Value};
+
+const OLD: &str = "8.14.3";
+const NEW: &str = "8.15.0";
+
+fn ansible_playbook() -> PathBuf {
+    let venv = std::env::var("KR_ANSIBLE_VENV")
+        .unwrap_or_else(|_| "/var/tmp/kr-test-tools/ansible".into());
+    let p = Path::new(&venv).join("bin/ansible-playbook");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-test-deps (it installs ansible-core from PyPI)",
+        p.display()
+    );
+    p
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn apt_install(h: &TestHost, what: &str) {
+    h.exec_ok(&[
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--allow-downgrades",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        what,
+    ]);
+}
+
+fn kibana_yml(h: &TestHost, port: u16, fail_migration: bool) {
+    h.write(
+        "/etc/kibana/kibana.yml",
+        &format!(
+            "server.port: {port}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.security: false\nstandin.fail_migration: {fail_migration}\nstandin.migration: {}\n",
+            es_node().url,
+            if fail_migration { "reindex" } else { "auto" }
+        ),
+    );
+}
+
+fn kibana_status(port: u16) -> Option<(String, String)> {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/api/status")])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((
+        v["version"]["number"].as_str()?.to_string(),
+        v["status"]["overall"]["level"].as_str()?.to_string(),
+    ))
+}
+
+fn unit_state(h: &TestHost, unit: &str) -> String {
+    String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", unit]).stdout)
+        .trim()
+        .to_string()
+}
+
+fn installed(h: &TestHost) -> String {
+    h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"])
+}
+
+struct Play {
+    code: i32,
+    out: String,
+    took: Duration,
+}
+
+fn run_play(inventory: &Path, extra: &[&str]) -> Play {
+    let t = Instant::now();
+    let out = Command::new(ansible_playbook())
+        .arg("-i")
+        .arg(inventory)
+        .arg(repo_root().join("packaging/ansible/rollback.yml"))
+        .args(extra)
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            repo_root().join("tests/ansible/connection_plugins"),
+        )
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_FORCE_COLOR", "0")
+        .env("ANSIBLE_HOST_KEY_CHECKING", "0")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+        .env("KR_HOST_HARNESS", hosts::HARNESS)
+        .output()
+        .expect("run ansible-playbook");
+    Play {
+        code: out.status.code().unwrap_or(-1),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        took: t.elapsed(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
+    if let Some(why) = hosts::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let playbook = ansible_playbook();
+    let _turn = kibana_feature_lock();
+    let t0 = Instant::now();
+    let log = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    let state = std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into());
+
+    // The agent's .deb, as `packaging/build` makes it from the binary under test.
+    let pkg_dir = Path::new(&state).join(format!("ansible-pkg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pkg_dir);
+    let out = Command::new(repo_root().join("packaging/build"))
+        .args([
+            "deb",
+            "--fast",
+            "--binary",
+            env!("CARGO_BIN_EXE_kibana-rollback"),
+            "--out",
+        ])
+        .arg(&pkg_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "packaging/build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let apt_source = testbed::testbed().apt_source.clone();
+    log(&format!(
+        "agent .deb built; {}",
+        String::from_utf8_lossy(
+            &Command::new(&playbook)
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .lines()
+        .next()
+        .unwrap_or("")
+    ));
+
+    reset_kibana_feature().await;
+    let repo = unique("kr-ans-repo");
+    let index = unique("kr-ans-coord");
+    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
+        .await
+        .unwrap();
+    let tag = std::process::id() % 100000;
+    let names: Vec<String> = (1..=3).map(|i| format!("an{tag}-{i}")).collect();
+    let ports: Vec<u16> = {
+        let held: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect()
+    };
+    let hosts = Hosts::up(&names, None).expect("boot test hosts");
+    let each = || names.iter().enumerate().map(|(i, n)| (i, hosts.get(n)));
+    std::thread::scope(|s| {
+        for (i, h) in each() {
+            let (apt_source, port) = (&apt_source, ports[i]);
+            s.spawn(move || {
+                h.exec_ok(&[
+                    "sh",
+                    "-c",
+                    "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list",
+                ]);
+                h.write(
+                    "/etc/apt/sources.list.d/kibana-test.list",
+                    &format!("{apt_source}\n"),
+                );
+                h.exec_ok(&["apt-get", "update", "-qq"]);
+                apt_install(h, &format!("kibana={OLD}"));
+                kibana_yml(h, port, false);
+                h.exec_ok(&["systemctl", "start", "kibana.service"]);
+            });
+        }
+    });
+    for (i, _) in each() {
+        wait_for("kibana 8.14.3 available", Duration::from_secs(90), || {
+            kibana_status(ports[i]) == Some((OLD.into(), "available".into()))
+        });
+    }
+    let (s, v) = raw(
+        "PUT",
+        ".kibana/_doc/dashboard:sales?refresh=true",
+        Some(json!({"title": "Sales"})),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{v}");
+    let before = kibana_docs().await;
+    let (s, v) = raw(
+        "PUT",
+        &format!("_snapshot/{repo}/pre-upgrade?wait_for_completion=true"),
+        Some(json!({"indices": "-*", "include_global_state": false, "feature_states": ["kibana"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    std::thread::sleep(Duration::from_millis(2200));
+    for (_, h) in each() {
+        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
+    }
+    for (i, h) in each() {
+        kibana_yml(h, ports[i], true);
+        apt_install(h, &format!("kibana={NEW}"));
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
+    }
+    wait_for(
+        "the 8.15.0 migration to fail",
+        Duration::from_secs(60),
+        || {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url),
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("\"count\":")
+        },
+    );
+    log("fleet staged: 8.15.0 failed in its migration; no agent installed yet");
+    for (_, h) in each() {
+        let out = h.exec(&["test", "-e", "/usr/bin/kibana-rollback"]);
+        assert!(
+            !out.status.success(),
+            "{}: the playbook installs the agent",
+            h.name
+        );
+    }
+
+    // The inventory an operator would write (JSON is YAML), with this suite's connection.
+    let dir = tempfile::tempdir().unwrap();
+    let host_vars: serde_json::Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.clone(),
+                json!({"kr_config_dropin": format!(
+                    "[kibana]\nstatus_url = \"http://127.0.0.1:{}/api/status\"\nstop_timeout = \"30s\"\nstart_timeout = \"60s\"\n\
+                     [rollback]\nsnapshot_margin = \"1s\"\n\
+                     [coordination]\nlease = \"6s\"\nheartbeat = \"2s\"\nbarrier_timeout = \"60s\"\nphase_timeout = \"3m\"\n",
+                    ports[i]
+                )}),
+            )
+        })
+        .collect();
+    let inventory = dir.path().join("inventory.yml");
+    std::fs::write(
+        &inventory,
+        serde_json::to_string_pretty(&json!({"kibana": {
+            "hosts": host_vars,
+            "vars": {
+                // tests/ansible/connection_plugins: each host is entered with `host exec`, as
+                // root already (so no become method is needed; the variable overrides the
+                // play's `become: true`).
+                "ansible_connection": "kr_testhost",
+                "ansible_become": false,
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "kr_es_hosts": [es_node().url],
+                "kr_es_api_key": "a3ItdGVzdDpub3QtY2hlY2tlZA==",
+                "kr_target_version": OLD,
+                "kr_repository": repo,
+                "kr_snapshot": "pre-upgrade",
+                "kr_coordination_index": index,
+                "kr_package_manager": "apt",
+                "kr_package_dir": pkg_dir,
+                "kr_version": env!("CARGO_PKG_VERSION"),
+                "kr_plan_delay": 2,
+                "kr_poll_seconds": 2,
+            }
+        }}))
+        .unwrap(),
+    )
+    .unwrap();
+
+    // 1. An impossible target: the play fails at the preflight; nothing is touched.
+    let play = run_play(
+        &inventory,
+        &["-e", "kr_rollback=yes", "-e", "kr_target_version=8.16.0"],
+    );
+    log(&format!(
+        "play with target 8.16.0: exit {} in {:.1?}",
+        play.code, play.took
+    ));
+    assert_eq!(play.code, 2, "a failed host fails the play:\n{}", play.out);
+    assert!(
+        play.out.contains(
+            "TASK [Preflight (read-only; exit 0 = start would go ahead, 1 = a check failed)]"
+        ),
+        "{}",
+        play.out
+    );
+    assert!(
+        play.out.contains("FAILED - RETRYING: ") && play.out.contains("8.16.0"),
+        "{}",
+        play.out
+    );
+    assert!(
+        !play.out.contains("TASK [kibana-rollback start --wait]"),
+        "start never ran:\n{}",
+        play.out
+    );
+    assert!(play.out.contains("failed=1"), "{}", play.out);
+    for (_, h) in each() {
+        // The install play ran: the agent runs from the package, configured as templated.
+        assert_eq!(
+            unit_state(h, "kibana-rollbackd.service"),
+            "active",
+            "{}",
+            h.name
+        );
+        assert_eq!(
+            h.exec_ok(&["stat", "-c", "%a %U", "/etc/kibana-rollback/es-api-key"])
+                .trim(),
+            "600 root"
+        );
+        let cfg = h.exec_ok(&["cat", "/etc/kibana-rollback/config.toml"]);
+        assert!(
+            cfg.contains("target_version = \"8.16.0\"")
+                && cfg.contains(&format!("host_id = \"{}\"", h.name)),
+            "{cfg}"
+        );
+        let expected = names
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            cfg.contains(&format!("expected_hosts = [{expected}]")),
+            "{cfg}"
+        );
+        assert_eq!(installed(h), NEW, "{}", h.name);
+    }
+    let (s, _) = raw("GET", &format!("{index}/_doc/operation"), None).await;
+    assert_eq!(s, 404, "no operation was requested");
+
+    // 2. The rollback.
+    let play = run_play(&inventory, &["-e", "kr_rollback=yes"]);
+    log(&format!(
+        "play with kr_rollback=yes: exit {} in {:.1?}",
+        play.code, play.took
+    ));
+    assert_eq!(play.code, 0, "{}", play.out);
+    assert!(
+        play.out.contains("TASK [kibana-rollback start --wait]"),
+        "{}",
+        play.out
+    );
+    assert!(
+        play.out.contains(" done: every expected host ("),
+        "start --wait's output is shown:\n{}",
+        play.out
+    );
+    assert!(play.out.contains("TASK [Fleet status]"), "{}", play.out);
+    for (i, h) in each() {
+        assert_eq!(installed(h), OLD, "{}", h.name);
+        let held = h.exec_ok(&["apt-mark", "showhold"]);
+        assert!(held.lines().any(|l| l == "kibana"), "{}: {held}", h.name);
+        assert_eq!(unit_state(h, "kibana.service"), "active", "{}", h.name);
+        assert_eq!(
+            kibana_status(ports[i]),
+            Some((OLD.into(), "available".into())),
+            "{}",
+            h.name
+        );
+    }
+    assert_eq!(kibana_docs().await, before, "the restored saved objects");
+    raw("POST", &format!("{index}/_refresh"), None).await;
+    let (_, hist) = raw(
+        "POST",
+        &format!("{index}/_search"),
+        Some(json!({"size": 10})),
+    )
+    .await;
+    let done: Vec<&Value> = hist["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
+        .collect();
+    assert_eq!(done.len(), 1, "{hist}");
+    assert_eq!(done[0]["_source"]["phase"], "done");
+
+    for (_, h) in each() {
+        let _ = h.exec(&[
+            "systemctl",
+            "stop",
+            "kibana-rollbackd.service",
+            "kibana.service",
+        ]);
+    }
+    raw("DELETE", &index, None).await;
+    let _ = std::fs::remove_dir_all(&pkg_dir);
+    log("ansible play verified");
+}
