@@ -39,6 +39,11 @@ pub enum EsError {
         detail: String,
     },
 
+    /// A request with a deadline was sent to no host: each attempt failed to connect, then the
+    /// deadline passed. Certainly not received.
+    #[error("not sent before its deadline ({attempts})")]
+    NotSent { attempts: String },
+
     /// The client could not be built (CA file, TLS).
     #[error("cannot set up the Elasticsearch client: {0}")]
     Setup(String),
@@ -87,7 +92,10 @@ impl EsError {
     }
 
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, EsError::Unreachable { .. } | EsError::Timeout { .. })
+        matches!(
+            self,
+            EsError::Unreachable { .. } | EsError::Timeout { .. } | EsError::NotSent { .. }
+        )
     }
 }
 

@@ -696,7 +696,8 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
         runs(d(&m, 1)),
         ClusterStep::InspectRestore {
             snapshot: op.snapshot.clone(),
-            recorded_epoch: 1
+            recorded_epoch: 1,
+            after: Some("kibana-rollback-pre-op1".into()),
         }
     );
     m.inspect = Some((RestoreInspection::InProgress, s(1)));
@@ -705,8 +706,12 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
     m.inspect = Some((RestoreInspection::Completed, s(4)));
     let doc = moves_to(d(&m, 4), Phase::Reinstalling);
     assert!(doc.restore_completed());
+    // "Not started" is believed only after the grace (sim config: 8 s) that covers a late send.
     m.inspect = Some((RestoreInspection::NotStarted, s(4)));
-    let LeaderDecision::Write { doc, .. } = d(&m, 4) else {
+    assert!(waits(d(&m, 5)).contains("before concluding it never started"));
+    assert!(matches!(runs(d(&m, 7)), ClusterStep::InspectRestore { .. }));
+    m.inspect = Some((RestoreInspection::NotStarted, s(8)));
+    let LeaderDecision::Write { doc, .. } = d(&m, 8) else {
         panic!()
     };
     assert_eq!(
