@@ -1104,9 +1104,56 @@ fn host_step_is_recorded_before_it_runs_and_acked_after() {
         Action::RunHostStep { id, .. } => *id,
         _ => unreachable!(),
     };
+    let first_write = acts.iter().find_map(|a| match a {
+        Action::WriteHostDoc { id, .. } => Some(*id),
+        _ => None,
+    });
     // No second run while it is in flight.
     let acts = step(&mut n, input(2, Some((3, &op)), vec![], vec![]));
     assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
+    // What it is doing meanwhile goes into the in-progress ack (status shows it); progress of
+    // another step is ignored.
+    let written = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::WriteHostDoc { id, doc, .. } => Some((*id, doc.clone())),
+            _ => None,
+        })
+    };
+    let mut pending = written(&acts).map(|(i, _)| i).or(first_write);
+    let mut seen = None;
+    for (t, events) in [
+        (
+            2,
+            vec![Event::HostStepProgress {
+                id: id + 100,
+                detail: "someone else's".into(),
+            }],
+        ),
+        (
+            2,
+            vec![Event::HostStepProgress {
+                id,
+                detail: "waiting for the package manager's lock: pid 7 (unattended-upgr)".into(),
+            }],
+        ),
+        (2, vec![]),
+    ] {
+        let mut ev = events;
+        if let Some(w) = pending.take() {
+            ev.push(Event::HostDocWritten {
+                id: w,
+                result: WriteResult::Ok(ver(9)),
+            });
+        }
+        let acts = step(&mut n, input(t, Some((3, &op)), vec![], ev));
+        if let Some((w, doc)) = written(&acts) {
+            pending = Some(w);
+            seen = Some(doc);
+        }
+    }
+    let ack = seen.expect("the ack is written again").ack.unwrap();
+    assert_eq!(ack.result, StepResult::InProgress);
+    assert!(ack.detail.contains("pid 7 (unattended-upgr)"), "{ack:?}");
     let mut inp = input(
         3,
         Some((3, &op)),
