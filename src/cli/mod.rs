@@ -6,6 +6,7 @@ mod abort;
 mod check_config;
 mod context;
 pub mod docs;
+mod exclude;
 mod follow;
 mod history;
 mod lock;
@@ -105,6 +106,17 @@ pub enum Command {
         /// Follow the operation until it has ended.
         #[arg(long)]
         wait: bool,
+    },
+    /// Take a host gone for good out of the running operation (rules per phase in docs).
+    ExcludeHost {
+        /// The host id to exclude.
+        host: String,
+        /// Why, recorded in the operation's history.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Confirm without asking (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
     },
     /// List snapshots of the repository, newest first, marking which a rollback may restore.
     Snapshots {
@@ -209,6 +221,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             .await
         }
         Command::Status => status::run(&cli).await,
+        Command::ExcludeHost { host, reason, yes } => {
+            exclude::run(&cli, host, reason.as_deref(), *yes).await
+        }
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,

@@ -103,17 +103,17 @@ mod tests;
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
     format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, CheckStatus, ClaimDoc,
-    DocError, DocVersion, HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo,
-    MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange, Probe, Readiness,
-    ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
-    UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
+    DocError, DocVersion, Exclusion, HostDoc, HostFailure, InstallEvent, InstallHistory,
+    LeaderInfo, MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange, Probe,
+    Readiness, ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step,
+    StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
 pub use status::{
-    describe_error, new_operation, outcome, request_abort, resume, running_message, waiting_for,
-    withdraw, NewOperation, Outcome,
+    describe_error, exclude_host, new_operation, outcome, request_abort, resume, running_message,
+    waiting_for, withdraw, NewOperation, Outcome,
 };
 
 use std::time::Duration;

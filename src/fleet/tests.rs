@@ -1635,3 +1635,83 @@ fn leadership_belongs_to_the_machine_not_the_host_id() {
     let acts = step(&mut n, input(101, Some((seq + 1, &taken)), vec![], vec![]));
     assert!(stop_acting(&acts), "{acts:?}");
 }
+
+#[test]
+fn a_host_gone_for_good_is_excluded_by_rules_that_keep_the_invariants() {
+    use crate::fleet::exclude_host;
+    // Before anything stopped: simply no longer expected.
+    let op = op_in(Phase::Prefetching);
+    let x = exclude_host(&op, "c", "ops", "disk died", "w").unwrap();
+    assert_eq!(x.expected_hosts, ["a", "b"]);
+    assert!(x.is_excluded("c") && !x.is_set_aside("c"));
+    assert!(x
+        .history
+        .last()
+        .unwrap()
+        .reason
+        .contains("c excluded by ops: disk died"));
+    // Once the stop began, its Kibana may still run: only the barrier's evidence from
+    // Elasticsearch can stand in for its report.
+    let mut blind = op_in(Phase::Barrier);
+    blind.barrier_client_check = false;
+    let e = exclude_host(&blind, "c", "ops", "x", "w").unwrap_err();
+    assert!(e.to_string().contains("client check off"), "{e}");
+    let mut seeing = blind.clone();
+    seeing.barrier_client_check = true;
+    let x = exclude_host(&seeing, "c", "ops", "x", "w").unwrap();
+    assert!(!x.is_expected("c"));
+    // The barrier then goes on without it: its probe asks only the others.
+    let hosts = all(Step::StopUnit, UnitState::Inactive)[..2].to_vec();
+    let mut no_probe = x.clone();
+    no_probe.probe = Some(Probe {
+        n: 1,
+        phase: Phase::Barrier,
+        epoch: 1,
+    });
+    no_probe.barrier_client_check = false; // (the client reading itself is tested elsewhere)
+    moves_to(
+        decide(&no_probe, &hosts, &mem(Phase::Barrier), 1),
+        Phase::SafetySnapshot,
+    );
+    // Past the restore point: set aside, kept stopped, the operation ends failed naming it.
+    let x = exclude_host(&op_in(Phase::Reinstalling), "c", "ops", "x", "w").unwrap();
+    assert!(x.is_set_aside("c") && x.is_expected("c"));
+    let mut rec = op_in(Phase::Restoring);
+    rec.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
+    assert!(exclude_host(&rec, "c", "ops", "x", "w")
+        .unwrap()
+        .is_set_aside("c"));
+    // Not the last host, not an unknown one, not after the end.
+    let mut two_gone = op_in(Phase::Starting);
+    for h in ["a", "b"] {
+        two_gone.hosts_failed.push(HostFailure {
+            host: h.into(),
+            step: Step::StartUnit,
+            cause: "x".into(),
+        });
+    }
+    assert!(exclude_host(&two_gone, "c", "ops", "x", "w").is_err());
+    assert!(exclude_host(&op, "zz", "ops", "x", "w").is_err());
+    assert!(exclude_host(&op_in(Phase::Done), "c", "ops", "x", "w").is_err());
+}
+
+#[test]
+fn an_excluded_host_that_comes_back_keeps_kibana_stopped() {
+    let mut restoring = op_in(Phase::Restoring);
+    restoring.barrier_client_check = true;
+    let op = crate::fleet::exclude_host(&restoring, "c", "ops", "x", "w").unwrap();
+    match decide_host(Some(&op), "c", None, &facts(UnitState::Active), None) {
+        HostDecision::Run { step, acks, .. } => assert!(step == HostStep::StopUnit && !acks),
+        d => panic!("{d:?}"),
+    }
+    assert!(matches!(
+        decide_host(Some(&op), "c", None, &facts(UnitState::Inactive), None),
+        HostDecision::Wait(w) if w.contains("excluded")
+    ));
+}
