@@ -278,6 +278,7 @@ pub fn fleet_config(settings: &Settings, machine: fleet::MachineIdentity) -> fle
         barrier_timeout: c.barrier_timeout,
         phase_timeout: Some(c.phase_timeout),
         retry_every: std::time::Duration::from_secs(5).min(c.lease / 3),
+        restore_grace: c.restore_grace,
         heartbeat_every: c.heartbeat,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         machine,

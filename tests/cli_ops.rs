@@ -490,6 +490,15 @@ async fn start_status_busy_abort_lock_history() {
     let (code, out, err) = run_cli(&e.cfg, &["lock", "--force-release", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("WARNING"), "{err}");
+    // The holds stay (nobody knows each host's state): the exact commands are printed per host.
+    for h in ["kb1", "kb2"] {
+        assert!(
+            out.contains(&format!(
+                "  {h}: rm -f /etc/systemd/system/kibana.service.d/zz-kibana-rollback-hold.conf"
+            )) && out.contains("systemctl daemon-reload && systemctl start kibana.service"),
+            "{out}"
+        );
+    }
     assert!(
         operation(&e.index).await.is_none(),
         "operation document deleted"
@@ -953,4 +962,73 @@ async fn a_host_that_is_not_ready_is_named_by_plan_and_refused_by_start() {
         "{err}"
     );
     assert!(operation(&e.index).await.is_none(), "start wrote nothing");
+}
+
+/// A host gone for good is excluded from a running operation by rules per phase: refused while
+/// nothing could prove its Kibana stopped, accepted with the barrier's client check on; the
+/// operation document records it; no confirmation on a non-terminal without --yes.
+#[tokio::test]
+async fn exclude_host_takes_a_dead_host_out_by_the_rules() {
+    use kibana_rollback::fleet::{new_operation, NewOperation, Phase, SnapshotRef};
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\", \"kb2\"]");
+    es().ensure_index(&e.index).await.unwrap();
+    let mut op = new_operation(NewOperation {
+        id: "rb-exclude".into(),
+        requested_by: "test".into(),
+        requested_at: "t".into(),
+        target_version: semver::Version::new(8, 14, 3),
+        snapshot: SnapshotRef {
+            repository: repo.into(),
+            name: "good".into(),
+            uuid: String::new(),
+        },
+        snapshot_accepted_by: None,
+        safety_snapshot: true,
+        safety_snapshot_name: None,
+        expected_hosts: vec!["kb1".into(), "kb2".into()],
+        barrier_client_check: false,
+    })
+    .unwrap();
+    op.phase = Phase::Barrier;
+    op.epoch = 1;
+    es().create_doc(&e.index, "operation", &op).await.unwrap();
+    let (code, _, err) = run_cli(&e.cfg, &["exclude-host", "kb2"]);
+    assert_eq!(code, 2, "no --yes on a non-terminal: {err}");
+    let (code, _, err) = run_cli(&e.cfg, &["exclude-host", "kb2", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    one_line(&err);
+    assert!(err.contains("client check off"), "{err}");
+    assert_eq!(
+        operation(&e.index).await.unwrap().0.expected_hosts,
+        ["kb1", "kb2"]
+    );
+    // With the check on, Elasticsearch's evidence stands in for kb2's report.
+    let (cur, seq, term) = operation(&e.index).await.unwrap();
+    let mut on = cur.clone();
+    on.barrier_client_check = true;
+    es().cas_put(&e.index, "operation", &on, seq, term)
+        .await
+        .unwrap();
+    let (code, out, err) = run_cli(
+        &e.cfg,
+        &["exclude-host", "kb2", "--yes", "--reason", "the VM is gone"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("kb2 excluded from operation rb-exclude"),
+        "{out}"
+    );
+    let (after, _, _) = operation(&e.index).await.unwrap();
+    assert_eq!(after.expected_hosts, ["kb1"]);
+    assert_eq!(after.excluded[0].host, "kb2");
+    assert!(after
+        .history
+        .last()
+        .unwrap()
+        .reason
+        .contains("the VM is gone"));
+    let (code, _, err) = run_cli(&e.cfg, &["exclude-host", "kb1", "--yes"]);
+    assert_eq!(code, 1, "the last host: {err}");
+    raw("DELETE", &e.index, None).await;
 }

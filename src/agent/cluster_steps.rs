@@ -49,16 +49,21 @@ impl Cluster {
                 epoch,
                 deadline,
             } => {
-                // Last moment to refuse: past the deadline this leader's lease may have passed to
-                // another, which must not find a restore it did not record.
-                if now() >= *deadline {
+                // Past the deadline this leader's lease may have passed to another, which must not
+                // find a restore it did not record: no byte of it leaves after that moment.
+                let left = deadline.saturating_sub(now());
+                if left.is_zero() {
                     return ClusterOutcome::RestoreNotSent;
                 }
-                ClusterOutcome::Restore(self.restore(snapshot, *epoch).await)
+                let until = tokio::time::Instant::now() + left;
+                match self.restore(snapshot, *epoch, until).await {
+                    None => ClusterOutcome::RestoreNotSent,
+                    Some(r) => ClusterOutcome::Restore(r),
+                }
             }
-            ClusterStep::InspectRestore { snapshot, .. } => {
-                ClusterOutcome::InspectRestore(self.inspect(snapshot).await)
-            }
+            ClusterStep::InspectRestore {
+                snapshot, after, ..
+            } => ClusterOutcome::InspectRestore(self.inspect(snapshot, after.as_deref()).await),
             ClusterStep::VerifyFinal { target_version } => {
                 ClusterOutcome::VerifyFinal(self.verify_final(target_version).await)
             }
@@ -112,44 +117,179 @@ impl Cluster {
         }
     }
 
-    /// Sends the restore; the answer typed as the leader needs it: refused (a 4xx before
-    /// anything happened), failed, completed, or unknown (no answer: it may have started).
-    async fn restore(&self, snap: &SnapshotRef, epoch: u64) -> RestoreResult {
+    /// Sends the restore (never after `until`) and follows it to its end; the result typed as
+    /// the leader needs it: refused (nothing happened), failed, completed, or unknown (no answer
+    /// that says: it may have started — the leader inspects). `None`: not sent at all.
+    async fn restore(
+        &self,
+        snap: &SnapshotRef,
+        epoch: u64,
+        until: tokio::time::Instant,
+    ) -> Option<RestoreResult> {
         let opaque = format!("kibana-rollback-restore-epoch-{epoch}");
         tracing::warn!(repository = %snap.repository, snapshot = %snap.name, epoch, "restoring the kibana feature state");
         match self
             .es
-            .restore_kibana(&snap.repository, &snap.name, &opaque)
+            .start_kibana_restore(&snap.repository, &snap.name, &opaque, until)
             .await
         {
-            Ok(r) => RestoreResult::Completed(RestoreReport {
-                shards_failed: r.shards.failed as u32,
+            Ok(()) => {}
+            Err(crate::es::EsError::NotSent { attempts }) => {
+                tracing::warn!("restore not sent before the lease deadline: {attempts}");
+                return None;
+            }
+            Err(e) => {
+                let refused = e.status().is_some_and(|s| s.is_client_error())
+                    || e.err_type() == Some("snapshot_restore_exception");
+                return Some(match e.status() {
+                    Some(_) if refused => RestoreResult::Refused(e.to_string()),
+                    Some(_) => RestoreResult::Failed(e.to_string()),
+                    None => RestoreResult::Unknown(e.to_string()),
+                });
+            }
+        }
+        Some(self.follow_restore(snap).await)
+    }
+
+    /// Waits until the cluster state no longer lists the restore, then judges the restored
+    /// indices' health. A poll that fails (a node restarting, a proxy cut) is retried until
+    /// `elasticsearch.snapshot_timeout`: the restore is followed, not failed.
+    async fn follow_restore(&self, snap: &SnapshotRef) -> RestoreResult {
+        let started = tokio::time::Instant::now();
+        let limit = self.settings.elasticsearch.snapshot_timeout;
+        let mut last_error: Option<String>;
+        loop {
+            match self
+                .es
+                .restore_in_progress(&snap.repository, &snap.name)
+                .await
+            {
+                Ok(None) => break,
+                Ok(Some(_)) => last_error = None,
+                Err(e) => last_error = Some(e.to_string()),
+            }
+            if started.elapsed() >= limit {
+                return RestoreResult::Unknown(format!(
+                    "still not finished after {} ({})",
+                    humantime::format_duration(limit),
+                    last_error.unwrap_or_else(|| "the cluster state still lists it".into())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let indices = match self.snapshot_indices(snap).await {
+            Ok(i) => i,
+            Err(e) => return RestoreResult::Unknown(e),
+        };
+        if indices.is_empty() {
+            return RestoreResult::Failed(
+                "the snapshot's kibana feature state holds no index".into(),
+            );
+        }
+        let left = limit
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(10));
+        match self.es.health(&indices.join(","), "yellow", left).await {
+            Ok(h) if !h.timed_out && h.status != "red" => RestoreResult::Completed(RestoreReport {
+                shards_failed: 0,
                 healthy: true,
-                detail: format!(
-                    "{} indices restored, {} shards, health {}",
-                    r.indices.len(),
-                    r.shards.total,
-                    r.health.unwrap_or_default()
-                ),
+                detail: format!("{} indices restored, health {}", indices.len(), h.status),
             }),
-            Err(crate::es::EsError::Check(msg)) => RestoreResult::Completed(RestoreReport {
+            Ok(h) => RestoreResult::Completed(RestoreReport {
                 shards_failed: 1,
                 healthy: false,
-                detail: msg,
+                detail: format!(
+                    "restored indices are {} (some shards failed to restore)",
+                    h.status
+                ),
             }),
-            Err(e) => match e.status() {
-                Some(s) if s.is_client_error() => RestoreResult::Refused(e.to_string()),
-                Some(_) => RestoreResult::Failed(e.to_string()),
-                None => RestoreResult::Unknown(e.to_string()),
-            },
+            Err(e) => RestoreResult::Unknown(format!("reading the restored indices' health: {e}")),
         }
     }
 
-    async fn inspect(&self, snap: &SnapshotRef) -> RestoreInspection {
-        let recs = match self.es.recoveries(".kibana*").await {
+    /// The indices of the snapshot's kibana feature state: exactly what a restore brings back.
+    async fn snapshot_indices(&self, snap: &SnapshotRef) -> Result<Vec<String>, String> {
+        match self.es.snapshot(&snap.repository, &snap.name).await {
+            Ok(Some(s)) => Ok(s
+                .kibana_feature_state()
+                .map(|f| f.indices.clone())
+                .unwrap_or_default()),
+            Ok(None) => Err(format!(
+                "snapshot {}/{} is gone",
+                snap.repository, snap.name
+            )),
+            Err(e) => Err(format!(
+                "reading snapshot {}/{}: {e}",
+                snap.repository, snap.name
+            )),
+        }
+    }
+
+    /// What became of a restore someone (a predecessor, or this leader before its answer was
+    /// lost) may have sent. Running: the cluster state lists it, or a restore task runs. Done:
+    /// every shard of the snapshot's indices was recovered from this snapshot and is healthy. Not
+    /// started: none of that, and the indices' recoveries were readable (an empty `_recovery`
+    /// answer for indices that exist means missing privileges: unknown, never "not started"). The
+    /// leader decides "not started" only after a grace covering a late send.
+    async fn inspect(&self, snap: &SnapshotRef, after: Option<&str>) -> RestoreInspection {
+        // Recoveries from this snapshot older than this operation's safety snapshot belong to
+        // an earlier rollback: they prove nothing about this one.
+        let not_before = match after {
+            Some(name) => match self.es.snapshot(&snap.repository, name).await {
+                Ok(Some(s)) => s.start_time_in_millis,
+                Ok(None) => None,
+                Err(e) => {
+                    return RestoreInspection::Unknown(format!(
+                        "reading safety snapshot {name}: {e}"
+                    ))
+                }
+            },
+            None => None,
+        };
+        match self
+            .es
+            .restore_in_progress(&snap.repository, &snap.name)
+            .await
+        {
+            Ok(Some(_)) => return RestoreInspection::InProgress,
+            Ok(None) => {}
+            Err(e) => return RestoreInspection::Unknown(format!("reading the cluster state: {e}")),
+        }
+        match self.es.restore_tasks().await {
+            Ok(t) if !t.is_empty() => return RestoreInspection::InProgress,
+            Ok(_) => {}
+            Err(e) => return RestoreInspection::Unknown(format!("reading restore tasks: {e}")),
+        }
+        let indices = match self.snapshot_indices(snap).await {
+            Ok(i) if !i.is_empty() => i,
+            Ok(_) => {
+                return RestoreInspection::Unknown(
+                    "the snapshot's kibana feature state holds no index".into(),
+                )
+            }
+            Err(e) => return RestoreInspection::Unknown(e),
+        };
+        let existing = match self.es.index_doc_counts(&indices.join(",")).await {
+            Ok(e) => e,
+            Err(e) => {
+                return RestoreInspection::Unknown(format!("listing the snapshot's indices: {e}"))
+            }
+        };
+        if existing.is_empty() {
+            return RestoreInspection::Unknown(format!(
+                "none of the snapshot's indices ({}) exists and no restore runs",
+                indices.join(", ")
+            ));
+        }
+        let recs = match self.es.recoveries(&indices.join(",")).await {
             Ok(r) => r,
             Err(e) => return RestoreInspection::Unknown(format!("reading recoveries: {e}")),
         };
+        if recs.is_empty() {
+            return RestoreInspection::Unknown(
+                "_recovery answered nothing for indices that exist: the key may lack the monitor privilege on them".into(),
+            );
+        }
         let from_snap: Vec<_> = recs
             .iter()
             .filter(|r| {
@@ -157,22 +297,28 @@ impl Cluster {
                     && r.snapshot.as_deref() == Some(&snap.name)
                     && r.repository.as_deref() == Some(&snap.repository)
             })
+            // A second of slack for the recovering nodes' clocks against the master's.
+            .filter(|r| match (not_before, r.start_time_ms) {
+                (Some(t), Some(s)) => s >= t - 1000,
+                _ => true,
+            })
             .collect();
         if from_snap.is_empty() {
-            if recs
-                .iter()
-                .any(|r| r.kind == "SNAPSHOT" && r.stage != "DONE")
-            {
-                return RestoreInspection::InProgress;
-            }
             return RestoreInspection::NotStarted;
+        }
+        if not_before.is_none() {
+            return RestoreInspection::Unknown(
+                "these indices were recovered from this snapshot, but without a safety snapshot \
+                 nothing dates this operation's restore against an earlier one"
+                    .into(),
+            );
         }
         if from_snap.iter().any(|r| r.stage != "DONE") {
             return RestoreInspection::InProgress;
         }
         match self
             .es
-            .health(".kibana*", "yellow", Duration::from_secs(30))
+            .health(&indices.join(","), "yellow", Duration::from_secs(30))
             .await
         {
             Ok(h) if !h.timed_out && h.status != "red" => RestoreInspection::Completed,
@@ -181,9 +327,6 @@ impl Cluster {
         }
     }
 
-    /// After every host started: `.kibana` exists, no index or alias of a Kibana newer than the
-    /// target is left (a compatible migration adds a `.kibana_<new>` alias in place), and the
-    /// kibana indices are healthy.
     async fn verify_final(&self, target: &semver::Version) -> Result<(), String> {
         let found = self
             .es

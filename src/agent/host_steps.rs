@@ -174,11 +174,22 @@ impl Host {
 
     /// Runs one step; the text is the ack's detail (Ok) or the cause (Failed).
     pub async fn run(&self, step: &HostStep, resumed: bool) -> (StepResult, String) {
+        let (progress, _) = tokio::sync::mpsc::unbounded_channel();
+        self.run_reporting(step, resumed, &progress).await
+    }
+
+    /// [`Host::run`], with `progress` taking what a long step is doing meanwhile (for the ack).
+    pub async fn run_reporting(
+        &self,
+        step: &HostStep,
+        resumed: bool,
+        progress: &tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> (StepResult, String) {
         let outcome = match step {
             HostStep::CheckAvailable { version } => self.check_available(version).await,
             HostStep::Prefetch { version } => self.prefetch(version).await,
             HostStep::StopUnit => self.stop().await,
-            HostStep::Reinstall { version } => self.reinstall(version, resumed).await,
+            HostStep::Reinstall { version } => self.reinstall(version, resumed, progress).await,
             HostStep::StartUnit { expect_version } => self.start(expect_version).await,
             HostStep::AbortRestart => self.abort_restart().await,
         };
@@ -263,9 +274,19 @@ impl Host {
         ))
     }
 
-    async fn reinstall(&self, version: &Version, resumed: bool) -> Result<String, String> {
+    async fn reinstall(
+        &self,
+        version: &Version,
+        resumed: bool,
+        progress: &tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<String, String> {
         if resumed {
-            tracing::info!("resuming an interrupted reinstall of {version}");
+            // The previous run was interrupted, maybe inside dpkg: finish what it left first.
+            tracing::info!("resuming an interrupted reinstall of {version}: repairing first");
+            self.pkg
+                .repair()
+                .await
+                .map_err(|e| format!("repairing the interrupted install: {e}"))?;
         }
         let (name, v) = self.resolve(version).await?;
         // Held before the install, so the package's own restart (Elastic's 8.x+ .deb restarts
@@ -277,11 +298,30 @@ impl Host {
                 .await
                 .map_err(|e| format!("the start hold failed: {e}"))?;
         }
-        let installed = self
-            .pkg
-            .install_exact(&name, &v)
-            .await
-            .map_err(|e| e.to_string())?;
+        // While it runs, say what it waits for: another process on the package manager's lock
+        // (unattended-upgrades, an admin's apt) makes the install wait, visibly.
+        let watch = {
+            let progress = progress.clone();
+            let pkg = self.pkg.clone();
+            let what = format!("installing {name} {v}");
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let secs = started.elapsed().as_secs();
+                    let line = match pkg.lock_holder() {
+                        Some(h) => format!("{what}: waiting for the package manager's lock: {h}"),
+                        None => format!("{what} ({secs}s)"),
+                    };
+                    if progress.send(line).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let installed = self.pkg.install_exact(&name, &v).await;
+        watch.abort();
+        let installed = installed.map_err(|e| e.to_string())?;
         let ended = process::boottime_now();
         self.pkg
             .verify(&name, &v, self.settings.package_manager.hold)

@@ -350,7 +350,18 @@ impl Daemon {
                         let telemetry = self.telemetry.clone();
                         telemetry.host_step_started(&op_id, step.kind());
                         inflight.push(tokio::spawn(async move {
-                            let (result, detail) = host.run(&step, resumed).await;
+                            let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+                            let forward = {
+                                let tx = tx.clone();
+                                tokio::spawn(async move {
+                                    while let Some(detail) = prx.recv().await {
+                                        let _ = tx.send(Event::HostStepProgress { id, detail });
+                                    }
+                                })
+                            };
+                            let (result, detail) = host.run_reporting(&step, resumed, &ptx).await;
+                            drop(ptx);
+                            let _ = forward.await;
                             telemetry.host_step_finished(&op_id, step.kind(), &result);
                             tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
                             let _ = tx.send(Event::HostStepDone { id, result, detail });

@@ -8,7 +8,9 @@
 //! keep their units as they are. So it prints a loud warning and needs confirmation:
 //! `--yes`, or typing the operation id on an interactive terminal. Without either (and with
 //! stdin not a terminal) it refuses with exit 2 and changes nothing. Non-interactive callers
-//! (Ansible) pass `--yes`.
+//! (Ansible) pass `--yes`. After the release the agents lift nothing on their own (nobody knows
+//! in which state each host is): this host's hold is lifted here if it is one of the fleet's
+//! (Kibana is not started), and the exact commands for the others are printed.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -171,9 +173,10 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
             .context("archiving the operation before releasing it")?;
         match coord.delete_operation(seen.version()).await {
             Ok(()) => {
+                let after = after_release(&ctx, op).await;
                 if cli.json {
                     print_json(
-                        &json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error}),
+                        &json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error, "lifted_here": after.lifted_here, "commands": after.commands}),
                     );
                 } else {
                     println!(
@@ -181,6 +184,15 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
                         op.id,
                         fleet::history_doc_id(&op.id)
                     );
+                    if let Some(l) = &after.lifted_here {
+                        println!("{l}");
+                    }
+                    if !after.commands.is_empty() {
+                        println!("the agents keep their hosts' Kibana stopped and held; on each host, once you know which Kibana should run there:");
+                        for (host, cmd) in &after.commands {
+                            println!("  {host}: {cmd}");
+                        }
+                    }
                 }
                 return Ok(exit::OK);
             }
@@ -199,4 +211,53 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
         exit::TEMPFAIL,
         format!("the operation document kept changing ({ATTEMPTS} attempts): an agent is live and leading it; use `abort` instead"),
     ))
+}
+
+/// What `--force-release` leaves for the operator: the agents lift nothing on their own (the
+/// state is unknown), so the hold that keeps each host's Kibana stopped stays; this host's own
+/// is lifted here (Kibana is not started), and the exact commands are printed for the others.
+struct AfterRelease {
+    lifted_here: Option<String>,
+    commands: Vec<(String, String)>,
+}
+
+async fn after_release(ctx: &Ctx, op: &fleet::OperationDoc) -> AfterRelease {
+    let unit = &ctx.settings().kibana.unit;
+    let hold = kibana_rollback::host::hold::Hold::new(
+        &kibana_rollback::host::local::Local::this_host(),
+        unit,
+    );
+    let me = &ctx.settings().coordination.host_id;
+    let lifted_here = if op.is_expected(me) && hold.is_held() {
+        match kibana_rollback::host::systemd::SystemdUnits::connect().await {
+            Ok(units) => Some(match hold.lift(&units).await {
+                Ok(()) => format!("lifted the hold on {unit} here ({me}); it is not started"),
+                Err(e) => format!("could not lift the hold on {unit} here ({me}): {e}"),
+            }),
+            Err(e) => Some(format!(
+                "could not reach systemd to lift the hold here ({me}): {e}"
+            )),
+        }
+    } else {
+        None
+    };
+    let commands = op
+        .expected_hosts
+        .iter()
+        .chain(op.excluded.iter().map(|x| &x.host))
+        .filter(|h| !(lifted_here.is_some() && *h == me))
+        .map(|h| {
+            (
+                h.clone(),
+                format!(
+                    "rm -f {} && systemctl unmask {unit} 2>/dev/null; systemctl daemon-reload && systemctl start {unit}",
+                    hold.path()
+                ),
+            )
+        })
+        .collect();
+    AfterRelease {
+        lifted_here,
+        commands,
+    }
 }

@@ -6,6 +6,7 @@ mod abort;
 mod check_config;
 mod context;
 pub mod docs;
+mod exclude;
 mod follow;
 mod history;
 mod live;
@@ -112,6 +113,17 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Take a host gone for good out of the running operation (rules per phase in docs).
+    ExcludeHost {
+        /// The host id to exclude.
+        host: String,
+        /// Why, recorded in the operation's history.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Confirm without asking (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// List snapshots of the repository, newest first, marking which a rollback may restore.
     Snapshots {
         /// Repository (default: rollback.repository).
@@ -216,6 +228,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Status { watch: false } => status::run(&cli).await,
         Command::Status { watch: true } => status::watch(&cli).await,
+        Command::ExcludeHost { host, reason, yes } => {
+            exclude::run(&cli, host, reason.as_deref(), *yes).await
+        }
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,

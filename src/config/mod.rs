@@ -702,6 +702,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         barrier_timeout: r.duration("coordination.barrier_timeout")?,
         barrier_client_check: r.bool("coordination.barrier_client_check"),
         client_addresses,
+        restore_grace: r.duration("coordination.restore_grace")?,
         phase_timeout: r.duration("coordination.phase_timeout")?,
         state_dir: r.path("coordination.state_dir")?.expect("default").0,
     };

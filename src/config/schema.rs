@@ -135,6 +135,8 @@ pub const KEYS: &[Key] = &[
         "How long the leader waits for every host to report its unit stopped before aborting."),
     key!("coordination", "client_addresses", Kind::StringList, Some("[]"),
         "The addresses this host's Kibana connects to Elasticsearch from, to attribute the clients Elasticsearch reports; empty: every address of this machine's interfaces."),
+    key!("coordination", "restore_grace", Kind::Duration, Some(r#""30s""#),
+        "How long a new leader looks for a predecessor's restore before concluding it never started (covers a request held up on its way)."),
     key!("coordination", "barrier_client_check", Kind::Bool, Some("true"),
         "At the barrier, also ask Elasticsearch whether any Kibana client is still sending requests (catches a Kibana on a host without an agent)."),
     key!("coordination", "phase_timeout", Kind::Duration, Some(r#""15m""#),

@@ -114,6 +114,8 @@ pub struct CoordinationSettings {
     pub barrier_client_check: bool,
     /// Where this host's Kibana connects from; empty: every address of this machine.
     pub client_addresses: Vec<String>,
+    /// How long a new leader looks for a predecessor's restore before concluding it never started.
+    pub restore_grace: Duration,
     pub phase_timeout: Duration,
     pub state_dir: PathBuf,
 }

@@ -142,12 +142,48 @@ impl Client {
         timeout: Option<Duration>,
         idempotence: Idempotence,
     ) -> Result<(StatusCode, String), EsError> {
+        self.send_until(
+            method,
+            path,
+            body,
+            extra_headers,
+            timeout,
+            idempotence,
+            None,
+        )
+        .await
+    }
+
+    /// [`Client::send`] that never has a request on the wire after `deadline`: no attempt is
+    /// started past it ([`EsError::NotSent`] when none was), and each attempt's timeout ends at
+    /// it (the connection is dropped then). For the restore, which a later leader must not find
+    /// landing after it decided it never happened.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_until(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra_headers: &[(&'static str, &str)],
+        timeout: Option<Duration>,
+        idempotence: Idempotence,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(StatusCode, String), EsError> {
         let r = self
-            .send_unobserved(method, path, body, extra_headers, timeout, idempotence)
+            .send_unobserved(
+                method,
+                path,
+                body,
+                extra_headers,
+                timeout,
+                idempotence,
+                deadline,
+            )
             .await;
         self.observed(r)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_unobserved(
         &self,
         method: Method,
@@ -156,11 +192,27 @@ impl Client {
         extra_headers: &[(&'static str, &str)],
         timeout: Option<Duration>,
         idempotence: Idempotence,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<(StatusCode, String), EsError> {
-        let timeout = timeout.unwrap_or(self.request_timeout);
+        let configured = timeout.unwrap_or(self.request_timeout);
         let start = self.preferred.load(Ordering::Relaxed) % self.hosts.len();
         let mut attempts = Vec::new();
+        // Only connection failures leave a request certainly unsent.
+        let mut only_connect_failures = true;
         for i in 0..self.hosts.len() {
+            let timeout = match deadline {
+                None => configured,
+                Some(d) => {
+                    let left = d.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        attempts.push("deadline passed".to_string());
+                        return Err(EsError::NotSent {
+                            attempts: attempts.join("; "),
+                        });
+                    }
+                    configured.min(left)
+                }
+            };
             let idx = (start + i) % self.hosts.len();
             let host = &self.hosts[idx];
             let url = host
@@ -177,6 +229,7 @@ impl Client {
             }
             match req.send().await {
                 Ok(resp) => {
+                    only_connect_failures = false;
                     let status = resp.status();
                     let retryable = matches!(
                         status,
@@ -221,8 +274,10 @@ impl Client {
                 }
                 Err(e) if e.is_connect() => {
                     attempts.push(format!("{host}: {}", innermost_cause(&e)));
+                    continue;
                 }
                 Err(e) if e.is_timeout() => {
+                    only_connect_failures = false;
                     if idempotence == Idempotence::Safe {
                         attempts.push(format!(
                             "{host}: no answer within {}",
@@ -238,6 +293,7 @@ impl Client {
                     });
                 }
                 Err(e) => {
+                    only_connect_failures = false;
                     attempts.push(format!("{host}: {}", innermost_cause(&e)));
                     if idempotence == Idempotence::Once {
                         return Err(EsError::Unreachable {
@@ -246,6 +302,11 @@ impl Client {
                     }
                 }
             }
+        }
+        if deadline.is_some() && only_connect_failures {
+            return Err(EsError::NotSent {
+                attempts: attempts.join("; "),
+            });
         }
         Err(EsError::Unreachable {
             attempts: attempts.join("; "),
@@ -263,7 +324,7 @@ impl Client {
     ) -> Result<T, EsError> {
         let m = method.to_string();
         let r = match self
-            .send_unobserved(method, path, body, &[], timeout, idempotence)
+            .send_unobserved(method, path, body, &[], timeout, idempotence, None)
             .await
         {
             Ok((_, text)) => serde_json::from_str(&text).map_err(|e| EsError::Decode {

@@ -39,6 +39,11 @@ pub enum EsError {
         detail: String,
     },
 
+    /// A request with a deadline was sent to no host: each attempt failed to connect, then the
+    /// deadline passed. Certainly not received.
+    #[error("not sent before its deadline ({attempts})")]
+    NotSent { attempts: String },
+
     /// The client could not be built (CA file, TLS).
     #[error("cannot set up the Elasticsearch client: {0}")]
     Setup(String),
@@ -87,13 +92,16 @@ impl EsError {
     }
 
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, EsError::Unreachable { .. } | EsError::Timeout { .. })
+        matches!(
+            self,
+            EsError::Unreachable { .. } | EsError::Timeout { .. } | EsError::NotSent { .. }
+        )
     }
 
     /// The kind of failure, as the `kind` label of the agent's request-error metric.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EsError::Unreachable { .. } => ErrorKind::Unreachable,
+            EsError::Unreachable { .. } | EsError::NotSent { .. } => ErrorKind::Unreachable,
             EsError::Timeout { .. } => ErrorKind::Timeout,
             EsError::Api { status, .. } => match status.as_u16() {
                 401 | 403 => ErrorKind::Auth,

@@ -337,6 +337,92 @@ impl Es {
         Ok(info)
     }
 
+    /// Starts the restore of the kibana feature state of `repository/name` without waiting for
+    /// it (`wait_for_completion=false`: Elasticsearch answers once the restore is registered in
+    /// the cluster state), never sending after `deadline` ([`EsError::NotSent`]). Follow it with
+    /// [`Es::restore_in_progress`]. Every Kibana must be stopped before this is called: the
+    /// restore deletes the feature's current indices first.
+    pub async fn start_kibana_restore(
+        &self,
+        repository: &str,
+        name: &str,
+        opaque_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), EsError> {
+        let path = format!(
+            "_snapshot/{}/{}/_restore?wait_for_completion=false",
+            seg(repository),
+            seg(name)
+        );
+        let body = json!({"indices": "-*", "include_global_state": false, "feature_states": [KIBANA_FEATURE]});
+        self.client
+            .send_until(
+                Method::POST,
+                &path,
+                Some(&body),
+                &[("X-Opaque-Id", opaque_id)],
+                None,
+                Idempotence::Once,
+                Some(deadline),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether the cluster state lists a restore of `repository/name` in progress (its state,
+    /// e.g. `STARTED`): while it does, the restore runs; when it is gone, it has ended.
+    pub async fn restore_in_progress(
+        &self,
+        repository: &str,
+        name: &str,
+    ) -> Result<Option<String>, EsError> {
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::GET,
+                "_cluster/state?filter_path=restore",
+                None,
+                None,
+                Idempotence::Safe,
+            )
+            .await?;
+        Ok(v["restore"]["snapshots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e["snapshot"].as_str() == Some(name)
+                    && e["repository"].as_str().is_none_or(|r| r == repository)
+            })
+            .map(|e| e["state"].as_str().unwrap_or("?").to_string()))
+    }
+
+    /// Restore tasks running anywhere, with their `X-Opaque-Id` (`_tasks`).
+    pub async fn restore_tasks(&self) -> Result<Vec<String>, EsError> {
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::GET,
+                "_tasks?actions=cluster:admin/snapshot/restore*&detailed=true",
+                None,
+                None,
+                Idempotence::Safe,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
+            for (_, t) in node["tasks"].as_object().cloned().unwrap_or_default() {
+                out.push(
+                    t["headers"]["X-Opaque-Id"]
+                        .as_str()
+                        .unwrap_or(t["action"].as_str().unwrap_or("?"))
+                        .to_string(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Restores the kibana feature state of `repository/name`, then requires zero failed shards
     /// and the restored indices at least yellow. Elasticsearch deletes the feature's current
     /// indices first; every Kibana must be stopped before this is called.
@@ -519,6 +605,7 @@ impl Es {
                     stage: sh["stage"].as_str().unwrap_or("").to_string(),
                     snapshot: sh["source"]["snapshot"].as_str().map(str::to_string),
                     repository: sh["source"]["repository"].as_str().map(str::to_string),
+                    start_time_ms: sh["start_time_in_millis"].as_i64(),
                 });
             }
         }

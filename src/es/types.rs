@@ -153,4 +153,7 @@ pub struct ShardRecovery {
     pub stage: String,
     pub snapshot: Option<String>,
     pub repository: Option<String>,
+    /// When the recovery started (the recovering node's clock, ms).
+    #[serde(default)]
+    pub start_time_ms: Option<i64>,
 }

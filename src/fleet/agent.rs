@@ -134,10 +134,29 @@ pub fn decide_host(
     let Some(op) = op else {
         return HostDecision::Idle;
     };
-    if !op.is_expected(me) || op.phase.is_terminal() {
+    if op.phase.is_terminal() {
         return HostDecision::Idle;
     }
     let stopped = facts.unit.is_stopped();
+    // Excluded by the operator (a host given up for dead) but back: keep Kibana stopped while
+    // the operation runs — the fleet may be restoring without it.
+    if op.is_excluded(me) && !matches!(op.phase, Phase::Preflight | Phase::Prefetching) {
+        return if stopped {
+            HostDecision::Wait(format!(
+                "excluded from operation {}: kept stopped until it ends",
+                op.id
+            ))
+        } else {
+            HostDecision::Run {
+                step: HostStep::StopUnit,
+                acks: false,
+                resumed: false,
+            }
+        };
+    }
+    if !op.is_expected(me) {
+        return HostDecision::Idle;
+    }
     // Set aside after the restore point: no further step, and the unit stays stopped (it may
     // hold a Kibana of the newer version, which must not run against the restored state).
     if op.is_set_aside(me) {

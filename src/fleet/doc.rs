@@ -420,6 +420,15 @@ pub struct RestoreRecord {
     pub detail: String,
 }
 
+/// A host the operator took out of a running operation, by whom, in which phase, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exclusion {
+    pub host: String,
+    pub by: String,
+    pub phase: Phase,
+    pub reason: String,
+}
+
 /// A host set aside after the restore point, with the step that failed and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFailure {
@@ -481,6 +490,10 @@ pub struct OperationDoc {
     /// operation then ends `failed` naming them, and `start --resume` finishes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts_failed: Vec<HostFailure>,
+    /// Hosts the operator excluded (`exclude-host`, a host gone for good) before the restore
+    /// point: no longer expected. (After it, an excluded host is set aside in `hosts_failed`.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Exclusion>,
     /// The leader's current request for fresh host evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<Probe>,
@@ -507,6 +520,11 @@ impl OperationDoc {
     /// Set aside after the restore point (its reinstall or start failed): no further step.
     pub fn is_set_aside(&self, host_id: &str) -> bool {
         self.hosts_failed.iter().any(|f| f.host == host_id)
+    }
+
+    /// Excluded by the operator before the restore point.
+    pub fn is_excluded(&self, host_id: &str) -> bool {
+        self.excluded.iter().any(|x| x.host == host_id)
     }
 
     /// The ack a host must have written for the current phase to count, if the phase has a step.
@@ -835,6 +853,7 @@ pub(crate) mod tests {
             error: None,
             restore: None,
             hosts_failed: vec![],
+            excluded: vec![],
             probe: None,
             barrier_clients: vec![],
             abort_requested: None,

@@ -63,10 +63,13 @@ pub enum ClusterStep {
         epoch: u64,
         deadline: Duration,
     },
-    /// What became of a restore recorded by an earlier leader at `recorded_epoch`. Read-only.
+    /// What became of a restore recorded at `recorded_epoch`. Read-only. `after`: the safety
+    /// snapshot taken right before it (its start bounds when this operation's restore can have
+    /// begun: an older recovery from the same snapshot is another operation's).
     InspectRestore {
         snapshot: SnapshotRef,
         recorded_epoch: u64,
+        after: Option<String>,
     },
     /// After every host started: the restored indices are healthy and Kibana reports the target. Read-only.
     VerifyFinal { target_version: Version },
@@ -920,6 +923,11 @@ fn decide_restoring(
                 ClusterStep::InspectRestore {
                     snapshot: op.snapshot.clone(),
                     recorded_epoch: rec.epoch,
+                    after: op
+                        .safety_snapshot
+                        .taken_uuid
+                        .as_ref()
+                        .and(op.safety_snapshot.name.clone()),
                 },
                 format!(
                     "restoring: inspecting the restore recorded at epoch {}",
@@ -938,6 +946,18 @@ fn decide_restoring(
             }
             Some((RestoreInspection::Completed, _)) => {
                 complete_restore(op, format!("restore issued at epoch {} found completed by epoch {}", rec.epoch, op.epoch), wall)
+            }
+            // "Not started" counts only once a late request can no longer land.
+            Some((RestoreInspection::NotStarted, at)) if age < cfg.restore_grace => {
+                if now.saturating_sub(*at) >= cfg.retry_every {
+                    inspect()
+                } else {
+                    LeaderDecision::Wait(format!(
+                        "restoring: no trace of the restore recorded at epoch {}; looking again for {:?} before concluding it never started",
+                        rec.epoch,
+                        cfg.restore_grace.saturating_sub(age)
+                    ))
+                }
             }
             Some((RestoreInspection::NotStarted, _)) => {
                 let mut sup = rec.superseded_epochs.clone();
@@ -986,6 +1006,7 @@ fn decide_restoring(
                     ClusterStep::InspectRestore {
                         snapshot: op.snapshot.clone(),
                         recorded_epoch: op.epoch,
+                        after: op.safety_snapshot.taken_uuid.as_ref().and(op.safety_snapshot.name.clone()),
                     },
                     format!("restoring: the restore's answer was lost ({c}); inspecting Elasticsearch"),
                 )

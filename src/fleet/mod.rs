@@ -24,7 +24,7 @@
 //! loop {
 //!     let events = collect_results();          // results of actions finished since last round
 //!     let input = Inputs { now: boottime(), wall: "2026-01-01T00:00:00Z".into(),
-//!                          op: read_op(), hosts: read_hosts(), facts: facts(), events };
+//!                          op: read_op(), hosts: read_hosts(), own_version: None, facts: facts(), events };
 //!     for action in step(&mut node, input) {
 //!         execute(action);                      // spawn; feed its result back as an Event
 //!     }
@@ -103,17 +103,17 @@ mod tests;
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
     format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, CheckStatus, ClaimDoc,
-    DocError, DocVersion, HostDoc, HostFailure, InstallEvent, InstallHistory, LeaderInfo,
-    MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange, Probe, Readiness,
-    ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step, StepResult,
-    UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
+    DocError, DocVersion, Exclusion, HostDoc, HostFailure, InstallEvent, InstallHistory,
+    LeaderInfo, MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange, Probe,
+    Readiness, ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step,
+    StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
 pub use status::{
-    describe_error, new_operation, outcome, request_abort, resume, running_message, waiting_for,
-    withdraw, NewOperation, Outcome,
+    describe_error, exclude_host, new_operation, outcome, request_abort, resume, running_message,
+    waiting_for, withdraw, NewOperation, Outcome,
 };
 
 use std::time::Duration;
@@ -129,6 +129,10 @@ pub struct FleetConfig {
     pub phase_timeout: Option<Duration>,
     /// How often a negative or in-progress cluster check is repeated (Kibana clients, restore inspection).
     pub retry_every: Duration,
+    /// How long a new leader keeps looking for a predecessor's restore before it concludes the
+    /// restore never started: covers a request held up on its way (a proxy, a kernel buffer)
+    /// after the predecessor's own deadline dropped its connection.
+    pub restore_grace: Duration,
     /// Host document heartbeat period.
     pub heartbeat_every: Duration,
     /// Written into the host document.
@@ -155,6 +159,7 @@ impl Default for FleetConfig {
             barrier_timeout: Duration::from_secs(120),
             phase_timeout: Some(Duration::from_secs(900)),
             retry_every: Duration::from_secs(10),
+            restore_grace: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(15),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             machine: MachineIdentity::default(),

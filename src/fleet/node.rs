@@ -78,6 +78,12 @@ pub enum Event {
         id: RequestId,
         outcome: ClusterOutcome,
     },
+    /// What a running host step is doing now (waiting for the dpkg lock held by ...): shown in
+    /// the host's in-progress ack. No result; any number per step.
+    HostStepProgress {
+        id: RequestId,
+        detail: String,
+    },
     /// `result` is `Ok` or `Failed`; `detail` goes into the ack.
     HostStepDone {
         id: RequestId,
@@ -341,6 +347,21 @@ impl NodeState {
                                 "restore not sent: lease deadline passed; a successor will inspect"
                                     .into(),
                         });
+                    }
+                }
+            }
+            Event::HostStepProgress { id, detail } => {
+                if self
+                    .host_step
+                    .as_ref()
+                    .is_some_and(|p| p.id == id && p.acks)
+                {
+                    if let Some(a) = self
+                        .my_ack
+                        .as_mut()
+                        .filter(|a| a.result == StepResult::InProgress)
+                    {
+                        a.detail = detail;
                     }
                 }
             }

@@ -104,6 +104,7 @@ pub(crate) fn sim_config() -> FleetConfig {
         barrier_timeout: Duration::from_secs(60),
         phase_timeout: Some(Duration::from_secs(300)),
         retry_every: Duration::from_secs(3),
+        restore_grace: Duration::from_secs(8),
         heartbeat_every: Duration::from_secs(5),
         agent_version: "sim".into(),
         machine: MachineIdentity::default(),

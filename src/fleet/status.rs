@@ -2,8 +2,8 @@
 //! outcome, say what it waits for, request an abort, resume a failed one.
 
 use super::doc::{
-    transition, AbortRequest, DocError, HostDoc, Mover, OpError, OperationDoc, Phase, PhaseChange,
-    SafetySnapshot, SnapshotRef, Step,
+    transition, AbortRequest, DocError, Exclusion, HostDoc, HostFailure, Mover, OpError,
+    OperationDoc, Phase, PhaseChange, SafetySnapshot, SnapshotRef, Step,
 };
 use super::leader::tally;
 use semver::Version;
@@ -96,6 +96,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         error: None,
         restore: None,
         hosts_failed: vec![],
+        excluded: vec![],
         probe: None,
         barrier_clients: vec![],
         abort_requested: None,
@@ -374,4 +375,93 @@ pub fn resume(
         }
     }
     Ok(next)
+}
+
+/// The document `exclude-host HOST` CAS-writes: HOST is gone for good (a dead machine), and the
+/// running operation goes on without it. Invariants 1 and 3 decide what each phase allows:
+///
+/// * `preflight`, `prefetching`: HOST is no longer expected; it had changed nothing.
+/// * `stopping`, `barrier`, `safety_snapshot`, `restoring` before a restore is recorded: HOST is
+///   no longer expected, but its Kibana may still run: allowed only with the barrier's client
+///   check on, whose evidence from every node (any open Kibana connection blocks the restore)
+///   then stands in for HOST's own report.
+/// * once a restore is recorded, `reinstalling`, `starting`: HOST is set aside (kept stopped if
+///   its agent comes back, no further step), the others go on, and the operation ends `failed`
+///   naming it, to be finished by `start --resume` once it is back or replaced.
+/// * `aborting`: HOST is no longer expected; the others come back.
+///
+/// An excluded host's agent that comes back keeps its Kibana stopped while the operation runs.
+/// The last expected host cannot be excluded.
+pub fn exclude_host(
+    op: &OperationDoc,
+    host: &str,
+    by: &str,
+    reason: &str,
+    at: &str,
+) -> Result<OperationDoc, DocError> {
+    if op.phase.is_terminal() {
+        return Err(DocError::Invalid(format!(
+            "operation {} has ended ({}): nothing to exclude from",
+            op.id, op.phase
+        )));
+    }
+    if !op.is_expected(host) {
+        return Err(DocError::Invalid(format!(
+            "{host} is not an expected host of operation {} (expected: {})",
+            op.id,
+            op.expected_hosts.join(", ")
+        )));
+    }
+    if op.is_set_aside(host) {
+        return Err(DocError::Invalid(format!("{host} is already set aside")));
+    }
+    if op.expected_hosts.len() - op.hosts_failed.len() <= 1 {
+        return Err(DocError::Invalid(format!(
+            "{host} is the last host of operation {}: abort it instead",
+            op.id
+        )));
+    }
+    let restore_recorded = op.restore.is_some();
+    let mut next = op.clone();
+    let note = format!("{host} excluded by {by}: {reason}");
+    match op.phase {
+        Phase::Reinstalling | Phase::Starting => set_aside(&mut next, host, &note),
+        Phase::Restoring if restore_recorded => set_aside(&mut next, host, &note),
+        Phase::Stopping | Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring
+            if !op.barrier_client_check =>
+        {
+            return Err(DocError::Invalid(format!(
+                "{host} may still run Kibana and operation {} has the barrier's client check off, \
+                 so nothing would prove it stopped before the restore: bring {host} back, or \
+                 abort and start again with coordination.barrier_client_check = true",
+                op.id
+            )));
+        }
+        _ => {
+            next.expected_hosts.retain(|h| h != host);
+            next.excluded.push(Exclusion {
+                host: host.to_string(),
+                by: by.to_string(),
+                phase: op.phase,
+                reason: reason.to_string(),
+            });
+        }
+    }
+    next.history.push(PhaseChange {
+        from: op.phase,
+        to: op.phase,
+        epoch: op.epoch,
+        reason: note,
+        at: at.to_string(),
+    });
+    Ok(next)
+}
+
+fn set_aside(op: &mut OperationDoc, host: &str, why: &str) {
+    let step = op.phase.host_step().unwrap_or(Step::StopUnit);
+    op.hosts_failed.push(HostFailure {
+        host: host.to_string(),
+        step,
+        cause: why.to_string(),
+    });
 }

@@ -696,7 +696,8 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
         runs(d(&m, 1)),
         ClusterStep::InspectRestore {
             snapshot: op.snapshot.clone(),
-            recorded_epoch: 1
+            recorded_epoch: 1,
+            after: Some("kibana-rollback-pre-op1".into()),
         }
     );
     m.inspect = Some((RestoreInspection::InProgress, s(1)));
@@ -705,8 +706,12 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
     m.inspect = Some((RestoreInspection::Completed, s(4)));
     let doc = moves_to(d(&m, 4), Phase::Reinstalling);
     assert!(doc.restore_completed());
+    // "Not started" is believed only after the grace (sim config: 8 s) that covers a late send.
     m.inspect = Some((RestoreInspection::NotStarted, s(4)));
-    let LeaderDecision::Write { doc, .. } = d(&m, 4) else {
+    assert!(waits(d(&m, 5)).contains("before concluding it never started"));
+    assert!(matches!(runs(d(&m, 7)), ClusterStep::InspectRestore { .. }));
+    m.inspect = Some((RestoreInspection::NotStarted, s(8)));
+    let LeaderDecision::Write { doc, .. } = d(&m, 8) else {
         panic!()
     };
     assert_eq!(
@@ -1099,9 +1104,56 @@ fn host_step_is_recorded_before_it_runs_and_acked_after() {
         Action::RunHostStep { id, .. } => *id,
         _ => unreachable!(),
     };
+    let first_write = acts.iter().find_map(|a| match a {
+        Action::WriteHostDoc { id, .. } => Some(*id),
+        _ => None,
+    });
     // No second run while it is in flight.
     let acts = step(&mut n, input(2, Some((3, &op)), vec![], vec![]));
     assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
+    // What it is doing meanwhile goes into the in-progress ack (status shows it); progress of
+    // another step is ignored.
+    let written = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::WriteHostDoc { id, doc, .. } => Some((*id, doc.clone())),
+            _ => None,
+        })
+    };
+    let mut pending = written(&acts).map(|(i, _)| i).or(first_write);
+    let mut seen = None;
+    for (t, events) in [
+        (
+            2,
+            vec![Event::HostStepProgress {
+                id: id + 100,
+                detail: "someone else's".into(),
+            }],
+        ),
+        (
+            2,
+            vec![Event::HostStepProgress {
+                id,
+                detail: "waiting for the package manager's lock: pid 7 (unattended-upgr)".into(),
+            }],
+        ),
+        (2, vec![]),
+    ] {
+        let mut ev = events;
+        if let Some(w) = pending.take() {
+            ev.push(Event::HostDocWritten {
+                id: w,
+                result: WriteResult::Ok(ver(9)),
+            });
+        }
+        let acts = step(&mut n, input(t, Some((3, &op)), vec![], ev));
+        if let Some((w, doc)) = written(&acts) {
+            pending = Some(w);
+            seen = Some(doc);
+        }
+    }
+    let ack = seen.expect("the ack is written again").ack.unwrap();
+    assert_eq!(ack.result, StepResult::InProgress);
+    assert!(ack.detail.contains("pid 7 (unattended-upgr)"), "{ack:?}");
     let mut inp = input(
         3,
         Some((3, &op)),
@@ -1582,4 +1634,84 @@ fn leadership_belongs_to_the_machine_not_the_host_id() {
     taken.leader.as_mut().unwrap().machine = Some(machine("someone-else"));
     let acts = step(&mut n, input(101, Some((seq + 1, &taken)), vec![], vec![]));
     assert!(stop_acting(&acts), "{acts:?}");
+}
+
+#[test]
+fn a_host_gone_for_good_is_excluded_by_rules_that_keep_the_invariants() {
+    use crate::fleet::exclude_host;
+    // Before anything stopped: simply no longer expected.
+    let op = op_in(Phase::Prefetching);
+    let x = exclude_host(&op, "c", "ops", "disk died", "w").unwrap();
+    assert_eq!(x.expected_hosts, ["a", "b"]);
+    assert!(x.is_excluded("c") && !x.is_set_aside("c"));
+    assert!(x
+        .history
+        .last()
+        .unwrap()
+        .reason
+        .contains("c excluded by ops: disk died"));
+    // Once the stop began, its Kibana may still run: only the barrier's evidence from
+    // Elasticsearch can stand in for its report.
+    let mut blind = op_in(Phase::Barrier);
+    blind.barrier_client_check = false;
+    let e = exclude_host(&blind, "c", "ops", "x", "w").unwrap_err();
+    assert!(e.to_string().contains("client check off"), "{e}");
+    let mut seeing = blind.clone();
+    seeing.barrier_client_check = true;
+    let x = exclude_host(&seeing, "c", "ops", "x", "w").unwrap();
+    assert!(!x.is_expected("c"));
+    // The barrier then goes on without it: its probe asks only the others.
+    let hosts = all(Step::StopUnit, UnitState::Inactive)[..2].to_vec();
+    let mut no_probe = x.clone();
+    no_probe.probe = Some(Probe {
+        n: 1,
+        phase: Phase::Barrier,
+        epoch: 1,
+    });
+    no_probe.barrier_client_check = false; // (the client reading itself is tested elsewhere)
+    moves_to(
+        decide(&no_probe, &hosts, &mem(Phase::Barrier), 1),
+        Phase::SafetySnapshot,
+    );
+    // Past the restore point: set aside, kept stopped, the operation ends failed naming it.
+    let x = exclude_host(&op_in(Phase::Reinstalling), "c", "ops", "x", "w").unwrap();
+    assert!(x.is_set_aside("c") && x.is_expected("c"));
+    let mut rec = op_in(Phase::Restoring);
+    rec.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
+    assert!(exclude_host(&rec, "c", "ops", "x", "w")
+        .unwrap()
+        .is_set_aside("c"));
+    // Not the last host, not an unknown one, not after the end.
+    let mut two_gone = op_in(Phase::Starting);
+    for h in ["a", "b"] {
+        two_gone.hosts_failed.push(HostFailure {
+            host: h.into(),
+            step: Step::StartUnit,
+            cause: "x".into(),
+        });
+    }
+    assert!(exclude_host(&two_gone, "c", "ops", "x", "w").is_err());
+    assert!(exclude_host(&op, "zz", "ops", "x", "w").is_err());
+    assert!(exclude_host(&op_in(Phase::Done), "c", "ops", "x", "w").is_err());
+}
+
+#[test]
+fn an_excluded_host_that_comes_back_keeps_kibana_stopped() {
+    let mut restoring = op_in(Phase::Restoring);
+    restoring.barrier_client_check = true;
+    let op = crate::fleet::exclude_host(&restoring, "c", "ops", "x", "w").unwrap();
+    match decide_host(Some(&op), "c", None, &facts(UnitState::Active), None) {
+        HostDecision::Run { step, acks, .. } => assert!(step == HostStep::StopUnit && !acks),
+        d => panic!("{d:?}"),
+    }
+    assert!(matches!(
+        decide_host(Some(&op), "c", None, &facts(UnitState::Inactive), None),
+        HostDecision::Wait(w) if w.contains("excluded")
+    ));
 }

@@ -42,6 +42,7 @@
 pub mod apt;
 pub mod dnf;
 pub mod elastic_repo;
+pub mod lock;
 pub(crate) mod run;
 mod version;
 
@@ -396,6 +397,25 @@ impl PackageManager {
 
     pub async fn hold(&self, pkg: &PackageName) -> Result<(), PkgError> {
         dispatch!(self, b => b.hold(pkg).await)
+    }
+
+    /// Repairs what an interrupted transaction left (apt: `dpkg --configure -a`; dnf keeps no
+    /// half-installed state that a re-run does not repair, so nothing).
+    pub async fn repair(&self) -> Result<(), PkgError> {
+        match &self.backend {
+            Backend::Apt(apt) => apt.repair().await,
+            Backend::Dnf(_) => Ok(()),
+        }
+    }
+
+    /// Who holds the package manager's lock right now, if another process does (only seen when
+    /// the commands run on this host, not through a test prefix).
+    pub fn lock_holder(&self) -> Option<lock::Holder> {
+        match &self.backend {
+            Backend::Apt(a) if a.run.prefix.is_empty() => lock::holder(lock::DPKG_LOCKS),
+            Backend::Dnf(d) if d.run.prefix.is_empty() => lock::holder(lock::RPM_LOCKS),
+            _ => None,
+        }
     }
 
     pub async fn unhold(&self, pkg: &PackageName) -> Result<(), PkgError> {

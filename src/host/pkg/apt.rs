@@ -193,14 +193,25 @@ impl Apt {
         Ok(Prefetched::Cached)
     }
 
-    /// Installs exactly PKG=VER (downgrade allowed). Leaves the hold state to the caller.
+    /// Installs exactly PKG=VER (downgrade allowed). Leaves the hold state to the caller. A
+    /// transaction: never killed once it runs.
     pub async fn install(
         &self,
         pkg: &PackageName,
         ver: &PackageVersion,
         held: bool,
     ) -> Result<(), PkgError> {
-        self.apt_get(&Self::install_args(pkg, ver, held))
+        self.run
+            .run_transaction("apt-get", &self.args(&Self::install_args(pkg, ver, held)))
+            .await
+            .map(|_| ())
+    }
+
+    /// `dpkg --configure -a`: finishes what an interrupted dpkg run left half-configured (the
+    /// repair before a resumed reinstall). A transaction: never killed.
+    pub async fn repair(&self) -> Result<(), PkgError> {
+        self.run
+            .run_transaction("dpkg", &[s("--configure"), s("-a")])
             .await
             .map(|_| ())
     }

@@ -234,15 +234,20 @@ impl Dnf {
     /// Installs exactly PKG-VER (dnf 4's `install` downgrades when an older version is asked
     /// for). Runs without the versionlock plugin; the caller re-locks.
     pub async fn install(&self, pkg: &PackageName, ver: &PackageVersion) -> Result<(), PkgError> {
-        self.dnf(&[
-            s("-y"),
-            s("-q"),
-            s(NO_LOCK),
-            s("install"),
-            Self::spec(pkg, ver),
-        ])
-        .await
-        .map(|_| ())
+        // A transaction: never killed once it runs.
+        self.run
+            .run_transaction(
+                "dnf",
+                &self.args(&[
+                    s("-y"),
+                    s("-q"),
+                    s(NO_LOCK),
+                    s("install"),
+                    Self::spec(pkg, ver),
+                ]),
+            )
+            .await
+            .map(|_| ())
     }
 }
 

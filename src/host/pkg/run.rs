@@ -82,7 +82,12 @@ impl Runner {
             cmdline: cmdline.clone(),
             source,
         })?;
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+        let waited = if self.timeout == Duration::MAX {
+            Ok(child.wait_with_output().await)
+        } else {
+            tokio::time::timeout(self.timeout, child.wait_with_output()).await
+        };
+        let out = match waited {
             Ok(r) => r.map_err(|source| PkgError::Spawn {
                 cmdline: cmdline.clone(),
                 source,
@@ -103,6 +108,34 @@ impl Runner {
         };
         tracing::debug!(cmd = %out.cmdline, code = ?out.code, ms = started.elapsed().as_millis() as u64, "finished");
         Ok(out)
+    }
+
+    /// A package transaction (install, downgrade, `dpkg --configure -a`): never killed once it
+    /// started — a dpkg or rpm run cut in the middle leaves a half-installed package — so the
+    /// time limit only makes it log, every limit, that it still runs. A non-zero exit is an error.
+    pub(crate) async fn run_transaction(
+        &self,
+        program: &str,
+        args: &[String],
+    ) -> Result<Output, PkgError> {
+        let patient = Runner {
+            prefix: self.prefix.clone(),
+            timeout: Duration::MAX,
+        };
+        let cmdline = render_cmdline(program, args);
+        let run = patient.run_ok(program, args);
+        tokio::pin!(run);
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                r = &mut run => return r,
+                _ = tokio::time::sleep(self.timeout) => tracing::warn!(
+                    cmd = %cmdline,
+                    "package transaction still running after {}; it is never killed (a cut dpkg/rpm run leaves a half-installed package)",
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+                ),
+            }
+        }
     }
 
     /// Like [`Runner::run`], but a non-zero exit is an error.
