@@ -292,7 +292,7 @@ async fn status_watch_off_a_terminal_prints_plain_lines() {
         h
     };
     put_hosts(&e.index, &fixed_hosts).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let done = advance(
         &e.index,
         Phase::Done,
@@ -385,7 +385,7 @@ async fn start_wait_off_a_terminal_prints_plain_lines() {
         assert!(Instant::now() < deadline, "no operation created");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let aborted = advance(
         &e.index,
         Phase::Aborted,
