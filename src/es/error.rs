@@ -103,6 +103,12 @@ impl EsError {
         match self {
             EsError::Unreachable { .. } | EsError::NotSent { .. } => ErrorKind::Unreachable,
             EsError::Timeout { .. } => ErrorKind::Timeout,
+            // A create-if-absent that found it (the coordination index at every agent start).
+            EsError::Api { err_type, .. }
+                if err_type.as_deref() == Some("resource_already_exists_exception") =>
+            {
+                ErrorKind::Conflict
+            }
             EsError::Api { status, .. } => match status.as_u16() {
                 401 | 403 => ErrorKind::Auth,
                 404 => ErrorKind::NotFound,
@@ -117,7 +123,8 @@ impl EsError {
 }
 
 /// What kind of failure a request had. `NotFound` and `Conflict` are routine in the protocol (a
-/// missing operation document, a compare-and-set that lost a race); the others are not.
+/// missing operation document; a compare-and-set that lost a race, a create-if-absent that
+/// found the document or index there); the others are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     Unreachable,

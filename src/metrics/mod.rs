@@ -231,7 +231,7 @@ impl Metrics {
             es_errors: reg!(IntCounterVec::new(
                 o(
                     "es_request_errors_total",
-                    "Failed requests to Elasticsearch by kind: unreachable, timeout, auth (401/403), not_found and conflict (routine: a missing document, a lost compare-and-set), http_4xx, http_5xx, decode, other."
+                    "Failed requests to Elasticsearch by kind: unreachable, timeout, auth (401/403), not_found and conflict (routine: a missing document, a lost compare-and-set, an index that exists), http_4xx, http_5xx, decode, other."
                 ),
                 &["kind"]
             )),
