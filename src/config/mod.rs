@@ -845,7 +845,7 @@ fn notify_settings(r: &Reader, merged: &Merged) -> Result<NotifySettings, Config
 }
 
 /// One line per key for `check-config`: the value (secrets stay files; credentials are never read
-/// out) and where it came from.
+/// out; a webhook URL's path and query are not shown) and where it came from.
 pub fn describe(merged: &Merged) -> Vec<(String, String, String)> {
     let r = Reader { merged };
     schema::KEYS
@@ -855,6 +855,17 @@ pub fn describe(merged: &Merged) -> Vec<(String, String, String)> {
             let (v, o) = r.raw(&dotted);
             let shown = match v {
                 None => "(unset)".to_string(),
+                // Webhook paths often carry a token (chat services put it there): only the
+                // receiver is shown.
+                Some(toml::Value::String(u)) if dotted == "notify.webhook_url" => {
+                    match Url::parse(&u) {
+                        Ok(url) if url.path() != "/" || url.query().is_some() => format!(
+                            "\"{}/…\" (path not shown)",
+                            crate::notify::webhook::receiver_name(&url)
+                        ),
+                        _ => render(&toml::Value::String(u)),
+                    }
+                }
                 Some(v) => render(&v),
             };
             (dotted, shown, o.to_string())

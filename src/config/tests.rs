@@ -478,6 +478,12 @@ fn webhook_secret_comes_from_a_private_file_or_the_credential() {
     assert_eq!((h.as_str(), v.expose()), ("X-Token", "s3cr3t-token"));
     let listing = format!("{:?}", describe(&loaded.merged));
     assert!(!listing.contains("s3cr3t"), "{listing}");
+    let shown = describe(&loaded.merged)
+        .into_iter()
+        .find(|(k, _, _)| k == "notify.webhook_url")
+        .unwrap()
+        .1;
+    assert_eq!(shown, "\"http://127.0.0.1:8080/…\" (path not shown)");
 
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = err(&f, &with_secret);

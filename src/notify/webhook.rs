@@ -123,3 +123,18 @@ async fn deliver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_name_the_receiver_without_path_or_query() {
+        let u: reqwest::Url = "https://hooks.example.com/services/T0/B0/secret?x=1"
+            .parse()
+            .unwrap();
+        assert_eq!(receiver_name(&u), "https://hooks.example.com");
+        let u: reqwest::Url = "http://127.0.0.1:8080/hook".parse().unwrap();
+        assert_eq!(receiver_name(&u), "http://127.0.0.1:8080");
+    }
+}
