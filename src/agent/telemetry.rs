@@ -132,7 +132,12 @@ impl Telemetry {
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
         let already = announced.get(&doc.id).copied().unwrap_or(0);
         let (events, next) = announcements(doc, &self.host_id, already);
-        announced.insert(doc.id.clone(), next);
+        if doc.phase.is_terminal() {
+            // Nothing more of ours follows at this epoch (a resume leads at a new one).
+            announced.remove(&doc.id);
+        } else {
+            announced.insert(doc.id.clone(), next);
+        }
         for n in events {
             notifier.send(n);
         }
