@@ -494,6 +494,20 @@ webhook_timeout = "2s"
     );
     assert_eq!(value(&m, "kibana_rollback_lease_held"), 0.0);
     assert_eq!(value(&m, "kibana_rollback_operation_running"), 0.0);
+    // The host is ready (its readiness report has no failed check), on the failed 8.15.0.
+    assert_eq!(value(&m, "kibana_rollback_ready"), 1.0, "{m:#?}");
+    assert!(
+        m.keys().any(|k| k
+            .starts_with("kibana_rollback_readiness_check{check=\"kibana_yml\",status=\"ok\"}")),
+        "{m:#?}"
+    );
+    assert!(
+        m.iter().any(|(k, v)| *v == 1.0
+            && k.starts_with(
+                "kibana_rollback_kibana_info{held=\"false\",installed_version=\"8.15.0\","
+            )),
+        "{m:#?}"
+    );
     assert!(value(&m, "kibana_rollback_es_requests_total") > 0.0);
     // Anything but /metrics is 404.
     let r = reqwest::get(format!("http://127.0.0.1:{metrics_port}/"))
@@ -671,6 +685,11 @@ webhook_timeout = "2s"
     let m = parse_strict(&text);
     assert_eq!(phase_of(&m, &op_id).as_deref(), Some("done"), "{text}");
     assert_eq!(value(&m, "kibana_rollback_operation_running"), 0.0);
+    assert_eq!(
+        value(&m, "kibana_rollback_kibana_info{held=\"true\",installed_version=\"8.14.3\",unit_state=\"active\"}"),
+        1.0,
+        "{text}"
+    );
     for step in [
         "check_available",
         "prefetch",

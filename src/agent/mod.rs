@@ -291,6 +291,7 @@ impl Daemon {
                     .update(&self.es, facts.installed_version.as_ref(), now)
                     .await;
                 facts.install_history = self.evidence.history();
+                self.telemetry.host_facts(&facts);
                 self.facts = Some((facts, now));
             }
             let facts = self.facts.as_ref().expect("just set").0.clone();

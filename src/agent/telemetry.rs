@@ -105,6 +105,11 @@ impl Telemetry {
         }
     }
 
+    /// This host's facts, when the agent read them afresh.
+    pub fn host_facts(&self, facts: &fleet::HostFacts) {
+        self.metrics.host_facts(facts);
+    }
+
     /// Leadership after a round (`NodeState::leading_epoch`).
     pub fn leading(&self, epoch: Option<u64>) {
         self.metrics.leading(epoch);

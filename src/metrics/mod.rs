@@ -19,7 +19,7 @@ use prometheus::{
 };
 
 use crate::es::{ErrorKind, EsError};
-use crate::fleet::{OperationDoc, Phase, Step, StepResult};
+use crate::fleet::{HostFacts, OperationDoc, Phase, Step, StepResult};
 
 /// The prefix of every series.
 pub const PREFIX: &str = "kibana_rollback";
@@ -100,6 +100,9 @@ pub struct Metrics {
     es_requests: IntCounter,
     es_errors: IntCounterVec,
     notifications: IntCounterVec,
+    kibana: IntGaugeVec,
+    ready: IntGauge,
+    readiness: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -241,6 +244,24 @@ impl Metrics {
                     "Webhook events by how their delivery ended: sent, failed (every attempt), dropped (queue full)."
                 ),
                 &["result"]
+            )),
+            kibana: reg!(IntGaugeVec::new(
+                o(
+                    "kibana_info",
+                    "This host's Kibana as the agent last read it: unit state, installed version, held (always 1)."
+                ),
+                &["unit_state", "installed_version", "held"]
+            )),
+            ready: reg!(IntGauge::with_opts(o(
+                "ready",
+                "1 when this host's latest readiness report has no failed check (0 also before the first report)."
+            ))),
+            readiness: reg!(IntGaugeVec::new(
+                o(
+                    "readiness_check",
+                    "Each check of this host's latest readiness report with its status (ok, warn, fail, skipped); always 1."
+                ),
+                &["check", "status"]
             )),
             registry,
         };
@@ -417,6 +438,37 @@ impl Metrics {
     /// The agent stopped leading before the operation ended.
     pub fn lease_lost(&self) {
         self.lease_losses.inc();
+    }
+
+    /// This host's facts as the agent read them (unit, package, readiness report).
+    pub fn host_facts(&self, f: &HostFacts) {
+        let unit = serde_json::to_value(f.unit)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let version = f
+            .installed_version
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let held = if f.held { "true" } else { "false" };
+        self.kibana.reset();
+        self.kibana
+            .with_label_values(&[&unit, &version, held])
+            .set(1);
+        self.readiness.reset();
+        match &f.readiness {
+            Some(r) => {
+                for c in &r.checks {
+                    let status = c.status.as_str().to_lowercase();
+                    self.readiness
+                        .with_label_values(&[&c.check, &status])
+                        .set(1);
+                }
+                self.ready.set(i64::from(r.failures().next().is_none()));
+            }
+            None => self.ready.set(0),
+        }
     }
 
     /// How a webhook delivery ended.
