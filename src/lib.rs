@@ -17,3 +17,4 @@ pub mod host;
 pub mod logging;
 pub mod preflight;
 pub mod snapshots;
+pub mod trust;

@@ -207,7 +207,7 @@ impl Daemon {
             let op = match coord.operation().await {
                 Ok(Some(v)) => OpRead::Found(v),
                 Ok(None) => OpRead::Missing,
-                Err(e @ EsError::NewerFormat { .. }) => {
+                Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
                     tracing::error!("{e}");
                     OpRead::Unsupported(e.to_string())
                 }
