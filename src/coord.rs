@@ -2,15 +2,24 @@
 //! of the `operation` document (the lease), the `host-<id>` documents and the `history-<id>`
 //! archive, on top of the Elasticsearch adapter. Conversions between the adapter's and the
 //! protocol's versioned documents live here, so neither side knows the other.
+//!
+//! With a fleet key every document written here is signed (the operation's `revision` raised
+//! first) and every document read is verified ([`crate::trust`]): one that does not verify is
+//! [`EsError::Untrusted`] (the operation) or left out with a warning (host, claim, history).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::config::Settings;
 use crate::es::{Es, EsError};
 use crate::fleet::{self, DocVersion, HostDoc, OperationDoc, OPERATION_DOC_ID};
+use crate::trust::FleetKeys;
 
 /// The coordination index of one cluster.
 pub struct Coord<'a> {
     pub es: &'a Es,
     pub index: &'a str,
+    keys: Option<&'a FleetKeys>,
 }
 
 fn to_fleet<T>(v: crate::es::Versioned<T>) -> fleet::Versioned<T> {
@@ -33,7 +42,40 @@ impl<'a> Coord<'a> {
         Coord {
             es,
             index: &settings.coordination.index,
+            keys: settings.coordination.fleet_keys.as_ref(),
         }
+    }
+
+    /// The document as stored: signed when the fleet has a key.
+    fn seal<T: Serialize>(&self, doc: &T) -> serde_json::Value {
+        let mut v = serde_json::to_value(doc).expect("documents serialise");
+        if let Some(k) = self.keys {
+            k.sign(&mut v);
+        }
+        v
+    }
+
+    /// An operation as stored: its revision raised, then sealed.
+    fn seal_op(&self, op: &OperationDoc) -> serde_json::Value {
+        let mut next = op.clone();
+        next.revision = op.revision + 1;
+        self.seal(&next)
+    }
+
+    /// A stored document, verified when the fleet has a key, then decoded.
+    fn open<T: DeserializeOwned>(&self, id: &str, v: serde_json::Value) -> Result<T, EsError> {
+        if let Some(k) = self.keys {
+            k.verify(&v).map_err(|why| EsError::Untrusted {
+                doc: id.to_string(),
+                why,
+            })?;
+        }
+        decode(id, v)
+    }
+
+    /// Whether documents are signed and verified here.
+    pub fn signed(&self) -> bool {
+        self.keys.is_some()
     }
 
     pub async fn ensure_index(&self) -> Result<(), EsError> {
@@ -51,7 +93,7 @@ impl<'a> Coord<'a> {
             return Ok(None);
         };
         let v = to_fleet(raw);
-        let doc = decode(OPERATION_DOC_ID, v.doc)?;
+        let doc = self.open(OPERATION_DOC_ID, v.doc)?;
         Ok(Some(fleet::Versioned {
             seq_no: v.seq_no,
             primary_term: v.primary_term,
@@ -59,10 +101,23 @@ impl<'a> Coord<'a> {
         }))
     }
 
+    /// The operation document as stored, unverified, with its version: only for
+    /// `lock --force-release` to remove one that does not verify (never to act on it, and never
+    /// re-sealed, which would launder it).
+    pub async fn operation_unverified(
+        &self,
+    ) -> Result<Option<fleet::Versioned<serde_json::Value>>, EsError> {
+        Ok(self
+            .es
+            .get_doc::<serde_json::Value>(self.index, OPERATION_DOC_ID)
+            .await?
+            .map(to_fleet))
+    }
+
     /// Creates the operation; a conflict means another operation is active.
     pub async fn create_operation(&self, op: &OperationDoc) -> Result<DocVersion, EsError> {
         self.es
-            .create_doc(self.index, OPERATION_DOC_ID, op)
+            .create_doc(self.index, OPERATION_DOC_ID, &self.seal_op(op))
             .await
             .map(version)
     }
@@ -76,7 +131,7 @@ impl<'a> Coord<'a> {
             .cas_put(
                 self.index,
                 OPERATION_DOC_ID,
-                op,
+                &self.seal_op(op),
                 expected.seq_no as i64,
                 expected.primary_term as i64,
             )
@@ -99,7 +154,7 @@ impl<'a> Coord<'a> {
     pub async fn archive(&self, op: &OperationDoc) -> Result<(), EsError> {
         match self
             .es
-            .create_doc(self.index, &fleet::history_doc_id(&op.id), op)
+            .create_doc(self.index, &fleet::history_doc_id(&op.id), &self.seal(op))
             .await
         {
             Ok(_) => Ok(()),
@@ -133,7 +188,7 @@ impl<'a> Coord<'a> {
             .filter_map(|d| {
                 let id = d.id.clone();
                 let v = to_fleet(d);
-                match decode(&id, v.doc) {
+                match self.open(&id, v.doc) {
                     Ok(h) => Some(fleet::Versioned {
                         seq_no: v.seq_no,
                         primary_term: v.primary_term,
@@ -150,12 +205,24 @@ impl<'a> Coord<'a> {
 
     /// Every registered host (near-real-time search).
     pub async fn all_hosts(&self) -> Result<Vec<HostDoc>, EsError> {
+        self.list("host-").await
+    }
+
+    /// Every document whose id starts with `prefix` (near-real-time search); ones that do not
+    /// verify or decode are left out with a warning.
+    async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, EsError> {
         Ok(self
             .es
-            .list_docs::<HostDoc>(self.index, "host-")
+            .list_docs::<serde_json::Value>(self.index, prefix)
             .await?
             .into_iter()
-            .map(|d| d.source)
+            .filter_map(|d| match self.open(&d.id, d.source) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("ignoring a coordination document: {e}");
+                    None
+                }
+            })
             .collect())
     }
 
@@ -168,10 +235,16 @@ impl<'a> Coord<'a> {
     ) -> Result<DocVersion, EsError> {
         let id = HostDoc::doc_id(&doc.host_id);
         match expected {
-            None => self.es.create_doc(self.index, &id, doc).await,
+            None => self.es.create_doc(self.index, &id, &self.seal(doc)).await,
             Some(v) => {
                 self.es
-                    .cas_put(self.index, &id, doc, v.seq_no as i64, v.primary_term as i64)
+                    .cas_put(
+                        self.index,
+                        &id,
+                        &self.seal(doc),
+                        v.seq_no as i64,
+                        v.primary_term as i64,
+                    )
                     .await
             }
         }
@@ -184,7 +257,7 @@ impl<'a> Coord<'a> {
             .put_doc(
                 self.index,
                 &fleet::ClaimDoc::doc_id(&doc.host_id, &doc.machine),
-                doc,
+                &self.seal(doc),
             )
             .await
             .map(|_| ())
@@ -192,13 +265,28 @@ impl<'a> Coord<'a> {
 
     /// Every claim document (near-real-time search): two machines with one host id.
     pub async fn claims(&self) -> Result<Vec<fleet::ClaimDoc>, EsError> {
-        Ok(self
+        self.list("claim-").await
+    }
+
+    /// The archived `history-<id>` of one operation, verified like the live one.
+    pub async fn history_of(&self, op_id: &str) -> Result<Option<OperationDoc>, EsError> {
+        let id = fleet::history_doc_id(op_id);
+        match self
             .es
-            .list_docs::<fleet::ClaimDoc>(self.index, "claim-")
+            .get_doc::<serde_json::Value>(self.index, &id)
             .await?
-            .into_iter()
-            .map(|d| d.source)
-            .collect())
+        {
+            Some(v) => self.open(&id, v.source).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Overwrites `history-<id>` (`lock --force-release` keeps the latest state with its note).
+    pub async fn put_history(&self, op: &OperationDoc) -> Result<(), EsError> {
+        self.es
+            .put_doc(self.index, &fleet::history_doc_id(&op.id), &self.seal(op))
+            .await
+            .map(|_| ())
     }
 
     /// Makes near-real-time listings (registered hosts, history) see the latest writes. Best
@@ -235,13 +323,7 @@ impl<'a> Coord<'a> {
 
     /// Finished operations, newest first (by the wall-clock time they were requested).
     pub async fn history(&self) -> Result<Vec<OperationDoc>, EsError> {
-        let mut ops: Vec<OperationDoc> = self
-            .es
-            .list_docs::<OperationDoc>(self.index, "history-")
-            .await?
-            .into_iter()
-            .map(|d| d.source)
-            .collect();
+        let mut ops: Vec<OperationDoc> = self.list("history-").await?;
         ops.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
         Ok(ops)
     }
@@ -282,6 +364,18 @@ pub fn fleet_config(settings: &Settings, machine: fleet::MachineIdentity) -> fle
         heartbeat_every: c.heartbeat,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         machine,
+        policy: local_policy(settings),
+    }
+}
+
+/// What this host's configuration lets any operation ask of it ([`fleet::policy`]).
+pub fn local_policy(settings: &Settings) -> fleet::policy::LocalPolicy {
+    fleet::policy::LocalPolicy {
+        allowed_targets: settings.rollback.allowed_targets.clone(),
+        repository: settings.rollback.repository.clone(),
+        fleet: settings.coordination.expected_hosts.clone(),
+        safety_snapshot_required: settings.rollback.safety_snapshot,
+        client_check_required: settings.coordination.barrier_client_check,
     }
 }
 

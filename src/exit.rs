@@ -51,7 +51,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 _ if e.is_unreachable() => UNAVAILABLE,
                 _ if e.is_auth() => NOPERM,
                 EsError::Setup(_) => CONFIG,
-                EsError::Check(_) | EsError::NewerFormat { .. } => FAILED,
+                EsError::Check(_) | EsError::NewerFormat { .. } | EsError::Untrusted { .. } => {
+                    FAILED
+                }
                 _ => SOFTWARE,
             };
         }

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod notify;
 pub mod preflight;
 pub mod snapshots;
+pub mod trust;

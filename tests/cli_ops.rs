@@ -1032,3 +1032,93 @@ async fn exclude_host_takes_a_dead_host_out_by_the_rules() {
     assert_eq!(code, 1, "the last host: {err}");
     raw("DELETE", &e.index, None).await;
 }
+
+/// With a fleet key every document the tool writes is signed; a document written without the
+/// key (a forged operation) is refused by every command, named, and never taken for the lock's
+/// real holder.
+#[tokio::test]
+async fn with_a_fleet_key_a_forged_operation_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = shared_repo().await;
+    let e = env(repo, "expected_hosts = [\"kb1\"]");
+    let key = e._dir.path().join("fleet-key");
+    std::fs::write(&key, "a-fleet-key-for-the-tests-0123456789\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&e.cfg).unwrap();
+    std::fs::write(
+        &e.cfg,
+        text.replace(
+            "[coordination]\n",
+            &format!("[coordination]\nfleet_key_file = \"{}\"\n", key.display()),
+        ),
+    )
+    .unwrap();
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    // Host documents written without the key are not believed either.
+    let (code, out, _) = run_cli(&e.cfg, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no host document for kb1") || out.contains("kb1 not registered"),
+        "{out}"
+    );
+    // The real thing: start signs what it writes, and reads it back verified.
+    let (_, v) = raw("GET", &format!("{}/_doc/host-kb1", e.index), None).await;
+    let mut host = v["_source"].clone();
+    let keys = kibana_rollback::trust::FleetKeys::from_text("a-fleet-key-for-the-tests-0123456789")
+        .unwrap();
+    keys.sign(&mut host);
+    raw(
+        "PUT",
+        &format!("{}/_doc/host-kb1?refresh=true", e.index),
+        Some(host),
+    )
+    .await;
+    let (code, out, err) = run_cli(&e.cfg, &["start", "--snapshot", "good"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, stored) = raw("GET", &format!("{}/_doc/operation", e.index), None).await;
+    assert!(
+        stored["_source"]["signature"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:"),
+        "{stored}"
+    );
+    assert_eq!(stored["_source"]["revision"], 1);
+    let (code, out, err) = run_cli(&e.cfg, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Someone with write access but no key rewrites it into reinstalling.
+    let mut forged = stored["_source"].clone();
+    forged["phase"] = json!("reinstalling");
+    raw(
+        "PUT",
+        &format!("{}/_doc/operation?refresh=true", e.index),
+        Some(forged),
+    )
+    .await;
+    let (code, _, err) = run_cli(&e.cfg, &["status"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "operation is refused: its signature does not match its content: forged or altered"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&e.cfg, &["start", "--snapshot", "good"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("forged or altered"), "{err}");
+    // The forgery is removed by force-release (with --yes), printed, and not archived.
+    let (code, _, err) = run_cli(&e.cfg, &["lock", "--force-release"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = run_cli(&e.cfg, &["lock", "--force-release", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("removed the unverified operation document"),
+        "{out}"
+    );
+    assert!(out.contains("reinstalling"), "{out}");
+    let (code, out, _) = run_cli(&e.cfg, &["lock"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("the lock is free"), "{out}");
+    raw("DELETE", &e.index, None).await;
+}

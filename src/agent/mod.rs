@@ -216,7 +216,7 @@ impl Daemon {
             let op = match coord.operation().await {
                 Ok(Some(v)) => OpRead::Found(v),
                 Ok(None) => OpRead::Missing,
-                Err(e @ EsError::NewerFormat { .. }) => {
+                Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
                     tracing::error!("{e}");
                     OpRead::Unsupported(e.to_string())
                 }
@@ -225,8 +225,7 @@ impl Daemon {
                     OpRead::Unreadable
                 }
             };
-            self.telemetry
-                .operation_read(&op, &self.es, &self.settings.coordination.index);
+            self.telemetry.operation_read(&op, &self.es, &self.settings);
             let mut ids: BTreeSet<String> = BTreeSet::new();
             ids.insert(self.settings.coordination.host_id.clone());
             if let OpRead::Found(v) = &op {

@@ -12,6 +12,7 @@ use anyhow::Result;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
+use crate::coord::Coord;
 use crate::es::{Es, EsError};
 use crate::exit;
 use crate::fleet::{self, HostDoc, OpRead, OperationDoc, Step, StepResult, WriteResult};
@@ -85,21 +86,19 @@ impl Telemetry {
     }
 
     /// The operation document as read this round. An operation archived between two reads is
-    /// looked up in its history document, so its outcome is shown.
-    pub fn operation_read(&self, read: &OpRead, es: &Arc<Es>, index: &str) {
+    /// looked up in its history document (verified like every coordination read), so its
+    /// outcome is shown.
+    pub fn operation_read(&self, read: &OpRead, es: &Arc<Es>, settings: &Arc<Settings>) {
         let vanished = match read {
             OpRead::Found(v) => self.metrics.operation_seen(Some(&v.doc)),
             OpRead::Missing => self.metrics.operation_seen(None),
             OpRead::Unreadable | OpRead::Unsupported(_) => None,
         };
         if let Some(id) = vanished {
-            let (es, index, metrics) = (es.clone(), index.to_string(), self.metrics.clone());
+            let (es, settings, metrics) = (es.clone(), settings.clone(), self.metrics.clone());
             tokio::spawn(async move {
-                if let Ok(Some(h)) = es
-                    .get_doc::<OperationDoc>(&index, &fleet::history_doc_id(&id))
-                    .await
-                {
-                    metrics.operation_finished(&id, h.source.phase);
+                if let Ok(Some(h)) = Coord::new(&es, &settings).history_of(&id).await {
+                    metrics.operation_finished(&id, h.phase);
                 }
             });
         }

@@ -51,12 +51,8 @@ async fn look(coord: &Coord<'_>, op_id: &str) -> Result<Seen, EsError> {
             return Ok(Seen::Running(v.doc, hosts));
         }
     }
-    match coord
-        .es
-        .get_doc::<OperationDoc>(coord.index, &fleet::history_doc_id(op_id))
-        .await?
-    {
-        Some(h) => Ok(Seen::Finished(h.source)),
+    match coord.history_of(op_id).await? {
+        Some(h) => Ok(Seen::Finished(h)),
         None => Ok(Seen::Vanished),
     }
 }

@@ -11,11 +11,14 @@
 //! (Ansible) pass `--yes`. After the release the agents lift nothing on their own (nobody knows
 //! in which state each host is): this host's hold is lifted here if it is one of the fleet's
 //! (Kibana is not started), and the exact commands for the others are printed.
+//! An operation document that does not verify with the fleet key is removed (with `--yes`) and
+//! printed, not archived: no agent acted on it, and archiving would sign it.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use kibana_rollback::coord;
+use kibana_rollback::es::EsError;
 use kibana_rollback::exit;
 use kibana_rollback::fleet::{self, OpError, PhaseChange};
 use serde_json::json;
@@ -28,14 +31,71 @@ use super::{print_json, Cli};
 
 const ATTEMPTS: usize = 5;
 
-pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
-    let ctx = Ctx::new(cli)?;
-    let coord = ctx.coord();
-    let Some(current) = coord
-        .operation()
+/// Removes an operation document that does not verify with the fleet key. Nothing acted on it
+/// (agents refuse it), so there is nothing to lift; it is not archived, since archiving would
+/// sign a forgery into history. Its content is printed for the record.
+async fn release_untrusted(
+    cli: &Cli,
+    coord: &coord::Coord<'_>,
+    why: &str,
+    yes: bool,
+) -> Result<u8> {
+    let Some(stored) = coord
+        .operation_unverified()
         .await
         .context("reading the operation document")?
     else {
+        println!("the lock is free: no operation document in {}", coord.index);
+        return Ok(exit::OK);
+    };
+    eprintln!(
+        "WARNING: the operation document in {} does not verify with the fleet key ({why}); no agent acts on it. \
+         Removing it; it is not archived. Find out who could write the index.",
+        coord.index
+    );
+    if !yes {
+        return Err(exit::coded(
+            exit::USAGE,
+            "removing an unverified operation needs --yes; nothing was changed",
+        ));
+    }
+    match coord
+        .delete_operation(fleet::DocVersion {
+            seq_no: stored.seq_no,
+            primary_term: stored.primary_term,
+        })
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_conflict() || e.is_not_found() => {
+            return Err(exit::coded(
+                exit::TEMPFAIL,
+                "the operation document changed while it was being removed; nothing was removed, run it again",
+            ))
+        }
+        Err(e) => return Err(e).context("removing the unverified operation document"),
+    }
+    if cli.json {
+        print_json(
+            &json!({"released": true, "unverified": true, "why": why, "document": stored.doc}),
+        );
+    } else {
+        println!("removed the unverified operation document; it read:");
+        println!("{}", serde_json::to_string(&stored.doc).unwrap_or_default());
+    }
+    Ok(exit::OK)
+}
+
+pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
+    let ctx = Ctx::new(cli)?;
+    let coord = ctx.coord();
+    let current = match coord.operation().await {
+        Err(EsError::Untrusted { why, .. }) if force_release => {
+            return release_untrusted(cli, &coord, &why.to_string(), yes).await;
+        }
+        other => other.context("reading the operation document")?,
+    };
+    let Some(current) = current else {
         if cli.json {
             print_json(&json!({"index": coord.index, "held": false, "operation": null}));
         } else {
@@ -167,8 +227,7 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
         });
         // Overwrite, not create: the latest state with the release note is what history keeps.
         coord
-            .es
-            .put_doc(coord.index, &fleet::history_doc_id(&op.id), &archived)
+            .put_history(&archived)
             .await
             .context("archiving the operation before releasing it")?;
         match coord.delete_operation(seen.version()).await {

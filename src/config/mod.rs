@@ -26,6 +26,8 @@ pub const CREDENTIAL_API_KEY: &str = "elasticsearch-api-key";
 pub const CREDENTIAL_PASSWORD: &str = "elasticsearch-password";
 /// Name of the systemd credential holding the webhook's secret header value.
 pub const CREDENTIAL_WEBHOOK_SECRET: &str = "kibana-rollback-webhook-secret";
+/// Name of the systemd credential holding the fleet key(s) (`LoadCredential=fleet-key`).
+pub const CREDENTIAL_FLEET_KEY: &str = "fleet-key";
 
 /// A configuration problem, rendered as one line: `FILE: KEY = VALUE: PROBLEM; fix: FIX`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,6 +419,32 @@ fn secret(dotted: &str, path: &Path, origin: &Origin) -> Result<Secret, ConfigEr
     })
 }
 
+/// `coordination.fleet_key_file`, else the credential `fleet-key`, else none (unsigned mode).
+fn fleet_keys(r: &Reader, merged: &Merged) -> Result<Option<crate::trust::FleetKeys>, ConfigError> {
+    let (path, origin) = match r.path("coordination.fleet_key_file")? {
+        Some((p, o)) => (p, o),
+        None => match credential(merged, CREDENTIAL_FLEET_KEY) {
+            Some(p) => {
+                let o = Origin::Credential(p.clone());
+                (p, o)
+            }
+            None => return Ok(None),
+        },
+    };
+    let text = secret("coordination.fleet_key_file", &path, &origin)?;
+    crate::trust::FleetKeys::from_text(text.expose())
+        .map(Some)
+        .map_err(|problem| {
+            ConfigError::at(
+                &origin,
+                "coordination.fleet_key_file",
+                Some(format!("{:?}", path.display().to_string())),
+                problem,
+            )
+            .fix("one key per line (the first signs), each e.g. from `openssl rand -base64 32`, the same file on every host")
+        })
+}
+
 fn credential(merged: &Merged, name: &str) -> Option<PathBuf> {
     let p = merged.credentials_dir.as_ref()?.join(name);
     p.exists().then_some(p)
@@ -593,8 +621,28 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     };
 
     // [rollback]
+    let allowed_targets = match r.merged.get("rollback.allowed_targets") {
+        None => None,
+        Some(_) => {
+            let (list, origin) = r.list("rollback.allowed_targets");
+            let mut out = Vec::new();
+            for s in &list {
+                out.push(parse_version(s).map_err(|problem| {
+                    ConfigError::at(
+                        &origin,
+                        "rollback.allowed_targets",
+                        Some(format!("{s:?}")),
+                        problem,
+                    )
+                    .fix("list versions such as \"8.14.3\"")
+                })?);
+            }
+            Some(out)
+        }
+    };
     let rollback = RollbackSettings {
         target_version: r.version("rollback.target_version")?,
+        allowed_targets,
         repository: r
             .string("rollback.repository")
             .map(|(s, _)| s)
@@ -705,6 +753,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         restore_grace: r.duration("coordination.restore_grace")?,
         phase_timeout: r.duration("coordination.phase_timeout")?,
         state_dir: r.path("coordination.state_dir")?.expect("default").0,
+        fleet_keys: fleet_keys(&r, merged)?,
     };
 
     // [package_manager]

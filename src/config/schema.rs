@@ -113,6 +113,8 @@ pub const KEYS: &[Key] = &[
         "How long Kibana may take to become healthy (available or degraded) at the target version; a crash loop fails sooner."),
     key!("rollback", "target_version", Kind::Version, None,
         "The older Kibana version to roll back to (also `start --to`)."),
+    key!("rollback", "allowed_targets", Kind::StringList, None,
+        "The only Kibana versions any operation may roll this host back to (agents take no step for another; start refuses one). Unset: any."),
     key!("rollback", "repository", Kind::String, None,
         "The snapshot repository holding the pre-upgrade snapshot."),
     key!("rollback", "snapshot", Kind::String, Some(r#""latest""#),
@@ -137,6 +139,8 @@ pub const KEYS: &[Key] = &[
         "The addresses this host's Kibana connects to Elasticsearch from, to attribute the clients Elasticsearch reports; empty: every address of this machine's interfaces."),
     key!("coordination", "restore_grace", Kind::Duration, Some(r#""30s""#),
         "How long a new leader looks for a predecessor's restore before concluding it never started (covers a request held up on its way)."),
+    key!("coordination", "fleet_key_file", Kind::Path, None,
+        "File with the fleet key(s), one per line (the first signs): agents obey only coordination documents signed with one. Mode 600; or the credential fleet-key."),
     key!("coordination", "barrier_client_check", Kind::Bool, Some("true"),
         "At the barrier, also ask Elasticsearch whether any Kibana client is still sending requests (catches a Kibana on a host without an agent)."),
     key!("coordination", "phase_timeout", Kind::Duration, Some(r#""15m""#),
@@ -177,6 +181,7 @@ pub fn is_secret_path(section: &str, name: &str) -> bool {
             | ("elasticsearch", "password_file")
             | ("kibana", "status_password_file")
             | ("notify", "webhook_secret_file")
+            | ("coordination", "fleet_key_file")
     )
 }
 

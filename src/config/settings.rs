@@ -96,6 +96,8 @@ impl std::fmt::Display for SnapshotSelector {
 #[derive(Debug, Clone)]
 pub struct RollbackSettings {
     pub target_version: Option<Version>,
+    /// The only targets any operation may ask this host for; `None`: any.
+    pub allowed_targets: Option<Vec<Version>>,
     pub repository: Option<String>,
     pub snapshot: SnapshotSelector,
     /// A snapshot started closer than this to the upgrade's start cannot be judged either way.
@@ -118,6 +120,9 @@ pub struct CoordinationSettings {
     pub restore_grace: Duration,
     pub phase_timeout: Duration,
     pub state_dir: PathBuf,
+    /// The fleet's keys: every coordination document is signed and verified with them.
+    /// `None`: unsigned (anyone who can write the index is obeyed).
+    pub fleet_keys: Option<crate::trust::FleetKeys>,
 }
 
 pub use crate::host::pkg::PkgKind as PackageManagerKind;

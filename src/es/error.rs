@@ -53,6 +53,14 @@ pub enum EsError {
     #[error("{0}")]
     Check(String),
 
+    /// A coordination document whose fleet-key signature does not verify (forged, altered, or
+    /// written without the key): never obeyed.
+    #[error("{doc} is refused: {why}")]
+    Untrusted {
+        doc: String,
+        why: crate::trust::TrustError,
+    },
+
     /// A coordination document written by a newer kibana-rollback, in a format this one does
     /// not know: acting on it could misread it.
     #[error("{doc} has document format {found}, newer than this kibana-rollback understands ({known}); upgrade kibana-rollback on this host before it acts on it")]
@@ -117,7 +125,10 @@ impl EsError {
                 _ => ErrorKind::Http4xx,
             },
             EsError::Decode { .. } => ErrorKind::Decode,
-            EsError::Setup(_) | EsError::Check(_) | EsError::NewerFormat { .. } => ErrorKind::Other,
+            EsError::Setup(_)
+            | EsError::Check(_)
+            | EsError::NewerFormat { .. }
+            | EsError::Untrusted { .. } => ErrorKind::Other,
         }
     }
 }

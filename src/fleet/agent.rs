@@ -131,11 +131,33 @@ pub fn decide_host(
     facts: &HostFacts,
     progress: Option<&LocalProgress>,
 ) -> HostDecision {
+    decide_host_within(
+        op,
+        me,
+        ack,
+        facts,
+        progress,
+        &super::policy::LocalPolicy::default(),
+    )
+}
+
+/// [`decide_host`] under this host's policy: an operation outside it gets no step at all.
+pub fn decide_host_within(
+    op: Option<&OperationDoc>,
+    me: &str,
+    ack: Option<&Ack>,
+    facts: &HostFacts,
+    progress: Option<&LocalProgress>,
+    policy: &super::policy::LocalPolicy,
+) -> HostDecision {
     let Some(op) = op else {
         return HostDecision::Idle;
     };
     if op.phase.is_terminal() {
         return HostDecision::Idle;
+    }
+    if let Err(why) = super::policy::check(op, policy) {
+        return HostDecision::Wait(format!("{why}: taking no step"));
     }
     let stopped = facts.unit.is_stopped();
     // Excluded by the operator (a host given up for dead) but back: keep Kibana stopped while

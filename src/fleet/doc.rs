@@ -462,6 +462,10 @@ pub struct OperationDoc {
     #[serde(default = "format_v1")]
     pub format: u32,
     pub id: String,
+    /// Raised by every write (the adapter raises it before signing): with the fleet key, an
+    /// older signed version replayed later is told apart by its lower revision.
+    #[serde(default)]
+    pub revision: u64,
     pub requested_by: String,
     /// Wall clock of the trigger, informational only.
     pub requested_at: String,
@@ -828,6 +832,7 @@ pub(crate) mod tests {
         OperationDoc {
             format: crate::fleet::doc::FORMAT,
             id: "op1".into(),
+            revision: 0,
             requested_by: "alice".into(),
             requested_at: "2026-01-01T00:00:00Z".into(),
             target_version: Version::new(8, 14, 3),

@@ -478,6 +478,14 @@ pub fn decide_leader(
     wall: &str,
 ) -> LeaderDecision {
     let age = now.saturating_sub(mem.phase_since);
+    // Outside this host's policy: still in preflight nothing was touched, so it ends here;
+    // later the node steps down before asking (see `node::leader_side`).
+    if let Err(why) = super::policy::check(op, &cfg.policy) {
+        if op.phase == Phase::Preflight {
+            return end(op, Phase::Aborted, None, format!("preflight: {why}"), wall);
+        }
+        return LeaderDecision::StepDown(why);
+    }
     if let Some(req) = &op.abort_requested {
         let cause = format!("aborted by {}: {}", req.by, req.reason);
         match op.phase {

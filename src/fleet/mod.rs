@@ -93,6 +93,7 @@ pub mod doc;
 pub mod leader;
 pub mod lease;
 pub mod node;
+pub mod policy;
 pub mod status;
 
 #[cfg(test)]
@@ -139,6 +140,8 @@ pub struct FleetConfig {
     pub agent_version: String,
     /// This agent's machine: it owns its host document and leads by it.
     pub machine: MachineIdentity,
+    /// What the local configuration lets an operation ask of this host.
+    pub policy: policy::LocalPolicy,
 }
 
 impl FleetConfig {
@@ -163,6 +166,7 @@ impl Default for FleetConfig {
             heartbeat_every: Duration::from_secs(15),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             machine: MachineIdentity::default(),
+            policy: policy::LocalPolicy::default(),
         }
     }
 }

@@ -20,7 +20,9 @@
 //! until then the node does not issue another action of that kind. Results of a previous
 //! process are never fed to a new `NodeState` (ids restart at 1).
 
-use super::agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
+use super::agent::{
+    decide_host_within, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState,
+};
 use super::doc::{
     Ack, ClaimDoc, DocVersion, HostDoc, MachineIdentity, OperationDoc, Phase, StepResult, Versioned,
 };
@@ -213,6 +215,8 @@ pub struct NodeState {
     host_version: Option<DocVersion>,
     /// Another machine owns our host id: who, its heartbeat, since when unchanged (our clock).
     foreign: Option<(MachineIdentity, u64, Duration)>,
+    /// The highest revision seen of the current operation: a lower one is a replay.
+    revision_seen: Option<(String, u64)>,
     /// The newest probe seen and when; answered once facts read after that moment come in.
     probe_seen: Option<(u64, Duration)>,
     probe_answered: Option<u64>,
@@ -245,6 +249,7 @@ impl NodeState {
             host_version: None,
             foreign: None,
             claim_write: None,
+            revision_seen: None,
             probe_seen: None,
             probe_answered: None,
             last_heartbeat: None,
@@ -436,6 +441,26 @@ impl NodeState {
                 self.observer.clear();
             }
             OpRead::Found(v) => {
+                // Every writer raises the revision (signed with the fleet key): an older version
+                // of this operation written back is a replay, and is not obeyed.
+                match &self.revision_seen {
+                    Some((id, r)) if id == &v.doc.id && v.doc.revision < *r => {
+                        let why = format!(
+                            "operation {} went back from revision {r} to {}: an old version was written back (a replay); not acted on",
+                            v.doc.id, v.doc.revision
+                        );
+                        self.view = None;
+                        self.observer.clear();
+                        if self.lead.take().is_some() {
+                            out.push(Action::StopActing {
+                                reason: why.clone(),
+                            });
+                        }
+                        out.push(Action::Wait { what: why });
+                        return;
+                    }
+                    _ => self.revision_seen = Some((v.doc.id.clone(), v.doc.revision)),
+                }
                 self.observer.observe(&v.doc.id, v.version(), now);
                 let keep_ours = self.view.as_ref().is_some_and(|mine| {
                     mine.doc.id == v.doc.id && mine.version().is_newer_than(&v.version())
@@ -603,12 +628,13 @@ fn host_side(
     }
     let op = st.view.as_ref().map(|v| &v.doc);
     if st.host_step.is_none() {
-        match decide_host(
+        match decide_host_within(
             op,
             &st.host_id,
             st.my_ack.as_ref(),
             facts,
             st.progress.as_ref(),
+            &st.cfg.policy,
         ) {
             HostDecision::Idle => {}
             HostDecision::Wait(what) => out.push(Action::Wait { what }),
@@ -750,6 +776,10 @@ fn candidate_side(st: &mut NodeState, now: Duration, wall: &str, out: &mut Vec<A
     let Some(v) = &st.view else { return };
     let op = &v.doc;
     if op.phase.is_terminal() || !op.is_expected(&st.host_id) {
+        return;
+    }
+    // An operation outside this host's policy is led only to end it in preflight.
+    if op.phase != Phase::Preflight && super::policy::check(op, &st.cfg.policy).is_err() {
         return;
     }
     let free = op.leader.is_none();

@@ -108,6 +108,7 @@ pub(crate) fn sim_config() -> FleetConfig {
         heartbeat_every: Duration::from_secs(5),
         agent_version: "sim".into(),
         machine: MachineIdentity::default(),
+        policy: policy::LocalPolicy::default(),
     }
 }
 

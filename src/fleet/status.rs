@@ -68,6 +68,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
     });
     Ok(OperationDoc {
         format: super::doc::FORMAT,
+        revision: 0,
         history: vec![PhaseChange {
             from: Phase::Preflight,
             to: Phase::Preflight,

@@ -1715,3 +1715,69 @@ fn an_excluded_host_that_comes_back_keeps_kibana_stopped() {
         HostDecision::Wait(w) if w.contains("excluded")
     ));
 }
+
+fn strict_node(host: &str) -> NodeState {
+    let mut c = cfg();
+    c.policy = crate::fleet::policy::LocalPolicy {
+        allowed_targets: Some(vec![semver::Version::new(8, 14, 3)]),
+        repository: Some("repo".into()),
+        fleet: vec!["a".into(), "b".into(), "c".into()],
+        safety_snapshot_required: true,
+        client_check_required: false,
+    };
+    NodeState::new(host, c, None)
+}
+
+#[test]
+fn an_operation_outside_the_local_policy_gets_no_step_and_ends_in_preflight() {
+    // A document written straight into `reinstalling` with a "completed" restore, leaving out c:
+    // no agent downgrades anything, nobody takes its lease.
+    let mut forged = op_in(Phase::Reinstalling);
+    forged.expected_hosts = vec!["a".into(), "b".into()];
+    forged.leader = None;
+    let mut n = strict_node("a");
+    let acts = step(&mut n, input(100, Some((5, &forged)), vec![], vec![]));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Wait { what } if what.contains("leaves out c"))));
+    assert!(!acts.iter().any(|a| matches!(
+        a,
+        Action::RunHostStep { .. } | Action::CasWriteOperation { .. }
+    )));
+    // Still in preflight, the leader ends it as aborted: nothing was touched.
+    let mut wrong = op_in(Phase::Preflight);
+    wrong.target_version = semver::Version::new(7, 0, 0);
+    let mut lead = cfg();
+    lead.policy.allowed_targets = Some(vec![semver::Version::new(8, 14, 3)]);
+    let d = decide_leader(
+        &wrong,
+        &[],
+        &mem(Phase::Preflight),
+        &lease_at(0),
+        s(1),
+        &lead,
+        "w",
+    );
+    let doc = moves_to(d, Phase::Aborted);
+    assert!(doc
+        .error
+        .unwrap()
+        .cause
+        .contains("rollback.allowed_targets"));
+}
+
+#[test]
+fn an_older_revision_written_back_is_a_replay_and_is_not_obeyed() {
+    let mut n = NodeState::new("b", cfg(), None);
+    let mut op = op_in(Phase::Stopping);
+    op.revision = 9;
+    step(&mut n, input(1, Some((20, &op)), vec![], vec![]));
+    let mut old = op.clone();
+    old.revision = 4;
+    old.phase = Phase::Reinstalling;
+    let acts = step(&mut n, input(2, Some((21, &old)), vec![], vec![]));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Wait { what } if what.contains("a replay"))));
+    assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
+}

@@ -268,7 +268,25 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             Some(target.clone())
         }
         _ => {
+            let allowed = settings.rollback.allowed_targets.as_ref();
             match request.target {
+                Some(t) if allowed.is_some_and(|a| !a.contains(t)) => {
+                    let refused = c.fail(
+                    CheckId::TargetVersion,
+                    format!(
+                        "Kibana {t} ({}) is not in rollback.allowed_targets ({}): the agents would take no step for it; add it there on every host",
+                        request.target_from,
+                        allowed
+                            .expect("checked")
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                    refused.exit_code = exit::FAILED;
+                    refused
+                }
                 Some(t) => c.ok(
                     CheckId::TargetVersion,
                     format!("Kibana {t} ({})", request.target_from),
@@ -283,13 +301,25 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     };
     r.target = target.clone();
     let index = &settings.coordination.index;
-    match check_coordination_index(index) {
+    let check = match check_coordination_index(index) {
         Ok(()) => c.ok(
             CheckId::CoordinationIndex,
-            format!("{index} is outside the kibana feature state"),
+            format!(
+                "{index} is outside the kibana feature state; documents {}",
+                if settings.coordination.fleet_keys.is_some() {
+                    "signed with the fleet key"
+                } else {
+                    "unsigned"
+                }
+            ),
         ),
         Err(e) => c.fail(CheckId::CoordinationIndex, format!("{index}: {e}")),
     };
+    if settings.coordination.fleet_keys.is_none() {
+        check.warnings.push(format!(
+            "no fleet key (coordination.fleet_key_file): anyone who can write {index} is obeyed by every agent, as root"
+        ));
+    }
 
     // Reachability, host by host, so the operator sees which endpoint answers.
     r.nodes = reachability(settings, c).await;
