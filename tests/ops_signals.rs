@@ -583,7 +583,34 @@ webhook_timeout = "2s"
     eprintln!("{scrapes} scrapes; phases seen: {phases_seen:?}; max heartbeat age {max_heartbeat_age:.1}s");
     assert!(scrapes >= 10, "{scrapes}");
     assert!(leader_seen, "lease_held was 1 during the operation");
-    for p in ["stopping", "reinstalling", "starting"] {
+    // Sampled every 300 ms: a quick phase (stopping a crash-looping unit) may fall between two
+    // scrapes, but what was seen is in the protocol's order and includes the slow phases
+    // (`done` may come after the trigger returned: the final scrape below checks it).
+    let order = [
+        "preflight",
+        "prefetching",
+        "stopping",
+        "barrier",
+        "safety_snapshot",
+        "restoring",
+        "reinstalling",
+        "starting",
+        "done",
+    ];
+    let ranks: Vec<usize> = phases_seen
+        .iter()
+        .map(|p| {
+            order
+                .iter()
+                .position(|o| o == p)
+                .unwrap_or_else(|| panic!("{p}"))
+        })
+        .collect();
+    assert!(
+        ranks.windows(2).all(|w| w[0] < w[1]),
+        "in order: {phases_seen:?}"
+    );
+    for p in ["reinstalling", "starting"] {
         assert!(
             phases_seen.iter().any(|s| s == p),
             "phase {p} seen in the metrics: {phases_seen:?}"
