@@ -151,8 +151,13 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
     let state = std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into());
 
     // The agent's .deb, as `packaging/build` makes it from the binary under test.
-    let pkg_dir = Path::new(&state).join(format!("ansible-pkg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&pkg_dir);
+    // Under KR_TEST_STATE (hosts see /var/tmp, not /tmp); removed when dropped, also on a panic.
+    std::fs::create_dir_all(&state).unwrap();
+    let pkg_tmp = tempfile::Builder::new()
+        .prefix("ansible-pkg-")
+        .tempdir_in(&state)
+        .unwrap();
+    let pkg_dir = pkg_tmp.path().to_path_buf();
     let out = Command::new(repo_root().join("packaging/build"))
         .args([
             "deb",
@@ -438,6 +443,5 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         ]);
     }
     raw("DELETE", &index, None).await;
-    let _ = std::fs::remove_dir_all(&pkg_dir);
     log("ansible play verified");
 }
