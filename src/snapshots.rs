@@ -491,6 +491,7 @@ mod tests {
             probe_answered: 0,
             client_addresses: vec![],
             readiness: None,
+            kibana_started: None,
         }
     }
 

@@ -104,21 +104,24 @@ impl Host {
 
     /// What the protocol needs to know about this host right now.
     pub async fn facts(&self) -> HostFacts {
-        let unit = match self.units.status(self.unit()).await {
-            Ok(s) => match s.active_state {
-                ActiveState::Active => UnitState::Active,
-                ActiveState::Reloading => UnitState::Reloading,
-                ActiveState::Activating => UnitState::Activating,
-                ActiveState::Deactivating => UnitState::Deactivating,
-                ActiveState::Inactive if s.load_state.as_str() != "not-found" => {
-                    UnitState::Inactive
-                }
-                ActiveState::Failed => UnitState::Failed,
-                _ => UnitState::Unknown,
-            },
+        let (unit, kibana_started) = match self.units.status(self.unit()).await {
+            Ok(s) => {
+                let unit = match s.active_state {
+                    ActiveState::Active => UnitState::Active,
+                    ActiveState::Reloading => UnitState::Reloading,
+                    ActiveState::Activating => UnitState::Activating,
+                    ActiveState::Deactivating => UnitState::Deactivating,
+                    ActiveState::Inactive if s.load_state.as_str() != "not-found" => {
+                        UnitState::Inactive
+                    }
+                    ActiveState::Failed => UnitState::Failed,
+                    _ => UnitState::Unknown,
+                };
+                (unit, s.main_started_us)
+            }
             Err(e) => {
                 tracing::warn!("cannot read the state of {}: {e}", self.unit());
-                UnitState::Unknown
+                (UnitState::Unknown, None)
             }
         };
         let (installed_version, held) = match self.package() {
@@ -145,6 +148,7 @@ impl Host {
             read_at: Duration::ZERO,
             client_addresses: vec![],
             readiness: self.readiness.lock().expect("readiness lock").clone(),
+            kibana_started,
         }
     }
 
@@ -618,6 +622,7 @@ mod tests {
                 sub_state: String::new(),
                 unit_file_state: "enabled".into(),
                 result: Some(result.into()),
+                main_started_us: Some(at),
             },
             main_pid: 0,
             n_restarts: restarts,

@@ -299,6 +299,18 @@ impl Daemon {
                 _ => None,
             };
 
+            // Read only by a leader about to take a restore-side step.
+            let claims = if self.node.wants_claims() {
+                match coord.claims().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!("cannot read claim documents: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let actions = fleet::step(
                 &mut self.node,
                 Inputs {
@@ -309,6 +321,7 @@ impl Daemon {
                     own_version,
                     facts,
                     events,
+                    claims,
                 },
             );
             self.telemetry.leading(self.node.leading_epoch());

@@ -33,6 +33,9 @@ pub struct HostFacts {
     pub client_addresses: Vec<String>,
     /// The host's latest readiness report (published in its host document as it is).
     pub readiness: Option<Readiness>,
+    /// When the unit's main process last started (systemd's `ExecMainStartTimestampMonotonic`,
+    /// opaque): a different value later means Kibana ran in between.
+    pub kibana_started: Option<u64>,
 }
 
 /// A host step with its parameters, for the host adapters to run. Every one is idempotent.
@@ -285,6 +288,7 @@ mod tests {
             read_at: std::time::Duration::ZERO,
             client_addresses: vec![],
             readiness: None,
+            kibana_started: None,
         }
     }
     fn op_in(phase: Phase) -> OperationDoc {

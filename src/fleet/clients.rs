@@ -211,6 +211,7 @@ mod tests {
             probe_answered: 0,
             client_addresses: addrs.iter().map(|a| a.to_string()).collect(),
             readiness: None,
+            kibana_started: None,
         }
     }
     fn stats(clients: Vec<SeenClient>) -> ClientStats {

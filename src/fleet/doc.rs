@@ -13,6 +13,7 @@
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The format of the documents this build writes. An agent that reads a newer one (written by a
@@ -233,9 +234,11 @@ pub const TRANSITIONS: &[Transition] = &[
         from: &[Stopping],
         by: Mover::Leader,
     },
+    // Back from `restoring` (before any restore is recorded) when a unit ran since the safety
+    // snapshot was taken: a new one first.
     Transition {
         to: SafetySnapshot,
-        from: &[Barrier],
+        from: &[Barrier, Restoring],
         by: Mover::Leader,
     },
     // Straight from the barrier only when the operator disabled the safety snapshot explicitly.
@@ -273,9 +276,18 @@ pub const TRANSITIONS: &[Transition] = &[
         by: Mover::Leader,
     },
     // `aborting` fails when a unit cannot be brought back: `aborted` promises every unit is back.
+    // A resumed operation whose earlier restore may have run fails from the barrier or the
+    // safety snapshot too: it cannot abort.
     Transition {
         to: Failed,
-        from: &[Restoring, Reinstalling, Starting, Aborting],
+        from: &[
+            Barrier,
+            SafetySnapshot,
+            Restoring,
+            Reinstalling,
+            Starting,
+            Aborting,
+        ],
         by: Mover::Leader,
     },
     // `start --resume`: re-enter the phase a failed operation failed in. A restore that never
@@ -348,9 +360,15 @@ pub struct SafetySnapshot {
     /// Uuid of the snapshot once taken.
     #[serde(default)]
     pub taken_uuid: Option<String>,
-    /// Safety snapshots taken by earlier runs of this operation (before a `--resume`).
+    /// Safety snapshots taken by earlier runs of this operation (before a `--resume`), or found
+    /// stale before the restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<String>,
+    /// Each expected host's [`HostDoc::kibana_started`] as confirmed by the barrier, written
+    /// before the snapshot is taken: a host whose value differs right before the restore ran
+    /// Kibana since (someone removed the start hold), so what it wrote is not in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_before: Option<BTreeMap<String, Option<u64>>>,
 }
 
 /// Which machine an agent runs on: `/etc/machine-id` plus an instance id the agent keeps in its
@@ -542,7 +560,12 @@ impl OperationDoc {
 
 /// Refuses `restoring -> aborting` once a restore is recorded (it may have happened).
 pub fn check_guard(op: &OperationDoc, to: Phase) -> Result<(), DocError> {
-    if op.phase == Phase::Restoring && to == Phase::Aborting && op.restore.is_some() {
+    // Once a restore may have been issued (even one a resumed operation goes past again from
+    // the barrier), bringing the old units back would run them on whatever it left.
+    if to == Phase::Aborting && op.restore.is_some() {
+        return Err(DocError::IllegalTransition { from: op.phase, to });
+    }
+    if op.phase == Phase::Restoring && to == Phase::SafetySnapshot && op.restore.is_some() {
         return Err(DocError::IllegalTransition { from: op.phase, to });
     }
     Ok(())
@@ -672,6 +695,10 @@ pub struct HostDoc {
     /// agents that predate it, and until the first report is made).
     #[serde(default)]
     pub readiness: Option<Readiness>,
+    /// [`super::agent::HostFacts::kibana_started`] as read with the rest of this document: the
+    /// leader compares it with the value recorded before the safety snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kibana_started: Option<u64>,
 }
 
 /// `claim-<host id>-<instance>`: written by an agent that finds its host id owned by another
@@ -847,6 +874,7 @@ pub(crate) mod tests {
                 name: Some("kibana-rollback-pre-op1".into()),
                 taken_uuid: None,
                 earlier: vec![],
+                starts_before: None,
             },
             expected_hosts: vec!["a".into(), "b".into(), "c".into()],
             phase: Phase::Preflight,
@@ -918,6 +946,7 @@ pub(crate) mod tests {
                     for_target: false,
                 }],
             }),
+            kibana_started: None,
             ack: Some(Ack {
                 operation_id: "op1".into(),
                 epoch: 1,

@@ -28,7 +28,7 @@
 use super::clients::{judge as judge_clients, ClientStats, ClientsVerdict, Purpose};
 use super::doc::Probe;
 use super::doc::{
-    transition, HostDoc, HostFailure, Mover, OpError, OperationDoc, Phase, PhaseChange,
+    transition, ClaimDoc, HostDoc, HostFailure, Mover, OpError, OperationDoc, Phase, PhaseChange,
     RestoreRecord, SnapshotRef, Step, StepResult,
 };
 use super::lease::{renew, HeldLease};
@@ -36,6 +36,7 @@ use super::status::waiting_for;
 use super::FleetConfig;
 use semver::Version;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A cluster-wide step, run by the Elasticsearch adapter for the leader.
@@ -246,6 +247,9 @@ fn fresh_evidence(op: &OperationDoc, hosts: &[HostDoc]) -> Fresh {
         .probe
         .as_ref()
         .filter(|p| p.phase == op.phase && p.epoch == op.epoch);
+    if super::bugs::on(super::bugs::Bug::StaleStopped) {
+        return Fresh::Confirmed(op.probe.as_ref().map_or(0, |p| p.n));
+    }
     let Some(p) = current else {
         return Fresh::Ask(Probe {
             n: op.probe.as_ref().map_or(1, |p| p.n + 1),
@@ -277,11 +281,26 @@ fn fresh_evidence(op: &OperationDoc, hosts: &[HostDoc]) -> Fresh {
 fn evidence_gate(
     op: &OperationDoc,
     hosts: &[HostDoc],
+    claims: &[ClaimDoc],
     mem: &LeaderMemory,
     now: Duration,
     cfg: &FleetConfig,
     wall: &str,
 ) -> Result<(), LeaderDecision> {
+    // A second machine running an agent with an expected host id may run a Kibana nobody
+    // stops: nothing restore-side while such a claim stands.
+    let claimed: Vec<String> = claims
+        .iter()
+        .filter(|c| op.is_expected(&c.host_id))
+        .map(|c| format!("{} (also claimed by {})", c.host_id, c.machine))
+        .collect();
+    if !claimed.is_empty() {
+        return Err(LeaderDecision::Wait(format!(
+            "{}: host id claimed by two machines: {}; give each machine its own coordination.host_id, then delete the claim-* document",
+            op.phase,
+            claimed.join(", ")
+        )));
+    }
     let n = match fresh_evidence(op, hosts) {
         Fresh::Ask(probe) => {
             let mut doc = op.clone();
@@ -367,7 +386,7 @@ fn evidence_gate(
         }
         ClientsVerdict::CannotVerify(why) => Err(end(
             op,
-            failure_target(op.phase),
+            failure_target(op),
             None,
             format!(
                 "{}: cannot verify that no Kibana talks to Elasticsearch: {why}; fix that, or set \
@@ -377,6 +396,34 @@ fn evidence_gate(
             wall,
         )),
     }
+}
+
+/// Each expected host's last Kibana start as its document reports it.
+fn kibana_starts(op: &OperationDoc, hosts: &[HostDoc]) -> BTreeMap<String, Option<u64>> {
+    op.expected_hosts
+        .iter()
+        .filter(|h| !op.is_set_aside(h))
+        .map(|h| {
+            let started = hosts
+                .iter()
+                .find(|d| &d.host_id == h)
+                .and_then(|d| d.kibana_started);
+            (h.clone(), started)
+        })
+        .collect()
+}
+
+/// The hosts whose Kibana started after the barrier confirmed every unit stopped for the safety
+/// snapshot (empty when nothing was recorded: safety snapshot off, or an older document).
+fn started_since_safety_snapshot(op: &OperationDoc, hosts: &[HostDoc]) -> Vec<String> {
+    let Some(before) = op.safety_snapshot.starts_before.as_ref() else {
+        return vec![];
+    };
+    kibana_starts(op, hosts)
+        .into_iter()
+        .filter(|(h, now)| before.get(h).is_some_and(|b| b != now))
+        .map(|(h, _)| h)
+        .collect()
 }
 
 /// Per-host summary of the acks for `step` in `op`.
@@ -450,10 +497,13 @@ fn next(op: &OperationDoc, to: Phase, reason: &str, wall: &str) -> LeaderDecisio
 }
 
 /// Where a failure in `phase` leads: abort before the restore point, fail from it on.
-fn failure_target(phase: Phase) -> Phase {
-    match phase {
+/// Where a failure in the current phase leads: before the restore point the operation aborts,
+/// unless a restore may already have been issued (a resumed operation), then it fails.
+fn failure_target(op: &OperationDoc) -> Phase {
+    match op.phase {
         Phase::Preflight => Phase::Aborted,
         Phase::Aborting => Phase::Failed,
+        _ if op.restore.is_some() => Phase::Failed,
         p if p.is_before_restore_point() => Phase::Aborting,
         _ => Phase::Failed,
     }
@@ -471,6 +521,7 @@ fn run_or_wait(mem: &LeaderMemory, step: ClusterStep, what: String) -> LeaderDec
 pub fn decide_leader(
     op: &OperationDoc,
     hosts: &[HostDoc],
+    claims: &[ClaimDoc],
     mem: &LeaderMemory,
     lease: &HeldLease,
     now: Duration,
@@ -486,7 +537,7 @@ pub fn decide_leader(
         }
         return LeaderDecision::StepDown(why);
     }
-    if let Some(req) = &op.abort_requested {
+    if let Some(req) = op.abort_requested.as_ref().filter(|_| op.restore.is_none()) {
         let cause = format!("aborted by {}: {}", req.by, req.reason);
         match op.phase {
             Phase::Preflight
@@ -494,7 +545,7 @@ pub fn decide_leader(
             | Phase::Stopping
             | Phase::Barrier
             | Phase::SafetySnapshot => {
-                return end(op, failure_target(op.phase), None, cause, wall);
+                return end(op, failure_target(op), None, cause, wall);
             }
             _ => {} // past the restore point (or already aborting): no silent way back
         }
@@ -505,7 +556,7 @@ pub fn decide_leader(
         (age >= limit).then(|| {
             end(
                 op,
-                failure_target(op.phase),
+                failure_target(op),
                 t.pending.first().cloned(),
                 format!(
                     "{}: no acknowledgement from {} within {:?}",
@@ -559,7 +610,7 @@ pub fn decide_leader(
             if let Some((h, c)) = t.failed.first() {
                 return end(
                     op,
-                    failure_target(op.phase),
+                    failure_target(op),
                     Some(h.clone()),
                     format!("{} on {h}: {c}", op.phase),
                     wall,
@@ -606,11 +657,26 @@ pub fn decide_leader(
             if !t.pending.is_empty() {
                 return waiting();
             }
-            if let Err(d) = evidence_gate(op, hosts, mem, now, cfg, wall) {
+            if let Err(d) = evidence_gate(op, hosts, claims, mem, now, cfg, wall) {
                 return d;
             }
             if op.safety_snapshot.enabled {
-                next(op, Phase::SafetySnapshot, "every unit stopped", wall)
+                match transition(
+                    op,
+                    Phase::SafetySnapshot,
+                    Mover::Leader,
+                    "every unit stopped",
+                    wall,
+                ) {
+                    Ok(mut doc) => {
+                        doc.safety_snapshot.starts_before = Some(kibana_starts(op, hosts));
+                        LeaderDecision::Write {
+                            doc,
+                            why: "barrier -> safety_snapshot: every unit stopped".into(),
+                        }
+                    }
+                    Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
+                }
             } else {
                 next(
                     op,
@@ -660,7 +726,7 @@ pub fn decide_leader(
                 wall,
             ),
         },
-        Phase::Restoring => decide_restoring(op, hosts, mem, lease, now, cfg, wall),
+        Phase::Restoring => decide_restoring(op, hosts, claims, mem, lease, now, cfg, wall),
     }
 }
 
@@ -829,6 +895,7 @@ fn complete_restore(op: &OperationDoc, detail: String, wall: &str) -> LeaderDeci
 fn decide_restoring(
     op: &OperationDoc,
     hosts: &[HostDoc],
+    claims: &[ClaimDoc],
     mem: &LeaderMemory,
     lease: &HeldLease,
     now: Duration,
@@ -887,11 +954,13 @@ fn decide_restoring(
         if !all_stopped {
             return held();
         }
-        if let Err(d) = evidence_gate(op, hosts, mem, now, cfg, wall) {
+        if let Err(d) = evidence_gate(op, hosts, claims, mem, now, cfg, wall) {
             return match d {
+                // With an earlier restore recorded (found never started) the operation cannot
+                // abort any more: it fails, and `start --resume` goes on from the barrier.
                 LeaderDecision::Wait(w) if age >= cfg.barrier_timeout => end(
                     op,
-                    Phase::Aborting,
+                    failure_target(op),
                     None,
                     format!(
                         "restoring: no fresh evidence within {:?} ({w}); nothing was restored",
@@ -900,6 +969,46 @@ fn decide_restoring(
                     wall,
                 ),
                 d => d,
+            };
+        }
+        // Kibana ran somewhere since the safety snapshot (the start hold was removed): what it
+        // wrote is not in the snapshot, so a new one comes first.
+        let ran = started_since_safety_snapshot(op, hosts);
+        if op.safety_snapshot.enabled && !ran.is_empty() {
+            let why = format!(
+                "kibana ran on {} since the safety snapshot was taken: taking a new one",
+                ran.join(", ")
+            );
+            if op.restore.is_some() {
+                // An earlier restore was recorded (found never started): no going back.
+                return end(
+                    op,
+                    Phase::Failed,
+                    ran.first().cloned(),
+                    format!("restoring: {why} is not possible once a restore was recorded; nothing was restored by this epoch, run `kibana-rollback start --resume`"),
+                    wall,
+                );
+            }
+            return match transition(op, Phase::SafetySnapshot, Mover::Leader, why.clone(), wall) {
+                Ok(mut doc) => {
+                    let s = &mut doc.safety_snapshot;
+                    if let Some(old) = s.name.take() {
+                        s.earlier.push(old);
+                    }
+                    s.name = Some(format!(
+                        "kibana-rollback-pre-{}-e{}-{}",
+                        op.id,
+                        op.epoch,
+                        s.earlier.len()
+                    ));
+                    s.taken_uuid = None;
+                    s.starts_before = Some(kibana_starts(op, hosts));
+                    LeaderDecision::Write {
+                        doc,
+                        why: format!("restoring -> safety_snapshot: {why}"),
+                    }
+                }
+                Err(e) => LeaderDecision::Wait(format!("internal: {e}")),
             };
         }
         let mut doc = op.clone();

@@ -88,6 +88,7 @@
 //! follows it; `ClusterStep::Restore` must not be sent after its `deadline`.
 
 pub mod agent;
+pub(crate) mod bugs;
 pub mod clients;
 pub mod doc;
 pub mod leader;

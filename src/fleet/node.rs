@@ -118,6 +118,9 @@ pub struct Inputs {
     pub facts: HostFacts,
     /// Results that arrived since the last round. Read `op` *after* collecting them.
     pub events: Vec<Event>,
+    /// The claim documents (a second machine with an expected host id), read when
+    /// [`NodeState::wants_claims`]; `None`: not read this round (the last reading stands).
+    pub claims: Option<Vec<ClaimDoc>>,
 }
 
 /// What the adapters should do, in order.
@@ -217,6 +220,8 @@ pub struct NodeState {
     foreign: Option<(MachineIdentity, u64, Duration)>,
     /// The highest revision seen of the current operation: a lower one is a replay.
     revision_seen: Option<(String, u64)>,
+    /// The latest claim documents read (see [`NodeState::wants_claims`]).
+    claims: Vec<ClaimDoc>,
     /// The newest probe seen and when; answered once facts read after that moment come in.
     probe_seen: Option<(u64, Duration)>,
     probe_answered: Option<u64>,
@@ -250,6 +255,7 @@ impl NodeState {
             foreign: None,
             claim_write: None,
             revision_seen: None,
+            claims: vec![],
             probe_seen: None,
             probe_answered: None,
             last_heartbeat: None,
@@ -261,6 +267,17 @@ impl NodeState {
 
     pub fn host_id(&self) -> &str {
         &self.host_id
+    }
+    /// Whether the next round should read the claim documents: a leader about to take a
+    /// restore-side step, which a second machine claiming an expected host id must block.
+    pub fn wants_claims(&self) -> bool {
+        self.lead.is_some()
+            && self.view.as_ref().is_some_and(|v| {
+                matches!(
+                    v.doc.phase,
+                    Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring
+                ) && !v.doc.restore_completed()
+            })
     }
     /// The epoch this node leads, if it is leader.
     pub fn leading_epoch(&self) -> Option<u64> {
@@ -485,7 +502,10 @@ impl NodeState {
                         .leader
                         .as_ref()
                         .and_then(|l| l.machine.as_ref())
-                        .is_some_and(|m| m != &self.cfg.machine) =>
+                        .is_some_and(|m| {
+                            m != &self.cfg.machine
+                                && !super::bugs::on(super::bugs::Bug::HostIdMerge)
+                        }) =>
             {
                 Some(format!(
                     "lease taken over by {} at epoch {}",
@@ -527,7 +547,11 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
         own_version,
         facts,
         events,
+        claims,
     } = input;
+    if let Some(c) = claims {
+        st.claims = c;
+    }
     let mut out = Vec::new();
     for ev in events {
         st.absorb(ev, now, &mut out);
@@ -692,6 +716,7 @@ fn host_side(
         probe_answered: st.probe_answered.unwrap_or(0),
         client_addresses: facts.client_addresses.clone(),
         readiness: facts.readiness.clone(),
+        kibana_started: facts.kibana_started,
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {
@@ -727,7 +752,7 @@ fn foreign_owner(
     own: Option<&HostDoc>,
     out: &mut Vec<Action>,
 ) -> Option<String> {
-    if st.host_version.is_some() {
+    if st.host_version.is_some() || super::bugs::on(super::bugs::Bug::HostIdMerge) {
         st.foreign = None;
         return None; // we wrote it last; a foreign write would have failed our CAS
     }
@@ -814,7 +839,9 @@ fn leader_side(
         l.mem = LeaderMemory::new(v.doc.phase, now);
     }
     let lease = l.lease;
-    let decision = decide_leader(&v.doc, hosts, &l.mem, &lease, now, &st.cfg, wall);
+    let decision = decide_leader(
+        &v.doc, hosts, &st.claims, &l.mem, &lease, now, &st.cfg, wall,
+    );
     let mut wrote = false;
     match decision {
         LeaderDecision::Write { doc, why } => {

@@ -87,6 +87,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
             name,
             taken_uuid: None,
             earlier: vec![],
+            starts_before: None,
         },
         expected_hosts: req.expected_hosts,
         phase: Phase::Preflight,
@@ -262,6 +263,13 @@ pub fn request_abort(op: &OperationDoc, by: &str, reason: &str) -> Result<Operat
             op.id, op.phase
         )));
     }
+    if op.restore.is_some() {
+        return Err(DocError::Invalid(format!(
+            "operation {} may already have restored (a restore was recorded at epoch {}): it can only finish or fail",
+            op.id,
+            op.restore.as_ref().map_or(0, |r| r.epoch)
+        )));
+    }
     let mut next = op.clone();
     next.abort_requested = Some(AbortRequest {
         by: by.into(),
@@ -354,13 +362,17 @@ pub fn resume(
         ),
         p => (p, ""),
     };
-    if to == Phase::Barrier && bumped.safety_snapshot.enabled {
+    if to == Phase::Barrier
+        && bumped.safety_snapshot.enabled
+        && !super::bugs::on(super::bugs::Bug::NoNewSafetySnapshotOnResume)
+    {
         let s = &mut bumped.safety_snapshot;
         if let Some(old) = s.name.take() {
             s.earlier.push(old);
         }
         s.name = Some(format!("kibana-rollback-pre-{}-e{}", op.id, bumped.epoch));
         s.taken_uuid = None;
+        s.starts_before = None;
     }
     let reason = if why.is_empty() {
         format!("resumed by {by}")

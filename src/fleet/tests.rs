@@ -65,6 +65,7 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
         held: false,
         heartbeat: 1,
         readiness: None,
+        kibana_started: None,
         ack: ack.map(|(step, epoch, result)| Ack {
             operation_id: "op1".into(),
             epoch,
@@ -95,7 +96,7 @@ fn mem(phase: Phase) -> LeaderMemory {
     LeaderMemory::new(phase, s(0))
 }
 fn decide(op: &OperationDoc, hosts: &[HostDoc], m: &LeaderMemory, now: u64) -> LeaderDecision {
-    decide_leader(op, hosts, m, &lease_at(now), s(now), &cfg(), "w")
+    decide_leader(op, hosts, &[], m, &lease_at(now), s(now), &cfg(), "w")
 }
 #[track_caller]
 fn moves_to(d: LeaderDecision, to: Phase) -> OperationDoc {
@@ -543,20 +544,27 @@ fn restore_is_recorded_before_it_is_issued_and_only_with_a_fresh_lease() {
     // With the record written: issue only if renewed less than lease/3 ago, else renew first.
     let lease = lease_at(10);
     assert_eq!(
-        decide_leader(&doc, &hosts, &m, &lease, s(12), &cfg(), "w"),
+        decide_leader(&doc, &hosts, &[], &m, &lease, s(12), &cfg(), "w"),
         LeaderDecision::IssueRestore
     );
     assert_eq!(
-        decide_leader(&doc, &hosts, &m, &lease, s(14), &cfg(), "w"),
+        decide_leader(&doc, &hosts, &[], &m, &lease, s(14), &cfg(), "w"),
         LeaderDecision::Renew
     );
     // Once issued at this epoch: wait, never a second one.
     let mut m2 = m.clone();
     m2.restore_issued_epoch = Some(1);
-    assert!(
-        waits(decide_leader(&doc, &hosts, &m2, &lease, s(12), &cfg(), "w"))
-            .contains("waiting for the restore")
-    );
+    assert!(waits(decide_leader(
+        &doc,
+        &hosts,
+        &[],
+        &m2,
+        &lease,
+        s(12),
+        &cfg(),
+        "w"
+    ))
+    .contains("waiting for the restore"));
 }
 
 #[test]
@@ -578,13 +586,14 @@ fn restore_is_held_while_any_unit_is_not_confirmed_stopped() {
     });
     let lease = lease_at(1);
     assert!(matches!(
-        decide_leader(&rec, &hosts, &mem(op.phase), &lease, s(1), &cfg(), "w"),
+        decide_leader(&rec, &hosts, &[], &mem(op.phase), &lease, s(1), &cfg(), "w"),
         LeaderDecision::Wait(_)
     ));
     moves_to(
         decide_leader(
             &rec,
             &hosts,
+            &[],
             &mem(op.phase),
             &lease_at(60),
             s(60),
@@ -691,7 +700,7 @@ fn a_successor_inspects_an_unfinished_restore_of_an_older_epoch() {
         epoch: 2,
         last_renewed: s(1),
     };
-    let d = |m: &LeaderMemory, now| decide_leader(&op, &hosts, m, &lease, s(now), &cfg(), "w");
+    let d = |m: &LeaderMemory, now| decide_leader(&op, &hosts, &[], m, &lease, s(now), &cfg(), "w");
     assert_eq!(
         runs(d(&m, 1)),
         ClusterStep::InspectRestore {
@@ -775,6 +784,7 @@ fn facts(unit: UnitState) -> HostFacts {
         read_at: Duration::ZERO,
         client_addresses: vec![],
         readiness: None,
+        kibana_started: None,
     }
 }
 fn input(
@@ -794,6 +804,7 @@ fn input(
         own_version: None,
         facts: facts(UnitState::Active),
         events,
+        claims: None,
     }
 }
 fn cas_of(actions: &[Action]) -> Option<(RequestId, DocVersion, OperationDoc)> {
@@ -1386,6 +1397,7 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
             name: None,
             taken_uuid: None,
             earlier: vec![],
+            starts_before: None,
         }
     );
 }
@@ -1751,6 +1763,7 @@ fn an_operation_outside_the_local_policy_gets_no_step_and_ends_in_preflight() {
     lead.policy.allowed_targets = Some(vec![semver::Version::new(8, 14, 3)]);
     let d = decide_leader(
         &wrong,
+        &[],
         &[],
         &mem(Phase::Preflight),
         &lease_at(0),

@@ -161,6 +161,9 @@ pub struct UnitStatus {
     /// The service's `Result` (`success`, `exit-code`, `signal`, `timeout`, `core-dump`, ...);
     /// `None` for units that are not services.
     pub result: Option<String>,
+    /// `ExecMainStartTimestampMonotonic` (µs; 0 if the main process never started): changes
+    /// with every start of the service, so it tells whether it ran since a moment it was read.
+    pub main_started_us: Option<u64>,
 }
 
 impl UnitStatus {
@@ -523,17 +526,14 @@ impl SystemdUnits {
             proxy.unit_file_state(),
         )
         .map_err(err)?;
-        let result = if unit.ends_with(".service") {
-            Some(
-                self.service(path)
-                    .await
-                    .map_err(err)?
-                    .result()
-                    .await
-                    .map_err(err)?,
-            )
+        let (result, main_started_us) = if unit.ends_with(".service") {
+            let s = self.service(path).await.map_err(err)?;
+            let (result, started) =
+                tokio::try_join!(s.result(), s.exec_main_start_timestamp_monotonic())
+                    .map_err(err)?;
+            (Some(result), Some(started))
         } else {
-            None
+            (None, None)
         };
         Ok(UnitStatus {
             unit: unit.to_owned(),
@@ -542,6 +542,7 @@ impl SystemdUnits {
             sub_state,
             unit_file_state,
             result,
+            main_started_us,
         })
     }
 

@@ -105,6 +105,7 @@ mod tests {
             probe_answered: 0,
             client_addresses: vec![],
             readiness,
+            kibana_started: None,
         }
     }
     fn c(check: &str, status: CheckStatus, for_target: bool) -> ReadinessCheck {
