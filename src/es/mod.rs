@@ -20,15 +20,25 @@ pub use types::*;
 /// The feature whose state is snapshotted and restored.
 pub use crate::feature::NAME as KIBANA_FEATURE;
 
-/// Whether an error to a `_security` request means the cluster runs without security.
-fn security_off(e: &EsError) -> bool {
-    match e {
-        EsError::Api { status, reason, .. } => {
-            (status.as_u16() == 400 && reason.contains("no handler found"))
-                || reason.contains("Security must be explicitly enabled")
-        }
-        _ => false,
-    }
+/// Whether an error to a `_security` request means the cluster runs without security, as each
+/// kind of cluster answers: 8.x/9.x with security disabled do not register the handlers ("no
+/// handler found for uri ...", 400); a node without x-pack routes the path to another API — 8.x
+/// answers `GET _security/_authenticate` with 405 "Incorrect HTTP method ... allowed: [POST]",
+/// 7.x takes `POST _security/user/_has_privileges` for a document write to the index
+/// `_security` (400 "Invalid index name [_security]"); 7.x basic says "Security must be
+/// explicitly enabled when using a [basic] license" (500); a license without security "current
+/// license is non-compliant for [security]" (403). Each recorded from a real node.
+pub fn security_off(e: &EsError) -> bool {
+    let EsError::Api { reason, .. } = e else {
+        return false;
+    };
+    let r = reason.to_ascii_lowercase();
+    r.contains("no handler found for uri")
+        || (r.contains("incorrect http method for uri [/_security/") && r.contains("method [get]"))
+        || r.contains("invalid index name [_security]")
+        || r.contains("security must be explicitly enabled")
+        || r.contains("security is not enabled")
+        || r.contains("non-compliant for [security]")
 }
 
 /// Percent-encodes one path segment (index, document id, repository or snapshot name).

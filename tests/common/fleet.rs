@@ -405,9 +405,11 @@ pub struct Spec {
     pub secured: bool,
     /// The agents get `kibana.status_username` / `status_password_file`.
     pub status_credentials: bool,
-    /// Agent host `i` (and its Kibana) lists the nodes starting at node `i` (a 3-node cluster:
-    /// every agent in a different order, each Kibana first on another node).
-    pub rotate_nodes: bool,
+    /// The nodes host `i` (its agent and its Kibana) lists, by index, in order; default: every
+    /// node in node order.
+    pub nodes: HostFn<Vec<usize>>,
+    /// More snapshots the operator took right after the pre-upgrade one: (name, request body).
+    pub snapshots: Vec<(String, Value)>,
     /// More TOML for agent host `i`, as the drop-in /etc/kibana-rollback/config.d/50-scenario.toml.
     pub config: HostFn<String>,
     /// More kibana.yml lines for host `i` (every version's, before and after the upgrade).
@@ -428,7 +430,8 @@ impl Spec {
             unmanaged: 0,
             secured: false,
             status_credentials: false,
-            rotate_nodes: false,
+            nodes: Box::new(|_| vec![]),
+            snapshots: vec![],
             config: Box::new(|_| String::new()),
             kibana_yml: Box::new(|_| String::new()),
             tweak: Box::new(|_, _| {}),
@@ -451,8 +454,14 @@ impl Spec {
         self.status_credentials = status_credentials;
         self
     }
-    pub fn rotate_nodes(mut self) -> Spec {
-        self.rotate_nodes = true;
+    /// Host `i` lists the nodes `f(i)` (indices into the cluster's nodes), in that order.
+    pub fn nodes(mut self, f: impl Fn(usize) -> Vec<usize> + Send + Sync + 'static) -> Spec {
+        self.nodes = Box::new(f);
+        self
+    }
+    /// Another snapshot taken right after the pre-upgrade one (before the upgrade began).
+    pub fn snapshot(mut self, name: &str, body: Value) -> Spec {
+        self.snapshots.push((name.into(), body));
         self
     }
     pub fn config(mut self, f: impl Fn(usize) -> String + Send + Sync + 'static) -> Spec {
@@ -532,14 +541,15 @@ async fn stage(spec: Spec) -> Option<Fleet> {
         .await;
     assert_eq!(s, 200, "snapshot repository: {v}");
 
-    let n = cluster.urls().len();
     let members: Vec<Member> = (0..spec.agents + spec.unmanaged)
         .map(|i| {
             let agent = i < spec.agents;
-            let mut es_hosts = cluster.urls().to_vec();
-            if spec.rotate_nodes {
-                es_hosts.rotate_left(i % n);
-            }
+            let order = (spec.nodes)(i);
+            let es_hosts = if order.is_empty() {
+                cluster.urls().to_vec()
+            } else {
+                order.iter().map(|&n| cluster.urls()[n].clone()).collect()
+            };
             Member {
                 name: if agent {
                     format!("{}{}", spec.prefix, i + 1)
@@ -659,6 +669,17 @@ async fn stage(spec: Spec) -> Option<Fleet> {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["snapshot"]["state"], "SUCCESS", "{v}");
+    for (name, body) in &fleet.spec.snapshots {
+        let (s, v) = fleet
+            .cluster
+            .raw(
+                "PUT",
+                &format!("_snapshot/{repo}/{name}?wait_for_completion=true"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, 200, "snapshot {name}: {v}");
+    }
     // The upgrade starts over a second after the snapshot (margin 1 s; dpkg logs whole seconds):
     // eligibility compares the snapshot's start with the install of the newer package.
     std::thread::sleep(Duration::from_millis(2200));
@@ -1094,6 +1115,56 @@ kind = "apt"
             took.as_secs_f64()
         ));
         (out.status.success(), took, journal)
+    }
+
+    /// Starts the trigger unit on the first host without waiting (`--no-block`).
+    pub fn trigger_no_block(&self) -> Instant {
+        self.first().exec_ok(&[
+            "systemctl",
+            "start",
+            "--no-block",
+            "kibana-rollback.service",
+        ]);
+        Instant::now()
+    }
+
+    /// Waits until the trigger unit started by [`Self::trigger_no_block`] has finished:
+    /// (whether it succeeded, its journal).
+    pub fn wait_trigger(&self, timeout: Duration) -> (bool, String) {
+        let h = self.first();
+        // Activating until the oneshot's ExecStart returns; then inactive (success) or failed.
+        std::thread::sleep(Duration::from_millis(500));
+        wait_for("the trigger unit to finish", timeout, || {
+            let state = unit_state(h, "kibana-rollback.service");
+            state == "inactive" || state == "failed"
+        });
+        let result = h.exec_ok(&[
+            "systemctl",
+            "show",
+            "-P",
+            "Result",
+            "kibana-rollback.service",
+        ]);
+        let journal = self.journal(h, "kibana-rollback.service");
+        self.log(&format!("trigger finished ({}):\n{journal}", result.trim()));
+        (result.trim() == "success", journal)
+    }
+
+    /// Waits until the operation is in one of `phases`; returns the operation document.
+    pub fn wait_phase(&self, phases: &[&str], timeout: Duration) -> Value {
+        let mut doc = Value::Null;
+        wait_for(
+            &format!("the operation in {phases:?}"),
+            timeout,
+            || match self.operation_doc() {
+                Some(op) if phases.iter().any(|p| op["phase"] == *p) => {
+                    doc = op;
+                    true
+                }
+                _ => false,
+            },
+        );
+        doc
     }
 
     /// Every agent host still on NEW with its unit running (or crash-looping, as a Kibana whose
