@@ -15,6 +15,11 @@
 //!   reader's own connection is in the list (otherwise client stats are off —
 //!   `http.client_stats.enabled: false` — or the cluster predates them, 7.13). Else
 //!   [`ClientsVerdict::CannotVerify`]: refused unless the operator turned the check off.
+//! * A member node that does not answer (hung, or stopping) hides its clients. The preflight
+//!   refuses (nothing is stopped yet); the barrier waits ([`ClientsVerdict::NodesSilent`]),
+//!   bounded by its timeout, until the node answers or the master has removed it from the
+//!   cluster — a node that has left is not a member, so it is not judged (a Kibana connected
+//!   only to it cannot reach the cluster either).
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +102,8 @@ pub enum ClientsVerdict {
     Waiting(Vec<LiveClient>),
     /// The reading cannot prove anything (why).
     CannotVerify(String),
+    /// Barrier only: these member nodes did not answer; wait until they answer or leave.
+    NodesSilent(Vec<String>),
 }
 
 /// What the judgement is for.
@@ -124,6 +131,13 @@ pub fn judge(
     expected: &[String],
     hosts: &[HostDoc],
 ) -> ClientsVerdict {
+    if stats.nodes_failed > 0 && purpose == Purpose::Barrier {
+        return ClientsVerdict::NodesSilent(if stats.failed_nodes.is_empty() {
+            vec![format!("{} of {}", stats.nodes_failed, stats.nodes_total)]
+        } else {
+            stats.failed_nodes.clone()
+        });
+    }
     if stats.nodes_failed > 0 {
         return ClientsVerdict::CannotVerify(format!(
             "{} of {} nodes did not answer _nodes/stats/http{}: a Kibana connected to them cannot be seen",
@@ -284,13 +298,18 @@ mod tests {
             judge(&s, Purpose::Barrier, &ids(), &[]),
             ClientsVerdict::CannotVerify(w) if w.contains("client_stats.enabled")
         ));
+        // A member that does not answer: the preflight refuses, the barrier waits for it.
         let mut s = stats(vec![]);
         s.nodes_failed = 1;
         s.failed_nodes = vec!["es3".into()];
         assert!(matches!(
-            judge(&s, Purpose::Barrier, &ids(), &[]),
+            judge(&s, Purpose::Preflight, &ids(), &[]),
             ClientsVerdict::CannotVerify(w) if w.contains("es3")
         ));
+        assert_eq!(
+            judge(&s, Purpose::Barrier, &ids(), &[]),
+            ClientsVerdict::NodesSilent(vec!["es3".into()])
+        );
     }
 
     #[test]

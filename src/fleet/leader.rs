@@ -330,21 +330,42 @@ fn evidence_gate(
     };
     match judge_clients(stats, Purpose::Barrier, &op.expected_hosts, hosts) {
         ClientsVerdict::Clear(_) => {
-            if op.barrier_clients.is_empty() {
+            if op.barrier_clients.is_empty() && op.barrier_silent_nodes.is_empty() {
                 Ok(())
             } else {
                 let mut doc = op.clone();
                 doc.barrier_clients.clear();
+                doc.barrier_silent_nodes.clear();
                 Err(LeaderDecision::Write {
                     doc,
                     why: format!("{}: no Kibana client left", op.phase),
                 })
             }
         }
+        ClientsVerdict::NodesSilent(nodes) => {
+            if nodes != op.barrier_silent_nodes {
+                let mut doc = op.clone();
+                doc.barrier_silent_nodes = nodes;
+                doc.barrier_clients.clear();
+                return Err(LeaderDecision::Write {
+                    doc,
+                    why: format!("{}: waiting for nodes that do not answer", op.phase),
+                });
+            }
+            if retry_due {
+                return check();
+            }
+            Err(LeaderDecision::Wait(format!(
+                "{}: node(s) {} do not answer _nodes/stats/http; waiting until they answer or leave the cluster",
+                op.phase,
+                nodes.join(", ")
+            )))
+        }
         ClientsVerdict::Waiting(live) => {
-            if live != op.barrier_clients {
+            if live != op.barrier_clients || !op.barrier_silent_nodes.is_empty() {
                 let mut doc = op.clone();
                 doc.barrier_clients = live;
+                doc.barrier_silent_nodes.clear();
                 return Err(LeaderDecision::Write {
                     doc,
                     why: format!("{}: waiting for Kibana clients to go", op.phase),

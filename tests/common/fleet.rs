@@ -262,7 +262,7 @@ impl Cluster {
 
     /// The kibana feature's saved-object state: every `.kibana*` index with its documents
     /// (id → source, sorted) and the aliases pointing at it.
-    pub async fn kibana_state(&self) -> BTreeMap<String, (Vec<String>, Vec<(String, Value)>)> {
+    pub async fn kibana_state(&self) -> KibanaState {
         self.raw("POST", ".kibana*/_refresh?expand_wildcards=all", None)
             .await;
         let (_, v) = self
@@ -355,6 +355,9 @@ impl Cluster {
         assert_eq!(v["errors"], false, "{v}");
     }
 }
+
+/// Each `.kibana*` index: its aliases and its documents (id, source), sorted.
+pub type KibanaState = BTreeMap<String, (Vec<String>, Vec<(String, Value)>)>;
 
 // ---- what a scenario stages ----------------------------------------------------------------
 
@@ -511,7 +514,7 @@ pub struct Fleet {
     pub index: String,
     pub repo: String,
     /// The kibana feature state as the pre-upgrade snapshot holds it.
-    pub before: BTreeMap<String, (Vec<String>, Vec<(String, Value)>)>,
+    pub before: KibanaState,
     pub t0: Instant,
 }
 
@@ -734,10 +737,11 @@ impl Fleet {
     pub fn host(&self, i: usize) -> &TestHost {
         self.hosts.get(&self.members[i].name)
     }
+    /// Kibana OLD (the rollback's target) and NEW (the failed upgrade's).
     pub fn old(&self) -> &str {
         &self.spec.old
     }
-    pub fn new(&self) -> &str {
+    pub fn upgraded_to(&self) -> &str {
         &self.spec.new
     }
     pub fn log(&self, what: &str) {
@@ -1436,7 +1440,7 @@ impl Support {
             &f.cluster.versions().await,
             f.cluster.urls().len(),
             f.old(),
-            f.new(),
+            f.upgraded_to(),
         );
         s.upgrade = f.spec.upgrade.describe().into();
         s
