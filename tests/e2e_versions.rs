@@ -30,6 +30,10 @@ use common::*;
 use fleet::{unit_state, wait_for, Spec, Support, Upgrade};
 use serde_json::{json, Value};
 
+fn output_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// The full rollback of a staged fleet, checked as every matrix scenario is: see
 /// [`fleet::Fleet::assert_done`].
 async fn roll_back(fleet: &fleet::Fleet, support: &mut Support) -> Value {
@@ -81,15 +85,86 @@ async fn es_9_2_kibana_8_19_to_9_2_failed_rolls_back_to_8_19() {
     fleet.teardown().await;
 }
 
+/// 9.1.7 → 9.2.2 on ES 9.2.2, a compatible migration (8.6+: the 9.1.7 index is reused, its
+/// documents updated in place) failing half-way, so the index names stay the same before and
+/// after. A snapshot taken after the upgrade began has the pre-upgrade snapshot's index names —
+/// `snapshots --json` marks it not eligible, "taken after the upgrade" — and `latest` (the
+/// agents' configured snapshot here) restores the pre-upgrade one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn es_9_2_kibana_9_1_to_9_2_failed_rolls_back_to_9_1() {
+async fn es_9_2_kibana_9_1_to_9_2_compatible_migration_failed_rolls_back_to_9_1() {
     let c = EsCluster::up("e2e-v92", &[ES_9_2], 1);
-    let Some(fleet) = Spec::new("mb", "9.1.7", "9.2.2").on(&c).stage().await else {
+    let Some(fleet) = Spec::new("mb", "9.1.7", "9.2.2")
+        .on(&c)
+        .upgrade(Upgrade::FailsCompatibleMigration)
+        .config(|_| "[rollback]\nsnapshot = \"latest\"".into())
+        .stage()
+        .await
+    else {
         return;
     };
-    let mut support =
-        Support::for_fleet("11-es9.2-kibana9.1.7-9.2.2", "minor upgrade on 9.x", &fleet).await;
+    let mut support = Support::for_fleet(
+        "11-es9.2-kibana9.1.7-9.2.2",
+        "minor upgrade on 9.x, compatible migration; `latest` skips a post-upgrade snapshot",
+        &fleet,
+    )
+    .await;
+    // Half-updated in place: the state differs from the snapshot's, under the same names.
+    let now = fleet.cluster.kibana_state().await;
+    assert_ne!(now, fleet.before, "the failed migration changed documents");
+    assert_eq!(
+        now.keys().collect::<Vec<_>>(),
+        fleet.before.keys().collect::<Vec<_>>(),
+        "same index names"
+    );
+    let (s, v) = fleet
+        .cluster
+        .raw(
+            "PUT",
+            &format!(
+                "_snapshot/{}/after-upgrade?wait_for_completion=true",
+                fleet.repo
+            ),
+            Some(
+                json!({"indices": "-*", "include_global_state": false, "feature_states": ["kibana"]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out = fleet.cli(fleet.first(), &["--json", "snapshots"]);
+    let listing: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("snapshots --json: {e}: {}", output_text(&out)));
+    let find = |name: &str| -> Value {
+        listing["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["snapshot"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {listing}"))
+    };
+    let (pre, after) = (find("pre-upgrade"), find("after-upgrade"));
+    let names = |s: &Value| -> Vec<String> {
+        let mut v: Vec<String> = s["kibana_feature_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&pre), names(&after), "{listing}");
+    assert_eq!(pre["eligible"], true, "{pre}");
+    assert_eq!(after["eligible"], false, "{after}");
+    assert!(
+        after["reasons"]
+            .to_string()
+            .contains("taken after the upgrade"),
+        "{after}"
+    );
+    support.check("post-upgrade snapshot, same index names: not eligible (snapshots --json)");
     roll_back(&fleet, &mut support).await;
+    support.check("`latest` = the pre-upgrade snapshot");
     support.pass();
     fleet.teardown().await;
 }
@@ -248,19 +323,95 @@ async fn es_7_17_kibana_7_17_28_to_7_17_29_rolls_back_with_the_7x_unit_held() {
 /// Kibana 7.17.29 → 8.15.0 on ES 8.15.0 (Elasticsearch upgraded first; 7.17 accepts ES 8.x),
 /// the snapshot taken on ES 8.15.0 before Kibana's upgrade; the 8.x migration out of 7.17's
 /// indices fails; back to 7.17.29, whose package puts its unit back in /etc/systemd/system.
+///
+/// The fleet runs as production fleets do, with security on: the Kibanas authenticate to
+/// Elasticsearch and require credentials (8.15.0 redacts its status without them, 7.17.29
+/// answers 401). Without status credentials the rollback is refused before anything stops,
+/// saying what to configure; with them (`kibana.status_username`, `status_password_file`, as an
+/// operator sets them) it ends `done` — one host's Kibana reporting a degraded plugin, which
+/// the start step accepts with a warning in its detail. The password reaches no log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn es_8_15_kibana_7_17_to_8_15_failed_rolls_back_to_7_17() {
-    let Some(fleet) = Spec::new("sw", "7.17.29", "8.15.0").stage().await else {
+async fn es_8_15_kibana_7_17_to_8_15_failed_rolls_back_to_7_17_with_security_on() {
+    let Some(fleet) = Spec::new("sw", "7.17.29", "8.15.0")
+        .secured(false)
+        .stage()
+        .await
+    else {
         return;
     };
-    let mut support = Support::for_fleet(
-        "31-es8.15-kibana7.17.29-8.15.0",
-        "major upgrade: Kibana back to 7.17 on ES 8",
+    let mut refused = Support::for_fleet(
+        "50-security-without-status-credentials",
+        "security on, no status credentials: refused at preflight",
         &fleet,
     )
     .await;
+    refused.upgrade("(plan and start only)");
+    let h = fleet.first();
+    let out = fleet.cli(h, &["plan"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "kibana.yml authenticates Kibana to Elasticsearch (elasticsearch.username)",
+        "Kibana 7.17.29 answers /api/status without credentials with 401",
+        "set kibana.status_username and kibana.status_password_file",
+    ] {
+        assert!(text.contains(want), "plan should say {want:?}:\n{text}");
+    }
+    let out = fleet.cli(h, &["start", "--wait"]);
+    let err = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("set kibana.status_username"), "{err}");
+    assert!(
+        fleet.operation_doc().is_none(),
+        "a refused start writes no operation"
+    );
+    fleet.assert_untouched();
+    refused.check("plan and start refuse naming the fix; nothing written or stopped");
+    refused.pass();
+
+    // The operator configures the status user on every host and restarts the agents; one
+    // host's Kibana has a plugin that reports degraded.
+    let mut support = Support::for_fleet(
+        "31-es8.15-kibana7.17.29-8.15.0",
+        "major upgrade: Kibana back to 7.17 on ES 8; security on, a degraded plugin",
+        &fleet,
+    )
+    .await;
+    let degraded = fleet.names[1].clone();
+    let yml = fleet::host_path(fleet.host(1), "/etc/kibana/kibana.yml");
+    let mut text = std::fs::read_to_string(&yml).unwrap();
+    text.push_str("standin.degraded_plugin: taskManager\n");
+    std::fs::write(&yml, text).unwrap();
+    for (_, h) in fleet.each() {
+        fleet.add_status_credentials(h);
+        h.exec_ok(&["systemctl", "restart", "kibana-rollbackd.service"]);
+    }
+    wait_for("plan to pass", Duration::from_secs(90), || {
+        fleet.cli(h, &["plan"]).status.success()
+    });
+    support.check("security on: status credentials from a file (mode 600)");
     roll_back(&fleet, &mut support).await;
     assert_eq!(fleet.cluster.kibana_alias().await, [".kibana_7.17.29_001"]);
+    // The degraded host's start step accepted it, saying so.
+    let doc = fleet
+        .cluster
+        .get(&format!("{}/_doc/host-{degraded}", fleet.index))
+        .unwrap();
+    let detail = doc["_source"]["ack"]["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("warning: Kibana is degraded: plugin taskManager degraded"),
+        "{degraded}'s start step detail: {detail}\n{doc}"
+    );
+    support.check("degraded plugin: done, the warning in the step's detail");
+    let journals: String = fleet
+        .each()
+        .map(|(_, h)| fleet.journal(h, "kibana-rollbackd.service"))
+        .collect();
+    assert!(
+        !journals.contains(fleet::STATUS_PASSWORD),
+        "the status password is in an agent's journal"
+    );
+    support.check("the password in no log");
     support.pass();
     fleet.teardown().await;
 }

@@ -494,6 +494,7 @@ impl Es {
         };
         for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
             let node_name = node["name"].as_str().unwrap_or("").to_string();
+            let node_time_ms = node["timestamp"].as_i64().unwrap_or(0);
             for c in node["http"]["clients"]
                 .as_array()
                 .cloned()
@@ -509,6 +510,8 @@ impl Es {
                     last_request_ms: c["last_request_time_millis"].as_i64().unwrap_or(0),
                     closed_ms: c["closed_time_millis"].as_i64().filter(|t| *t > 0),
                     last_uri: c["last_uri"].as_str().unwrap_or("").to_string(),
+                    opened_ms: c["opened_time_millis"].as_i64().unwrap_or(0),
+                    node_time_ms,
                 });
             }
         }

@@ -823,6 +823,7 @@ impl World {
                         last_request_ms: 0,
                         closed_ms: x.unit.is_stopped().then_some(1),
                         last_uri: "/".into(),
+                        ..Default::default()
                     })
                     .collect();
                 ClusterOutcome::KibanaClients {

@@ -415,6 +415,7 @@ fn barrier_client_check_runs_and_is_retried() {
             last_request_ms: 1,
             closed_ms: (!open).then_some(2),
             last_uri: "/_bulk".into(),
+            ..Default::default()
         }],
     };
     // A Kibana nobody controls still connected: the operation document names it.

@@ -36,7 +36,7 @@ pub const AGENT_BIN: &str = "/usr/bin/kibana-rollback";
 /// The status user of secured fleets (Kibana's `standin.users`, the agents'
 /// `kibana.status_username`).
 pub const STATUS_USER: &str = "kr-status";
-const STATUS_PASSWORD: &str = "kr-status-secret";
+pub const STATUS_PASSWORD: &str = "kr-status-secret";
 
 fn state_root() -> PathBuf {
     PathBuf::from(std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into()))
@@ -1380,15 +1380,23 @@ pub fn unit_state(h: &TestHost, unit: &str) -> String {
         .to_string()
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
+    assert!(
+        wait_until(timeout, ok),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Whether `ok` became true within `timeout` (polled every 250 ms).
+pub fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() >= timeout {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
+    true
 }
 
 // ---- the support table's records -------------------------------------------------------------
