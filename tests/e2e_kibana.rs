@@ -49,7 +49,7 @@ async fn a_kibana_without_an_agent_is_refused_then_blocks_the_barrier_until_it_a
         return;
     };
     let mut support = Support::for_fleet(
-        "52-kibana-without-agent",
+        "50-kibana-without-agent",
         "a Kibana no agent controls: refused, then blocks the barrier",
         &fleet,
     )
