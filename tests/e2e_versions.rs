@@ -6,8 +6,11 @@
 //! Kibana, held and available. Plus what only some versions have: the 7.x unit in
 //! /etc/systemd/system kept stopped by the hold, 7.x snapshots holding `.kibana_*` as plain
 //! indices, a 3-node cluster that loses a node mid-operation, a rolling upgrade's mixed
-//! cluster. Each scenario writes a record for the support table (docs/support.md,
-//! `scripts/support-table`).
+//! cluster. One rollback per version pair, so Kibana's behaviours of issue 7 ride on the pair
+//! where they are real: security on (refused without status credentials, `done` with them) and
+//! a degraded plugin on 7.17.29 → 8.15.0 (a target before 8.9 answers 401 without credentials),
+//! a compatible migration and its post-upgrade snapshot on 9.1.7 → 9.2.2. Each scenario writes
+//! a record for the support table (docs/support.md, `scripts/support-table`).
 //!
 //! Clusters of a version are shared by the tests that run at the same time (named clusters,
 //! tests/common [`EsCluster`]); each fleet takes its cluster's kibana feature lock. Runs as root
