@@ -6,10 +6,12 @@
 //! installed as operators install it: its .deb (built by `packaging/build` from the binary under
 //! test) with apt from a repository, configured in /etc/kibana-rollback/config.toml, the agent
 //! running as the packaged, sandboxed `kibana-rollbackd.service` (only a drop-in for the debug log
-//! level is added), so every apt-get/dpkg run of the rollback runs in that sandbox. The fleet goes 8.14.3 → snapshot →
-//! 8.15.0 with a failing migration → `systemctl start kibana-rollback` on one host, and the test
-//! checks the outcome from Elasticsearch, from each host's package manager, systemd and journal,
-//! and from the node's own count of restore requests.
+//! level is added), so every apt-get/dpkg run of the rollback runs in that sandbox. The fleet goes
+//! 8.14.3 → snapshot → 8.15.0 with a failing migration → `systemctl start kibana-rollback` on one
+//! host, and the test checks the outcome from Elasticsearch, from each host's package manager,
+//! systemd and journal, and from the node's own count of restore requests. The staging is
+//! tests/common/fleet.rs ([`fleet::Spec`]); other versions and Kibana's behaviours are in
+//! tests/e2e_versions.rs and tests/e2e_kibana.rs.
 //!
 //! Runs as root (CI does); skips with a printed reason otherwise.
 
@@ -17,701 +19,53 @@
 #![allow(clippy::await_holding_lock)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 #[path = "common/hosts.rs"]
 mod hosts;
 #[path = "common/testbed.rs"]
 mod testbed;
 
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
-use hosts::{Hosts, TestHost};
+use fleet::{unit_state, wait_for, Spec, Support, Upgrade};
 use serde_json::{json, Value};
 
 const OLD: &str = "8.14.3";
 const NEW: &str = "8.15.0";
 
-/// The package repository with the Kibana stand-in as the package's program, built once per
-/// run by tests/harness/testbed (the same payload the other Kibana tests use, so test binaries
-/// do not rebuild the repository back and forth); returns the apt source line.
-fn package_repo() -> String {
-    testbed::testbed().apt_source.clone()
-}
-
-/// The kibana-rollback agent as operators get it: the .deb built by `packaging/build --repo`
-/// from the binary under test, in an apt repository at `$KR_TEST_STATE/agent-repo` (test hosts
-/// have a private /tmp but see /var/tmp). Built once per test process, before any host boots
-/// (overlays see lower-layer files that existed then); returns the apt source line.
-fn agent_repo() -> &'static str {
-    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SOURCE.get_or_init(|| {
-        let state = std::env::var("KR_TEST_STATE").unwrap_or_else(|_| "/var/tmp/kr-test".into());
-        let repo = Path::new(&state).join("agent-repo");
-        // Built aside and renamed into place, so a concurrent run never reads a half-written one.
-        let pid = std::process::id();
-        let new = Path::new(&state).join(format!("agent-repo.new-{pid}"));
-        let old = Path::new(&state).join(format!("agent-repo.old-{pid}"));
-        let _ = std::fs::remove_dir_all(&new);
-        let t0 = Instant::now();
-        let out = Command::new(repo_root().join("packaging/build"))
-            .args([
-                "deb",
-                "--repo",
-                "--fast",
-                "--binary",
-                env!("CARGO_BIN_EXE_kibana-rollback"),
-                "--out",
-            ])
-            .arg(&new)
-            .output()
-            .expect("run packaging/build");
-        assert!(
-            out.status.success(),
-            "packaging/build deb --repo failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _ = std::fs::rename(&repo, &old);
-        std::fs::rename(&new, &repo).expect("move the agent repository into place");
-        let _ = std::fs::remove_dir_all(&old);
-        eprintln!(
-            "kibana-rollback .deb and its apt repository in {:.1}s: {}",
-            t0.elapsed().as_secs_f64(),
-            repo.display()
-        );
-        // The index names the .deb relative to the repository, so the move keeps it valid.
-        format!("deb [trusted=yes] file:{} ./", repo.display())
-    })
-}
-
-/// The packaged binary, as installed on every test host.
-const AGENT_BIN: &str = "/usr/bin/kibana-rollback";
-
-/// The Kibana port of host `i`: free ports chosen once per test process, so concurrent runs
-/// (other checkouts, other KR_TEST_STATE) sharing this machine's network never collide.
-fn port(i: usize) -> u16 {
-    static PORTS: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
-    PORTS.get_or_init(|| {
-        // Held together until all are chosen, so the three differ.
-        let held: Vec<_> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-            .collect();
-        held.iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect()
-    })[i]
-}
-
-/// A staged fleet: three hosts whose upgrade to 8.15.0 failed in its migration, agents running.
-struct Fleet {
-    /// This test's turn on the kibana feature state (held as long as the fleet lives).
-    _turn: KibanaFeatureTurn,
-    hosts: Hosts,
-    names: Vec<String>,
-    index: String,
-    repo: String,
-    /// The `.kibana` documents as the pre-upgrade snapshot holds them.
-    before: Vec<(String, Value)>,
-    t0: Instant,
-}
-
-impl Fleet {
-    fn each(&self) -> impl Iterator<Item = (usize, &TestHost)> {
-        self.names
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (i, self.hosts.get(h)))
-    }
-    fn first(&self) -> &TestHost {
-        self.hosts.get(&self.names[0])
-    }
-    fn log(&self, what: &str) {
-        eprintln!("[{:>6.1}s] {what}", self.t0.elapsed().as_secs_f64());
-    }
-    fn cli(&self, h: &TestHost, args: &[&str]) -> std::process::Output {
-        let mut cmd = vec![AGENT_BIN];
-        cmd.extend_from_slice(args);
-        h.exec(&cmd)
-    }
-    fn agent_journals(&self) -> String {
-        self.each()
-            .map(|(_, h)| {
-                format!(
-                    "== {}\n{}",
-                    h.name,
-                    String::from_utf8_lossy(
-                        &h.exec(&[
-                            "journalctl",
-                            "-u",
-                            "kibana-rollbackd.service",
-                            "--no-pager",
-                            "-o",
-                            "cat"
-                        ])
-                        .stdout
-                    )
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-    fn operation_doc(&self) -> Option<Value> {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                &format!("{}/{}/_doc/operation", es_node().url, self.index),
-            ])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["found"] == true).then(|| v["_source"].clone())
-    }
-    async fn history(&self) -> Vec<Value> {
-        raw("POST", &format!("{}/_refresh", self.index), None).await;
-        let (_, hist) = raw(
-            "POST",
-            &format!("{}/_search", self.index),
-            Some(json!({"size": 50})),
-        )
-        .await;
-        hist["hits"]["hits"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter(|h| h["_id"].as_str().unwrap_or("").starts_with("history-"))
-            .map(|h| h["_source"].clone())
-            .collect()
-    }
-    async fn snapshot_names(&self) -> Vec<String> {
-        let (_, v) = raw("GET", &format!("_snapshot/{}/_all", self.repo), None).await;
-        let mut names: Vec<String> = v["snapshots"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| s["snapshot"].as_str().unwrap().to_string())
-            .collect();
-        names.sort();
-        names
-    }
-    /// Every host still on the failed 8.15.0 package with its unit running (crash-looping), as
-    /// before the rollback was requested.
-    fn assert_untouched(&self) {
-        for (_, h) in self.each() {
-            assert_eq!(
-                h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]),
-                NEW,
-                "{}",
-                h.name
-            );
-            // Running, or crash-looping as a Kibana whose migration failed does: never
-            // stopped by the operation (that would be inactive).
-            let state = unit_state(h, "kibana.service");
-            assert!(
-                matches!(state.as_str(), "active" | "activating" | "failed"),
-                "{}: kibana.service is {state}",
-                h.name
-            );
-            let enabled = String::from_utf8_lossy(
-                &h.exec(&["systemctl", "is-enabled", "kibana.service"])
-                    .stdout,
-            )
-            .trim()
-            .to_string();
-            assert_ne!(enabled, "masked", "{}: kibana.service left masked", h.name);
-        }
-    }
-    /// Every host on the target: installed and held, unit active, Kibana available at it.
-    fn assert_rolled_back(&self) {
-        for (i, h) in self.each() {
-            let v = h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"]);
-            assert_eq!(v, OLD, "{}", h.name);
-            let held = h.exec_ok(&["apt-mark", "showhold"]);
-            assert!(
-                held.lines().any(|l| l == "kibana"),
-                "{}: kibana not held: {held}",
-                h.name
-            );
-            assert_eq!(unit_state(h, "kibana.service"), "active", "{}", h.name);
-            let (code, status) = kibana_status(i).expect("status answers");
-            assert_eq!(code, 200, "{}", h.name);
-            assert_eq!(status["version"]["number"], OLD, "{}", h.name);
-            assert_eq!(
-                status["status"]["overall"]["level"], "available",
-                "{}",
-                h.name
-            );
-        }
-    }
-    async fn teardown(self) {
-        for (_, h) in self.each() {
-            let _ = h.exec(&[
-                "systemctl",
-                "stop",
-                "kibana-rollbackd.service",
-                "kibana.service",
-            ]);
-        }
-        raw("DELETE", &self.index, None).await;
-    }
-}
-
-/// Boots three hosts named `<prefix>1..3`, installs Kibana 8.14.3, takes the pre-upgrade
-/// snapshot, upgrades to 8.15.0 with a failing migration and starts the agents.
-/// `tweak(host, i)` runs after the hosts are set up (extra config, drop-ins).
-/// `None` (after saying why) when test hosts cannot boot here: the test then skips.
-/// How the staged upgrade to 8.15.0 goes wrong.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Upgrade {
-    /// The saved-object migration fails half-way: every instance exits and systemd restarts
-    /// it, as with real Kibana (the fleet crash-loops).
-    FailsMigration,
-    /// Every instance hangs, running, waiting for an Elasticsearch it cannot reach (its
-    /// `elasticsearch.hosts` points at a closed port): the units stay active.
-    Hangs,
-}
-
-async fn stage_fleet(
-    prefix: &str,
-    upgrade: Upgrade,
-    tweak: impl Fn(&TestHost, usize) + Sync,
-) -> Option<Fleet> {
-    if let Some(why) = hosts::skip_reason() {
-        eprintln!("SKIPPED: {why}");
-        return None;
-    }
-    let turn = kibana_feature_lock();
-    let t0 = Instant::now();
-    // Both repositories exist before any host boots: overlays see lower-layer files that
-    // existed then.
-    let agent_source = agent_repo();
-    let apt_source = package_repo();
-    reset_kibana_feature().await;
-    let repo = unique("kr-e2e-repo");
-    let index = unique("kr-e2e-coord");
-    es().put_fs_repository(&repo, &format!("{}/{repo}", es_node().repo_path))
-        .await
-        .unwrap();
-    let names: Vec<String> = (1..=3).map(|i| format!("{prefix}{i}")).collect();
-    let hosts = Hosts::up(&names, None).expect("boot test hosts");
-    let mut fleet = Fleet {
-        _turn: turn,
-        hosts,
-        names: names.clone(),
-        index: index.clone(),
-        repo: repo.clone(),
-        before: Vec::new(),
-        t0,
-    };
-    fleet.log("hosts up");
-    std::thread::scope(|s| {
-        for (i, h) in fleet.each() {
-            let (sources, idx, r, names, tweak) = (
-                [apt_source.as_str(), agent_source],
-                &fleet.index,
-                &fleet.repo,
-                &names,
-                &tweak,
-            );
-            s.spawn(move || {
-                setup_host(h, i, &sources, idx, r, names);
-                tweak(h, i);
-                h.exec_ok(&["systemctl", "daemon-reload"]);
-            });
-        }
-    });
-    fleet.log(&format!("kibana {OLD} installed on every host"));
-    // The agent and the trigger run from the packaged unit files, byte for byte the shipped
-    // ones, with no drop-in but the test's log level (and a test's own `tweak`).
-    for (_, h) in fleet.each() {
-        for unit in ["kibana-rollbackd.service", "kibana-rollback.service"] {
-            let shipped = std::fs::read_to_string(repo_root().join("systemd").join(unit)).unwrap();
-            assert_eq!(
-                h.exec_ok(&["cat", &format!("/lib/systemd/system/{unit}")]),
-                shipped,
-                "{}: installed {unit} differs from systemd/{unit}",
-                h.name
-            );
-            let dropins = h.exec_ok(&["systemctl", "show", "-P", "DropInPaths", unit]);
-            assert_eq!(
-                dropins.trim(),
-                format!("/etc/systemd/system/{unit}.d/debug.conf"),
-                "{}: drop-ins of {unit}",
-                h.name
-            );
-        }
-    }
-
-    // The fleet runs 8.14.3; Kibana creates its indices; users save objects.
-    for (i, h) in fleet.each() {
-        h.exec_ok(&["systemctl", "start", "kibana.service"]);
-        wait_available(i, OLD);
-    }
-    for (id, title) in [
-        ("dashboard:sales", "Sales"),
-        ("dashboard:ops", "Ops"),
-        ("config:8.14.3", "settings"),
-    ] {
-        let (s, v) = raw(
-            "PUT",
-            &format!(".kibana/_doc/{id}?refresh=true"),
-            Some(json!({"title": title})),
-        )
-        .await;
-        assert!(s == 200 || s == 201, "{v}");
-    }
-    fleet.before = kibana_docs().await;
-    assert_eq!(fleet.before.len(), 3);
-
-    // The operator's pre-upgrade snapshot of the kibana feature state, and an ordinary
-    // nightly snapshot without it.
-    let (s, v) = raw(
-        "PUT",
-        &format!("_snapshot/{repo}/pre-upgrade?wait_for_completion=true"),
-        Some(json!({"indices": "-*", "include_global_state": false, "feature_states": ["kibana"]})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    // The upgrade starts over a second after the snapshot (margin 1 s; dpkg logs whole seconds):
-    // and eligibility compares the snapshot's start with the install of the newer package.
-    std::thread::sleep(Duration::from_millis(2200));
-    let data = unique("kr-e2e-data");
-    raw(
-        "PUT",
-        &format!("{data}/_doc/1?refresh=true"),
-        Some(json!({"a": 1})),
-    )
-    .await;
-    let (s, v) = raw(
-        "PUT",
-        &format!("_snapshot/{repo}/nightly-data?wait_for_completion=true"),
-        Some(json!({"indices": data, "include_global_state": false, "feature_states": ["none"]})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-
-    // The upgrade to 8.15.0: every instance stopped, package upgraded, migration fails.
-    for (_, h) in fleet.each() {
-        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
-    }
-    for (i, h) in fleet.each() {
-        // before the upgrade: an 8.x .deb upgrade restarts kibana.service (RESTART_ON_UPGRADE)
-        match upgrade {
-            Upgrade::FailsMigration => kibana_yml(h, i, true),
-            Upgrade::Hangs => kibana_yml_towards(h, i, &closed_port_url(), false),
-        }
-        install(h, NEW);
-        h.exec_ok(&["systemctl", "start", "kibana.service"]);
-    }
-    match upgrade {
-        Upgrade::FailsMigration => wait_for(
-            "the 8.15.0 migration to fail half-way",
-            Duration::from_secs(60),
-            || {
-                let out = Command::new("curl")
-                    .args([
-                        "-s",
-                        &format!("{}/.kibana_8.15.0_reindex_temp/_count", es_node().url),
-                    ])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).contains("\"count\":")
-            },
-        ),
-        Upgrade::Hangs => wait_for(
-            "every 8.15.0 instance running, waiting",
-            Duration::from_secs(60),
-            || {
-                fleet
-                    .each()
-                    .all(|(_, h)| unit_state(h, "kibana.service") == "active")
-            },
-        ),
-    }
-    fleet.log(&format!(
-        "upgrade to {NEW} staged: it {}",
-        match upgrade {
-            Upgrade::FailsMigration => "failed in its migration",
-            Upgrade::Hangs => "hangs waiting for Elasticsearch",
-        }
-    ));
-
-    // The agents come up on every host and register.
-    for (_, h) in fleet.each() {
-        h.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
-    }
-    let ids =
-        json!({"ids": names.iter().map(|n| format!("host-{n}")).collect::<Vec<_>>()}).to_string();
-    wait_for("three registered agents", Duration::from_secs(60), || {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                &format!("{}/{index}/_mget", es_node().url),
-                "-H",
-                "content-type: application/json",
-                "-d",
-                &ids,
-            ])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v["docs"]
-            .as_array()
-            .is_some_and(|d| d.iter().filter(|x| x["found"] == true).count() == 3)
-    });
-    fleet.log("agents registered");
-    Some(fleet)
-}
-
-/// One host as an operator sets it up: the kibana-rollback package installed with apt from its
-/// repository, its configuration written to /etc/kibana-rollback/config.toml, the debug log
-/// level as a drop-in of each unit (the packaged units themselves stay as installed), and
-/// Kibana 8.14.3 installed.
-fn setup_host(
-    h: &TestHost,
-    i: usize,
-    apt_sources: &[&str],
-    index: &str,
-    repo: &str,
-    names: &[String],
-) {
-    let es = &es_node().url;
-    // Only the local repositories: the hosts have no business with Debian's mirrors here.
-    h.exec_ok(&[
-        "sh",
-        "-c",
-        "rm -f /etc/apt/sources.list.d/*; : > /etc/apt/sources.list",
-    ]);
-    h.write(
-        "/etc/apt/sources.list.d/kibana-test.list",
-        &(apt_sources.join("\n") + "\n"),
-    );
-    h.exec_ok(&["apt-get", "update", "-qq"]);
-    apt_install(h, "kibana-rollback");
-    for unit in ["kibana-rollbackd.service", "kibana-rollback.service"] {
-        h.write(
-            &format!("/etc/systemd/system/{unit}.d/debug.conf"),
-            "[Service]\nEnvironment=KIBANA_ROLLBACK_LOG=info,kibana_rollback=debug\n",
-        );
-    }
-    h.write(
-        "/etc/kibana-rollback/config.toml",
-        &format!(
-            r#"[elasticsearch]
-hosts = ["{es}"]
-[kibana]
-status_url = "http://127.0.0.1:{port}/api/status"
-stop_timeout = "30s"
-start_timeout = "60s"
-[rollback]
-target_version = "{OLD}"
-repository = "{repo}"
-snapshot = "pre-upgrade"
-# The staged upgrade follows the snapshot by seconds; dpkg logs whole seconds.
-snapshot_margin = "1s"
-[coordination]
-index = "{index}"
-host_id = "{name}"
-expected_hosts = {expected:?}
-lease = "6s"
-heartbeat = "2s"
-barrier_timeout = "60s"
-phase_timeout = "3m"
-[package_manager]
-kind = "apt"
-"#,
-            port = port(i),
-            name = h.name,
-            expected = names
-        ),
-    );
-    install(h, OLD);
-    kibana_yml(h, i, false);
-}
-
-/// `systemctl is-active UNIT` inside the host.
-fn unit_state(h: &TestHost, unit: &str) -> String {
-    String::from_utf8_lossy(&h.exec(&["systemctl", "is-active", unit]).stdout)
-        .trim()
-        .to_string()
-}
-
-fn kibana_yml(h: &TestHost, i: usize, fail_migration: bool) {
-    kibana_yml_towards(h, i, &es_node().url, fail_migration)
-}
-
-/// An URL where nothing listens (the port was free a moment ago).
-fn closed_port_url() -> String {
-    format!("http://127.0.0.1:{}", testbed::free_port())
-}
-
-fn kibana_yml_towards(h: &TestHost, i: usize, es_url: &str, fail_migration: bool) {
-    h.write(
-        "/etc/kibana/kibana.yml",
-        &format!(
-            // the test node has no security (as Kibana sees it: full status without
-            // credentials); the failing upgrade takes the reindex path (a temp index)
-            "server.port: {}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.security: false\nstandin.fail_migration: {fail_migration}\nstandin.migration: {}\n",
-            port(i),
-            es_url,
-            if fail_migration { "reindex" } else { "auto" }
-        ),
-    );
-}
-
-fn install(h: &TestHost, version: &str) {
-    apt_install(h, &format!("kibana={version}"));
-}
-
-fn apt_install(h: &TestHost, what: &str) {
-    h.exec_ok(&[
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "install",
-        "-y",
-        "-qq",
-        "--allow-downgrades",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        what,
-    ]);
-}
-
-fn kibana_status(i: usize) -> Option<(u16, Value)> {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://127.0.0.1:{}/api/status", port(i)),
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((
-        code.trim().parse().ok()?,
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    ))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn wait_available(i: usize, version: &str) {
-    wait_for(
-        &format!("kibana on port {} available at {version}", port(i)),
-        Duration::from_secs(90),
-        || matches!(kibana_status(i), Some((200, v)) if v["version"]["number"] == version && v["status"]["overall"]["level"] == "available"),
-    );
-}
-
-async fn restores_of(repo: &str) -> Vec<Value> {
-    let (_, v) = raw("GET", "_kr_test/counters", None).await;
-    v["restores"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r["repository"] == repo)
-        .collect()
-}
-
+/// Today's fleet: 8.14.3 → 8.15.0 on the shared 8.15.0 node, the migration failing on the
+/// reindex path, rolled back by `systemctl start kibana-rollback` on one host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_host_fleet_rolls_back_after_failed_migration() {
-    let Some(fleet) = stage_fleet("kb", Upgrade::FailsMigration, |_, _| {}).await else {
+    let Some(fleet) = Spec::new("kb", OLD, NEW).stage().await else {
         return;
     };
-    let (index, repo, before) = (
-        fleet.index.clone(),
-        fleet.repo.clone(),
-        fleet.before.clone(),
-    );
+    let mut support = Support::for_fleet(
+        "30-es8.15-kibana8.14.3-8.15.0",
+        "today's fleet, single node",
+        &fleet,
+    )
+    .await;
 
-    // 5. The admin's trigger, on one host; its result is the fleet's.
-    let kb1 = fleet.first();
-    let started = Instant::now();
-    let trigger = kb1.exec(&["systemctl", "start", "kibana-rollback.service"]);
-    let rollback_ms = started.elapsed().as_millis();
-    let journal = kb1.exec_ok(&[
-        "journalctl",
-        "-u",
-        "kibana-rollback.service",
-        "--no-pager",
-        "-o",
-        "cat",
-    ]);
-    fleet.log(&format!(
-        "trigger finished ({}):\n{journal}",
-        trigger.status
-    ));
+    // The admin's trigger, on one host; its result is the fleet's.
+    let (ok, took, _) = fleet.trigger();
+    let rollback_ms = took.as_millis();
     assert!(
-        trigger.status.success(),
+        ok,
         "systemctl start kibana-rollback failed; agent journals:\n{}",
         fleet.agent_journals()
     );
-
-    // The operation is archived as done and the lease released.
-    let (s, _) = raw("GET", &format!("{index}/_doc/operation"), None).await;
-    assert_eq!(s, 404, "the operation document (the lock) must be gone");
-    raw("POST", &format!("{index}/_refresh"), None).await;
-    let (_, hist) = raw(
-        "POST",
-        &format!("{index}/_search"),
-        Some(json!({"size": 10})),
-    )
-    .await;
-    let history: Vec<Value> = hist["hits"]["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
-        .map(|h| h["_source"].clone())
-        .collect();
-    assert_eq!(history.len(), 1, "{hist}");
-    let op = &history[0];
-    assert_eq!(op["phase"], "done", "{op}");
+    let op = fleet.assert_done(&mut support).await;
     let op_id = op["id"].as_str().unwrap().to_string();
-
-    // The kibana feature state is exactly the snapshot's.
-    let (_, alias) = raw("GET", "_alias/.kibana", None).await;
-    assert!(
-        alias.get(".kibana_8.14.3_001").is_some(),
-        ".kibana must point at the 8.14.3 index: {alias}"
-    );
-    assert_eq!(kibana_docs().await, before);
-
-    // Exactly one restore was issued, by the node's own count.
-    let restores = restores_of(&repo).await;
-    assert_eq!(restores.len(), 1, "{restores:?}");
-    assert_eq!(restores[0]["snapshot"], "pre-upgrade");
-
-    // The safety snapshot holds the failed 8.15.0 state.
-    let safety = format!("kibana-rollback-pre-{op_id}");
-    let (s, snap) = raw("GET", &format!("_snapshot/{repo}/{safety}"), None).await;
-    assert_eq!(s, 200, "{snap}");
-    let fs = snap["snapshots"][0]["feature_states"].to_string();
-    assert!(
-        fs.contains(".kibana_8.15.0_reindex_temp"),
-        "safety snapshot should hold the 8.15.0 state: {fs}"
+    assert_eq!(
+        fleet.cluster.kibana_alias().await,
+        [".kibana_8.14.3_001"],
+        ".kibana must point at the 8.14.3 index"
     );
 
-    // Every host: 8.14.3 installed and held, unit active, Kibana available at 8.14.3, and its
-    // agent's journal carries the operation id as a structured field.
-    fleet.assert_rolled_back();
+    // Every agent's journal carries the operation id as a structured field.
     for (_, h) in fleet.each() {
         let tagged = h.exec_ok(&[
             "journalctl",
@@ -729,13 +83,6 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
         );
     }
 
-    // `status --json` of the finished operation shows every host on the target version.
-    let st = kb1.exec_ok(&[AGENT_BIN, "--json", "status"]);
-    let st: Value =
-        serde_json::from_str(&st).unwrap_or_else(|e| panic!("status --json: {e}: {st}"));
-    for h in st["hosts"].as_array().unwrap() {
-        assert_eq!(h["installed_version"], OLD, "{st}");
-    }
     fleet.log(&format!(
         "rollback verified; `systemctl start kibana-rollback` took {rollback_ms} ms"
     ));
@@ -771,6 +118,7 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
             .unwrap();
         writeln!(f, "{line}").unwrap();
     }
+    support.pass();
     fleet.teardown().await;
 }
 
@@ -779,11 +127,11 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 /// got past it (written straight into the index, as an older or foreign client might).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_preflight() {
-    let Some(fleet) = stage_fleet("pf", Upgrade::FailsMigration, |_, _| {}).await else {
+    let Some(fleet) = Spec::new("pf", OLD, NEW).stage().await else {
         return;
     };
     let h = fleet.first();
-    let restores_before = restores_of(&fleet.repo).await.len();
+    let restores_before = fleet.restores().await.len();
 
     // `start` refuses before writing anything.
     let out = fleet.cli(h, &["start", "--to", "8.16.0", "--wait"]);
@@ -808,7 +156,7 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
         let out = Command::new("curl")
             .args([
                 "-s",
-                &format!("{}/_snapshot/{}/{name}", es_node().url, fleet.repo),
+                &format!("{}/_snapshot/{}/{name}", fleet.cluster.url(), fleet.repo),
             ])
             .output()
             .unwrap();
@@ -841,7 +189,8 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
             barrier_client_check: true,
         })
         .unwrap();
-        es().create_doc(&fleet.index, "operation", &op)
+        common::es()
+            .create_doc(&fleet.index, "operation", &op)
             .await
             .unwrap();
         wait_for(&format!("{id} to end"), Duration::from_secs(60), || {
@@ -870,11 +219,7 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
         );
     }
     fleet.assert_untouched();
-    assert_eq!(
-        restores_of(&fleet.repo).await.len(),
-        restores_before,
-        "no restore"
-    );
+    assert_eq!(fleet.restores().await.len(), restores_before, "no restore");
     assert_eq!(
         fleet.snapshot_names().await,
         ["nightly-data", "pre-upgrade"],
@@ -888,27 +233,31 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
 /// abort before the restore point: every unit back on 8.15.0, no restore, no snapshot taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
-    let Some(fleet) = stage_fleet("ab", Upgrade::Hangs, |h, i| {
-        if i == 1 {
-            // Its stop takes 20 s; the agent waits 5 s.
-            h.write(
-                "/etc/systemd/system/kibana.service.d/slow-stop.conf",
-                "[Service]\nExecStop=/bin/sleep 20\nTimeoutStopSec=60\n",
-            );
-            let cfg =
-                std::fs::read_to_string(h.root.join("etc/kibana-rollback/config.toml")).unwrap();
-            h.write(
-                "/etc/kibana-rollback/config.toml",
-                &cfg.replace("stop_timeout = \"30s\"", "stop_timeout = \"5s\""),
-            );
-        }
-    })
-    .await
+    let Some(fleet) = Spec::new("ab", OLD, NEW)
+        .upgrade(Upgrade::Hangs)
+        .tweak(|h, i| {
+            if i == 1 {
+                // Its stop takes 20 s; the agent waits 5 s.
+                h.write(
+                    "/etc/systemd/system/kibana.service.d/slow-stop.conf",
+                    "[Service]\nExecStop=/bin/sleep 20\nTimeoutStopSec=60\n",
+                );
+            }
+        })
+        .config(|i| {
+            if i == 1 {
+                "[kibana]\nstop_timeout = \"5s\"".into()
+            } else {
+                String::new()
+            }
+        })
+        .stage()
+        .await
     else {
         return;
     };
     let slow = fleet.hosts.get(&fleet.names[1]).name.clone();
-    let restores_before = restores_of(&fleet.repo).await.len();
+    let restores_before = fleet.restores().await.len();
 
     let trigger = fleet
         .first()
@@ -949,11 +298,7 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
         })
     });
     fleet.assert_untouched();
-    assert_eq!(
-        restores_of(&fleet.repo).await.len(),
-        restores_before,
-        "no restore"
-    );
+    assert_eq!(fleet.restores().await.len(), restores_before, "no restore");
     assert_eq!(
         fleet.snapshot_names().await,
         ["nightly-data", "pre-upgrade"],
@@ -972,7 +317,7 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
 /// follower), the operation still ends `done`, and the node counts exactly one restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
-    let Some(fleet) = stage_fleet("lf", Upgrade::FailsMigration, |_, _| {}).await else {
+    let Some(fleet) = Spec::new("lf", OLD, NEW).stage().await else {
         return;
     };
     let trigger_host = fleet.first();
@@ -1064,13 +409,13 @@ async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
         takeovers.len() >= 2,
         "the lease was acquired, then taken over: {takeovers:?}"
     );
-    let restores = restores_of(&fleet.repo).await;
+    let restores = fleet.restores().await;
     assert_eq!(
         restores.len(),
         1,
         "exactly one restore across the leader change: {restores:?}"
     );
-    assert_eq!(kibana_docs().await, fleet.before);
+    assert_eq!(fleet.cluster.kibana_state().await, fleet.before);
     fleet.assert_rolled_back();
     // The killed agent came back (Restart=on-failure) and is running again.
     let state = unit_state(victim, "kibana-rollbackd.service");

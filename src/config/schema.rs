@@ -142,7 +142,7 @@ pub const KEYS: &[Key] = &[
     key!("coordination", "fleet_key_file", Kind::Path, None,
         "File with the fleet key(s), one per line (the first signs): agents obey only coordination documents signed with one. Mode 600; or the credential fleet-key."),
     key!("coordination", "barrier_client_check", Kind::Bool, Some("true"),
-        "At the barrier, also ask Elasticsearch whether any Kibana client is still sending requests (catches a Kibana on a host without an agent)."),
+        "At the preflight and the barrier, also ask Elasticsearch (every node) which Kibana clients are connected (catches a Kibana on a host without an agent, also one that crash-loops: its connections count for 30 s after they closed); a node that does not answer makes the barrier wait until it answers or leaves the cluster."),
     key!("coordination", "phase_timeout", Kind::Duration, Some(r#""15m""#),
         "How long a host phase (prefetch, stop, reinstall, start) may wait for every host; before the restore the operation then aborts, after it it fails naming the silent hosts."),
     key!("coordination", "state_dir", Kind::Path, Some(r#""/var/lib/kibana-rollback""#),

@@ -20,15 +20,41 @@ pub use types::*;
 /// The feature whose state is snapshotted and restored.
 pub use crate::feature::NAME as KIBANA_FEATURE;
 
-/// Whether an error to a `_security` request means the cluster runs without security.
-fn security_off(e: &EsError) -> bool {
-    match e {
-        EsError::Api { status, reason, .. } => {
-            (status.as_u16() == 400 && reason.contains("no handler found"))
-                || reason.contains("Security must be explicitly enabled")
-        }
-        _ => false,
-    }
+/// Whether an error to a `_security` request means the cluster runs without security, as each
+/// kind of cluster answers: 8.x/9.x with security disabled do not register the handlers ("no
+/// handler found for uri ...", 400); a node without x-pack routes the path to another API — 8.x
+/// answers `GET _security/_authenticate` with 405 "Incorrect HTTP method ... allowed: [POST]",
+/// 7.x takes `POST _security/user/_has_privileges` for a document write to the index
+/// `_security` (400 "Invalid index name [_security]"); 7.x basic says "Security must be
+/// explicitly enabled when using a [basic] license" (500); a license without security "current
+/// license is non-compliant for [security]" (403). Each recorded from a real node.
+pub fn security_off(e: &EsError) -> bool {
+    let EsError::Api { reason, .. } = e else {
+        return false;
+    };
+    let r = reason.to_ascii_lowercase();
+    r.contains("no handler found for uri")
+        || (r.contains("incorrect http method for uri [/_security/") && r.contains("method [get]"))
+        || r.contains("invalid index name [_security]")
+        || r.contains("security must be explicitly enabled")
+        || r.contains("security is not enabled")
+        || r.contains("non-compliant for [security]")
+}
+
+/// How long `_nodes/stats/http` waits for each node (a healthy one answers in milliseconds).
+const NODES_STATS_TIMEOUT: &str = "5s";
+
+/// A failed node of a nodes-level answer, by name where the cause names it
+/// (`"[kr-test-2][127.0.0.1:9300][cluster:monitor/nodes/stats[n]] request_id [51] timed out
+/// after [5011ms]"`), else by id.
+fn failed_node_name(f: &serde_json::Value) -> Option<String> {
+    let named = f["caused_by"]["reason"]
+        .as_str()
+        .and_then(|r| r.strip_prefix('['))
+        .and_then(|r| r.split_once(']'))
+        .map(|(name, _)| name.to_string())
+        .filter(|n| !n.is_empty());
+    named.or_else(|| f["node_id"].as_str().map(str::to_string))
 }
 
 /// Percent-encodes one path segment (index, document id, repository or snapshot name).
@@ -533,7 +559,12 @@ impl Es {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         );
-        let path = format!("_nodes/stats/http?filter_path=_nodes,nodes,{nonce}");
+        // A member that does not answer (hung) would hold the whole request until the master
+        // removes it (~30 s of failed follower checks, measured on 8.15): bounded, it is
+        // reported as failed at once and the caller can say which node it waits for.
+        let path = format!(
+            "_nodes/stats/http?timeout={NODES_STATS_TIMEOUT}&filter_path=_nodes,nodes,{nonce}"
+        );
         let (_, text) = self
             .client
             .send(Method::GET, &path, None, &[], None, Idempotence::Safe)
@@ -548,17 +579,14 @@ impl Es {
             nodes_failed: v["_nodes"]["failed"].as_u64().unwrap_or(0) as u32,
             failed_nodes: v["_nodes"]["failures"]
                 .as_array()
-                .map(|f| {
-                    f.iter()
-                        .filter_map(|x| x["node_id"].as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|f| f.iter().filter_map(failed_node_name).collect())
                 .unwrap_or_default(),
             own_connection_seen: false,
             clients: vec![],
         };
         for (_, node) in v["nodes"].as_object().cloned().unwrap_or_default() {
             let node_name = node["name"].as_str().unwrap_or("").to_string();
+            let node_time_ms = node["timestamp"].as_i64().unwrap_or(0);
             for c in node["http"]["clients"]
                 .as_array()
                 .cloned()
@@ -574,6 +602,8 @@ impl Es {
                     last_request_ms: c["last_request_time_millis"].as_i64().unwrap_or(0),
                     closed_ms: c["closed_time_millis"].as_i64().filter(|t| *t > 0),
                     last_uri: c["last_uri"].as_str().unwrap_or("").to_string(),
+                    opened_ms: c["opened_time_millis"].as_i64().unwrap_or(0),
+                    node_time_ms,
                 });
             }
         }
@@ -906,5 +936,47 @@ impl Es {
             seq_no: reply.seq_no,
             primary_term: reply.primary_term,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_timed_out_is_named_from_the_cause() {
+        // Recorded from a 3-node 8.15.0 cluster with node 2 frozen (SIGSTOP), `?timeout=5s`.
+        let v: serde_json::Value = serde_json::from_str(r#"{"_nodes":{"total":3,"successful":2,"failed":1,"failures":[{"type":"failed_node_exception","reason":"Failed node [3TeN21mxQdOqYSMaaDNrbA]","node_id":"3TeN21mxQdOqYSMaaDNrbA","caused_by":{"type":"receive_timeout_transport_exception","reason":"[kr-test-2][127.0.0.1:35607][cluster:monitor/nodes/stats[n]] request_id [51] timed out after [5011ms]"}}]}}"#).unwrap();
+        let f = &v["_nodes"]["failures"][0];
+        assert_eq!(failed_node_name(f).as_deref(), Some("kr-test-2"));
+        let bare = serde_json::json!({"node_id": "abc", "caused_by": {"reason": "no name"}});
+        assert_eq!(failed_node_name(&bare).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn security_off_answers_of_every_kind_of_cluster() {
+        let api = |status: u16, reason: &str| EsError::Api {
+            method: "POST".into(),
+            path: "_security/user/_has_privileges".into(),
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            err_type: None,
+            reason: reason.into(),
+        };
+        for off in [
+            api(400, "no handler found for uri [/_security/user/_has_privileges] and method [POST]"),
+            api(400, "Invalid index name [_security], must not start with '_', '-', or '+'"),
+            api(405, "Incorrect HTTP method for uri [/_security/_authenticate] and method [GET], allowed: [POST]"),
+            api(500, "Security must be explicitly enabled when using a [basic] license."),
+        ] {
+            assert!(security_off(&off), "{off}");
+        }
+        assert!(!security_off(&api(
+            403,
+            "action [cluster:monitor/main] is unauthorized for user [x]"
+        )));
+        assert!(!security_off(&api(
+            400,
+            "Invalid index name [logs], must be lowercase"
+        )));
     }
 }

@@ -522,6 +522,10 @@ pub struct OperationDoc {
     /// Kibanas the barrier waits for, as Elasticsearch reports them (for `status`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub barrier_clients: Vec<super::clients::LiveClient>,
+    /// Member nodes the barrier waits for because they did not answer `_nodes/stats/http`
+    /// (a Kibana connected to them cannot be seen), by name (for `status`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub barrier_silent_nodes: Vec<String>,
     #[serde(default)]
     pub abort_requested: Option<AbortRequest>,
 }
@@ -889,6 +893,7 @@ pub(crate) mod tests {
             excluded: vec![],
             probe: None,
             barrier_clients: vec![],
+            barrier_silent_nodes: vec![],
             abort_requested: None,
         }
     }

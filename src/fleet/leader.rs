@@ -352,21 +352,42 @@ fn evidence_gate(
     };
     match judge_clients(stats, Purpose::Barrier, &op.expected_hosts, hosts) {
         ClientsVerdict::Clear(_) => {
-            if op.barrier_clients.is_empty() {
+            if op.barrier_clients.is_empty() && op.barrier_silent_nodes.is_empty() {
                 Ok(())
             } else {
                 let mut doc = op.clone();
                 doc.barrier_clients.clear();
+                doc.barrier_silent_nodes.clear();
                 Err(LeaderDecision::Write {
                     doc,
                     why: format!("{}: no Kibana client left", op.phase),
                 })
             }
         }
+        ClientsVerdict::NodesSilent(nodes) => {
+            if nodes != op.barrier_silent_nodes {
+                let mut doc = op.clone();
+                doc.barrier_silent_nodes = nodes;
+                doc.barrier_clients.clear();
+                return Err(LeaderDecision::Write {
+                    doc,
+                    why: format!("{}: waiting for nodes that do not answer", op.phase),
+                });
+            }
+            if retry_due {
+                return check();
+            }
+            Err(LeaderDecision::Wait(format!(
+                "{}: node(s) {} do not answer _nodes/stats/http; waiting until they answer or leave the cluster",
+                op.phase,
+                nodes.join(", ")
+            )))
+        }
         ClientsVerdict::Waiting(live) => {
-            if live != op.barrier_clients {
+            if live != op.barrier_clients || !op.barrier_silent_nodes.is_empty() {
                 let mut doc = op.clone();
                 doc.barrier_clients = live;
+                doc.barrier_silent_nodes.clear();
                 return Err(LeaderDecision::Write {
                     doc,
                     why: format!("{}: waiting for Kibana clients to go", op.phase),
@@ -632,10 +653,11 @@ pub fn decide_leader(
         }
         Phase::Barrier => {
             let t = tally(op, hosts, Step::StopUnit, true);
+            // A resumed operation may carry a recorded restore: then it fails, never aborts.
             if let Some((h, c)) = t.failed.first() {
                 return end(
                     op,
-                    Phase::Aborting,
+                    failure_target(op),
                     Some(h.clone()),
                     format!("barrier: {h} could not stop: {c}"),
                     wall,
@@ -644,7 +666,7 @@ pub fn decide_leader(
             if age >= cfg.barrier_timeout {
                 return end(
                     op,
-                    Phase::Aborting,
+                    failure_target(op),
                     t.pending.first().cloned(),
                     format!(
                         "barrier timeout after {:?}: {}",
@@ -720,7 +742,7 @@ pub fn decide_leader(
             },
             Some(Err(c)) => end(
                 op,
-                Phase::Aborting,
+                failure_target(op),
                 None,
                 format!("safety snapshot failed: {c}"),
                 wall,

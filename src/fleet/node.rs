@@ -772,9 +772,14 @@ fn foreign_owner(
         return None; // gone: write over it (CAS on the version we read)
     }
     st.lead = None;
-    if st.claim_write.is_none() {
+    // The claim is a heartbeat too: written at the heartbeat interval, not every round.
+    let due = st
+        .last_heartbeat
+        .is_none_or(|t| now.saturating_sub(t) >= st.cfg.heartbeat_every);
+    if st.claim_write.is_none() && due {
         let id = st.id();
         st.claim_write = Some(id);
+        st.last_heartbeat = Some(now);
         st.heartbeat = Some(st.heartbeat.unwrap_or(0) + 1);
         out.push(Action::WriteClaim {
             id,

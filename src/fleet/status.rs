@@ -101,6 +101,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         excluded: vec![],
         probe: None,
         barrier_clients: vec![],
+        barrier_silent_nodes: vec![],
         abort_requested: None,
     })
 }
@@ -156,8 +157,17 @@ pub fn running_message(op: &OperationDoc) -> String {
     )
 }
 
-/// The Kibanas the barrier waits for, as the leader recorded them.
+/// What the barrier's client check waits for, as the leader recorded it: member nodes that do
+/// not answer, or Kibanas still connected.
 fn clients_line(op: &OperationDoc) -> Option<String> {
+    if !op.barrier_silent_nodes.is_empty() {
+        return Some(format!(
+            "{}: waiting for node(s) {} to answer _nodes/stats/http: a member that does not answer \
+             hides the Kibanas connected to it; judged again once it answers or has left the cluster",
+            op.phase,
+            op.barrier_silent_nodes.join(", ")
+        ));
+    }
     (!op.barrier_clients.is_empty()).then(|| {
         format!(
             "{}: waiting for Kibana clients to disconnect: {}",

@@ -416,6 +416,7 @@ fn barrier_client_check_runs_and_is_retried() {
             last_request_ms: 1,
             closed_ms: (!open).then_some(2),
             last_uri: "/_bulk".into(),
+            ..Default::default()
         }],
     };
     // A Kibana nobody controls still connected: the operation document names it.
@@ -459,6 +460,55 @@ fn barrier_client_check_runs_and_is_retried() {
         .unwrap()
         .cause
         .contains("coordination.barrier_client_check = false"));
+}
+
+#[test]
+fn the_barrier_waits_for_a_member_node_that_does_not_answer_and_says_so() {
+    use crate::fleet::clients::ClientStats;
+    let mut op = op_in(Phase::Barrier);
+    op.barrier_client_check = true;
+    let hosts = all(Step::StopUnit, UnitState::Inactive);
+    let mut m = mem(op.phase);
+    let silent = ClientStats {
+        nodes_total: 3,
+        nodes_failed: 1,
+        failed_nodes: vec!["es3".into()],
+        own_connection_seen: true,
+        clients: vec![],
+    };
+    m.clients = Some((1, Ok(silent.clone()), s(1)));
+    // Recorded for `status`, not an abort.
+    let LeaderDecision::Write { doc: waiting, .. } = decide(&op, &hosts, &m, 2) else {
+        panic!("records the silent node")
+    };
+    assert_eq!(waiting.barrier_silent_nodes, ["es3"]);
+    assert_eq!(waiting.phase, Phase::Barrier);
+    let line = waiting_for(&waiting, &hosts);
+    assert!(line.contains("es3") && line.contains("answer"), "{line}");
+    assert!(waits(decide(&waiting, &hosts, &m, 2)).contains("es3"));
+    // Asked again after retry_every.
+    assert_eq!(
+        runs(decide(&waiting, &hosts, &m, 4)),
+        ClusterStep::CheckKibanaClients { probe: 1 }
+    );
+    // The node has left the cluster: two members answer, the barrier goes on.
+    let left = ClientStats {
+        nodes_total: 2,
+        nodes_failed: 0,
+        failed_nodes: vec![],
+        ..silent.clone()
+    };
+    m.clients = Some((1, Ok(left), s(5)));
+    let LeaderDecision::Write { doc: cleared, .. } = decide(&waiting, &hosts, &m, 5) else {
+        panic!("clears the silent nodes")
+    };
+    assert!(cleared.barrier_silent_nodes.is_empty());
+    moves_to(decide(&cleared, &hosts, &m, 5), Phase::SafetySnapshot);
+    // Still silent at the barrier timeout: aborted, naming the node.
+    m.clients = Some((1, Ok(silent), s(1)));
+    let t = cfg().barrier_timeout.as_secs() + 1;
+    let d = moves_to(decide(&waiting, &hosts, &m, t), Phase::Aborting);
+    assert!(d.error.unwrap().cause.contains("es3"));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! | `unit` | `kibana.unit` exists | systemd has no such unit |
 //! | `kibana_yml` | kibana.yml (`KBN_PATH_CONF` of the unit, else /etc/kibana) against `kibana.status_url`: scheme (`server.ssl.enabled`), port, path (`server.basePath`/`rewriteBasePath`), host | any disagrees (both values and the URL to use) |
 //! | `status_tls` | an https status URL: `server.ssl.certificate` verifies against `kibana.status_ca_file` for the URL's host | it does not |
-//! | `status_credentials` | the status credentials against Elasticsearch (`_security/_authenticate`, `_has_privileges` for `monitor`); none configured: whether the target answers without them | refused; missing before 8.9 (401); lacking `monitor` where 9.x redacts for it |
+//! | `status_credentials` | the status credentials against Elasticsearch (`_security/_authenticate`, `_has_privileges` for `monitor`); none configured: whether the target answers without them (security on: Elasticsearch says so, or kibana.yml authenticates Kibana to it) | refused; missing before 8.9 (401); lacking `monitor` where 9.x redacts for it |
 //! | `plugins` | plugins under the Kibana home built for another version than the target | any (Kibana would refuse to start) |
 //! | `repository` | the target is in the configured repositories (as last refreshed) | missing; a cross-major target names Elastic's repository line |
 //! | `kibana_probe` | Kibana's status, where one answers | TLS, credentials or path refused |
@@ -536,6 +536,17 @@ pub async fn check(
     }
 }
 
+/// The kibana.yml setting with which Kibana authenticates to Elasticsearch, if any (the
+/// password may be in the keystore; the user or the token is what shows).
+fn kibana_authenticates(yml: &KibanaYml) -> Option<&'static str> {
+    [
+        "elasticsearch.username",
+        "elasticsearch.serviceAccountToken",
+    ]
+    .into_iter()
+    .find(|k| yml.get(k).is_some_and(|v| !v.is_empty()))
+}
+
 async fn credentials(ctx: &Ctx<'_>, yml: &KibanaYml, version: Option<&Version>, out: &mut Out) {
     let k = &ctx.settings.kibana;
     let Some(v) = version else {
@@ -556,8 +567,20 @@ async fn credentials(ctx: &Ctx<'_>, yml: &KibanaYml, version: Option<&Version>, 
             "status_credentials",
             format!("no status credentials: Kibana {v} answers a redacted status (no version), so the start step proves the version from the process (started after the install, its home's package.json)"),
         ),
+        // Before 8.9 a status without credentials is a 401, unless security is off. Kibana
+        // authenticating to Elasticsearch (kibana.yml) says its security is on, whatever this
+        // agent's own view of the cluster says (another cluster, a proxy, a reading that fails):
+        // refusing now costs a configuration line, missing it a start step that can never
+        // succeed after the restore.
+        None if kibana_authenticates(yml).is_some() => out.fail(
+            "status_credentials",
+            format!(
+                "kibana.yml authenticates Kibana to Elasticsearch ({}): its security is on, so Kibana {v} answers /api/status without credentials with 401 (before 8.9 there is no redacted status) and the start step could never see it healthy",
+                kibana_authenticates(yml).unwrap_or_default()
+            ),
+            "set kibana.status_username and kibana.status_password_file (a user Elasticsearch knows, with the cluster monitor privilege), or status.allowAnonymous: true in kibana.yml",
+        ),
         None => {
-            // Before 8.9 a status without credentials is a 401, unless security is off.
             let es = crate::es::Client::new(&ctx.settings.elasticsearch);
             let off = match es {
                 Ok(c) => {
@@ -680,6 +703,24 @@ mod tests {
         assert_eq!(w.due(t0 + Duration::from_secs(4), &local), None);
         let why = w.due(t0 + Duration::from_secs(3) + PERIOD, &local).unwrap();
         assert!(why.starts_with("periodic"), "{why}");
+    }
+
+    #[test]
+    fn kibana_authenticating_to_elasticsearch_shows_in_kibana_yml() {
+        let yml = |t: &str| KibanaYml::parse(t).unwrap();
+        assert_eq!(kibana_authenticates(&yml("server.port: 5601\n")), None);
+        assert_eq!(
+            kibana_authenticates(&yml("elasticsearch:\n  username: kibana_system\n")),
+            Some("elasticsearch.username")
+        );
+        assert_eq!(
+            kibana_authenticates(&yml("elasticsearch.serviceAccountToken: AAEAAWVsYXN0aWM\n")),
+            Some("elasticsearch.serviceAccountToken")
+        );
+        assert_eq!(
+            kibana_authenticates(&yml("elasticsearch.username: \"\"\n")),
+            None
+        );
     }
 
     #[test]

@@ -65,19 +65,10 @@ pub fn judge_authenticate(answer: Result<&str, &EsError>) -> Authenticate {
     }
 }
 
-/// The error answers of a cluster without security on its `_security` endpoints.
+/// The error answers of a cluster without security on its `_security` endpoints
+/// ([`crate::es::security_off`]).
 pub fn is_security_off(e: &EsError) -> bool {
-    let EsError::Api { reason, .. } = e else {
-        return false;
-    };
-    let r = reason.to_ascii_lowercase();
-    r.contains("no handler found for uri")
-        // what the test node (8.x without x-pack) really answers to GET _security/_authenticate;
-        // with security, Elasticsearch accepts GET there
-        || (r.contains("incorrect http method for uri [/_security/") && r.contains("method [get]"))
-        || r.contains("security must be explicitly enabled")
-        || r.contains("security is not enabled")
-        || r.contains("non-compliant for [security]")
+    crate::es::security_off(e)
 }
 
 /// `has_all_requested` of a `_has_privileges` answer.
@@ -186,6 +177,8 @@ mod tests {
             // 7.x basic license, security not enabled
             api(500, Some("exception"), "Security must be explicitly enabled when using a [basic] license. Enable security by setting [xpack.security.enabled] to [true] in the elasticsearch.yml file and restart the node."),
             api(403, Some("security_exception"), "current license is non-compliant for [security]"),
+            // recorded from the test node of ES 7.17.29 (no x-pack): a document write to `_security`
+            api(400, Some("invalid_index_name_exception"), "Invalid index name [_security], must not start with '_', '-', or '+'"),
         ] {
             assert!(matches!(judge_authenticate(Err(&off)), Authenticate::SecurityOff { .. }), "{off}");
         }

@@ -534,6 +534,13 @@ async fn kibana_clients(es: &Es, settings: &Settings, r: &mut Report) {
                 ),
             );
         }
+        // (the preflight's judgement says CannotVerify for these; kept for completeness)
+        ClientsVerdict::NodesSilent(nodes) => {
+            r.checks.fail(
+                CheckId::KibanaClients,
+                format!("node(s) {} did not answer _nodes/stats/http: a Kibana connected to them cannot be seen; wait until they answer or have left the cluster", nodes.join(", ")),
+            );
+        }
         ClientsVerdict::CannotVerify(why) => {
             r.checks.fail(
                 CheckId::KibanaClients,

@@ -6,7 +6,11 @@
 //! * prefetch: `apt-get install --download-only` then the same with `--no-download`, which fails
 //!   unless every needed .deb is already in `Dir::Cache::archives`: apt itself checks the cache.
 //! * install: `apt-get install -y --allow-downgrades [--allow-change-held-packages] PKG=VER` with
-//!   `-o Dpkg::Options::=--force-confold` (keep the operator's kibana.yml). **A held package can
+//!   `-o Dpkg::Options::=--force-confold` (keep the operator's kibana.yml) and `--force-confmiss`
+//!   (put back a conffile that is missing: the 7.x packages' unit
+//!   `/etc/systemd/system/kibana.service` is one, and the upgrade to 8.x has the operator delete
+//!   it — without this a rollback to 7.17 installs no unit at all, as dpkg keeps a deleted
+//!   conffile deleted; found by the 7.17 → 8.15 end-to-end test). **A held package can
 //!   only be changed with `--allow-change-held-packages`, and the change clears the hold**
 //!   (`apt-mark showhold` is empty afterwards, measured): hold again afterwards.
 //! * hold: `apt-mark hold|unhold|showhold PKG`.
@@ -159,6 +163,8 @@ impl Apt {
             s("Dpkg::Options::=--force-confold"),
             s("-o"),
             s("Dpkg::Options::=--force-confdef"),
+            s("-o"),
+            s("Dpkg::Options::=--force-confmiss"),
             s("--allow-downgrades"),
         ];
         if held {
@@ -338,7 +344,7 @@ mod tests {
         assert_eq!(
             a.join(" "),
             "-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
-             --allow-downgrades --allow-change-held-packages install kibana=8.14.3"
+             -o Dpkg::Options::=--force-confmiss --allow-downgrades --allow-change-held-packages install kibana=8.14.3"
         );
         let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), false);
         assert!(!a.contains(&s("--allow-change-held-packages")));
