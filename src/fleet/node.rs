@@ -745,7 +745,8 @@ fn host_side(
 /// Whether another live machine owns our host id (a cloned VM, a reused hostname): then this
 /// agent writes only a claim document naming both, takes no step and never leads. An owner whose
 /// heartbeat has not moved for [`FleetConfig::takeover_after`] on our clock is gone (the machine
-/// was reinstalled): its document is taken over by CAS.
+/// was reinstalled): its document is taken over by CAS — while an operation runs, only by an
+/// agent on the same machine (same machine id).
 fn foreign_owner(
     st: &mut NodeState,
     now: Duration,
@@ -766,8 +767,13 @@ fn foreign_owner(
         _ => (other.0.clone(), other.1, now),
     };
     let quiet = now.saturating_sub(seen.2);
+    // Taking over mid-operation is safe only from this very machine (its agent reinstalled,
+    // the same Kibana unit): another machine's quiet agent may have been paused or cut off
+    // while its Kibana runs, stops or restarts, and only its own agent can answer for it.
+    let same_machine = other.0.machine_id == st.cfg.machine.machine_id;
+    let operation_running = st.view.as_ref().is_some_and(|v| !v.doc.phase.is_terminal());
     st.foreign = Some(seen);
-    if quiet >= st.cfg.takeover_after() {
+    if quiet >= st.cfg.takeover_after() && (same_machine || !operation_running) {
         st.foreign = None;
         return None; // gone: write over it (CAS on the version we read)
     }

@@ -2029,7 +2029,7 @@ mod tests {
     use super::*;
 
     /// Seeds that once failed, kept so the schedule that found a bug runs on every build.
-    const REGRESSIONS: &[u64] = &[960560435571, 197430656445, 83605167352];
+    const REGRESSIONS: &[u64] = &[960560435571, 197430656445, 83605167352, 306484421160];
 
     #[test]
     fn happy_path_goes_through_every_phase() {

@@ -1674,17 +1674,60 @@ fn a_second_machine_with_a_taken_host_id_claims_it_and_does_nothing_else() {
             .iter()
             .any(|a| matches!(a, Action::WriteHostDoc { .. })));
     }
-    // The owner went silent for ten heartbeats (it was reinstalled): its document is taken over
-    // by CAS on the version read, never blindly.
+    // The owner went silent for ten heartbeats. While an operation runs another machine never
+    // takes its document over: the owner may only be paused or cut off, its Kibana running.
     let quiet = 400 + cfg().takeover_after().as_secs();
     assert!(!round(&mut clone, 400 + 10, 4)
         .iter()
         .any(|a| matches!(a, Action::WriteHostDoc { .. })));
-    let acts = round(&mut clone, quiet, 4);
+    assert!(!round(&mut clone, quiet, 4)
+        .iter()
+        .any(|a| matches!(a, Action::WriteHostDoc { .. })));
+    // No operation running (it was reinstalled, say): taken over by CAS on the version read,
+    // never blindly.
+    let mut inp = input(
+        quiet + 1,
+        None,
+        vec![{
+            let mut d = owned.clone();
+            d.heartbeat = 4;
+            d
+        }],
+        vec![],
+    );
+    inp.own_version = Some(ver(7));
+    let acts = step(&mut clone, inp);
     assert!(
         acts.iter()
             .any(|a| matches!(a, Action::WriteHostDoc { expected, doc, .. }
             if *expected == Some(ver(7)) && doc.machine == Some(machine("clone")))),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_reinstalled_agent_takes_its_machines_quiet_document_over_even_mid_operation() {
+    // Same machine id, new instance: the same Kibana unit, so the old agent is really gone.
+    let mut c = cfg();
+    c.machine = MachineIdentity {
+        machine_id: "mid-first".into(),
+        instance: "inst-new".into(),
+    };
+    let mut fresh = NodeState::new("a", c, None);
+    let op = sample_op();
+    let mut owned = hd("a", UnitState::Active, None);
+    owned.machine = Some(machine("first"));
+    let quiet = 100 + cfg().takeover_after().as_secs();
+    let mut acts = vec![];
+    for t in [100, quiet] {
+        let mut inp = input(t, Some((1, &op)), vec![owned.clone()], vec![]);
+        inp.own_version = Some(ver(7));
+        acts = step(&mut fresh, inp);
+    }
+    assert!(
+        acts.iter().any(
+            |a| matches!(a, Action::WriteHostDoc { expected, .. } if *expected == Some(ver(7)))
+        ),
         "{acts:?}"
     );
 }
