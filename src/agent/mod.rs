@@ -34,7 +34,7 @@ use crate::host::systemd::SystemdUnits;
 
 pub use cluster_steps::Cluster;
 pub use host_steps::Host;
-pub use progress::ProgressFile;
+pub use progress::{ProgressFile, RevisionFile};
 
 /// How often the agent looks at the world when nothing happens.
 const POLL: Duration = Duration::from_secs(1);
@@ -73,6 +73,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
             settings.coordination.state_dir.display()
         )
     })?;
+    let revisions = RevisionFile::open(&settings.coordination.state_dir)?;
     let mut telemetry = telemetry::Telemetry::new(&settings, boottime);
     let es = Arc::new(Es::new(&settings.elasticsearch)?.with_observer(telemetry.es_observer()));
     telemetry.start(&settings).await?;
@@ -130,7 +131,10 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
     }
     let machine = identity::machine(&settings.coordination.state_dir);
     tracing::info!(host = %host_id, "this agent is {machine}");
-    let node = NodeState::new(host_id.clone(), fleet_config(&settings, machine), resumed);
+    let mut node = NodeState::new(host_id.clone(), fleet_config(&settings, machine), resumed);
+    if let Some(seen) = revisions.load() {
+        node.remember_revision(seen);
+    }
     tracing::info!(host = %host_id, index = %settings.coordination.index, "agent started");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -142,6 +146,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         host,
         cluster,
         progress,
+        revisions,
         node,
         last_hosts: Vec::new(),
         facts: None,
@@ -162,6 +167,7 @@ struct Daemon {
     host: Arc<Host>,
     cluster: Arc<Cluster>,
     progress: ProgressFile,
+    revisions: RevisionFile,
     node: NodeState,
     last_hosts: Vec<HostDoc>,
     /// Host facts, re-read after every host step and at every heartbeat.
@@ -333,6 +339,11 @@ impl Daemon {
                         // Durable before the step it announces: a crash after this resumes it.
                         if let Err(e) = self.progress.store(&p) {
                             tracing::error!(path = %self.progress.path().display(), "cannot record progress: {e}");
+                        }
+                    }
+                    Action::RecordRevision(seen) => {
+                        if let Err(e) = self.revisions.store(&seen) {
+                            tracing::error!(path = %self.revisions.path().display(), "cannot record the revision seen: {e}");
                         }
                     }
                     Action::Wait { what } => {

@@ -1,26 +1,51 @@
-//! The agent's local progress record (`<state_dir>/progress.json`): which step of which
-//! operation this host started or finished, so a restarted agent resumes or reports instead of
-//! guessing. Written atomically and fsynced before the step it announces runs.
+//! The agent's durable local records in its state directory, so a restarted agent resumes or
+//! reports instead of guessing: `progress.json` (which step of which operation this host started
+//! or finished; written before the step it announces runs) and `revision.json` (the highest
+//! revision seen of the current operation: an older one written back while the agent was down
+//! is still a replay). Each written atomically and fsynced.
 
 use std::io::Write;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use crate::fleet::LocalProgress;
+use serde::{de::DeserializeOwned, Serialize};
 
-pub struct ProgressFile {
+use crate::fleet::{LocalProgress, RevisionSeen};
+
+/// One durable JSON record in the state directory.
+pub struct StateFile<T> {
     path: PathBuf,
+    what: &'static str,
+    _record: PhantomData<T>,
 }
+
+pub type ProgressFile = StateFile<LocalProgress>;
+pub type RevisionFile = StateFile<RevisionSeen>;
 
 impl ProgressFile {
     /// Creates the state directory (mode 0700) if needed.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        StateFile::open_named(state_dir, "progress.json", "progress record")
+    }
+}
+
+impl RevisionFile {
+    pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        StateFile::open_named(state_dir, "revision.json", "revision record")
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> StateFile<T> {
+    fn open_named(state_dir: &Path, name: &str, what: &'static str) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(state_dir)?;
-        Ok(ProgressFile {
-            path: state_dir.join("progress.json"),
+        Ok(StateFile {
+            path: state_dir.join(name),
+            what,
+            _record: PhantomData,
         })
     }
 
@@ -30,25 +55,25 @@ impl ProgressFile {
 
     /// The record left by an earlier process; a garbled file is reported and ignored (the
     /// protocol then re-runs the current step, which every step allows).
-    pub fn load(&self) -> Option<LocalProgress> {
+    pub fn load(&self) -> Option<T> {
         let text = std::fs::read_to_string(&self.path).ok()?;
         match serde_json::from_str(&text) {
             Ok(p) => Some(p),
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), "ignoring unreadable progress record: {e}");
+                tracing::warn!(path = %self.path.display(), "ignoring unreadable {}: {e}", self.what);
                 None
             }
         }
     }
 
     /// Replaces the record durably: write a temporary file, fsync, rename, fsync the directory.
-    pub fn store(&self, progress: &LocalProgress) -> std::io::Result<()> {
+    pub fn store(&self, record: &T) -> std::io::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(
-                serde_json::to_string_pretty(progress)
-                    .expect("progress serializes")
+                serde_json::to_string_pretty(record)
+                    .expect("record serializes")
                     .as_bytes(),
             )?;
             f.sync_all()?;

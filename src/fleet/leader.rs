@@ -539,6 +539,8 @@ fn run_or_wait(mem: &LeaderMemory, step: ClusterStep, what: String) -> LeaderDec
 }
 
 /// Decide what the leader does now. Call only while `lease` is valid and no write is in flight.
+// Every input of the decision, explicitly: what the leader read and what it remembers.
+#[allow(clippy::too_many_arguments)]
 pub fn decide_leader(
     op: &OperationDoc,
     hosts: &[HostDoc],
@@ -914,6 +916,7 @@ fn complete_restore(op: &OperationDoc, detail: String, wall: &str) -> LeaderDeci
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decide_restoring(
     op: &OperationDoc,
     hosts: &[HostDoc],

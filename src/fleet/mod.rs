@@ -112,7 +112,9 @@ pub use doc::{
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
-pub use node::{step, Action, Event, Inputs, NodeState, OpRead, RequestId, WriteResult};
+pub use node::{
+    step, Action, Event, Inputs, NodeState, OpRead, RequestId, RevisionSeen, WriteResult,
+};
 pub use status::{
     describe_error, exclude_host, new_operation, outcome, request_abort, resume, running_message,
     waiting_for, withdraw, NewOperation, Outcome,

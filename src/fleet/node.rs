@@ -149,6 +149,9 @@ pub enum Action {
     WriteClaim { id: RequestId, doc: ClaimDoc },
     /// Persist locally (fsync) before executing the next action. No result.
     RecordProgress(LocalProgress),
+    /// Persist the highest revision seen of the current operation (a restarted agent must still
+    /// tell a replayed older revision apart): `<state_dir>/revision.json`.
+    RecordRevision(RevisionSeen),
     /// → [`Event::HostStepDone`].
     RunHostStep {
         id: RequestId,
@@ -476,7 +479,14 @@ impl NodeState {
                         out.push(Action::Wait { what: why });
                         return;
                     }
-                    _ => self.revision_seen = Some((v.doc.id.clone(), v.doc.revision)),
+                    Some((id, r)) if id == &v.doc.id && v.doc.revision == *r => {}
+                    _ => {
+                        self.revision_seen = Some((v.doc.id.clone(), v.doc.revision));
+                        out.push(Action::RecordRevision(RevisionSeen {
+                            operation_id: v.doc.id.clone(),
+                            revision: v.doc.revision,
+                        }));
+                    }
                 }
                 self.observer.observe(&v.doc.id, v.version(), now);
                 let keep_ours = self.view.as_ref().is_some_and(|mine| {
@@ -534,6 +544,21 @@ impl NodeState {
                 out.push(Action::StopActing { reason });
             }
         }
+    }
+}
+
+/// The highest revision of an operation this agent has seen, persisted across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RevisionSeen {
+    pub operation_id: String,
+    pub revision: u64,
+}
+
+impl NodeState {
+    /// What an earlier process of this agent persisted ([`Action::RecordRevision`]): an older
+    /// revision written back while it was down is still a replay.
+    pub fn remember_revision(&mut self, seen: RevisionSeen) {
+        self.revision_seen = Some((seen.operation_id, seen.revision));
     }
 }
 

@@ -316,6 +316,8 @@ struct Machine {
     starts: u64,
     /// Host steps this machine ran (0: the operation never touched it, e.g. a refused clone).
     steps_run: u64,
+    /// The agent's persisted highest revision seen (survives its restarts, like progress).
+    revision_seen: Option<super::RevisionSeen>,
 }
 
 pub(crate) struct Report {
@@ -396,6 +398,7 @@ impl World {
                     lost: false,
                     starts: 0,
                     steps_run: 0,
+                    revision_seen: None,
                 }
             })
             .collect();
@@ -414,6 +417,7 @@ impl World {
                 lost: false,
                 starts: 0,
                 steps_run: 0,
+                revision_seen: None,
             });
         }
         // A lost machine cannot also be the one cloned: the takeover of a silent host id is
@@ -569,7 +573,10 @@ impl World {
             machine_id: format!("m-{h}"),
             instance: format!("i-{h}"),
         };
-        let node = NodeState::new(self.machines[h].id.clone(), cfg, progress);
+        let mut node = NodeState::new(self.machines[h].id.clone(), cfg, progress);
+        if let Some(seen) = self.machines[h].revision_seen.clone() {
+            node.remember_revision(seen);
+        }
         self.machines[h].agent = Some(Agent {
             node,
             inc,
@@ -1241,6 +1248,7 @@ impl World {
     fn dispatch(&mut self, h: usize, inc: u64, action: Action) {
         match action {
             Action::RecordProgress(rec) => self.machines[h].progress = Some(rec),
+            Action::RecordRevision(seen) => self.machines[h].revision_seen = Some(seen),
             Action::Wait { what } => {
                 if what.starts_with("internal") || std::env::var("SIM_TRACE").is_ok() {
                     self.note(format!("{} waits: {what}", self.name(h)));
@@ -1394,7 +1402,10 @@ impl World {
                 self.at(self.t + dur, Ev::HostStepEnd { h, inc, id });
             }
             Action::RunClusterStep { id, step } => self.cluster(h, inc, id, step, lost, reaches),
-            Action::RecordProgress(_) | Action::Wait { .. } | Action::StopActing { .. } => {}
+            Action::RecordProgress(_)
+            | Action::RecordRevision(_)
+            | Action::Wait { .. }
+            | Action::StopActing { .. } => {}
         }
     }
 
@@ -2029,7 +2040,13 @@ mod tests {
     use super::*;
 
     /// Seeds that once failed, kept so the schedule that found a bug runs on every build.
-    const REGRESSIONS: &[u64] = &[960560435571, 197430656445, 83605167352, 306484421160];
+    const REGRESSIONS: &[u64] = &[
+        960560435571,
+        197430656445,
+        83605167352,
+        306484421160,
+        922238249176,
+    ];
 
     #[test]
     fn happy_path_goes_through_every_phase() {
@@ -2151,7 +2168,11 @@ mod tests {
                 let n: u64 = std::env::var("SIM_SEEDS")
                     .ok()
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or(if cfg!(debug_assertions) { 1_000 } else { 10_000 });
+                    .unwrap_or(if cfg!(debug_assertions) {
+                        1_000
+                    } else {
+                        10_000
+                    });
                 let base: u64 = std::env::var("SIM_BASE")
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -2191,7 +2212,10 @@ mod tests {
     /// The simulator can see: each known bug, put back, is caught within the CI seed budget.
     /// Minutes in a debug build: scripts/test runs it in release (`--include-ignored`).
     #[test]
-    #[cfg_attr(debug_assertions, ignore = "release only: scripts/test runs it with --release")]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "release only: scripts/test runs it with --release"
+    )]
     fn each_known_bug_is_caught() {
         let budget: u64 = std::env::var("SIM_BUG_SEEDS")
             .ok()

@@ -1887,3 +1887,34 @@ fn an_older_revision_written_back_is_a_replay_and_is_not_obeyed() {
         .any(|a| matches!(a, Action::Wait { what } if what.contains("a replay"))));
     assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
 }
+
+#[test]
+fn a_restarted_agent_still_refuses_a_revision_older_than_it_persisted() {
+    // Found by the simulator (seed 922238249176): a leader restarted, then read a replayed
+    // revision from before its restore was recorded, and restored a second time.
+    let mut first = NodeState::new("b", cfg(), None);
+    let mut op = op_in(Phase::Stopping);
+    op.revision = 9;
+    let acts = step(&mut first, input(1, Some((20, &op)), vec![], vec![]));
+    let seen = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::RecordRevision(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("the revision seen is persisted");
+    assert_eq!(seen.revision, 9);
+    // The same revision again is not persisted again.
+    let again = step(&mut first, input(2, Some((20, &op)), vec![], vec![]));
+    assert!(!again.iter().any(|a| matches!(a, Action::RecordRevision(_))));
+    let mut restarted = NodeState::new("b", cfg(), None);
+    restarted.remember_revision(seen);
+    let mut old = op.clone();
+    old.revision = 4;
+    old.phase = Phase::Reinstalling;
+    let acts = step(&mut restarted, input(3, Some((21, &old)), vec![], vec![]));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Wait { what } if what.contains("a replay"))));
+    assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
+}
