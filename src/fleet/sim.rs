@@ -1126,9 +1126,13 @@ impl World {
             .as_ref()
             .filter(|p| p.phase == op.phase && p.epoch == op.epoch)
             .is_some_and(|p| {
-                self.host_docs
-                    .get(&self.machines[h].id)
-                    .is_some_and(|d| d.probe_answered >= p.n)
+                // Only this machine's own answer: with a clone the document may be the other's.
+                self.host_docs.get(&self.machines[h].id).is_some_and(|d| {
+                    d.probe_answered >= p.n
+                        && d.machine
+                            .as_ref()
+                            .is_none_or(|m| m.machine_id == format!("m-{h}"))
+                })
             });
         !answered && !matches!(op.phase, Phase::SafetySnapshot | Phase::Restoring)
     }
@@ -2046,6 +2050,7 @@ mod tests {
         83605167352,
         306484421160,
         922238249176,
+        409531159803,
     ];
 
     #[test]
