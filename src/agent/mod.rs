@@ -38,6 +38,8 @@ pub use progress::{ProgressFile, RevisionFile};
 
 /// How often the agent looks at the world when nothing happens.
 const POLL: Duration = Duration::from_secs(1);
+/// How long a stopping agent waits for the writes it already sent.
+const STOP_FLUSH: Duration = Duration::from_secs(5);
 /// How long the agent waits for its first readiness report before it registers.
 const FIRST_READINESS_LIMIT: Duration = Duration::from_secs(30);
 
@@ -187,6 +189,8 @@ impl Daemon {
     async fn run(mut self) -> Result<()> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let mut inflight: Vec<JoinHandle<()>> = Vec::new();
+        // Host steps apart from writes: stopping waits for the steps, not for the next heartbeat.
+        let mut step_tasks: Vec<JoinHandle<()>> = Vec::new();
         let mut cluster_tasks: Vec<JoinHandle<()>> = Vec::new();
         let mut pending: Vec<Event> = Vec::new();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -205,11 +209,20 @@ impl Daemon {
         }
         loop {
             inflight.retain(|h| !h.is_finished());
+            step_tasks.retain(|h| !h.is_finished());
             cluster_tasks.retain(|h| !h.is_finished());
             while let Ok(ev) = rx.try_recv() {
                 pending.push(ev);
             }
-            if stopping && inflight.is_empty() && cluster_tasks.is_empty() && pending.is_empty() {
+            if stopping && step_tasks.is_empty() && cluster_tasks.is_empty() && pending.is_empty() {
+                // Every round writes (a heartbeat at least), so waiting for no write in flight
+                // could last for minutes on a busy host. The writes already sent (the acks of
+                // the steps that just finished among them) get a bounded grace; a lost one is
+                // re-reported from the progress record by the next process.
+                let flush = futures_util::future::join_all(inflight.drain(..));
+                if tokio::time::timeout(STOP_FLUSH, flush).await.is_err() {
+                    tracing::warn!("stopping: writes still in flight after {STOP_FLUSH:?}, left to the next start");
+                }
                 tracing::info!("stopped");
                 return Ok(());
             }
@@ -373,7 +386,7 @@ impl Daemon {
                         let op_id = op_id.clone().unwrap_or_default();
                         let telemetry = self.telemetry.clone();
                         telemetry.host_step_started(&op_id, step.kind());
-                        inflight.push(tokio::spawn(async move {
+                        step_tasks.push(tokio::spawn(async move {
                             let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
                             let forward = {
                                 let tx = tx.clone();

@@ -27,7 +27,7 @@ pub struct EsNode {
 /// reuses a running node).
 pub fn es_node() -> &'static EsNode {
     static NODE: OnceLock<EsNode> = OnceLock::new();
-    NODE.get_or_init(|| {
+    let node = NODE.get_or_init(|| {
         if let (Ok(url), Ok(repo_path)) = (std::env::var("ES_URL"), std::env::var("ES_REPO_PATH")) {
             return EsNode { url, repo_path };
         }
@@ -52,7 +52,55 @@ pub fn es_node() -> &'static EsNode {
             url: get("ES_URL"),
             repo_path: get("ES_REPO_PATH"),
         }
+    });
+    static SETTLED: OnceLock<()> = OnceLock::new();
+    SETTLED.get_or_init(|| settle_kibana_connections(&node.url));
+    node
+}
+
+/// The node is shared by the test binaries, which cargo runs one after the other: a Kibana
+/// stand-in of the previous binary that stopped moments ago still counts as a Kibana that may be
+/// restarting ([`kibana_rollback::fleet::clients::UNCLAIMED_QUIET_MS`]) in this binary's plan,
+/// start and barrier, where nothing claims its address. Once per binary, wait until every such
+/// connection is quiet (open ones belong to a test running now and are left alone).
+fn settle_kibana_connections(url: &str) {
+    use kibana_rollback::fleet::clients::UNCLAIMED_QUIET_MS;
+    let url = url.to_string();
+    let waited = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let es = Es::new(&es_settings(&[&url])).unwrap();
+            let began = std::time::Instant::now();
+            while began.elapsed() < Duration::from_secs(45) {
+                let Ok(stats) = es.http_clients().await else {
+                    return began.elapsed();
+                };
+                let youngest = stats
+                    .clients
+                    .iter()
+                    .filter(|c| c.is_kibana())
+                    .filter_map(|c| c.closed_ago_ms())
+                    .filter(|ago| *ago <= UNCLAIMED_QUIET_MS)
+                    .min();
+                match youngest {
+                    None => return began.elapsed(),
+                    Some(ago) => {
+                        let rest = (UNCLAIMED_QUIET_MS - ago).max(0) as u64 + 500;
+                        tokio::time::sleep(Duration::from_millis(rest)).await;
+                    }
+                }
+            }
+            began.elapsed()
+        })
     })
+    .join()
+    .unwrap();
+    if waited > Duration::from_secs(1) {
+        eprintln!("waited {waited:?} for the Kibana connections of earlier tests to be quiet");
+    }
 }
 
 pub fn es_settings(hosts: &[&str]) -> ElasticsearchSettings {
