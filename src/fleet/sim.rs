@@ -1241,7 +1241,7 @@ impl World {
     fn dispatch(&mut self, h: usize, inc: u64, action: Action) {
         match action {
             Action::RecordProgress(rec) => self.machines[h].progress = Some(rec),
-            Action::Wait { what } => {
+            Action::Wait { what } | Action::Refused { why: what } => {
                 if what.starts_with("internal") || std::env::var("SIM_TRACE").is_ok() {
                     self.note(format!("{} waits: {what}", self.name(h)));
                 }
@@ -1394,7 +1394,10 @@ impl World {
                 self.at(self.t + dur, Ev::HostStepEnd { h, inc, id });
             }
             Action::RunClusterStep { id, step } => self.cluster(h, inc, id, step, lost, reaches),
-            Action::RecordProgress(_) | Action::Wait { .. } | Action::StopActing { .. } => {}
+            Action::RecordProgress(_)
+            | Action::Wait { .. }
+            | Action::Refused { .. }
+            | Action::StopActing { .. } => {}
         }
     }
 
@@ -2151,7 +2154,11 @@ mod tests {
                 let n: u64 = std::env::var("SIM_SEEDS")
                     .ok()
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or(if cfg!(debug_assertions) { 1_000 } else { 10_000 });
+                    .unwrap_or(if cfg!(debug_assertions) {
+                        1_000
+                    } else {
+                        10_000
+                    });
                 let base: u64 = std::env::var("SIM_BASE")
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -2191,7 +2198,10 @@ mod tests {
     /// The simulator can see: each known bug, put back, is caught within the CI seed budget.
     /// Minutes in a debug build: scripts/test runs it in release (`--include-ignored`).
     #[test]
-    #[cfg_attr(debug_assertions, ignore = "release only: scripts/test runs it with --release")]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "release only: scripts/test runs it with --release"
+    )]
     fn each_known_bug_is_caught() {
         let budget: u64 = std::env::var("SIM_BUG_SEEDS")
             .ok()
