@@ -349,10 +349,11 @@ async fn agent_restarted_mid_install() {
 
 // ---- 4. the install failing on one host after the restore -------------------------------------
 
-/// One host's downgrade fails in dpkg (its /etc/default/kibana, which the package's postinst
-/// sources, ends in `exit 1`): the other two hosts serve on the target, the operation is `failed`
-/// naming the host, dpkg's own error line and `start --resume`; the broken host's Kibana is kept
-/// stopped. Fixed, `start --resume --wait` finishes it `done`.
+/// One host's downgrade fails in dpkg (a local dpkg configuration with a `post-invoke` hook that
+/// fails: dpkg unpacks the package, then errors out, leaving it unpacked and unconfigured): the
+/// other two hosts serve on the target, the operation is `failed` naming the host, dpkg's own
+/// error line and `start --resume`; the broken host's Kibana is kept stopped. Fixed, `start
+/// --resume --wait` finishes it `done` (the resumed step configures the half-installed package).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_failing_on_one_host_after_the_restore() {
     let t0 = Instant::now();
@@ -366,11 +367,7 @@ async fn install_failing_on_one_host_after_the_restore() {
     )
     .await;
     let broken = fleet.host(2);
-    broken.exec_ok(&[
-        "sh",
-        "-c",
-        "echo 'exit 1 # kr-broken' >> /etc/default/kibana",
-    ]);
+    broken.write("/etc/dpkg/dpkg.cfg.d/kr-broken", "post-invoke=/bin/false\n");
     let (ok, _, trigger) = fleet.trigger();
     assert!(!ok, "a failed operation fails the trigger: {trigger}");
     let op = fleet.wait_phase(&["failed"], Duration::from_secs(60));
@@ -384,7 +381,7 @@ async fn install_failing_on_one_host_after_the_restore() {
     assert_eq!(failures[0]["host"], broken.name.as_str(), "{op}");
     let cause = failures[0]["cause"].as_str().unwrap_or("");
     assert!(
-        cause.contains("dpkg: error processing package kibana"),
+        cause.contains("dpkg: error: error executing hook '/bin/false'"),
         "dpkg's own error line: {cause}"
     );
     assert!(text.contains("start --resume"), "the fix is named: {op}");
@@ -411,7 +408,13 @@ async fn install_failing_on_one_host_after_the_restore() {
     );
     support.check("failed naming host, dpkg's line and start --resume; others serve");
 
-    broken.exec_ok(&["sed", "-i", "/kr-broken/d", "/etc/default/kibana"]);
+    assert!(
+        broken
+            .exec_ok(&["dpkg-query", "-W", "-f", "${db:Status-Abbrev}", "kibana"])
+            .starts_with("iU"),
+        "dpkg left kibana unpacked, not configured"
+    );
+    broken.exec_ok(&["rm", "/etc/dpkg/dpkg.cfg.d/kr-broken"]);
     let out = fleet.cli(fleet.first(), &["start", "--resume", "--wait"]);
     assert!(
         out.status.success(),
@@ -619,22 +622,12 @@ async fn two_machines_with_one_host_id() {
         "two machines"
     );
     clone.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
-    let claim_url = format!("{}/_search?q=_id:claim-*", fleet.index);
-    wait_for(
-        "the clone's claim document",
-        Duration::from_secs(60),
-        || {
-            fleet.cluster.get(&claim_url).is_some_and(|v| {
-                v["hits"]["hits"].as_array().is_some_and(|h| {
-                    h.iter().any(|d| {
-                        d["_id"]
-                            .as_str()
-                            .unwrap_or("")
-                            .starts_with(&format!("claim-{}", owner.name))
-                    })
-                })
-            })
-        },
+    let prefix = format!("claim-{}-", owner.name);
+    assert!(
+        wait_until(Duration::from_secs(60), || !claim_ids(&fleet, &prefix)
+            .is_empty()),
+        "no claim document from the clone; its journal:\n{}",
+        fleet.journal(clone, "kibana-rollbackd.service")
     );
     let journal = fleet.journal(clone, "kibana-rollbackd.service");
     fleet.log(&format!("clone's journal:\n{journal}"));
@@ -705,6 +698,22 @@ async fn two_machines_with_one_host_id() {
     support.pass();
     fleet.teardown().await;
     timed("two_machines_with_one_host_id", t0);
+}
+
+/// The ids of the coordination index's documents starting with `prefix`.
+fn claim_ids(fleet: &Fleet, prefix: &str) -> Vec<String> {
+    let v = fleet
+        .cluster
+        .get(&format!("{}/_search?size=200", fleet.index))
+        .unwrap_or(Value::Null);
+    v["hits"]["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["_id"].as_str())
+        .filter(|id| id.starts_with(prefix))
+        .map(String::from)
+        .collect()
 }
 
 // ---- 8. a forged operation document -----------------------------------------------------------
