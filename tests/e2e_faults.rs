@@ -161,6 +161,7 @@ async fn leader_killed_while_restoring_and_while_reinstalling() {
     });
     let (first, epoch1) = (leader_of(&op), op["epoch"].as_u64().unwrap());
     sigkill_agent(fleet.hosts.get(&first));
+    let killed_at = Instant::now();
     fleet.log(&format!(
         "killed {first}'s agent in restoring (epoch {epoch1})"
     ));
@@ -188,10 +189,19 @@ async fn leader_killed_while_restoring_and_while_reinstalling() {
         "the first restore request was held: {held:?}"
     );
     fleet.log(&format!(
-        "held restore: {:?}; restores forwarded: {}",
+        "held restore: {:?}, sent {} the kill; restores forwarded: {}",
         held[0].fate,
+        if held[0].since < killed_at {
+            "before"
+        } else {
+            "after"
+        },
         p.forwarded("/_restore").len()
     ));
+    // A restore held when its sender was killed never reaches Elasticsearch.
+    if held[0].since < killed_at {
+        assert_eq!(held[0].fate, HeldFate::Dropped, "{held:?}");
+    }
     // Both killed agents came back (Restart=on-failure).
     for h in [&first, &second] {
         let h = fleet.hosts.get(h);
@@ -691,6 +701,23 @@ async fn two_machines_with_one_host_id() {
             None,
         )
         .await;
+    assert!(
+        claim_ids(&fleet, &prefix).is_empty(),
+        "the claim is deleted"
+    );
+    // `plan` passes once the clone's Kibana (stopped above) has been quiet for 30 s.
+    let mut last = String::new();
+    let passed = wait_until(Duration::from_secs(60), || {
+        let plan = fleet.cli(owner, &["plan"]);
+        last = String::from_utf8_lossy(&plan.stdout).into_owned();
+        plan.status.success()
+    });
+    assert!(
+        passed,
+        "plan still fails (claims {:?}, clone's agent {}):\n{last}",
+        claim_ids(&fleet, "claim-"),
+        unit_state(clone, "kibana-rollbackd.service")
+    );
     let (ok, _, trigger) = fleet.trigger();
     assert!(ok, "{trigger}\n{}", fleet.agent_journals());
     fleet.assert_done(&mut support).await;
