@@ -135,10 +135,11 @@ fn timed(name: &str, t0: Instant) {
 
 // ---- 1. the leader SIGKILLed during restoring, its successor during reinstalling -------------
 
-/// The leader's agent is SIGKILLed while the operation is `restoring` (its restore request held
-/// 3 s by the proxy, so the kill lands while it is in flight), and the next leader's agent while
-/// it is `reinstalling`: each time another agent takes over at a higher epoch, and the node counts
-/// exactly one restore.
+/// The leader's agent is SIGKILLed while the operation is `restoring`, its restore request in
+/// flight (held 3 s by the proxy: the kill closes the connection, so the request never reaches
+/// Elasticsearch), and the next leader's agent while it is `reinstalling`: each time another agent
+/// takes over at a higher epoch, the successor's inspection finds no restore and sends its own, and
+/// the node counts exactly one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_while_restoring_and_while_reinstalling() {
     let t0 = Instant::now();
@@ -156,9 +157,14 @@ async fn leader_killed_while_restoring_and_while_reinstalling() {
     p.hold("/_restore", 1, Duration::from_secs(3));
     fleet.trigger_no_block();
 
-    let op = poll_op(&fleet, Duration::from_secs(120), |op| {
-        op["phase"] == "restoring" && !leader_of(op).is_empty()
-    });
+    // The kill lands while the leader's restore request is in flight (held by the proxy).
+    wait_for(
+        "the leader's restore request held",
+        Duration::from_secs(120),
+        || !p.held().is_empty(),
+    );
+    let op = fleet.operation_doc().expect("the operation runs");
+    assert_eq!(op["phase"], "restoring", "{op}");
     let (first, epoch1) = (leader_of(&op), op["epoch"].as_u64().unwrap());
     sigkill_agent(fleet.hosts.get(&first));
     let killed_at = Instant::now();
@@ -198,10 +204,11 @@ async fn leader_killed_while_restoring_and_while_reinstalling() {
         },
         p.forwarded("/_restore").len()
     ));
-    // A restore held when its sender was killed never reaches Elasticsearch.
-    if held[0].since < killed_at {
-        assert_eq!(held[0].fate, HeldFate::Dropped, "{held:?}");
-    }
+    // The restore held when its sender was killed never reaches Elasticsearch: the successor's
+    // is the one restore.
+    assert!(held[0].since < killed_at, "{held:?}");
+    assert_eq!(held[0].fate, HeldFate::Dropped, "{held:?}");
+    assert_eq!(p.forwarded("/_restore").len(), 1);
     // Both killed agents came back (Restart=on-failure).
     for h in [&first, &second] {
         let h = fleet.hosts.get(h);
@@ -605,12 +612,27 @@ async fn stale_operation_released_and_a_new_start_recovers() {
 
 /// A fourth machine configured with the first host's id (a cloned VM): its agent writes a claim
 /// and does nothing else, naming the owner in its journal; `status` and `plan` name both
-/// machines and `start` refuses while the claim stands. With the clone's agent gone and its claim
-/// deleted, the rollback ends `done`.
+/// machines and `start` refuses while the claim stands. With the clone's agent stopped and its
+/// claim deleted the rollback starts; the clone's agent started again mid-operation (while a slow
+/// Kibana stop holds the fleet in `stopping`) blocks everything restore-side: no safety snapshot,
+/// no restore while its claim stands. Cleared again, the rollback ends `done`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_machines_with_one_host_id() {
     let t0 = Instant::now();
-    let Some(fleet) = spec("kc").unmanaged(1).stage().await else {
+    let Some(fleet) = spec("kc")
+        .unmanaged(1)
+        .tweak(|h, i| {
+            if i == 1 {
+                // Its Kibana takes 8 s to stop: the fleet stays in `stopping` meanwhile.
+                h.write(
+                    "/etc/systemd/system/kibana.service.d/slow-stop.conf",
+                    "[Service]\nExecStop=/bin/sleep 8\nTimeoutStopSec=60\n",
+                );
+            }
+        })
+        .stage()
+        .await
+    else {
         return;
     };
     let mut support = Support::for_fleet(
@@ -690,17 +712,17 @@ async fn two_machines_with_one_host_id() {
 
     // The operator's fix: the clone's agent gone, its claim deleted.
     clone.exec_ok(&["systemctl", "stop", "kibana-rollbackd.service"]);
-    fleet
-        .cluster
-        .raw(
-            "POST",
-            &format!(
-                "{}/_delete_by_query?q=_id:claim-*&refresh=true",
-                fleet.index
-            ),
-            None,
-        )
-        .await;
+    for id in claim_ids(&fleet, &prefix) {
+        let (s, v) = fleet
+            .cluster
+            .raw(
+                "DELETE",
+                &format!("{}/_doc/{id}?refresh=true", fleet.index),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
     assert!(
         claim_ids(&fleet, &prefix).is_empty(),
         "the claim is deleted"
@@ -718,7 +740,48 @@ async fn two_machines_with_one_host_id() {
         claim_ids(&fleet, "claim-"),
         unit_state(clone, "kibana-rollbackd.service")
     );
-    let (ok, _, trigger) = fleet.trigger();
+    fleet.trigger_no_block();
+    fleet.wait_phase(&["stopping"], Duration::from_secs(60));
+    clone.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !claim_ids(&fleet, &prefix)
+            .is_empty()),
+        "the clone's claim is back"
+    );
+    fleet.log("the clone's agent runs again mid-operation");
+    // Long enough for the slow stop to end and the barrier to be reached without the claim.
+    std::thread::sleep(Duration::from_secs(15));
+    let op = fleet.operation_doc().expect("the operation runs");
+    let st = fleet.cli(owner, &["status"]);
+    fleet.log(&format!(
+        "while the claim stands: phase {}; status:\n{}",
+        op["phase"],
+        String::from_utf8_lossy(&st.stdout)
+    ));
+    assert!(
+        matches!(op["phase"].as_str(), Some("stopping" | "barrier")),
+        "nothing restore-side while the claim stands: {op}"
+    );
+    assert!(op["restore"].is_null(), "{op}");
+    assert!(fleet.restores().await.is_empty(), "no restore");
+    assert_eq!(
+        fleet.snapshot_names().await,
+        ["nightly-data", "pre-upgrade"],
+        "no safety snapshot while the claim stands"
+    );
+    support.check("mid-operation claim blocks the safety snapshot and the restore");
+    clone.exec_ok(&["systemctl", "stop", "kibana-rollbackd.service"]);
+    for id in claim_ids(&fleet, &prefix) {
+        fleet
+            .cluster
+            .raw(
+                "DELETE",
+                &format!("{}/_doc/{id}?refresh=true", fleet.index),
+                None,
+            )
+            .await;
+    }
+    let (ok, trigger) = fleet.wait_trigger(Duration::from_secs(180));
     assert!(ok, "{trigger}\n{}", fleet.agent_journals());
     fleet.assert_done(&mut support).await;
     support.check("claim cleared: done");
