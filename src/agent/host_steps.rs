@@ -284,24 +284,28 @@ impl Host {
         resumed: bool,
         progress: &tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<String, String> {
-        if resumed {
-            // The previous run was interrupted, maybe inside dpkg: finish what it left first.
-            tracing::info!("resuming an interrupted reinstall of {version}: repairing first");
-            self.pkg
-                .repair()
-                .await
-                .map_err(|e| format!("repairing the interrupted install: {e}"))?;
-        }
-        let (name, v) = self.resolve(version).await?;
-        // Held before the install, so the package's own restart (Elastic's 8.x+ .deb restarts
-        // kibana.service on upgrade and downgrade: RESTART_ON_UPGRADE in /etc/default/kibana)
-        // is refused too: the start step starts Kibana.
+        // Held before the install (and before a repair, which configures the package too), so
+        // the package's own restart (Elastic's 8.x+ .deb restarts kibana.service on upgrade and
+        // downgrade: RESTART_ON_UPGRADE in /etc/default/kibana) is refused too: the start step
+        // starts Kibana.
         let hold = self.hold();
         if !hold.is_held() {
             hold.apply(&self.units)
                 .await
                 .map_err(|e| format!("the start hold failed: {e}"))?;
         }
+        if resumed {
+            // The previous run was interrupted or failed, maybe inside dpkg: finish what it left
+            // first.
+            tracing::info!(
+                "resuming an interrupted or failed reinstall of {version}: repairing first"
+            );
+            self.pkg
+                .repair()
+                .await
+                .map_err(|e| format!("repairing the interrupted install: {e}"))?;
+        }
+        let (name, v) = self.resolve(version).await?;
         // While it runs, say what it waits for: another process on the package manager's lock
         // (unattended-upgrades, an admin's apt) makes the install wait, visibly.
         let watch = {

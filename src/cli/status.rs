@@ -132,6 +132,14 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         }
     };
     let find = |id: &str| docs.iter().find(|d| d.host_id == id);
+    // Two machines with one host id (a cloned VM): the second one's claim, for the hosts shown.
+    let claims: Vec<fleet::ClaimDoc> = coord
+        .claims()
+        .await
+        .unwrap_or_default() // no claim document was ever written
+        .into_iter()
+        .filter(|c| ids.contains(&c.host_id))
+        .collect();
     let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &docs));
     let target = op
         .as_ref()
@@ -149,6 +157,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             "operation": operation,
             "hosts": ids.iter().map(|id| host_json(id, find(id), op.as_ref(), target)).collect::<Vec<_>>(),
             "waiting_for": waiting,
+            "claims": claims,
             "last_finished": last.map(outcome_json),
         }));
         return Ok(exit::OK);
@@ -238,6 +247,16 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             .map(|id| host_row(id, find(id), op.as_ref()))
             .collect();
         print_table(&["HOST", "UNIT", "VERSION", "HELD", "STEP", "AGENT"], &rows);
+    }
+    for c in &claims {
+        println!(
+            "host id {} is claimed by two machines: {} owns it, {} also runs an agent with it (it does nothing); give each machine its own coordination.host_id, then delete {}/_doc/{}",
+            c.host_id,
+            c.owner.as_ref().map(|o| o.to_string()).unwrap_or_else(|| "?".into()),
+            c.machine,
+            coord.index,
+            fleet::ClaimDoc::doc_id(&c.host_id, &c.machine)
+        );
     }
     Ok(exit::OK)
 }

@@ -238,6 +238,20 @@ pub fn decide_host_within(
         Some(StepResult::InProgress) | None => {}
     }
     let mut resumed = false;
+    // The same step of this operation run at an earlier epoch that failed or was cut (a `start
+    // --resume` redoes it at a new epoch): it may have left the package half-installed, so the
+    // redo repairs first, as after a crash.
+    if let Some(p) =
+        progress.filter(|p| p.operation_id == op.id && p.step == step && !p.matches(op, step))
+    {
+        resumed = !matches!(
+            p.state,
+            ProgressState::Finished {
+                result: StepResult::Ok,
+                ..
+            }
+        );
+    }
     if let Some(p) = progress.filter(|p| p.matches(op, step)) {
         match &p.state {
             ProgressState::Finished { result, detail } => {
@@ -536,5 +550,53 @@ mod tests {
             decide_host(Some(&op), "a", Some(&inprog), &f, Some(&p)),
             again
         );
+    }
+
+    #[test]
+    fn redoing_a_step_that_failed_at_an_earlier_epoch_repairs_first() {
+        // `start --resume`: the phase runs again at a new epoch; this host's last run of the
+        // step failed (dpkg may have left the package unpacked, not configured).
+        let mut op = op_in(Phase::Reinstalling);
+        op.epoch = 3;
+        op.phase_epoch = 3;
+        let f = facts(UnitState::Inactive);
+        let failed = LocalProgress {
+            operation_id: op.id.clone(),
+            epoch: 2,
+            step: Step::Reinstall,
+            state: ProgressState::Finished {
+                result: StepResult::Failed {
+                    cause: "dpkg: error: error executing hook".into(),
+                },
+                detail: String::new(),
+            },
+        };
+        let HostDecision::Run { resumed, .. } =
+            decide_host(Some(&op), "a", None, &f, Some(&failed))
+        else {
+            panic!("the step runs again")
+        };
+        assert!(resumed, "the redo repairs first");
+        // One that succeeded at the earlier epoch (redone because another host failed): no repair.
+        let ok = LocalProgress {
+            state: ProgressState::Finished {
+                result: StepResult::Ok,
+                detail: String::new(),
+            },
+            ..failed.clone()
+        };
+        assert!(matches!(
+            decide_host(Some(&op), "a", None, &f, Some(&ok)),
+            HostDecision::Run { resumed: false, .. }
+        ));
+        // Another operation's record: no repair.
+        let other = LocalProgress {
+            operation_id: "another".into(),
+            ..failed
+        };
+        assert!(matches!(
+            decide_host(Some(&op), "a", None, &f, Some(&other)),
+            HostDecision::Run { resumed: false, .. }
+        ));
     }
 }

@@ -162,6 +162,9 @@ pub enum Action {
     RunClusterStep { id: RequestId, step: ClusterStep },
     /// Nothing to do until something changes; `what` is for logs and `status`.
     Wait { what: String },
+    /// This agent refuses to act at all until the operator fixes something (another machine owns
+    /// its host id): unlike [`Action::Wait`], an operator must see it in the journal.
+    Refused { why: String },
     /// This node is no longer leader: cancel what can be cancelled of its cluster steps.
     StopActing { reason: String },
 }
@@ -651,7 +654,7 @@ fn host_side(
 ) {
     let own = hosts.iter().find(|h| h.host_id == st.host_id);
     if let Some(why) = foreign_owner(st, now, own, out) {
-        out.push(Action::Wait { what: why });
+        out.push(Action::Refused { why });
         return;
     }
     if st.my_ack.is_none() {

@@ -1253,7 +1253,7 @@ impl World {
         match action {
             Action::RecordProgress(rec) => self.machines[h].progress = Some(rec),
             Action::RecordRevision(seen) => self.machines[h].revision_seen = Some(seen),
-            Action::Wait { what } => {
+            Action::Wait { what } | Action::Refused { why: what } => {
                 if what.starts_with("internal") || std::env::var("SIM_TRACE").is_ok() {
                     self.note(format!("{} waits: {what}", self.name(h)));
                 }
@@ -1409,6 +1409,7 @@ impl World {
             Action::RecordProgress(_)
             | Action::RecordRevision(_)
             | Action::Wait { .. }
+            | Action::Refused { .. }
             | Action::StopActing { .. } => {}
         }
     }

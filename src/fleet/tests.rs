@@ -1654,7 +1654,7 @@ fn a_second_machine_with_a_taken_host_id_claims_it_and_does_nothing_else() {
         "{acts:?}"
     );
     assert!(acts.iter().any(
-        |a| matches!(a, Action::Wait { what } if what.contains("belongs to machine mid-first"))
+        |a| matches!(a, Action::Refused { why } if why.contains("belongs to machine mid-first"))
     ));
     for a in &acts {
         assert!(

@@ -35,17 +35,25 @@ impl Output {
         self.code == Some(0)
     }
 
-    /// This output as a [`PkgError::Command`].
+    /// This output as a [`PkgError::Command`]: the tail of stderr (or stdout), led by dpkg's own
+    /// error lines when they are elsewhere — apt-get passes dpkg's messages on to its stdout, so
+    /// its stderr holds only "E: Sub-process /usr/bin/dpkg returned an error code (N)", which
+    /// does not say what went wrong.
     pub(crate) fn error(&self) -> PkgError {
         let tail = if self.stderr.trim().is_empty() {
             &self.stdout
         } else {
             &self.stderr
         };
+        let mut tail = tail_of(tail, TAIL_BYTES);
+        let dpkg = dpkg_error_lines(&self.stdout);
+        if !dpkg.is_empty() && !tail.contains(&dpkg) {
+            tail = format!("{dpkg}\n{tail}");
+        }
         PkgError::Command {
             cmdline: self.cmdline.clone(),
             code: self.code,
-            stderr_tail: tail_of(tail, TAIL_BYTES),
+            stderr_tail: tail,
         }
     }
 }
@@ -155,6 +163,32 @@ impl Runner {
     }
 }
 
+/// dpkg's error messages in `out`: each line starting with `dpkg: error` with the indented lines
+/// that continue it, and the closing "Errors were encountered while processing:" list; the last
+/// [`DPKG_ERROR_LINES`] of them, joined by newlines ("" when there are none).
+fn dpkg_error_lines(out: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    let mut in_block = false;
+    for line in out.lines() {
+        let line = line.trim_end();
+        if line.starts_with("dpkg: error")
+            || line.starts_with("Errors were encountered while processing")
+        {
+            in_block = true;
+            lines.push(line);
+        } else if in_block && line.starts_with(' ') && !line.trim().is_empty() {
+            lines.push(line);
+        } else {
+            in_block = false;
+        }
+    }
+    let from = lines.len().saturating_sub(DPKG_ERROR_LINES);
+    lines[from..].join("\n")
+}
+
+/// How many of dpkg's error lines an error keeps.
+const DPKG_ERROR_LINES: usize = 8;
+
 /// `prog arg 'arg with space'` — for messages and logs only, never executed.
 pub(crate) fn render_cmdline(program: &str, args: &[String]) -> String {
     let mut s = quote(program);
@@ -203,6 +237,40 @@ pub(crate) fn tail_of(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpkg_errors_on_apts_stdout_lead_the_error() {
+        let out = Output {
+            cmdline: "apt-get install kibana=8.14.3".into(),
+            code: Some(100),
+            stdout: "Preparing to unpack .../kibana_8.14.3_amd64.deb ...\n\
+                     Unpacking kibana (8.14.3) over (8.15.0) ...\n\
+                     Setting up kibana (8.14.3) ...\n\
+                     dpkg: error processing package kibana (--configure):\n \
+                     installed kibana package post-installation script subprocess returned error exit status 1\n\
+                     Errors were encountered while processing:\n kibana\n"
+                .into(),
+            stderr: "E: Sub-process /usr/bin/dpkg returned an error code (1)\n".into(),
+        };
+        assert_eq!(
+            out.error().to_string(),
+            "`apt-get install kibana=8.14.3` exited with code 100: \
+             dpkg: error processing package kibana (--configure):\n \
+             installed kibana package post-installation script subprocess returned error exit status 1\n\
+             Errors were encountered while processing:\n kibana\n\
+             E: Sub-process /usr/bin/dpkg returned an error code (1)"
+        );
+        // Nothing of dpkg's: the tail alone, as before.
+        let plain = Output {
+            stdout: "Reading package lists...\n".into(),
+            stderr: "E: Unable to locate package kibana\n".into(),
+            ..out
+        };
+        assert_eq!(
+            plain.error().to_string(),
+            "`apt-get install kibana=8.14.3` exited with code 100: E: Unable to locate package kibana"
+        );
+    }
 
     #[test]
     fn cmdline_quotes_only_when_needed() {
