@@ -764,11 +764,27 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         _ => PackageManagerKind::Auto,
     };
     let (extra_args, _) = r.list("package_manager.extra_args");
+    let command_timeout = r.duration("package_manager.command_timeout")?;
+    let lock_timeout = r.duration("package_manager.lock_timeout")?;
+    if lock_timeout >= command_timeout {
+        let (value, origin) = r.string("package_manager.lock_timeout").expect("default");
+        return Err(ConfigError::at(
+            &origin,
+            "package_manager.lock_timeout",
+            Some(format!("{value:?}")),
+            format!(
+                "must be shorter than package_manager.command_timeout ({}): the command would be stopped while it waits for dpkg's lock",
+                humantime::format_duration(command_timeout)
+            ),
+        )
+        .fix("lower package_manager.lock_timeout or raise package_manager.command_timeout"));
+    }
     let package_manager = PackageManagerSettings {
         kind,
         hold: r.bool("package_manager.hold"),
         extra_args,
-        command_timeout: r.duration("package_manager.command_timeout")?,
+        command_timeout,
+        lock_timeout,
     };
 
     let metrics = metrics_settings(&r)?;

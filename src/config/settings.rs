@@ -136,6 +136,8 @@ pub struct PackageManagerSettings {
     pub extra_args: Vec<String>,
     /// Time limit of one package-manager command.
     pub command_timeout: Duration,
+    /// How long apt-get waits for dpkg's lock (`DPkg::Lock::Timeout`).
+    pub lock_timeout: Duration,
 }
 
 impl Default for PackageManagerSettings {
@@ -145,6 +147,7 @@ impl Default for PackageManagerSettings {
             hold: true,
             extra_args: Vec::new(),
             command_timeout: Duration::from_secs(15 * 60),
+            lock_timeout: Duration::from_secs(5 * 60),
         }
     }
 }

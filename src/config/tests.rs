@@ -62,7 +62,35 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.rollback.snapshot, SnapshotSelector::Latest);
     assert!(s.rollback.safety_snapshot);
     assert_eq!(s.package_manager.kind, PackageManagerKind::Auto);
+    assert_eq!(s.package_manager.lock_timeout, Duration::from_secs(300));
     assert_eq!(s.elasticsearch.auth, EsAuth::None);
+}
+
+#[test]
+fn dpkg_lock_wait_is_configurable_and_shorter_than_the_command_limit() {
+    let f = Fixture::new();
+    let s = f
+        .load(&format!(
+            "{MINIMAL}
+[package_manager]
+lock_timeout = \"90s\"\n"
+        ))
+        .unwrap()
+        .settings;
+    assert_eq!(s.package_manager.lock_timeout, Duration::from_secs(90));
+    let e = err(
+        &f,
+        &format!(
+            "{MINIMAL}
+[package_manager]
+lock_timeout = \"20m\"\n"
+        ),
+    );
+    assert!(
+        e.contains("package_manager.lock_timeout = \"20m\": must be shorter than package_manager.command_timeout (15m)"),
+        "{e}"
+    );
+    assert!(e.contains("fix: lower package_manager.lock_timeout"), "{e}");
 }
 
 fn err(f: &Fixture, main: &str) -> String {

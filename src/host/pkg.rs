@@ -241,7 +241,11 @@ impl PackageManager {
         }
         let extra_args = settings.extra_args.clone();
         let backend = match kind {
-            PkgKind::Apt => Backend::Apt(Apt { run, extra_args }),
+            PkgKind::Apt => Backend::Apt(Apt {
+                run,
+                extra_args,
+                lock_wait: apt::lock_wait(settings.lock_timeout),
+            }),
             PkgKind::Dnf => Backend::Dnf(Dnf { run, extra_args }),
             PkgKind::Auto => unreachable!("resolved above"),
         };

@@ -25,10 +25,15 @@ use super::{PackageName, PackageVersion, PkgError, Prefetched};
 pub struct Apt {
     pub(crate) run: Runner,
     pub(crate) extra_args: Vec<String>,
+    /// `DPkg::Lock::Timeout=<s>`: wait for a concurrent apt/dpkg run (unattended-upgrades)
+    /// instead of failing at once (`package_manager.lock_timeout`).
+    pub(crate) lock_wait: String,
 }
 
-/// Wait for a concurrent apt/dpkg run (unattended-upgrades) instead of failing at once.
-const LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+/// The `-o` value that makes apt-get wait `timeout` for dpkg's lock.
+pub(crate) fn lock_wait(timeout: std::time::Duration) -> String {
+    format!("DPkg::Lock::Timeout={}", timeout.as_secs().max(1))
+}
 
 fn s(a: &str) -> String {
     a.to_string()
@@ -47,7 +52,7 @@ impl Apt {
 
     /// `apt-get update`.
     pub async fn refresh(&self) -> Result<(), PkgError> {
-        self.apt_get(&[s("-q"), s("-o"), s(LOCK_WAIT), s("update")])
+        self.apt_get(&[s("-q"), s("-o"), self.lock_wait.clone(), s("update")])
             .await
             .map(|_| ())
     }
@@ -153,12 +158,17 @@ impl Apt {
             .map(|_| ())
     }
 
-    fn install_args(pkg: &PackageName, ver: &PackageVersion, held: bool) -> Vec<String> {
+    fn install_args(
+        lock_wait: &str,
+        pkg: &PackageName,
+        ver: &PackageVersion,
+        held: bool,
+    ) -> Vec<String> {
         let mut a = vec![
             s("-y"),
             s("-q"),
             s("-o"),
-            s(LOCK_WAIT),
+            s(lock_wait),
             s("-o"),
             s("Dpkg::Options::=--force-confold"),
             s("-o"),
@@ -183,7 +193,7 @@ impl Apt {
     ) -> Result<Prefetched, PkgError> {
         // With --download-only, a held package still needs --allow-change-held-packages
         // (apt refuses "Held packages were changed"); nothing is installed, the hold stays.
-        let mut a = Self::install_args(pkg, ver, true);
+        let mut a = Self::install_args(&self.lock_wait, pkg, ver, true);
         a.insert(0, s("--download-only"));
         self.apt_get(&a).await?;
         // --no-download: apt must find every archive in its cache or it fails.
@@ -208,7 +218,10 @@ impl Apt {
         held: bool,
     ) -> Result<(), PkgError> {
         self.run
-            .run_transaction("apt-get", &self.args(&Self::install_args(pkg, ver, held)))
+            .run_transaction(
+                "apt-get",
+                &self.args(&Self::install_args(&self.lock_wait, pkg, ver, held)),
+            )
             .await
             .map(|_| ())
     }
@@ -340,13 +353,24 @@ mod tests {
 
     #[test]
     fn install_argv() {
-        let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), true);
+        let wait = lock_wait(std::time::Duration::from_secs(300));
+        let a = Apt::install_args(
+            &wait,
+            &kibana(),
+            &PackageVersion::new("8.14.3").unwrap(),
+            true,
+        );
         assert_eq!(
             a.join(" "),
             "-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef \
              -o Dpkg::Options::=--force-confmiss --allow-downgrades --allow-change-held-packages install kibana=8.14.3"
         );
-        let a = Apt::install_args(&kibana(), &PackageVersion::new("8.14.3").unwrap(), false);
+        let a = Apt::install_args(
+            &wait,
+            &kibana(),
+            &PackageVersion::new("8.14.3").unwrap(),
+            false,
+        );
         assert!(!a.contains(&s("--allow-change-held-packages")));
     }
 }
