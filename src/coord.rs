@@ -379,9 +379,10 @@ pub fn local_policy(settings: &Settings) -> fleet::policy::LocalPolicy {
     }
 }
 
-/// Wall-clock time as RFC 3339, for the informational timestamps in documents.
+/// Wall-clock time as RFC 3339 with milliseconds, for the informational timestamps in
+/// documents (phase changes a few hundred milliseconds apart stay apart in `history`).
 pub fn wall_now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

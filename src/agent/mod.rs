@@ -9,6 +9,7 @@
 
 mod cluster_steps;
 mod evidence;
+mod facts;
 mod host_steps;
 mod identity;
 mod progress;
@@ -102,28 +103,6 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         settings: settings.clone(),
     });
 
-    notify(&[sd_notify::NotifyState::Status(
-        "connecting to Elasticsearch",
-    )]);
-    let coord = Coord::new(&es, &settings);
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match coord.ensure_index().await {
-            Ok(()) => break,
-            Err(e) if e.is_unreachable() => {
-                tracing::warn!("Elasticsearch not reachable yet, retrying in {delay:?}: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                return Err(e).context(format!(
-                    "creating the coordination index {}",
-                    settings.coordination.index
-                ))
-            }
-        }
-    }
-
     let resumed = progress.load();
     if let Some(p) = &resumed {
         tracing::info!(operation_id = %p.operation_id, step = ?p.step, "resuming from the local progress record");
@@ -131,12 +110,23 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
     let machine = identity::machine(&settings.coordination.state_dir);
     tracing::info!(host = %host_id, "this agent is {machine}");
     let node = NodeState::new(host_id.clone(), fleet_config(&settings, machine), resumed);
+    let facts = facts::Facts::new(
+        host.clone(),
+        es.clone(),
+        telemetry.clone(),
+        evidence,
+        identity::client_addresses(&settings.coordination.client_addresses),
+        boottime,
+    );
+    // Ready once the local adapters are: Elasticsearch may come up after us, and the loop waits
+    // for it (pinging the watchdog) rather than failing the start into a restart loop.
     tracing::info!(host = %host_id, index = %settings.coordination.index, "agent started");
     notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("idle: no operation"),
+        sd_notify::NotifyState::Status("connecting to Elasticsearch"),
     ]);
     let result = Daemon {
+        io_limit: io_limit(&settings),
         settings: settings.clone(),
         es,
         host,
@@ -144,9 +134,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         progress,
         node,
         last_hosts: Vec::new(),
-        facts: None,
-        evidence,
-        client_addresses: identity::client_addresses(&settings.coordination.client_addresses),
+        facts,
         readiness_task: None,
         telemetry: telemetry.clone(),
     }
@@ -154,6 +142,29 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
     .await;
     telemetry.shutdown().await;
     result
+}
+
+/// The longest any one Elasticsearch read or write may hold up the loop or a write task: a
+/// third of the lease, so a leader always has time to renew before its lease runs out.
+fn io_limit(settings: &Settings) -> Duration {
+    (settings.coordination.lease / 3).max(Duration::from_millis(100))
+}
+
+/// `fut`, or [`EsError::Timeout`]-like failure after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, EsError>>,
+) -> Result<T, EsError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(EsError::Timeout {
+            method: "agent".into(),
+            path: what.to_string(),
+            host: "Elasticsearch".into(),
+            timeout: limit,
+        }),
+    }
 }
 
 struct Daemon {
@@ -164,17 +175,25 @@ struct Daemon {
     progress: ProgressFile,
     node: NodeState,
     last_hosts: Vec<HostDoc>,
-    /// Host facts, re-read after every host step and at every heartbeat.
-    facts: Option<(fleet::HostFacts, Duration)>,
-    /// When each Kibana version was installed here, for snapshot eligibility.
-    evidence: evidence::Evidence,
-    /// Where this host's Kibana connects from (configured, or every interface address).
-    client_addresses: Vec<String>,
+    /// Host facts, gathered beside the loop.
+    facts: Arc<facts::Facts>,
     /// The readiness checks, when running (they run beside the loop: a slow package query must
     /// not hold up heartbeats).
     readiness_task: Option<JoinHandle<()>>,
     /// Metrics and webhook events (one call per event).
     telemetry: Arc<telemetry::Telemetry>,
+    /// Bound on each Elasticsearch request of the loop and of its write tasks ([`io_limit`]).
+    io_limit: Duration,
+}
+
+/// What must be true before the loop takes part in the protocol.
+#[derive(Default)]
+struct Started {
+    /// The coordination index exists (Elasticsearch answered).
+    index: bool,
+    /// The first readiness report is in, or [`FIRST_READINESS_LIMIT`] passed: the first host
+    /// document carries one (`plan` and `start` judge hosts by it).
+    readiness: bool,
 }
 
 impl Daemon {
@@ -187,17 +206,26 @@ impl Daemon {
         let mut stopping = false;
         let mut last_status = String::new();
         let mut last_phase: Option<(String, fleet::Phase)> = None;
-        // The first host document already carries a readiness report: `plan` and `start` judge
-        // hosts by it, and a registered host without one fails their check.
-        if let Some(trigger) = self.host.readiness_due(boottime()) {
-            if tokio::time::timeout(FIRST_READINESS_LIMIT, self.host.refresh_readiness(trigger))
-                .await
-                .is_err()
-            {
-                tracing::warn!("the first readiness checks took longer than {FIRST_READINESS_LIMIT:?}; registering without a report");
+        let mut facts_rx = self.facts.subscribe();
+        let refresher = self.facts.spawn_refresher(
+            self.settings
+                .coordination
+                .heartbeat
+                .min(Duration::from_secs(5)),
+        );
+        let mut started = Started::default();
+        let first_readiness_by = boottime() + FIRST_READINESS_LIMIT;
+        let mut index_retry = Duration::from_secs(1);
+        let mut index_next_try = Duration::ZERO;
+        // Facts were asked for after this instant and have not come in yet.
+        let mut facts_asked: Option<Duration> = None;
+        let mut watchdog_at: Option<Duration> = None;
+        let result = loop {
+            // From the loop itself: a loop that hangs is restarted by systemd (WatchdogSec).
+            if watchdog_at.is_none_or(|t| boottime().saturating_sub(t) >= Duration::from_secs(1)) {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                watchdog_at = Some(boottime());
             }
-        }
-        loop {
             inflight.retain(|h| !h.is_finished());
             cluster_tasks.retain(|h| !h.is_finished());
             while let Ok(ev) = rx.try_recv() {
@@ -205,208 +233,286 @@ impl Daemon {
             }
             if stopping && inflight.is_empty() && cluster_tasks.is_empty() && pending.is_empty() {
                 tracing::info!("stopped");
-                return Ok(());
-            }
-            let events = std::mem::take(&mut pending);
-            let host_step_done = events
-                .iter()
-                .any(|e| matches!(e, Event::HostStepDone { .. }));
-
-            let coord = Coord::new(&self.es, &self.settings);
-            let op = match coord.operation().await {
-                Ok(Some(v)) => OpRead::Found(v),
-                Ok(None) => OpRead::Missing,
-                Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
-                    tracing::error!("{e}");
-                    OpRead::Unsupported(e.to_string())
-                }
-                Err(e) => {
-                    tracing::warn!("cannot read the operation document: {e}");
-                    OpRead::Unreadable
-                }
-            };
-            self.telemetry.operation_read(&op, &self.es, &self.settings);
-            let mut ids: BTreeSet<String> = BTreeSet::new();
-            ids.insert(self.settings.coordination.host_id.clone());
-            if let OpRead::Found(v) = &op {
-                ids.extend(v.doc.expected_hosts.iter().cloned());
-                let now_phase = (v.doc.id.clone(), v.doc.phase);
-                if last_phase.as_ref() != Some(&now_phase) {
-                    tracing::info!(operation_id = %v.doc.id, phase = %v.doc.phase.as_str(), epoch = v.doc.epoch, "operation {} is in phase {}", v.doc.id, v.doc.phase.as_str());
-                    last_phase = Some(now_phase);
-                }
-            }
-            let mut own_version = None;
-            match coord
-                .hosts_versioned(&ids.into_iter().collect::<Vec<_>>())
-                .await
-            {
-                Ok(h) => {
-                    own_version = h
-                        .iter()
-                        .find(|v| v.doc.host_id == self.settings.coordination.host_id)
-                        .map(|v| v.version());
-                    self.last_hosts = h.into_iter().map(|v| v.doc).collect();
-                }
-                Err(e) => tracing::warn!("cannot read host documents: {e}"),
+                break Ok(());
             }
             let now = boottime();
+
             let readiness_done = self
                 .readiness_task
                 .as_ref()
                 .is_some_and(|t| t.is_finished());
             if readiness_done {
                 self.readiness_task = None;
+                started.readiness = true;
+            }
+            if now >= first_readiness_by && !started.readiness {
+                tracing::warn!("the first readiness checks took longer than {FIRST_READINESS_LIMIT:?}; registering without a report");
+                started.readiness = true;
             }
             if self.readiness_task.is_none() && !stopping {
                 if let Some(trigger) = self.host.readiness_due(now) {
                     tracing::debug!("readiness checks: {trigger}");
                     let host = self.host.clone();
+                    let facts = self.facts.clone();
                     self.readiness_task = Some(tokio::spawn(async move {
-                        host.refresh_readiness(trigger).await
+                        host.refresh_readiness(trigger).await;
+                        // The report is part of the facts (and their publication wakes the loop).
+                        facts.want_after(boottime());
                     }));
                 }
             }
-            let stale = match &self.facts {
-                None => true,
-                Some((_, at)) => {
-                    host_step_done
-                        || readiness_done
-                        || now.saturating_sub(*at)
-                            >= self
-                                .settings
-                                .coordination
-                                .heartbeat
-                                .min(Duration::from_secs(5))
-                }
-            };
-            let stale = stale || self.node.wants_fresh_facts();
-            if stale {
-                let read_at = boottime();
-                let mut facts = self.host.facts().await;
-                facts.read_at = read_at;
-                facts.client_addresses = self.client_addresses.clone();
-                self.evidence
-                    .update(&self.es, facts.installed_version.as_ref(), now)
-                    .await;
-                facts.install_history = self.evidence.history();
-                self.telemetry.host_facts(&facts);
-                self.facts = Some((facts, now));
-            }
-            let facts = self.facts.as_ref().expect("just set").0.clone();
-            let op_id = match &op {
-                OpRead::Found(v) => Some(v.doc.id.clone()),
-                _ => None,
-            };
 
-            // Read only by a leader about to take a restore-side step.
-            let claims = if self.node.wants_claims() {
-                match coord.claims().await {
-                    Ok(c) => Some(c),
+            if !started.index && now >= index_next_try {
+                let coord = Coord::new(&self.es, &self.settings);
+                match bounded(
+                    self.io_limit,
+                    "creating the coordination index",
+                    coord.ensure_index(),
+                )
+                .await
+                {
+                    Ok(()) => {
+                        started.index = true;
+                        notify(&[sd_notify::NotifyState::Status("idle: no operation")]);
+                    }
+                    Err(e)
+                        if e.is_unreachable()
+                            || e.status().is_some_and(|s| s.is_server_error()) =>
+                    {
+                        tracing::warn!(
+                            "Elasticsearch not reachable yet, retrying in {index_retry:?}: {e}"
+                        );
+                        notify(&[sd_notify::NotifyState::Status(&format!(
+                            "waiting for Elasticsearch: {e}"
+                        ))]);
+                        index_next_try = now + index_retry;
+                        index_retry = (index_retry * 2).min(Duration::from_secs(15));
+                    }
                     Err(e) => {
-                        tracing::warn!("cannot read claim documents: {e}");
-                        None
+                        break Err(anyhow::Error::new(e).context(format!(
+                            "creating the coordination index {}",
+                            self.settings.coordination.index
+                        )))
                     }
                 }
-            } else {
-                None
-            };
-            let actions = fleet::step(
-                &mut self.node,
-                Inputs {
-                    now,
-                    wall: wall_now(),
-                    op,
-                    hosts: self.last_hosts.clone(),
-                    own_version,
+            }
+            let facts = facts_rx.borrow_and_update().clone();
+            if let (true, true, Some(facts)) = (started.index, started.readiness, facts) {
+                if facts_asked.is_some_and(|t| facts.read_at >= t) {
+                    facts_asked = None;
+                }
+                let events = std::mem::take(&mut pending);
+                self.round(
                     facts,
                     events,
-                    claims,
-                },
-            );
-            self.telemetry.leading(self.node.leading_epoch());
-            // A write of the operation sent while not leading is a takeover.
-            let takeover = self.node.leading_epoch().is_none();
-            for action in actions {
-                match action {
-                    Action::RecordProgress(p) => {
-                        // Durable before the step it announces: a crash after this resumes it.
-                        if let Err(e) = self.progress.store(&p) {
-                            tracing::error!(path = %self.progress.path().display(), "cannot record progress: {e}");
-                        }
-                    }
-                    Action::Wait { what } => {
-                        if what != last_status {
-                            tracing::debug!(
-                                operation_id = op_id.as_deref().unwrap_or(""),
-                                "waiting: {what}"
-                            );
-                            notify(&[sd_notify::NotifyState::Status(&what)]);
-                            last_status = what;
-                        }
-                    }
-                    Action::StopActing { reason } => {
-                        self.telemetry.lease_lost();
-                        tracing::warn!(
-                            operation_id = op_id.as_deref().unwrap_or(""),
-                            "no longer leader: {reason}"
-                        );
-                        for h in cluster_tasks.drain(..) {
-                            h.abort();
-                        }
-                    }
-                    Action::RunHostStep { id, step, resumed } if !stopping => {
-                        tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), resumed, "running host step {step:?}");
-                        let host = self.host.clone();
-                        let tx = tx.clone();
-                        let op_id = op_id.clone().unwrap_or_default();
-                        let telemetry = self.telemetry.clone();
-                        telemetry.host_step_started(&op_id, step.kind());
-                        inflight.push(tokio::spawn(async move {
-                            let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
-                            let forward = {
-                                let tx = tx.clone();
-                                tokio::spawn(async move {
-                                    while let Some(detail) = prx.recv().await {
-                                        let _ = tx.send(Event::HostStepProgress { id, detail });
-                                    }
-                                })
-                            };
-                            let (result, detail) = host.run_reporting(&step, resumed, &ptx).await;
-                            drop(ptx);
-                            let _ = forward.await;
-                            telemetry.host_step_finished(&op_id, step.kind(), &result);
-                            tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
-                            let _ = tx.send(Event::HostStepDone { id, result, detail });
-                        }));
-                    }
-                    Action::RunClusterStep { id, step } if !stopping => {
-                        tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), "running cluster step");
-                        let cluster = self.cluster.clone();
-                        let tx = tx.clone();
-                        let op_id = op_id.clone().unwrap_or_default();
-                        cluster_tasks.push(tokio::spawn(async move {
-                            let outcome = cluster.run(&step, boottime).await;
-                            tracing::info!(operation_id = %op_id, step = ?step.kind(), "cluster step finished: {outcome:?}");
-                            let _ = tx.send(Event::Cluster { id, outcome });
-                        }));
-                    }
-                    Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
-                        // Stopping: start nothing new; the next agent process resumes.
-                    }
-                    other => {
-                        inflight.push(self.spawn_write(other, op_id.clone(), takeover, tx.clone()))
-                    }
+                    &mut last_phase,
+                    &mut last_status,
+                    &mut inflight,
+                    &mut cluster_tasks,
+                    &tx,
+                    stopping,
+                )
+                .await;
+                // A probe waits for facts read after it was seen: one request at a time.
+                if self.node.wants_fresh_facts() && facts_asked.is_none() {
+                    let at = boottime();
+                    self.facts.want_after(at);
+                    facts_asked = Some(at);
                 }
             }
 
             tokio::select! {
                 ev = rx.recv() => if let Some(ev) = ev { pending.push(ev) },
-                _ = tokio::time::sleep(POLL) => {}
+                r = facts_rx.changed(), if facts_asked.is_some() || !started.readiness => {
+                    let _ = r;
+                }
+                _ = tokio::time::sleep(self.poll_interval(&started)) => {}
                 _ = term.recv(), if !stopping => {
                     tracing::info!("SIGTERM: finishing running steps, starting no new ones");
                     notify(&[sd_notify::NotifyState::Stopping]);
                     stopping = true;
+                    if !started.index {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        refresher.abort();
+        result
+    }
+
+    /// How long the loop sleeps when nothing wakes it.
+    fn poll_interval(&self, started: &Started) -> Duration {
+        if !started.index {
+            // Waiting for Elasticsearch: retries are timed by `index_next_try`.
+            return POLL;
+        }
+        POLL
+    }
+
+    /// One round of the protocol: read the operation and the host documents, ask `step`, start
+    /// what it says.
+    #[allow(clippy::too_many_arguments)]
+    async fn round(
+        &mut self,
+        facts: fleet::HostFacts,
+        events: Vec<Event>,
+        last_phase: &mut Option<(String, fleet::Phase)>,
+        last_status: &mut String,
+        inflight: &mut Vec<JoinHandle<()>>,
+        cluster_tasks: &mut Vec<JoinHandle<()>>,
+        tx: &mpsc::UnboundedSender<Event>,
+        stopping: bool,
+    ) {
+        let es = self.es.clone();
+        let settings = self.settings.clone();
+        let coord = Coord::new(&es, &settings);
+        let op = match bounded(self.io_limit, "reading the operation", coord.operation()).await {
+            Ok(Some(v)) => OpRead::Found(v),
+            Ok(None) => OpRead::Missing,
+            Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
+                tracing::error!("{e}");
+                OpRead::Unsupported(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the operation document: {e}");
+                OpRead::Unreadable
+            }
+        };
+        self.telemetry.operation_read(&op, &self.es, &self.settings);
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        ids.insert(self.settings.coordination.host_id.clone());
+        if let OpRead::Found(v) = &op {
+            ids.extend(v.doc.expected_hosts.iter().cloned());
+            let now_phase = (v.doc.id.clone(), v.doc.phase);
+            if last_phase.as_ref() != Some(&now_phase) {
+                tracing::info!(operation_id = %v.doc.id, phase = %v.doc.phase.as_str(), epoch = v.doc.epoch, "operation {} is in phase {}", v.doc.id, v.doc.phase.as_str());
+                *last_phase = Some(now_phase);
+            }
+        }
+        let mut own_version = None;
+        let ids: Vec<String> = ids.into_iter().collect();
+        match bounded(
+            self.io_limit,
+            "reading the host documents",
+            coord.hosts_versioned(&ids),
+        )
+        .await
+        {
+            Ok(h) => {
+                own_version = h
+                    .iter()
+                    .find(|v| v.doc.host_id == self.settings.coordination.host_id)
+                    .map(|v| v.version());
+                self.last_hosts = h.into_iter().map(|v| v.doc).collect();
+            }
+            Err(e) => tracing::warn!("cannot read host documents: {e}"),
+        }
+        let op_id = match &op {
+            OpRead::Found(v) => Some(v.doc.id.clone()),
+            _ => None,
+        };
+
+        // Read only by a leader about to take a restore-side step.
+        let claims = if self.node.wants_claims() {
+            match bounded(self.io_limit, "reading the claim documents", coord.claims()).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("cannot read claim documents: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let actions = fleet::step(
+            &mut self.node,
+            Inputs {
+                now: boottime(),
+                wall: wall_now(),
+                op,
+                hosts: self.last_hosts.clone(),
+                own_version,
+                facts,
+                events,
+                claims,
+            },
+        );
+        self.telemetry.leading(self.node.leading_epoch());
+        // A write of the operation sent while not leading is a takeover.
+        let takeover = self.node.leading_epoch().is_none();
+        for action in actions {
+            match action {
+                Action::RecordProgress(p) => {
+                    // Durable before the step it announces: a crash after this resumes it.
+                    if let Err(e) = self.progress.store(&p) {
+                        tracing::error!(path = %self.progress.path().display(), "cannot record progress: {e}");
+                    }
+                }
+                Action::Wait { what } => {
+                    if what != *last_status {
+                        tracing::debug!(
+                            operation_id = op_id.as_deref().unwrap_or(""),
+                            "waiting: {what}"
+                        );
+                        notify(&[sd_notify::NotifyState::Status(&what)]);
+                        *last_status = what;
+                    }
+                }
+                Action::StopActing { reason } => {
+                    self.telemetry.lease_lost();
+                    tracing::warn!(
+                        operation_id = op_id.as_deref().unwrap_or(""),
+                        "no longer leader: {reason}"
+                    );
+                    for h in cluster_tasks.drain(..) {
+                        h.abort();
+                    }
+                }
+                Action::RunHostStep { id, step, resumed } if !stopping => {
+                    tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), resumed, "running host step {step:?}");
+                    let host = self.host.clone();
+                    let facts = self.facts.clone();
+                    let tx = tx.clone();
+                    let op_id = op_id.clone().unwrap_or_default();
+                    let telemetry = self.telemetry.clone();
+                    telemetry.host_step_started(&op_id, step.kind());
+                    inflight.push(tokio::spawn(async move {
+                        let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+                        let forward = {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                while let Some(detail) = prx.recv().await {
+                                    let _ = tx.send(Event::HostStepProgress { id, detail });
+                                }
+                            })
+                        };
+                        let (result, detail) = host.run_reporting(&step, resumed, &ptx).await;
+                        drop(ptx);
+                        let _ = forward.await;
+                        telemetry.host_step_finished(&op_id, step.kind(), &result);
+                        tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
+                        // The round that learns of the step sees facts read after it.
+                        facts.read_now().await;
+                        let _ = tx.send(Event::HostStepDone { id, result, detail });
+                    }));
+                }
+                Action::RunClusterStep { id, step } if !stopping => {
+                    tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), "running cluster step");
+                    let cluster = self.cluster.clone();
+                    let tx = tx.clone();
+                    let op_id = op_id.clone().unwrap_or_default();
+                    cluster_tasks.push(tokio::spawn(async move {
+                        let outcome = cluster.run(&step, boottime).await;
+                        tracing::info!(operation_id = %op_id, step = ?step.kind(), "cluster step finished: {outcome:?}");
+                        let _ = tx.send(Event::Cluster { id, outcome });
+                    }));
+                }
+                Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
+                    // Stopping: start nothing new; the next agent process resumes.
+                }
+                other => {
+                    inflight.push(self.spawn_write(other, op_id.clone(), takeover, tx.clone()))
                 }
             }
         }
@@ -423,6 +529,7 @@ impl Daemon {
         let es = self.es.clone();
         let telemetry = self.telemetry.clone();
         let settings = self.settings.clone();
+        let limit = self.io_limit;
         tokio::spawn(async move {
             let coord = Coord::new(&es, &settings);
             let op_id = op_id.unwrap_or_default();
@@ -433,7 +540,14 @@ impl Daemon {
                     doc,
                     why,
                 } => {
-                    let r = write_result(coord.cas_operation(&doc, expected).await);
+                    let r = write_result(
+                        bounded(
+                            limit,
+                            "writing the operation",
+                            coord.cas_operation(&doc, expected),
+                        )
+                        .await,
+                    );
                     telemetry.operation_written(&doc, takeover, &r);
                     if matches!(r, WriteResult::Ok(_)) {
                         tracing::info!(operation_id = %doc.id, phase = %doc.phase.as_str(), epoch = doc.epoch, "operation updated: {why}");
@@ -443,7 +557,7 @@ impl Daemon {
                     Event::OpWritten { id, result: r }
                 }
                 Action::ArchiveHistory { id, doc } => {
-                    let r = coord.archive(&doc).await;
+                    let r = bounded(limit, "archiving the operation", coord.archive(&doc)).await;
                     if let Err(e) = &r {
                         tracing::warn!(operation_id = %doc.id, "archiving failed: {e}");
                     } else {
@@ -452,7 +566,13 @@ impl Daemon {
                     Event::Archived { id, ok: r.is_ok() }
                 }
                 Action::DeleteOperation { id, expected } => {
-                    let r = match coord.delete_operation(expected).await {
+                    let r = match bounded(
+                        limit,
+                        "deleting the operation",
+                        coord.delete_operation(expected),
+                    )
+                    .await
+                    {
                         Ok(()) => WriteResult::Ok(expected),
                         Err(e) if e.is_conflict() || e.is_not_found() => WriteResult::Conflict,
                         Err(e) => WriteResult::Unknown(e.to_string()),
@@ -463,7 +583,14 @@ impl Daemon {
                     Event::Deleted { id, result: r }
                 }
                 Action::WriteHostDoc { id, doc, expected } => {
-                    let r = write_result(coord.write_host(&doc, expected).await);
+                    let r = write_result(
+                        bounded(
+                            limit,
+                            "writing the host document",
+                            coord.write_host(&doc, expected),
+                        )
+                        .await,
+                    );
                     telemetry.host_doc_written(&doc, &r);
                     if let WriteResult::Unknown(e) = &r {
                         tracing::warn!("writing the host document failed: {e}");
@@ -471,7 +598,8 @@ impl Daemon {
                     Event::HostDocWritten { id, result: r }
                 }
                 Action::WriteClaim { id, doc } => {
-                    if let Err(e) = coord.write_claim(&doc).await {
+                    if let Err(e) = bounded(limit, "writing a claim", coord.write_claim(&doc)).await
+                    {
                         tracing::warn!("writing the claim document failed: {e}");
                     }
                     Event::ClaimWritten { id }

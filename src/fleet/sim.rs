@@ -2151,7 +2151,11 @@ mod tests {
                 let n: u64 = std::env::var("SIM_SEEDS")
                     .ok()
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or(if cfg!(debug_assertions) { 1_000 } else { 10_000 });
+                    .unwrap_or(if cfg!(debug_assertions) {
+                        1_000
+                    } else {
+                        10_000
+                    });
                 let base: u64 = std::env::var("SIM_BASE")
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -2191,7 +2195,10 @@ mod tests {
     /// The simulator can see: each known bug, put back, is caught within the CI seed budget.
     /// Minutes in a debug build: scripts/test runs it in release (`--include-ignored`).
     #[test]
-    #[cfg_attr(debug_assertions, ignore = "release only: scripts/test runs it with --release")]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "release only: scripts/test runs it with --release"
+    )]
     fn each_known_bug_is_caught() {
         let budget: u64 = std::env::var("SIM_BUG_SEEDS")
             .ok()
