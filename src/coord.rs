@@ -203,6 +203,42 @@ impl<'a> Coord<'a> {
             .collect())
     }
 
+    /// The agent's watch, one realtime `_mget` a round: the operation (as
+    /// [`Coord::operation`] reads it) and these hosts' documents (as [`Coord::hosts_versioned`]).
+    pub async fn watch(&self, host_ids: &[String]) -> Result<Watched, EsError> {
+        let mut ids = vec![OPERATION_DOC_ID.to_string()];
+        ids.extend(host_ids.iter().map(|h| HostDoc::doc_id(h)));
+        let mut operation = Ok(None);
+        let mut hosts = Vec::new();
+        for d in self
+            .es
+            .get_docs::<serde_json::Value>(self.index, &ids)
+            .await?
+        {
+            let id = d.id.clone();
+            let v = to_fleet(d);
+            if id == OPERATION_DOC_ID {
+                operation = self.open(&id, v.doc).map(|doc| {
+                    Some(fleet::Versioned {
+                        seq_no: v.seq_no,
+                        primary_term: v.primary_term,
+                        doc,
+                    })
+                });
+                continue;
+            }
+            match self.open(&id, v.doc) {
+                Ok(h) => hosts.push(fleet::Versioned {
+                    seq_no: v.seq_no,
+                    primary_term: v.primary_term,
+                    doc: h,
+                }),
+                Err(e) => tracing::warn!("ignoring host document: {e}"),
+            }
+        }
+        Ok(Watched { operation, hosts })
+    }
+
     /// Every registered host (near-real-time search).
     pub async fn all_hosts(&self) -> Result<Vec<HostDoc>, EsError> {
         self.list("host-").await
@@ -327,6 +363,13 @@ impl<'a> Coord<'a> {
         ops.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
         Ok(ops)
     }
+}
+
+/// What one [`Coord::watch`] read: the operation (its own error when it cannot be trusted or is
+/// in a newer format) and the host documents found.
+pub struct Watched {
+    pub operation: Result<Option<fleet::Versioned<OperationDoc>>, EsError>,
+    pub hosts: Vec<fleet::Versioned<HostDoc>>,
 }
 
 /// A stored coordination document: refused when its format is newer than this build's.

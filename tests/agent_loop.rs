@@ -6,6 +6,8 @@
 //! * Started while Elasticsearch is down, the agent reports READY, says it waits, keeps the
 //!   watchdog fed (a short `WatchdogSec`) and is never restarted; once Elasticsearch is there it
 //!   registers.
+//! * Idle, it sends at most 0.35 requests/s (measured: the watch every 5 s plus the heartbeat
+//!   every 10 s), and still takes up a new operation within 5 s.
 //!
 //! Runs as root (CI does); skips with a printed reason otherwise.
 
@@ -25,8 +27,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use hosts::{Hosts, TestHost};
 
-/// A TCP proxy to the test node that counts the HTTP requests passing through it (request
-/// lines at the start of a client's messages: the agent's bodies are JSON on one line).
+/// A TCP proxy to the test node that counts the HTTP requests passing through it.
 struct CountingProxy {
     requests: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -72,37 +73,48 @@ impl Drop for CountingProxy {
     }
 }
 
-/// Copies both ways; counts request lines going upstream.
+/// Copies both ways; counts the HTTP requests going upstream (header blocks, their bodies
+/// skipped by `content-length`: the agent sends no chunked bodies).
 fn pipe(client: TcpStream, server: TcpStream, requests: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
     let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let (mut s_read, mut c_write) = (server, client);
     std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
-        let mut line_start = true;
-        let mut carry: Vec<u8> = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut body_left = 0usize;
         loop {
             let n = match c_read.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            // Request lines: "METHOD /path HTTP/1.1" at the start of a line.
-            for &b in &buf[..n] {
-                if line_start {
-                    carry.clear();
-                }
-                line_start = b == b'\n';
-                if carry.len() < 16 {
-                    carry.push(b);
-                }
-                if line_start {
-                    let l = String::from_utf8_lossy(&carry);
-                    if ["GET /", "POST /", "PUT /", "DELETE /", "HEAD /"]
-                        .iter()
-                        .any(|m| l.starts_with(m))
-                    {
-                        requests.fetch_add(1, Ordering::Relaxed);
+            pending.extend_from_slice(&buf[..n]);
+            loop {
+                if body_left > 0 {
+                    let take = body_left.min(pending.len());
+                    pending.drain(..take);
+                    body_left -= take;
+                    if body_left > 0 {
+                        break;
                     }
                 }
+                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    break;
+                };
+                let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                requests.fetch_add(1, Ordering::Relaxed);
+                if std::env::var_os("KR_PROXY_LOG").is_some() {
+                    eprintln!(
+                        "PROXY {:?} {}",
+                        std::time::SystemTime::now(),
+                        head.lines().next().unwrap_or("")
+                    );
+                }
+                body_left = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                pending.drain(..end + 4);
             }
             if stop.load(Ordering::Relaxed) || s_write.write_all(&buf[..n]).is_err() {
                 break;
@@ -195,8 +207,7 @@ snapshot = "pre-upgrade"
 index = "{index}"
 host_id = "{name}"
 expected_hosts = ["{name}"]
-lease = "6s"
-heartbeat = "2s"
+heartbeat = "10s"
 [package_manager]
 kind = "apt"
 "#,
@@ -239,8 +250,54 @@ kind = "apt"
     });
     assert_eq!(show(h, "kr-agent", "NRestarts"), "0");
     assert_eq!(show(h, "kr-agent", "ActiveState"), "active");
-    h.exec_ok(&["systemctl", "stop", "kr-agent"]);
+
+    // Idle: the watch (one `_mget` of the operation and its host document every 5 s) and the
+    // heartbeat (a write every coordination.heartbeat, 10 s here): 0.3 requests/s.
+    std::thread::sleep(Duration::from_secs(3));
+    let (c0, t) = (proxy.requests(), Instant::now());
+    std::thread::sleep(Duration::from_secs(40));
+    let rate = (proxy.requests() - c0) as f64 / t.elapsed().as_secs_f64();
+    log(&format!("IDLE requests/s to Elasticsearch: {rate:.3}"));
+    assert!(rate <= 0.35, "an idle agent sent {rate:.3} requests/s");
+
+    // A new operation is picked up within the idle poll: the agent takes its lease.
+    let op = kibana_rollback::fleet::new_operation(kibana_rollback::fleet::NewOperation {
+        id: "rb-loop-pickup".into(),
+        requested_by: "test".into(),
+        requested_at: "2026-03-01T10:15:00Z".into(),
+        target_version: semver::Version::parse("8.14.3").unwrap(),
+        snapshot: kibana_rollback::fleet::SnapshotRef {
+            repository: "backups".into(),
+            name: "pre-upgrade".into(),
+            uuid: "u1".into(),
+        },
+        snapshot_accepted_by: None,
+        safety_snapshot: true,
+        safety_snapshot_name: None,
+        expected_hosts: vec![name.clone()],
+        barrier_client_check: true,
+    })
+    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let (s, v) = rt.block_on(raw(
+        "PUT",
+        &format!("{index}/_create/operation"),
+        Some(serde_json::to_value(&op).unwrap()),
+    ));
+    assert!(s == 201, "{v}");
+    let t = Instant::now();
+    wait_for(
+        "the agent takes the new operation's lease",
+        Duration::from_secs(15),
+        || {
+            let (s, v) = rt.block_on(raw("GET", &format!("{index}/_doc/operation"), None));
+            s != 200 || v["_source"]["epoch"].as_u64().unwrap_or(0) >= 1
+        },
+    );
+    let pickup = t.elapsed();
+    log(&format!("PICKUP new operation taken up after {pickup:?}"));
+    assert!(pickup <= Duration::from_millis(5500), "{pickup:?}");
+    h.exec_ok(&["systemctl", "stop", "kr-agent"]);
     rt.block_on(raw("DELETE", &index, None));
 }
 

@@ -1,11 +1,18 @@
 //! The daemon (`kibana-rollback agent`, unit `kibana-rollbackd.service`): reads the world, asks
 //! `fleet::step` what to do, does it, and feeds the results back — nothing here decides.
 //!
-//! One round: collect the results of finished actions, read the operation document and the host
-//! documents, read this host's facts, call `step`, execute its actions. Writes and steps run as
-//! tasks so a long restore does not stop the leader from renewing its lease; `RecordProgress` is
-//! written and fsynced before the next action runs. Time is `CLOCK_BOOTTIME`, which keeps counting
-//! through a suspend (a leader waking from one must see its lease as old as it is).
+//! One round: collect the results of finished actions, read the operation and the host
+//! documents (one realtime `_mget`), take the latest host facts (gathered beside the loop by
+//! [`facts`]), call `step`, start its actions. Writes and steps run as tasks so a long restore
+//! does not stop the leader from renewing its lease; `RecordProgress` is written and fsynced
+//! before the next action runs. Every Elasticsearch request is bounded by lease/3.
+//!
+//! Polling adapts: every 100 ms while an operation exists (an agent waiting for its step, an
+//! acknowledgement or the next phase learns of it that soon; a finished step or write wakes the
+//! loop at once), every 5 s (at most the heartbeat period) when idle. A wake between two idle
+//! reads (a write's result, the watchdog) decides on the last reading instead of reading again.
+//! The loop sends `WATCHDOG=1` itself. Time is `CLOCK_BOOTTIME`, which keeps counting through a
+//! suspend (a leader waking from one must see its lease as old as it is).
 
 mod cluster_steps;
 mod evidence;
@@ -37,8 +44,16 @@ pub use cluster_steps::Cluster;
 pub use host_steps::Host;
 pub use progress::ProgressFile;
 
-/// How often the agent looks at the world when nothing happens.
-const POLL: Duration = Duration::from_secs(1);
+/// How often the agent reads the operation and host documents while an operation runs: an
+/// agent waiting for its step, an acknowledgement or the next phase learns of it this soon.
+const POLL_ACTIVE: Duration = Duration::from_millis(100);
+/// ... and with no operation (or less: the heartbeat's period): a new operation is picked up
+/// this soon, and an idle agent costs one request per this (plus its heartbeats).
+const POLL_IDLE: Duration = Duration::from_secs(5);
+/// ... while the operation cannot be read (Elasticsearch failing), and while waiting for it.
+const POLL_UNREADABLE: Duration = Duration::from_secs(1);
+/// How often a leader re-reads the claim documents (a search) while it wants them.
+const CLAIMS_EVERY: Duration = Duration::from_secs(1);
 /// How long the agent waits for its first readiness report before it registers.
 const FIRST_READINESS_LIMIT: Duration = Duration::from_secs(30);
 
@@ -127,6 +142,12 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
     ]);
     let result = Daemon {
         io_limit: io_limit(&settings),
+        poll: POLL_UNREADABLE,
+        watch_ids: vec![host_id.clone()],
+        claims_read_at: None,
+        next_read_at: Duration::ZERO,
+        last_op: OpRead::Unreadable,
+        last_own_version: None,
         settings: settings.clone(),
         es,
         host,
@@ -184,6 +205,15 @@ struct Daemon {
     telemetry: Arc<telemetry::Telemetry>,
     /// Bound on each Elasticsearch request of the loop and of its write tasks ([`io_limit`]).
     io_limit: Duration,
+    /// How long the loop sleeps when nothing wakes it (set by each round).
+    poll: Duration,
+    /// The hosts whose documents the watch reads: this one and the last operation's.
+    watch_ids: Vec<String>,
+    claims_read_at: Option<Duration>,
+    /// When the watch reads next, and what it read last (rounds between reads decide on it).
+    next_read_at: Duration,
+    last_op: OpRead,
+    last_own_version: Option<fleet::DocVersion>,
 }
 
 /// What must be true before the loop takes part in the protocol.
@@ -220,9 +250,15 @@ impl Daemon {
         // Facts were asked for after this instant and have not come in yet.
         let mut facts_asked: Option<Duration> = None;
         let mut watchdog_at: Option<Duration> = None;
+        // The loop wakes at least this often to feed systemd's watchdog (half its period).
+        let watchdog_every = sd_notify::watchdog_enabled()
+            .map(|d| d / 2)
+            .unwrap_or(Duration::MAX);
         let result = loop {
             // From the loop itself: a loop that hangs is restarted by systemd (WatchdogSec).
-            if watchdog_at.is_none_or(|t| boottime().saturating_sub(t) >= Duration::from_secs(1)) {
+            if watchdog_at.is_none_or(|t| {
+                boottime().saturating_sub(t) >= watchdog_every.min(Duration::from_secs(1))
+            }) {
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 watchdog_at = Some(boottime());
             }
@@ -298,21 +334,28 @@ impl Daemon {
             }
             let facts = facts_rx.borrow_and_update().clone();
             if let (true, true, Some(facts)) = (started.index, started.readiness, facts) {
-                if facts_asked.is_some_and(|t| facts.read_at >= t) {
+                let answered = facts_asked.is_some_and(|t| facts.read_at >= t);
+                if answered {
                     facts_asked = None;
                 }
-                let events = std::mem::take(&mut pending);
-                self.round(
-                    facts,
-                    events,
-                    &mut last_phase,
-                    &mut last_status,
-                    &mut inflight,
-                    &mut cluster_tasks,
-                    &tx,
-                    stopping,
-                )
-                .await;
+                // Read when the poll is due, and on every wake while an operation runs; an idle
+                // agent woken by a write's result or the watchdog decides on what it last read.
+                let read = now >= self.next_read_at || self.poll == POLL_ACTIVE;
+                if read || answered || !pending.is_empty() {
+                    let events = std::mem::take(&mut pending);
+                    self.round(
+                        read,
+                        facts,
+                        events,
+                        &mut last_phase,
+                        &mut last_status,
+                        &mut inflight,
+                        &mut cluster_tasks,
+                        &tx,
+                        stopping,
+                    )
+                    .await;
+                }
                 // A probe waits for facts read after it was seen: one request at a time.
                 if self.node.wants_fresh_facts() && facts_asked.is_none() {
                     let at = boottime();
@@ -326,7 +369,7 @@ impl Daemon {
                 r = facts_rx.changed(), if facts_asked.is_some() || !started.readiness => {
                     let _ = r;
                 }
-                _ = tokio::time::sleep(self.poll_interval(&started)) => {}
+                _ = tokio::time::sleep(self.poll_interval(&started).min(watchdog_every)) => {}
                 _ = term.recv(), if !stopping => {
                     tracing::info!("SIGTERM: finishing running steps, starting no new ones");
                     notify(&[sd_notify::NotifyState::Stopping]);
@@ -343,11 +386,12 @@ impl Daemon {
 
     /// How long the loop sleeps when nothing wakes it.
     fn poll_interval(&self, started: &Started) -> Duration {
-        if !started.index {
-            // Waiting for Elasticsearch: retries are timed by `index_next_try`.
-            return POLL;
+        if !started.index || !started.readiness {
+            // Waiting for Elasticsearch (retries are timed by `index_next_try`) or for the first
+            // readiness report (its end wakes the loop).
+            return POLL_UNREADABLE;
         }
-        POLL
+        self.next_read_at.saturating_sub(boottime())
     }
 
     /// One round of the protocol: read the operation and the host documents, ask `step`, start
@@ -355,6 +399,7 @@ impl Daemon {
     #[allow(clippy::too_many_arguments)]
     async fn round(
         &mut self,
+        read: bool,
         facts: fleet::HostFacts,
         events: Vec<Event>,
         last_phase: &mut Option<(String, fleet::Phase)>,
@@ -367,21 +412,49 @@ impl Daemon {
         let es = self.es.clone();
         let settings = self.settings.clone();
         let coord = Coord::new(&es, &settings);
-        let op = match bounded(self.io_limit, "reading the operation", coord.operation()).await {
-            Ok(Some(v)) => OpRead::Found(v),
-            Ok(None) => OpRead::Missing,
-            Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
-                tracing::error!("{e}");
-                OpRead::Unsupported(e.to_string())
+        // One realtime `_mget` for the operation and the host documents this agent looks at
+        // (its own and those of the operation it last saw); a second only when the operation
+        // names hosts the first did not ask for.
+        let own = self.settings.coordination.host_id.clone();
+        let mut asked = self.watch_ids.clone();
+        let watched = if read {
+            bounded(
+                self.io_limit,
+                "reading the operation and host documents",
+                coord.watch(&asked),
+            )
+            .await
+        } else {
+            Err(EsError::Check("not read this round".into()))
+        };
+        let (op, mut hosts) = match watched {
+            _ if !read => (self.last_op.clone(), None),
+            Ok(w) => {
+                let op = match w.operation {
+                    Ok(Some(v)) => OpRead::Found(v),
+                    Ok(None) => OpRead::Missing,
+                    Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
+                        tracing::error!("{e}");
+                        OpRead::Unsupported(e.to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot read the operation document: {e}");
+                        OpRead::Unreadable
+                    }
+                };
+                (op, Some(w.hosts))
             }
             Err(e) => {
-                tracing::warn!("cannot read the operation document: {e}");
-                OpRead::Unreadable
+                tracing::warn!("cannot read the operation and host documents: {e}");
+                (OpRead::Unreadable, None)
             }
         };
-        self.telemetry.operation_read(&op, &self.es, &self.settings);
+        if read {
+            self.telemetry.operation_read(&op, &self.es, &self.settings);
+            self.last_op = op.clone();
+        }
         let mut ids: BTreeSet<String> = BTreeSet::new();
-        ids.insert(self.settings.coordination.host_id.clone());
+        ids.insert(own.clone());
         if let OpRead::Found(v) = &op {
             ids.extend(v.doc.expected_hosts.iter().cloned());
             let now_phase = (v.doc.id.clone(), v.doc.phase);
@@ -390,23 +463,40 @@ impl Daemon {
                 *last_phase = Some(now_phase);
             }
         }
-        let mut own_version = None;
-        let ids: Vec<String> = ids.into_iter().collect();
-        match bounded(
-            self.io_limit,
-            "reading the host documents",
-            coord.hosts_versioned(&ids),
-        )
-        .await
-        {
-            Ok(h) => {
-                own_version = h
-                    .iter()
-                    .find(|v| v.doc.host_id == self.settings.coordination.host_id)
-                    .map(|v| v.version());
-                self.last_hosts = h.into_iter().map(|v| v.doc).collect();
-            }
-            Err(e) => tracing::warn!("cannot read host documents: {e}"),
+        if !matches!(op, OpRead::Unreadable) {
+            self.watch_ids = ids.iter().cloned().collect();
+        }
+        if hosts.is_some() && !ids.iter().all(|h| asked.contains(h)) {
+            asked = ids.into_iter().collect();
+            hosts = match bounded(
+                self.io_limit,
+                "reading the host documents",
+                coord.hosts_versioned(&asked),
+            )
+            .await
+            {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("cannot read host documents: {e}");
+                    None
+                }
+            };
+        }
+        // Not read this round: the last reading stands (the node tracks its own writes).
+        let mut own_version = self.last_own_version;
+        if let Some(h) = hosts {
+            own_version = h.iter().find(|v| v.doc.host_id == own).map(|v| v.version());
+            self.last_own_version = own_version;
+            self.last_hosts = h.into_iter().map(|v| v.doc).collect();
+        }
+        self.poll = match &op {
+            // An operation: someone waits on a step, an acknowledgement or a phase change.
+            OpRead::Found(_) => POLL_ACTIVE,
+            OpRead::Missing => POLL_IDLE.min(self.settings.coordination.heartbeat),
+            OpRead::Unreadable | OpRead::Unsupported(_) => POLL_UNREADABLE,
+        };
+        if read {
+            self.next_read_at = boottime() + self.poll;
         }
         let op_id = match &op {
             OpRead::Found(v) => Some(v.doc.id.clone()),
@@ -414,7 +504,12 @@ impl Daemon {
         };
 
         // Read only by a leader about to take a restore-side step.
-        let claims = if self.node.wants_claims() {
+        // A search: at most once per CLAIMS_EVERY, however fast the rounds.
+        let claims_due = self
+            .claims_read_at
+            .is_none_or(|t| boottime().saturating_sub(t) >= CLAIMS_EVERY);
+        let claims = if self.node.wants_claims() && claims_due {
+            self.claims_read_at = Some(boottime());
             match bounded(self.io_limit, "reading the claim documents", coord.claims()).await {
                 Ok(c) => Some(c),
                 Err(e) => {
