@@ -292,8 +292,10 @@ impl Daemon {
                     let facts = self.facts.clone();
                     self.readiness_task = Some(tokio::spawn(async move {
                         host.refresh_readiness(trigger).await;
-                        // The report is part of the facts (and their publication wakes the loop).
-                        facts.want_after(boottime());
+                        // The report is part of the facts: published before this task counts as
+                        // finished, so the first host document carries it (and the publication
+                        // wakes the loop).
+                        facts.read_now().await;
                     }));
                 }
             }
