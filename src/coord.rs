@@ -203,6 +203,42 @@ impl<'a> Coord<'a> {
             .collect())
     }
 
+    /// The agent's watch, one realtime `_mget` a round: the operation (as
+    /// [`Coord::operation`] reads it) and these hosts' documents (as [`Coord::hosts_versioned`]).
+    pub async fn watch(&self, host_ids: &[String]) -> Result<Watched, EsError> {
+        let mut ids = vec![OPERATION_DOC_ID.to_string()];
+        ids.extend(host_ids.iter().map(|h| HostDoc::doc_id(h)));
+        let mut operation = Ok(None);
+        let mut hosts = Vec::new();
+        for d in self
+            .es
+            .get_docs::<serde_json::Value>(self.index, &ids)
+            .await?
+        {
+            let id = d.id.clone();
+            let v = to_fleet(d);
+            if id == OPERATION_DOC_ID {
+                operation = self.open(&id, v.doc).map(|doc| {
+                    Some(fleet::Versioned {
+                        seq_no: v.seq_no,
+                        primary_term: v.primary_term,
+                        doc,
+                    })
+                });
+                continue;
+            }
+            match self.open(&id, v.doc) {
+                Ok(h) => hosts.push(fleet::Versioned {
+                    seq_no: v.seq_no,
+                    primary_term: v.primary_term,
+                    doc: h,
+                }),
+                Err(e) => tracing::warn!("ignoring host document: {e}"),
+            }
+        }
+        Ok(Watched { operation, hosts })
+    }
+
     /// Every registered host (near-real-time search).
     pub async fn all_hosts(&self) -> Result<Vec<HostDoc>, EsError> {
         self.list("host-").await
@@ -329,6 +365,13 @@ impl<'a> Coord<'a> {
     }
 }
 
+/// What one [`Coord::watch`] read: the operation (its own error when it cannot be trusted or is
+/// in a newer format) and the host documents found.
+pub struct Watched {
+    pub operation: Result<Option<fleet::Versioned<OperationDoc>>, EsError>,
+    pub hosts: Vec<fleet::Versioned<HostDoc>>,
+}
+
 /// A stored coordination document: refused when its format is newer than this build's.
 fn decode<T: serde::de::DeserializeOwned>(
     id: &str,
@@ -379,9 +422,10 @@ pub fn local_policy(settings: &Settings) -> fleet::policy::LocalPolicy {
     }
 }
 
-/// Wall-clock time as RFC 3339, for the informational timestamps in documents.
+/// Wall-clock time as RFC 3339 with milliseconds, for the informational timestamps in
+/// documents (phase changes a few hundred milliseconds apart stay apart in `history`).
 pub fn wall_now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

@@ -101,19 +101,47 @@ impl Cluster {
         report.problems()
     }
 
+    /// Takes the safety snapshot, or waits for the one of this name that is already running: a
+    /// successor taking over while its predecessor's snapshot runs (the name belongs to the
+    /// operation) follows it to its end instead of failing the operation on it.
     async fn safety_snapshot(&self, repository: &str, name: &str) -> Result<String, String> {
-        // Idempotent: a successor (or a retry) finds the snapshot already taken.
-        match self.es.snapshot(repository, name).await {
-            Ok(Some(s)) if s.state == "SUCCESS" => return Ok(s.uuid),
-            Ok(Some(s)) if s.state == "IN_PROGRESS" => return Err(format!("safety snapshot {repository}/{name} is still in progress")),
-            Ok(Some(s)) => return Err(format!("safety snapshot {repository}/{name} exists in state {}; delete it or choose another name", s.state)),
-            Ok(None) => {}
-            Err(e) => return Err(format!("reading {repository}/{name}: {e}")),
-        }
-        let meta = json!({"taken_by": "kibana-rollback", "purpose": "state replaced by the rollback restore"});
-        match self.es.create_kibana_snapshot(repository, name, meta).await {
-            Ok(s) => Ok(s.uuid),
-            Err(e) => Err(format!("taking safety snapshot {repository}/{name}: {e}")),
+        let started = tokio::time::Instant::now();
+        let limit = self.settings.elasticsearch.snapshot_timeout;
+        let mut announced = false;
+        loop {
+            // Idempotent: a successor (or a retry) finds the snapshot already taken.
+            match self.es.snapshot(repository, name).await {
+                Ok(Some(s)) if s.state == "SUCCESS" => return Ok(s.uuid),
+                Ok(Some(s)) if s.state == "IN_PROGRESS" => {
+                    if started.elapsed() >= limit {
+                        return Err(format!("safety snapshot {repository}/{name} is still in progress after {} (elasticsearch.snapshot_timeout)", humantime::format_duration(limit)));
+                    }
+                    if !announced {
+                        tracing::info!(repository, snapshot = name, "the safety snapshot is already in progress; waiting for it");
+                        announced = true;
+                    }
+                    tokio::time::sleep(SNAPSHOT_FOLLOW_EVERY).await;
+                    continue;
+                }
+                Ok(Some(s)) => return Err(format!("safety snapshot {repository}/{name} exists in state {}; delete it or choose another name", s.state)),
+                Ok(None) => {}
+                Err(e) if announced && started.elapsed() < limit => {
+                    tracing::warn!("following the safety snapshot: {e}");
+                    tokio::time::sleep(SNAPSHOT_FOLLOW_EVERY).await;
+                    continue;
+                }
+                Err(e) => return Err(format!("reading {repository}/{name}: {e}")),
+            }
+            let meta = json!({"taken_by": "kibana-rollback", "purpose": "state replaced by the rollback restore"});
+            match self.es.create_kibana_snapshot(repository, name, meta).await {
+                Ok(s) => return Ok(s.uuid),
+                // Started by someone else between our read and our create: follow that one.
+                Err(e) if already_running(&e) && started.elapsed() < limit => {
+                    announced = true;
+                    continue;
+                }
+                Err(e) => return Err(format!("taking safety snapshot {repository}/{name}: {e}")),
+            }
         }
     }
 
@@ -359,4 +387,15 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// How often a snapshot that another agent started is looked at until it ends.
+const SNAPSHOT_FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Elasticsearch refused a snapshot because one of that name is running.
+fn already_running(e: &crate::es::EsError) -> bool {
+    matches!(
+        e.err_type(),
+        Some("invalid_snapshot_name_exception" | "concurrent_snapshot_execution_exception")
+    ) && e.to_string().contains("in-progress")
 }

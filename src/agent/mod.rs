@@ -1,14 +1,22 @@
 //! The daemon (`kibana-rollback agent`, unit `kibana-rollbackd.service`): reads the world, asks
 //! `fleet::step` what to do, does it, and feeds the results back — nothing here decides.
 //!
-//! One round: collect the results of finished actions, read the operation document and the host
-//! documents, read this host's facts, call `step`, execute its actions. Writes and steps run as
-//! tasks so a long restore does not stop the leader from renewing its lease; `RecordProgress` is
-//! written and fsynced before the next action runs. Time is `CLOCK_BOOTTIME`, which keeps counting
-//! through a suspend (a leader waking from one must see its lease as old as it is).
+//! One round: collect the results of finished actions, read the operation and the host
+//! documents (one realtime `_mget`), take the latest host facts (gathered beside the loop by
+//! [`facts`]), call `step`, start its actions. Writes and steps run as tasks so a long restore
+//! does not stop the leader from renewing its lease; `RecordProgress` is written and fsynced
+//! before the next action runs. Every Elasticsearch request is bounded by lease/3.
+//!
+//! Polling adapts: every 100 ms while an operation exists (an agent waiting for its step, an
+//! acknowledgement or the next phase learns of it that soon; a finished step or write wakes the
+//! loop at once), every 5 s (at most the heartbeat period) when idle. A wake between two idle
+//! reads (a write's result, the watchdog) decides on the last reading instead of reading again.
+//! The loop sends `WATCHDOG=1` itself. Time is `CLOCK_BOOTTIME`, which keeps counting through a
+//! suspend (a leader waking from one must see its lease as old as it is).
 
 mod cluster_steps;
 mod evidence;
+mod facts;
 mod host_steps;
 mod identity;
 mod progress;
@@ -36,10 +44,18 @@ pub use cluster_steps::Cluster;
 pub use host_steps::Host;
 pub use progress::{ProgressFile, RevisionFile};
 
-/// How often the agent looks at the world when nothing happens.
-const POLL: Duration = Duration::from_secs(1);
 /// How long a stopping agent waits for the writes it already sent.
 const STOP_FLUSH: Duration = Duration::from_secs(5);
+/// How often the agent reads the operation and host documents while an operation runs: an
+/// agent waiting for its step, an acknowledgement or the next phase learns of it this soon.
+const POLL_ACTIVE: Duration = Duration::from_millis(100);
+/// ... and with no operation (or less: the heartbeat's period): a new operation is picked up
+/// this soon, and an idle agent costs one request per this (plus its heartbeats).
+const POLL_IDLE: Duration = Duration::from_secs(5);
+/// ... while the operation cannot be read (Elasticsearch failing), and while waiting for it.
+const POLL_UNREADABLE: Duration = Duration::from_secs(1);
+/// How often a leader re-reads the claim documents (a search) while it wants them.
+const CLAIMS_EVERY: Duration = Duration::from_secs(1);
 /// How long the agent waits for its first readiness report before it registers.
 const FIRST_READINESS_LIMIT: Duration = Duration::from_secs(30);
 
@@ -105,28 +121,6 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         settings: settings.clone(),
     });
 
-    notify(&[sd_notify::NotifyState::Status(
-        "connecting to Elasticsearch",
-    )]);
-    let coord = Coord::new(&es, &settings);
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match coord.ensure_index().await {
-            Ok(()) => break,
-            Err(e) if e.is_unreachable() => {
-                tracing::warn!("Elasticsearch not reachable yet, retrying in {delay:?}: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                return Err(e).context(format!(
-                    "creating the coordination index {}",
-                    settings.coordination.index
-                ))
-            }
-        }
-    }
-
     let resumed = progress.load();
     if let Some(p) = &resumed {
         tracing::info!(operation_id = %p.operation_id, step = ?p.step, "resuming from the local progress record");
@@ -137,23 +131,39 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
     if let Some(seen) = revisions.load() {
         node.remember_revision(seen);
     }
+    let facts = facts::Facts::new(
+        host.clone(),
+        es.clone(),
+        telemetry.clone(),
+        evidence,
+        identity::client_addresses(&settings.coordination.client_addresses),
+        boottime,
+    );
+    // Ready once the local adapters are: Elasticsearch may come up after us, and the loop waits
+    // for it (pinging the watchdog) rather than failing the start into a restart loop.
     tracing::info!(host = %host_id, index = %settings.coordination.index, "agent started");
     notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("idle: no operation"),
+        sd_notify::NotifyState::Status("connecting to Elasticsearch"),
     ]);
     let result = Daemon {
+        io_limit: io_limit(&settings),
+        poll: POLL_UNREADABLE,
+        watch_ids: vec![host_id.clone()],
+        claims_read_at: None,
+        next_read_at: Duration::ZERO,
+        last_op: OpRead::Unreadable,
+        last_own_version: None,
         settings: settings.clone(),
         es,
         host,
         cluster,
         progress,
         revisions,
+        step_tasks: Vec::new(),
         node,
         last_hosts: Vec::new(),
-        facts: None,
-        evidence,
-        client_addresses: identity::client_addresses(&settings.coordination.client_addresses),
+        facts,
         readiness_task: None,
         telemetry: telemetry.clone(),
     }
@@ -163,6 +173,29 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
     result
 }
 
+/// The longest any one Elasticsearch read or write may hold up the loop or a write task: a
+/// third of the lease, so a leader always has time to renew before its lease runs out.
+fn io_limit(settings: &Settings) -> Duration {
+    (settings.coordination.lease / 3).max(Duration::from_millis(100))
+}
+
+/// `fut`, or [`EsError::Timeout`]-like failure after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, EsError>>,
+) -> Result<T, EsError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(EsError::Timeout {
+            method: "agent".into(),
+            path: what.to_string(),
+            host: "Elasticsearch".into(),
+            timeout: limit,
+        }),
+    }
+}
+
 struct Daemon {
     settings: Arc<Settings>,
     es: Arc<Es>,
@@ -170,51 +203,87 @@ struct Daemon {
     cluster: Arc<Cluster>,
     progress: ProgressFile,
     revisions: RevisionFile,
+    /// Running host steps (apart from writes: stopping waits for these, not for a heartbeat).
+    step_tasks: Vec<JoinHandle<()>>,
     node: NodeState,
     last_hosts: Vec<HostDoc>,
-    /// Host facts, re-read after every host step and at every heartbeat.
-    facts: Option<(fleet::HostFacts, Duration)>,
-    /// When each Kibana version was installed here, for snapshot eligibility.
-    evidence: evidence::Evidence,
-    /// Where this host's Kibana connects from (configured, or every interface address).
-    client_addresses: Vec<String>,
+    /// Host facts, gathered beside the loop.
+    facts: Arc<facts::Facts>,
     /// The readiness checks, when running (they run beside the loop: a slow package query must
     /// not hold up heartbeats).
     readiness_task: Option<JoinHandle<()>>,
     /// Metrics and webhook events (one call per event).
     telemetry: Arc<telemetry::Telemetry>,
+    /// Bound on each Elasticsearch request of the loop and of its write tasks ([`io_limit`]).
+    io_limit: Duration,
+    /// How long the loop sleeps when nothing wakes it (set by each round).
+    poll: Duration,
+    /// The hosts whose documents the watch reads: this one and the last operation's.
+    watch_ids: Vec<String>,
+    claims_read_at: Option<Duration>,
+    /// When the watch reads next, and what it read last (rounds between reads decide on it).
+    next_read_at: Duration,
+    last_op: OpRead,
+    last_own_version: Option<fleet::DocVersion>,
+}
+
+/// What must be true before the loop takes part in the protocol.
+#[derive(Default)]
+struct Started {
+    /// The coordination index exists (Elasticsearch answered).
+    index: bool,
+    /// The first readiness report is in, or [`FIRST_READINESS_LIMIT`] passed: the first host
+    /// document carries one (`plan` and `start` judge hosts by it).
+    readiness: bool,
 }
 
 impl Daemon {
     async fn run(mut self) -> Result<()> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let mut inflight: Vec<JoinHandle<()>> = Vec::new();
-        // Host steps apart from writes: stopping waits for the steps, not for the next heartbeat.
-        let mut step_tasks: Vec<JoinHandle<()>> = Vec::new();
         let mut cluster_tasks: Vec<JoinHandle<()>> = Vec::new();
         let mut pending: Vec<Event> = Vec::new();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;
         let mut last_status = String::new();
         let mut last_phase: Option<(String, fleet::Phase)> = None;
-        // The first host document already carries a readiness report: `plan` and `start` judge
-        // hosts by it, and a registered host without one fails their check.
-        if let Some(trigger) = self.host.readiness_due(boottime()) {
-            if tokio::time::timeout(FIRST_READINESS_LIMIT, self.host.refresh_readiness(trigger))
-                .await
-                .is_err()
-            {
-                tracing::warn!("the first readiness checks took longer than {FIRST_READINESS_LIMIT:?}; registering without a report");
+        let mut facts_rx = self.facts.subscribe();
+        let refresher = self.facts.spawn_refresher(
+            self.settings
+                .coordination
+                .heartbeat
+                .min(Duration::from_secs(5)),
+        );
+        let mut started = Started::default();
+        let first_readiness_by = boottime() + FIRST_READINESS_LIMIT;
+        let mut index_retry = Duration::from_secs(1);
+        let mut index_next_try = Duration::ZERO;
+        // Facts were asked for after this instant and have not come in yet.
+        let mut facts_asked: Option<Duration> = None;
+        let mut watchdog_at: Option<Duration> = None;
+        // The loop wakes at least this often to feed systemd's watchdog (half its period).
+        let watchdog_every = sd_notify::watchdog_enabled()
+            .map(|d| d / 2)
+            .unwrap_or(Duration::MAX);
+        let result = loop {
+            // From the loop itself: a loop that hangs is restarted by systemd (WatchdogSec).
+            if watchdog_at.is_none_or(|t| {
+                boottime().saturating_sub(t) >= watchdog_every.min(Duration::from_secs(1))
+            }) {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                watchdog_at = Some(boottime());
             }
-        }
-        loop {
             inflight.retain(|h| !h.is_finished());
-            step_tasks.retain(|h| !h.is_finished());
+            self.step_tasks.retain(|h| !h.is_finished());
             cluster_tasks.retain(|h| !h.is_finished());
             while let Ok(ev) = rx.try_recv() {
                 pending.push(ev);
             }
-            if stopping && step_tasks.is_empty() && cluster_tasks.is_empty() && pending.is_empty() {
+            if stopping
+                && self.step_tasks.is_empty()
+                && cluster_tasks.is_empty()
+                && pending.is_empty()
+            {
                 // Every round writes (a heartbeat at least), so waiting for no write in flight
                 // could last for minutes on a busy host. The writes already sent (the acks of
                 // the steps that just finished among them) get a bounded grace; a lost one is
@@ -224,222 +293,352 @@ impl Daemon {
                     tracing::warn!("stopping: writes still in flight after {STOP_FLUSH:?}, left to the next start");
                 }
                 tracing::info!("stopped");
-                return Ok(());
-            }
-            let events = std::mem::take(&mut pending);
-            let host_step_done = events
-                .iter()
-                .any(|e| matches!(e, Event::HostStepDone { .. }));
-
-            let coord = Coord::new(&self.es, &self.settings);
-            let op = match coord.operation().await {
-                Ok(Some(v)) => OpRead::Found(v),
-                Ok(None) => OpRead::Missing,
-                Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
-                    tracing::error!("{e}");
-                    OpRead::Unsupported(e.to_string())
-                }
-                Err(e) => {
-                    tracing::warn!("cannot read the operation document: {e}");
-                    OpRead::Unreadable
-                }
-            };
-            self.telemetry.operation_read(&op, &self.es, &self.settings);
-            let mut ids: BTreeSet<String> = BTreeSet::new();
-            ids.insert(self.settings.coordination.host_id.clone());
-            if let OpRead::Found(v) = &op {
-                ids.extend(v.doc.expected_hosts.iter().cloned());
-                let now_phase = (v.doc.id.clone(), v.doc.phase);
-                if last_phase.as_ref() != Some(&now_phase) {
-                    tracing::info!(operation_id = %v.doc.id, phase = %v.doc.phase.as_str(), epoch = v.doc.epoch, "operation {} is in phase {}", v.doc.id, v.doc.phase.as_str());
-                    last_phase = Some(now_phase);
-                }
-            }
-            let mut own_version = None;
-            match coord
-                .hosts_versioned(&ids.into_iter().collect::<Vec<_>>())
-                .await
-            {
-                Ok(h) => {
-                    own_version = h
-                        .iter()
-                        .find(|v| v.doc.host_id == self.settings.coordination.host_id)
-                        .map(|v| v.version());
-                    self.last_hosts = h.into_iter().map(|v| v.doc).collect();
-                }
-                Err(e) => tracing::warn!("cannot read host documents: {e}"),
+                break Ok(());
             }
             let now = boottime();
+
             let readiness_done = self
                 .readiness_task
                 .as_ref()
                 .is_some_and(|t| t.is_finished());
             if readiness_done {
                 self.readiness_task = None;
+                started.readiness = true;
+            }
+            if now >= first_readiness_by && !started.readiness {
+                tracing::warn!("the first readiness checks took longer than {FIRST_READINESS_LIMIT:?}; registering without a report");
+                started.readiness = true;
             }
             if self.readiness_task.is_none() && !stopping {
                 if let Some(trigger) = self.host.readiness_due(now) {
                     tracing::debug!("readiness checks: {trigger}");
                     let host = self.host.clone();
+                    let facts = self.facts.clone();
                     self.readiness_task = Some(tokio::spawn(async move {
-                        host.refresh_readiness(trigger).await
+                        host.refresh_readiness(trigger).await;
+                        // The report is part of the facts: published before this task counts as
+                        // finished, so the first host document carries it (and the publication
+                        // wakes the loop).
+                        facts.read_now().await;
                     }));
                 }
             }
-            let stale = match &self.facts {
-                None => true,
-                Some((_, at)) => {
-                    host_step_done
-                        || readiness_done
-                        || now.saturating_sub(*at)
-                            >= self
-                                .settings
-                                .coordination
-                                .heartbeat
-                                .min(Duration::from_secs(5))
-                }
-            };
-            let stale = stale || self.node.wants_fresh_facts();
-            if stale {
-                let read_at = boottime();
-                let mut facts = self.host.facts().await;
-                facts.read_at = read_at;
-                facts.client_addresses = self.client_addresses.clone();
-                self.evidence
-                    .update(&self.es, facts.installed_version.as_ref(), now)
-                    .await;
-                facts.install_history = self.evidence.history();
-                self.telemetry.host_facts(&facts);
-                self.facts = Some((facts, now));
-            }
-            let facts = self.facts.as_ref().expect("just set").0.clone();
-            let op_id = match &op {
-                OpRead::Found(v) => Some(v.doc.id.clone()),
-                _ => None,
-            };
 
-            // Read only by a leader about to take a restore-side step.
-            let claims = if self.node.wants_claims() {
-                match coord.claims().await {
-                    Ok(c) => Some(c),
+            if !started.index && now >= index_next_try {
+                let coord = Coord::new(&self.es, &self.settings);
+                match bounded(
+                    self.io_limit,
+                    "creating the coordination index",
+                    coord.ensure_index(),
+                )
+                .await
+                {
+                    Ok(()) => {
+                        started.index = true;
+                        notify(&[sd_notify::NotifyState::Status("idle: no operation")]);
+                    }
+                    Err(e)
+                        if e.is_unreachable()
+                            || e.status().is_some_and(|s| s.is_server_error()) =>
+                    {
+                        tracing::warn!(
+                            "Elasticsearch not reachable yet, retrying in {index_retry:?}: {e}"
+                        );
+                        notify(&[sd_notify::NotifyState::Status(&format!(
+                            "waiting for Elasticsearch: {e}"
+                        ))]);
+                        index_next_try = now + index_retry;
+                        index_retry = (index_retry * 2).min(Duration::from_secs(15));
+                    }
                     Err(e) => {
-                        tracing::warn!("cannot read claim documents: {e}");
-                        None
+                        break Err(anyhow::Error::new(e).context(format!(
+                            "creating the coordination index {}",
+                            self.settings.coordination.index
+                        )))
                     }
                 }
-            } else {
-                None
-            };
-            let actions = fleet::step(
-                &mut self.node,
-                Inputs {
-                    now,
-                    wall: wall_now(),
-                    op,
-                    hosts: self.last_hosts.clone(),
-                    own_version,
-                    facts,
-                    events,
-                    claims,
-                },
-            );
-            self.telemetry.leading(self.node.leading_epoch());
-            // A write of the operation sent while not leading is a takeover.
-            let takeover = self.node.leading_epoch().is_none();
-            for action in actions {
-                match action {
-                    Action::RecordProgress(p) => {
-                        // Durable before the step it announces: a crash after this resumes it.
-                        if let Err(e) = self.progress.store(&p) {
-                            tracing::error!(path = %self.progress.path().display(), "cannot record progress: {e}");
-                        }
-                    }
-                    Action::RecordRevision(seen) => {
-                        if let Err(e) = self.revisions.store(&seen) {
-                            tracing::error!(path = %self.revisions.path().display(), "cannot record the revision seen: {e}");
-                        }
-                    }
-                    Action::Wait { what } => {
-                        if what != last_status {
-                            tracing::debug!(
-                                operation_id = op_id.as_deref().unwrap_or(""),
-                                "waiting: {what}"
-                            );
-                            notify(&[sd_notify::NotifyState::Status(&what)]);
-                            last_status = what;
-                        }
-                    }
-                    Action::Refused { why } => {
-                        // Logged at warn (once per change): the agent does nothing until an
-                        // operator fixes it, so the journal must say why.
-                        if why != last_status {
-                            tracing::warn!("{why}");
-                            notify(&[sd_notify::NotifyState::Status(&why)]);
-                            last_status = why;
-                        }
-                    }
-                    Action::StopActing { reason } => {
-                        self.telemetry.lease_lost();
-                        tracing::warn!(
-                            operation_id = op_id.as_deref().unwrap_or(""),
-                            "no longer leader: {reason}"
-                        );
-                        for h in cluster_tasks.drain(..) {
-                            h.abort();
-                        }
-                    }
-                    Action::RunHostStep { id, step, resumed } if !stopping => {
-                        tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), resumed, "running host step {step:?}");
-                        let host = self.host.clone();
-                        let tx = tx.clone();
-                        let op_id = op_id.clone().unwrap_or_default();
-                        let telemetry = self.telemetry.clone();
-                        telemetry.host_step_started(&op_id, step.kind());
-                        step_tasks.push(tokio::spawn(async move {
-                            let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
-                            let forward = {
-                                let tx = tx.clone();
-                                tokio::spawn(async move {
-                                    while let Some(detail) = prx.recv().await {
-                                        let _ = tx.send(Event::HostStepProgress { id, detail });
-                                    }
-                                })
-                            };
-                            let (result, detail) = host.run_reporting(&step, resumed, &ptx).await;
-                            drop(ptx);
-                            let _ = forward.await;
-                            telemetry.host_step_finished(&op_id, step.kind(), &result);
-                            tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
-                            let _ = tx.send(Event::HostStepDone { id, result, detail });
-                        }));
-                    }
-                    Action::RunClusterStep { id, step } if !stopping => {
-                        tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), "running cluster step");
-                        let cluster = self.cluster.clone();
-                        let tx = tx.clone();
-                        let op_id = op_id.clone().unwrap_or_default();
-                        cluster_tasks.push(tokio::spawn(async move {
-                            let outcome = cluster.run(&step, boottime).await;
-                            tracing::info!(operation_id = %op_id, step = ?step.kind(), "cluster step finished: {outcome:?}");
-                            let _ = tx.send(Event::Cluster { id, outcome });
-                        }));
-                    }
-                    Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
-                        // Stopping: start nothing new; the next agent process resumes.
-                    }
-                    other => {
-                        inflight.push(self.spawn_write(other, op_id.clone(), takeover, tx.clone()))
-                    }
+            }
+            let facts = facts_rx.borrow_and_update().clone();
+            if let (true, true, Some(facts)) = (started.index, started.readiness, facts) {
+                let answered = facts_asked.is_some_and(|t| facts.read_at >= t);
+                if answered {
+                    facts_asked = None;
+                }
+                // Read when the poll is due, and on every wake while an operation runs; an idle
+                // agent woken by a write's result or the watchdog decides on what it last read.
+                let read = now >= self.next_read_at || self.poll == POLL_ACTIVE;
+                if read || answered || !pending.is_empty() {
+                    let events = std::mem::take(&mut pending);
+                    self.round(
+                        read,
+                        facts,
+                        events,
+                        &mut last_phase,
+                        &mut last_status,
+                        &mut inflight,
+                        &mut cluster_tasks,
+                        &tx,
+                        stopping,
+                    )
+                    .await;
+                }
+                // A probe waits for facts read after it was seen: one request at a time.
+                if self.node.wants_fresh_facts() && facts_asked.is_none() {
+                    let at = boottime();
+                    self.facts.want_after(at);
+                    facts_asked = Some(at);
                 }
             }
 
             tokio::select! {
                 ev = rx.recv() => if let Some(ev) = ev { pending.push(ev) },
-                _ = tokio::time::sleep(POLL) => {}
+                r = facts_rx.changed(), if facts_asked.is_some() || !started.readiness => {
+                    let _ = r;
+                }
+                _ = tokio::time::sleep(self.poll_interval(&started).min(watchdog_every)) => {}
                 _ = term.recv(), if !stopping => {
                     tracing::info!("SIGTERM: finishing running steps, starting no new ones");
                     notify(&[sd_notify::NotifyState::Stopping]);
                     stopping = true;
+                    if !started.index {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        refresher.abort();
+        result
+    }
+
+    /// How long the loop sleeps when nothing wakes it.
+    fn poll_interval(&self, started: &Started) -> Duration {
+        if !started.index || !started.readiness {
+            // Waiting for Elasticsearch (retries are timed by `index_next_try`) or for the first
+            // readiness report (its end wakes the loop).
+            return POLL_UNREADABLE;
+        }
+        self.next_read_at.saturating_sub(boottime())
+    }
+
+    /// One round of the protocol: read the operation and the host documents, ask `step`, start
+    /// what it says.
+    #[allow(clippy::too_many_arguments)]
+    async fn round(
+        &mut self,
+        read: bool,
+        facts: fleet::HostFacts,
+        events: Vec<Event>,
+        last_phase: &mut Option<(String, fleet::Phase)>,
+        last_status: &mut String,
+        inflight: &mut Vec<JoinHandle<()>>,
+        cluster_tasks: &mut Vec<JoinHandle<()>>,
+        tx: &mpsc::UnboundedSender<Event>,
+        stopping: bool,
+    ) {
+        let es = self.es.clone();
+        let settings = self.settings.clone();
+        let coord = Coord::new(&es, &settings);
+        // One realtime `_mget` for the operation and the host documents this agent looks at
+        // (its own and those of the operation it last saw); a second only when the operation
+        // names hosts the first did not ask for.
+        let own = self.settings.coordination.host_id.clone();
+        let mut asked = self.watch_ids.clone();
+        let watched = if read {
+            bounded(
+                self.io_limit,
+                "reading the operation and host documents",
+                coord.watch(&asked),
+            )
+            .await
+        } else {
+            Err(EsError::Check("not read this round".into()))
+        };
+        let (op, mut hosts) = match watched {
+            _ if !read => (self.last_op.clone(), None),
+            Ok(w) => {
+                let op = match w.operation {
+                    Ok(Some(v)) => OpRead::Found(v),
+                    Ok(None) => OpRead::Missing,
+                    Err(e @ (EsError::NewerFormat { .. } | EsError::Untrusted { .. })) => {
+                        tracing::error!("{e}");
+                        OpRead::Unsupported(e.to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot read the operation document: {e}");
+                        OpRead::Unreadable
+                    }
+                };
+                (op, Some(w.hosts))
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the operation and host documents: {e}");
+                (OpRead::Unreadable, None)
+            }
+        };
+        if read {
+            self.telemetry.operation_read(&op, &self.es, &self.settings);
+            self.last_op = op.clone();
+        }
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        ids.insert(own.clone());
+        if let OpRead::Found(v) = &op {
+            ids.extend(v.doc.expected_hosts.iter().cloned());
+            let now_phase = (v.doc.id.clone(), v.doc.phase);
+            if last_phase.as_ref() != Some(&now_phase) {
+                tracing::info!(operation_id = %v.doc.id, phase = %v.doc.phase.as_str(), epoch = v.doc.epoch, "operation {} is in phase {}", v.doc.id, v.doc.phase.as_str());
+                *last_phase = Some(now_phase);
+            }
+        }
+        if !matches!(op, OpRead::Unreadable) {
+            self.watch_ids = ids.iter().cloned().collect();
+        }
+        if hosts.is_some() && !ids.iter().all(|h| asked.contains(h)) {
+            asked = ids.into_iter().collect();
+            hosts = match bounded(
+                self.io_limit,
+                "reading the host documents",
+                coord.hosts_versioned(&asked),
+            )
+            .await
+            {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("cannot read host documents: {e}");
+                    None
+                }
+            };
+        }
+        // Not read this round: the last reading stands (the node tracks its own writes).
+        let mut own_version = self.last_own_version;
+        if let Some(h) = hosts {
+            own_version = h.iter().find(|v| v.doc.host_id == own).map(|v| v.version());
+            self.last_own_version = own_version;
+            self.last_hosts = h.into_iter().map(|v| v.doc).collect();
+        }
+        self.poll = match &op {
+            // An operation: someone waits on a step, an acknowledgement or a phase change.
+            OpRead::Found(_) => POLL_ACTIVE,
+            OpRead::Missing => POLL_IDLE.min(self.settings.coordination.heartbeat),
+            OpRead::Unreadable | OpRead::Unsupported(_) => POLL_UNREADABLE,
+        };
+        if read {
+            self.next_read_at = boottime() + self.poll;
+        }
+        let op_id = match &op {
+            OpRead::Found(v) => Some(v.doc.id.clone()),
+            _ => None,
+        };
+
+        // Read only by a leader about to take a restore-side step.
+        // A search: at most once per CLAIMS_EVERY, however fast the rounds.
+        let claims_due = self
+            .claims_read_at
+            .is_none_or(|t| boottime().saturating_sub(t) >= CLAIMS_EVERY);
+        let claims = if self.node.wants_claims() && claims_due {
+            self.claims_read_at = Some(boottime());
+            match bounded(self.io_limit, "reading the claim documents", coord.claims()).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("cannot read claim documents: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let actions = fleet::step(
+            &mut self.node,
+            Inputs {
+                now: boottime(),
+                wall: wall_now(),
+                op,
+                hosts: self.last_hosts.clone(),
+                own_version,
+                facts,
+                events,
+                claims,
+            },
+        );
+        self.telemetry.leading(self.node.leading_epoch());
+        // A write of the operation sent while not leading is a takeover.
+        let takeover = self.node.leading_epoch().is_none();
+        for action in actions {
+            match action {
+                Action::RecordProgress(p) => {
+                    // Durable before the step it announces: a crash after this resumes it.
+                    if let Err(e) = self.progress.store(&p) {
+                        tracing::error!(path = %self.progress.path().display(), "cannot record progress: {e}");
+                    }
+                }
+                Action::RecordRevision(seen) => {
+                    if let Err(e) = self.revisions.store(&seen) {
+                        tracing::error!(path = %self.revisions.path().display(), "cannot record the revision seen: {e}");
+                    }
+                }
+                Action::Wait { what } => {
+                    if what != *last_status {
+                        tracing::debug!(
+                            operation_id = op_id.as_deref().unwrap_or(""),
+                            "waiting: {what}"
+                        );
+                        notify(&[sd_notify::NotifyState::Status(&what)]);
+                        *last_status = what;
+                    }
+                }
+                Action::StopActing { reason } => {
+                    self.telemetry.lease_lost();
+                    tracing::warn!(
+                        operation_id = op_id.as_deref().unwrap_or(""),
+                        "no longer leader: {reason}"
+                    );
+                    for h in cluster_tasks.drain(..) {
+                        h.abort();
+                    }
+                }
+                Action::RunHostStep { id, step, resumed } if !stopping => {
+                    tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), resumed, "running host step {step:?}");
+                    let host = self.host.clone();
+                    let facts = self.facts.clone();
+                    let tx = tx.clone();
+                    let op_id = op_id.clone().unwrap_or_default();
+                    let telemetry = self.telemetry.clone();
+                    telemetry.host_step_started(&op_id, step.kind());
+                    self.step_tasks.push(tokio::spawn(async move {
+                        let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+                        let forward = {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                while let Some(detail) = prx.recv().await {
+                                    let _ = tx.send(Event::HostStepProgress { id, detail });
+                                }
+                            })
+                        };
+                        let (result, detail) = host.run_reporting(&step, resumed, &ptx).await;
+                        drop(ptx);
+                        let _ = forward.await;
+                        telemetry.host_step_finished(&op_id, step.kind(), &result);
+                        tracing::info!(operation_id = %op_id, step = ?step.kind(), result = ?result, "host step finished: {detail}");
+                        // The round that learns of the step sees facts read after it.
+                        facts.read_now().await;
+                        let _ = tx.send(Event::HostStepDone { id, result, detail });
+                    }));
+                }
+                Action::RunClusterStep { id, step } if !stopping => {
+                    tracing::info!(operation_id = op_id.as_deref().unwrap_or(""), step = ?step.kind(), "running cluster step");
+                    let cluster = self.cluster.clone();
+                    let tx = tx.clone();
+                    let op_id = op_id.clone().unwrap_or_default();
+                    cluster_tasks.push(tokio::spawn(async move {
+                        let outcome = cluster.run(&step, boottime).await;
+                        tracing::info!(operation_id = %op_id, step = ?step.kind(), "cluster step finished: {outcome:?}");
+                        let _ = tx.send(Event::Cluster { id, outcome });
+                    }));
+                }
+                Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
+                    // Stopping: start nothing new; the next agent process resumes.
+                }
+                other => {
+                    inflight.push(self.spawn_write(other, op_id.clone(), takeover, tx.clone()))
                 }
             }
         }
@@ -456,6 +655,7 @@ impl Daemon {
         let es = self.es.clone();
         let telemetry = self.telemetry.clone();
         let settings = self.settings.clone();
+        let limit = self.io_limit;
         tokio::spawn(async move {
             let coord = Coord::new(&es, &settings);
             let op_id = op_id.unwrap_or_default();
@@ -466,7 +666,14 @@ impl Daemon {
                     doc,
                     why,
                 } => {
-                    let r = write_result(coord.cas_operation(&doc, expected).await);
+                    let r = write_result(
+                        bounded(
+                            limit,
+                            "writing the operation",
+                            coord.cas_operation(&doc, expected),
+                        )
+                        .await,
+                    );
                     telemetry.operation_written(&doc, takeover, &r);
                     if matches!(r, WriteResult::Ok(_)) {
                         tracing::info!(operation_id = %doc.id, phase = %doc.phase.as_str(), epoch = doc.epoch, "operation updated: {why}");
@@ -476,7 +683,7 @@ impl Daemon {
                     Event::OpWritten { id, result: r }
                 }
                 Action::ArchiveHistory { id, doc } => {
-                    let r = coord.archive(&doc).await;
+                    let r = bounded(limit, "archiving the operation", coord.archive(&doc)).await;
                     if let Err(e) = &r {
                         tracing::warn!(operation_id = %doc.id, "archiving failed: {e}");
                     } else {
@@ -485,7 +692,13 @@ impl Daemon {
                     Event::Archived { id, ok: r.is_ok() }
                 }
                 Action::DeleteOperation { id, expected } => {
-                    let r = match coord.delete_operation(expected).await {
+                    let r = match bounded(
+                        limit,
+                        "deleting the operation",
+                        coord.delete_operation(expected),
+                    )
+                    .await
+                    {
                         Ok(()) => WriteResult::Ok(expected),
                         Err(e) if e.is_conflict() || e.is_not_found() => WriteResult::Conflict,
                         Err(e) => WriteResult::Unknown(e.to_string()),
@@ -496,7 +709,14 @@ impl Daemon {
                     Event::Deleted { id, result: r }
                 }
                 Action::WriteHostDoc { id, doc, expected } => {
-                    let r = write_result(coord.write_host(&doc, expected).await);
+                    let r = write_result(
+                        bounded(
+                            limit,
+                            "writing the host document",
+                            coord.write_host(&doc, expected),
+                        )
+                        .await,
+                    );
                     telemetry.host_doc_written(&doc, &r);
                     if let WriteResult::Unknown(e) = &r {
                         tracing::warn!("writing the host document failed: {e}");
@@ -504,7 +724,8 @@ impl Daemon {
                     Event::HostDocWritten { id, result: r }
                 }
                 Action::WriteClaim { id, doc } => {
-                    if let Err(e) = coord.write_claim(&doc).await {
+                    if let Err(e) = bounded(limit, "writing a claim", coord.write_claim(&doc)).await
+                    {
                         tracing::warn!("writing the claim document failed: {e}");
                     }
                     Event::ClaimWritten { id }

@@ -33,7 +33,11 @@ use super::{print_json, Cli};
 /// Lowercase throughout: the id becomes part of the safety snapshot's name, and Elasticsearch
 /// refuses snapshot names with capitals.
 pub fn new_operation_id(wall: &str) -> String {
+    // Whole seconds: the fraction of `wall` stays out of the id.
     let stamp: String = wall
+        .split('.')
+        .next()
+        .unwrap_or(wall)
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == 'T')
         .collect::<String>()
