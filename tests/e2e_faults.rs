@@ -423,6 +423,24 @@ async fn install_failing_on_one_host_after_the_restore() {
         st_text.contains(&broken.name),
         "status names the host:\n{st_text}"
     );
+    // The fleet table stays narrow (80 columns on a terminal): `status HOST` has the whole cause.
+    assert!(
+        st_text.lines().all(|l| l.chars().count() <= 120),
+        "a narrow table:\n{st_text}"
+    );
+    let one = fleet.cli(fleet.first(), &["status", broken.name.as_str()]);
+    let one_text = String::from_utf8_lossy(&one.stdout);
+    assert!(one.status.success(), "status HOST:\n{one_text}");
+    assert!(
+        one_text.contains("dpkg: error: error executing hook '/bin/false'"),
+        "status HOST shows dpkg's own line:\n{one_text}"
+    );
+    let nobody = fleet.cli(fleet.first(), &["status", "no-such-host"]);
+    assert_eq!(
+        nobody.status.code(),
+        Some(2),
+        "an unknown host is a usage error"
+    );
     support.check("failed naming host, dpkg's line and start --resume; others serve");
 
     assert!(

@@ -99,6 +99,10 @@ pub enum Command {
     },
     /// Show the fleet: hosts, units, package versions, the operation and what it waits for.
     Status {
+        /// One host in full: its step with the whole reason, its readiness checks, its machine
+        /// and claims (the fleet table shortens long reasons to stay narrow).
+        #[arg(value_name = "HOST", conflicts_with = "watch")]
+        host: Option<String>,
         /// Keep watching: on a terminal one block redrawn every second, otherwise a line per
         /// phase change and per change of what the operation waits for; Ctrl-C ends it (exit 0).
         #[arg(long)]
@@ -226,8 +230,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
             )
             .await
         }
-        Command::Status { watch: false } => status::run(&cli).await,
-        Command::Status { watch: true } => status::watch(&cli).await,
+        Command::Status {
+            host: Some(host), ..
+        } => status::one_host(&cli, host).await,
+        Command::Status { watch: false, .. } => status::run(&cli).await,
+        Command::Status { watch: true, .. } => status::watch(&cli).await,
         Command::ExcludeHost { host, reason, yes } => {
             exclude::run(&cli, host, reason.as_deref(), *yes).await
         }

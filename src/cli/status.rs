@@ -33,6 +33,19 @@ fn step_name<T: serde::Serialize>(s: &T) -> String {
         .unwrap_or_default()
 }
 
+/// How much of a failed step's cause the STEP column shows.
+const STEP_CAUSE_WIDTH: usize = 36;
+
+/// `text` cut to `width` characters, with an ellipsis when cut.
+fn shorten(text: &str, width: usize) -> String {
+    let first = text.lines().next().unwrap_or("");
+    if first.chars().count() <= width && !text.contains('\n') {
+        return first.to_string();
+    }
+    let cut: String = first.chars().take(width.saturating_sub(1)).collect();
+    format!("{}…", cut.trim_end())
+}
+
 /// The host's acknowledgement of the current operation, for the STEP column.
 pub fn step_cell(op: Option<&OperationDoc>, h: &HostDoc) -> String {
     let (Some(op), Some(ack)) = (op, &h.ack) else {
@@ -44,7 +57,8 @@ pub fn step_cell(op: Option<&OperationDoc>, h: &HostDoc) -> String {
     let result = match &ack.result {
         StepResult::Ok => "ok".to_string(),
         StepResult::InProgress => "in progress".to_string(),
-        StepResult::Failed { cause } => format!("failed ({cause})"),
+        // The table stays narrow: the whole cause is in `status HOST` and `--json`.
+        StepResult::Failed { cause } => format!("failed ({})", shorten(cause, STEP_CAUSE_WIDTH)),
     };
     let current = op.phase.ack_step() == Some(ack.step) && ack.epoch >= op.phase_epoch;
     let mut s = format!("{}: {result}", step_name(&ack.step));
@@ -259,6 +273,156 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         );
     }
     Ok(exit::OK)
+}
+
+/// `status HOST`: one host in full — what the fleet table shortens.
+pub async fn one_host(cli: &Cli, host: &str) -> Result<u8> {
+    let ctx = Ctx::new(cli)?;
+    let coord = ctx.coord();
+    let op = coord
+        .operation()
+        .await
+        .context("reading the operation document")?
+        .map(|v| v.doc);
+    let doc = coord
+        .hosts(&[host.to_string()])
+        .await
+        .context("reading the host document")?
+        .into_iter()
+        .find(|d| d.host_id == host);
+    let expected = op.as_ref().is_some_and(|o| o.is_expected(host));
+    let Some(h) = doc else {
+        let known = match &op {
+            Some(o) => o.expected_hosts.join(", "),
+            None => coord
+                .all_hosts()
+                .await
+                .map(|all| {
+                    all.into_iter()
+                        .map(|h| h.host_id)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+        };
+        eprintln!(
+            "kibana-rollback: error: no agent registered as host {host:?} in {} (hosts: {}); fix: give the host id as `status` lists it",
+            coord.index,
+            if known.is_empty() { "none" } else { &known }
+        );
+        return Ok(exit::USAGE);
+    };
+    let claims: Vec<fleet::ClaimDoc> = coord
+        .claims()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.host_id == host)
+        .collect();
+    let target = op.as_ref().map(|o| &o.target_version);
+    if cli.json {
+        let mut v = host_json(host, Some(&h), op.as_ref(), target);
+        v["machine"] = json!(h.machine);
+        v["expected"] = json!(expected);
+        v["kibana_started_us"] = json!(h.kibana_started);
+        v["client_addresses"] = json!(h.client_addresses);
+        v["claims"] = json!(claims);
+        print_json(&v);
+        return Ok(exit::OK);
+    }
+    println!("host {}", h.host_id);
+    if let Some(m) = &h.machine {
+        println!("  machine       {m}");
+    }
+    println!(
+        "  agent         {} (heartbeat {})",
+        h.agent_version, h.heartbeat
+    );
+    println!("  unit          {}", step_name(&h.unit_state));
+    println!(
+        "  kibana        {}{}",
+        h.installed_version
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "not installed".into()),
+        if h.held { ", held" } else { "" }
+    );
+    if !h.client_addresses.is_empty() {
+        println!("  addresses     {}", h.client_addresses.join(", "));
+    }
+    match (&op, &h.ack) {
+        (Some(o), _) if !expected => {
+            println!("  operation     {} (this host is not expected)", o.id)
+        }
+        (Some(o), Some(ack)) if ack.operation_id == o.id => {
+            let result = match &ack.result {
+                StepResult::Ok => "ok".to_string(),
+                StepResult::InProgress => "in progress".to_string(),
+                StepResult::Failed { cause } => format!("failed: {cause}"),
+            };
+            println!("  operation     {} in {}", o.id, o.phase);
+            println!(
+                "  step          {} at epoch {}: {result}",
+                step_name(&ack.step),
+                ack.epoch
+            );
+            if !ack.detail.is_empty() {
+                println!("  detail        {}", ack.detail);
+            }
+        }
+        (Some(o), _) => println!(
+            "  operation     {} in {} (no step acknowledged yet)",
+            o.id, o.phase
+        ),
+        (None, _) => println!("  operation     none running"),
+    }
+    if let Some(f) = op
+        .as_ref()
+        .and_then(|o| o.hosts_failed.iter().find(|f| f.host == host))
+    {
+        println!("  set aside     {} failed: {}", step_name(&f.step), f.cause);
+    }
+    match &h.readiness {
+        Some(r) => {
+            println!(
+                "  readiness     {} (for Kibana {})",
+                r.summary(),
+                r.target
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "-".into())
+            );
+            for c in &r.checks {
+                println!("    {:<6} {}", step_name(&c.status), c.one_line());
+            }
+        }
+        None => println!("  readiness     not reported yet"),
+    }
+    for c in &claims {
+        println!(
+            "  claim         also claimed by {} (owner {}); give that machine its own coordination.host_id, then delete {}/_doc/{}",
+            c.machine,
+            c.owner.as_ref().map(|o| o.to_string()).unwrap_or_else(|| "?".into()),
+            coord.index,
+            fleet::ClaimDoc::doc_id(&c.host_id, &c.machine)
+        );
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn long_causes_are_shortened_for_the_table() {
+        assert_eq!(shorten("apt-get failed", 36), "apt-get failed");
+        let long = "E: Sub-process /usr/bin/dpkg returned an error code (1) and then some";
+        let s = shorten(long, 36);
+        assert_eq!(s.chars().count(), 36, "{s}");
+        assert!(s.ends_with('…'));
+        assert_eq!(shorten("first line\nsecond", 36), "first line…");
+    }
 }
 
 /// `status --watch`: follows every operation that runs, until a signal.
