@@ -410,21 +410,6 @@ pub async fn one_host(cli: &Cli, host: &str) -> Result<u8> {
     Ok(exit::OK)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::shorten;
-
-    #[test]
-    fn long_causes_are_shortened_for_the_table() {
-        assert_eq!(shorten("apt-get failed", 36), "apt-get failed");
-        let long = "E: Sub-process /usr/bin/dpkg returned an error code (1) and then some";
-        let s = shorten(long, 36);
-        assert_eq!(s.chars().count(), 36, "{s}");
-        assert!(s.ends_with('…'));
-        assert_eq!(shorten("first line\nsecond", 36), "first line…");
-    }
-}
-
 /// `status --watch`: follows every operation that runs, until a signal.
 pub async fn watch(cli: &Cli) -> Result<u8> {
     use super::follow::{follow_until, Followed};
@@ -506,5 +491,20 @@ pub async fn watch(cli: &Cli) -> Result<u8> {
             _ = &mut ctrl_c => { screen.keep(); return Ok(exit::OK) }
             _ = sigterm.recv() => { screen.keep(); return Ok(exit::OK) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn long_causes_are_shortened_for_the_table() {
+        assert_eq!(shorten("apt-get failed", 36), "apt-get failed");
+        let long = "E: Sub-process /usr/bin/dpkg returned an error code (1) and then some";
+        let s = shorten(long, 36);
+        assert_eq!(s.chars().count(), 36, "{s}");
+        assert!(s.ends_with('…'));
+        assert_eq!(shorten("first line\nsecond", 36), "first line…");
     }
 }
