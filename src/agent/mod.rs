@@ -585,6 +585,15 @@ impl Daemon {
                         *last_status = what;
                     }
                 }
+                Action::Refused { why } => {
+                    // Logged at warn (once per change): the agent does nothing until an
+                    // operator fixes it, so the journal must say why.
+                    if why != *last_status {
+                        tracing::warn!("{why}");
+                        notify(&[sd_notify::NotifyState::Status(&why)]);
+                        *last_status = why;
+                    }
+                }
                 Action::StopActing { reason } => {
                     self.telemetry.lease_lost();
                     tracing::warn!(
