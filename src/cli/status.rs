@@ -33,6 +33,29 @@ fn step_name<T: serde::Serialize>(s: &T) -> String {
         .unwrap_or_default()
 }
 
+/// The operation document as stored, if one runs.
+async fn current_operation(
+    coord: &kibana_rollback::coord::Coord<'_>,
+) -> Result<Option<OperationDoc>> {
+    Ok(coord
+        .operation()
+        .await
+        .context("reading the operation document")?
+        .map(|v| v.doc))
+}
+
+/// A step's result in words; a failed one's cause cut to `width` (the table) or whole.
+fn result_text(result: &StepResult, width: Option<usize>) -> String {
+    match result {
+        StepResult::Ok => "ok".to_string(),
+        StepResult::InProgress => "in progress".to_string(),
+        StepResult::Failed { cause } => match width {
+            Some(w) => format!("failed ({})", shorten(cause, w)),
+            None => format!("failed: {cause}"),
+        },
+    }
+}
+
 /// How much of a failed step's cause the STEP column shows.
 const STEP_CAUSE_WIDTH: usize = 36;
 
@@ -54,12 +77,8 @@ pub fn step_cell(op: Option<&OperationDoc>, h: &HostDoc) -> String {
     if ack.operation_id != op.id {
         return "-".into();
     }
-    let result = match &ack.result {
-        StepResult::Ok => "ok".to_string(),
-        StepResult::InProgress => "in progress".to_string(),
-        // The table stays narrow: the whole cause is in `status HOST` and `--json`.
-        StepResult::Failed { cause } => format!("failed ({})", shorten(cause, STEP_CAUSE_WIDTH)),
-    };
+    // The table stays narrow: the whole cause is in `status HOST` and `--json`.
+    let result = result_text(&ack.result, Some(STEP_CAUSE_WIDTH));
     let current = op.phase.ack_step() == Some(ack.step) && ack.epoch >= op.phase_epoch;
     let mut s = format!("{}: {result}", step_name(&ack.step));
     if !current && !op.phase.is_terminal() {
@@ -119,11 +138,7 @@ pub fn host_row(id: &str, doc: Option<&HostDoc>, op: Option<&OperationDoc>) -> V
 pub async fn run(cli: &Cli) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
     let coord = ctx.coord();
-    let op = coord
-        .operation()
-        .await
-        .context("reading the operation document")?
-        .map(|v| v.doc);
+    let op = current_operation(&coord).await?;
     coord.refresh().await;
     let history = coord.history().await.context("reading the history")?;
     let last = history.first();
@@ -279,11 +294,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
 pub async fn one_host(cli: &Cli, host: &str) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
     let coord = ctx.coord();
-    let op = coord
-        .operation()
-        .await
-        .context("reading the operation document")?
-        .map(|v| v.doc);
+    let op = current_operation(&coord).await?;
     let doc = coord
         .hosts(&[host.to_string()])
         .await
@@ -355,11 +366,7 @@ pub async fn one_host(cli: &Cli, host: &str) -> Result<u8> {
             println!("  operation     {} (this host is not expected)", o.id)
         }
         (Some(o), Some(ack)) if ack.operation_id == o.id => {
-            let result = match &ack.result {
-                StepResult::Ok => "ok".to_string(),
-                StepResult::InProgress => "in progress".to_string(),
-                StepResult::Failed { cause } => format!("failed: {cause}"),
-            };
+            let result = result_text(&ack.result, None);
             println!("  operation     {} in {}", o.id, o.phase);
             println!(
                 "  step          {} at epoch {}: {result}",
