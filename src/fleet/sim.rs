@@ -1572,19 +1572,8 @@ impl World {
                 deadline,
             } => {
                 if self.clock(h, self.t) > deadline {
-                    self.count("restore not sent (deadline)");
-                    self.note(format!(
-                        "{} did not send the restore: deadline passed",
-                        self.name(h)
-                    ));
-                    self.deliver(
-                        h,
-                        inc,
-                        Event::Cluster {
-                            id,
-                            outcome: ClusterOutcome::RestoreNotSent,
-                        },
-                    );
+                    let why = format!("{} did not send the restore: deadline passed", self.name(h));
+                    self.restore_not_sent(h, inc, id, "restore not sent (deadline)", why);
                     return;
                 }
                 let transit = if self.faults_on() && self.rng.chance(self.p.slow_transit_p) {
@@ -1704,19 +1693,8 @@ impl World {
             return;
         }
         if !bugs::on(Bug::DeadlineCheckedOnce) && self.clock(h, self.t) > deadline {
-            self.count("restore cut at the deadline");
-            self.note(format!(
-                "{}'s restore cut at its deadline on the way",
-                self.name(h)
-            ));
-            self.deliver(
-                h,
-                inc,
-                Event::Cluster {
-                    id,
-                    outcome: ClusterOutcome::RestoreNotSent,
-                },
-            );
+            let why = format!("{}'s restore cut at its deadline on the way", self.name(h));
+            self.restore_not_sent(h, inc, id, "restore cut at the deadline", why);
             return;
         }
         if fail && self.rng.chance(0.3) {
@@ -1753,6 +1731,22 @@ impl World {
                 epoch,
             },
         );
+    }
+
+    /// The leader's restore never reached Elasticsearch (its deadline passed before or on the
+    /// way): it is told so, as the adapter would.
+    fn restore_not_sent(
+        &mut self,
+        h: usize,
+        inc: u64,
+        id: RequestId,
+        counter: &'static str,
+        why: String,
+    ) {
+        self.count(counter);
+        self.note(why);
+        let outcome = ClusterOutcome::RestoreNotSent;
+        self.deliver(h, inc, Event::Cluster { id, outcome });
     }
 
     fn restore_checks(&mut self, h: usize, epoch: u64) {
