@@ -16,7 +16,7 @@
 //! use kibana_rollback::fleet::*;
 //! # fn read_op() -> OpRead { OpRead::Missing }
 //! # fn read_hosts() -> Vec<HostDoc> { vec![] }
-//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None, read_at: std::time::Duration::ZERO, client_addresses: vec![], readiness: None } }
+//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None, read_at: std::time::Duration::ZERO, client_addresses: vec![], readiness: None, kibana_started: None } }
 //! # fn boottime() -> std::time::Duration { std::time::Duration::ZERO }
 //! # fn execute(_: Action) {}
 //! # fn collect_results() -> Vec<Event> { vec![] }
@@ -24,7 +24,8 @@
 //! loop {
 //!     let events = collect_results();          // results of actions finished since last round
 //!     let input = Inputs { now: boottime(), wall: "2026-01-01T00:00:00Z".into(),
-//!                          op: read_op(), hosts: read_hosts(), own_version: None, facts: facts(), events };
+//!                          op: read_op(), hosts: read_hosts(), own_version: None, facts: facts(), events,
+//!                          claims: None /* read at most once a second */ };
 //!     for action in step(&mut node, input) {
 //!         execute(action);                      // spawn; feed its result back as an Event
 //!     }
