@@ -304,6 +304,19 @@ impl<'a> Coord<'a> {
         self.list("claim-").await
     }
 
+    /// The claims that can hold `op` (read only while it is before the restore on the restore
+    /// side, where a claim stops it; otherwise none, without a request): for the waiting line.
+    pub async fn claims_holding(&self, op: &OperationDoc) -> Vec<fleet::ClaimDoc> {
+        let restore_side = matches!(
+            op.phase,
+            fleet::Phase::Barrier | fleet::Phase::SafetySnapshot | fleet::Phase::Restoring
+        ) && op.restore.is_none();
+        if !restore_side {
+            return vec![];
+        }
+        self.claims().await.unwrap_or_default() // none was ever written
+    }
+
     /// The archived `history-<id>` of one operation, verified like the live one.
     pub async fn history_of(&self, op_id: &str) -> Result<Option<OperationDoc>, EsError> {
         let id = fleet::history_doc_id(op_id);

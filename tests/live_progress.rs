@@ -305,8 +305,8 @@ async fn status_watch_off_a_terminal_prints_plain_lines() {
     let (code, out, err) = finish(child).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(err, "");
-    let waiting_before = fleet::waiting_for(&op, &hosts);
-    let waiting_after = fleet::waiting_for(&op, &fixed_hosts);
+    let waiting_before = fleet::waiting_for(&op, &hosts, &[]);
+    let waiting_after = fleet::waiting_for(&op, &fixed_hosts, &[]);
     let mut want: Vec<String> = op.history.iter().map(line).collect();
     want.push(format!("    {waiting_before}"));
     want.push(format!("    {waiting_after}"));
@@ -408,7 +408,7 @@ async fn start_wait_off_a_terminal_prints_plain_lines() {
     let want = [
         op.id.clone(),
         line(&op.history[0]),
-        format!("    {}", fleet::waiting_for(&op, &hosts)),
+        format!("    {}", fleet::waiting_for(&op, &hosts, &[])),
         line(aborted.history.last().unwrap()),
         format!(
             "operation {} aborted: no cause recorded; nothing was restored and every unit is back on its unchanged package",

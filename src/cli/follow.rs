@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use kibana_rollback::coord::Coord;
 use kibana_rollback::es::EsError;
 use kibana_rollback::exit;
-use kibana_rollback::fleet::{self, describe_error, HostDoc, OperationDoc, Phase};
+use kibana_rollback::fleet::{self, describe_error, ClaimDoc, HostDoc, OperationDoc, Phase};
 use serde_json::json;
 
 use super::context::Ctx;
@@ -34,7 +34,7 @@ fn emit(json_mode: bool, v: serde_json::Value, text: impl FnOnce() -> String) {
 }
 
 enum Seen {
-    Running(OperationDoc, Vec<HostDoc>),
+    Running(OperationDoc, Vec<HostDoc>, Vec<ClaimDoc>),
     Finished(OperationDoc),
     Vanished,
 }
@@ -48,7 +48,8 @@ async fn look(coord: &Coord<'_>, op_id: &str) -> Result<Seen, EsError> {
                 return Ok(Seen::Finished(v.doc));
             }
             let hosts = coord.hosts(&v.doc.expected_hosts).await?;
-            return Ok(Seen::Running(v.doc, hosts));
+            let claims = coord.claims_holding(&v.doc).await;
+            return Ok(Seen::Running(v.doc, hosts, claims));
         }
     }
     match coord.history_of(op_id).await? {
@@ -123,7 +124,7 @@ pub async fn follow_until(
                     }
                 }
                 let op = match &seen {
-                    Seen::Running(op, _) | Seen::Finished(op) => Some(op),
+                    Seen::Running(op, ..) | Seen::Finished(op) => Some(op),
                     Seen::Vanished => None,
                 };
                 if let Some(op) = op {
@@ -142,9 +143,9 @@ pub async fn follow_until(
                     last_phase = Some(op.phase);
                 }
                 match seen {
-                    Seen::Running(op, hosts) => {
+                    Seen::Running(op, hosts, claims) => {
                         vanished = 0;
-                        let w = fleet::waiting_for(&op, &hosts);
+                        let w = fleet::waiting_for(&op, &hosts, &claims);
                         if live {
                             draw(&mut screen, &op, &hosts, &w);
                         } else if w != last_wait {

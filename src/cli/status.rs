@@ -169,7 +169,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         .into_iter()
         .filter(|c| ids.contains(&c.host_id))
         .collect();
-    let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &docs));
+    let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &docs, &claims));
     let target = op
         .as_ref()
         .map(|o| &o.target_version)
@@ -453,7 +453,11 @@ pub async fn watch(cli: &Cli) -> Result<u8> {
                         Some(o) => coord.hosts(&o.expected_hosts).await.unwrap_or_default(),
                         None => coord.all_hosts().await.unwrap_or_default(),
                     };
-                    let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &hosts));
+                    let claims = match &op {
+                        Some(o) => coord.claims_holding(o).await,
+                        None => vec![],
+                    };
+                    let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &hosts, &claims));
                     let ids: Vec<String> = match &op {
                         Some(o) => o.expected_hosts.clone(),
                         None => hosts.iter().map(|h| h.host_id.clone()).collect(),

@@ -274,6 +274,23 @@ fn fresh_evidence(op: &OperationDoc, hosts: &[HostDoc]) -> Fresh {
     }
 }
 
+/// Why the claims stop the restore-side steps (the safety snapshot, the restore), if they do:
+/// a claim naming an expected host id means a second machine runs an agent with that id, and
+/// perhaps a Kibana nobody stops. The one check the leader and `status` share.
+pub fn claims_blocking(op: &OperationDoc, claims: &[ClaimDoc]) -> Option<String> {
+    let claimed: Vec<String> = claims
+        .iter()
+        .filter(|c| op.is_expected(&c.host_id))
+        .map(|c| format!("{} (also claimed by {})", c.host_id, c.machine))
+        .collect();
+    (!claimed.is_empty()).then(|| {
+        format!(
+            "host id claimed by two machines: {}; give each machine its own coordination.host_id, then delete the claim-* document",
+            claimed.join(", ")
+        )
+    })
+}
+
 /// What the evidence allows before a restore-side step (the safety snapshot, the restore):
 /// `Ok(())` to go on, or the decision to make instead (ask a probe, wait, check clients, stop).
 /// Called once per round: the large `Err` is not worth a box.
@@ -289,17 +306,8 @@ fn evidence_gate(
 ) -> Result<(), LeaderDecision> {
     // A second machine running an agent with an expected host id may run a Kibana nobody
     // stops: nothing restore-side while such a claim stands.
-    let claimed: Vec<String> = claims
-        .iter()
-        .filter(|c| op.is_expected(&c.host_id))
-        .map(|c| format!("{} (also claimed by {})", c.host_id, c.machine))
-        .collect();
-    if !claimed.is_empty() {
-        return Err(LeaderDecision::Wait(format!(
-            "{}: host id claimed by two machines: {}; give each machine its own coordination.host_id, then delete the claim-* document",
-            op.phase,
-            claimed.join(", ")
-        )));
+    if let Some(why) = claims_blocking(op, claims) {
+        return Err(LeaderDecision::Wait(format!("{}: {why}", op.phase)));
     }
     let n = match fresh_evidence(op, hosts) {
         Fresh::Ask(probe) => {
@@ -573,7 +581,7 @@ pub fn decide_leader(
             _ => {} // past the restore point (or already aborting): no silent way back
         }
     }
-    let waiting = || LeaderDecision::Wait(waiting_for(op, hosts));
+    let waiting = || LeaderDecision::Wait(waiting_for(op, hosts, &[]));
     let timed_out = |t: &AckTally| -> Option<LeaderDecision> {
         let limit = cfg.phase_timeout?;
         (age >= limit).then(|| {
@@ -593,7 +601,7 @@ pub fn decide_leader(
     };
     match op.phase {
         Phase::Done | Phase::Aborted | Phase::Failed => {
-            LeaderDecision::Wait(waiting_for(op, hosts))
+            LeaderDecision::Wait(waiting_for(op, hosts, &[]))
         }
         Phase::Preflight => {
             let t = tally(op, hosts, Step::CheckAvailable, false);
@@ -673,7 +681,7 @@ pub fn decide_leader(
                     format!(
                         "barrier timeout after {:?}: {}",
                         cfg.barrier_timeout,
-                        waiting_for(op, hosts)
+                        waiting_for(op, hosts, &[])
                     ),
                     wall,
                 );
@@ -723,7 +731,7 @@ pub fn decide_leader(
                         repository: op.snapshot.repository.clone(),
                         name,
                     },
-                    waiting_for(op, hosts),
+                    waiting_for(op, hosts, &[]),
                 )
             }
             Some(Ok(uuid)) => match transition(
@@ -780,7 +788,7 @@ fn decide_after_restore(
         .collect();
     if !t.pending.is_empty() {
         if !timed_out {
-            return LeaderDecision::Wait(waiting_for(op, hosts));
+            return LeaderDecision::Wait(waiting_for(op, hosts, &[]));
         }
         let limit = cfg.phase_timeout.expect("timed out");
         failures.extend(t.pending.iter().map(|h| HostFailure {

@@ -1866,7 +1866,11 @@ impl World {
         if let Some(doc) = self.op.as_ref().map(|v| v.doc.clone()) {
             if doc.phase.is_terminal() && self.terminal_seen.is_none() {
                 self.terminal_seen = Some(doc.phase);
-                let msg = format!("operation ended {}: {}", doc.phase, waiting_for(&doc, &[]));
+                let msg = format!(
+                    "operation ended {}: {}",
+                    doc.phase,
+                    waiting_for(&doc, &[], &[])
+                );
                 self.note(msg);
                 let lost = self.machines.iter().any(|m| m.lost);
                 if doc.phase == Phase::Failed
@@ -1917,7 +1921,7 @@ impl World {
             let msg = format!(
                 "invariant 4: not finished by {}ms: {}",
                 self.p.horizon,
-                waiting_for(&doc, &hosts)
+                waiting_for(&doc, &hosts, &[])
             );
             self.violation(msg);
             return;

@@ -1,11 +1,12 @@
 //! Pure helpers for the trigger and the operator commands: build an operation, read its
 //! outcome, say what it waits for, request an abort, resume a failed one.
 
+use super::doc::ClaimDoc;
 use super::doc::{
     transition, AbortRequest, DocError, Exclusion, HostDoc, HostFailure, Mover, OpError,
     OperationDoc, Phase, PhaseChange, SafetySnapshot, SnapshotRef, Step,
 };
-use super::leader::tally;
+use super::leader::{claims_blocking, tally};
 use semver::Version;
 
 /// What the trigger (`kibana-rollback start`) knows when it creates an operation.
@@ -182,8 +183,9 @@ fn clients_line(op: &OperationDoc) -> Option<String> {
 }
 
 /// One line for `status`: the phase and what it waits for, e.g.
-/// `stopping: waiting for host-b, host-c`.
-pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
+/// `stopping: waiting for host-b, host-c`. `claims`: the claim documents read with the hosts
+/// (empty when not read); a claim holding the restore-side steps is named first.
+pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc], claims: &[ClaimDoc]) -> String {
     let phase = op.phase;
     let snap = format!("{}/{}", op.snapshot.repository, op.snapshot.name);
     match phase {
@@ -210,6 +212,13 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc]) -> String {
         }
         (!parts.is_empty()).then(|| format!("{phase}: {}", parts.join("; ")))
     };
+    let restore_side = matches!(
+        phase,
+        Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring
+    ) && op.restore.is_none();
+    if let Some(why) = claims_blocking(op, claims).filter(|_| restore_side) {
+        return format!("{phase}: {why}");
+    }
     match phase {
         Phase::Preflight => hosts_line(Step::CheckAvailable, false, "")
             .unwrap_or_else(|| "preflight: checking the cluster".into()),

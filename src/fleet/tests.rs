@@ -429,9 +429,9 @@ fn barrier_client_check_runs_and_is_retried() {
     assert_eq!(named.barrier_clients[0].host, None);
     assert!(waits(decide(&named, &hosts, &m, 2)).contains("10.0.0.9"));
     assert!(
-        waiting_for(&named, &hosts).contains("10.0.0.9:50000"),
+        waiting_for(&named, &hosts, &[]).contains("10.0.0.9:50000"),
         "{}",
-        waiting_for(&named, &hosts)
+        waiting_for(&named, &hosts, &[])
     );
     // Retried after retry_every; a reading of another probe does not count.
     assert_eq!(
@@ -483,7 +483,7 @@ fn the_barrier_waits_for_a_member_node_that_does_not_answer_and_says_so() {
     };
     assert_eq!(waiting.barrier_silent_nodes, ["es3"]);
     assert_eq!(waiting.phase, Phase::Barrier);
-    let line = waiting_for(&waiting, &hosts);
+    let line = waiting_for(&waiting, &hosts, &[]);
     assert!(line.contains("es3") && line.contains("answer"), "{line}");
     assert!(waits(decide(&waiting, &hosts, &m, 2)).contains("es3"));
     // Asked again after retry_every.
@@ -1423,7 +1423,7 @@ fn new_operation_validates_and_starts_in_preflight_without_leader() {
         Some("kibana-rollback-pre-op7")
     );
     assert_eq!(outcome(&op), None);
-    assert!(waiting_for(&op, &[]).contains("waiting for an agent"));
+    assert!(waiting_for(&op, &[], &[]).contains("waiting for an agent"));
     assert!(new_operation(NewOperation {
         expected_hosts: vec![],
         ..req.clone()
@@ -1458,14 +1458,14 @@ fn waiting_for_names_the_hosts_and_the_cause() {
     let mut hosts = all(Step::StopUnit, UnitState::Inactive);
     hosts.remove(1);
     hosts.remove(1);
-    assert_eq!(waiting_for(&op, &hosts), "stopping: waiting for b, c");
+    assert_eq!(waiting_for(&op, &hosts, &[]), "stopping: waiting for b, c");
     hosts.push(hd(
         "b",
         UnitState::Active,
         Some((Step::StopUnit, 1, failed("timeout"))),
     ));
     assert_eq!(
-        waiting_for(&op, &hosts),
+        waiting_for(&op, &hosts, &[]),
         "stopping: waiting for c; failed on b (timeout)"
     );
     let mut f = op_in(Phase::Failed);
@@ -1473,7 +1473,10 @@ fn waiting_for_names_the_hosts_and_the_cause() {
         host: Some("c".into()),
         cause: "reinstall: dpkg error".into(),
     });
-    assert_eq!(waiting_for(&f, &[]), "failed: on c: reinstall: dpkg error");
+    assert_eq!(
+        waiting_for(&f, &[], &[]),
+        "failed: on c: reinstall: dpkg error"
+    );
     let mut r = op_in(Phase::Restoring);
     r.restore = Some(RestoreRecord {
         epoch: 1,
@@ -1483,9 +1486,38 @@ fn waiting_for_names_the_hosts_and_the_cause() {
         detail: String::new(),
     });
     assert_eq!(
-        waiting_for(&r, &[]),
+        waiting_for(&r, &[], &[]),
         "restoring: waiting for the restore of repo/snap (epoch 1)"
     );
+}
+
+#[test]
+fn waiting_for_names_a_claim_that_holds_the_restore() {
+    let claim = ClaimDoc {
+        host_id: "b".into(),
+        machine: machine("clone"),
+        owner: Some(machine("b")),
+        heartbeat: 1,
+    };
+    let hosts = all(Step::StopUnit, UnitState::Inactive);
+    let r = op_in(Phase::Restoring);
+    let line = waiting_for(&r, &hosts, std::slice::from_ref(&claim));
+    assert!(
+        line.starts_with("restoring: host id claimed by two machines: b (also claimed by"),
+        "{line}"
+    );
+    // Not before the barrier, and not once the restore is recorded: the claim holds neither.
+    let stopping = op_in(Phase::Stopping);
+    assert!(!waiting_for(&stopping, &[], std::slice::from_ref(&claim)).contains("claimed"));
+    let mut issued = op_in(Phase::Restoring);
+    issued.restore = Some(RestoreRecord {
+        epoch: 1,
+        issued: true,
+        completed: false,
+        superseded_epochs: vec![],
+        detail: String::new(),
+    });
+    assert!(!waiting_for(&issued, &hosts, &[claim]).contains("claimed"));
 }
 
 #[test]
