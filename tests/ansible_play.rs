@@ -159,13 +159,9 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         .unwrap();
     let pkg_dir = pkg_tmp.path().to_path_buf();
     let out = Command::new(repo_root().join("packaging/build"))
-        .args([
-            "deb",
-            "--fast",
-            "--binary",
-            env!("CARGO_BIN_EXE_kibana-rollback"),
-            "--out",
-        ])
+        .args(["deb", "--fast", "--binary"])
+        .arg(packaged_binary())
+        .arg("--out")
         .arg(&pkg_dir)
         .output()
         .unwrap();

@@ -81,9 +81,9 @@ pub fn agent_repo() -> &'static str {
                 "--repo",
                 "--fast",
                 "--binary",
-                env!("CARGO_BIN_EXE_kibana-rollback"),
-                "--out",
             ])
+            .arg(common::packaged_binary())
+            .arg("--out")
             .arg(&new)
             .output()
             .expect("run packaging/build");
@@ -117,7 +117,7 @@ fn agent_stamp() -> String {
             "{ sha256sum \"$1\"; find packaging systemd config -type f -print0 | sort -z | xargs -0 sha256sum; } | sha256sum",
         )
         .arg("stamp")
-        .arg(env!("CARGO_BIN_EXE_kibana-rollback"))
+        .arg(common::packaged_binary())
         .current_dir(&root)
         .output()
         .expect("hash the agent's inputs");

@@ -18,6 +18,25 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The kibana-rollback binary the test hosts' packages carry: `KR_AGENT_BINARY` when set
+/// (scripts/test sets the release build, the one the simulator's dependencies, the benchmark
+/// and the users share), else this test build's debug binary.
+#[allow(dead_code)] // not every test binary packages the agent
+pub fn packaged_binary() -> PathBuf {
+    match std::env::var_os("KR_AGENT_BINARY") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "KR_AGENT_BINARY={} is not a file: build it (cargo build --release) or unset it",
+                p.display()
+            );
+            p
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_kibana-rollback")),
+    }
+}
+
 pub struct EsNode {
     pub url: String,
     pub repo_path: String,
