@@ -430,6 +430,8 @@ pub fn local_policy(settings: &Settings) -> fleet::policy::LocalPolicy {
         allowed_targets: settings.rollback.allowed_targets.clone(),
         repository: settings.rollback.repository.clone(),
         fleet: settings.coordination.expected_hosts.clone(),
+        leaders: (!settings.coordination.leaders.is_empty())
+            .then(|| settings.coordination.leaders.clone()),
         safety_snapshot_required: settings.rollback.safety_snapshot,
         client_check_required: settings.coordination.barrier_client_check,
     }

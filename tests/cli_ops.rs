@@ -606,6 +606,40 @@ async fn abort_is_refused_past_the_restore_point() {
     raw("DELETE", &e.index, None).await;
 }
 
+/// `coordination.leaders`: `plan` fails when none of the listed hosts has a live agent (an
+/// operation would have nobody to lead it), though every other agent beats.
+#[tokio::test]
+async fn plan_fails_when_no_listed_leader_is_alive() {
+    let repo = shared_repo().await;
+    let e = env(
+        repo,
+        "expected_hosts = [\"kb1\", \"kb2\"]\nleaders = [\"kb2\"]",
+    );
+    es().ensure_index(&e.index).await.unwrap();
+    write_host(&e.index, "kb1", 1, "8.15.0").await;
+    write_host(&e.index, "kb2", 1, "8.15.0").await;
+    let index = e.index.clone();
+    let beating = tokio::spawn(async move {
+        for n in 2..40 {
+            write_host(&index, "kb1", n, "8.15.0").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let cfg = e.cfg.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"]))
+        .await
+        .unwrap();
+    beating.abort();
+    assert_eq!(code, 1, "{out}{err}");
+    let alive = out.lines().find(|l| l.starts_with("agents alive")).unwrap();
+    assert!(
+        alive.contains("FAIL")
+            && alive.contains("none of coordination.leaders (kb2) has a live agent"),
+        "{out}"
+    );
+    raw("DELETE", &e.index, None).await;
+}
+
 #[tokio::test]
 async fn plan_passes_and_fails_the_right_checks() {
     let repo = shared_repo().await;

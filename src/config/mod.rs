@@ -726,6 +726,24 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         )
         .fix("list each host once"));
     }
+    let (leaders, l_o) = r.list("coordination.leaders");
+    for h in &leaders {
+        check_host_id(h).map_err(|p| {
+            ConfigError::at(&l_o, "coordination.leaders", Some(format!("{h:?}")), p)
+                .fix("list host ids as the agents report them (coordination.host_id)")
+        })?;
+        if !expected_hosts.is_empty() && !expected_hosts.contains(h) {
+            return Err(ConfigError::at(
+                &l_o,
+                "coordination.leaders",
+                Some(format!("{h:?}")),
+                "is not one of coordination.expected_hosts",
+            )
+            .fix(
+                "a leader must be a host of the fleet: add it to expected_hosts or remove it here",
+            ));
+        }
+    }
     let lease = r.duration("coordination.lease")?;
     let heartbeat = r.duration("coordination.heartbeat")?;
     if lease < Duration::from_secs(3) {
@@ -745,6 +763,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         index,
         host_id,
         expected_hosts,
+        leaders,
         lease,
         heartbeat,
         barrier_timeout: r.duration("coordination.barrier_timeout")?,

@@ -129,6 +129,8 @@ pub const KEYS: &[Key] = &[
         "This host's id in the fleet; defaults to the hostname."),
     key!("coordination", "expected_hosts", Kind::StringList, Some("[]"),
         "Host ids of every Kibana host; an operation waits for all of them. Empty: the hosts registered when the operation starts."),
+    key!("coordination", "leaders", Kind::StringList, Some("[]"),
+        "Host ids that may lead an operation (take the lease, snapshot, restore); every agent takes no step under another leader. Empty: any host may lead. Lets the restore privileges live only on these hosts."),
     key!("coordination", "lease", Kind::Duration, Some(r#""30s""#),
         "Leader lease; the leader renews every lease/3 and a silent leader is replaced after a whole lease."),
     key!("coordination", "heartbeat", Kind::Duration, Some(r#""10s""#),

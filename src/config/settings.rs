@@ -110,6 +110,8 @@ pub struct CoordinationSettings {
     pub index: String,
     pub host_id: String,
     pub expected_hosts: Vec<String>,
+    /// The host ids that may lead; empty: any.
+    pub leaders: Vec<String>,
     pub lease: Duration,
     pub heartbeat: Duration,
     pub barrier_timeout: Duration,

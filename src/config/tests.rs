@@ -93,6 +93,39 @@ lock_timeout = \"20m\"\n"
     assert!(e.contains("fix: lower package_manager.lock_timeout"), "{e}");
 }
 
+#[test]
+fn leaders_must_be_hosts_of_the_fleet() {
+    let f = Fixture::new();
+    let base = MINIMAL.replace(
+        "host_id = \"kb1\"",
+        "host_id = \"kb1\"\nexpected_hosts = [\"kb1\", \"kb2\"]",
+    );
+    let s = f
+        .load(&base.replace("expected_hosts", "leaders = [\"kb2\"]\nexpected_hosts"))
+        .unwrap()
+        .settings;
+    assert_eq!(s.coordination.leaders, ["kb2"]);
+    assert!(f
+        .load(MINIMAL)
+        .unwrap()
+        .settings
+        .coordination
+        .leaders
+        .is_empty());
+    let e = err(
+        &f,
+        &base.replace("expected_hosts", "leaders = [\"kb9\"]\nexpected_hosts"),
+    );
+    assert!(
+        e.contains("coordination.leaders = \"kb9\": is not one of coordination.expected_hosts"),
+        "{e}"
+    );
+    assert!(
+        e.contains("fix: a leader must be a host of the fleet"),
+        "{e}"
+    );
+}
+
 fn err(f: &Fixture, main: &str) -> String {
     f.load(main)
         .expect_err("config should be refused")

@@ -842,8 +842,15 @@ fn candidate_side(st: &mut NodeState, now: Duration, wall: &str, out: &mut Vec<A
     if op.phase.is_terminal() || !op.is_expected(&st.host_id) {
         return;
     }
-    // An operation outside this host's policy is led only to end it in preflight.
-    if op.phase != Phase::Preflight && super::policy::check(op, &st.cfg.policy).is_err() {
+    // Only a listed leader stands (coordination.leaders).
+    if !super::policy::may_lead(&st.host_id, &st.cfg.policy) {
+        return;
+    }
+    // An operation outside this host's policy is led only to end it in preflight. Its lease
+    // holder does not count here: a listed candidate replaces an unlisted one when it expires.
+    if op.phase != Phase::Preflight
+        && !super::policy::content_violations(op, &st.cfg.policy).is_empty()
+    {
         return;
     }
     let free = op.leader.is_none();

@@ -9,7 +9,11 @@
 //! * the fleet: every host of `coordination.expected_hosts` (a forged document cannot leave out
 //!   the host that still runs Kibana);
 //! * the safety snapshot and the barrier's client check: off only where the local
-//!   configuration turned them off too.
+//!   configuration turned them off too;
+//! * the leader: one of `coordination.leaders` when that is set, so the restore privileges can
+//!   live only on those hosts and a host outside the list cannot command this one by taking the
+//!   lease. The other rules judge the operation's content ([`content_violations`]); this one its
+//!   lease holder, which a listed candidate may replace.
 
 use semver::Version;
 
@@ -25,10 +29,34 @@ pub struct LocalPolicy {
     pub safety_snapshot_required: bool,
     /// The local configuration keeps the barrier's client check on.
     pub client_check_required: bool,
+    /// `coordination.leaders`: the only host ids that may lead. `None`: any.
+    pub leaders: Option<Vec<String>>,
+}
+
+/// Whether `host_id` may take the lease under this policy.
+pub fn may_lead(host_id: &str, p: &LocalPolicy) -> bool {
+    p.leaders
+        .as_ref()
+        .is_none_or(|l| l.iter().any(|h| h == host_id))
 }
 
 /// Every way `op` leaves the policy, each a phrase naming the local setting.
 pub fn violations(op: &OperationDoc, p: &LocalPolicy) -> Vec<String> {
+    let mut out = content_violations(op, p);
+    if let (Some(l), Some(leader)) = (&p.leaders, &op.leader) {
+        if !may_lead(&leader.host_id, p) {
+            out.push(format!(
+                "it is led by {}, which coordination.leaders ({}) does not list",
+                leader.host_id,
+                l.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// The ways the operation's content (not its lease holder) leaves the policy.
+pub fn content_violations(op: &OperationDoc, p: &LocalPolicy) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(allowed) = &p.allowed_targets {
         if !allowed.contains(&op.target_version) {
@@ -103,6 +131,7 @@ mod tests {
             fleet: vec!["a".into(), "b".into(), "c".into()],
             safety_snapshot_required: true,
             client_check_required: true,
+            leaders: None,
         }
     }
 

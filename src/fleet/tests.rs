@@ -1861,6 +1861,7 @@ fn strict_node(host: &str) -> NodeState {
         fleet: vec!["a".into(), "b".into(), "c".into()],
         safety_snapshot_required: true,
         client_check_required: false,
+        leaders: None,
     };
     NodeState::new(host, c, None)
 }
@@ -1902,6 +1903,58 @@ fn an_operation_outside_the_local_policy_gets_no_step_and_ends_in_preflight() {
         .unwrap()
         .cause
         .contains("rollback.allowed_targets"));
+}
+
+fn leaders_node(host: &str, leaders: &[&str]) -> NodeState {
+    let mut c = cfg();
+    c.policy.leaders = Some(leaders.iter().map(|h| h.to_string()).collect());
+    NodeState::new(host, c, None)
+}
+
+#[test]
+fn only_a_listed_leader_takes_the_lease() {
+    let mut free = op_in(Phase::Preflight);
+    free.leader = None;
+    free.epoch = 0;
+    let mut a = leaders_node("a", &["b"]);
+    let acts = step(&mut a, input(1, Some((3, &free)), vec![], vec![]));
+    assert!(cas_of(&acts).is_none(), "a is not listed: {acts:?}");
+    let mut b = leaders_node("b", &["b"]);
+    let acts = step(&mut b, input(1, Some((3, &free)), vec![], vec![]));
+    let (_, _, doc) = cas_of(&acts).expect("b takes the free lease");
+    assert_eq!(doc.leader.unwrap().host_id, "b");
+}
+
+#[test]
+fn no_step_under_a_leader_the_local_list_leaves_out() {
+    // Led by a (op_in's leader), which this host's coordination.leaders does not list.
+    let op = op_in(Phase::Stopping);
+    let mut c = leaders_node("c", &["b"]);
+    let acts = step(&mut c, input(1, Some((3, &op)), vec![], vec![]));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Wait { what } if what.contains("coordination.leaders"))),
+        "{acts:?}"
+    );
+    assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
+    // Listed, the same leader is obeyed.
+    let mut c = leaders_node("c", &["a", "b"]);
+    let acts = step(&mut c, input(1, Some((3, &op)), vec![], vec![]));
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_listed_candidate_replaces_an_unlisted_leader_whose_lease_expired() {
+    let op = op_in(Phase::Stopping); // led by a
+    let mut b = leaders_node("b", &["b"]);
+    step(&mut b, input(1, Some((3, &op)), vec![], vec![]));
+    // The same version observed for longer than a lease (10 s): expired.
+    let acts = step(&mut b, input(30, Some((3, &op)), vec![], vec![]));
+    let (_, _, doc) = cas_of(&acts).expect("b takes the expired lease over");
+    assert_eq!(doc.leader.unwrap().host_id, "b");
 }
 
 #[test]

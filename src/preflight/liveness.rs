@@ -14,8 +14,9 @@ pub fn window(period: Duration) -> Duration {
 }
 
 /// Watches the registered expected hosts of `r` and records the verdict in `r.alive` and as the
-/// [`CheckId::AgentsAlive`] check.
-pub async fn check(coord: &Coord<'_>, period: Duration, r: &mut Report) {
+/// [`CheckId::AgentsAlive`] check. `leaders`: `coordination.leaders` (empty: any host may lead);
+/// with none of them alive an operation would have nobody to lead it.
+pub async fn check(coord: &Coord<'_>, period: Duration, leaders: &[String], r: &mut Report) {
     let registered: Vec<String> = r
         .hosts
         .iter()
@@ -68,7 +69,19 @@ pub async fn check(coord: &Coord<'_>, period: Duration, r: &mut Report) {
         })
         .collect();
     let shown = humantime::format_duration(window);
-    if stale.is_empty() {
+    let leader_alive = leaders.is_empty()
+        || alive
+            .iter()
+            .any(|(h, v)| *v == Some(true) && leaders.contains(h));
+    if !leader_alive {
+        r.checks.fail(
+            CheckId::AgentsAlive,
+            format!(
+                "none of coordination.leaders ({}) has a live agent within {shown}: an operation would have no leader; start kibana-rollbackd on one of them",
+                leaders.join(", ")
+            ),
+        );
+    } else if stale.is_empty() {
         r.checks.ok(
             CheckId::AgentsAlive,
             format!("every registered agent wrote a heartbeat within {shown}"),

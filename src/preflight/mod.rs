@@ -345,8 +345,17 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         .iter()
         .filter_map(|n| compat::coerce(&n.version))
         .collect();
+    // A host coordination.leaders leaves out never snapshots or restores.
+    let role = if crate::fleet::policy::may_lead(
+        &settings.coordination.host_id,
+        &crate::coord::local_policy(settings),
+    ) {
+        privileges::Role::Leader
+    } else {
+        privileges::Role::Follower
+    };
     match es
-        .has_privileges(&privileges::request(index, &versions))
+        .has_privileges(&privileges::request(index, &versions, role))
         .await
     {
         Ok(None) => {
@@ -355,11 +364,19 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
                 "Elasticsearch runs without security: every request is allowed",
             );
         }
-        Ok(Some(answer)) => match privileges::judge(&answer) {
+        Ok(Some(answer)) => match privileges::judge(&answer, role) {
             Ok(v) if v.missing.is_empty() => {
                 c.ok(
                     CheckId::Privileges,
-                    format!("{} holds every privilege the rollback needs", v.username),
+                    match role {
+                        privileges::Role::Leader => {
+                            format!("{} holds every privilege the rollback needs", v.username)
+                        }
+                        privileges::Role::Follower => format!(
+                            "{} holds every privilege this host needs (coordination.leaders leaves it out: it never snapshots or restores)",
+                            v.username
+                        ),
+                    },
                 );
             }
             Ok(v) => {
@@ -480,7 +497,15 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     kibana_clients(es, settings, &mut r).await;
     snapshot_check(es, settings, &mut r, scope, request).await;
     match scope {
-        Scope::Plan => liveness::check(&coord, settings.coordination.heartbeat, &mut r).await,
+        Scope::Plan => {
+            liveness::check(
+                &coord,
+                settings.coordination.heartbeat,
+                &settings.coordination.leaders,
+                &mut r,
+            )
+            .await
+        }
         Scope::Start => r.checks.skip(
             CheckId::AgentsAlive,
             "not watched by start (it takes up to two heartbeats): `kibana-rollback plan` watches them",

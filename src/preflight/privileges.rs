@@ -13,6 +13,10 @@
 //! * on the coordination index: `read`, `write`, `create_index`, `view_index_metadata`, and
 //!   `maintenance` for the refresh before listings.
 //!
+//! With `coordination.leaders` set, a host the list leaves out never leads, so never snapshots or
+//! restores: its key needs only the reads and the coordination index ([`Role::Follower`]:
+//! cluster `monitor` and `monitor_snapshot` instead of `manage`), and the check asks for that.
+//!
 //! A cluster without security (the handler is not registered, or security is off by license
 //! default) passes, saying so.
 
@@ -22,6 +26,27 @@ use serde_json::{json, Value};
 use crate::feature;
 
 pub const CLUSTER: &[&str] = &["manage", "create_snapshot"];
+/// What a host that never leads asks of the cluster: the preflight's reads (nodes, health,
+/// snapshots, repositories), nothing that changes it.
+pub const FOLLOWER_CLUSTER: &[&str] = &["monitor", "monitor_snapshot"];
+
+/// What this host's key must be able to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// May take the lease: snapshots and restores.
+    Leader,
+    /// Left out of `coordination.leaders`: reads, and the coordination index.
+    Follower,
+}
+
+impl Role {
+    pub fn cluster(self) -> &'static [&'static str] {
+        match self {
+            Role::Leader => CLUSTER,
+            Role::Follower => FOLLOWER_CLUSTER,
+        }
+    }
+}
 pub const FEATURE_INDICES: &[&str] = &["monitor", "view_index_metadata"];
 pub const COORDINATION_INDEX: &[&str] = &[
     "read",
@@ -48,9 +73,9 @@ pub fn feature_patterns(es_versions: &[Version]) -> Vec<&'static str> {
 }
 
 /// The `_has_privileges` request body.
-pub fn request(coordination_index: &str, es_versions: &[Version]) -> Value {
+pub fn request(coordination_index: &str, es_versions: &[Version], role: Role) -> Value {
     json!({
-        "cluster": CLUSTER,
+        "cluster": role.cluster(),
         "index": [
             {
                 "names": feature_patterns(es_versions),
@@ -75,13 +100,13 @@ pub struct Verdict {
 
 /// Reads a `_has_privileges` answer. An answer without the requested sections is an error, not
 /// a pass.
-pub fn judge(answer: &Value) -> Result<Verdict, String> {
+pub fn judge(answer: &Value, role: Role) -> Result<Verdict, String> {
     let username = answer["username"].as_str().unwrap_or("?").to_string();
     let mut missing = Vec::new();
     let cluster = answer["cluster"]
         .as_object()
         .ok_or("no `cluster` section in the answer")?;
-    for p in CLUSTER {
+    for p in role.cluster() {
         if cluster.get(*p).and_then(Value::as_bool) != Some(true) {
             missing.push(format!("cluster: {p}"));
         }
@@ -109,10 +134,14 @@ pub fn judge(answer: &Value) -> Result<Verdict, String> {
 
 /// The role an operator creates the API key with (README "Elasticsearch role"), as
 /// `POST _security/api_key`'s `role_descriptors`.
-pub fn role_descriptor(coordination_index: &str) -> Value {
+pub fn role_descriptor(coordination_index: &str, role: Role) -> Value {
+    let (name, cluster) = match role {
+        Role::Leader => ("kibana_rollback", json!(["manage"])),
+        Role::Follower => ("kibana_rollback_follower", json!(FOLLOWER_CLUSTER)),
+    };
     json!({
-        "kibana_rollback": {
-            "cluster": ["manage"],
+        name: {
+            "cluster": cluster,
             "indices": [
                 {
                     "names": feature::all_patterns(),
@@ -149,7 +178,7 @@ mod tests {
 
     #[test]
     fn missing_privileges_are_named() {
-        let v = judge(&serde_json::from_str(PARTIAL).unwrap()).unwrap();
+        let v = judge(&serde_json::from_str(PARTIAL).unwrap(), Role::Leader).unwrap();
         assert_eq!(v.username, "rollback-key");
         assert_eq!(
             v.missing,
@@ -168,23 +197,26 @@ mod tests {
             "cluster": {"manage": true, "create_snapshot": true},
             "index": {".kibana*": {"monitor": true, "view_index_metadata": true}},
         });
-        assert!(judge(&all).unwrap().missing.is_empty());
+        assert!(judge(&all, Role::Leader).unwrap().missing.is_empty());
     }
 
     #[test]
     fn manage_alone_implies_create_snapshot() {
-        let v = judge(&json!({
-            "username": "k",
-            "cluster": {"manage": true, "create_snapshot": false},
-            "index": {},
-        }))
+        let v = judge(
+            &json!({
+                "username": "k",
+                "cluster": {"manage": true, "create_snapshot": false},
+                "index": {},
+            }),
+            Role::Leader,
+        )
         .unwrap();
         assert!(v.missing.is_empty(), "{v:?}");
     }
 
     #[test]
     fn an_answer_without_sections_is_an_error() {
-        assert!(judge(&json!({"username": "k"})).is_err());
+        assert!(judge(&json!({"username": "k"}), Role::Leader).is_err());
     }
 
     #[test]
@@ -192,13 +224,14 @@ mod tests {
         let r = request(
             "kibana-rollback",
             &[Version::new(8, 19, 21), Version::new(9, 2, 2)],
+            Role::Leader,
         );
         let names = r["index"][0]["names"].as_array().unwrap();
         assert!(names.contains(&json!(".chat-*")), "{r}");
         assert!(names.contains(&json!(".kibana*")), "{r}");
         assert_eq!(r["index"][0]["allow_restricted_indices"], true);
         assert_eq!(r["index"][1]["names"], json!(["kibana-rollback"]));
-        let only8 = request("kibana-rollback", &[Version::new(8, 15, 0)]);
+        let only8 = request("kibana-rollback", &[Version::new(8, 15, 0)], Role::Leader);
         assert!(!only8["index"][0]["names"]
             .as_array()
             .unwrap()
@@ -206,12 +239,37 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_role_is_the_one_the_check_asks_for() {
+    fn the_readme_roles_are_the_ones_the_check_asks_for() {
         let readme = include_str!("../../README.md");
         let section = &readme[readme.find("### Elasticsearch role").expect("section")..];
-        let start = section.find("```json\n").expect("json block") + 8;
-        let end = start + section[start..].find("```").expect("block end");
-        let shown: Value = serde_json::from_str(&section[start..end]).expect("valid JSON");
-        assert_eq!(shown, role_descriptor("kibana-rollback"));
+        let block = |from: usize| {
+            let start = from + section[from..].find("```json\n").expect("json block") + 8;
+            let end = start + section[start..].find("```").expect("block end");
+            let shown: Value = serde_json::from_str(&section[start..end]).expect("valid JSON");
+            (shown, end)
+        };
+        let (leader, end) = block(0);
+        assert_eq!(leader, role_descriptor("kibana-rollback", Role::Leader));
+        let (follower, _) = block(end + 3);
+        assert_eq!(follower, role_descriptor("kibana-rollback", Role::Follower));
+    }
+
+    #[test]
+    fn a_follower_is_asked_for_reads_only() {
+        let r = request("kibana-rollback", &[Version::new(8, 15, 0)], Role::Follower);
+        assert_eq!(r["cluster"], json!(["monitor", "monitor_snapshot"]));
+        let reads = json!({
+            "username": "follower-key",
+            "cluster": {"monitor": true, "monitor_snapshot": true},
+            "index": {"kibana-rollback": {"read": true, "write": true}},
+        });
+        assert!(judge(&reads, Role::Follower).unwrap().missing.is_empty());
+        // The same key on a host that may lead lacks what a restore needs.
+        let v = judge(
+            &json!({"username": "follower-key", "cluster": {"manage": false, "create_snapshot": false}, "index": {}}),
+            Role::Leader,
+        )
+        .unwrap();
+        assert_eq!(v.missing, ["cluster: create_snapshot", "cluster: manage"]);
     }
 }

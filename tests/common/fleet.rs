@@ -76,12 +76,7 @@ pub fn agent_repo() -> &'static str {
         let _ = std::fs::remove_dir_all(&new);
         let t0 = Instant::now();
         let out = Command::new(repo_root().join("packaging/build"))
-            .args([
-                "deb",
-                "--repo",
-                "--fast",
-                "--binary",
-            ])
+            .args(["deb", "--repo", "--fast", "--binary"])
             .arg(common::packaged_binary())
             .arg("--out")
             .arg(&new)
