@@ -646,8 +646,14 @@ impl Daemon {
                 Action::RunHostStep { .. } | Action::RunClusterStep { .. } => {
                     // Stopping: start nothing new; the next agent process resumes.
                 }
-                other => {
-                    inflight.push(self.spawn_write(other, op_id.clone(), takeover, tx.clone()))
+                // Listed, not `other`: a new kind of action fails to compile here instead of
+                // reaching spawn_write.
+                write @ (Action::CasWriteOperation { .. }
+                | Action::ArchiveHistory { .. }
+                | Action::DeleteOperation { .. }
+                | Action::WriteHostDoc { .. }
+                | Action::WriteClaim { .. }) => {
+                    inflight.push(self.spawn_write(write, op_id.clone(), takeover, tx.clone()))
                 }
             }
         }
@@ -739,6 +745,7 @@ impl Daemon {
                     }
                     Event::ClaimWritten { id }
                 }
+                // The round passes only the writes its arm lists.
                 other => unreachable!("not a write: {other:?}"),
             };
             let _ = tx.send(ev);
