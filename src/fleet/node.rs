@@ -226,6 +226,9 @@ pub struct NodeState {
     foreign: Option<(MachineIdentity, u64, Duration)>,
     /// The highest revision seen of the current operation: a lower one is a replay.
     revision_seen: Option<(String, u64)>,
+    /// The operations this agent saw before the current one, newest last (at most
+    /// [`EARLIER_OPERATIONS_KEPT`]): one of them written back is a replay of an ended operation.
+    earlier_ops: Vec<String>,
     /// The latest claim documents read (see [`NodeState::wants_claims`]).
     claims: Vec<ClaimDoc>,
     /// The newest probe seen and when; answered once facts read after that moment come in.
@@ -261,6 +264,7 @@ impl NodeState {
             foreign: None,
             claim_write: None,
             revision_seen: None,
+            earlier_ops: Vec::new(),
             claims: vec![],
             probe_seen: None,
             probe_answered: None,
@@ -464,6 +468,24 @@ impl NodeState {
                 self.observer.clear();
             }
             OpRead::Found(v) => {
+                // An operation this agent already saw replaced is over: written back (a copy
+                // saved while it ran, validly signed) it is a replay. A terminal one is harmless.
+                if self.earlier_ops.contains(&v.doc.id) && !v.doc.phase.is_terminal() {
+                    let why = format!(
+                        "operation {} was replaced by {} on this host earlier: an ended operation was written back (a replay); not acted on",
+                        v.doc.id,
+                        self.revision_seen.as_ref().map(|(id, _)| id.as_str()).unwrap_or("a newer one")
+                    );
+                    self.view = None;
+                    self.observer.clear();
+                    if self.lead.take().is_some() {
+                        out.push(Action::StopActing {
+                            reason: why.clone(),
+                        });
+                    }
+                    out.push(Action::Wait { what: why });
+                    return;
+                }
                 // Every writer raises the revision (signed with the fleet key): an older version
                 // of this operation written back is a replay, and is not obeyed.
                 match &self.revision_seen {
@@ -484,10 +506,21 @@ impl NodeState {
                     }
                     Some((id, r)) if id == &v.doc.id && v.doc.revision == *r => {}
                     _ => {
+                        if let Some((before, _)) = &self.revision_seen {
+                            if before != &v.doc.id {
+                                self.earlier_ops.push(before.clone());
+                                let extra = self
+                                    .earlier_ops
+                                    .len()
+                                    .saturating_sub(EARLIER_OPERATIONS_KEPT);
+                                self.earlier_ops.drain(..extra);
+                            }
+                        }
                         self.revision_seen = Some((v.doc.id.clone(), v.doc.revision));
                         out.push(Action::RecordRevision(RevisionSeen {
                             operation_id: v.doc.id.clone(),
                             revision: v.doc.revision,
+                            earlier: self.earlier_ops.clone(),
                         }));
                     }
                 }
@@ -555,13 +588,20 @@ impl NodeState {
 pub struct RevisionSeen {
     pub operation_id: String,
     pub revision: u64,
+    /// The operations seen before this one (a file from an older agent has none).
+    #[serde(default)]
+    pub earlier: Vec<String>,
 }
+
+/// How many replaced operations an agent remembers as ended.
+pub const EARLIER_OPERATIONS_KEPT: usize = 32;
 
 impl NodeState {
     /// What an earlier process of this agent persisted ([`Action::RecordRevision`]): an older
     /// revision written back while it was down is still a replay.
     pub fn remember_revision(&mut self, seen: RevisionSeen) {
         self.revision_seen = Some((seen.operation_id, seen.revision));
+        self.earlier_ops = seen.earlier;
     }
 }
 

@@ -1958,6 +1958,51 @@ fn a_listed_candidate_replaces_an_unlisted_leader_whose_lease_expired() {
 }
 
 #[test]
+fn an_ended_operation_written_back_is_a_replay_also_after_a_restart() {
+    let mut n = NodeState::new("b", cfg(), None);
+    let mut first = op_in(Phase::Reinstalling);
+    first.id = "rb-first".into();
+    first.revision = 12;
+    step(&mut n, input(1, Some((20, &first)), vec![], vec![]));
+    let mut second = op_in(Phase::Stopping);
+    second.id = "rb-second".into();
+    second.revision = 2;
+    let acts = step(&mut n, input(2, Some((30, &second)), vec![], vec![]));
+    let recorded = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::RecordRevision(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the new operation is recorded");
+    assert_eq!(recorded.earlier, ["rb-first"]);
+    // The first one's copy, validly signed, written back after the second one.
+    let replayed = |n: &mut NodeState| {
+        let acts = step(n, input(3, Some((31, &first)), vec![], vec![]));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Wait { what } if what.contains("a replay"))),
+            "{acts:?}"
+        );
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })),
+            "{acts:?}"
+        );
+    };
+    replayed(&mut n);
+    let mut restarted = NodeState::new("b", cfg(), None);
+    restarted.remember_revision(recorded);
+    replayed(&mut restarted);
+    // Ended, it is harmless and read as such.
+    let mut done = first.clone();
+    done.phase = Phase::Done;
+    let acts = step(&mut restarted, input(4, Some((32, &done)), vec![], vec![]));
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::Wait { what } if what.contains("a replay"))));
+}
+
+#[test]
 fn an_older_revision_written_back_is_a_replay_and_is_not_obeyed() {
     let mut n = NodeState::new("b", cfg(), None);
     let mut op = op_in(Phase::Stopping);
