@@ -341,7 +341,11 @@ async fn es_7_17_kibana_7_17_28_to_7_17_29_rolls_back_with_the_7x_unit_held() {
 /// the start step accepts with a warning in its detail. The password reaches no log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn es_8_15_kibana_7_17_to_8_15_failed_rolls_back_to_7_17_with_security_on() {
+    // Its own node, like every test of this binary: scripts/test runs it beside the binaries
+    // that use the shared one.
+    let c = EsCluster::up("e2e-v815", &[ES_8_15], 1);
     let Some(fleet) = Spec::new("sw", "7.17.29", "8.15.0")
+        .on(&c)
         .secured(false)
         .stage()
         .await
