@@ -606,6 +606,26 @@ async fn abort_is_refused_past_the_restore_point() {
     raw("DELETE", &e.index, None).await;
 }
 
+/// `plan`, while the host documents of `beating` get a new heartbeat every 200 ms.
+async fn plan_while_beating(e: &Env, beating: &[&str]) -> (i32, String, String) {
+    let index = e.index.clone();
+    let hosts: Vec<String> = beating.iter().map(|h| h.to_string()).collect();
+    let beat = tokio::spawn(async move {
+        for n in 2..40 {
+            for h in &hosts {
+                write_host(&index, h, n, "8.15.0").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let cfg = e.cfg.clone();
+    let r = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"]))
+        .await
+        .unwrap();
+    beat.abort();
+    r
+}
+
 /// `coordination.leaders`: `plan` fails when none of the listed hosts has a live agent (an
 /// operation would have nobody to lead it), though every other agent beats.
 #[tokio::test]
@@ -618,18 +638,7 @@ async fn plan_fails_when_no_listed_leader_is_alive() {
     es().ensure_index(&e.index).await.unwrap();
     write_host(&e.index, "kb1", 1, "8.15.0").await;
     write_host(&e.index, "kb2", 1, "8.15.0").await;
-    let index = e.index.clone();
-    let beating = tokio::spawn(async move {
-        for n in 2..40 {
-            write_host(&index, "kb1", n, "8.15.0").await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    let cfg = e.cfg.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"]))
-        .await
-        .unwrap();
-    beating.abort();
+    let (code, out, err) = plan_while_beating(&e, &["kb1"]).await;
     assert_eq!(code, 1, "{out}{err}");
     let alive = out.lines().find(|l| l.starts_with("agents alive")).unwrap();
     assert!(
@@ -649,19 +658,7 @@ async fn plan_passes_and_fails_the_right_checks() {
     write_host(&e.index, "kb2", 1, "8.15.0").await;
 
     // Agents alive: heartbeats move while plan watches.
-    let index = e.index.clone();
-    let beating = tokio::spawn(async move {
-        for n in 2..40 {
-            write_host(&index, "kb1", n, "8.15.0").await;
-            write_host(&index, "kb2", n, "8.15.0").await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    let cfg = e.cfg.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&cfg, &["plan"]))
-        .await
-        .unwrap();
-    beating.abort();
+    let (code, out, err) = plan_while_beating(&e, &["kb1", "kb2"]).await;
     assert_eq!(code, 0, "{out}{err}");
     for check in [
         "target version",

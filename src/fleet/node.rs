@@ -476,15 +476,7 @@ impl NodeState {
                         v.doc.id,
                         self.revision_seen.as_ref().map(|(id, _)| id.as_str()).unwrap_or("a newer one")
                     );
-                    self.view = None;
-                    self.observer.clear();
-                    if self.lead.take().is_some() {
-                        out.push(Action::StopActing {
-                            reason: why.clone(),
-                        });
-                    }
-                    out.push(Action::Wait { what: why });
-                    return;
+                    return self.refuse_replay(why, out);
                 }
                 // Every writer raises the revision (signed with the fleet key): an older version
                 // of this operation written back is a replay, and is not obeyed.
@@ -494,15 +486,7 @@ impl NodeState {
                             "operation {} went back from revision {r} to {}: an old version was written back (a replay); not acted on",
                             v.doc.id, v.doc.revision
                         );
-                        self.view = None;
-                        self.observer.clear();
-                        if self.lead.take().is_some() {
-                            out.push(Action::StopActing {
-                                reason: why.clone(),
-                            });
-                        }
-                        out.push(Action::Wait { what: why });
-                        return;
+                        return self.refuse_replay(why, out);
                     }
                     Some((id, r)) if id == &v.doc.id && v.doc.revision == *r => {}
                     _ => {
@@ -533,6 +517,18 @@ impl NodeState {
                 }
             }
         }
+    }
+
+    /// A replayed operation document: forget the view (nothing is done for it) and step down.
+    fn refuse_replay(&mut self, why: String, out: &mut Vec<Action>) {
+        self.view = None;
+        self.observer.clear();
+        if self.lead.take().is_some() {
+            out.push(Action::StopActing {
+                reason: why.clone(),
+            });
+        }
+        out.push(Action::Wait { what: why });
     }
 
     /// Deposed? Checked on every call before anything else the leader does.
