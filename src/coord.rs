@@ -1,7 +1,8 @@
 //! The coordination index as the agent and the operator commands see it: typed reads and writes
-//! of the `operation` document (the lease), the `host-<id>` documents and the `history-<id>`
-//! archive, on top of the Elasticsearch adapter. Conversions between the adapter's and the
-//! protocol's versioned documents live here, so neither side knows the other.
+//! of the `operation` document (the lease), the `host-<id>` documents, the `history-<id>`
+//! archive and the `rollback-point` (`prepare`), on top of the Elasticsearch adapter.
+//! Conversions between the adapter's and the protocol's versioned documents live here, so
+//! neither side knows the other.
 //!
 //! With a fleet key every document written here is signed (the operation's `revision` raised
 //! first) and every document read is verified ([`crate::trust`]): one that does not verify is
@@ -204,11 +205,16 @@ impl<'a> Coord<'a> {
     }
 
     /// The agent's watch, one realtime `_mget` a round: the operation (as
-    /// [`Coord::operation`] reads it) and these hosts' documents (as [`Coord::hosts_versioned`]).
+    /// [`Coord::operation`] reads it), the rollback point and these hosts' documents (as
+    /// [`Coord::hosts_versioned`]).
     pub async fn watch(&self, host_ids: &[String]) -> Result<Watched, EsError> {
-        let mut ids = vec![OPERATION_DOC_ID.to_string()];
+        let mut ids = vec![
+            OPERATION_DOC_ID.to_string(),
+            crate::rollback_point::DOC_ID.to_string(),
+        ];
         ids.extend(host_ids.iter().map(|h| HostDoc::doc_id(h)));
         let mut operation = Ok(None);
+        let mut rollback_point = Ok(None);
         let mut hosts = Vec::new();
         for d in self
             .es
@@ -227,6 +233,10 @@ impl<'a> Coord<'a> {
                 });
                 continue;
             }
+            if id == crate::rollback_point::DOC_ID {
+                rollback_point = self.open(&id, v.doc).map(Some);
+                continue;
+            }
             match self.open(&id, v.doc) {
                 Ok(h) => hosts.push(fleet::Versioned {
                     seq_no: v.seq_no,
@@ -236,7 +246,11 @@ impl<'a> Coord<'a> {
                 Err(e) => tracing::warn!("ignoring host document: {e}"),
             }
         }
-        Ok(Watched { operation, hosts })
+        Ok(Watched {
+            operation,
+            hosts,
+            rollback_point,
+        })
     }
 
     /// Every registered host (near-real-time search).
@@ -338,6 +352,69 @@ impl<'a> Coord<'a> {
             .map(|_| ())
     }
 
+    /// The fleet's rollback point (`prepare`), verified like the operation: one that does not
+    /// verify with the fleet key is [`EsError::Untrusted`], never used.
+    pub async fn rollback_point(
+        &self,
+    ) -> Result<Option<crate::rollback_point::RollbackPoint>, EsError> {
+        let id = crate::rollback_point::DOC_ID;
+        match self.es.get_doc::<serde_json::Value>(self.index, id).await? {
+            Some(v) => self.open(id, v.source).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records (replaces) the fleet's rollback point, signed when the fleet has a key.
+    pub async fn put_rollback_point(
+        &self,
+        point: &crate::rollback_point::RollbackPoint,
+    ) -> Result<(), EsError> {
+        self.es
+            .put_doc(self.index, crate::rollback_point::DOC_ID, &self.seal(point))
+            .await
+            .map(|_| ())
+    }
+
+    /// What this agent kept for the rollback point (plain write: one writer per host).
+    pub async fn put_prepared(
+        &self,
+        doc: &crate::rollback_point::PreparedDoc,
+    ) -> Result<(), EsError> {
+        self.es
+            .put_doc(
+                self.index,
+                &crate::rollback_point::PreparedDoc::doc_id(&doc.host_id),
+                &self.seal(doc),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The `prepared-<host>` documents of these hosts (real time); ones that do not verify are
+    /// left out with a warning.
+    pub async fn prepared(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<crate::rollback_point::PreparedDoc>, EsError> {
+        let doc_ids: Vec<String> = ids
+            .iter()
+            .map(|h| crate::rollback_point::PreparedDoc::doc_id(h))
+            .collect();
+        Ok(self
+            .es
+            .get_docs::<serde_json::Value>(self.index, &doc_ids)
+            .await?
+            .into_iter()
+            .filter_map(|d| match self.open(&d.id, d.source) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("ignoring a prepared document: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Makes near-real-time listings (registered hosts, history) see the latest writes. Best
     /// effort: a key without the `maintenance` privilege lists what is searchable already.
     pub async fn refresh(&self) {
@@ -383,6 +460,8 @@ impl<'a> Coord<'a> {
 pub struct Watched {
     pub operation: Result<Option<fleet::Versioned<OperationDoc>>, EsError>,
     pub hosts: Vec<fleet::Versioned<HostDoc>>,
+    /// The fleet's rollback point (`prepare`): the agent keeps its kibana.yml for it.
+    pub rollback_point: Result<Option<crate::rollback_point::RollbackPoint>, EsError>,
 }
 
 /// A stored coordination document: refused when its format is newer than this build's.

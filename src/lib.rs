@@ -3,7 +3,8 @@
 //! `config` turns files into settings, `es` talks to Elasticsearch, `compat` and `snapshots`
 //! hold Kibana's rules for versions and eligible snapshots, `host` acts on the local machine
 //! (systemd, package manager, Kibana's status), `preflight` holds the one implementation of the
-//! checks before a rollback, `exit` holds the documented exit codes.
+//! checks before a rollback (and before `prepare`), `rollback_point` what `prepare` records,
+//! `exit` holds the documented exit codes.
 
 pub mod agent;
 pub mod compat;
@@ -18,5 +19,6 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod preflight;
+pub mod rollback_point;
 pub mod snapshots;
 pub mod trust;

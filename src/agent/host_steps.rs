@@ -11,7 +11,9 @@
 //! * `reinstall` makes sure the hold is in place (Elastic's 8.x+ .deb restarts kibana.service on
 //!   upgrade and downgrade; the hold refuses that restart), installs and holds the package, then
 //!   `daemon-reload`s (the package may have rewritten the unit) and notes when the install
-//!   ended, for the start step's evidence;
+//!   ended, for the start step's evidence; a kibana.yml that differs from the one kept by
+//!   `prepare` for exactly that version is put back, the current one kept beside it
+//!   (`host::prepared_config`), and the step's detail says so;
 //! * `start_unit` lifts the hold (`ResetFailedUnit` included, so a start-limited unit can start
 //!   again), starts the unit and waits for Kibana — **failing fast** when the unit crash-loops
 //!   (two automatic restarts), exits 64 (a setting the older Kibana does not know), fails or hits
@@ -35,6 +37,7 @@ use crate::host::journal;
 use crate::host::kibana_status::{Answer, StatusProbe};
 use crate::host::local::Local;
 use crate::host::pkg::{PackageManager, PackageName, PackageVersion};
+use crate::host::prepared_config;
 use crate::host::process::{self, InstallEnd};
 use crate::host::readiness::{self, Watch};
 use crate::host::systemd::{ActiveState, MainExit, ServiceStatus, SystemdUnits, UnitError};
@@ -179,12 +182,14 @@ impl Host {
     /// Runs one step; the text is the ack's detail (Ok) or the cause (Failed).
     pub async fn run(&self, step: &HostStep, resumed: bool) -> (StepResult, String) {
         let (progress, _) = tokio::sync::mpsc::unbounded_channel();
-        self.run_reporting(step, resumed, &progress).await
+        self.run_reporting("manual", step, resumed, &progress).await
     }
 
-    /// [`Host::run`], with `progress` taking what a long step is doing meanwhile (for the ack).
+    /// [`Host::run`] for operation `op_id`, with `progress` taking what a long step is doing
+    /// meanwhile (for the ack).
     pub async fn run_reporting(
         &self,
+        op_id: &str,
         step: &HostStep,
         resumed: bool,
         progress: &tokio::sync::mpsc::UnboundedSender<String>,
@@ -193,7 +198,9 @@ impl Host {
             HostStep::CheckAvailable { version } => self.check_available(version).await,
             HostStep::Prefetch { version } => self.prefetch(version).await,
             HostStep::StopUnit => self.stop().await,
-            HostStep::Reinstall { version } => self.reinstall(version, resumed, progress).await,
+            HostStep::Reinstall { version } => {
+                self.reinstall(op_id, version, resumed, progress).await
+            }
             HostStep::StartUnit { expect_version } => self.start(expect_version).await,
             HostStep::AbortRestart => self.abort_restart().await,
         };
@@ -280,6 +287,7 @@ impl Host {
 
     async fn reinstall(
         &self,
+        op_id: &str,
         version: &Version,
         resumed: bool,
         progress: &tokio::sync::mpsc::UnboundedSender<String>,
@@ -335,6 +343,20 @@ impl Host {
             .verify(&name, &v, self.settings.package_manager.hold)
             .await
             .map_err(|e| format!("installed, but verification failed: {e}"))?;
+        // The kibana.yml kept by `prepare` for exactly this version, when the upgrade changed it:
+        // an older Kibana refuses settings it does not know (exit 64).
+        let conf = match prepared_config::put_back(
+            &self.local,
+            &self.settings.coordination.state_dir,
+            version,
+            op_id,
+        ) {
+            Ok(done) => done.describe(),
+            Err(e) => Some(format!("WARNING: {e}")),
+        };
+        if let Some(c) = &conf {
+            tracing::info!(operation_id = op_id, "{c}");
+        }
         // The package may have replaced the unit file (7.x ships it in /etc/systemd/system).
         self.units
             .daemon_reload()
@@ -348,8 +370,9 @@ impl Host {
             .map(|p| p.to_string())
             .unwrap_or_else(|| "not installed".into());
         Ok(format!(
-            "{name} {v} installed (was {was}){}",
-            if installed.held { ", held" } else { "" }
+            "{name} {v} installed (was {was}){}{}",
+            if installed.held { ", held" } else { "" },
+            conf.map(|c| format!("; {c}")).unwrap_or_default()
         ))
     }
 

@@ -11,7 +11,8 @@
 //! acknowledgement or the next phase learns of it that soon; a finished step or write wakes the
 //! loop at once), every 5 s (at most the heartbeat period) when idle. A wake between two idle
 //! reads (a write's result, the watchdog) decides on the last reading instead of reading again.
-//! The loop sends `WATCHDOG=1` itself. Time is `CLOCK_BOOTTIME`, which keeps counting through a
+//! The same `_mget` reads the fleet's rollback point: one this host has not reported on has its
+//! kibana.yml kept beside the loop ([`prepared`]). The loop sends `WATCHDOG=1` itself. Time is `CLOCK_BOOTTIME`, which keeps counting through a
 //! suspend (a leader waking from one must see its lease as old as it is).
 
 mod cluster_steps;
@@ -19,6 +20,7 @@ mod evidence;
 mod facts;
 mod host_steps;
 mod identity;
+mod prepared;
 mod progress;
 mod telemetry;
 
@@ -166,6 +168,8 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         facts,
         readiness_task: None,
         telemetry: telemetry.clone(),
+        prepared_task: None,
+        prepared_for: Arc::new(std::sync::Mutex::new(None)),
     }
     .run()
     .await;
@@ -214,6 +218,10 @@ struct Daemon {
     readiness_task: Option<JoinHandle<()>>,
     /// Metrics and webhook events (one call per event).
     telemetry: Arc<telemetry::Telemetry>,
+    /// Keeping this host's configuration for the rollback point, when running
+    /// ([`prepared`]), and the rollback point (snapshot uuid) it was last reported for.
+    prepared_task: Option<JoinHandle<()>>,
+    prepared_for: Arc<std::sync::Mutex<Option<String>>>,
     /// Bound on each Elasticsearch request of the loop and of its write tasks ([`io_limit`]).
     io_limit: Duration,
     /// How long the loop sleeps when nothing wakes it (set by each round).
@@ -420,6 +428,30 @@ impl Daemon {
         self.next_read_at.saturating_sub(boottime())
     }
 
+    /// A rollback point this host has not reported on yet: keep its configuration beside the
+    /// loop ([`prepared`]).
+    fn observe_rollback_point(&mut self, point: crate::rollback_point::RollbackPoint) {
+        let uuid = point.snapshot.uuid.clone();
+        if self.prepared_for.lock().expect("prepared lock").as_deref() == Some(uuid.as_str()) {
+            return;
+        }
+        if self
+            .prepared_task
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        let (host, es, settings) = (self.host.clone(), self.es.clone(), self.settings.clone());
+        let done = self.prepared_for.clone();
+        self.prepared_task = Some(tokio::spawn(async move {
+            match prepared::keep(host, es, settings, point).await {
+                Ok(()) => *done.lock().expect("prepared lock") = Some(uuid),
+                Err(e) => tracing::warn!("rollback point: {e}; trying again"),
+            }
+        }));
+    }
+
     /// One round of the protocol: read the operation and the host documents, ask `step`, start
     /// what it says.
     #[allow(clippy::too_many_arguments)]
@@ -456,6 +488,9 @@ impl Daemon {
         let (op, mut hosts) = match watched {
             _ if !read => (self.last_op.clone(), None),
             Ok(w) => {
+                if let Ok(Some(point)) = w.rollback_point {
+                    self.observe_rollback_point(point);
+                }
                 let op = match w.operation {
                     Ok(Some(v)) => OpRead::Found(v),
                     Ok(None) => OpRead::Missing,
@@ -622,7 +657,7 @@ impl Daemon {
                                 }
                             })
                         };
-                        let (result, detail) = host.run_reporting(&step, resumed, &ptx).await;
+                        let (result, detail) = host.run_reporting(&op_id, &step, resumed, &ptx).await;
                         drop(ptx);
                         let _ = forward.await;
                         telemetry.host_step_finished(&op_id, step.kind(), &result);

@@ -7,7 +7,6 @@ use kibana_rollback::config::{Loaded, Settings, SnapshotSelector};
 use kibana_rollback::coord::Coord;
 use kibana_rollback::es::Es;
 use kibana_rollback::exit;
-use kibana_rollback::preflight;
 use semver::Version;
 
 use super::{target_version, Cli};
@@ -69,26 +68,68 @@ pub fn require_repository(loaded: &Loaded) -> Result<String> {
     })
 }
 
-/// The preflight request of `plan` and `start`.
-pub fn preflight_request<'a>(
-    to: Option<&str>,
-    target: Option<&'a Version>,
-    snapshot: &'a SnapshotSelector,
-    accept_unjudged: bool,
-) -> preflight::Request<'a> {
-    preflight::Request {
-        target,
+pub fn selector(flag: Option<&str>, loaded: &Loaded) -> SnapshotSelector {
+    flag.map(SnapshotSelector::parse)
+        .unwrap_or_else(|| loaded.settings.rollback.snapshot.clone())
+}
+
+/// What `start` and `plan` are asked for: the target, the snapshot selector, where the target
+/// came from, and the fleet's rollback point when that is what they fell back on.
+pub struct Asked {
+    pub target: Option<Version>,
+    pub selector: SnapshotSelector,
+    pub target_from: &'static str,
+    pub point: Option<kibana_rollback::rollback_point::RollbackPoint>,
+}
+
+/// With neither `--to` nor `--snapshot`, the fleet's rollback point (`prepare`) decides: exactly
+/// its version and snapshot, refused (78) when the configuration names another target, snapshot
+/// or repository, refused (1) when the stored point does not verify with the fleet key. Without
+/// a rollback point, or with a flag given, the flags and the configuration decide as before.
+pub async fn asked(ctx: &Ctx, to: Option<&str>, snapshot: Option<&str>) -> Result<Asked> {
+    let loaded = &ctx.loaded;
+    let flags = Asked {
+        target: target_version(to, loaded)?,
+        selector: selector(snapshot, loaded),
         target_from: if to.is_some() {
             "--to"
         } else {
             "rollback.target_version"
         },
-        snapshot,
-        accept_unjudged,
+        point: None,
+    };
+    if to.is_some() || snapshot.is_some() {
+        return Ok(flags);
     }
-}
-
-pub fn selector(flag: Option<&str>, loaded: &Loaded) -> SnapshotSelector {
-    flag.map(SnapshotSelector::parse)
-        .unwrap_or_else(|| loaded.settings.rollback.snapshot.clone())
+    let point = match ctx.coord().rollback_point().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(flags),
+        // Not the fleet's: never rolled back to; the operator names what to use instead.
+        Err(e @ kibana_rollback::es::EsError::Untrusted { .. }) => {
+            return Err(exit::coded(
+                exit::FAILED,
+                format!("the stored rollback point is refused: {e}; run `kibana-rollback prepare` again (with the fleet key), or pass --to and --snapshot"),
+            ))
+        }
+        // With a target configured the preflight reports an unreachable or refusing
+        // Elasticsearch in full (each host, 69/77); without one, this is that error.
+        Err(e) if (e.is_unreachable() || e.is_auth()) && flags.target.is_some() => {
+            return Ok(flags)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("reading the rollback point")),
+    };
+    let r = &loaded.settings.rollback;
+    let (target, selector) = kibana_rollback::rollback_point::start_default(
+        &point,
+        r.target_version.as_ref(),
+        &r.snapshot,
+        r.repository.as_deref(),
+    )
+    .map_err(|why| exit::coded(exit::CONFIG, why))?;
+    Ok(Asked {
+        target: Some(target),
+        selector,
+        target_from: "the rollback point",
+        point: Some(point),
+    })
 }

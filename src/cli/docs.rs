@@ -41,13 +41,13 @@ pub fn subcommand() -> clap::Command {
 /// What every exit code means (the numbers come from `exit`, the words match the README).
 const EXIT_STATUS: &[(u8, &str)] = &[
     (exit::OK, "success; start --wait: the operation ended done; plan: every check passed"),
-    (exit::FAILED, "the operation ended failed or aborted, or a check refused (incompatible target, ineligible or missing snapshot, unregistered expected host, abort past the restore point); plan: a check failed"),
+    (exit::FAILED, "the operation ended failed or aborted, or a check refused (incompatible target, ineligible or missing snapshot, unregistered expected host, abort past the restore point; prepare: mixed Kibana versions, a dead agent, a snapshot that failed verification; a rollback point that does not verify with the fleet key); plan: a check failed"),
     (exit::USAGE, "command-line usage error"),
     (exit::UNAVAILABLE, "Elasticsearch (or the system bus) unreachable"),
     (exit::SOFTWARE, "internal error, or an answer that could not be understood"),
-    (exit::TEMPFAIL, "busy: another operation is running or the lock is held; start --wait stopped following (signal) while the operation still runs"),
+    (exit::TEMPFAIL, "busy: another operation is running or the lock is held (also for prepare); start --wait stopped following (signal) while the operation still runs"),
     (exit::NOPERM, "Elasticsearch refused the credentials or privileges (401/403)"),
-    (exit::CONFIG, "invalid configuration, or no target version or repository configured; nothing was done"),
+    (exit::CONFIG, "invalid configuration, or no target version or repository configured, or a configured target, snapshot or repository that disagrees with the rollback point; nothing was done"),
 ];
 
 const FILES: &[(&str, &str)] = &[

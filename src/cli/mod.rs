@@ -13,6 +13,7 @@ mod live;
 mod lock;
 mod outcome;
 mod plan;
+mod prepare;
 mod snapshots;
 mod start;
 mod status;
@@ -35,8 +36,10 @@ use kibana_rollback::exit;
         Elasticsearch. A rollback (`systemctl start kibana-rollback`, or `kibana-rollback start \
         --wait`) stops every Kibana instance and verifies the stop, takes a safety snapshot, \
         restores the kibana feature state from the pre-upgrade snapshot, and has every host \
-        install and hold the older Kibana package and start it again. The other commands \
-        inspect (plan, status, snapshots, lock, history, check-config) or stop (abort) it."
+        install and hold the older Kibana package and start it again. Before an upgrade, \
+        `prepare` records the fleet's rollback point, which `start` with no arguments rolls \
+        back to. The other commands inspect (plan, status, snapshots, lock, history, \
+        check-config) or stop (abort) it."
 )]
 pub struct Cli {
     /// Main configuration file; drop-ins in /etc, /run and /usr/lib kibana-rollback/config.d/ follow it.
@@ -80,10 +83,22 @@ pub enum Command {
         /// Resume the `failed` operation instead: its failed phase runs again at a new epoch.
         #[arg(long, conflicts_with_all = ["to", "snapshot", "accept_unjudged_snapshot"])]
         resume: bool,
+        /// Undo a `done` rollback instead: the fleet back to the Kibana version it ran before
+        /// OPERATION, from OPERATION's safety snapshot, as a new operation (same checks, one restore).
+        #[arg(long, value_name = "OPERATION", conflicts_with_all = ["to", "snapshot", "accept_unjudged_snapshot", "resume"])]
+        undo: Option<String>,
         /// With --resume: drop a restore that was recorded but never confirmed, so it is issued
         /// again (only when you know it did not happen, or want it repeated).
         #[arg(long, requires = "resume")]
         forget_restore: bool,
+    },
+    /// Before an upgrade: check the fleet, snapshot the kibana feature state and record it as the
+    /// fleet's rollback point, which `start` then rolls back to with no arguments.
+    Prepare {
+        /// Also wait until every agent has kept its host's kibana.yml and keystore key list for
+        /// the rollback point (exit 1 naming a host that could not, or did not answer in 3 min).
+        #[arg(long)]
+        wait: bool,
     },
     /// Run every preflight check and list the steps that would run; changes nothing.
     Plan {
@@ -202,6 +217,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
             ..
         } => start::resume(&cli, *forget_restore, *wait).await,
         Command::Start {
+            undo: Some(op),
+            wait,
+            ..
+        } => start::undo(&cli, op, *wait).await,
+        Command::Start {
             to,
             snapshot,
             wait,
@@ -217,6 +237,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             )
             .await
         }
+        Command::Prepare { wait } => prepare::run(&cli, *wait).await,
         Command::Plan {
             to,
             snapshot,

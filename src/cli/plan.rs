@@ -15,7 +15,7 @@ use kibana_rollback::preflight::{self, Resolved, Scope, Status};
 use semver::Version;
 use serde_json::json;
 
-use super::context::{preflight_request, selector, Ctx};
+use super::context::{asked, Ctx};
 use super::{print_json, print_table, target_version, Cli};
 
 struct Step {
@@ -31,13 +31,20 @@ pub async fn run(
     accept_unjudged: bool,
 ) -> Result<u8> {
     let ctx = Ctx::new(cli)?;
-    let target = target_version(to, &ctx.loaded)?;
-    let sel = selector(snapshot, &ctx.loaded);
+    // `--to` syntax (2) before anything is asked.
+    target_version(to, &ctx.loaded)?;
+    let asked = asked(&ctx, to, snapshot).await?;
+    let (target, sel) = (asked.target.clone(), asked.selector.clone());
     let report = preflight::run(
         &ctx.es,
         ctx.settings(),
         Scope::Plan,
-        preflight_request(to, target.as_ref(), &sel, accept_unjudged),
+        preflight::Request {
+            target: target.as_ref(),
+            target_from: asked.target_from,
+            snapshot: &sel,
+            accept_unjudged,
+        },
     )
     .await;
     let checks = &report.checks;
@@ -79,6 +86,8 @@ pub async fn run(
         print_json(&json!({
             "ok": ok,
             "target_version": target.as_ref().map(ToString::to_string),
+            "target_from": asked.target_from,
+            "rollback_point": asked.point,
             "snapshot": resolved.as_ref().map(|r| &r.sref),
             "expected_hosts": expected,
             "expected_hosts_from": expected_from,
@@ -102,6 +111,12 @@ pub async fn run(
         return Ok(if ok { exit::OK } else { exit::FAILED });
     }
 
+    if let Some(p) = &asked.point {
+        println!(
+            "rollback point (prepare, the strongest evidence): {}",
+            p.describe()
+        );
+    }
     println!(
         "plan: roll Kibana back to {} from {} on {}",
         target

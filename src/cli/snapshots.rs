@@ -1,4 +1,5 @@
-//! `snapshots`: the repository's snapshots, newest first, each marked eligible for a rollback,
+//! `snapshots`: the repository's snapshots, the fleet's rollback point (`prepare`) first, then
+//! newest first, each marked eligible for a rollback,
 //! not, or "cannot be judged", with the reason: its state, its kibana feature state, its start
 //! against the upgrade's start (the expected hosts' install evidence, `.kibana*` creation times)
 //! and the Kibana version evidence from its index names.
@@ -24,10 +25,29 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         }
     };
     let es = Es::new(&loaded.settings.elasticsearch)?;
-    let list = es
+    let mut list = es
         .snapshots(&repository)
         .await
         .with_context(|| format!("listing snapshots of repository {repository:?}"))?;
+    // The fleet's rollback point comes first: `prepare` recorded it as the state before the
+    // upgrade, the strongest evidence there is. One that does not verify is named, not used.
+    let point = match Coord::new(&es, &loaded.settings).rollback_point().await {
+        Ok(p) => p.filter(|p| p.snapshot.repository == repository),
+        Err(e @ kibana_rollback::es::EsError::Untrusted { .. }) => {
+            eprintln!("kibana-rollback: warning: the stored rollback point is refused: {e}");
+            None
+        }
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(anyhow::Error::new(e).context("reading the rollback point")),
+    };
+    let is_point = |s: &kibana_rollback::es::SnapshotInfo| {
+        point.as_ref().is_some_and(|p| p.snapshot.uuid == s.uuid)
+    };
+    if let Some(at) = list.iter().position(is_point) {
+        let p = list.remove(at);
+        list.insert(0, p);
+    }
+    let target = target.or_else(|| point.as_ref().map(|p| p.kibana_version.clone()));
     let window = match &target {
         Some(t) => {
             let coord = Coord::new(&es, &loaded.settings);
@@ -67,6 +87,7 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
             .map(|(s, a)| {
                 json!({
                     "snapshot": s.snapshot,
+                    "rollback_point": is_point(s),
                     "uuid": s.uuid,
                     "state": s.state,
                     "start_time": s.start_time_in_millis.map(format_millis),
@@ -85,6 +106,7 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
             "repository": repository,
             "target_version": target.as_ref().map(ToString::to_string),
             "upgrade_window": window,
+            "rollback_point": point,
             "snapshots": items,
         }));
         return Ok(exit::OK);
@@ -94,9 +116,13 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         .map(|t| format!(", judged for target {t}"))
         .unwrap_or_default();
     println!(
-        "repository {repository}: {} snapshot(s), newest first{target_note}",
+        "repository {repository}: {} snapshot(s), the rollback point first, then newest first{target_note}",
         list.len()
     );
+    match &point {
+        Some(p) => println!("rollback point: {}", p.describe()),
+        None => println!("no rollback point: run `kibana-rollback prepare` before an upgrade"),
+    }
     let rows: Vec<Vec<String>> = assessed
         .iter()
         .map(|(s, a)| {
@@ -114,7 +140,11 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
                 a.reasons.join("; ")
             };
             vec![
-                s.snapshot.clone(),
+                if is_point(s) {
+                    format!("{} (ROLLBACK POINT)", s.snapshot)
+                } else {
+                    s.snapshot.clone()
+                },
                 s.state.clone(),
                 s.start_time_in_millis
                     .map(format_millis)

@@ -3,7 +3,9 @@
 //!
 //! Order, so that bad input never writes anything:
 //! 1. local: configuration (78), `--to` and `--snapshot` syntax (2), a target and a repository at
-//!    all (78);
+//!    all (78). With neither `--to` nor `--snapshot` the fleet's rollback point (`prepare`) gives
+//!    exactly the target and the snapshot; a configured `rollback.target_version`, `snapshot` or
+//!    `repository` that disagrees with it is refused naming both (78);
 //! 2. read-only: the preflight ([`kibana_rollback::preflight`], the same checks `plan` prints and
 //!    the leader repeats). A running operation is busy (75), or attached to with `--wait` when it
 //!    is the same request; otherwise the first failed check refuses with its exit code
@@ -23,11 +25,9 @@ use kibana_rollback::preflight::{self, Scope};
 use semver::Version;
 use serde_json::json;
 
-use super::context::{
-    preflight_request, requested_by, require_repository, require_target, selector, Ctx,
-};
+use super::context::{asked, requested_by, require_repository, require_target, selector, Ctx};
 use super::follow::follow;
-use super::{print_json, Cli};
+use super::{print_json, target_version, Cli};
 
 /// `rb-<UTC yyyymmddthhmmss>-<4 hex>`: sortable, readable, unique enough for one-at-a-time use.
 /// Lowercase throughout: the id becomes part of the safety snapshot's name, and Elasticsearch
@@ -166,10 +166,10 @@ pub async fn run(
 ) -> Result<u8> {
     // 1. Local validation: nothing leaves this host until the input is known good.
     let loaded = cli.load()?;
-    let target = require_target(to, &loaded)?;
-    let repository = require_repository(&loaded)?;
-    let sel = selector(snapshot, &loaded);
-    if let SnapshotSelector::Named(n) = &sel {
+    // `--to` syntax (2) before anything is asked.
+    target_version(to, &loaded)?;
+    require_repository(&loaded)?;
+    if let SnapshotSelector::Named(n) = &selector(snapshot, &loaded) {
         if n.is_empty() || n.contains(['/', ',', '*', ' ']) {
             return Err(exit::coded(
                 exit::USAGE,
@@ -179,20 +179,141 @@ pub async fn run(
     }
     let es = Es::new(&loaded.settings.elasticsearch)?;
     let ctx = Ctx { loaded, es };
+
+    // With no --to and no --snapshot, the fleet's rollback point decides (read-only).
+    let asked = asked(&ctx, to, snapshot).await?;
+    let target = match asked.target.clone() {
+        Some(t) => t,
+        None => require_target(to, &ctx.loaded)?,
+    };
+    let note = if asked.point.is_some() {
+        ": the fleet's rollback point"
+    } else {
+        ""
+    };
+    request(
+        cli,
+        &ctx,
+        Request {
+            target,
+            selector: asked.selector.clone(),
+            target_from: asked.target_from,
+            accept_unjudged,
+            wait,
+            note: note.into(),
+            undoes: None,
+        },
+    )
+    .await
+}
+
+/// `start --undo OPERATION`: the fleet back to the version and state it had before that `done`
+/// rollback — its `from_version`, from its safety snapshot (pinned by uuid) — as a new operation
+/// through the same preflight and protocol (its own safety snapshot, exactly one restore).
+pub async fn undo(cli: &Cli, op_id: &str, wait: bool) -> Result<u8> {
+    let loaded = cli.load()?;
+    let repository = require_repository(&loaded)?;
+    let es = Es::new(&loaded.settings.elasticsearch)?;
+    let ctx = Ctx { loaded, es };
+    let Some(done) = ctx
+        .coord()
+        .history_of(op_id)
+        .await
+        .with_context(|| format!("reading operation {op_id}"))?
+    else {
+        return Err(exit::coded(
+            exit::FAILED,
+            format!("no finished operation {op_id} in the coordination index: `kibana-rollback history` lists them"),
+        ));
+    };
+    if done.phase != Phase::Done {
+        return Err(exit::coded(
+            exit::FAILED,
+            format!(
+                "operation {op_id} ended {}, not done: only a done rollback can be undone (an aborted one changed nothing)",
+                done.phase
+            ),
+        ));
+    }
+    let (Some(safety), Some(uuid)) = (
+        done.safety_snapshot.name.clone(),
+        done.safety_snapshot.taken_uuid.clone(),
+    ) else {
+        return Err(exit::coded(
+            exit::FAILED,
+            format!("operation {op_id} took no safety snapshot (rollback.safety_snapshot = false): there is nothing to return to"),
+        ));
+    };
+    let Some(from) = done.from_version.clone() else {
+        return Err(exit::coded(
+            exit::FAILED,
+            format!(
+                "operation {op_id} does not record the Kibana version before it (requested by an older kibana-rollback): \
+                 `kibana-rollback start --to VERSION --snapshot {safety} --accept-unjudged-snapshot` with the version the fleet ran"
+            ),
+        ));
+    };
+    if done.snapshot.repository != repository {
+        return Err(exit::coded(
+            exit::CONFIG,
+            format!(
+                "operation {op_id}'s safety snapshot is in repository {}, rollback.repository is {repository}: set rollback.repository = \"{}\"",
+                done.snapshot.repository, done.snapshot.repository
+            ),
+        ));
+    }
+    request(
+        cli,
+        &ctx,
+        Request {
+            target: from,
+            selector: SnapshotSelector::Named(safety),
+            target_from: "the undone operation",
+            accept_unjudged: false,
+            wait,
+            note: format!(": undoing {op_id}"),
+            undoes: Some((op_id.to_string(), uuid)),
+        },
+    )
+    .await
+}
+
+/// What one `start` asks for, resolved.
+struct Request {
+    target: Version,
+    selector: SnapshotSelector,
+    target_from: &'static str,
+    accept_unjudged: bool,
+    wait: bool,
+    /// Appended to the "requested rollback" line.
+    note: String,
+    /// `start --undo`: the operation undone and its safety snapshot's uuid (the one to restore).
+    undoes: Option<(String, String)>,
+}
+
+/// Steps 2 and 3 of `start`: the preflight, then the operation document.
+async fn request(cli: &Cli, ctx: &Ctx, req: Request) -> Result<u8> {
     let settings = ctx.settings();
     let coord = ctx.coord();
+    let repository = require_repository(&ctx.loaded)?;
+    let (target, sel, wait) = (&req.target, &req.selector, req.wait);
 
     // 2. The preflight, read-only.
     let report = preflight::run(
         &ctx.es,
         settings,
         Scope::Start,
-        preflight_request(to, Some(&target), &sel, accept_unjudged),
+        preflight::Request {
+            target: Some(target),
+            target_from: req.target_from,
+            snapshot: sel,
+            accept_unjudged: req.accept_unjudged,
+        },
     )
     .await;
     if let Some(running) = &report.running {
-        let same = same_request(&running.doc, &target, &repository, &sel, settings);
-        return busy(&ctx, &running.doc, same, wait, cli.json).await;
+        let same = same_request(&running.doc, target, &repository, sel, settings);
+        return busy(ctx, &running.doc, same, wait, cli.json).await;
     }
     if let Some(refusal) = report.refusal() {
         return Err(refusal);
@@ -201,12 +322,23 @@ pub async fn run(
         .snapshot
         .as_ref()
         .expect("a passed preflight resolved the snapshot");
+    if let Some((op, uuid)) = &req.undoes {
+        if &resolved.sref.uuid != uuid {
+            return Err(exit::coded(
+                exit::FAILED,
+                format!(
+                    "snapshot {} is not the safety snapshot operation {op} took (uuid {}, now {}): it was replaced; nothing was requested",
+                    resolved.sref.name, uuid, resolved.sref.uuid
+                ),
+            ));
+        }
+    }
     let (hosts, source) = (report.expected.clone(), report.expected_from);
 
     // 3. Write the request.
     let wall = coord::wall_now();
     let id = new_operation_id(&wall);
-    let doc = fleet::new_operation(NewOperation {
+    let mut doc = fleet::new_operation(NewOperation {
         id: id.clone(),
         requested_by: requested_by(settings),
         requested_at: wall,
@@ -224,6 +356,9 @@ pub async fn run(
         barrier_client_check: settings.coordination.barrier_client_check,
     })
     .map_err(|e| exit::coded(exit::FAILED, e.to_string()))?;
+    // What `start --undo` of this operation returns to.
+    doc.from_version = preflight::fleet_version(&report.hosts).ok();
+    doc.undoes = req.undoes.as_ref().map(|(op, _)| op.clone());
     coord
         .ensure_index()
         .await
@@ -237,8 +372,8 @@ pub async fn run(
                 .context("reading the running operation")?
             {
                 Some(running) => {
-                    let same = same_request(&running.doc, &target, &repository, &sel, settings);
-                    busy(&ctx, &running.doc, same, wait, cli.json).await
+                    let same = same_request(&running.doc, target, &repository, sel, settings);
+                    busy(ctx, &running.doc, same, wait, cli.json).await
                 }
                 None => Err(exit::coded(
                     exit::TEMPFAIL,
@@ -258,6 +393,8 @@ pub async fn run(
             "snapshot": resolved.sref,
             "expected_hosts": hosts,
             "expected_hosts_from": source,
+            "target_from": req.target_from,
+            "undoes": doc.undoes,
             "safety_snapshot": doc.safety_snapshot,
             "warnings": warnings,
         });
@@ -269,9 +406,10 @@ pub async fn run(
     } else {
         println!("{id}");
         eprintln!(
-            "requested rollback {id}: Kibana {target} from snapshot {repository}/{} on {} ({source})",
+            "requested rollback {id}: Kibana {target} from snapshot {repository}/{} on {} ({source}){}",
             resolved.sref.name,
-            hosts.join(", ")
+            hosts.join(", "),
+            req.note
         );
         for w in &warnings {
             eprintln!("warning: {w}");
@@ -280,7 +418,7 @@ pub async fn run(
     if !wait {
         return Ok(exit::OK);
     }
-    follow(&ctx, &id, cli.json).await
+    follow(ctx, &id, cli.json).await
 }
 
 #[cfg(test)]

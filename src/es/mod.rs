@@ -302,6 +302,28 @@ impl Es {
         }
     }
 
+    /// Deletes one snapshot (a rollback point that failed its verification); a missing one is
+    /// no error.
+    pub async fn delete_snapshot(&self, repository: &str, name: &str) -> Result<(), EsError> {
+        let path = format!("_snapshot/{}/{}", seg(repository), seg(name));
+        match self
+            .client
+            .send(
+                Method::DELETE,
+                &path,
+                None,
+                &[],
+                Some(self.snapshot_timeout),
+                Idempotence::Safe,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates an `fs` snapshot repository (tests and the demo; production repositories are the
     /// operator's).
     pub async fn put_fs_repository(&self, name: &str, location: &str) -> Result<(), EsError> {
@@ -697,6 +719,50 @@ impl Es {
 
     /// Creates the coordination index if it does not exist (one shard; a replica when the
     /// cluster has room; no dynamic mapping since documents are only read by id).
+    /// `POST _snapshot/<repository>/_verify`: every node can write to the repository. `Ok` lists
+    /// the nodes that verified it.
+    pub async fn verify_repository(&self, repository: &str) -> Result<Vec<String>, EsError> {
+        let v: serde_json::Value = self
+            .client
+            .json(
+                Method::POST,
+                &format!("_snapshot/{}/_verify", seg(repository)),
+                None,
+                Some(self.snapshot_timeout),
+                Idempotence::Safe,
+            )
+            .await?;
+        let mut names: Vec<String> = v["nodes"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|n| n["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `GET _slm/policy` as Elasticsearch answers it; `None` where snapshot lifecycle management
+    /// is not available (no such endpoint: a cluster without the x-pack ILM module).
+    pub async fn slm_policies(&self) -> Result<Option<serde_json::Value>, EsError> {
+        match self
+            .client
+            .json::<serde_json::Value>(Method::GET, "_slm/policy", None, None, Idempotence::Safe)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e)
+                if matches!(e.status().map(|s| s.as_u16()), Some(400 | 404 | 405 | 410))
+                    && !e.is_auth() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn ensure_index(&self, index: &str) -> Result<(), EsError> {
         let body = json!({
             "settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},

@@ -528,6 +528,14 @@ pub struct OperationDoc {
     pub barrier_silent_nodes: Vec<String>,
     #[serde(default)]
     pub abort_requested: Option<AbortRequest>,
+    /// The one Kibana version the expected hosts ran when the operation was requested: what
+    /// `start --undo` returns the fleet to. Informational to the protocol (nothing here reads
+    /// it); absent from operations requested before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<Version>,
+    /// The done operation this one undoes (`start --undo`), informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<String>,
 }
 
 impl OperationDoc {
@@ -895,6 +903,8 @@ pub(crate) mod tests {
             barrier_clients: vec![],
             barrier_silent_nodes: vec![],
             abort_requested: None,
+            from_version: None,
+            undoes: None,
         }
     }
 

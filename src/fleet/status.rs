@@ -104,6 +104,8 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         barrier_clients: vec![],
         barrier_silent_nodes: vec![],
         abort_requested: None,
+        from_version: None,
+        undoes: None,
     })
 }
 

@@ -4,7 +4,8 @@
 //! ([`kibana_status`]), which Kibana a process runs
 //! ([`process`]), the unit's journal ([`journal`]), and the readiness checks of what a rollback
 //! will need here ([`readiness`], with [`kibana_yml`], [`plugins`], [`status_credentials`] and
-//! [`tls_check`]). [`local`] says where the host's files and commands are.
+//! [`tls_check`]), the pre-upgrade kibana.yml kept for the rollback point ([`prepared_config`]).
+//! [`local`] says where the host's files and commands are.
 //!
 //! Adapters act and report; they make no decisions. What to do with a unit that will not stop,
 //! or a host whose Kibana is missing, is decided by `fleet/`.
@@ -17,6 +18,7 @@ pub mod kibana_yml;
 pub mod local;
 pub mod pkg;
 pub mod plugins;
+pub mod prepared_config;
 pub mod process;
 pub mod readiness;
 pub mod status_credentials;

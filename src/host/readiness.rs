@@ -37,7 +37,7 @@ use crate::host::kibana_yml::KibanaYml;
 use crate::host::local::Local;
 use crate::host::pkg::{elastic_repo, PackageManager, PackageName, PkgError, PkgKind};
 use crate::host::status_credentials::{self, Authenticate};
-use crate::host::systemd::{LoadState, SystemdUnits};
+use crate::host::systemd::{LoadState, ServiceStatus, SystemdUnits};
 use crate::host::{plugins, tls_check};
 
 /// How often the report is made when nothing changes.
@@ -269,6 +269,38 @@ impl Out {
 }
 
 /// `KEY=VALUE` lines of an environment file (systemd's `EnvironmentFile=` syntax, enough of it).
+/// The environment the unit gives Kibana: its `EnvironmentFile=`s, then `Environment=` (later
+/// entries win).
+pub fn unit_env(svc: &ServiceStatus, local: &Local) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (file, _) in &svc.environment_files {
+        if let Ok(text) = std::fs::read_to_string(local.path(file)) {
+            env.extend(parse_env_file(&text));
+        }
+    }
+    env.extend(svc.environment.iter().filter_map(|kv| {
+        kv.split_once('=')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    }));
+    env
+}
+
+/// Kibana's configuration directory as its unit sets it (`KBN_PATH_CONF`), else /etc/kibana.
+pub async fn conf_dir(units: &SystemdUnits, local: &Local, unit: &str) -> String {
+    units
+        .service_status(unit)
+        .await
+        .ok()
+        .and_then(|svc| {
+            unit_env(&svc, local)
+                .into_iter()
+                .rev()
+                .find(|(k, _)| k == "KBN_PATH_CONF")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_else(|| "/etc/kibana".into())
+}
+
 fn parse_env_file(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map(str::trim)
@@ -310,15 +342,7 @@ pub async fn check(
             "set kibana.unit to the unit that runs Kibana (systemctl list-units 'kibana*')",
         ),
         Ok(svc) => {
-            for (file, _) in &svc.environment_files {
-                if let Ok(text) = std::fs::read_to_string(ctx.local.path(file)) {
-                    env.extend(parse_env_file(&text));
-                }
-            }
-            env.extend(svc.environment.iter().filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            }));
+            env = unit_env(&svc, ctx.local);
             working_dir = svc.working_directory.clone();
             out.ok("unit", format!("{} ({})", k.unit, svc.fragment_path));
         }

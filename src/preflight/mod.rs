@@ -1,7 +1,8 @@
 //! The preflight checks: the one implementation of everything that must hold before a rollback
-//! may stop anything. `plan` runs them read-only and prints them, `start` runs them before it
+//! may stop anything, and before `prepare` may record the fleet's rollback point. `plan` runs them read-only and prints them, `start` runs them before it
 //! writes the operation, and the leader runs them in the `preflight` phase against the operation
-//! it leads. All three get the same list, in the same order, each check with its status and the
+//! it leads; `prepare` runs them for the fleet as it is (its one Kibana version, a writable
+//! repository) before it takes the rollback point. All get the same list, in the same order, each check with its status and the
 //! evidence it was decided on; a check a caller does not run is listed as skipped with the reason,
 //! so the three can never silently disagree about what was checked.
 //!
@@ -47,6 +48,8 @@ pub enum CheckId {
     KibanaClients,
     Snapshot,
     AgentsAlive,
+    FleetVersion,
+    RepositoryWritable,
 }
 
 impl CheckId {
@@ -65,6 +68,8 @@ impl CheckId {
             CheckId::HostsReady => "hosts ready (their readiness reports)",
             CheckId::KibanaClients => "kibana clients",
             CheckId::AgentsAlive => "agents alive (heartbeats)",
+            CheckId::FleetVersion => "one Kibana version across the fleet",
+            CheckId::RepositoryWritable => "snapshot repository writable",
         }
     }
 
@@ -178,6 +183,11 @@ pub enum Scope<'a> {
         /// The operator accepted a snapshot that cannot be judged (`--accept-unjudged-snapshot`).
         accepted_unjudged: bool,
     },
+    /// `prepare`, before it takes the rollback point: no target is asked for — the fleet's own
+    /// version (every host the same) is checked against every node; the repository must be
+    /// writable; the liveness watch runs as for `plan`. Nothing is judged for a rollback
+    /// (readiness, Kibana clients, an eligible snapshot): that is `plan`'s and `start`'s.
+    Prepare,
 }
 
 /// What the operator asks for (`plan`/`start`); the leader's comes from its operation.
@@ -211,6 +221,8 @@ pub struct Report {
     pub window: Option<snapshots::UpgradeWindow>,
     /// Each expected host: `Some(true)` heartbeat moved, `Some(false)` did not, `None` not watched.
     pub alive: Vec<(String, Option<bool>)>,
+    /// The one Kibana version every expected host runs (`prepare`).
+    pub fleet_version: Option<Version>,
 }
 
 impl Report {
@@ -260,6 +272,13 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
 
     // Local: what the request is.
     let target = match scope {
+        Scope::Prepare => {
+            c.skip(
+                CheckId::TargetVersion,
+                "prepare records the version the fleet runs (checked below)",
+            );
+            None
+        }
         Scope::Leader { target, .. } => {
             c.ok(
                 CheckId::TargetVersion,
@@ -334,6 +353,8 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             CheckId::KibanaClients,
             CheckId::Snapshot,
             CheckId::AgentsAlive,
+            CheckId::FleetVersion,
+            CheckId::RepositoryWritable,
         ] {
             c.skip(id, "Elasticsearch not reachable");
         }
@@ -406,19 +427,13 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         }
     }
 
-    // Kibana's compatibility rule against every node.
+    // Kibana's compatibility rule against every node (prepare: the fleet's version, below).
     match &target {
-        Some(t) => {
-            let report = compat::Report::new(t, &nodes);
-            let check = match report.refusal() {
-                None => c.ok(CheckId::NodesCompatible, report.summary()),
-                Some(refusal) => c.fail(CheckId::NodesCompatible, refusal),
-            };
-            check.warnings = report.warnings();
-            r.compat = Some(report);
-        }
-        None => c.skip(CheckId::NodesCompatible, "no target version"),
+        Some(t) => nodes_compatible(&mut r, t, &nodes),
+        None if matches!(scope, Scope::Prepare) => {}
+        None => r.checks.skip(CheckId::NodesCompatible, "no target version"),
     }
+    let c = &mut r.checks;
 
     // The restore needs the feature installed on the master.
     match es.features().await {
@@ -487,6 +502,13 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     if c.get(CheckId::ExpectedHostsRegistered).is_none() {
         registration(&coord, &mut r).await;
     }
+    if let Scope::Prepare = scope {
+        return prepare_checks(es, settings, &coord, r, &nodes).await;
+    }
+    r.checks.skip(
+        CheckId::FleetVersion,
+        "only `prepare` records the fleet's version",
+    );
     match scope {
         Scope::Leader { .. } => r.checks.skip(
             CheckId::HostsReady,
@@ -496,7 +518,12 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     }
     kibana_clients(es, settings, &mut r).await;
     snapshot_check(es, settings, &mut r, scope, request).await;
+    r.checks.skip(
+        CheckId::RepositoryWritable,
+        "the snapshot check reads the repository; `prepare` verifies it can be written",
+    );
     match scope {
+        Scope::Prepare => unreachable!("handled above"),
         Scope::Plan => {
             liveness::check(
                 &coord,
@@ -515,6 +542,146 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
             "the phase timeout names hosts that do not answer",
         ),
     }
+    r
+}
+
+fn nodes_compatible(r: &mut Report, target: &Version, nodes: &[NodeInfo]) {
+    let report = compat::Report::new(target, nodes);
+    let check = match report.refusal() {
+        None => r.checks.ok(CheckId::NodesCompatible, report.summary()),
+        Some(refusal) => r.checks.fail(CheckId::NodesCompatible, refusal),
+    };
+    check.warnings = report.warnings();
+    r.compat = Some(report);
+}
+
+/// The one Kibana version the registered expected hosts run: `Err` names every host with its
+/// version (or none installed) when they differ.
+pub fn fleet_version(hosts: &[(String, Option<HostDoc>)]) -> Result<Version, String> {
+    let registered: Vec<(&String, &HostDoc)> = hosts
+        .iter()
+        .filter_map(|(h, d)| Some((h, d.as_ref()?)))
+        .collect();
+    let none: Vec<&str> = registered
+        .iter()
+        .filter(|(_, d)| d.installed_version.is_none())
+        .map(|(h, _)| h.as_str())
+        .collect();
+    if !none.is_empty() {
+        return Err(format!(
+            "no Kibana package installed on {} (as its agent reports): install it, or take the host out of the fleet",
+            none.join(", ")
+        ));
+    }
+    let mut versions: Vec<&Version> = registered
+        .iter()
+        .filter_map(|(_, d)| d.installed_version.as_ref())
+        .collect();
+    versions.sort();
+    versions.dedup();
+    match versions.as_slice() {
+        [] => Err("no registered host to read a Kibana version from".into()),
+        [one] => Ok((*one).clone()),
+        _ => Err(format!(
+            "the fleet runs more than one Kibana version ({}): a rollback point is one version's state; \
+             finish the upgrade on every host or bring every host back to one version, then prepare again",
+            registered
+                .iter()
+                .map(|(h, d)| format!(
+                    "{h} {}",
+                    d.installed_version.as_ref().expect("checked above")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// `prepare`'s part after the hosts are read: one version across the fleet, every node
+/// compatible with it, the repository writable, the agents alive.
+async fn prepare_checks(
+    es: &Es,
+    settings: &Settings,
+    coord: &Coord<'_>,
+    mut r: Report,
+    nodes: &[NodeInfo],
+) -> Report {
+    let registered = r
+        .checks
+        .get(CheckId::ExpectedHostsRegistered)
+        .map(|c| c.status);
+    match registered {
+        Some(Status::Ok) => match fleet_version(&r.hosts) {
+            Ok(v) => {
+                r.checks.ok(
+                    CheckId::FleetVersion,
+                    format!("Kibana {v} on {}", r.expected.join(", ")),
+                );
+                nodes_compatible(&mut r, &v, nodes);
+                r.fleet_version = Some(v);
+            }
+            Err(why) => {
+                r.checks.fail(CheckId::FleetVersion, why);
+                r.checks
+                    .skip(CheckId::NodesCompatible, "no single fleet version");
+            }
+        },
+        _ => {
+            r.checks.skip(
+                CheckId::FleetVersion,
+                "not every expected host is registered",
+            );
+            r.checks.skip(CheckId::NodesCompatible, "no fleet version");
+        }
+    }
+    for (id, why) in [
+        (
+            CheckId::HostsReady,
+            "readiness is judged for a rollback's target (`plan`)",
+        ),
+        (
+            CheckId::KibanaClients,
+            "the fleet's Kibanas keep running while prepare takes its snapshot",
+        ),
+        (
+            CheckId::Snapshot,
+            "prepare takes its own snapshot of the kibana feature state",
+        ),
+    ] {
+        r.checks.skip(id, why);
+    }
+    match &settings.rollback.repository {
+        None => {
+            r.checks
+                .fail(
+                    CheckId::RepositoryWritable,
+                    "no snapshot repository: set rollback.repository in the configuration",
+                )
+                .exit_code = exit::CONFIG;
+        }
+        Some(repo) => match es.verify_repository(repo).await {
+            Ok(nodes) => {
+                r.checks.ok(
+                    CheckId::RepositoryWritable,
+                    format!("{repo}: verified writable by {}", nodes.join(", ")),
+                );
+            }
+            Err(e) => {
+                r.checks.fail_es(
+                    CheckId::RepositoryWritable,
+                    format!("{repo} (rollback.repository): POST _snapshot/{repo}/_verify: {e}"),
+                    &e,
+                );
+            }
+        },
+    }
+    liveness::check(
+        coord,
+        settings.coordination.heartbeat,
+        &settings.coordination.leaders,
+        &mut r,
+    )
+    .await;
     r
 }
 

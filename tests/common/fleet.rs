@@ -414,6 +414,9 @@ pub struct Spec {
     pub kibana_yml: HostFn<String>,
     /// Runs on agent host `i` after its setup (drop-ins, edits).
     pub tweak: TweakFn,
+    /// The agents start on the healthy fleet (Kibana OLD) and the upgrade is left to the test
+    /// ([`Fleet::upgrade`]): for `prepare`, which runs before an upgrade.
+    pub upgrade_later: bool,
 }
 
 impl Spec {
@@ -433,7 +436,13 @@ impl Spec {
             config: Box::new(|_| String::new()),
             kibana_yml: Box::new(|_| String::new()),
             tweak: Box::new(|_, _| {}),
+            upgrade_later: false,
         }
+    }
+    /// Agents up on the healthy fleet; the test upgrades it with [`Fleet::upgrade`].
+    pub fn upgrade_later(mut self) -> Spec {
+        self.upgrade_later = true;
+        self
     }
     pub fn on(mut self, c: &EsCluster) -> Spec {
         self.cluster = Some(Cluster::named(c));
@@ -702,11 +711,13 @@ async fn stage(spec: Spec) -> Option<Fleet> {
         .await;
     assert_eq!(s, 200, "{v}");
 
-    fleet.stage_upgrade().await;
-    fleet.log(&format!(
-        "upgrade to {new} staged: {}",
-        fleet.spec.upgrade.describe()
-    ));
+    if !fleet.spec.upgrade_later {
+        fleet.stage_upgrade().await;
+        fleet.log(&format!(
+            "upgrade to {new} staged: {}",
+            fleet.spec.upgrade.describe()
+        ));
+    }
 
     // The agents come up on every agent host and register.
     for (_, h) in fleet.each() {
@@ -913,6 +924,17 @@ kind = "apt"
         self.host(i).write("/etc/kibana/kibana.yml", &yml);
     }
 
+    /// The upgrade to NEW of a fleet staged with [`Spec::upgrade_later`], as [`Spec::stage`]
+    /// does it otherwise.
+    pub async fn upgrade(&self) {
+        self.stage_upgrade().await;
+        self.log(&format!(
+            "upgrade to {} staged: {}",
+            self.spec.new,
+            self.spec.upgrade.describe()
+        ));
+    }
+
     /// The upgrade to NEW on every agent host (hosts without an agent keep running OLD): every
     /// instance stopped, kibana.yml for the upgrade, the package upgraded, Kibana started, until
     /// the upgrade has gone wrong as the spec says.
@@ -1068,6 +1090,14 @@ kind = "apt"
         let v = self
             .cluster
             .get(&format!("{}/_doc/operation", self.index))?;
+        (v["found"] == true).then(|| v["_source"].clone())
+    }
+
+    /// The fleet's rollback point document (`prepare`), if one exists.
+    pub fn rollback_point_doc(&self) -> Option<Value> {
+        let v = self
+            .cluster
+            .get(&format!("{}/_doc/rollback-point", self.index))?;
         (v["found"] == true).then(|| v["_source"].clone())
     }
 
