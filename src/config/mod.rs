@@ -789,6 +789,10 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
 
     let metrics = metrics_settings(&r)?;
     let notify = notify_settings(&r, merged)?;
+    let detection = DetectionSettings {
+        enabled: r.bool("detection.enabled"),
+        not_available_after: r.duration("detection.not_available_after")?,
+    };
 
     Ok(Settings {
         elasticsearch,
@@ -798,6 +802,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         package_manager,
         metrics,
         notify,
+        detection,
     })
 }
 
