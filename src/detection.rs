@@ -141,8 +141,13 @@ pub struct Watch {
     pub clock_from: Duration,
     /// The last status description, to notice when it changes.
     pub last_status: Option<String>,
-    /// The strongest evidence line seen so far, and its class.
+    /// The strongest evidence line seen so far, and its rank.
     pub evidence: Option<(String, u8)>,
+    /// A failure line weaker than Kibana's fatal error was seen (the transition to FATAL, the
+    /// dump): the fatal error, which carries the reason, follows within milliseconds, so the
+    /// verdict waits for the next look's journal.
+    #[serde(default)]
+    pub failure_seen: bool,
 }
 
 /// What a look concluded.
@@ -156,6 +161,9 @@ pub enum Verdict {
     Failed(Detection),
 }
 
+/// The rank of Kibana's own fatal migration error.
+const FATAL_RANK: u8 = 4;
+
 /// How strong a line is as the evidence to quote: Kibana's own fatal migration error first (it
 /// carries the reason), then the other failure lines, retries, other errors.
 fn rank(line: &str, c: LineClass) -> u8 {
@@ -166,7 +174,7 @@ fn rank(line: &str, c: LineClass) -> u8 {
         LineClass::MigrationFailed
             if line.contains("Unable to complete saved object migrations for the [") =>
         {
-            4
+            FATAL_RANK
         }
         LineClass::MigrationFailed => 3,
     }
@@ -195,6 +203,7 @@ impl Watch {
             clock_from: now,
             last_status: None,
             evidence: None,
+            failure_seen: false,
         }
     }
 
@@ -205,7 +214,7 @@ impl Watch {
             self.began = look.at;
             self.clock_from = look.at;
         }
-        let mut failed_line = false;
+        let mut failed_line = false; // in this look's lines
         for line in &look.lines {
             let class = classify(line);
             if class == LineClass::MigrationProgress {
@@ -218,7 +227,17 @@ impl Watch {
             failed_line |= class == LineClass::MigrationFailed;
         }
         let restarts_at_start = *self.restarts_at_start.get_or_insert(look.unit.restarts);
-        let kind = if failed_line {
+        let fatal_quoted = self
+            .evidence
+            .as_ref()
+            .is_some_and(|(_, r)| *r >= FATAL_RANK);
+        let migration_failed = if failed_line && !fatal_quoted && !self.failure_seen {
+            self.failure_seen = true;
+            false
+        } else {
+            fatal_quoted || self.failure_seen
+        };
+        let kind = if migration_failed {
             Some(DetectionKind::MigrationFailed)
         } else if look.unit.start_limit_hit {
             Some(DetectionKind::StartLimited)
@@ -367,6 +386,27 @@ mod tests {
         assert_eq!(d.from_version, Some(v("8.14.3")));
         assert_eq!(d.to_version, v("8.15.0"));
         assert_eq!(d.since_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn a_weaker_failure_line_waits_one_look_for_kibanas_fatal_error() {
+        let mut w = watch();
+        assert_eq!(
+            w.look(&look(101, na("no answer"), &[TO_FATAL, DUMP]), LIMIT),
+            Verdict::Watching
+        );
+        let Verdict::Failed(d) = w.look(&look(103, na("no answer"), &[FATAL_ES]), LIMIT) else {
+            panic!("not failed")
+        };
+        assert_eq!(d.first_error.as_deref(), Some(FATAL_ES.trim()));
+        // Without the fatal line (the process was killed first) the next look fails anyway.
+        let mut w = watch();
+        w.look(&look(101, na("no answer"), &[TO_FATAL]), LIMIT);
+        let Verdict::Failed(d) = w.look(&look(103, na("no answer"), &[]), LIMIT) else {
+            panic!("not failed")
+        };
+        assert_eq!(d.kind, DetectionKind::MigrationFailed);
+        assert_eq!(d.first_error.as_deref(), Some(TO_FATAL));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! A host step reads them itself when it ends ([`Facts::read_now`]) before it reports, so the
 //! round that learns of the step sees facts read after it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::es::Es;
 use crate::fleet::HostFacts;
 
+use super::detector::Detector;
 use super::evidence::Evidence;
 use super::host_steps::Host;
 use super::telemetry::Telemetry;
@@ -27,6 +29,10 @@ pub struct Facts {
     clock: fn() -> Duration,
     /// Held for a whole reading: one at a time, so the published facts only move forward.
     evidence: Mutex<Evidence>,
+    /// Watches Kibana after an upgrade (read with the facts, under the same lock).
+    detector: Mutex<Detector>,
+    /// An operation is running (the loop sets it each round): its version changes are ours.
+    operation: AtomicBool,
     latest: watch::Sender<Option<HostFacts>>,
     /// Facts read after this instant are wanted (the loop raises it).
     wanted: watch::Sender<Duration>,
@@ -38,6 +44,7 @@ impl Facts {
         es: Arc<Es>,
         telemetry: Arc<Telemetry>,
         evidence: Evidence,
+        detector: Detector,
         client_addresses: Vec<String>,
         clock: fn() -> Duration,
     ) -> Arc<Facts> {
@@ -48,6 +55,8 @@ impl Facts {
             client_addresses,
             clock,
             evidence: Mutex::new(evidence),
+            detector: Mutex::new(detector),
+            operation: AtomicBool::new(false),
             latest: watch::channel(None).0,
             wanted: watch::channel(Duration::ZERO).0,
         })
@@ -56,6 +65,11 @@ impl Facts {
     /// The latest published facts and a receiver that wakes when newer ones are published.
     pub fn subscribe(&self) -> watch::Receiver<Option<HostFacts>> {
         self.latest.subscribe()
+    }
+
+    /// Whether an operation is running, as the loop last read it.
+    pub fn set_operation_running(&self, running: bool) {
+        self.operation.store(running, Ordering::Relaxed);
     }
 
     /// Asks the refresher for facts read after `at` (no-op when the latest already are).
@@ -81,6 +95,25 @@ impl Facts {
             .update(&self.es, facts.installed_version.as_ref(), read_at)
             .await;
         facts.install_history = evidence.history();
+        let master_ms = evidence.master_now_ms();
+        let observed = self
+            .detector
+            .lock()
+            .await
+            .observe(
+                &self.host,
+                facts.installed_version.as_ref(),
+                self.operation.load(Ordering::Relaxed),
+                read_at,
+                master_ms,
+            )
+            .await;
+        if observed.fresh {
+            if let Some(d) = &observed.detection {
+                self.telemetry.upgrade_failed(d);
+            }
+        }
+        facts.detection = observed.detection;
         self.telemetry.host_facts(&facts);
         self.latest.send_replace(Some(facts.clone()));
         facts

@@ -13,6 +13,7 @@ mod live;
 mod lock;
 mod outcome;
 mod plan;
+mod recommend;
 mod snapshots;
 mod start;
 mod status;

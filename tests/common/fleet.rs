@@ -419,6 +419,9 @@ pub struct Spec {
     pub kibana_yml: HostFn<String>,
     /// Runs on agent host `i` after its setup (drop-ins, edits).
     pub tweak: TweakFn,
+    /// The agents start on OLD and the test upgrades the hosts itself ([`Fleet::upgrade_host`]),
+    /// instead of the staged upgrade going wrong before the agents start.
+    pub upgrade_in_test: bool,
 }
 
 impl Spec {
@@ -438,7 +441,13 @@ impl Spec {
             config: Box::new(|_| String::new()),
             kibana_yml: Box::new(|_| String::new()),
             tweak: Box::new(|_, _| {}),
+            upgrade_in_test: false,
         }
+    }
+    /// The agents start while every host runs OLD; the test upgrades hosts one by one.
+    pub fn upgrade_in_test(mut self) -> Spec {
+        self.upgrade_in_test = true;
+        self
     }
     pub fn on(mut self, c: &EsCluster) -> Spec {
         self.cluster = Some(Cluster::named(c));
@@ -707,11 +716,17 @@ async fn stage(spec: Spec) -> Option<Fleet> {
         .await;
     assert_eq!(s, 200, "{v}");
 
-    fleet.stage_upgrade().await;
-    fleet.log(&format!(
-        "upgrade to {new} staged: {}",
-        fleet.spec.upgrade.describe()
-    ));
+    if fleet.spec.upgrade_in_test {
+        fleet.log(&format!(
+            "every host runs {old}; the test upgrades them to {new}"
+        ));
+    } else {
+        fleet.stage_upgrade().await;
+        fleet.log(&format!(
+            "upgrade to {new} staged: {}",
+            fleet.spec.upgrade.describe()
+        ));
+    }
 
     // The agents come up on every agent host and register.
     for (_, h) in fleet.each() {
@@ -908,6 +923,10 @@ kind = "apt"
         }
         match how {
             KibanaYml::Serving | KibanaYml::Hanging => {}
+            KibanaYml::SlowMigration { batch_delay_ms } => yml.push_str(&format!(
+                // The reindex path, as a failed reindex before it took (its temp index is reused).
+                "migrations.batchSize: 1\nstandin.migration_batch_delay: {batch_delay_ms}\nstandin.migration: reindex\n"
+            )),
             KibanaYml::FailingMigration { compatible } => yml.push_str(&format!(
                 // Batches of 2: the documents before the failing one are written (half-way).
                 "standin.fail_migration: true\nstandin.migration: {}\nmigrations.batchSize: 2\n",
@@ -1001,6 +1020,16 @@ kind = "apt"
                 },
             ),
         }
+    }
+
+    /// Upgrades agent host `i` to NEW as an admin does: Kibana stopped, kibana.yml for the
+    /// new version (`how`), the package upgraded with apt, Kibana started.
+    pub fn upgrade_host(&self, i: usize, how: KibanaYml) {
+        let h = self.host(i);
+        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
+        self.write_kibana_yml(i, how);
+        install(h, &self.spec.new);
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
     }
 
     pub fn wait_registered(&self) {
@@ -1352,6 +1381,9 @@ pub enum KibanaYml {
     FailingMigration { compatible: bool },
     /// Against an Elasticsearch that is not there (a closed port): running, never ready.
     Hanging,
+    /// Serving, but its migration (the reindex path) takes batches of one document and pauses
+    /// this long (ms) after each: slow, logging progress all along.
+    SlowMigration { batch_delay_ms: u64 },
 }
 
 pub fn install(h: &TestHost, version: &str) {
