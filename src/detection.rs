@@ -81,6 +81,8 @@ pub fn classify(line: &str) -> LineClass {
         || line.trim_start().starts_with("FATAL ")
         || lower.contains("\"log.level\":\"error\"")
         || lower.contains("\"log.level\":\"fatal\"")
+        || lower.contains("\"level\":\"error\"")
+        || lower.contains("\"level\":\"fatal\"")
         || lower.contains("\"tags\":[\"error\"")
         || lower.contains("\"tags\":[\"fatal\"");
     if error {
@@ -143,11 +145,12 @@ pub struct Watch {
     pub last_status: Option<String>,
     /// The strongest evidence line seen so far, and its rank.
     pub evidence: Option<(String, u8)>,
-    /// A failure line weaker than Kibana's fatal error was seen (the transition to FATAL, the
-    /// dump): the fatal error, which carries the reason, follows within milliseconds, so the
-    /// verdict waits for the next look's journal.
+    /// When a failure line weaker than Kibana's fatal error was seen (the transition to FATAL,
+    /// the dump), and `NRestarts` then: the fatal error, which carries the reason, follows once
+    /// the other indices' migrations ended, so the verdict waits for it — until the unit
+    /// restarted or [`FATAL_WAIT`] passed.
     #[serde(default)]
-    pub failure_seen: bool,
+    pub failure_seen: Option<(Duration, u32)>,
 }
 
 /// What a look concluded.
@@ -160,6 +163,9 @@ pub enum Verdict {
     /// The upgrade failed.
     Failed(Detection),
 }
+
+/// How long a weaker failure line waits for Kibana's fatal error line (see [`Watch::failure_seen`]).
+pub const FATAL_WAIT: Duration = Duration::from_secs(30);
 
 /// The rank of Kibana's own fatal migration error.
 const FATAL_RANK: u8 = 4;
@@ -203,7 +209,7 @@ impl Watch {
             clock_from: now,
             last_status: None,
             evidence: None,
-            failure_seen: false,
+            failure_seen: None,
         }
     }
 
@@ -231,12 +237,13 @@ impl Watch {
             .evidence
             .as_ref()
             .is_some_and(|(_, r)| *r >= FATAL_RANK);
-        let migration_failed = if failed_line && !fatal_quoted && !self.failure_seen {
-            self.failure_seen = true;
-            false
-        } else {
-            fatal_quoted || self.failure_seen
-        };
+        if failed_line && self.failure_seen.is_none() {
+            self.failure_seen = Some((look.at, look.unit.restarts));
+        }
+        let migration_failed = fatal_quoted
+            || self.failure_seen.is_some_and(|(at, restarts)| {
+                look.unit.restarts != restarts || look.at.saturating_sub(at) >= FATAL_WAIT
+            });
         let kind = if migration_failed {
             Some(DetectionKind::MigrationFailed)
         } else if look.unit.start_limit_hit {
@@ -389,24 +396,39 @@ mod tests {
     }
 
     #[test]
-    fn a_weaker_failure_line_waits_one_look_for_kibanas_fatal_error() {
+    fn a_weaker_failure_line_waits_for_kibanas_fatal_error() {
         let mut w = watch();
+        let first = look(101, na("no answer"), &[TO_FATAL, DUMP]);
+        assert_eq!(w.look(&first, LIMIT), Verdict::Watching);
         assert_eq!(
-            w.look(&look(101, na("no answer"), &[TO_FATAL, DUMP]), LIMIT),
+            w.look(&look(110, na("no answer"), &[]), LIMIT),
             Verdict::Watching
         );
-        let Verdict::Failed(d) = w.look(&look(103, na("no answer"), &[FATAL_ES]), LIMIT) else {
+        let Verdict::Failed(d) = w.look(&look(112, na("no answer"), &[FATAL_ES]), LIMIT) else {
             panic!("not failed")
         };
         assert_eq!(d.first_error.as_deref(), Some(FATAL_ES.trim()));
-        // Without the fatal line (the process was killed first) the next look fails anyway.
+        // Without the fatal line (the process was killed first): failed once the unit
+        // restarted, or after FATAL_WAIT.
         let mut w = watch();
         w.look(&look(101, na("no answer"), &[TO_FATAL]), LIMIT);
-        let Verdict::Failed(d) = w.look(&look(103, na("no answer"), &[]), LIMIT) else {
+        let mut restarted = look(104, na("no answer"), &[]);
+        restarted.unit.restarts = 1;
+        let Verdict::Failed(d) = w.look(&restarted, LIMIT) else {
             panic!("not failed")
         };
         assert_eq!(d.kind, DetectionKind::MigrationFailed);
         assert_eq!(d.first_error.as_deref(), Some(TO_FATAL));
+        let mut w = watch();
+        w.look(&look(101, na("no answer"), &[DUMP]), LIMIT);
+        assert_eq!(
+            w.look(&look(130, na("no answer"), &[]), LIMIT),
+            Verdict::Watching
+        );
+        assert!(matches!(
+            w.look(&look(131, na("no answer"), &[]), LIMIT),
+            Verdict::Failed(_)
+        ));
     }
 
     #[test]

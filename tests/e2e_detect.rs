@@ -131,7 +131,11 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
         .host(2)
         .exec_ok(&["systemctl", "restart", "kibana.service"]);
     fleet.wait_available(2, OLD);
-    fleet.log(&format!("kb3 restarted, available after {:?}", t.elapsed()));
+    fleet.log(&format!(
+        "{} restarted, available after {:?}",
+        names[2],
+        t.elapsed()
+    ));
 
     // 2. kb1's upgrade fails in its migration.
     let t = Instant::now();
@@ -143,7 +147,8 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
     );
     let d = flagged(&names[0]);
     fleet.log(&format!(
-        "kb1 flagged {:?} after the upgrade: {d}",
+        "{} flagged {:?} after the upgrade: {d}",
+        names[0],
         t.elapsed()
     ));
     assert_eq!(d["kind"], "migration_failed", "{d}");
@@ -240,7 +245,10 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
     );
     fleet.wait_available(1, NEW);
     let took = t.elapsed();
-    fleet.log(&format!("kb2's slow migration: available after {took:?}"));
+    fleet.log(&format!(
+        "{}'s slow migration: available after {took:?}",
+        names[1]
+    ));
     assert!(
         took > NOT_AVAILABLE_AFTER + Duration::from_secs(2),
         "the slow migration must outlast not_available_after to prove anything ({took:?})"
