@@ -22,8 +22,8 @@
 //! * **the unit crash-looping** ([`CRASH_LOOP_RESTARTS`] automatic restarts since the watch
 //!   began, as the start step judges it) or **hitting its start limit**;
 //! * **Kibana not available** for longer than `detection.not_available_after`, counted from the
-//!   version change, from the last change of what Kibana answers, and from its last migration
-//!   progress line. "Available" is the start step's readiness rule (`host::kibana_status`:
+//!   version change, from the last change of what Kibana answers, from its last migration
+//!   progress line and from the last look that found the unit stopped on purpose (inactive). "Available" is the start step's readiness rule (`host::kibana_status`:
 //!   HTTP 200 and `available` or `degraded` — `degraded` is normal for real Kibana; a secured
 //!   8.9+ status is redacted to core's level, which is judged the same way); a refused
 //!   credential or TLS problem says nothing about the upgrade and stops no clock. A migration
@@ -115,6 +115,8 @@ pub struct UnitLook {
     pub restarts: u32,
     /// `Result=start-limit-hit`.
     pub start_limit_hit: bool,
+    /// `ActiveState=inactive`: stopped on purpose (not failed); Kibana is not expected to answer.
+    pub inactive: bool,
 }
 
 /// One look at Kibana: values in.
@@ -263,6 +265,11 @@ impl Watch {
             ),
             (_, Some(_)) => "Kibana's saved-object migration failed".to_string(),
             (StatusLook::Up, None) => return Verdict::Healthy,
+            (_, None) if look.unit.inactive => {
+                // Stopped by someone: no clock runs until it is started again.
+                self.clock_from = self.clock_from.max(look.at);
+                return Verdict::Watching;
+            }
             (StatusLook::Unknown, None) => return Verdict::Watching,
             (StatusLook::NotAvailable(what), None) => {
                 // A different answer than before restarts the clock (the first one does not:
@@ -555,6 +562,25 @@ mod tests {
         );
         assert!(matches!(
             w.look(&look(605, na("no answer"), &[]), LIMIT),
+            Verdict::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_unit_stopped_on_purpose_stops_the_clock() {
+        let mut w = watch();
+        let mut stopped = look(650, na("no answer"), &[]);
+        stopped.unit.inactive = true;
+        assert_eq!(w.look(&stopped, LIMIT), Verdict::Watching);
+        stopped.at = S * 5000;
+        assert_eq!(w.look(&stopped, LIMIT), Verdict::Watching);
+        // Started again: the clock runs from the last look that saw it stopped.
+        assert_eq!(
+            w.look(&look(5599, na("no answer"), &[]), LIMIT),
+            Verdict::Watching
+        );
+        assert!(matches!(
+            w.look(&look(5600, na("no answer"), &[]), LIMIT),
             Verdict::Failed(_)
         ));
     }

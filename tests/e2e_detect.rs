@@ -3,17 +3,17 @@
 //! `prepare`), `detection.not_available_after = "10s"`; the test upgrades the hosts to 8.15.0
 //! one by one with apt, as an admin does:
 //!
-//! 1. a normal restart of kb3's Kibana (no version change) — never flagged;
-//! 2. kb1 upgraded with the stand-in's failing migration (it crash-loops into its start limit,
+//! 1. a normal restart of dt3's Kibana (no version change) — never flagged;
+//! 2. dt1 upgraded with the stand-in's failing migration (it crash-loops into its start limit,
 //!    logging Kibana's "Unable to complete saved object migrations for the [.kibana] index: ..."):
 //!    flagged `migration_failed` in its host document with the first error line and the version
-//!    change; `status` (text and `--json`) says "rollback recommended" naming kb1, that line and
-//!    the snapshot `start` would use; kb1's metrics say `kibana_rollback_upgrade_failed 1`; the
+//!    change; `status` (text and `--json`) says "rollback recommended" naming dt1, that line and
+//!    the snapshot `start` would use; dt1's metrics say `kibana_rollback_upgrade_failed 1`; the
 //!    webhook gets exactly one `rollback_recommended`; nothing was stopped or rolled back;
-//! 3. kb2 upgraded with a slow but healthy migration (batches of one document, 2 s apart:
+//! 3. dt2 upgraded with a slow but healthy migration (batches of one document, 2 s apart:
 //!    longer than `not_available_after`, logging "Processed N documents out of M." all along) —
 //!    never flagged;
-//! 4. kb3 upgraded healthily — never flagged.
+//! 4. dt3 upgraded healthily — never flagged.
 //!
 //! Runs as root (CI does); skips with a printed reason otherwise.
 
@@ -137,7 +137,7 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
         t.elapsed()
     ));
 
-    // 2. kb1's upgrade fails in its migration.
+    // 2. dt1's upgrade fails in its migration.
     let t = Instant::now();
     fleet.upgrade_host(0, KibanaYml::FailingMigration { compatible: false });
     wait_for(
@@ -160,7 +160,7 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
         first.contains(MIGRATION_ERROR),
         "the first error line is Kibana's: {d}"
     );
-    // Nothing was acted on: no operation, kb1 still on NEW, unheld, its unit left to systemd.
+    // Nothing was acted on: no operation, dt1 still on NEW, unheld, its unit left to systemd.
     assert!(
         fleet.operation_doc().is_none(),
         "detection never starts a rollback"
@@ -230,12 +230,12 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
         || !hooks.lock().unwrap().is_empty(),
     );
 
-    // kb1 crash-loops into its start limit meanwhile (Restart=on-failure, StartLimitBurst=3).
-    wait_for("kb1's unit to give up", Duration::from_secs(90), || {
+    // dt1 crash-loops into its start limit meanwhile (Restart=on-failure, StartLimitBurst=3).
+    wait_for("dt1's unit to give up", Duration::from_secs(90), || {
         unit_state(fleet.host(0), "kibana.service") == "failed"
     });
 
-    // 3. kb2: a slow migration that keeps making progress, longer than not_available_after.
+    // 3. dt2: a slow migration that keeps making progress, longer than not_available_after.
     let t = Instant::now();
     fleet.upgrade_host(
         1,
@@ -259,11 +259,11 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
         "the slow migration logs its progress:\n{journal}"
     );
 
-    // 4. kb3: a healthy upgrade (the migration is done by now).
+    // 4. dt3: a healthy upgrade (the migration is done by now).
     fleet.upgrade_host(2, KibanaYml::Serving);
     fleet.wait_available(2, NEW);
 
-    // Long enough for any timer to have run out, then: only kb1, and one event.
+    // Long enough for any timer to have run out, then: only dt1, and one event.
     std::thread::sleep(NOT_AVAILABLE_AFTER + Duration::from_secs(4));
     for name in &names[1..] {
         let doc = host_doc(&fleet, name);
@@ -275,7 +275,7 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
     }
     assert_eq!(flagged(&names[0])["kind"], "migration_failed");
     let events: Vec<Value> = hooks.lock().unwrap().clone();
-    assert_eq!(events.len(), 1, "one event, from kb1 only: {events:?}");
+    assert_eq!(events.len(), 1, "one event, from dt1 only: {events:?}");
     let e = &events[0];
     assert_eq!(e["event"], "rollback_recommended", "{e}");
     assert_eq!(e["host"], names[0].as_str(), "{e}");

@@ -103,6 +103,18 @@ impl Detector {
         }
     }
 
+    /// What is published without a look.
+    pub fn unchanged(&self) -> Observed {
+        Observed {
+            detection: self
+                .settings
+                .enabled
+                .then(|| self.stored.found.clone())
+                .flatten(),
+            fresh: false,
+        }
+    }
+
     /// One look, with the installed version just read. `operation`: an operation is running
     /// (the agent's own steps change the version and stop the unit). `now`: the monotonic
     /// clock; `master_ms`: now on Elasticsearch's master clock, if known.
@@ -195,6 +207,7 @@ impl Detector {
             Ok(s) => UnitLook {
                 restarts: s.n_restarts,
                 start_limit_hit: s.unit.result.as_deref() == Some("start-limit-hit"),
+                inactive: s.unit.active_state == crate::host::systemd::ActiveState::Inactive,
             },
             Err(e) => {
                 tracing::debug!("cannot read {unit} for detection: {e}");
