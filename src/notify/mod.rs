@@ -278,6 +278,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_upgrade_is_its_own_event_without_an_operation() {
+        let d = Detection {
+            kind: DetectionKind::MigrationFailed,
+            from_version: Some(semver::Version::new(8, 14, 3)),
+            to_version: semver::Version::new(8, 15, 0),
+            since_ms: Some(1_700_000_000_000),
+            first_error: Some(
+                "Unable to complete saved object migrations for the [.kibana] index: x".into(),
+            ),
+            detail: "Kibana's saved-object migration failed".into(),
+        };
+        let body = serde_json::to_value(Outgoing::from(UpgradeFailed::new("kb1", &d))).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "event": "rollback_recommended", "host": "kb1", "kind": "migration_failed",
+                "from_version": "8.14.3", "to_version": "8.15.0", "since_ms": 1_700_000_000_000i64,
+                "first_error": "Unable to complete saved object migrations for the [.kibana] index: x",
+                "detail": "Kibana's saved-object migration failed", "sent_by": "kb1"
+            })
+        );
+        // An operation's event serializes as before (untagged).
+        let m = MachineIdentity::default();
+        let a = takeover(&requested(), "a", &m, "t1");
+        let n = announcements(&a, "a", 0).0.remove(0);
+        let v = serde_json::to_value(Outgoing::from(n.clone())).unwrap();
+        assert_eq!(v, serde_json::to_value(n).unwrap());
+    }
+
+    #[test]
     fn the_leader_after_a_resume_announces_the_resume() {
         let m = MachineIdentity::default();
         let a = takeover(&requested(), "a", &m, "t1");
