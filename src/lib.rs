@@ -10,6 +10,7 @@ pub mod agent;
 pub mod compat;
 pub mod config;
 pub mod coord;
+pub mod detection;
 pub mod es;
 pub mod exit;
 pub mod feature;

@@ -492,6 +492,7 @@ mod tests {
             client_addresses: vec![],
             readiness: None,
             kibana_started: None,
+            detection: None,
         }
     }
 

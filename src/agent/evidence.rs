@@ -91,6 +91,11 @@ impl Evidence {
         }
     }
 
+    /// Now on the master's clock, once the offset was measured.
+    pub fn master_now_ms(&self) -> Option<i64> {
+        self.offset.map(|o| wall_ms() + o.offset_ms)
+    }
+
     /// What to publish now.
     pub fn history(&self) -> Option<InstallHistory> {
         self.history.clone()

@@ -1,11 +1,12 @@
 //! This host's facts (unit state, installed and held package, readiness report, install
-//! evidence) gathered beside the decision loop: a task re-reads them periodically and on request
+//! evidence, a failed upgrade seen by the [`Detector`]) gathered beside the decision loop: a task re-reads them periodically and on request
 //! and publishes the latest; the loop only ever reads what was published, so a slow D-Bus call,
 //! package query or clock measurement never holds up a round (heartbeats, lease renewals).
 //!
 //! A host step reads them itself when it ends ([`Facts::read_now`]) before it reports, so the
 //! round that learns of the step sees facts read after it.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,14 @@ use tokio::task::JoinHandle;
 use crate::es::Es;
 use crate::fleet::HostFacts;
 
+use super::detector::Detector;
 use super::evidence::Evidence;
 use super::host_steps::Host;
 use super::telemetry::Telemetry;
+
+const OP_UNKNOWN: u8 = 0;
+const OP_NONE: u8 = 1;
+const OP_RUNNING: u8 = 2;
 
 pub struct Facts {
     host: Arc<Host>,
@@ -27,6 +33,11 @@ pub struct Facts {
     clock: fn() -> Duration,
     /// Held for a whole reading: one at a time, so the published facts only move forward.
     evidence: Mutex<Evidence>,
+    /// Watches Kibana after an upgrade (read with the facts, under the same lock).
+    detector: Mutex<Detector>,
+    /// Whether an operation is running, as the loop last read it ([`OP_UNKNOWN`] until it
+    /// first read one): its version changes are the agent's own, not an upgrade.
+    operation: AtomicU8,
     latest: watch::Sender<Option<HostFacts>>,
     /// Facts read after this instant are wanted (the loop raises it).
     wanted: watch::Sender<Duration>,
@@ -38,6 +49,7 @@ impl Facts {
         es: Arc<Es>,
         telemetry: Arc<Telemetry>,
         evidence: Evidence,
+        detector: Detector,
         client_addresses: Vec<String>,
         clock: fn() -> Duration,
     ) -> Arc<Facts> {
@@ -48,6 +60,8 @@ impl Facts {
             client_addresses,
             clock,
             evidence: Mutex::new(evidence),
+            detector: Mutex::new(detector),
+            operation: AtomicU8::new(OP_UNKNOWN),
             latest: watch::channel(None).0,
             wanted: watch::channel(Duration::ZERO).0,
         })
@@ -56,6 +70,12 @@ impl Facts {
     /// The latest published facts and a receiver that wakes when newer ones are published.
     pub fn subscribe(&self) -> watch::Receiver<Option<HostFacts>> {
         self.latest.subscribe()
+    }
+
+    /// Whether an operation is running, as the loop last read it.
+    pub fn set_operation_running(&self, running: bool) {
+        let v = if running { OP_RUNNING } else { OP_NONE };
+        self.operation.store(v, Ordering::Relaxed);
     }
 
     /// Asks the refresher for facts read after `at` (no-op when the latest already are).
@@ -81,6 +101,31 @@ impl Facts {
             .update(&self.es, facts.installed_version.as_ref(), read_at)
             .await;
         facts.install_history = evidence.history();
+        let master_ms = evidence.master_now_ms();
+        let mut detector = self.detector.lock().await;
+        let op = self.operation.load(Ordering::Relaxed);
+        // Until the loop has read the operation once, a version change may be the agent's own
+        // resumed reinstall: it is neither taken as the new baseline nor watched yet.
+        let observed = if op == OP_UNKNOWN {
+            detector.unchanged()
+        } else {
+            detector
+                .observe(
+                    &self.host,
+                    facts.installed_version.as_ref(),
+                    op == OP_RUNNING,
+                    read_at,
+                    master_ms,
+                )
+                .await
+        };
+        drop(detector);
+        if observed.fresh {
+            if let Some(d) = &observed.detection {
+                self.telemetry.upgrade_failed(d);
+            }
+        }
+        facts.detection = observed.detection;
         self.telemetry.host_facts(&facts);
         self.latest.send_replace(Some(facts.clone()));
         facts

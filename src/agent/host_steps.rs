@@ -152,6 +152,7 @@ impl Host {
             client_addresses: vec![],
             readiness: self.readiness.lock().expect("readiness lock").clone(),
             kibana_started,
+            detection: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! suspend (a leader waking from one must see its lease as old as it is).
 
 mod cluster_steps;
+mod detector;
 mod evidence;
 mod facts;
 mod host_steps;
@@ -138,6 +139,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         es.clone(),
         telemetry.clone(),
         evidence,
+        detector::Detector::open(&settings.coordination.state_dir, &settings.detection),
         identity::client_addresses(&settings.coordination.client_addresses),
         boottime,
     );
@@ -512,6 +514,11 @@ impl Daemon {
         };
         if read {
             self.telemetry.operation_read(&op, &self.es, &self.settings);
+            match &op {
+                OpRead::Found(v) => self.facts.set_operation_running(!v.doc.phase.is_terminal()),
+                OpRead::Missing => self.facts.set_operation_running(false),
+                OpRead::Unreadable | OpRead::Unsupported(_) => {}
+            }
             self.last_op = op.clone();
         }
         let mut ids: BTreeSet<String> = BTreeSet::new();

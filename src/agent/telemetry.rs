@@ -109,6 +109,14 @@ impl Telemetry {
         self.metrics.host_facts(facts);
     }
 
+    /// This host's upgrade was first seen to fail: the webhook's `rollback_recommended` (the
+    /// metric follows from the facts).
+    pub fn upgrade_failed(&self, d: &fleet::Detection) {
+        if let Some(n) = &self.notifier {
+            n.send(crate::notify::UpgradeFailed::new(&self.host_id, d));
+        }
+    }
+
     /// Leadership after a round (`NodeState::leading_epoch`).
     pub fn leading(&self, epoch: Option<u64>) {
         self.metrics.leading(epoch);

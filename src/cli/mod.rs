@@ -14,6 +14,7 @@ mod lock;
 mod outcome;
 mod plan;
 mod prepare;
+mod recommend;
 mod snapshots;
 mod start;
 mod status;

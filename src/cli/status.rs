@@ -13,7 +13,12 @@
 //! line saying none runs; Ctrl-C or SIGTERM ends it with exit 0.
 //!
 //! `--json` keys are stable: `operation` (the document plus `waiting_for`, or null), `hosts`,
-//! `waiting_for` (or null), `last_finished` (outcome object of the newest history entry, or null).
+//! `waiting_for` (or null), `last_finished` (outcome object of the newest history entry, or null),
+//! `rollback_recommended` (while no operation runs and an agent recorded a failed upgrade: the
+//! hosts with their evidence, the target and snapshot `start` would use; else null).
+//!
+//! A recorded failed upgrade (`kibana_rollback::detection`) is shown first, as "rollback
+//! recommended" with its evidence (`recommend`); nothing is rolled back until `start`.
 
 use anyhow::{Context, Result};
 use kibana_rollback::exit;
@@ -106,6 +111,7 @@ pub fn host_json(
             "heartbeat": h.heartbeat,
             "ack": h.ack,
             "readiness": h.readiness,
+            "detection": h.detection,
             "step": op.map(|_| step_cell(op, h)),
         }),
     }
@@ -170,6 +176,11 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         .filter(|c| ids.contains(&c.host_id))
         .collect();
     let waiting = op.as_ref().map(|o| fleet::waiting_for(o, &docs, &claims));
+    // Failed upgrades the agents recorded, while no rollback runs.
+    let recommended = match &op {
+        None => super::recommend::recommendation(&ctx.es, ctx.settings(), &docs).await,
+        Some(_) => None,
+    };
     let target = op
         .as_ref()
         .map(|o| &o.target_version)
@@ -188,8 +199,12 @@ pub async fn run(cli: &Cli) -> Result<u8> {
             "waiting_for": waiting,
             "claims": claims,
             "last_finished": last.map(outcome_json),
+            "rollback_recommended": recommended,
         }));
         return Ok(exit::OK);
+    }
+    if let Some(r) = &recommended {
+        super::recommend::print(r);
     }
 
     match &op {
@@ -404,6 +419,21 @@ pub async fn one_host(cli: &Cli, host: &str) -> Result<u8> {
             }
         }
         None => println!("  readiness     not reported yet"),
+    }
+    if let Some(d) = &h.detection {
+        println!(
+            "  upgrade       FAILED ({}) after {} -> {}: {}; rollback recommended",
+            d.kind.as_str(),
+            d.from_version
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "?".into()),
+            d.to_version,
+            d.detail
+        );
+        if let Some(l) = &d.first_error {
+            println!("    first error: {l}");
+        }
     }
     for c in &claims {
         println!(

@@ -808,6 +808,10 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
 
     let metrics = metrics_settings(&r)?;
     let notify = notify_settings(&r, merged)?;
+    let detection = DetectionSettings {
+        enabled: r.bool("detection.enabled"),
+        not_available_after: r.duration("detection.not_available_after")?,
+    };
 
     Ok(Settings {
         elasticsearch,
@@ -817,6 +821,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         package_manager,
         metrics,
         notify,
+        detection,
     })
 }
 

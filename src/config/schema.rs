@@ -64,6 +64,7 @@ pub const SECTIONS: &[&str] = &[
     "package_manager",
     "metrics",
     "notify",
+    "detection",
 ];
 
 macro_rules! key {
@@ -171,6 +172,10 @@ pub const KEYS: &[Key] = &[
         "File holding that header's value. Must not be readable by group or others; unset: the credential kibana-rollback-webhook-secret."),
     key!("notify", "webhook_timeout", Kind::Duration, Some(r#""10s""#),
         "How long one webhook request may take before it is retried."),
+    key!("detection", "enabled", Kind::Bool, Some("true"),
+        "Watch the local Kibana after its package changed version and record a failed upgrade (crash loop, start limit, saved-object migration errors in its journal, not available too long) in the host document, where `status` recommends a rollback. It never rolls back by itself."),
+    key!("detection", "not_available_after", Kind::Duration, Some(r#""10m""#),
+        "How long Kibana may stay not available after its package changed version, counted from the change, its last status change or its last saved-object migration progress line (a slow migration that keeps logging progress never trips it), before the upgrade is recorded as failed."),
 ];
 
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {

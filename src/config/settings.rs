@@ -177,6 +177,23 @@ pub struct NotifySettings {
     pub webhook: Option<Webhook>,
 }
 
+/// `[detection]`: watching the local Kibana after an upgrade (`crate::detection`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectionSettings {
+    pub enabled: bool,
+    /// How long Kibana may stay not available without migration progress after a version change.
+    pub not_available_after: Duration,
+}
+
+impl Default for DetectionSettings {
+    fn default() -> Self {
+        DetectionSettings {
+            enabled: true,
+            not_available_after: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub elasticsearch: ElasticsearchSettings,
@@ -186,6 +203,7 @@ pub struct Settings {
     pub package_manager: PackageManagerSettings,
     pub metrics: MetricsSettings,
     pub notify: NotifySettings,
+    pub detection: DetectionSettings,
 }
 
 /// Elasticsearch's own index-name rules plus ours: never inside the kibana feature state.

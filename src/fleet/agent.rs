@@ -36,6 +36,8 @@ pub struct HostFacts {
     /// When the unit's main process last started (systemd's `ExecMainStartTimestampMonotonic`,
     /// opaque): a different value later means Kibana ran in between.
     pub kibana_started: Option<u64>,
+    /// A failed upgrade seen on this host (published in its host document as it is).
+    pub detection: Option<super::doc::Detection>,
 }
 
 /// A host step with its parameters, for the host adapters to run. Every one is idempotent.
@@ -303,6 +305,7 @@ mod tests {
             client_addresses: vec![],
             readiness: None,
             kibana_started: None,
+            detection: None,
         }
     }
     fn op_in(phase: Phase) -> OperationDoc {

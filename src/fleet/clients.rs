@@ -313,6 +313,7 @@ mod tests {
             client_addresses: addrs.iter().map(|a| a.to_string()).collect(),
             readiness: None,
             kibana_started: None,
+            detection: None,
         }
     }
     fn stats(clients: Vec<SeenClient>) -> ClientStats {

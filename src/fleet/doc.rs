@@ -711,6 +711,54 @@ pub struct HostDoc {
     /// leader compares it with the value recorded before the safety snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kibana_started: Option<u64>,
+    /// A failed upgrade this host's agent saw (`crate::detection`): `status` recommends a
+    /// rollback. Absent from older agents' documents and while nothing failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<Detection>,
+}
+
+/// How an upgrade of a host's Kibana was seen to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectionKind {
+    /// A saved-object migration error in Kibana's journal.
+    MigrationFailed,
+    /// The unit restarted automatically again and again.
+    CrashLoop,
+    /// The unit hit its start limit and stays failed.
+    StartLimited,
+    /// Kibana stayed not available, without migration progress, too long.
+    NotAvailable,
+}
+
+impl DetectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectionKind::MigrationFailed => "migration_failed",
+            DetectionKind::CrashLoop => "crash_loop",
+            DetectionKind::StartLimited => "start_limited",
+            DetectionKind::NotAvailable => "not_available",
+        }
+    }
+}
+
+/// A failed upgrade, as the host's agent recorded it (evidence for the admin, never acted on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    pub kind: DetectionKind,
+    /// The version change it followed.
+    pub from_version: Option<Version>,
+    pub to_version: Version,
+    /// When the agent saw the version change, on Elasticsearch's master clock (ms since the
+    /// epoch); `None` when it could not measure that clock.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// The first, strongest error line of Kibana's journal since the change (cut to 400
+    /// characters), if any.
+    #[serde(default)]
+    pub first_error: Option<String>,
+    /// What the agent saw, in words.
+    pub detail: String,
 }
 
 /// `claim-<host id>-<instance>`: written by an agent that finds its host id owned by another
@@ -962,6 +1010,7 @@ pub(crate) mod tests {
                 }],
             }),
             kibana_started: None,
+            detection: None,
             ack: Some(Ack {
                 operation_id: "op1".into(),
                 epoch: 1,

@@ -16,7 +16,7 @@
 //! use kibana_rollback::fleet::*;
 //! # fn read_op() -> OpRead { OpRead::Missing }
 //! # fn read_hosts() -> Vec<HostDoc> { vec![] }
-//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None, read_at: std::time::Duration::ZERO, client_addresses: vec![], readiness: None, kibana_started: None } }
+//! # fn facts() -> HostFacts { HostFacts { unit: UnitState::Active, installed_version: None, held: false, install_history: None, read_at: std::time::Duration::ZERO, client_addresses: vec![], readiness: None, kibana_started: None, detection: None } }
 //! # fn boottime() -> std::time::Duration { std::time::Duration::ZERO }
 //! # fn execute(_: Action) {}
 //! # fn collect_results() -> Vec<Event> { vec![] }
@@ -106,10 +106,10 @@ mod tests;
 pub use agent::{decide_host, HostDecision, HostFacts, HostStep, LocalProgress, ProgressState};
 pub use doc::{
     format_of, history_doc_id, is_legal, transition, AbortRequest, Ack, CheckStatus, ClaimDoc,
-    DocError, DocVersion, Exclusion, HostDoc, HostFailure, InstallEvent, InstallHistory,
-    LeaderInfo, MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange, Probe,
-    Readiness, ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef, Step,
-    StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
+    Detection, DetectionKind, DocError, DocVersion, Exclusion, HostDoc, HostFailure, InstallEvent,
+    InstallHistory, LeaderInfo, MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange,
+    Probe, Readiness, ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef,
+    Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
 pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};

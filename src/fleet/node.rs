@@ -781,6 +781,7 @@ fn host_side(
         client_addresses: facts.client_addresses.clone(),
         readiness: facts.readiness.clone(),
         kibana_started: facts.kibana_started,
+        detection: facts.detection.clone(),
     };
     let same = st.host_written.as_ref().is_some_and(|w| {
         HostDoc {

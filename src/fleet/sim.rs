@@ -1017,6 +1017,7 @@ impl World {
             client_addresses: vec![format!("m-{h}")],
             readiness: None,
             kibana_started: Some(m.starts),
+            detection: None,
         };
         let events = std::mem::take(&mut self.machines[h].agent.as_mut().unwrap().inbox);
         let wants = self.machines[h].agent.as_ref().unwrap().node.wants_claims();

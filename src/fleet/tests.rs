@@ -66,6 +66,7 @@ fn hd(id: &str, unit: UnitState, ack: Option<(Step, u64, StepResult)>) -> HostDo
         heartbeat: 1,
         readiness: None,
         kibana_started: None,
+        detection: None,
         ack: ack.map(|(step, epoch, result)| Ack {
             operation_id: "op1".into(),
             epoch,
@@ -835,6 +836,7 @@ fn facts(unit: UnitState) -> HostFacts {
         client_addresses: vec![],
         readiness: None,
         kibana_started: None,
+        detection: None,
     }
 }
 fn input(

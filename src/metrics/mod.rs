@@ -103,6 +103,8 @@ pub struct Metrics {
     kibana: IntGaugeVec,
     ready: IntGauge,
     readiness: IntGaugeVec,
+    upgrade_failed: IntGauge,
+    upgrade_failed_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -256,6 +258,17 @@ impl Metrics {
                 "ready",
                 "1 when this host's latest readiness report has no failed check (0 also before the first report)."
             ))),
+            upgrade_failed: reg!(IntGauge::with_opts(o(
+                "upgrade_failed",
+                "1 when this host's agent saw its Kibana upgrade fail (detection): a rollback is recommended; kibana-rollback status shows the evidence."
+            ))),
+            upgrade_failed_info: reg!(IntGaugeVec::new(
+                o(
+                    "upgrade_failed_info",
+                    "The failed upgrade this host's agent recorded (kind: migration_failed, crash_loop, start_limited, not_available), always 1; absent while none."
+                ),
+                &["kind", "from_version", "to_version"]
+            )),
             readiness: reg!(IntGaugeVec::new(
                 o(
                     "readiness_check",
@@ -456,6 +469,21 @@ impl Metrics {
         self.kibana
             .with_label_values(&[&unit, &version, held])
             .set(1);
+        self.upgrade_failed_info.reset();
+        match &f.detection {
+            Some(d) => {
+                self.upgrade_failed.set(1);
+                let from = d
+                    .from_version
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                self.upgrade_failed_info
+                    .with_label_values(&[d.kind.as_str(), &from, &d.to_version.to_string()])
+                    .set(1);
+            }
+            None => self.upgrade_failed.set(0),
+        }
         self.readiness.reset();
         match &f.readiness {
             Some(r) => {

@@ -18,7 +18,9 @@ pub mod webhook;
 
 use serde::Serialize;
 
-use crate::fleet::{HostFailure, OpError, OperationDoc, Phase, SnapshotRef};
+use crate::fleet::{
+    Detection, DetectionKind, HostFailure, OpError, OperationDoc, Phase, SnapshotRef,
+};
 
 /// What happened, as the `event` field of the JSON body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +38,62 @@ pub enum EventKind {
     Note,
     /// The operation reached `done`, `aborted` or `failed`: `outcome` and `error` say how.
     Finished,
+    /// A host's agent saw its Kibana upgrade fail ([`UpgradeFailed`]); no operation is involved.
+    RollbackRecommended,
+}
+
+/// The `rollback_recommended` event: sent once, by the agent of the host whose upgrade failed,
+/// when it first records the failure (`crate::detection`). Nothing is rolled back: the admin
+/// runs `kibana-rollback start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradeFailed {
+    pub event: EventKind,
+    pub host: String,
+    /// `migration_failed`, `crash_loop`, `start_limited` or `not_available`.
+    pub kind: DetectionKind,
+    pub from_version: Option<String>,
+    pub to_version: String,
+    /// When the agent saw the version change, Elasticsearch's master clock (ms since the epoch).
+    pub since_ms: Option<i64>,
+    pub first_error: Option<String>,
+    pub detail: String,
+    pub sent_by: String,
+}
+
+impl UpgradeFailed {
+    pub fn new(host: &str, d: &Detection) -> UpgradeFailed {
+        UpgradeFailed {
+            event: EventKind::RollbackRecommended,
+            host: host.to_string(),
+            kind: d.kind,
+            from_version: d.from_version.as_ref().map(ToString::to_string),
+            to_version: d.to_version.to_string(),
+            since_ms: d.since_ms,
+            first_error: d.first_error.clone(),
+            detail: d.detail.clone(),
+            sent_by: host.to_string(),
+        }
+    }
+}
+
+/// What the webhook delivers: an operation's event or a host's failed upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Outgoing {
+    Operation(Notification),
+    UpgradeFailed(UpgradeFailed),
+}
+
+impl Outgoing {
+    /// For logs: which event of what.
+    pub fn label(&self) -> String {
+        match self {
+            Outgoing::Operation(n) => {
+                format!("event {:?} #{} of {}", n.event, n.sequence, n.operation)
+            }
+            Outgoing::UpgradeFailed(u) => format!("event rollback_recommended of {}", u.host),
+        }
+    }
 }
 
 /// One webhook event (the JSON body, field for field).
@@ -67,6 +125,18 @@ pub struct Notification {
     pub error: Option<OpError>,
     /// The agent that sent it (the leader of `epoch`).
     pub sent_by: String,
+}
+
+impl From<Notification> for Outgoing {
+    fn from(n: Notification) -> Outgoing {
+        Outgoing::Operation(n)
+    }
+}
+
+impl From<UpgradeFailed> for Outgoing {
+    fn from(u: UpgradeFailed) -> Outgoing {
+        Outgoing::UpgradeFailed(u)
+    }
 }
 
 /// The events agent `me` announces after its write of `doc` was applied, and the history length
@@ -205,6 +275,36 @@ mod tests {
         assert_eq!(n[2].outcome, Some(Phase::Aborted));
         assert_eq!(n[2].error.as_ref().unwrap().cause, "stop timed out");
         assert_eq!(n[1].error, None);
+    }
+
+    #[test]
+    fn a_failed_upgrade_is_its_own_event_without_an_operation() {
+        let d = Detection {
+            kind: DetectionKind::MigrationFailed,
+            from_version: Some(semver::Version::new(8, 14, 3)),
+            to_version: semver::Version::new(8, 15, 0),
+            since_ms: Some(1_700_000_000_000),
+            first_error: Some(
+                "Unable to complete saved object migrations for the [.kibana] index: x".into(),
+            ),
+            detail: "Kibana's saved-object migration failed".into(),
+        };
+        let body = serde_json::to_value(Outgoing::from(UpgradeFailed::new("kb1", &d))).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "event": "rollback_recommended", "host": "kb1", "kind": "migration_failed",
+                "from_version": "8.14.3", "to_version": "8.15.0", "since_ms": 1_700_000_000_000i64,
+                "first_error": "Unable to complete saved object migrations for the [.kibana] index: x",
+                "detail": "Kibana's saved-object migration failed", "sent_by": "kb1"
+            })
+        );
+        // An operation's event serializes as before (untagged).
+        let m = MachineIdentity::default();
+        let a = takeover(&requested(), "a", &m, "t1");
+        let n = announcements(&a, "a", 0).0.remove(0);
+        let v = serde_json::to_value(Outgoing::from(n.clone())).unwrap();
+        assert_eq!(v, serde_json::to_value(n).unwrap());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use tokio::sync::mpsc;
 
-use super::Notification;
+use super::Outgoing;
 use crate::config::Webhook;
 use crate::metrics::{Delivery, Metrics};
 
@@ -39,7 +39,7 @@ pub fn receiver_name(url: &reqwest::Url) -> String {
 /// The sending side: cheap, never blocks.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<Notification>,
+    tx: mpsc::Sender<Outgoing>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,13 +72,14 @@ impl Notifier {
     }
 
     /// Queues `n` for delivery; drops it (counted, logged) when the queue is full.
-    pub fn send(&self, n: Notification) {
+    pub fn send(&self, n: impl Into<Outgoing>) {
+        let n = n.into();
         if let Err(e) = self.tx.try_send(n) {
             let n = match e {
                 mpsc::error::TrySendError::Full(n) | mpsc::error::TrySendError::Closed(n) => n,
             };
             self.metrics.notification(Delivery::Dropped);
-            tracing::warn!(operation_id = %n.operation, "webhook queue full ({QUEUE} events): event {:?} #{} dropped", n.event, n.sequence);
+            tracing::warn!("webhook queue full ({QUEUE} events): {} dropped", n.label());
         }
     }
 }
@@ -86,7 +87,7 @@ impl Notifier {
 async fn deliver(
     client: reqwest::Client,
     url: reqwest::Url,
-    mut rx: mpsc::Receiver<Notification>,
+    mut rx: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
 ) {
     let who = receiver_name(&url);
@@ -105,18 +106,20 @@ async fn deliver(
             };
             let next = BACKOFF.get(attempt - 1);
             tracing::warn!(
-                operation_id = %n.operation,
-                "webhook {who}: event {:?} #{} not delivered (attempt {attempt}/{ATTEMPTS}): {problem}{}",
-                n.event,
-                n.sequence,
-                if next.is_some() { "; retrying" } else { "; giving up" }
+                "webhook {who}: {} not delivered (attempt {attempt}/{ATTEMPTS}): {problem}{}",
+                n.label(),
+                if next.is_some() {
+                    "; retrying"
+                } else {
+                    "; giving up"
+                }
             );
             if let Some(pause) = next {
                 tokio::time::sleep(*pause).await;
             }
         }
         if delivered {
-            tracing::debug!(operation_id = %n.operation, "webhook {who}: event {:?} #{} delivered", n.event, n.sequence);
+            tracing::debug!("webhook {who}: {} delivered", n.label());
             metrics.notification(Delivery::Sent);
         } else {
             metrics.notification(Delivery::Failed);

@@ -106,6 +106,7 @@ mod tests {
             client_addresses: vec![],
             readiness,
             kibana_started: None,
+            detection: None,
         }
     }
     fn c(check: &str, status: CheckStatus, for_target: bool) -> ReadinessCheck {

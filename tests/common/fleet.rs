@@ -414,8 +414,9 @@ pub struct Spec {
     pub kibana_yml: HostFn<String>,
     /// Runs on agent host `i` after its setup (drop-ins, edits).
     pub tweak: TweakFn,
-    /// The agents start on the healthy fleet (Kibana OLD) and the upgrade is left to the test
-    /// ([`Fleet::upgrade`]): for `prepare`, which runs before an upgrade.
+    /// The agents start on the healthy fleet (Kibana OLD) and the upgrade is left to the test:
+    /// the whole fleet with [`Fleet::upgrade`] (for `prepare`, which runs before an upgrade) or
+    /// host by host with [`Fleet::upgrade_host`] (detection watching it happen).
     pub upgrade_later: bool,
 }
 
@@ -439,7 +440,8 @@ impl Spec {
             upgrade_later: false,
         }
     }
-    /// Agents up on the healthy fleet; the test upgrades it with [`Fleet::upgrade`].
+    /// Agents up on the healthy fleet; the test upgrades it ([`Fleet::upgrade`],
+    /// [`Fleet::upgrade_host`]).
     pub fn upgrade_later(mut self) -> Spec {
         self.upgrade_later = true;
         self
@@ -711,7 +713,11 @@ async fn stage(spec: Spec) -> Option<Fleet> {
         .await;
     assert_eq!(s, 200, "{v}");
 
-    if !fleet.spec.upgrade_later {
+    if fleet.spec.upgrade_later {
+        fleet.log(&format!(
+            "every host runs {old}; the test upgrades them to {new}"
+        ));
+    } else {
         fleet.stage_upgrade().await;
         fleet.log(&format!(
             "upgrade to {new} staged: {}",
@@ -914,6 +920,10 @@ kind = "apt"
         }
         match how {
             KibanaYml::Serving | KibanaYml::Hanging => {}
+            KibanaYml::SlowMigration { batch_delay_ms } => yml.push_str(&format!(
+                // The reindex path, as a failed reindex before it took (its temp index is reused).
+                "migrations.batchSize: 1\nstandin.migration_batch_delay: {batch_delay_ms}\nstandin.migration: reindex\n"
+            )),
             KibanaYml::FailingMigration { compatible } => yml.push_str(&format!(
                 // Batches of 2: the documents before the failing one are written (half-way).
                 "standin.fail_migration: true\nstandin.migration: {}\nmigrations.batchSize: 2\n",
@@ -1018,6 +1028,16 @@ kind = "apt"
                 },
             ),
         }
+    }
+
+    /// Upgrades agent host `i` to NEW as an admin does: Kibana stopped, kibana.yml for the
+    /// new version (`how`), the package upgraded with apt, Kibana started.
+    pub fn upgrade_host(&self, i: usize, how: KibanaYml) {
+        let h = self.host(i);
+        h.exec_ok(&["systemctl", "stop", "kibana.service"]);
+        self.write_kibana_yml(i, how);
+        install(h, &self.spec.new);
+        h.exec_ok(&["systemctl", "start", "kibana.service"]);
     }
 
     pub fn wait_registered(&self) {
@@ -1377,6 +1397,9 @@ pub enum KibanaYml {
     FailingMigration { compatible: bool },
     /// Against an Elasticsearch that is not there (a closed port): running, never ready.
     Hanging,
+    /// Serving, but its migration (the reindex path) takes batches of one document and pauses
+    /// this long (ms) after each: slow, logging progress all along.
+    SlowMigration { batch_delay_ms: u64 },
 }
 
 pub fn install(h: &TestHost, version: &str) {

@@ -375,6 +375,7 @@ const KEYS: &[Key] = &[
     Key("standin.legacy_status_stale", None, None),
     Key("standin.fail_migration", None, None),
     Key("standin.migration", None, None),
+    Key("standin.migration_batch_delay", None, None),
     Key("standin.source_address", None, None),
 ];
 

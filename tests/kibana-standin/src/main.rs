@@ -47,6 +47,8 @@
 //!   `?v8format=true` is fine;
 //! * `standin.fail_migration: true` — this version's migration throws for one `.kibana`
 //!   document (every instance, every restart);
+//! * `standin.migration_batch_delay: MS` — pause MS after each migration batch (a slow but
+//!   progressing migration: it logs "Processed X documents out of N." per batch);
 //! * `standin.migration: reindex|compatible` — force the migration path (`rules.rs` has the
 //!   per-version rule);
 //! * `standin.source_address: 127.0.0.N` — the source address of the Elasticsearch client's
@@ -334,6 +336,9 @@ async fn start(
             .filter(|b| *b > 0)
             .unwrap_or(1000) as usize,
         fail_migration: settings.flag("standin.fail_migration"),
+        batch_delay: Duration::from_millis(
+            settings.u64("standin.migration_batch_delay").unwrap_or(0),
+        ),
         force_path,
     };
     if let Err(e) = migrator.run().await {

@@ -32,6 +32,10 @@
 //!   Kibana [v] when the last known version is [v]."). `standin.fail_migration: true` makes
 //!   this version's migration function throw for one document of `.kibana` (the middle one by
 //!   `_id`, so every instance and every restart fails on the same document).
+//! * Progress is logged as `model/progress.ts` words it: "[.kibana] Starting to process N
+//!   documents." after the first read, "[.kibana] Processed X documents out of N." after every
+//!   batch; `standin.migration_batch_delay: MS` pauses after each batch (a slow migration that
+//!   keeps making progress, as a large one does).
 //! * Transitions are logged as Kibana does (`[.kibana] INIT -> WAIT_FOR_YELLOW_SOURCE. took:
 //!   3ms.`), a failure as `[.kibana] migration failed, dumping execution log:` followed by the
 //!   transitions, and the error returned is Kibana's: "Unable to complete saved object
@@ -58,6 +62,8 @@ pub struct Migrator<'a> {
     pub rules: &'a Rules,
     pub batch_size: usize,
     pub fail_migration: bool,
+    /// `standin.migration_batch_delay` (ms): a pause after each batch.
+    pub batch_delay: std::time::Duration,
     pub force_path: Option<MigrationPath>,
 }
 
@@ -562,13 +568,16 @@ impl<'a> Migrator<'a> {
         };
         let mut problems = Problems::default();
         let mut after: Option<Value> = None;
+        // `model/progress.ts`: the total from the first read, then every batch processed.
+        let mut total: Option<u64> = None;
+        let mut processed: u64 = 0;
         loop {
             let mut q = json!({
                 "size": self.batch_size,
                 "pit": {"id": pit, "keep_alive": "10m"},
                 "sort": [{"_shard_doc": "asc"}],
                 "query": query,
-                "track_total_hits": false,
+                "track_total_hits": total.is_none(),
             });
             if let Some(a) = &after {
                 q["search_after"] = a.clone();
@@ -579,6 +588,16 @@ impl<'a> Migrator<'a> {
                 .await
                 .map_err(|e| m.es_error(e))?;
             let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if total.is_none() {
+                let t = page["hits"]["total"]["value"].as_u64().unwrap_or(0);
+                total = Some(t);
+                if t > 0 {
+                    self.log.info(
+                        "savedobjects-service",
+                        &format!("[{}] Starting to process {t} documents.", m.prefix),
+                    );
+                }
+            }
             if hits.is_empty() {
                 break;
             }
@@ -644,6 +663,19 @@ impl<'a> Migrator<'a> {
                         first["reason"].as_str().unwrap_or("")
                     ))));
                 }
+            }
+            processed += hits.len() as u64;
+            self.log.info(
+                "savedobjects-service",
+                &format!(
+                    "[{}] Processed {processed} documents out of {}.",
+                    m.prefix,
+                    total.unwrap_or(processed).max(processed)
+                ),
+            );
+            if !self.batch_delay.is_zero() {
+                // standin.migration_batch_delay: a slow migration that keeps making progress.
+                tokio::time::sleep(self.batch_delay).await;
             }
             m.to(read);
         }
