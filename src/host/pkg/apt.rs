@@ -42,7 +42,8 @@ const APT_LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500
 /// `dpkg --set-selections`, dpkg's frontend lock.
 fn apt_lock_busy(out: &Output) -> bool {
     let text = format!("{}{}", out.stderr, out.stdout);
-    out.code == Some(100)
+    // apt-mark dies of SIGPIPE when the dpkg it feeds exits early on the lock.
+    (out.code == Some(100) || out.code.is_none())
         && ((text.contains("Could not get lock")
             && (text.contains("/var/lib/apt/lists/lock")
                 || text.contains("/var/cache/apt/archives/lock")))
