@@ -10,11 +10,25 @@
                                       the agents' journals, phase times from `history --json`)
   bench.py report RESULTS...         medians of the records, one `name value unit` line each
 
+scripts/bench-scale's:
+  bench.py kibana PORT               a no-op Kibana: /api/status answers `available` at the version
+                                      of /usr/share/kibana/package.json as it was at start
+  bench.py cpu-mark ES_PID PREFIX    a JSON mark: wall ms, the machine's CPU ticks, load, the CPU of
+                                      ES and of the test hosts named PREFIX* (their cgroups)
+  bench.py scale-window PREFIX N CLIENTS0 CLIENTS1 CPU0 CPU1
+                                      requests/s the agents sent (`_nodes/stats/http` clients whose
+                                      user agent is kibana-rollback), CPU and load between marks
+  bench.py scale-phases PREFIX N HISTORY JOURNAL
+                                      per phase change: to each agent seeing it and to each agent's
+                                      acknowledgement landing (p50/p99/max), from the journals
+  bench.py scale-report RESULTS      each figure across the sizes on one line (a/b/c)
+
 Downtime is first stop -> last host available at the target; the floor is the slowest stop +
 safety snapshot + restore + slowest (install + start until available), from the same run's step
 times; overhead = downtime - floor.
 """
 import json
+import os
 import signal
 import statistics
 import sys
@@ -184,6 +198,164 @@ def report(files):
         print(f"{name} {v:.3f} {unit}" if isinstance(v, float) else f"{name} {v} {unit}")
 
 
+def kibana(port):
+    import http.server
+    version = json.load(open("/usr/share/kibana/package.json"))["version"]
+    body = json.dumps({"name": "kibana", "version": {"number": version, "build_snapshot": False},
+                       "status": {"overall": {"level": "available", "summary": "no-op Kibana"}}}).encode()
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path.split("?")[0] == "/api/status"
+            self.send_response(200 if ok else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body) if ok else 0))
+            self.end_headers()
+            if ok:
+                self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Status).serve_forever()
+
+
+def cpu_mark(es_pid, host_prefix=""):
+    f = open("/proc/stat").readline().split()[1:]
+    t = [int(x) for x in f]
+    busy = t[0] + t[1] + t[2] + t[5] + t[6] + t[7]  # user nice system irq softirq steal
+    es_ticks = 0
+    try:
+        st = open(f"/proc/{es_pid}/stat").read().rsplit(")", 1)[1].split()
+        es_ticks = int(st[11]) + int(st[12])
+    except (OSError, IndexError, ValueError):
+        pass
+    import glob
+    hosts_us = 0  # the test hosts' cgroups: agents, no-op Kibanas, apt
+    dirs = glob.glob(f"/sys/fs/cgroup/unified/kr-*-{host_prefix}*") + glob.glob(f"/sys/fs/cgroup/kr-*-{host_prefix}*")
+    for d in dirs if host_prefix else []:
+        try:
+            hosts_us += int(open(f"{d}/cpu.stat").readline().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    print(json.dumps({"ms": now_ms(), "busy": busy, "total": sum(t[:8]), "es": es_ticks, "hosts_us": hosts_us,
+                      "load": float(open("/proc/loadavg").read().split()[0])}))
+
+
+def agent_requests(path):
+    counts = {}
+    for node in json.load(open(path)).get("nodes", {}).values():
+        for c in node.get("http", {}).get("clients", []):
+            if c.get("agent", "").startswith("kibana-rollback"):
+                counts[c["id"]] = c.get("request_count", 0)
+    return counts
+
+
+def scale_window(prefix, n, c0, c1, m0, m1):
+    a, b = agent_requests(c0), agent_requests(c1)
+    reqs = sum(v - a.get(k, 0) for k, v in b.items())
+    m0, m1 = json.load(open(m0)), json.load(open(m1))
+    secs = (m1["ms"] - m0["ms"]) / 1000
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = (m1["busy"] - m0["busy"]) / max(1, m1["total"] - m0["total"]) * 100
+    print(f"{prefix}.window {secs:.1f} s")
+    print(f"{prefix}.requests {reqs} requests")
+    print(f"{prefix}.requests_per_s {reqs / secs:.2f} req/s")
+    print(f"{prefix}.requests_per_s_per_agent {reqs / secs / int(n):.3f} req/s")
+    print(f"{prefix}.machine_cpu_busy {busy:.1f} %")
+    print(f"{prefix}.es_cpu {(m1['es'] - m0['es']) / hz / secs * 100:.1f} %core")
+    if m0.get("hosts_us"):
+        print(f"{prefix}.hosts_cpu {(m1['hosts_us'] - m0['hosts_us']) / 1e6 / secs * 100:.1f} %core")
+    print(f"{prefix}.load1 {m0['load']:.2f}->{m1['load']:.2f} loadavg")
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(round(p / 100 * len(xs) + 0.5)) - 1))] if xs else float("nan")
+
+
+# The host step whose acknowledgement each phase waits for.
+PHASE_STEP = {"preflight": "CheckAvailable", "prefetching": "Prefetch", "stopping": "StopUnit",
+              "reinstalling": "Reinstall", "starting": "StartUnit"}
+
+
+def scale_phases(prefix, n, history_file, journal_file):
+    import re
+    op = json.load(open(history_file))["operations"][0]  # newest first
+    # The operation's creation (its first entry) and every change of phase.
+    changes = [(parse_wall(c["at"]), c["to"]) for i, c in enumerate(op["phases"])
+               if i == 0 or c["from"] != c["to"]]
+    # Per agent: when it logged seeing each phase, and when each acknowledgement's write
+    # returned (the leader may read the ack a moment before that: an upper bound).
+    seen, acks = {}, {}
+    for line in open(journal_file):
+        if not line.startswith("{"):
+            continue
+        e = json.loads(line)
+        msg = e.get("MESSAGE") or ""
+        if isinstance(msg, list):
+            msg = bytes(msg).decode("utf-8", "replace")
+        agent = (e.get("_HOSTNAME"), e.get("_SYSTEMD_UNIT"))
+        t = int(e["__REALTIME_TIMESTAMP"]) // 1000
+        m = re.match(r"operation (\S+) is in phase (\w+)", msg)
+        if m and m.group(1) == op["operation"]:
+            seen.setdefault(agent, {}).setdefault(m.group(2), t)
+        m = re.match(r"acknowledged (\w+): Ok", msg)
+        if m and e.get("OPERATION_ID") == op["operation"]:
+            acks.setdefault(agent, {}).setdefault(m.group(1), t)
+    prop_all, ack_all, react = [], [], []
+    for k, (t, phase) in enumerate(changes):
+        end = changes[k + 1][0] if k + 1 < len(changes) else None
+        prop = [v[phase] - t for v in seen.values() if phase in v]
+        # The creation is picked up by idle agents (polling every 5 s), the rest by agents
+        # polling as an operation runs.
+        what = "pickup" if k == 0 else "propagation"
+        if k > 0:
+            prop_all += prop
+        if prop:
+            print(f"{prefix}.phase.{phase}.{what}.p50 {pct(prop, 50)} ms")
+            print(f"{prefix}.phase.{phase}.{what}.max {max(prop)} ms ({len(prop)} agents)")
+        step = PHASE_STEP.get(phase)
+        ack = [v[step] - t for v in acks.values() if step in v]
+        if step and ack:
+            ack_all += ack
+            print(f"{prefix}.phase.{phase}.ack.p50 {pct(ack, 50)} ms")
+            print(f"{prefix}.phase.{phase}.ack.p99 {pct(ack, 99)} ms")
+            print(f"{prefix}.phase.{phase}.ack.max {max(ack)} ms ({len(ack)} agents)")
+            if end is not None:
+                react.append(end - t - max(ack))
+                print(f"{prefix}.phase.{phase}.last_ack_to_next_phase {end - t - max(ack)} ms")
+        if end is not None:
+            print(f"{prefix}.phase.{phase}.duration {end - t} ms")
+    print(f"{prefix}.propagation.p50 {pct(prop_all, 50)} ms")
+    print(f"{prefix}.propagation.p99 {pct(prop_all, 99)} ms")
+    print(f"{prefix}.ack.p50 {pct(ack_all, 50)} ms")
+    print(f"{prefix}.ack.p99 {pct(ack_all, 99)} ms")
+    if react:
+        print(f"{prefix}.last_ack_to_next_phase.max {max(react)} ms")
+    print(f"{prefix}.operation.phases {'/'.join(p for _, p in changes)} -")
+
+
+def scale_report(results):
+    """One line per figure across the sizes: `scale.FIGURE a/b/c unit (agents x/y/z)`."""
+    import re
+    by = {}
+    for line in open(results):
+        parts = line.split()
+        m = re.match(r"agents(\d+)\.(.+)", parts[0]) if len(parts) >= 3 else None
+        if m:
+            by.setdefault(m.group(2), {})[int(m.group(1))] = (parts[1], parts[2])
+    keys = ["registered", "idle.requests_per_s", "idle.requests_per_s_per_agent", "idle.machine_cpu_busy",
+            "idle.es_cpu", "idle.hosts_cpu", "operation.total", "operation.requests_per_s",
+            "operation.requests_per_s_per_agent", "operation.machine_cpu_busy", "operation.es_cpu", "operation.hosts_cpu",
+            "propagation.p50", "propagation.p99", "ack.p50", "ack.p99", "last_ack_to_next_phase.max"]
+    for k in keys:
+        if k in by:
+            sizes = sorted(by[k])
+            vals = "/".join(by[k][n][0] for n in sizes)
+            print(f"scale.{k} {vals} {by[k][sizes[0]][1]} (agents {'/'.join(map(str, sizes))})")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "poll":
@@ -194,5 +366,15 @@ if __name__ == "__main__":
         print(json.dumps(tool(args[0], args[1], args[2], int(args[3]))))
     elif cmd == "report":
         report(args)
+    elif cmd == "kibana":
+        kibana(args[0])
+    elif cmd == "cpu-mark":
+        cpu_mark(*args)
+    elif cmd == "scale-window":
+        scale_window(*args)
+    elif cmd == "scale-phases":
+        scale_phases(*args)
+    elif cmd == "scale-report":
+        scale_report(args[0])
     else:
         sys.exit(__doc__)

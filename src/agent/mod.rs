@@ -158,6 +158,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         next_read_at: Duration::ZERO,
         last_op: OpRead::Unreadable,
         last_own_version: None,
+        acked: Arc::default(),
         settings: settings.clone(),
         es,
         host,
@@ -235,6 +236,9 @@ struct Daemon {
     next_read_at: Duration,
     last_op: OpRead,
     last_own_version: Option<fleet::DocVersion>,
+    /// The last acknowledgement a host document write landed with (its landing is logged once:
+    /// `scripts/bench-scale` measures phase change -> acknowledgement from the journal).
+    acked: Arc<std::sync::Mutex<Option<fleet::Ack>>>,
 }
 
 /// What must be true before the loop takes part in the protocol.
@@ -713,6 +717,7 @@ impl Daemon {
         let telemetry = self.telemetry.clone();
         let settings = self.settings.clone();
         let limit = self.io_limit;
+        let acked = self.acked.clone();
         tokio::spawn(async move {
             let coord = Coord::new(&es, &settings);
             let op_id = op_id.unwrap_or_default();
@@ -775,6 +780,14 @@ impl Daemon {
                         .await,
                     );
                     telemetry.host_doc_written(&doc, &r);
+                    if let (WriteResult::Ok(_), Some(ack)) = (&r, &doc.ack) {
+                        let mut last = acked.lock().unwrap_or_else(|e| e.into_inner());
+                        if ack.result != fleet::StepResult::InProgress && last.as_ref() != Some(ack)
+                        {
+                            tracing::info!(operation_id = %ack.operation_id, step = ?ack.step, epoch = ack.epoch, "acknowledged {:?}: {:?}", ack.step, ack.result);
+                            *last = Some(ack.clone());
+                        }
+                    }
                     if let WriteResult::Unknown(e) = &r {
                         tracing::warn!("writing the host document failed: {e}");
                     }

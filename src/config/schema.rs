@@ -159,7 +159,7 @@ pub const KEYS: &[Key] = &[
     key!("package_manager", "command_timeout", Kind::Duration, Some(r#""15m""#),
         "Time limit of one apt-get or dnf command."),
     key!("package_manager", "lock_timeout", Kind::Duration, Some(r#""5m""#),
-        "How long apt-get waits for another apt or dpkg run (unattended-upgrades) to release dpkg's lock before the step fails; shorter than command_timeout. The wait shows in status."),
+        "How long apt-get waits for another apt or dpkg run (unattended-upgrades, apt's daily update) to release dpkg's lock, the package lists' or the download cache's before the step fails; shorter than command_timeout. The wait shows in status."),
     key!("metrics", "listen", Kind::SocketAddr, None,
         "Serve the agent's metrics in Prometheus text format at http://ADDRESS/metrics; unset: no listener."),
     key!("metrics", "textfile", Kind::Path, None,

@@ -245,6 +245,7 @@ impl PackageManager {
                 run,
                 extra_args,
                 lock_wait: apt::lock_wait(settings.lock_timeout),
+                lock_timeout: settings.lock_timeout,
             }),
             PkgKind::Dnf => Backend::Dnf(Dnf { run, extra_args }),
             PkgKind::Auto => unreachable!("resolved above"),

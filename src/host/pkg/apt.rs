@@ -28,6 +28,26 @@ pub struct Apt {
     /// `DPkg::Lock::Timeout=<s>`: wait for a concurrent apt/dpkg run (unattended-upgrades)
     /// instead of failing at once (`package_manager.lock_timeout`).
     pub(crate) lock_wait: String,
+    /// The same timeout for apt's own locks (the package lists', the download cache's), which
+    /// apt-get takes without waiting: DPkg::Lock::Timeout covers dpkg's locks only.
+    pub(crate) lock_timeout: std::time::Duration,
+}
+
+/// How often apt-get is tried again while another process holds one of apt's own locks.
+const APT_LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether apt-get or apt-mark failed, before doing anything, only because another process
+/// holds the package lists' or the download cache's lock ("E: Could not get lock
+/// /var/lib/apt/lists/lock. It is held by process N (apt-get)") or, for apt-mark's
+/// `dpkg --set-selections`, dpkg's frontend lock.
+fn apt_lock_busy(out: &Output) -> bool {
+    let text = format!("{}{}", out.stderr, out.stdout);
+    // apt-mark dies of SIGPIPE when the dpkg it feeds exits early on the lock.
+    (out.code == Some(100) || out.code.is_none())
+        && ((text.contains("Could not get lock")
+            && (text.contains("/var/lib/apt/lists/lock")
+                || text.contains("/var/cache/apt/archives/lock")))
+            || text.contains("dpkg frontend lock was locked by another process"))
 }
 
 /// The `-o` value that makes apt-get wait `timeout` for dpkg's lock.
@@ -47,7 +67,37 @@ impl Apt {
     }
 
     async fn apt_get(&self, tail: &[String]) -> Result<Output, PkgError> {
-        self.run.run_ok("apt-get", &self.args(tail)).await
+        let out = self.waiting("apt-get", tail, false).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(out.error())
+        }
+    }
+
+    /// apt-get or apt-mark, tried again while a lock it does not wait for is busy (up to the
+    /// lock timeout: apt's daily timer, unattended-upgrades, an admin or another agent on this
+    /// machine may hold it); `transaction`: run as a package transaction (never killed once it
+    /// runs).
+    async fn waiting(
+        &self,
+        program: &str,
+        tail: &[String],
+        transaction: bool,
+    ) -> Result<Output, PkgError> {
+        let deadline = tokio::time::Instant::now() + self.lock_timeout;
+        let args = self.args(tail);
+        loop {
+            let out = if transaction {
+                self.run.run_transaction(program, &args).await?
+            } else {
+                self.run.run(program, &args).await?
+            };
+            if !apt_lock_busy(&out) || tokio::time::Instant::now() + APT_LOCK_RETRY > deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(APT_LOCK_RETRY).await;
+        }
     }
 
     /// `apt-get update`.
@@ -145,17 +195,21 @@ impl Apt {
     }
 
     pub async fn hold(&self, pkg: &PackageName) -> Result<(), PkgError> {
-        self.run
-            .run_ok("apt-mark", &self.args(&[s("hold"), pkg.to_string()]))
-            .await
-            .map(|_| ())
+        self.apt_mark(&[s("hold"), pkg.to_string()]).await
     }
 
     pub async fn unhold(&self, pkg: &PackageName) -> Result<(), PkgError> {
-        self.run
-            .run_ok("apt-mark", &self.args(&[s("unhold"), pkg.to_string()]))
-            .await
-            .map(|_| ())
+        self.apt_mark(&[s("unhold"), pkg.to_string()]).await
+    }
+
+    /// `apt-mark hold|unhold`: its `dpkg --set-selections` takes dpkg's lock without waiting.
+    async fn apt_mark(&self, tail: &[String]) -> Result<(), PkgError> {
+        let out = self.waiting("apt-mark", tail, false).await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.error())
+        }
     }
 
     fn install_args(
@@ -198,7 +252,7 @@ impl Apt {
         self.apt_get(&a).await?;
         // --no-download: apt must find every archive in its cache or it fails.
         a.insert(0, s("--no-download"));
-        let out = self.run.run("apt-get", &self.args(&a)).await?;
+        let out = self.waiting("apt-get", &a, false).await?;
         if !out.success() {
             return Err(PkgError::NotCached {
                 package: pkg.clone(),
@@ -217,13 +271,19 @@ impl Apt {
         ver: &PackageVersion,
         held: bool,
     ) -> Result<(), PkgError> {
-        self.run
-            .run_transaction(
+        // A run refused at once for a busy lock changed nothing: it is tried again.
+        let out = self
+            .waiting(
                 "apt-get",
-                &self.args(&Self::install_args(&self.lock_wait, pkg, ver, held)),
+                &Self::install_args(&self.lock_wait, pkg, ver, held),
+                true,
             )
-            .await
-            .map(|_| ())
+            .await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.error())
+        }
     }
 
     /// `dpkg --configure -a`: finishes what an interrupted dpkg run left half-configured (the
@@ -372,5 +432,36 @@ mod tests {
             false,
         );
         assert!(!a.contains(&s("--allow-change-held-packages")));
+    }
+
+    #[test]
+    fn a_busy_apt_lock_is_told_from_other_failures() {
+        let out = |code, stderr: &str| Output {
+            cmdline: "apt-get update".into(),
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        // As apt 2.6 says it (measured: two agents' preflights on one machine).
+        assert!(apt_lock_busy(&out(
+            100,
+            "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 568 (apt-get)\nE: Unable to lock directory /var/lib/apt/lists/\n"
+        )));
+        assert!(apt_lock_busy(&out(
+            100,
+            "E: Could not get lock /var/cache/apt/archives/lock. It is held by process 90 (apt-get)\n"
+        )));
+        assert!(apt_lock_busy(&out(
+            100,
+            "dpkg: error: dpkg frontend lock was locked by another process with pid 782\nE: Sub-process dpkg --set-selections returned an error code (2)\n"
+        )));
+        assert!(!apt_lock_busy(&out(
+            100,
+            "E: The repository 'copy:/srv/repo ./ Release' does not have a Release file.\n"
+        )));
+        assert!(!apt_lock_busy(&out(
+            1,
+            "Could not get lock /var/lib/apt/lists/lock"
+        )));
     }
 }
