@@ -35,11 +35,19 @@ use serde_json::{json, Value};
 const OLD: &str = "8.14.3";
 const NEW: &str = "8.15.0";
 
-/// Today's fleet: 8.14.3 → 8.15.0 on the shared 8.15.0 node, the migration failing on the
+/// Today's fleet on this binary's own 8.15.0 node (started once, stopped by scripts/test at the
+/// end), so scripts/test can run it beside the binaries on the shared node.
+fn spec(prefix: &str) -> Spec {
+    static NODE: std::sync::OnceLock<common::EsCluster> = std::sync::OnceLock::new();
+    Spec::new(prefix, OLD, NEW)
+        .on(NODE.get_or_init(|| common::EsCluster::up("e2e-rollback", &[common::ES_8_15], 1)))
+}
+
+/// Today's fleet: 8.14.3 → 8.15.0 on this binary's own 8.15.0 node, the migration failing on the
 /// reindex path, rolled back by `systemctl start kibana-rollback` on one host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_host_fleet_rolls_back_after_failed_migration() {
-    let Some(fleet) = Spec::new("kb", OLD, NEW).stage().await else {
+    let Some(fleet) = spec("kb").stage().await else {
         return;
     };
     let mut support = Support::for_fleet(
@@ -127,7 +135,7 @@ async fn three_host_fleet_rolls_back_after_failed_migration() {
 /// got past it (written straight into the index, as an older or foreign client might).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_preflight() {
-    let Some(fleet) = Spec::new("pf", OLD, NEW).stage().await else {
+    let Some(fleet) = spec("pf").stage().await else {
         return;
     };
     let h = fleet.first();
@@ -189,7 +197,8 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
             barrier_client_check: true,
         })
         .unwrap();
-        common::es()
+        kibana_rollback::es::Es::new(&common::es_settings(&[fleet.cluster.url()]))
+            .unwrap()
             .create_doc(&fleet.index, "operation", &op)
             .await
             .unwrap();
@@ -233,7 +242,7 @@ async fn incompatible_target_and_snapshot_without_kibana_state_are_refused_at_pr
 /// abort before the restore point: every unit back on 8.15.0, no restore, no snapshot taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
-    let Some(fleet) = Spec::new("ab", OLD, NEW)
+    let Some(fleet) = spec("ab")
         .upgrade(Upgrade::Hangs)
         .tweak(|h, i| {
             if i == 1 {
@@ -317,7 +326,7 @@ async fn a_host_that_cannot_stop_in_time_aborts_the_operation() {
 /// follower), the operation still ends `done`, and the node counts exactly one restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_operation_is_replaced_and_the_rollback_completes() {
-    let Some(fleet) = Spec::new("lf", OLD, NEW).stage().await else {
+    let Some(fleet) = spec("lf").stage().await else {
         return;
     };
     let trigger_host = fleet.first();
