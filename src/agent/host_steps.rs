@@ -60,6 +60,11 @@ pub struct Host {
     install_end: Mutex<Option<Duration>>,
     readiness: Mutex<Option<Readiness>>,
     watch: Mutex<Watch>,
+    /// The fleet's rollback point's Kibana version: the readiness checks' target when
+    /// `rollback.target_version` is not configured (`start` with no arguments rolls back to it).
+    point_target: Mutex<Option<Version>>,
+    /// Why the readiness checks must run again now (the rollback point's version changed).
+    retarget: Mutex<Option<String>>,
 }
 
 impl Host {
@@ -79,7 +84,23 @@ impl Host {
             install_end: Mutex::new(None),
             readiness: Mutex::new(None),
             watch: Mutex::new(Watch::new(&settings, config)),
+            point_target: Mutex::new(None),
+            retarget: Mutex::new(None),
             settings,
+        }
+    }
+
+    /// The rollback point names Kibana `version`: without a configured target, the readiness
+    /// checks judge the host for it (and run again when it changes).
+    pub fn use_rollback_point_target(&self, version: &Version) {
+        if self.settings.rollback.target_version.is_some() {
+            return;
+        }
+        let mut t = self.point_target.lock().expect("point target lock");
+        if t.as_ref() != Some(version) {
+            *t = Some(version.clone());
+            *self.retarget.lock().expect("retarget lock") =
+                Some(format!("the rollback point names Kibana {version}"));
         }
     }
 
@@ -159,14 +180,22 @@ impl Host {
     /// Why the readiness report should be made again now, if it should: the agent just started,
     /// a file it depends on changed (cheap: a few `stat`s), or the period passed.
     pub fn readiness_due(&self, now: Duration) -> Option<String> {
+        if let Some(why) = self.retarget.lock().expect("retarget lock").take() {
+            return Some(why);
+        }
         self.watch.lock().expect("watch lock").due(now, &self.local)
     }
 
-    /// Runs the readiness checks for the configured target and keeps the report for the host
-    /// document.
+    /// Runs the readiness checks for the configured target (else the rollback point's) and
+    /// keeps the report for the host document.
     pub async fn refresh_readiness(&self, trigger: String) {
         let config_problem = self.watch.lock().expect("watch lock").config_problem();
-        let target = self.settings.rollback.target_version.clone();
+        let target = self
+            .settings
+            .rollback
+            .target_version
+            .clone()
+            .or_else(|| self.point_target.lock().expect("point target lock").clone());
         let report = readiness::check(
             &self.readiness_ctx(),
             target.as_ref(),

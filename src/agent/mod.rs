@@ -437,6 +437,7 @@ impl Daemon {
     /// A rollback point this host has not reported on yet: keep its configuration beside the
     /// loop ([`prepared`]).
     fn observe_rollback_point(&mut self, point: crate::rollback_point::RollbackPoint) {
+        self.host.use_rollback_point_target(&point.kibana_version);
         let uuid = point.snapshot.uuid.clone();
         if self.prepared_for.lock().expect("prepared lock").as_deref() == Some(uuid.as_str()) {
             return;
