@@ -516,6 +516,18 @@ pub fn local_policy(settings: &Settings) -> fleet::policy::LocalPolicy {
     }
 }
 
+/// `wall` (RFC 3339) as `yyyymmddthhmmss`: whole seconds, lowercase (it becomes part of
+/// snapshot names, and Elasticsearch refuses capitals).
+pub fn compact_stamp(wall: &str) -> String {
+    wall.split('.')
+        .next()
+        .unwrap_or(wall)
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect::<String>()
+        .to_lowercase()
+}
+
 /// Wall-clock time as RFC 3339 with milliseconds, for the informational timestamps in
 /// documents (phase changes a few hundred milliseconds apart stay apart in `history`).
 pub fn wall_now() -> String {

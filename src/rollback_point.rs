@@ -110,15 +110,10 @@ impl PreparedDoc {
 /// The name of a rollback point's snapshot: lowercase (Elasticsearch refuses capitals), the
 /// version and the UTC second it was taken.
 pub fn snapshot_name(version: &Version, wall: &str) -> String {
-    let stamp: String = wall
-        .split('.')
-        .next()
-        .unwrap_or(wall)
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == 'T')
-        .collect::<String>()
-        .to_lowercase();
-    format!("kibana-rollback-point-{version}-{stamp}")
+    format!(
+        "kibana-rollback-point-{version}-{}",
+        crate::coord::compact_stamp(wall)
+    )
 }
 
 /// Whether `info` is what a rollback point for `version` needs: SUCCESS, a kibana feature state

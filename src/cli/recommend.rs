@@ -120,14 +120,10 @@ pub fn print(r: &Recommendation) {
     for f in &r.hosts {
         let d = &f.detection;
         println!(
-            "  {:<13} {} after {} -> {}, since {}: {}",
+            "  {:<13} {} after {}, since {}: {}",
             f.host,
             d.kind.as_str(),
-            d.from_version
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "?".into()),
-            d.to_version,
+            d.change(),
             f.since.as_deref().unwrap_or("(time unknown)"),
             d.detail
         );

@@ -34,14 +34,7 @@ use super::{print_json, target_version, Cli};
 /// refuses snapshot names with capitals.
 pub fn new_operation_id(wall: &str) -> String {
     // Whole seconds: the fraction of `wall` stays out of the id.
-    let stamp: String = wall
-        .split('.')
-        .next()
-        .unwrap_or(wall)
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == 'T')
-        .collect::<String>()
-        .to_lowercase();
+    let stamp = kibana_rollback::coord::compact_stamp(wall);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()

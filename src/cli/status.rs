@@ -422,13 +422,9 @@ pub async fn one_host(cli: &Cli, host: &str) -> Result<u8> {
     }
     if let Some(d) = &h.detection {
         println!(
-            "  upgrade       FAILED ({}) after {} -> {}: {}; rollback recommended",
+            "  upgrade       FAILED ({}) after {}: {}; rollback recommended",
             d.kind.as_str(),
-            d.from_version
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "?".into()),
-            d.to_version,
+            d.change(),
             d.detail
         );
         if let Some(l) = &d.first_error {

@@ -761,6 +761,18 @@ pub struct Detection {
     pub detail: String,
 }
 
+impl Detection {
+    /// `8.14.3 -> 8.15.0` (`?` for an unknown earlier version).
+    pub fn change(&self) -> String {
+        let from = self
+            .from_version
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "?".into());
+        format!("{from} -> {}", self.to_version)
+    }
+}
+
 /// `claim-<host id>-<instance>`: written by an agent that finds its host id owned by another
 /// live machine. It does nothing else; `plan`, `start` and `status` name both machines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
