@@ -321,11 +321,7 @@ impl<'a> Coord<'a> {
     /// The claims that can hold `op` (read only while it is before the restore on the restore
     /// side, where a claim stops it; otherwise none, without a request): for the waiting line.
     pub async fn claims_holding(&self, op: &OperationDoc) -> Vec<fleet::ClaimDoc> {
-        let restore_side = matches!(
-            op.phase,
-            fleet::Phase::Barrier | fleet::Phase::SafetySnapshot | fleet::Phase::Restoring
-        ) && op.restore.is_none();
-        if !restore_side {
+        if !fleet::claims_can_hold(op) {
             return vec![];
         }
         self.claims().await.unwrap_or_default() // none was ever written

@@ -138,6 +138,15 @@ impl Phase {
         matches!(self, Phase::Done | Phase::Aborted | Phase::Failed)
     }
 
+    /// The phases whose steps touch the kibana feature state (the safety snapshot, the
+    /// restore), which a claim on an expected host id holds.
+    pub fn is_restore_side(self) -> bool {
+        matches!(
+            self,
+            Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring
+        )
+    }
+
     pub fn restore_point(self) -> RestorePoint {
         match self {
             Phase::Preflight

@@ -274,6 +274,11 @@ fn fresh_evidence(op: &OperationDoc, hosts: &[HostDoc]) -> Fresh {
     }
 }
 
+/// Whether a claim can hold `op` now: restore-side, with no restore recorded yet.
+pub fn claims_can_hold(op: &OperationDoc) -> bool {
+    op.phase.is_restore_side() && op.restore.is_none()
+}
+
 /// Why the claims stop the restore-side steps (the safety snapshot, the restore), if they do:
 /// a claim naming an expected host id means a second machine runs an agent with that id, and
 /// perhaps a Kibana nobody stops. The one check the leader and `status` share.

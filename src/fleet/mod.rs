@@ -111,7 +111,9 @@ pub use doc::{
     Probe, Readiness, ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef,
     Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
 };
-pub use leader::{ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult};
+pub use leader::{
+    claims_can_hold, ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult,
+};
 pub use lease::{HeldLease, LeaseConfig, LeaseObserver};
 pub use node::{
     step, Action, Event, Inputs, NodeState, OpRead, RequestId, RevisionSeen, WriteResult,

@@ -282,12 +282,10 @@ impl NodeState {
     /// restore-side step, which a second machine claiming an expected host id must block.
     pub fn wants_claims(&self) -> bool {
         self.lead.is_some()
-            && self.view.as_ref().is_some_and(|v| {
-                matches!(
-                    v.doc.phase,
-                    Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring
-                ) && !v.doc.restore_completed()
-            })
+            && self
+                .view
+                .as_ref()
+                .is_some_and(|v| v.doc.phase.is_restore_side() && !v.doc.restore_completed())
     }
     /// The epoch this node leads, if it is leader.
     pub fn leading_epoch(&self) -> Option<u64> {

@@ -6,7 +6,7 @@ use super::doc::{
     transition, AbortRequest, DocError, Exclusion, HostDoc, HostFailure, Mover, OpError,
     OperationDoc, Phase, PhaseChange, SafetySnapshot, SnapshotRef, Step,
 };
-use super::leader::{claims_blocking, tally};
+use super::leader::{claims_blocking, claims_can_hold, tally};
 use semver::Version;
 
 /// What the trigger (`kibana-rollback start`) knows when it creates an operation.
@@ -214,11 +214,7 @@ pub fn waiting_for(op: &OperationDoc, hosts: &[HostDoc], claims: &[ClaimDoc]) ->
         }
         (!parts.is_empty()).then(|| format!("{phase}: {}", parts.join("; ")))
     };
-    let restore_side = matches!(
-        phase,
-        Phase::Barrier | Phase::SafetySnapshot | Phase::Restoring
-    ) && op.restore.is_none();
-    if let Some(why) = claims_blocking(op, claims).filter(|_| restore_side) {
+    if let Some(why) = claims_blocking(op, claims).filter(|_| claims_can_hold(op)) {
         return format!("{phase}: {why}");
     }
     match phase {
