@@ -244,7 +244,6 @@ impl PackageManager {
             PkgKind::Apt => Backend::Apt(Apt {
                 run,
                 extra_args,
-                lock_wait: apt::lock_wait(settings.lock_timeout),
                 lock_timeout: settings.lock_timeout,
             }),
             PkgKind::Dnf => Backend::Dnf(Dnf { run, extra_args }),

@@ -25,11 +25,10 @@ use super::{PackageName, PackageVersion, PkgError, Prefetched};
 pub struct Apt {
     pub(crate) run: Runner,
     pub(crate) extra_args: Vec<String>,
-    /// `DPkg::Lock::Timeout=<s>`: wait for a concurrent apt/dpkg run (unattended-upgrades)
-    /// instead of failing at once (`package_manager.lock_timeout`).
-    pub(crate) lock_wait: String,
-    /// The same timeout for apt's own locks (the package lists', the download cache's), which
-    /// apt-get takes without waiting: DPkg::Lock::Timeout covers dpkg's locks only.
+    /// `package_manager.lock_timeout`: how long to wait for a concurrent apt/dpkg run
+    /// (unattended-upgrades) — dpkg's locks through `DPkg::Lock::Timeout` ([`lock_wait`]),
+    /// apt's own (the package lists', the download cache's), which apt-get takes without
+    /// waiting, by trying again.
     pub(crate) lock_timeout: std::time::Duration,
 }
 
@@ -102,7 +101,7 @@ impl Apt {
 
     /// `apt-get update`.
     pub async fn refresh(&self) -> Result<(), PkgError> {
-        self.apt_get(&[s("-q"), s("-o"), self.lock_wait.clone(), s("update")])
+        self.apt_get(&[s("-q"), s("-o"), lock_wait(self.lock_timeout), s("update")])
             .await
             .map(|_| ())
     }
@@ -247,7 +246,7 @@ impl Apt {
     ) -> Result<Prefetched, PkgError> {
         // With --download-only, a held package still needs --allow-change-held-packages
         // (apt refuses "Held packages were changed"); nothing is installed, the hold stays.
-        let mut a = Self::install_args(&self.lock_wait, pkg, ver, true);
+        let mut a = Self::install_args(&lock_wait(self.lock_timeout), pkg, ver, true);
         a.insert(0, s("--download-only"));
         self.apt_get(&a).await?;
         // --no-download: apt must find every archive in its cache or it fails.
@@ -275,7 +274,7 @@ impl Apt {
         let out = self
             .waiting(
                 "apt-get",
-                &Self::install_args(&self.lock_wait, pkg, ver, held),
+                &Self::install_args(&lock_wait(self.lock_timeout), pkg, ver, held),
                 true,
             )
             .await?;
