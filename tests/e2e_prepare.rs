@@ -413,18 +413,11 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
     // undone: back to the upgraded version and its migrated state, from the second rollback's
     // safety snapshot, through the same checks and protocol, exactly one more restore.
     for (i, host) in fleet.each() {
-        host.exec_ok(&[
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "--allow-change-held-packages",
-            "-o",
-            "Dpkg::Options::=--force-confold",
+        fleet::apt_install_with(
+            host,
+            &["--allow-change-held-packages"],
             &format!("kibana={NEW}"),
-        ]);
+        );
         fleet.wait_available(i, NEW);
     }
     fleet.log("upgraded again, successfully");

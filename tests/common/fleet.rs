@@ -1407,18 +1407,23 @@ pub fn install(h: &TestHost, version: &str) {
 }
 
 pub fn apt_install(h: &TestHost, what: &str) {
-    h.exec_ok(&[
+    apt_install_with(h, &["--allow-downgrades"], what);
+}
+
+/// `apt-get install WHAT` with `options` (e.g. `--allow-change-held-packages` for a package
+/// a rollback held), keeping local config edits.
+pub fn apt_install_with(h: &TestHost, options: &[&str], what: &str) {
+    let mut cmd = vec![
         "env",
         "DEBIAN_FRONTEND=noninteractive",
         "apt-get",
         "install",
         "-y",
         "-qq",
-        "--allow-downgrades",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        what,
-    ]);
+    ];
+    cmd.extend_from_slice(options);
+    cmd.extend(["-o", "Dpkg::Options::=--force-confold", what]);
+    h.exec_ok(&cmd);
 }
 
 /// `systemctl is-active UNIT` inside the host.
