@@ -33,7 +33,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet::{free_port, unit_state, wait_for, KibanaYml, Spec};
+use fleet::{free_port, unit_state, wait_for, wait_for_explained, KibanaYml, Spec};
 use serde_json::Value;
 
 const OLD: &str = "8.14.3";
@@ -140,10 +140,18 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
     // 2. dt1's upgrade fails in its migration.
     let t = Instant::now();
     fleet.upgrade_host(0, KibanaYml::FailingMigration { compatible: false });
-    wait_for(
+    wait_for_explained(
         &format!("{}'s agent to record the failed upgrade", names[0]),
         Duration::from_secs(90),
         || flagged(&names[0]).is_object(),
+        || {
+            format!(
+                "host document: {}\nkibana: {}\nagents:\n{}",
+                host_doc(&fleet, &names[0]),
+                fleet.journal(fleet.first(), "kibana.service"),
+                fleet.agent_journals()
+            )
+        },
     );
     let d = flagged(&names[0]);
     fleet.log(&format!(

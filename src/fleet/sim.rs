@@ -1206,6 +1206,15 @@ impl World {
                 self.count("resumes");
                 self.note(format!("operator: start --resume (to {})", next.phase));
                 self.terminal_seen = None;
+                // The operator knows which machines are gone: an exclusion made while the
+                // operation had ended did nothing, so it is made again on the resumed one.
+                for h in 0..self.machines.len() {
+                    let id = &self.machines[h].id;
+                    if self.machines[h].lost && next.is_expected(id) && !next.is_set_aside(id) {
+                        let d = self.rng.range(10_000, 60_000);
+                        self.at(self.t + d, Ev::OperatorExclude { h });
+                    }
+                }
                 self.store_op(next);
             }
             Err(e) => self.note(format!("operator: resume refused: {e}")),
@@ -2051,6 +2060,8 @@ mod tests {
         306484421160,
         922238249176,
         409531159803,
+        // a machine lost while the operation had failed, then a resume: aborting waited for it
+        781413579377,
     ];
 
     #[test]

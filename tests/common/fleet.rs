@@ -1216,7 +1216,7 @@ kind = "apt"
     /// Waits until the operation is in one of `phases`; returns the operation document.
     pub fn wait_phase(&self, phases: &[&str], timeout: Duration) -> Value {
         let mut doc = Value::Null;
-        wait_for(
+        wait_for_explained(
             &format!("the operation in {phases:?}"),
             timeout,
             || match self.operation_doc() {
@@ -1225,6 +1225,13 @@ kind = "apt"
                     true
                 }
                 _ => false,
+            },
+            || {
+                format!(
+                    "operation: {}\nagents:\n{}",
+                    self.operation_doc().unwrap_or(Value::Null),
+                    self.agent_journals()
+                )
             },
         );
         doc
@@ -1438,6 +1445,22 @@ pub fn wait_for(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
         wait_until(timeout, ok),
         "timed out after {timeout:?} waiting for {what}"
     );
+}
+
+/// [`wait_for`], with what `context` says (documents, journals) in the panic when it times out,
+/// so a failure on a loaded CI machine can be read from its log alone.
+pub fn wait_for_explained(
+    what: &str,
+    timeout: Duration,
+    ok: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
+    if !wait_until(timeout, ok) {
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            context()
+        );
+    }
 }
 
 /// Whether `ok` became true within `timeout` (polled every 250 ms).
