@@ -1,8 +1,9 @@
 //! Following an operation (`start --wait`, `abort --wait`, `start --resume --wait`, `status
 //! --watch`): only reads — the operation document once a second (real-time GET), the expected
-//! hosts' documents for "what it waits for", and at the end `history-<id>`. A `failed`
-//! operation stays as the `operation` document (it may be resumed), so `failed` there ends the
-//! wait too. Ctrl-C or SIGTERM stops following, never the operation (exit 75: still running).
+//! hosts' documents for "what it waits for", and at the end `history-<id>`. A `done` or
+//! `aborted` one ends the wait once it is archived (the lock released, so a command run next
+//! finds no operation), or a lease and a few seconds later at most; a `failed` operation stays
+//! as the `operation` document (it may be resumed), so `failed` there ends the wait too. Ctrl-C or SIGTERM stops following, never the operation (exit 75: still running).
 //!
 //! On a terminal (and without `--json`) the progress is drawn live ([`super::live`]): phase
 //! changes as lines that stay, below them one block redrawn every second. Otherwise — the
@@ -35,6 +36,9 @@ fn emit(json_mode: bool, v: serde_json::Value, text: impl FnOnce() -> String) {
 
 enum Seen {
     Running(OperationDoc, Vec<HostDoc>, Vec<ClaimDoc>),
+    /// `done` or `aborted`, still the operation document: the lock is released once it is
+    /// archived, an instant later (a lease later when its leader is gone).
+    Archiving(OperationDoc),
     Finished(OperationDoc),
     Vanished,
 }
@@ -44,6 +48,9 @@ async fn look(coord: &Coord<'_>, op_id: &str) -> Result<Seen, EsError> {
         if v.doc.id == op_id {
             // `failed` stays as the operation document (it may be resumed); `done` and `aborted`
             // are archived and deleted, but they are final already.
+            if matches!(v.doc.phase, Phase::Done | Phase::Aborted) {
+                return Ok(Seen::Archiving(v.doc));
+            }
             if v.doc.phase.is_terminal() {
                 return Ok(Seen::Finished(v.doc));
             }
@@ -110,6 +117,9 @@ pub async fn follow_until(
     let mut failing_since: Option<Instant> = None;
     // Elasticsearch may be briefly unreachable (a node restarting); give up after this long.
     let patience = Duration::from_secs(120).max(ctx.settings().elasticsearch.request_timeout * 2);
+    // Anyone archives an ended operation a lease after its last change (its leader at once).
+    let archive_patience = ctx.settings().coordination.lease + Duration::from_secs(5);
+    let mut archiving_since: Option<Instant> = None;
     loop {
         match look(&coord, op_id).await {
             Ok(seen) => {
@@ -124,7 +134,7 @@ pub async fn follow_until(
                     }
                 }
                 let op = match &seen {
-                    Seen::Running(op, ..) | Seen::Finished(op) => Some(op),
+                    Seen::Running(op, ..) | Seen::Archiving(op) | Seen::Finished(op) => Some(op),
                     Seen::Vanished => None,
                 };
                 if let Some(op) = op {
@@ -155,6 +165,13 @@ pub async fn follow_until(
                                 || format!("    {w}"),
                             );
                             last_wait = w;
+                        }
+                    }
+                    Seen::Archiving(op) => {
+                        let since = *archiving_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= archive_patience {
+                            screen.keep();
+                            return Ok(Followed::Ended(finish(&op, json_mode)));
                         }
                     }
                     Seen::Finished(op) => {
