@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::EsCluster;
-use fleet::{unit_state, wait_for, wait_until, Fleet, Spec, Support};
+use fleet::{unit_state, wait_for, wait_for_explained, wait_until, Fleet, Spec, Support};
 use hosts::TestHost;
 use proxy::{HeldFate, Proxy};
 use serde_json::Value;
@@ -764,6 +764,27 @@ async fn two_machines_with_one_host_id() {
     let third = fleet.host(2);
     fleet.trigger_no_block();
     third.exec_ok(&["systemctl", "stop", "kibana-rollbackd.service"]);
+    // The claim must come back after the leader's preflight of the cluster, which would
+    // otherwise refuse it there (the operation aborted, nothing held) on a loaded machine.
+    wait_for_explained(
+        "the leader's preflight of the cluster",
+        Duration::from_secs(90),
+        || {
+            fleet.each().any(|(_, h)| {
+                fleet
+                    .journal(h, "kibana-rollbackd.service")
+                    .lines()
+                    .any(|l| l.contains("cluster step finished") && l.contains("Preflight"))
+            })
+        },
+        || {
+            format!(
+                "operation: {}\nagents:\n{}",
+                fleet.operation_doc().unwrap_or(Value::Null),
+                fleet.agent_journals()
+            )
+        },
+    );
     clone.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
     assert!(
         wait_until(Duration::from_secs(30), || !claim_ids(&fleet, &prefix)
