@@ -360,6 +360,24 @@ impl<'a> Coord<'a> {
         }
     }
 
+    /// [`Coord::rollback_point`], also refused ([`EsError::Untrusted`], a replay) when it is
+    /// older than `seen`, the one this host last trusted ([`crate::rollback_point::recency`]).
+    pub async fn trusted_rollback_point(
+        &self,
+        seen: Option<&crate::rollback_point::PointSeen>,
+    ) -> Result<Option<crate::rollback_point::RollbackPoint>, EsError> {
+        let Some(point) = self.rollback_point().await? else {
+            return Ok(None);
+        };
+        match crate::rollback_point::recency(&point, seen) {
+            crate::rollback_point::Recency::Replayed(why) => Err(EsError::Untrusted {
+                doc: crate::rollback_point::DOC_ID.to_string(),
+                why: crate::trust::TrustError::Replayed(why),
+            }),
+            _ => Ok(Some(point)),
+        }
+    }
+
     /// Records (replaces) the fleet's rollback point, signed when the fleet has a key.
     pub async fn put_rollback_point(
         &self,

@@ -85,6 +85,58 @@ impl RollbackPoint {
     }
 }
 
+/// The rollback point a host last trusted, kept in its agent's state directory
+/// (`rollback-point.json`): a validly signed older point written back later is told apart by
+/// its snapshot's earlier start, like an operation's lower revision. Each `prepare` takes a new
+/// snapshot, so a newer point always starts later on the master's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointSeen {
+    pub snapshot: String,
+    pub uuid: String,
+    pub snapshot_start_ms: i64,
+}
+
+impl PointSeen {
+    pub fn of(point: &RollbackPoint) -> PointSeen {
+        PointSeen {
+            snapshot: point.snapshot.name.clone(),
+            uuid: point.snapshot.uuid.clone(),
+            snapshot_start_ms: point.snapshot_start_ms.unwrap_or(0),
+        }
+    }
+}
+
+/// How a stored rollback point compares with the one this host last trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recency {
+    /// The one already trusted.
+    Seen,
+    /// A newer one (or the first): trusted from now on.
+    Newer,
+    /// Older than the one trusted, or another snapshot of the same instant: an old document
+    /// written back, never used. Why, for the error.
+    Replayed(String),
+}
+
+/// Judges `point` against `seen`, the rollback point this host last trusted.
+pub fn recency(point: &RollbackPoint, seen: Option<&PointSeen>) -> Recency {
+    let Some(seen) = seen else {
+        return Recency::Newer;
+    };
+    let now = PointSeen::of(point);
+    if now.uuid == seen.uuid {
+        return Recency::Seen;
+    }
+    if now.snapshot_start_ms > seen.snapshot_start_ms {
+        return Recency::Newer;
+    }
+    Recency::Replayed(format!(
+        "it names snapshot {} (started at {} ms), older than snapshot {} (started at {} ms) \
+         of the rollback point this host has trusted: an old rollback point was written back",
+        now.snapshot, now.snapshot_start_ms, seen.snapshot, seen.snapshot_start_ms
+    ))
+}
+
 /// `prepared-<host id>`: what one agent kept of its host's configuration for the rollback point
 /// (`host::prepared_config`), written by that agent when it sees a rollback point it has not
 /// kept it for; `prepare` waits for every host's (README "Commands", `prepare`).
@@ -308,6 +360,30 @@ mod tests {
             taken_by: "root@ops".into(),
             taken_at: "2026-12-01T17:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn an_older_point_written_back_is_a_replay() {
+        let first = point();
+        let mut second = point();
+        second.snapshot.name = "kibana-rollback-point-8.14.3-20261201t180000".into();
+        second.snapshot.uuid = "u2".into();
+        second.snapshot_start_ms = Some(2);
+        assert_eq!(recency(&first, None), Recency::Newer);
+        let seen = PointSeen::of(&second);
+        assert_eq!(recency(&second, Some(&seen)), Recency::Seen);
+        assert_eq!(
+            recency(&second, Some(&PointSeen::of(&first))),
+            Recency::Newer
+        );
+        let Recency::Replayed(why) = recency(&first, Some(&seen)) else {
+            panic!("the older point is a replay");
+        };
+        assert!(why.contains("20261201t170000") && why.contains("written back"), "{why}");
+        // Another snapshot of the same instant is not the trusted one either.
+        let mut twin = second.clone();
+        twin.snapshot.uuid = "u3".into();
+        assert!(matches!(recency(&twin, Some(&seen)), Recency::Replayed(_)));
     }
 
     fn info(p: &RollbackPoint) -> SnapshotInfo {

@@ -55,6 +55,9 @@ pub enum TrustError {
     Mismatch,
     #[error("its signature is malformed")]
     Malformed,
+    /// Validly signed, but older than one this host already trusted (why): a replay.
+    #[error("{0}")]
+    Replayed(String),
 }
 
 impl FleetKeys {

@@ -252,10 +252,59 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
         t.contains("not the fleet's") && t.contains("rollback point recorded"),
         "{t}"
     );
+    let first_point = point;
     let point = fleet.rollback_point_doc().unwrap();
     assert_eq!(point["kibana_version"], OLD);
     let snap_name = point["snapshot"]["name"].as_str().unwrap().to_string();
     support.check("a forged rollback point refused by plan, replaced by prepare");
+
+    // The first rollback point written back, validly signed: a replay, which the agents and
+    // plan refuse (each agent remembers the newest point it trusted), until the current one is
+    // back.
+    let uuid = point["snapshot"]["uuid"].as_str().unwrap().to_string();
+    for (_, host) in fleet.each() {
+        wait_for(
+            &format!("{}'s agent to trust the new rollback point", host.name),
+            Duration::from_secs(30),
+            || {
+                host.exec(&["cat", "/var/lib/kibana-rollback/rollback-point.json"])
+                    .stdout
+                    .windows(uuid.len())
+                    .any(|w| w == uuid.as_bytes())
+            },
+        );
+    }
+    let point_path = format!("{}/_doc/rollback-point?refresh=true", fleet.index);
+    let (s, v) = fleet
+        .cluster
+        .raw("PUT", &point_path, Some(first_point))
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+    let out = fleet.cli(h, &["plan"]);
+    let t = text(&out);
+    assert_eq!(code(&out), Some(1), "{t}");
+    assert!(
+        t.contains("rollback point is refused") && t.contains("written back"),
+        "{t}"
+    );
+    let second = fleet.host(1);
+    wait_for(
+        &format!("{}'s agent to report the replay", second.name),
+        Duration::from_secs(30),
+        || {
+            fleet
+                .journal(second, "kibana-rollbackd.service")
+                .contains("an old rollback point was written back")
+        },
+    );
+    let (s, v) = fleet
+        .cluster
+        .raw("PUT", &point_path, Some(point.clone()))
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+    let out = fleet.cli(h, &["plan"]);
+    assert!(!text(&out).contains("refused"), "{}", text(&out));
+    support.check("an older, validly signed rollback point written back: refused by plan and the agents");
 
     // The upgrade fails; a snapshot taken after prepare (holding the failed state) must not
     // displace the rollback point.

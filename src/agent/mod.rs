@@ -45,7 +45,7 @@ use crate::host::systemd::SystemdUnits;
 
 pub use cluster_steps::Cluster;
 pub use host_steps::Host;
-pub use progress::{ProgressFile, RevisionFile};
+pub use progress::{PointSeenFile, ProgressFile, RevisionFile};
 
 /// How long a stopping agent waits for the writes it already sent.
 const STOP_FLUSH: Duration = Duration::from_secs(5);
@@ -95,6 +95,8 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         )
     })?;
     let revisions = RevisionFile::open(&settings.coordination.state_dir)?;
+    let point_seen_file = PointSeenFile::open(&settings.coordination.state_dir)?;
+    let point_seen = point_seen_file.load();
     let mut telemetry = telemetry::Telemetry::new(&settings, boottime);
     let es = Arc::new(Es::new(&settings.elasticsearch)?.with_observer(telemetry.es_observer()));
     telemetry.start(&settings).await?;
@@ -165,6 +167,9 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         cluster,
         progress,
         revisions,
+        point_seen_file,
+        point_seen,
+        point_replayed: None,
         step_tasks: Vec::new(),
         node,
         last_hosts: Vec::new(),
@@ -210,6 +215,11 @@ struct Daemon {
     cluster: Arc<Cluster>,
     progress: ProgressFile,
     revisions: RevisionFile,
+    /// The rollback point last trusted (kept in `rollback-point.json`), and the snapshot uuid of
+    /// the replayed one last reported (reported once).
+    point_seen_file: PointSeenFile,
+    point_seen: Option<crate::rollback_point::PointSeen>,
+    point_replayed: Option<String>,
     /// Running host steps (apart from writes: stopping waits for these, not for a heartbeat).
     step_tasks: Vec<JoinHandle<()>>,
     node: NodeState,
@@ -437,6 +447,25 @@ impl Daemon {
     /// A rollback point this host has not reported on yet: keep its configuration beside the
     /// loop ([`prepared`]).
     fn observe_rollback_point(&mut self, point: crate::rollback_point::RollbackPoint) {
+        use crate::rollback_point::{recency, PointSeen, Recency};
+        match recency(&point, self.point_seen.as_ref()) {
+            Recency::Seen => {}
+            Recency::Newer => {
+                let seen = PointSeen::of(&point);
+                if let Err(e) = self.point_seen_file.store(&seen) {
+                    tracing::error!(path = %self.point_seen_file.path().display(), "cannot record the rollback point trusted: {e}");
+                }
+                self.point_seen = Some(seen);
+                self.point_replayed = None;
+            }
+            Recency::Replayed(why) => {
+                if self.point_replayed.as_deref() != Some(point.snapshot.uuid.as_str()) {
+                    tracing::error!("the stored rollback point is refused: {why}; not used (run `kibana-rollback prepare` again)");
+                    self.point_replayed = Some(point.snapshot.uuid.clone());
+                }
+                return;
+            }
+        }
         self.host.use_rollback_point_target(&point.kibana_version);
         let uuid = point.snapshot.uuid.clone();
         if self.prepared_for.lock().expect("prepared lock").as_deref() == Some(uuid.as_str()) {

@@ -2,7 +2,9 @@
 //! reports instead of guessing: `progress.json` (which step of which operation this host started
 //! or finished; written before the step it announces runs) and `revision.json` (the highest
 //! revision seen of the current operation: an older one written back while the agent was down
-//! is still a replay). Each written atomically and fsynced.
+//! is still a replay), `rollback-point.json` (the rollback point last trusted: an older one
+//! written back is a replay; `kibana-rollback` commands on the host read it too). Each written
+//! atomically and fsynced.
 
 use std::io::Write;
 use std::marker::PhantomData;
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::fleet::{LocalProgress, RevisionSeen};
+use crate::rollback_point::PointSeen;
 
 /// One durable JSON record in the state directory.
 pub struct StateFile<T> {
@@ -21,6 +24,10 @@ pub struct StateFile<T> {
 
 pub type ProgressFile = StateFile<LocalProgress>;
 pub type RevisionFile = StateFile<RevisionSeen>;
+pub type PointSeenFile = StateFile<PointSeen>;
+
+const POINT_SEEN: &str = "rollback-point.json";
+const POINT_SEEN_WHAT: &str = "rollback point record";
 
 impl ProgressFile {
     /// Creates the state directory (mode 0700) if needed.
@@ -32,6 +39,23 @@ impl ProgressFile {
 impl RevisionFile {
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
         StateFile::open_named(state_dir, "revision.json", "revision record")
+    }
+}
+
+impl PointSeenFile {
+    pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        StateFile::open_named(state_dir, POINT_SEEN, POINT_SEEN_WHAT)
+    }
+
+    /// The rollback point this host's agent last trusted, for a command run beside it: read
+    /// only (the agent is its one writer); `None` without an agent's record.
+    pub fn read(state_dir: &Path) -> Option<PointSeen> {
+        StateFile::<PointSeen> {
+            path: state_dir.join(POINT_SEEN),
+            what: POINT_SEEN_WHAT,
+            _record: PhantomData,
+        }
+        .load()
     }
 }
 

@@ -101,7 +101,11 @@ pub async fn asked(ctx: &Ctx, to: Option<&str>, snapshot: Option<&str>) -> Resul
     if to.is_some() || snapshot.is_some() {
         return Ok(flags);
     }
-    let point = match ctx.coord().rollback_point().await {
+    let point = match ctx
+        .coord()
+        .trusted_rollback_point(point_seen(&loaded.settings).as_ref())
+        .await
+    {
         Ok(Some(p)) => p,
         Ok(None) => return Ok(flags),
         // Not the fleet's: never rolled back to; the operator names what to use instead.
@@ -132,4 +136,12 @@ pub async fn asked(ctx: &Ctx, to: Option<&str>, snapshot: Option<&str>) -> Resul
         target_from: "the rollback point",
         point: Some(point),
     })
+}
+
+/// The rollback point this host's agent last trusted (`None` without an agent here): one older
+/// than it is refused as written back.
+pub fn point_seen(
+    settings: &kibana_rollback::config::Settings,
+) -> Option<kibana_rollback::rollback_point::PointSeen> {
+    kibana_rollback::agent::PointSeenFile::read(&settings.coordination.state_dir)
 }

@@ -188,7 +188,10 @@ pub async fn run(cli: &Cli, wait: bool) -> Result<u8> {
         .map_err(|e| e.to_string());
 
     // 2. An existing rollback point that still describes the fleet is kept.
-    let existing = match coord.rollback_point().await {
+    let existing = match coord
+        .trusted_rollback_point(super::context::point_seen(settings).as_ref())
+        .await
+    {
         Ok(p) => p,
         Err(e @ EsError::Untrusted { .. }) => {
             progress.done(&format!(

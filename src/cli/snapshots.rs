@@ -31,7 +31,10 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
         .with_context(|| format!("listing snapshots of repository {repository:?}"))?;
     // The fleet's rollback point comes first: `prepare` recorded it as the state before the
     // upgrade, the strongest evidence there is. One that does not verify is named, not used.
-    let point = match Coord::new(&es, &loaded.settings).rollback_point().await {
+    let point = match Coord::new(&es, &loaded.settings)
+        .trusted_rollback_point(super::context::point_seen(&loaded.settings).as_ref())
+        .await
+    {
         Ok(p) => p.filter(|p| p.snapshot.repository == repository),
         Err(e @ kibana_rollback::es::EsError::Untrusted { .. }) => {
             eprintln!("kibana-rollback: warning: the stored rollback point is refused: {e}");
