@@ -173,6 +173,7 @@ pub async fn run(settings: Settings, config: Option<ConfigOnDisk>) -> Result<()>
         step_tasks: Vec::new(),
         node,
         last_hosts: Vec::new(),
+        last_hosts_read: Vec::new(),
         facts,
         readiness_task: None,
         telemetry: telemetry.clone(),
@@ -224,6 +225,8 @@ struct Daemon {
     step_tasks: Vec<JoinHandle<()>>,
     node: NodeState,
     last_hosts: Vec<HostDoc>,
+    /// The host ids `last_hosts` was read for (a leader decides only on a reading of all).
+    last_hosts_read: Vec<String>,
     /// Host facts, gathered beside the loop.
     facts: Arc<facts::Facts>,
     /// The readiness checks, when running (they run beside the loop: a slow package query must
@@ -507,8 +510,8 @@ impl Daemon {
         let settings = self.settings.clone();
         let coord = Coord::new(&es, &settings);
         // One realtime `_mget` for the operation and the host documents this agent looks at
-        // (its own and those of the operation it last saw); a second only when the operation
-        // names hosts the first did not ask for.
+        // (its own; a leader's also those of the operation it last saw); a second only when a
+        // leader's operation names hosts the first did not ask for.
         let own = self.settings.coordination.host_id.clone();
         let mut asked = self.watch_ids.clone();
         let watched = if read {
@@ -557,8 +560,11 @@ impl Daemon {
         }
         let mut ids: BTreeSet<String> = BTreeSet::new();
         ids.insert(own.clone());
+        let wants_every_host = self.node.wants_every_host();
         if let OpRead::Found(v) = &op {
-            ids.extend(v.doc.expected_hosts.iter().cloned());
+            if wants_every_host {
+                ids.extend(v.doc.expected_hosts.iter().cloned());
+            }
             let now_phase = (v.doc.id.clone(), v.doc.phase);
             if last_phase.as_ref() != Some(&now_phase) {
                 tracing::info!(operation_id = %v.doc.id, phase = %v.doc.phase.as_str(), epoch = v.doc.epoch, "operation {} is in phase {}", v.doc.id, v.doc.phase.as_str());
@@ -590,7 +596,16 @@ impl Daemon {
             own_version = h.iter().find(|v| v.doc.host_id == own).map(|v| v.version());
             self.last_own_version = own_version;
             self.last_hosts = h.into_iter().map(|v| v.doc).collect();
+            self.last_hosts_read = asked.clone();
         }
+        let every_host = match &op {
+            OpRead::Found(v) => v
+                .doc
+                .expected_hosts
+                .iter()
+                .all(|h| self.last_hosts_read.contains(h)),
+            _ => true,
+        };
         self.poll = match &op {
             // An operation: someone waits on a step, an acknowledgement or a phase change.
             OpRead::Found(_) => POLL_ACTIVE,
@@ -629,6 +644,7 @@ impl Daemon {
                 wall: wall_now(),
                 op,
                 hosts: self.last_hosts.clone(),
+                every_host,
                 own_version,
                 facts,
                 events,

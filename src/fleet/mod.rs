@@ -24,7 +24,8 @@
 //! loop {
 //!     let events = collect_results();          // results of actions finished since last round
 //!     let input = Inputs { now: boottime(), wall: "2026-01-01T00:00:00Z".into(),
-//!                          op: read_op(), hosts: read_hosts(), own_version: None, facts: facts(), events,
+//!                          op: read_op(), hosts: read_hosts(), every_host: true,
+//!                          own_version: None, facts: facts(), events,
 //!                          claims: None /* read at most once a second */ };
 //!     for action in step(&mut node, input) {
 //!         execute(action);                      // spawn; feed its result back as an Event

@@ -111,8 +111,12 @@ pub struct Inputs {
     /// Wall clock for history entries; informational, never compared.
     pub wall: String,
     pub op: OpRead,
-    /// Host documents as read this round (all `host-*`; others' and possibly our own).
+    /// Host documents as read this round: this host's, and every host's of the operation when
+    /// [`NodeState::wants_every_host`] (only a leader decides on the others').
     pub hosts: Vec<HostDoc>,
+    /// Whether `hosts` was read with every host of the operation: a leader decides nothing on
+    /// a reading without them (its first round after a takeover may still have one).
+    pub every_host: bool,
     /// The version of this host's own document as read this round (`None`: absent or unread).
     pub own_version: Option<DocVersion>,
     pub facts: HostFacts,
@@ -286,6 +290,17 @@ impl NodeState {
                 .view
                 .as_ref()
                 .is_some_and(|v| v.doc.phase.is_restore_side() && !v.doc.restore_completed())
+    }
+    /// Whether the next reading should hold every host document of the operation, not only
+    /// this host's: a leader, or a node whose takeover write is in flight (its result may
+    /// arrive with that reading). Followers decide on their own document alone, so the
+    /// fleet's reads grow with N, not N².
+    pub fn wants_every_host(&self) -> bool {
+        self.lead.is_some()
+            || self
+                .op_write
+                .as_ref()
+                .is_some_and(|w| w.kind == WriteKind::Takeover)
     }
     /// The epoch this node leads, if it is leader.
     pub fn leading_epoch(&self) -> Option<u64> {
@@ -606,6 +621,7 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
         wall,
         op,
         hosts,
+        every_host,
         own_version,
         facts,
         events,
@@ -625,7 +641,13 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
     if st.foreign.is_some() {
         // Another machine owns our host id: we neither lead nor take the lease.
     } else if st.lead.is_some() {
-        leader_side(st, now, &wall, &hosts, &mut out);
+        if every_host {
+            leader_side(st, now, &wall, &hosts, &mut out);
+        } else {
+            out.push(Action::Wait {
+                what: "reading every host's document".into(),
+            });
+        }
     } else {
         candidate_side(st, now, &wall, &mut out);
     }

@@ -232,6 +232,7 @@ enum Ev {
         inc: u64,
         op: OpRead,
         hosts: Vec<HostDoc>,
+        every_host: bool,
         own_version: Option<DocVersion>,
         facts: HostFacts,
         events: Vec<Event>,
@@ -293,8 +294,10 @@ struct Agent {
     rate: f64,
     paused_until: u64,
     partitioned_until: u64,
-    /// What this agent last read of the host documents (kept while it cannot read).
+    /// What this agent last read of the host documents (kept while it cannot read), and
+    /// whether that reading held every host's (as the node asked: only a leader's does).
     last_hosts: Vec<HostDoc>,
+    last_every_host: bool,
     inbox: Vec<Event>,
 }
 
@@ -585,6 +588,7 @@ impl World {
             paused_until: 0,
             partitioned_until: 0,
             last_hosts: vec![],
+            last_every_host: false,
             inbox: vec![],
         });
         let d = self.rng.range(0, 1000);
@@ -718,6 +722,7 @@ impl World {
                     inc,
                     op,
                     hosts,
+                    every_host,
                     own_version,
                     facts,
                     events,
@@ -737,6 +742,7 @@ impl World {
                             wall: format!("{t}ms"),
                             op,
                             hosts,
+                            every_host,
                             own_version,
                             facts,
                             events,
@@ -999,13 +1005,23 @@ impl World {
                 None => OpRead::Missing,
             }
         };
-        let (hosts, own_version) = if cut {
+        let (hosts, every_host, own_version) = if cut {
             let a = self.machines[h].agent.as_ref().unwrap();
-            (a.last_hosts.clone(), None)
+            (a.last_hosts.clone(), a.last_every_host, None)
         } else {
-            let hosts: Vec<HostDoc> = self.host_docs.values().cloned().collect();
-            self.machines[h].agent.as_mut().unwrap().last_hosts = hosts.clone();
-            (hosts, self.host_ver.get(&self.machines[h].id).copied())
+            // As the agent reads: its own document, every host's only when the node asks.
+            let id = self.machines[h].id.clone();
+            let a = self.machines[h].agent.as_mut().unwrap();
+            let every = a.node.wants_every_host();
+            let hosts: Vec<HostDoc> = self
+                .host_docs
+                .values()
+                .filter(|d| every || d.host_id == id)
+                .cloned()
+                .collect();
+            a.last_hosts = hosts.clone();
+            a.last_every_host = every;
+            (hosts, every, self.host_ver.get(&id).copied())
         };
         let m = &self.machines[h];
         let facts = HostFacts {
@@ -1030,6 +1046,7 @@ impl World {
                 inc,
                 op,
                 hosts,
+                every_host,
                 own_version,
                 facts,
                 events,

@@ -853,6 +853,7 @@ fn input(
             None => OpRead::Missing,
         },
         hosts,
+        every_host: true,
         own_version: None,
         facts: facts(UnitState::Active),
         events,
@@ -2049,4 +2050,37 @@ fn a_restarted_agent_still_refuses_a_revision_older_than_it_persisted() {
         .iter()
         .any(|a| matches!(a, Action::Wait { what } if what.contains("a replay"))));
     assert!(!acts.iter().any(|a| matches!(a, Action::RunHostStep { .. })));
+}
+
+#[test]
+fn only_a_leader_reads_every_host_and_decides_on_a_complete_reading_only() {
+    // A follower decides on its own document alone: its reads do not grow with the fleet.
+    let op = op_in(Phase::Stopping); // led by a
+    let mut c = NodeState::new("c", cfg(), None);
+    step(&mut c, input(1, Some((3, &op)), vec![], vec![]));
+    assert!(!c.wants_every_host());
+
+    // A takeover in flight asks for every host: its result may come with that reading.
+    let mut n = NodeState::new("a", cfg(), None);
+    let free = sample_op();
+    let acts = step(&mut n, input(1, Some((1, &free)), vec![], vec![]));
+    let (id, _, doc) = cas_of(&acts).expect("takes the free lease");
+    assert!(n.wants_every_host());
+    // The lease lands with a reading that still lacks the others: nothing decided on it.
+    let mut partial = input(1, Some((2, &doc)), vec![], vec![written(id, 2)]);
+    partial.every_host = false;
+    let acts = step(&mut n, partial);
+    assert_eq!(n.leading_epoch(), Some(1));
+    assert!(
+        acts.iter().all(|a| matches!(a, Action::Wait { .. })),
+        "{acts:?}"
+    );
+    assert!(n.wants_every_host());
+    // With every host's document read, it leads.
+    let acts = step(&mut n, input(1, Some((2, &doc)), vec![], vec![]));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::RunClusterStep { .. })),
+        "{acts:?}"
+    );
 }
