@@ -304,7 +304,9 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
     assert!(s == 200 || s == 201, "{v}");
     let out = fleet.cli(h, &["plan"]);
     assert!(!text(&out).contains("refused"), "{}", text(&out));
-    support.check("an older, validly signed rollback point written back: refused by plan and the agents");
+    support.check(
+        "an older, validly signed rollback point written back: refused by plan and the agents",
+    );
 
     // The upgrade fails; a snapshot taken after prepare (holding the failed state) must not
     // displace the rollback point.
