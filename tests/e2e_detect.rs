@@ -294,5 +294,43 @@ async fn a_failed_upgrade_is_flagged_and_healthy_slow_or_restarted_ones_never_ar
         "{journals}"
     );
     assert!(fleet.operation_doc().is_none(), "still no rollback");
+
+    // 5. The rollback it recommends, done; it records the failed upgrade it rolled back over,
+    // and undoing it warns that the fleet would go back to that failed state.
+    let out = fleet.cli(fleet.first(), &["start", "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        output_text(&out),
+        fleet.agent_journals()
+    );
+    let history = fleet.history().await;
+    let op = &history[0];
+    let expected = format!("{}: migration_failed ({OLD} -> {NEW})", names[0]);
+    assert_eq!(
+        op["failed_upgrade_on"],
+        serde_json::json!([expected]),
+        "{op}"
+    );
+    let op_id = op["id"].as_str().unwrap();
+    let out = fleet.cli(fleet.first(), &["start", "--undo", op_id]);
+    let text = output_text(&out);
+    fleet.log(&format!("start --undo {op_id}:\n{text}"));
+    assert!(
+        text.contains(&format!(
+            "{op_id} rolled back over a failed upgrade ({expected})"
+        )),
+        "{text}"
+    );
+    // Not carried out here: the undo is aborted before it stops anything it cannot restart.
+    if out.status.success() {
+        let out = fleet.cli(fleet.first(), &["abort", "--wait"]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            output_text(&out)
+        );
+    }
     fleet.teardown().await;
 }

@@ -246,6 +246,12 @@ pub async fn undo(cli: &Cli, op_id: &str, wait: bool) -> Result<u8> {
             ),
         ));
     };
+    if !done.failed_upgrade_on.is_empty() {
+        eprintln!(
+            "kibana-rollback: warning: {op_id} rolled back over a failed upgrade ({}): undoing it returns the fleet to that upgrade and its state, where Kibana failed; fix the cause first (`kibana-rollback status` showed the evidence)",
+            done.failed_upgrade_on.join("; ")
+        );
+    }
     if done.snapshot.repository != repository {
         return Err(exit::coded(
             exit::CONFIG,
@@ -352,6 +358,14 @@ async fn request(cli: &Cli, ctx: &Ctx, req: Request) -> Result<u8> {
     // What `start --undo` of this operation returns to.
     doc.from_version = preflight::fleet_version(&report.hosts).ok();
     doc.undoes = req.undoes.as_ref().map(|(op, _)| op.clone());
+    doc.failed_upgrade_on = report
+        .hosts
+        .iter()
+        .filter_map(|(h, d)| {
+            let found = d.as_ref()?.detection.as_ref()?;
+            Some(format!("{h}: {} ({})", found.kind.as_str(), found.change()))
+        })
+        .collect();
     coord
         .ensure_index()
         .await

@@ -545,6 +545,11 @@ pub struct OperationDoc {
     /// The done operation this one undoes (`start --undo`), informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undoes: Option<String>,
+    /// The hosts whose agents had recorded a failed upgrade when it was requested, each as
+    /// `host: kind (from -> to)`: undoing this operation returns the fleet to that state, so
+    /// `start --undo` warns. Informational.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_upgrade_on: Vec<String>,
 }
 
 impl OperationDoc {
@@ -974,6 +979,7 @@ pub(crate) mod tests {
             abort_requested: None,
             from_version: None,
             undoes: None,
+            failed_upgrade_on: vec![],
         }
     }
 

@@ -106,6 +106,7 @@ pub fn new_operation(req: NewOperation) -> Result<OperationDoc, DocError> {
         abort_requested: None,
         from_version: None,
         undoes: None,
+        failed_upgrade_on: vec![],
     })
 }
 
