@@ -32,7 +32,10 @@
 //!   ("[.kibana] Processed 1000 documents out of 250000.", `model/progress.ts`) — so a slow but
 //!   healthy migration keeps pushing the deadline out, while one that hangs silently trips it.
 //!
-//! Kibana healthy at the new version ends the watch: the upgrade worked.
+//! Kibana healthy at the new version ends the watch: the upgrade worked. A finding that stronger
+//! evidence may still replace (not available, a crash loop) leaves the watch running: a migration
+//! error seen later replaces it ([`after_verdict`]), and Kibana healthy after all withdraws it.
+//! A migration error or the start limit ends the watch.
 
 use std::time::Duration;
 
@@ -164,6 +167,79 @@ pub enum Verdict {
     Healthy,
     /// The upgrade failed.
     Failed(Detection),
+}
+
+/// What one verdict makes of what was found before: the finding to publish, whether it is
+/// the first (announced once: the webhook), and whether the watch goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterVerdict {
+    pub found: Option<Detection>,
+    pub first: bool,
+    pub watching: bool,
+    /// What changed, for the journal (`None`: nothing did).
+    pub change: Option<String>,
+}
+
+/// How strong a finding's evidence is: it is only ever replaced by a stronger one.
+fn strength(kind: DetectionKind) -> u8 {
+    match kind {
+        DetectionKind::NotAvailable => 0,
+        DetectionKind::CrashLoop => 1,
+        DetectionKind::StartLimited => 2,
+        DetectionKind::MigrationFailed => 3,
+    }
+}
+
+/// Applies `verdict` to `found` (see the module docs).
+pub fn after_verdict(found: Option<Detection>, verdict: Verdict) -> AfterVerdict {
+    match verdict {
+        Verdict::Watching => AfterVerdict {
+            found,
+            first: false,
+            watching: true,
+            change: None,
+        },
+        Verdict::Healthy => AfterVerdict {
+            change: Some(match &found {
+                Some(f) => format!(
+                    "Kibana is healthy at {} after all: the finding ({}) is withdrawn",
+                    f.to_version,
+                    f.kind.as_str()
+                ),
+                None => "Kibana is healthy at the new version: the upgrade worked".into(),
+            }),
+            found: None,
+            first: false,
+            watching: false,
+        },
+        Verdict::Failed(d) => {
+            let watching = !matches!(
+                d.kind,
+                DetectionKind::MigrationFailed | DetectionKind::StartLimited
+            );
+            match found {
+                Some(f) if strength(d.kind) <= strength(f.kind) => AfterVerdict {
+                    found: Some(f),
+                    first: false,
+                    watching,
+                    change: None,
+                },
+                before => AfterVerdict {
+                    change: Some(match &before {
+                        Some(f) => format!(
+                            "the finding is now {} (was {})",
+                            d.kind.as_str(),
+                            f.kind.as_str()
+                        ),
+                        None => format!("the upgrade failed: {}", d.kind.as_str()),
+                    }),
+                    first: before.is_none(),
+                    found: Some(d),
+                    watching,
+                },
+            }
+        }
+    }
 }
 
 /// How long a weaker failure line waits for Kibana's fatal error line (see [`Watch::failure_seen`]).
@@ -317,6 +393,43 @@ mod tests {
 
     fn v(s: &str) -> Version {
         Version::parse(s).unwrap()
+    }
+
+    fn finding(kind: DetectionKind) -> Detection {
+        Detection {
+            kind,
+            from_version: Some(v("8.14.3")),
+            to_version: v("8.15.0"),
+            since_ms: None,
+            first_error: None,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_weaker_finding_is_refined_by_stronger_evidence_or_withdrawn_when_healthy() {
+        use DetectionKind::*;
+        // Not available first (a loaded machine: the error line comes later): recorded,
+        // announced once, the watch goes on.
+        let a = after_verdict(None, Verdict::Failed(finding(NotAvailable)));
+        assert!(a.first && a.watching);
+        // The same or weaker again: kept as it was.
+        let b = after_verdict(a.found.clone(), Verdict::Failed(finding(NotAvailable)));
+        assert_eq!((b.found, b.first, b.change), (a.found.clone(), false, None));
+        // The migration error: replaces it, not announced again, the watch ends.
+        let c = after_verdict(a.found.clone(), Verdict::Failed(finding(MigrationFailed)));
+        assert_eq!(c.found.unwrap().kind, MigrationFailed);
+        assert!(!c.first && !c.watching);
+        // A slow but healthy migration flagged not available comes up after all: withdrawn.
+        let d = after_verdict(a.found, Verdict::Healthy);
+        assert!(d.found.is_none() && !d.watching);
+        assert!(d.change.unwrap().contains("withdrawn"));
+        // A crash loop is not replaced by "not available".
+        let e = after_verdict(
+            Some(finding(CrashLoop)),
+            Verdict::Failed(finding(NotAvailable)),
+        );
+        assert_eq!(e.found.unwrap().kind, CrashLoop);
     }
 
     fn watch() -> Watch {

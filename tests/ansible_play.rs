@@ -10,6 +10,9 @@
 //!    fails at the preflight and nothing is touched.
 //! 2. With the right target the play rolls the fleet back: `start --wait` ends `done`, the play
 //!    succeeds, every host runs 8.14.3, held.
+//! 3. `packaging/ansible/upgrade.yml` to 8.15.0: `prepare --wait` records the rollback point, the
+//!    upgrade's migration fails on every host, the rescue rolls the fleet back to exactly that
+//!    point (`start --wait`, no arguments) and the play fails naming the hosts.
 //!
 //! Runs as root (CI does); skips with a printed reason otherwise.
 
@@ -110,11 +113,16 @@ struct Play {
 }
 
 fn run_play(inventory: &Path, extra: &[&str]) -> Play {
+    run_playbook("rollback.yml", inventory, extra)
+}
+
+/// `ansible-playbook -i INVENTORY packaging/ansible/PLAYBOOK EXTRA...` through the test hosts.
+fn run_playbook(playbook: &str, inventory: &Path, extra: &[&str]) -> Play {
     let t = Instant::now();
     let out = Command::new(ansible_playbook())
         .arg("-i")
         .arg(inventory)
-        .arg(repo_root().join("packaging/ansible/rollback.yml"))
+        .arg(repo_root().join("packaging/ansible").join(playbook))
         .args(extra)
         .env(
             "ANSIBLE_CONNECTION_PLUGINS",
@@ -284,7 +292,8 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         .map(|(i, n)| {
             (
                 n.clone(),
-                json!({"kr_config_dropin": format!(
+                json!({"kr_kibana_status_url": format!("http://127.0.0.1:{}/api/status", ports[i]),
+                       "kr_config_dropin": format!(
                     "[kibana]\nstatus_url = \"http://127.0.0.1:{}/api/status\"\nstop_timeout = \"30s\"\nstart_timeout = \"60s\"\n\
                      [rollback]\nsnapshot_margin = \"1s\"\n\
                      [coordination]\nlease = \"6s\"\nheartbeat = \"2s\"\nbarrier_timeout = \"60s\"\nphase_timeout = \"3m\"\n",
@@ -429,6 +438,87 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         .collect();
     assert_eq!(done.len(), 1, "{hist}");
     assert_eq!(done[0]["_source"]["phase"], "done");
+
+    // 3. packaging/ansible/upgrade.yml: `prepare --wait` records the rollback point (8.14.3),
+    // the upgrade to 8.15.0 fails its migration on every host (kibana.yml still fails it), and
+    // the rescue play rolls the whole fleet back to exactly that point with no arguments. The
+    // operator's configuration for it first: no pinned snapshot, the rollback point names it.
+    let play = run_play(
+        &inventory,
+        &["--tags", "install", "-e", "kr_snapshot=latest"],
+    );
+    assert_eq!(play.code, 0, "{}", play.out);
+    let play = run_playbook(
+        "upgrade.yml",
+        &inventory,
+        &[
+            "-e",
+            &format!("kr_kibana_version={NEW}"),
+            "-e",
+            "kr_upgrade_wait_retries=8",
+            "-e",
+            "kr_upgrade_wait_delay=3",
+        ],
+    );
+    log(&format!(
+        "upgrade.yml to {NEW}: exit {} in {:.1?}",
+        play.code, play.took
+    ));
+    assert_eq!(
+        play.code, 2,
+        "the failed upgrade fails the play:\n{}",
+        play.out
+    );
+    for task in [
+        "TASK [kibana-rollback prepare --wait]",
+        &format!("TASK [Install Kibana {NEW}]"),
+        "TASK [Remember that this host did not come up]",
+        "TASK [kibana-rollback start --wait]",
+    ] {
+        assert!(play.out.contains(task), "{task}:\n{}", play.out);
+    }
+    assert!(
+        play.out
+            .contains("the fleet was rolled back to the rollback point"),
+        "{}",
+        play.out
+    );
+    for (i, h) in each() {
+        assert_eq!(installed(h), OLD, "{}", h.name);
+        let held = h.exec_ok(&["apt-mark", "showhold"]);
+        assert!(held.lines().any(|l| l == "kibana"), "{}: {held}", h.name);
+        assert_eq!(
+            kibana_status(ports[i]),
+            Some((OLD.into(), "available".into())),
+            "{}",
+            h.name
+        );
+    }
+    assert_eq!(kibana_docs().await, before, "the restored saved objects");
+    raw("POST", &format!("{index}/_refresh"), None).await;
+    let (_, hist) = raw(
+        "POST",
+        &format!("{index}/_search"),
+        Some(json!({"size": 20})),
+    )
+    .await;
+    let hits = hist["hits"]["hits"].as_array().unwrap();
+    let point = hits
+        .iter()
+        .find(|h| h["_id"] == "rollback-point")
+        .unwrap_or_else(|| panic!("prepare recorded the rollback point: {hist}"));
+    assert_eq!(point["_source"]["kibana_version"], OLD, "{point}");
+    let second: Vec<&Value> = hits
+        .iter()
+        .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
+        .filter(|h| h["_source"]["snapshot"]["name"] == point["_source"]["snapshot"]["name"])
+        .collect();
+    assert_eq!(
+        second.len(),
+        1,
+        "the rollback to the rollback point: {hist}"
+    );
+    assert_eq!(second[0]["_source"]["phase"], "done");
 
     for (_, h) in each() {
         let _ = h.exec(&[

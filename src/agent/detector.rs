@@ -17,7 +17,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::config::DetectionSettings;
-use crate::detection::{Look, StatusLook, UnitLook, Verdict, Watch};
+use crate::detection::{Look, StatusLook, UnitLook, Watch};
 use crate::fleet::Detection;
 use crate::host::journal;
 use crate::host::kibana_status::Answer;
@@ -168,36 +168,30 @@ impl Detector {
         let limit = self.settings.not_available_after;
         let watch = self.stored.watch.as_mut().expect("watching");
         let verdict = watch.look(&look, limit);
-        match verdict {
-            Verdict::Watching => {
-                self.save();
-                quiet(self)
-            }
-            Verdict::Healthy => {
-                tracing::info!("Kibana is healthy at {}: the upgrade worked", watch.to);
-                self.stored.watch = None;
-                self.save();
-                quiet(self)
-            }
-            Verdict::Failed(d) => {
-                tracing::warn!(
+        let to = watch.to.clone();
+        let after = crate::detection::after_verdict(self.stored.found.take(), verdict);
+        if let Some(change) = &after.change {
+            match &after.found {
+                Some(d) => tracing::warn!(
                     kind = d.kind.as_str(),
-                    "the upgrade of Kibana to {} failed: {}{}; rollback recommended (`kibana-rollback status` shows the evidence; run `kibana-rollback start` to roll back)",
-                    d.to_version,
+                    "{change}: the upgrade of Kibana to {to}: {}{}; rollback recommended (`kibana-rollback status` shows the evidence; run `kibana-rollback start` to roll back)",
                     d.detail,
                     d.first_error
                         .as_deref()
                         .map(|l| format!("; first error: {l}"))
                         .unwrap_or_default()
-                );
-                self.stored.watch = None;
-                self.stored.found = Some(d.clone());
-                self.save();
-                Observed {
-                    detection: Some(d),
-                    fresh: true,
-                }
+                ),
+                None => tracing::info!("{change} (Kibana {to})"),
             }
+        }
+        if !after.watching {
+            self.stored.watch = None;
+        }
+        self.stored.found = after.found.clone();
+        self.save();
+        Observed {
+            detection: after.found,
+            fresh: after.first,
         }
     }
 
