@@ -106,6 +106,34 @@ fn installed(h: &TestHost) -> String {
     h.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "kibana"])
 }
 
+/// The fleet after a rollback: every host on OLD, held, its unit active and Kibana available.
+fn assert_rolled_back<'a>(hosts: impl Iterator<Item = (usize, &'a TestHost)>, ports: &[u16]) {
+    for (i, h) in hosts {
+        assert_eq!(installed(h), OLD, "{}", h.name);
+        let held = h.exec_ok(&["apt-mark", "showhold"]);
+        assert!(held.lines().any(|l| l == "kibana"), "{}: {held}", h.name);
+        assert_eq!(unit_state(h, "kibana.service"), "active", "{}", h.name);
+        assert_eq!(
+            kibana_status(ports[i]),
+            Some((OLD.into(), "available".into())),
+            "{}",
+            h.name
+        );
+    }
+}
+
+/// The coordination index's documents, read after a refresh.
+async fn coordination_docs(index: &str) -> Vec<Value> {
+    raw("POST", &format!("{index}/_refresh"), None).await;
+    let (_, v) = raw(
+        "POST",
+        &format!("{index}/_search"),
+        Some(json!({"size": 50})),
+    )
+    .await;
+    v["hits"]["hits"].as_array().cloned().unwrap_or_default()
+}
+
 struct Play {
     code: i32,
     out: String,
@@ -410,33 +438,14 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         play.out
     );
     assert!(play.out.contains("TASK [Fleet status]"), "{}", play.out);
-    for (i, h) in each() {
-        assert_eq!(installed(h), OLD, "{}", h.name);
-        let held = h.exec_ok(&["apt-mark", "showhold"]);
-        assert!(held.lines().any(|l| l == "kibana"), "{}: {held}", h.name);
-        assert_eq!(unit_state(h, "kibana.service"), "active", "{}", h.name);
-        assert_eq!(
-            kibana_status(ports[i]),
-            Some((OLD.into(), "available".into())),
-            "{}",
-            h.name
-        );
-    }
+    assert_rolled_back(each(), &ports);
     assert_eq!(kibana_docs().await, before, "the restored saved objects");
-    raw("POST", &format!("{index}/_refresh"), None).await;
-    let (_, hist) = raw(
-        "POST",
-        &format!("{index}/_search"),
-        Some(json!({"size": 10})),
-    )
-    .await;
-    let done: Vec<&Value> = hist["hits"]["hits"]
-        .as_array()
-        .unwrap()
+    let hits = coordination_docs(&index).await;
+    let done: Vec<&Value> = hits
         .iter()
         .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
         .collect();
-    assert_eq!(done.len(), 1, "{hist}");
+    assert_eq!(done.len(), 1, "{hits:?}");
     assert_eq!(done[0]["_source"]["phase"], "done");
 
     // 3. packaging/ansible/upgrade.yml: `prepare --wait` records the rollback point (8.14.3),
@@ -483,30 +492,13 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         "{}",
         play.out
     );
-    for (i, h) in each() {
-        assert_eq!(installed(h), OLD, "{}", h.name);
-        let held = h.exec_ok(&["apt-mark", "showhold"]);
-        assert!(held.lines().any(|l| l == "kibana"), "{}: {held}", h.name);
-        assert_eq!(
-            kibana_status(ports[i]),
-            Some((OLD.into(), "available".into())),
-            "{}",
-            h.name
-        );
-    }
+    assert_rolled_back(each(), &ports);
     assert_eq!(kibana_docs().await, before, "the restored saved objects");
-    raw("POST", &format!("{index}/_refresh"), None).await;
-    let (_, hist) = raw(
-        "POST",
-        &format!("{index}/_search"),
-        Some(json!({"size": 20})),
-    )
-    .await;
-    let hits = hist["hits"]["hits"].as_array().unwrap();
+    let hits = coordination_docs(&index).await;
     let point = hits
         .iter()
         .find(|h| h["_id"] == "rollback-point")
-        .unwrap_or_else(|| panic!("prepare recorded the rollback point: {hist}"));
+        .unwrap_or_else(|| panic!("prepare recorded the rollback point: {hits:?}"));
     assert_eq!(point["_source"]["kibana_version"], OLD, "{point}");
     let second: Vec<&Value> = hits
         .iter()
@@ -516,7 +508,7 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
     assert_eq!(
         second.len(),
         1,
-        "the rollback to the rollback point: {hist}"
+        "the rollback to the rollback point: {hits:?}"
     );
     assert_eq!(second[0]["_source"]["phase"], "done");
 

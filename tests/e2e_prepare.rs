@@ -229,22 +229,8 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
     // A forged rollback point (valid-looking, unsigned change) is refused, then replaced.
     let mut forged = point.clone();
     forged["kibana_version"] = json!("8.13.0");
-    let (s, v) = fleet
-        .cluster
-        .raw(
-            "PUT",
-            &format!("{}/_doc/rollback-point?refresh=true", fleet.index),
-            Some(forged),
-        )
-        .await;
-    assert!(s == 200 || s == 201, "{v}");
-    let out = fleet.cli(h, &["plan"]);
-    let t = text(&out);
-    assert_eq!(code(&out), Some(1), "{t}");
-    assert!(
-        t.contains("rollback point is refused") && t.contains("forged or altered"),
-        "{t}"
-    );
+    put_rollback_point(&fleet, forged).await;
+    plan_refuses_the_point(&fleet, "forged or altered");
     let out = fleet.cli(h, &["prepare"]);
     let t = text(&out);
     assert_eq!(code(&out), Some(0), "{t}");
@@ -274,19 +260,8 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
             },
         );
     }
-    let point_path = format!("{}/_doc/rollback-point?refresh=true", fleet.index);
-    let (s, v) = fleet
-        .cluster
-        .raw("PUT", &point_path, Some(first_point))
-        .await;
-    assert!(s == 200 || s == 201, "{v}");
-    let out = fleet.cli(h, &["plan"]);
-    let t = text(&out);
-    assert_eq!(code(&out), Some(1), "{t}");
-    assert!(
-        t.contains("rollback point is refused") && t.contains("written back"),
-        "{t}"
-    );
+    put_rollback_point(&fleet, first_point).await;
+    plan_refuses_the_point(&fleet, "written back");
     let second = fleet.host(1);
     wait_for(
         &format!("{}'s agent to report the replay", second.name),
@@ -297,11 +272,7 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
                 .contains("an old rollback point was written back")
         },
     );
-    let (s, v) = fleet
-        .cluster
-        .raw("PUT", &point_path, Some(point.clone()))
-        .await;
-    assert!(s == 200 || s == 201, "{v}");
+    put_rollback_point(&fleet, point.clone()).await;
     let out = fleet.cli(h, &["plan"]);
     assert!(!text(&out).contains("refused"), "{}", text(&out));
     support.check(
@@ -566,6 +537,30 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
     support.check("start --undo: back to the upgraded version from the rollback's safety snapshot, done, one more restore");
     support.pass();
     fleet.teardown().await;
+}
+
+/// Writes `doc` as the rollback point, as anyone who can write the coordination index could.
+async fn put_rollback_point(fleet: &fleet::Fleet, doc: Value) {
+    let (s, v) = fleet
+        .cluster
+        .raw(
+            "PUT",
+            &format!("{}/_doc/rollback-point?refresh=true", fleet.index),
+            Some(doc),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+}
+
+/// `plan` fails (1), refusing the stored rollback point for `why`.
+fn plan_refuses_the_point(fleet: &fleet::Fleet, why: &str) {
+    let out = fleet.cli(fleet.first(), &["plan"]);
+    let t = text(&out);
+    assert_eq!(code(&out), Some(1), "{t}");
+    assert!(
+        t.contains("rollback point is refused") && t.contains(why),
+        "{t}"
+    );
 }
 
 /// `prepare` until it passes: right after the agents were restarted or a package changed, the
