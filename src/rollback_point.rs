@@ -379,7 +379,10 @@ mod tests {
         let Recency::Replayed(why) = recency(&first, Some(&seen)) else {
             panic!("the older point is a replay");
         };
-        assert!(why.contains("20261201t170000") && why.contains("written back"), "{why}");
+        assert!(
+            why.contains("20261201t170000") && why.contains("written back"),
+            "{why}"
+        );
         // Another snapshot of the same instant is not the trusted one either.
         let mut twin = second.clone();
         twin.snapshot.uuid = "u3".into();
