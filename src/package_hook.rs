@@ -1,6 +1,6 @@
 //! The package-manager hook's pure part: reading what apt says it is about to do
-//! (`DPkg::Pre-Install-Pkgs` with `DPkg::Tools::Options::<cmd>::Version` 2 or 3), finding the
-//! Kibana package changing version in it, and deciding what that change needs before dpkg may
+//! (`DPkg::Pre-Install-Pkgs` with `DPkg::Tools::Options::<cmd>::Version` 2 or 3) or what the dnf
+//! plugin (packaging/dnf) passes on, finding the Kibana package changing version in it, and deciding what that change needs before dpkg may
 //! unpack it: nothing (the agent's own reinstall during a rollback, or a rollback point that
 //! already describes the installed version), or `prepare`. The CLI (`package-hook`) does the
 //! reading and the acting; nothing here touches the network, the clock or a file.
@@ -20,9 +20,9 @@ pub const LOCK_DOC_ID: &str = "prepare-lock";
 /// run: `refuse`, `warn` or `off`.
 pub const ENV_OVERRIDE: &str = "KIBANA_ROLLBACK_HOOK";
 
-/// What one line of apt's hook protocol says about one package.
+/// What one line of apt's hook protocol (or the dnf plugin's) says about one package.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AptAction {
+pub struct PackageAction {
     pub package: String,
     /// The installed version; `None` when it is not installed.
     pub old: Option<String>,
@@ -34,10 +34,11 @@ pub struct AptAction {
     pub action: String,
 }
 
-impl AptAction {
-    /// An unpack of a .deb (what dpkg is about to do first), as opposed to a configure or remove.
+impl PackageAction {
+    /// An unpack (apt: of a .deb, what dpkg is about to do first; dnf: an inbound package), as
+    /// opposed to a configure or remove.
     pub fn is_unpack(&self) -> bool {
-        self.action.starts_with('/')
+        !matches!(self.action.as_str(), "**CONFIGURE**" | "**REMOVE**")
     }
 }
 
@@ -45,7 +46,7 @@ impl AptAction {
 /// lines up to an empty line, then one line per action (apt-pkg/deb/dpkgpm.cc,
 /// `pkgDPkgPM::SendPkgsInfo`): v2 `pkg old cmp new action`, v3
 /// `pkg old arch multiarch cmp new arch multiarch action`, `-` for a missing version.
-pub fn parse_apt(input: &str) -> Result<Vec<AptAction>, String> {
+pub fn parse_apt(input: &str) -> Result<Vec<PackageAction>, String> {
     let mut lines = input.lines();
     let version = match lines.next().map(str::trim) {
         Some(l) if l.starts_with("VERSION ") => l["VERSION ".len()..]
@@ -95,7 +96,7 @@ pub fn parse_apt(input: &str) -> Result<Vec<AptAction>, String> {
                 ))
             }
         };
-        actions.push(AptAction {
+        actions.push(PackageAction {
             package: f[0].to_string(),
             old: version_or_none(f[1]),
             new: version_or_none(f[new_at]),
@@ -104,6 +105,35 @@ pub fn parse_apt(input: &str) -> Result<Vec<AptAction>, String> {
         });
     }
     Ok(actions)
+}
+
+/// Parses the dnf plugin's input (packaging/dnf/kibana_rollback.py): one line per package the
+/// transaction installs, `NAME INSTALLED NEW`, `-` for not installed.
+pub fn parse_dnf(input: &str) -> Result<Vec<PackageAction>, String> {
+    input
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [package, old, new] = f[..] else {
+                return Err(format!(
+                    "the dnf plugin's line {l:?} is not \"NAME INSTALLED NEW\""
+                ));
+            };
+            let old = (old != "-").then(|| old.to_string());
+            Ok(PackageAction {
+                package: package.to_string(),
+                compare: if old.as_deref() == Some(new) {
+                    '='
+                } else {
+                    '<'
+                },
+                old,
+                new: Some(new.to_string()),
+                action: "**INSTALL**".into(),
+            })
+        })
+        .collect()
 }
 
 /// The installed package changing to another version: what needs a rollback point first.
@@ -116,7 +146,7 @@ pub struct VersionChange {
 /// The unpack of `package` at another version than the installed one, if apt is about to do
 /// one. A first install (nothing installed, nothing to roll back to), a reinstall of the same
 /// version, a removal and a configure are none.
-pub fn version_change(actions: &[AptAction], package: &str) -> Option<VersionChange> {
+pub fn version_change(actions: &[PackageAction], package: &str) -> Option<VersionChange> {
     actions
         .iter()
         .filter(|a| a.package == package && a.is_unpack() && a.compare != '=')
@@ -251,7 +281,7 @@ mod tests {
         assert_eq!(a.len(), 4);
         assert_eq!(
             a[0],
-            AptAction {
+            PackageAction {
                 package: "kibana".into(),
                 old: Some("8.14.3".into()),
                 new: Some("8.15.0".into()),
@@ -312,6 +342,23 @@ mod tests {
         assert!(short.contains("has 5 fields"), "{short}");
         let cmp = parse_apt("VERSION 2\n\nkibana 8.14.3 ? 8.15.0 /x.deb\n").unwrap_err();
         assert!(cmp.contains("comparison"), "{cmp}");
+    }
+
+    #[test]
+    fn the_dnf_plugins_lines_are_read_like_apts() {
+        let a = parse_dnf("kibana 8.14.3 8.15.0\nkr-test-base - 1.0\nfoo 2 2\n").unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            version_change(&a, "kibana"),
+            Some(VersionChange {
+                old: "8.14.3".into(),
+                new: "8.15.0".into()
+            })
+        );
+        assert_eq!(version_change(&a, "kr-test-base"), None, "a first install");
+        assert_eq!(version_change(&a, "foo"), None, "a reinstall");
+        let e = parse_dnf("kibana 8.14.3\n").unwrap_err();
+        assert!(e.contains("NAME INSTALLED NEW"), "{e}");
     }
 
     fn change(old: &str, new: &str) -> VersionChange {

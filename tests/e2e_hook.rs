@@ -109,11 +109,6 @@ async fn the_apt_hook_takes_a_rollback_point_before_dpkg_unpacks_and_refuses_wit
         prepared_out.contains("rollback point recorded: Kibana 8.14.3"),
         "{prepared_out}"
     );
-    assert!(
-        other.contains("is preparing the fleet's rollback point") && other.contains("joined")
-            || other.contains("rollback point current"),
-        "the other joins it: {other}"
-    );
     let point = fleet
         .cluster
         .get(&format!("{}/_doc/rollback-point", fleet.index))
@@ -121,6 +116,13 @@ async fn the_apt_hook_takes_a_rollback_point_before_dpkg_unpacks_and_refuses_wit
     let point = &point["_source"];
     assert_eq!(point["kibana_version"], OLD, "{point}");
     let snap = point["snapshot"]["name"].as_str().unwrap().to_string();
+    assert!(
+        other.contains("is preparing the fleet's rollback point")
+            && other.contains("joined")
+            && other.contains(&snap)
+            || other.contains("the rollback point for Kibana 8.14.3 is current"),
+        "the other joins it: {other}"
+    );
     let snaps = fleet
         .cluster
         .get(&format!("_snapshot/{}/kibana-rollback-point-*", fleet.repo))
@@ -246,6 +248,27 @@ async fn the_apt_hook_takes_a_rollback_point_before_dpkg_unpacks_and_refuses_wit
         "the rollback's own reinstalls pass the hook, recognised against the operation; done in {:.1}s",
         started.elapsed().as_secs_f64()
     ));
+
+    // (d) Upgrading again after the rollback: the point still describes the fleet (OLD, the
+    // same hosts, its snapshot intact), so the hook names it and takes nothing.
+    let h = fleet.first();
+    h.exec_ok(&["systemctl", "stop", "kibana.service"]);
+    let what = format!("kibana={NEW}");
+    let out = h.exec(&apt_install_cmd(
+        &[],
+        &["--allow-change-held-packages"],
+        &what,
+    ));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("kibana-rollback: the rollback point for Kibana 8.14.3 is current")
+            && t.contains(&snap)
+            && !t.contains("preparing one"),
+        "{t}"
+    );
+    assert_eq!(installed(h), NEW);
+    support.check("upgrading again with the rollback point current: named, nothing taken");
     support.pass();
     fleet.teardown().await;
 }

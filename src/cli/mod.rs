@@ -182,6 +182,8 @@ pub enum Command {
 pub enum HookManager {
     /// apt's `DPkg::Pre-Install-Pkgs`, protocol version 2 or 3 on stdin.
     Apt,
+    /// The dnf plugin's pre_transaction: `NAME INSTALLED NEW` lines on stdin.
+    Dnf,
 }
 
 /// Parses the command line. The hidden `generate-docs DIR` (packaging/build) is handled here: it
@@ -279,9 +281,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,
-        Command::PackageHook {
-            manager: HookManager::Apt,
-        } => package_hook::apt(&cli).await,
+        Command::PackageHook { manager } => package_hook::run(&cli, manager).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `package-hook apt`, which apt runs before dpkg unpacks anything (`DPkg::Pre-Install-Pkgs` in
-//! /etc/apt/apt.conf.d/20kibana-rollback, protocol version 3 on stdin): when the kibana package
-//! is about to change version it makes sure a rollback point for the installed version exists
+//! /etc/apt/apt.conf.d/20kibana-rollback, protocol version 3 on stdin), and `package-hook dnf`,
+//! which the dnf plugin runs before the rpm transaction: when the kibana package is about to
+//! change version it makes sure a rollback point for the installed version exists
 //! first, holding the transaction until it does. The decisions are
 //! [`kibana_rollback::package_hook`]'s; this file reads (apt's input, the operation, the rollback
 //! point), runs `prepare --wait` (the same code, [`super::prepare::run`]) or joins another host's
@@ -21,11 +22,11 @@ use kibana_rollback::package_hook::{
 use kibana_rollback::rollback_point::{self, Freshness};
 
 use super::context::{point_seen, requested_by, Ctx};
-use super::Cli;
+use super::{Cli, HookManager};
 
 const PREFIX: &str = "kibana-rollback";
 
-pub async fn apt(cli: &Cli) -> Result<u8> {
+pub async fn run(cli: &Cli, manager: &HookManager) -> Result<u8> {
     // apt ignores SIGINT and SIGQUIT while its hooks run, and the hook inherits that: restore
     // them, so that Ctrl-C stops a hook that waits (apt then stops too, nothing unpacked).
     for s in [
@@ -68,11 +69,22 @@ pub async fn apt(cli: &Cli) -> Result<u8> {
         .map(|l| l.settings.kibana.package.clone())
         .unwrap_or_else(|_| "kibana".into());
     let actions = match read
-        .map_err(|e| format!("reading apt's hook input: {e}"))
-        .and_then(|_| package_hook::parse_apt(&input))
-    {
+        .map_err(|e| format!("reading the package manager's hook input: {e}"))
+        .and_then(|_| match manager {
+            HookManager::Apt => package_hook::parse_apt(&input),
+            HookManager::Dnf => package_hook::parse_dnf(&input),
+        }) {
         Ok(a) => a,
-        Err(why) => return Ok(fail(mode, env.is_some(), None, exit::SOFTWARE, &why)),
+        Err(why) => {
+            return Ok(fail(
+                manager,
+                mode,
+                env.is_some(),
+                None,
+                exit::SOFTWARE,
+                &why,
+            ))
+        }
     };
     let Some(change) = package_hook::version_change(&actions, &package) else {
         return Ok(exit::OK); // kibana does not change version: nothing to say
@@ -81,6 +93,7 @@ pub async fn apt(cli: &Cli) -> Result<u8> {
         Ok(l) => l,
         Err(e) => {
             return Ok(fail(
+                manager,
                 mode,
                 env.is_some(),
                 Some(&change),
@@ -95,7 +108,11 @@ pub async fn apt(cli: &Cli) -> Result<u8> {
         Ok(es) => {
             let ctx = Ctx { loaded, es };
             let deadline = std::time::Instant::now() + timeout;
-            match tokio::time::timeout(timeout, guard(cli, &ctx, &change, &waiting, deadline)).await
+            match tokio::time::timeout(
+                timeout,
+                guard(cli, manager, &ctx, &change, &waiting, deadline),
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(_) => Err(exit::coded(
@@ -113,6 +130,7 @@ pub async fn apt(cli: &Cli) -> Result<u8> {
     match outcome {
         Ok(()) => Ok(exit::OK),
         Err(e) => Ok(fail(
+            manager,
             mode,
             env.is_some(),
             Some(&change),
@@ -124,7 +142,14 @@ pub async fn apt(cli: &Cli) -> Result<u8> {
 
 /// The one line for a failure, and the exit status for apt: refused (non-zero) or let through
 /// with a warning (0).
-fn fail(mode: Mode, from_env: bool, change: Option<&VersionChange>, code: u8, why: &str) -> u8 {
+fn fail(
+    manager: &HookManager,
+    mode: Mode,
+    from_env: bool,
+    change: Option<&VersionChange>,
+    code: u8,
+    why: &str,
+) -> u8 {
     let what = match change {
         Some(c) => format!("kibana {} → {}", c.old, c.new),
         None => "the package transaction".into(),
@@ -144,8 +169,9 @@ fn fail(mode: Mode, from_env: bool, change: Option<&VersionChange>, code: u8, wh
         _ => {
             eprintln!(
                 "{PREFIX}: refusing {what}: no rollback point for the installed version: {why}; \
-                 fix that and run apt again, or let this one through: {ENV_OVERRIDE}=warn apt-get ... \
-                 (for good: package_hook.on_failure = \"warn\")"
+                 fix that and try again, or let this one through: {ENV_OVERRIDE}=warn {} ... \
+                 (for good: package_hook.on_failure = \"warn\")",
+                command(manager)
             );
             if code == exit::OK {
                 exit::FAILED
@@ -159,6 +185,7 @@ fn fail(mode: Mode, from_env: bool, change: Option<&VersionChange>, code: u8, wh
 /// Makes sure of a rollback point for `change.old`, or that `change` is the agent's own.
 async fn guard(
     cli: &Cli,
+    manager: &HookManager,
     ctx: &Ctx,
     change: &VersionChange,
     waiting: &RefCell<String>,
@@ -180,7 +207,11 @@ async fn guard(
             Ok(())
         }
         Decision::PointCurrent => {
-            eprintln!("{PREFIX}: {}", current_line(ctx).await?);
+            eprintln!(
+                "{PREFIX}: the rollback point for Kibana {} is current: {}",
+                change.old,
+                describe_point(ctx).await?
+            );
             Ok(())
         }
         Decision::OperationRunning => {
@@ -195,7 +226,7 @@ async fn guard(
             ))
         }
         Decision::Prepare { why } => {
-            prepare_or_join(cli, ctx, change, why, waiting, deadline).await
+            prepare_or_join(cli, manager, ctx, change, why, waiting, deadline).await
         }
     }
 }
@@ -247,22 +278,23 @@ async fn freshness(ctx: &Ctx, change: &VersionChange) -> Result<Option<Freshness
     )))
 }
 
-async fn current_line(ctx: &Ctx) -> Result<String> {
+/// The stored rollback point, described for the line that names it.
+async fn describe_point(ctx: &Ctx) -> Result<String> {
     let point = ctx
         .coord()
         .trusted_rollback_point(point_seen(ctx.settings()).as_ref())
         .await
         .context("reading the rollback point")?;
-    Ok(match point {
-        Some(p) => format!("rollback point current: {}", p.describe()),
-        None => "rollback point current".into(),
-    })
+    Ok(point
+        .map(|p| p.describe())
+        .unwrap_or_else(|| "(gone since)".into()))
 }
 
 /// Runs prepare under the `prepare-lock`, or waits for the host that holds it and joins its
 /// rollback point.
 async fn prepare_or_join(
     cli: &Cli,
+    manager: &HookManager,
     ctx: &Ctx,
     change: &VersionChange,
     why: Option<String>,
@@ -293,9 +325,13 @@ async fn prepare_or_join(
             .context("taking the prepare lock")?
         {
             eprintln!(
-                "{PREFIX}: no rollback point for Kibana {}{}: preparing one for the fleet before dpkg unpacks kibana {}",
+                "{PREFIX}: no rollback point for Kibana {}{}: preparing one for the fleet before {} kibana {}",
                 change.old,
                 why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default(),
+                match manager {
+                    HookManager::Apt => "dpkg unpacks",
+                    HookManager::Dnf => "rpm installs",
+                },
                 change.new
             );
             *waiting.borrow_mut() =
@@ -347,12 +383,20 @@ async fn prepare_or_join(
         }
         if let Some(Freshness::Current) = freshness(ctx, change).await? {
             eprintln!(
-                "{PREFIX}: joined {}'s {}",
+                "{PREFIX}: joined {}'s rollback point: {}",
                 held.doc.host_id,
-                current_line(ctx).await?
+                describe_point(ctx).await?
             );
             return Ok(());
         }
+    }
+}
+
+/// The command an admin ran, for the override's example.
+fn command(manager: &HookManager) -> &'static str {
+    match manager {
+        HookManager::Apt => "apt-get",
+        HookManager::Dnf => "dnf",
     }
 }
 
