@@ -204,8 +204,7 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         "/usr/share/bash-completion/completions/kibana-rollback",
         "/usr/share/zsh/vendor-completions/_kibana-rollback",
         "/usr/share/fish/vendor_completions.d/kibana-rollback.fish",
-        DNF_PLUGIN,
-        DNF_PLUGIN_CONF,
+        APT_HOOK,
     ];
     let mut expected = vec![
         "755 root:root regular file",

@@ -196,8 +196,14 @@ async fn guard(
     let host = &settings.coordination.host_id;
     *waiting.borrow_mut() = "Elasticsearch (the operation document)".into();
     let op = coord.operation().await.context("reading the operation")?;
-    *waiting.borrow_mut() = "Elasticsearch (the rollback point)".into();
-    let fresh = freshness(ctx, change).await?;
+    // While an operation runs the point does not matter (and reading it could only make the
+    // agent's own reinstall fail): the operation decides.
+    let fresh = if op.as_ref().is_some_and(|o| !o.doc.phase.is_terminal()) {
+        None
+    } else {
+        *waiting.borrow_mut() = "Elasticsearch (the rollback point)".into();
+        freshness(ctx, change).await?
+    };
     match package_hook::decide(change, host, op.as_ref().map(|v| &v.doc), fresh.as_ref()) {
         Decision::AgentReinstall { operation } => {
             eprintln!(
