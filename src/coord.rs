@@ -429,6 +429,63 @@ impl<'a> Coord<'a> {
             .collect())
     }
 
+    /// Takes the package hooks' prepare lock ([`crate::package_hook::LOCK_DOC_ID`]): its version
+    /// when created, `None` when another hook holds it.
+    pub async fn create_prepare_lock(
+        &self,
+        lock: &crate::package_hook::PrepareLock,
+    ) -> Result<Option<DocVersion>, EsError> {
+        match self
+            .es
+            .create_doc(
+                self.index,
+                crate::package_hook::LOCK_DOC_ID,
+                &self.seal(lock),
+            )
+            .await
+        {
+            Ok(w) => Ok(Some(version(w))),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The prepare lock as stored, with its version (one that does not verify is
+    /// [`EsError::Untrusted`]).
+    pub async fn prepare_lock(
+        &self,
+    ) -> Result<Option<fleet::Versioned<crate::package_hook::PrepareLock>>, EsError> {
+        let id = crate::package_hook::LOCK_DOC_ID;
+        let Some(raw) = self.es.get_doc::<serde_json::Value>(self.index, id).await? else {
+            return Ok(None);
+        };
+        let v = to_fleet(raw);
+        let doc = self.open(id, v.doc)?;
+        Ok(Some(fleet::Versioned {
+            seq_no: v.seq_no,
+            primary_term: v.primary_term,
+            doc,
+        }))
+    }
+
+    /// Removes the prepare lock if it is still at `expected` (a lock already gone or replaced
+    /// is left alone).
+    pub async fn release_prepare_lock(&self, expected: DocVersion) -> Result<(), EsError> {
+        match self
+            .es
+            .cas_delete(
+                self.index,
+                crate::package_hook::LOCK_DOC_ID,
+                expected.seq_no as i64,
+                expected.primary_term as i64,
+            )
+            .await
+        {
+            Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     /// Makes near-real-time listings (registered hosts, history) see the latest writes. Best
     /// effort: a key without the `maintenance` privilege lists what is searchable already.
     pub async fn refresh(&self) {

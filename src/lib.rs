@@ -4,7 +4,8 @@
 //! hold Kibana's rules for versions and eligible snapshots, `host` acts on the local machine
 //! (systemd, package manager, Kibana's status), `preflight` holds the one implementation of the
 //! checks before a rollback (and before `prepare`), `rollback_point` what `prepare` records,
-//! `exit` holds the documented exit codes.
+//! `package_hook` what the apt hook decides before Kibana changes version, `exit` holds the
+//! documented exit codes.
 
 pub mod agent;
 pub mod compat;
@@ -19,6 +20,7 @@ pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod package_hook;
 pub mod preflight;
 pub mod rollback_point;
 pub mod snapshots;

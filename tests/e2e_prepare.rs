@@ -22,7 +22,7 @@ mod testbed;
 
 use std::time::Duration;
 
-use fleet::{install, unit_state, wait_for, Spec, Support, AGENT_BIN};
+use fleet::{install_unguarded, unit_state, wait_for, Spec, Support, AGENT_BIN};
 use serde_json::{json, Value};
 
 const OLD: &str = "8.14.3";
@@ -94,7 +94,8 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
     // masked, so that the package's restart starts nothing and nothing migrates).
     second.exec_ok(&["systemctl", "stop", "kibana.service"]);
     second.exec_ok(&["systemctl", "mask", "--runtime", "kibana.service"]);
-    install(second, NEW);
+    // (The package hook off: this is a fleet made inconsistent by hand, not an upgrade.)
+    install_unguarded(second, NEW);
     second.exec_ok(&["systemctl", "unmask", "--runtime", "kibana.service"]);
     let mixed = format!("{} {NEW}", second.name);
     let host_doc = format!("{}/_doc/host-{}", fleet.index, second.name);
@@ -116,7 +117,7 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
         t.contains("more than one Kibana version") && t.contains(&format!("{} {OLD}", h.name)),
         "{t}"
     );
-    install(second, OLD);
+    install_unguarded(second, OLD);
     second.exec_ok(&["systemctl", "restart", "kibana.service"]);
     fleet.wait_available(1, OLD);
     assert!(fleet.operation_doc().is_none());

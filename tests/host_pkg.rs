@@ -818,3 +818,111 @@ async fn dnf5_is_refused_with_a_clear_message() {
         assert_eq!(pm.kind(), PkgKind::Dnf, "dnf 4 is accepted");
     }
 }
+
+/// The dnf plugin (packaging/dnf/kibana_rollback.py) as the rpm ships it, loaded by real dnf 4
+/// (`--setopt=pluginpath=`, its conf naming the binary under test), with Elasticsearch
+/// unreachable: a first install passes without asking it, the upgrade is refused before rpm
+/// changes anything (one line naming the cause and the override), and
+/// `KIBANA_ROLLBACK_HOOK=warn` lets it through with a warning. (The rollback point itself, the
+/// join and the agent's own reinstall are the apt hook's e2e test, tests/e2e_hook.rs: the same
+/// `package-hook` code after the input is read.)
+#[tokio::test]
+async fn dnf_plugin_refuses_an_upgrade_it_cannot_make_a_rollback_point_for() {
+    if skip_unless_root("dnf_plugin_refuses_an_upgrade_it_cannot_make_a_rollback_point_for") {
+        return;
+    }
+    let t = Instant::now();
+    let env = DnfRoot::new("hook");
+    let plugins = env.dir.join("hook-plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        manifest_dir().join("packaging/dnf/kibana_rollback.py"),
+        plugins.join("kibana_rollback.py"),
+    )
+    .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // bound and dropped: nothing listens there now
+    let config = env.dir.join("hook-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[elasticsearch]\nhosts = [\"http://127.0.0.1:{closed}\"]\n[rollback]\nrepository = \"r\"\n\
+             [coordination]\nhost_id = \"dnf-hook\"\nstate_dir = \"{}\"\n",
+            env.dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let shipped =
+        std::fs::read_to_string(manifest_dir().join("packaging/dnf/kibana_rollback.conf")).unwrap();
+    assert!(shipped.contains("enabled = 1"), "{shipped}");
+    std::fs::write(
+        env.dir.join("plugins/kibana_rollback.conf"),
+        format!(
+            "{shipped}command = {} --config {} package-hook dnf\n",
+            env!("CARGO_BIN_EXE_kibana-rollback"),
+            config.display()
+        ),
+    )
+    .unwrap();
+    let dnf = |extra_env: &[(&str, &str)], what: &str| {
+        let mut cmd = Command::new("dnf");
+        cmd.args(env.extra_args())
+            .arg(format!("--setopt=pluginpath={}", plugins.display()))
+            .args(["-y", "install", what])
+            .env("LC_ALL", "C")
+            .env_remove("KIBANA_ROLLBACK_HOOK");
+        for (k, val) in extra_env {
+            cmd.env(k, val);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let installed = || {
+        let out = Command::new("rpm")
+            .arg(format!("--root={}", env.installroot().display()))
+            .args(["-q", "--qf", "%{VERSION}", "kibana"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    // A first install changes no version: passed without asking Elasticsearch.
+    let (ok, text) = dnf(&[], "kibana-8.14.3-1");
+    assert!(ok, "{text}");
+    assert!(!text.contains("kibana-rollback:"), "{text}");
+    assert_eq!(installed(), "8.14.3");
+
+    // The upgrade: refused before rpm ran, naming the cause and the override.
+    let (ok, text) = dnf(&[], "kibana-8.15.0-1");
+    assert!(!ok, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kibana-rollback: refusing kibana 8.14.3 → 8.15.0"))
+        .unwrap_or_else(|| panic!("the refusal line: {text}"));
+    assert!(
+        line.contains("unreachable")
+            && line.contains(&closed.to_string())
+            && line.contains("KIBANA_ROLLBACK_HOOK=warn dnf ..."),
+        "{line}"
+    );
+    assert!(
+        text.contains("the package hook refused the transaction (exit 69"),
+        "dnf names the plugin's refusal: {text}"
+    );
+    assert_eq!(installed(), "8.14.3", "nothing installed");
+
+    // The override, once.
+    let (ok, text) = dnf(&[("KIBANA_ROLLBACK_HOOK", "warn")], "kibana-8.15.0-1");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("kibana-rollback: warning: kibana 8.14.3 → 8.15.0 goes ahead WITHOUT a rollback point (KIBANA_ROLLBACK_HOOK=warn)"),
+        "{text}"
+    );
+    assert_eq!(installed(), "8.15.0");
+    println!("TIMING dnf plugin: {:?}", t.elapsed());
+}

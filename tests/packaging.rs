@@ -28,9 +28,25 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_kibana-rollback");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const CONF: &str = "/etc/kibana-rollback/config.toml";
+/// The package hook's apt snippet (deb) and dnf plugin with its conf (rpm).
+const APT_HOOK: &str = "/etc/apt/apt.conf.d/20kibana-rollback";
+const DNF_PLUGIN: &str = "/usr/lib/kibana-rollback/dnf-plugin/kibana_rollback.py";
+const DNF_PLUGIN_CONF: &str = "/etc/dnf/plugins/kibana_rollback.conf";
+
 const AGENT: &str = "kibana-rollbackd.service";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/kibana-rollbackd.service";
+
+/// The plugin directory of the Python that runs dnf 4 on `h` (`None`: no dnf 4 there).
+fn dnf_plugin_dir(h: &TestHost) -> Option<String> {
+    let out = h.exec(&[
+        "sh",
+        "-c",
+        "py=$(sed -n '1s/^#! *\\([^ ]*\\).*/\\1/p' /usr/bin/dnf) && \"$py\" -c 'import os, dnf; print(os.path.join(os.path.dirname(os.path.dirname(dnf.__file__)), \"dnf-plugins\"))'",
+    ]);
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !dir.is_empty()).then_some(dir)
+}
 
 /// Runs `packaging/build KIND --binary <debug binary> [EXTRA] --out DIR`; returns the package's
 /// path.
@@ -188,6 +204,7 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         "/usr/share/bash-completion/completions/kibana-rollback",
         "/usr/share/zsh/vendor-completions/_kibana-rollback",
         "/usr/share/fish/vendor_completions.d/kibana-rollback.fish",
+        APT_HOOK,
     ];
     let mut expected = vec![
         "755 root:root regular file",
@@ -215,9 +232,18 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         format!("{VERSION} install ok installed")
     );
     let conffiles = h.exec_ok(&["dpkg-query", "-W", "-f", "${Conffiles}", "kibana-rollback"]);
+    let names: Vec<&str> = conffiles
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, vec![CONF, APT_HOOK], "conffiles: {conffiles}");
+    assert!(!conffiles.contains("obsolete"), "conffiles: {conffiles}");
+    // apt reads the hook as the snippet says: protocol version 3 for the binary's command.
+    let apt = h.exec_ok(&["apt-config", "dump"]);
     assert!(
-        conffiles.trim().starts_with(CONF) && !conffiles.contains("obsolete"),
-        "conffiles: {conffiles}"
+        apt.contains("DPkg::Pre-Install-Pkgs:: \"/usr/bin/kibana-rollback package-hook apt || [ ! -e /usr/bin/kibana-rollback ]\";")
+            && apt.contains("DPkg::Tools::Options::/usr/bin/kibana-rollback::Version \"3\";"),
+        "{apt}"
     );
     assert_eq!(
         sh(h, "cmp /etc/kibana-rollback/config.toml /usr/share/doc/kibana-rollback/config.toml && echo same").trim(),
@@ -422,9 +448,26 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     );
     assert_eq!(h.exec_ok(&["cat", CONF]), edited);
     assert!(exists(h, "/var/lib/kibana-rollback"));
+    // The package hook's snippet stays too (a conffile), and with the binary gone it lets apt
+    // work: the reinstallation goes through apt, which runs the hook first.
+    assert!(exists(h, APT_HOOK));
 
     // Reinstalling after a removal: enabled as before, not started.
-    dpkg_i();
+    let out = h.exec(&[
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "/root/kibana-rollback.deb",
+    ]);
+    assert!(
+        out.status.success(),
+        "apt with the hook's snippet left behind: {}",
+        text(&out)
+    );
     assert_eq!(is_enabled(h), "enabled");
     assert_eq!(unit_prop(h, AGENT, "ActiveState"), "inactive");
     assert_eq!(h.exec_ok(&["cat", CONF]), edited);
@@ -446,6 +489,7 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         CONF,
         "/etc/kibana-rollback",
         "/var/lib/systemd/deb-systemd-helper-enabled/kibana-rollbackd.service.dsh-also",
+        APT_HOOK,
     ] {
         assert!(!exists(h, p), "{p} left after purge");
     }
@@ -529,7 +573,10 @@ fn rpm_layout_requires_and_scriptlets() {
                 .collect::<Vec<_>>()
         });
     eprintln!("rpm requires glibc >= {}", glibc.unwrap_or("?"));
-    assert_eq!(q(&["--configfiles"]).trim(), CONF);
+    assert_eq!(
+        q(&["--configfiles"]).trim(),
+        format!("{DNF_PLUGIN_CONF}\n{CONF}")
+    );
 
     let hosts = boot("r");
     let h = hosts.get(&format!("pkg{}r", std::process::id()));
@@ -550,6 +597,8 @@ fn rpm_layout_requires_and_scriptlets() {
         "/usr/share/bash-completion/completions/kibana-rollback",
         "/usr/share/zsh/site-functions/_kibana-rollback",
         "/usr/share/fish/vendor_completions.d/kibana-rollback.fish",
+        DNF_PLUGIN,
+        DNF_PLUGIN_CONF,
     ];
     let mut expected = vec![
         "755 root:root regular file",
@@ -564,6 +613,20 @@ fn rpm_layout_requires_and_scriptlets() {
     assert_manual_and_completion(h);
     let verify = h.exec(&["rpm", "-V", "--nodeps", "kibana-rollback"]);
     assert!(verify.status.success(), "rpm -V: {}", text(&verify));
+    // %post linked the dnf plugin into the plugin directory of the Python that runs dnf (the
+    // machine's dnf 4, which the test host sees), and dnf loads it from there.
+    let dnf_plugins = dnf_plugin_dir(h);
+    if let Some(dir) = &dnf_plugins {
+        assert_eq!(
+            h.exec_ok(&["readlink", &format!("{dir}/kibana_rollback.py")])
+                .trim(),
+            DNF_PLUGIN
+        );
+        let plugins = h.exec_ok(&["sh", "-c", "dnf -v --installroot=/var/tmp/kr-empty-root --releasever=8 --setopt=reposdir= repolist 2>&1 | grep -i 'loaded plugins'"]);
+        assert!(plugins.contains("kibana_rollback"), "{plugins}");
+    } else {
+        eprintln!("no dnf 4 on the test host: the plugin link is not checked");
+    }
     // %systemd_post: enabled as the presets say (the package's own: enable), not started.
     assert_eq!(is_enabled(h), "enabled");
     assert_eq!(
@@ -623,6 +686,12 @@ fn rpm_layout_requires_and_scriptlets() {
         h.exec_ok(&["cat", "/etc/kibana-rollback/config.toml.rpmsave"]),
         edited
     );
+    if let Some(dir) = &dnf_plugins {
+        assert!(
+            !exists(h, &format!("{dir}/kibana_rollback.py")),
+            "the erase leaves the dnf plugin's link"
+        );
+    }
 
     // An admin's preset that says disable wins over the package's: installed, not enabled.
     h.write(

@@ -12,6 +12,7 @@ mod history;
 mod live;
 mod lock;
 mod outcome;
+mod package_hook;
 mod plan;
 mod prepare;
 mod recommend;
@@ -166,6 +167,23 @@ pub enum Command {
     History,
     /// Validate the configuration and print the merged settings with where each key came from.
     CheckConfig,
+    /// Run by the package manager before it changes packages (README "The package hook"): a
+    /// kibana package about to change version gets a rollback point for the installed version
+    /// first, or the transaction is refused.
+    #[command(hide = true)]
+    PackageHook {
+        #[command(subcommand)]
+        manager: HookManager,
+    },
+}
+
+/// Which package manager calls `package-hook`.
+#[derive(Debug, Subcommand)]
+pub enum HookManager {
+    /// apt's `DPkg::Pre-Install-Pkgs`, protocol version 2 or 3 on stdin.
+    Apt,
+    /// The dnf plugin's pre_transaction: `NAME INSTALLED NEW` lines on stdin.
+    Dnf,
 }
 
 /// Parses the command line. The hidden `generate-docs DIR` (packaging/build) is handled here: it
@@ -263,6 +281,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Abort { reason, wait } => abort::run(&cli, reason.as_deref(), *wait).await,
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,
+        Command::PackageHook { manager } => package_hook::run(&cli, manager).await,
     }
 }
 

@@ -806,6 +806,16 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         lock_timeout,
     };
 
+    let (on_failure, _) = r.string("package_hook.on_failure").expect("default");
+    let package_hook = PackageHookSettings {
+        enabled: r.bool("package_hook.enabled"),
+        on_failure: match on_failure.as_str() {
+            "warn" => crate::package_hook::Mode::Warn,
+            _ => crate::package_hook::Mode::Refuse,
+        },
+        timeout: r.duration("package_hook.timeout")?,
+    };
+
     let metrics = metrics_settings(&r)?;
     let notify = notify_settings(&r, merged)?;
     let detection = DetectionSettings {
@@ -819,6 +829,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         rollback,
         coordination,
         package_manager,
+        package_hook,
         metrics,
         notify,
         detection,

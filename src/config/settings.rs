@@ -154,6 +154,27 @@ impl Default for PackageManagerSettings {
     }
 }
 
+/// `[package_hook]`: what the apt hook (`package-hook`) does before the kibana package changes
+/// version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageHookSettings {
+    pub enabled: bool,
+    /// On failure: refuse ([`crate::package_hook::Mode::Refuse`]) or warn.
+    pub on_failure: crate::package_hook::Mode,
+    /// The bound of the whole hook.
+    pub timeout: Duration,
+}
+
+impl Default for PackageHookSettings {
+    fn default() -> Self {
+        PackageHookSettings {
+            enabled: true,
+            on_failure: crate::package_hook::Mode::Refuse,
+            timeout: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
 /// Where the agent exposes its metrics (both off by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsSettings {
@@ -201,6 +222,7 @@ pub struct Settings {
     pub rollback: RollbackSettings,
     pub coordination: CoordinationSettings,
     pub package_manager: PackageManagerSettings,
+    pub package_hook: PackageHookSettings,
     pub metrics: MetricsSettings,
     pub notify: NotifySettings,
     pub detection: DetectionSettings,

@@ -718,7 +718,7 @@ async fn stage(spec: Spec) -> Option<Fleet> {
             "every host runs {old}; the test upgrades them to {new}"
         ));
     } else {
-        fleet.stage_upgrade().await;
+        fleet.stage_upgrade(false).await;
         fleet.log(&format!(
             "upgrade to {new} staged: {}",
             fleet.spec.upgrade.describe()
@@ -937,7 +937,7 @@ kind = "apt"
     /// The upgrade to NEW of a fleet staged with [`Spec::upgrade_later`], as [`Spec::stage`]
     /// does it otherwise.
     pub async fn upgrade(&self) {
-        self.stage_upgrade().await;
+        self.stage_upgrade(true).await;
         self.log(&format!(
             "upgrade to {} staged: {}",
             self.spec.new,
@@ -948,7 +948,9 @@ kind = "apt"
     /// The upgrade to NEW on every agent host (hosts without an agent keep running OLD): every
     /// instance stopped, kibana.yml for the upgrade, the package upgraded, Kibana started, until
     /// the upgrade has gone wrong as the spec says.
-    async fn stage_upgrade(&self) {
+    /// `guarded`: the package hook judges the upgrade (after `prepare`); otherwise it is off
+    /// for it ([`install_unguarded`]: the staged fleet's agents are not up yet).
+    async fn stage_upgrade(&self, guarded: bool) {
         let new = self.spec.new.clone();
         for (_, h) in self.each() {
             h.exec_ok(&["systemctl", "stop", "kibana.service"]);
@@ -963,7 +965,11 @@ kind = "apt"
             let h = self.host(i);
             // before the upgrade: an 8.x .deb upgrade restarts kibana.service (RESTART_ON_UPGRADE)
             self.write_kibana_yml(i, how);
-            install(h, &new);
+            if guarded {
+                install(h, &new);
+            } else {
+                install_unguarded(h, &new);
+            }
             if is_7x(&self.spec.old) && !is_7x(&new) {
                 // The 7.x unit in /etc survives the upgrade (a conffile) and overrides the 8.x one,
                 // whose Kibana then exits 64 on the 7.x unit's --logging.dest: the upgrade guide's
@@ -1031,12 +1037,13 @@ kind = "apt"
     }
 
     /// Upgrades agent host `i` to NEW as an admin does: Kibana stopped, kibana.yml for the
-    /// new version (`how`), the package upgraded with apt, Kibana started.
+    /// new version (`how`), the package upgraded with apt (the package hook off: detection
+    /// watches an upgrade nobody prepared for), Kibana started.
     pub fn upgrade_host(&self, i: usize, how: KibanaYml) {
         let h = self.host(i);
         h.exec_ok(&["systemctl", "stop", "kibana.service"]);
         self.write_kibana_yml(i, how);
-        install(h, &self.spec.new);
+        install_unguarded(h, &self.spec.new);
         h.exec_ok(&["systemctl", "start", "kibana.service"]);
     }
 
@@ -1413,6 +1420,21 @@ pub fn install(h: &TestHost, version: &str) {
     apt_install(h, &format!("kibana={version}"));
 }
 
+/// [`install`] with the package hook off for this run (`KIBANA_ROLLBACK_HOOK=off`): the
+/// upgrades the harness stages as an operator who never ran `prepare` would (before the agents
+/// are up, or to watch detection), which the hook would otherwise refuse or prepare for.
+pub fn install_unguarded(h: &TestHost, version: &str) {
+    apt_install_env(
+        h,
+        &[HOOK_OFF],
+        &["--allow-downgrades"],
+        &format!("kibana={version}"),
+    );
+}
+
+/// The environment that turns the package hook off for one apt run.
+pub const HOOK_OFF: &str = "KIBANA_ROLLBACK_HOOK=off";
+
 pub fn apt_install(h: &TestHost, what: &str) {
     apt_install_with(h, &["--allow-downgrades"], what);
 }
@@ -1420,17 +1442,22 @@ pub fn apt_install(h: &TestHost, what: &str) {
 /// `apt-get install WHAT` with `options` (e.g. `--allow-change-held-packages` for a package
 /// a rollback held), keeping local config edits.
 pub fn apt_install_with(h: &TestHost, options: &[&str], what: &str) {
-    let mut cmd = vec![
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "install",
-        "-y",
-        "-qq",
-    ];
+    apt_install_env(h, &[], options, what);
+}
+
+/// [`apt_install_with`] with `env` (`NAME=value`) in apt's environment (and its hooks').
+pub fn apt_install_env(h: &TestHost, env: &[&str], options: &[&str], what: &str) {
+    h.exec_ok(&apt_install_cmd(env, options, what));
+}
+
+/// The `apt-get install` command line of [`apt_install_env`], for a test that checks its failure.
+pub fn apt_install_cmd<'a>(env: &[&'a str], options: &[&'a str], what: &'a str) -> Vec<&'a str> {
+    let mut cmd = vec!["env", "DEBIAN_FRONTEND=noninteractive"];
+    cmd.extend_from_slice(env);
+    cmd.extend(["apt-get", "install", "-y", "-qq"]);
     cmd.extend_from_slice(options);
     cmd.extend(["-o", "Dpkg::Options::=--force-confold", what]);
-    h.exec_ok(&cmd);
+    cmd
 }
 
 /// `systemctl is-active UNIT` inside the host.

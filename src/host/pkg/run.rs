@@ -115,6 +115,15 @@ impl Runner {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
         tracing::debug!(cmd = %out.cmdline, code = ?out.code, ms = started.elapsed().as_millis() as u64, "finished");
+        // What our own package hook said inside apt (README "The package hook"): in the journal,
+        // so an operator sees why the agent's reinstall passed it.
+        for line in out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("kibana-rollback: "))
+        {
+            tracing::info!(cmd = %out.cmdline, "package hook: {}", &line["kibana-rollback: ".len()..]);
+        }
         Ok(out)
     }
 
