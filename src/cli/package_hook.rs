@@ -19,7 +19,7 @@ use kibana_rollback::exit;
 use kibana_rollback::package_hook::{
     self, Decision, Mode, PrepareLock, VersionChange, ENV_OVERRIDE,
 };
-use kibana_rollback::rollback_point::{self, Freshness};
+use kibana_rollback::rollback_point::Freshness;
 
 use super::context::{point_seen, requested_by, Ctx};
 use super::{Cli, HookManager};
@@ -266,22 +266,9 @@ async fn freshness(ctx: &Ctx, change: &VersionChange) -> Result<Option<Freshness
         .await
         .context("reading the fleet's hosts")?;
     hosts.sort();
-    let snap = ctx
-        .es
-        .snapshot(&point.snapshot.repository, &point.snapshot.name)
-        .await
-        .with_context(|| {
-            format!(
-                "reading the rollback point's snapshot {}/{}",
-                point.snapshot.repository, point.snapshot.name
-            )
-        })?;
-    Ok(Some(rollback_point::freshness(
-        &point,
-        &old,
-        &hosts,
-        snap.as_ref(),
-    )))
+    Ok(Some(
+        super::prepare::freshness(ctx, &point, &old, &hosts).await?,
+    ))
 }
 
 /// The stored rollback point, described for the line that names it.

@@ -202,17 +202,7 @@ pub async fn run(cli: &Cli, wait: bool) -> Result<u8> {
         Err(e) => return Err(anyhow::Error::new(e).context("reading the rollback point")),
     };
     if let Some(point) = &existing {
-        let snap = ctx
-            .es
-            .snapshot(&point.snapshot.repository, &point.snapshot.name)
-            .await
-            .with_context(|| {
-                format!(
-                    "reading the rollback point's snapshot {}/{}",
-                    point.snapshot.repository, point.snapshot.name
-                )
-            })?;
-        match rollback_point::freshness(point, &version, &hosts, snap.as_ref()) {
+        match freshness(&ctx, point, &version, &hosts).await? {
             Freshness::Current => {
                 let kept = if wait {
                     Some(wait_kept(&ctx, &mut progress, point).await?)
@@ -333,6 +323,32 @@ pub async fn run(cli: &Cli, wait: bool) -> Result<u8> {
 const KEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// Waits until every host of `point` reports its configuration kept for it.
+/// Whether `point` still describes the fleet (`version`, `hosts` sorted), its snapshot read
+/// from the repository now.
+pub(super) async fn freshness(
+    ctx: &Ctx,
+    point: &RollbackPoint,
+    version: &semver::Version,
+    hosts: &[String],
+) -> Result<Freshness> {
+    let snap = ctx
+        .es
+        .snapshot(&point.snapshot.repository, &point.snapshot.name)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the rollback point's snapshot {}/{}",
+                point.snapshot.repository, point.snapshot.name
+            )
+        })?;
+    Ok(rollback_point::freshness(
+        point,
+        version,
+        hosts,
+        snap.as_ref(),
+    ))
+}
+
 async fn wait_kept(
     ctx: &Ctx,
     progress: &mut Progress,
