@@ -949,7 +949,17 @@ impl World {
         if !self.agent_live(h, inc) {
             return;
         }
-        if self.faults_on() && self.rng.chance(self.p.crash_p) {
+        // Without the barrier's client check only its claim tells a clone's Kibana apart:
+        // nothing can see a clone whose agent never wrote one, so its agent is spared faults
+        // until it has (its Kibana is outside the protocol, like one without an agent).
+        let unclaimed_clone = !self.machines[h].expected
+            && !self.p.client_check
+            && !self
+                .claims
+                .values()
+                .any(|c| c.machine.machine_id == format!("m-{h}"));
+        let faults = self.faults_on() && !unclaimed_clone;
+        if faults && self.rng.chance(self.p.crash_p) {
             self.crash(h);
             return;
         }
@@ -965,7 +975,7 @@ impl World {
             .node
             .leading_epoch()
             .is_some();
-        if self.faults_on()
+        if faults
             && self.rng.chance(if leading {
                 self.p.pause_p * 3.0
             } else {
@@ -982,7 +992,7 @@ impl World {
             self.at(until, Ev::Wake { h, inc });
             return;
         }
-        if self.faults_on() && !self.partitioned(h) && self.rng.chance(self.p.partition_p) {
+        if faults && !self.partitioned(h) && self.rng.chance(self.p.partition_p) {
             let until = t + self.rng.range(3_000, 45_000);
             self.count("partitions");
             self.note(format!(
@@ -2079,6 +2089,8 @@ mod tests {
         409531159803,
         // a machine lost while the operation had failed, then a resume: aborting waited for it
         781413579377,
+        // a clone's agent paused, then crashed, before its first claim, with no client check
+        993410215890,
     ];
 
     #[test]
