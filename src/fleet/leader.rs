@@ -610,26 +610,35 @@ pub fn decide_leader(
         }
         Phase::Preflight => {
             let t = tally(op, hosts, Step::CheckAvailable, false);
+            let cluster_step = ClusterStep::Preflight {
+                target_version: op.target_version.clone(),
+                snapshot: op.snapshot.clone(),
+                expected_hosts: op.expected_hosts.clone(),
+                accepted_unjudged: op.snapshot_accepted_by.is_some(),
+            };
             if let Some((h, c)) = t.failed.first() {
-                return end(
-                    op,
-                    Phase::Aborted,
-                    Some(h.clone()),
-                    format!("preflight on {h}: {c}"),
-                    wall,
-                );
+                // A host refused: the cluster's verdict first, so the ending names every cause
+                // (an incompatible Elasticsearch must be rolled back first, whatever the hosts
+                // say) whichever check finished first.
+                let host_cause = format!("preflight on {h}: {c}");
+                return match &mem.preflight {
+                    None => run_or_wait(
+                        mem,
+                        cluster_step,
+                        format!("preflight: checking the cluster ({host_cause})"),
+                    ),
+                    Some(Err(cluster)) => end(
+                        op,
+                        Phase::Aborted,
+                        None,
+                        format!("preflight: {cluster}; {host_cause}"),
+                        wall,
+                    ),
+                    Some(Ok(())) => end(op, Phase::Aborted, Some(h.clone()), host_cause, wall),
+                };
             }
             match &mem.preflight {
-                None => run_or_wait(
-                    mem,
-                    ClusterStep::Preflight {
-                        target_version: op.target_version.clone(),
-                        snapshot: op.snapshot.clone(),
-                        expected_hosts: op.expected_hosts.clone(),
-                        accepted_unjudged: op.snapshot_accepted_by.is_some(),
-                    },
-                    "preflight: checking the cluster".into(),
-                ),
+                None => run_or_wait(mem, cluster_step, "preflight: checking the cluster".into()),
                 Some(Err(c)) => end(op, Phase::Aborted, None, format!("preflight: {c}"), wall),
                 Some(Ok(())) if t.pending.is_empty() => {
                     next(op, Phase::Prefetching, "preflight passed", wall)

@@ -150,6 +150,20 @@ fn preflight_all_ok_moves_to_prefetching_else_aborted_directly() {
     hosts2[1].ack.as_mut().unwrap().result = failed("8.14.3 not in repository");
     let doc = moves_to(decide(&op, &hosts2, &m, 1), Phase::Aborted);
     assert_eq!(doc.error.unwrap().host.as_deref(), Some("b"));
+    // A host refused before the cluster's verdict: that verdict first, then both causes.
+    m.preflight = None;
+    assert!(matches!(
+        runs(decide(&op, &hosts2, &m, 1)),
+        ClusterStep::Preflight { .. }
+    ));
+    m.preflight = Some(Err("node es-2 is 8.13.0".into()));
+    let doc = moves_to(decide(&op, &hosts2, &m, 1), Phase::Aborted);
+    let cause = doc.error.unwrap().cause;
+    assert!(
+        cause.contains("8.13.0") && cause.contains("preflight on b"),
+        "{cause}"
+    );
+    m.preflight = Some(Ok(()));
     // A host that has not answered: wait, then abort after the phase timeout.
     let hosts3 = &hosts[..2];
     assert!(waits(decide(&op, hosts3, &m, 1)).contains("waiting for c"));
