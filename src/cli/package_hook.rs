@@ -89,23 +89,14 @@ pub async fn run(cli: &Cli, manager: &HookManager) -> Result<u8> {
     let Some(change) = package_hook::version_change(&actions, &package) else {
         return Ok(exit::OK); // kibana does not change version: nothing to say
     };
-    let loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => {
-            return Ok(fail(
-                manager,
-                mode,
-                env.is_some(),
-                Some(&change),
-                exit::code_for(&e),
-                &format!("{e:#}"),
-            ))
-        }
-    };
-    let timeout = loaded.settings.package_hook.timeout;
     let waiting = RefCell::new(String::from("Elasticsearch"));
-    let outcome = match kibana_rollback::es::Es::new(&loaded.settings.elasticsearch) {
-        Ok(es) => {
+    // A configuration that does not load fails like everything after it: one line, its code.
+    let outcome = match loaded.and_then(|loaded| {
+        let es = kibana_rollback::es::Es::new(&loaded.settings.elasticsearch)?;
+        Ok((loaded, es))
+    }) {
+        Ok((loaded, es)) => {
+            let timeout = loaded.settings.package_hook.timeout;
             let ctx = Ctx { loaded, es };
             let deadline = std::time::Instant::now() + timeout;
             match tokio::time::timeout(
@@ -125,7 +116,7 @@ pub async fn run(cli: &Cli, manager: &HookManager) -> Result<u8> {
                 )),
             }
         }
-        Err(e) => Err(anyhow::Error::new(e)),
+        Err(e) => Err(e),
     };
     match outcome {
         Ok(()) => Ok(exit::OK),
