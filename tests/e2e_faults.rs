@@ -777,13 +777,7 @@ async fn two_machines_with_one_host_id() {
                     .any(|l| l.contains("cluster step finished") && l.contains("Preflight"))
             })
         },
-        || {
-            format!(
-                "operation: {}\nagents:\n{}",
-                fleet.operation_doc().unwrap_or(Value::Null),
-                fleet.agent_journals()
-            )
-        },
+        || fleet.operation_and_journals(),
     );
     clone.exec_ok(&["systemctl", "start", "kibana-rollbackd.service"]);
     assert!(

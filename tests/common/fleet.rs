@@ -1220,6 +1220,15 @@ kind = "apt"
         (result.trim() == "success", journal)
     }
 
+    /// The operation document and every agent's journal tail, for a wait that timed out.
+    pub fn operation_and_journals(&self) -> String {
+        format!(
+            "operation: {}\nagents:\n{}",
+            self.operation_doc().unwrap_or(Value::Null),
+            self.agent_journals()
+        )
+    }
+
     /// Waits until the operation is in one of `phases`; returns the operation document.
     pub fn wait_phase(&self, phases: &[&str], timeout: Duration) -> Value {
         let mut doc = Value::Null;
@@ -1233,13 +1242,7 @@ kind = "apt"
                 }
                 _ => false,
             },
-            || {
-                format!(
-                    "operation: {}\nagents:\n{}",
-                    self.operation_doc().unwrap_or(Value::Null),
-                    self.agent_journals()
-                )
-            },
+            || self.operation_and_journals(),
         );
         doc
     }
