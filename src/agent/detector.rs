@@ -115,6 +115,19 @@ impl Detector {
         }
     }
 
+    /// Before the loop has read the operation: the first version this agent ever sees becomes
+    /// the baseline (no watch: the same as [`Detector::observe`] would do with it), so an upgrade
+    /// right after the agent's first start is still a change it watches. A version other than
+    /// a known baseline waits for the operation (it may be the agent's own resumed reinstall).
+    pub fn first_seen(&mut self, installed: Option<&Version>) -> Observed {
+        if let (None, Some(v), true) = (&self.stored.baseline, installed, self.settings.enabled) {
+            self.stored.baseline = Some(v.clone());
+            self.last_seen_wall_us = Some(wall_us());
+            self.save();
+        }
+        self.unchanged()
+    }
+
     /// One look, with the installed version just read. `operation`: an operation is running
     /// (the agent's own steps change the version and stop the unit). `now`: the monotonic
     /// clock; `master_ms`: now on Elasticsearch's master clock, if known.
@@ -255,6 +268,22 @@ mod tests {
             summary: String::new(),
             legacy_format: false,
         })
+    }
+
+    #[test]
+    fn the_first_version_seen_before_the_operation_is_read_becomes_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Version::new(8, 14, 3);
+        let mut d = Detector::open(dir.path(), &DetectionSettings::default());
+        assert!(d.first_seen(Some(&old)).detection.is_none());
+        assert_eq!(d.stored.baseline, Some(old.clone()));
+        // Kept across a restart, and a later version seen before the operation is read is not
+        // taken as the baseline (it may be the agent's own reinstall).
+        let mut d = Detector::open(dir.path(), &DetectionSettings::default());
+        assert_eq!(d.stored.baseline, Some(old.clone()));
+        d.first_seen(Some(&Version::new(8, 15, 0)));
+        assert_eq!(d.stored.baseline, Some(old));
+        assert!(d.stored.watch.is_none());
     }
 
     #[test]

@@ -105,9 +105,10 @@ impl Facts {
         let mut detector = self.detector.lock().await;
         let op = self.operation.load(Ordering::Relaxed);
         // Until the loop has read the operation once, a version change may be the agent's own
-        // resumed reinstall: it is neither taken as the new baseline nor watched yet.
+        // resumed reinstall: it is neither taken as the new baseline nor watched yet (a first
+        // version is: an upgrade right after the agent's start is then watched).
         let observed = if op == OP_UNKNOWN {
-            detector.unchanged()
+            detector.first_seen(facts.installed_version.as_ref())
         } else {
             detector
                 .observe(

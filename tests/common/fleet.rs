@@ -777,12 +777,16 @@ impl Fleet {
         .into_owned()
     }
     /// The agents' journals for a failure message: the last 80 lines of each, long lines (the
-    /// debug log's client lists) cut.
+    /// debug log's client lists) and bare package-command lines left out.
     pub fn agent_journals(&self) -> String {
         self.each()
             .map(|(_, h)| {
                 let j = self.journal(h, "kibana-rollbackd.service");
-                let lines: Vec<&str> = j.lines().collect();
+                // The package commands' debug lines lose their fields in `-o cat`: noise here.
+                let lines: Vec<&str> = j
+                    .lines()
+                    .filter(|l| !matches!(*l, "running" | "finished"))
+                    .collect();
                 let tail: Vec<String> = lines[lines.len().saturating_sub(80)..]
                     .iter()
                     .map(|l| match l.char_indices().nth(400) {
