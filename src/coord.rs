@@ -211,10 +211,12 @@ impl<'a> Coord<'a> {
         let mut ids = vec![
             OPERATION_DOC_ID.to_string(),
             crate::rollback_point::DOC_ID.to_string(),
+            fleet::PING_DOC_ID.to_string(),
         ];
         ids.extend(host_ids.iter().map(|h| HostDoc::doc_id(h)));
         let mut operation = Ok(None);
         let mut rollback_point = Ok(None);
+        let mut ping = None;
         let mut hosts = Vec::new();
         for d in self
             .es
@@ -237,6 +239,13 @@ impl<'a> Coord<'a> {
                 rollback_point = self.open(&id, v.doc).map(Some);
                 continue;
             }
+            if id == fleet::PING_DOC_ID {
+                ping = Some(DocVersion {
+                    seq_no: v.seq_no,
+                    primary_term: v.primary_term,
+                });
+                continue;
+            }
             match self.open(&id, v.doc) {
                 Ok(h) => hosts.push(fleet::Versioned {
                     seq_no: v.seq_no,
@@ -250,6 +259,7 @@ impl<'a> Coord<'a> {
             operation,
             hosts,
             rollback_point,
+            ping,
         })
     }
 
@@ -309,6 +319,20 @@ impl<'a> Coord<'a> {
                 &fleet::ClaimDoc::doc_id(&doc.host_id, &doc.machine),
                 &self.seal(doc),
             )
+            .await
+            .map(|_| ())
+    }
+
+    /// Asks every agent to heartbeat now (a write of the ping document): `by` says who, for a
+    /// reader of the index.
+    pub async fn ping(&self, by: &str) -> Result<(), EsError> {
+        let doc = fleet::doc::PingDoc {
+            format: fleet::FORMAT,
+            by: by.to_string(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        self.es
+            .put_doc(self.index, fleet::PING_DOC_ID, &doc)
             .await
             .map(|_| ())
     }
@@ -533,6 +557,8 @@ pub struct Watched {
     pub hosts: Vec<fleet::Versioned<HostDoc>>,
     /// The fleet's rollback point (`prepare`): the agent keeps its kibana.yml for it.
     pub rollback_point: Result<Option<crate::rollback_point::RollbackPoint>, EsError>,
+    /// The ping document's version, when there is one.
+    pub ping: Option<DocVersion>,
 }
 
 /// A stored coordination document: refused when its format is newer than this build's.
@@ -568,6 +594,7 @@ pub fn fleet_config(settings: &Settings, machine: fleet::MachineIdentity) -> fle
         retry_every: std::time::Duration::from_secs(5).min(c.lease / 3),
         restore_grace: c.restore_grace,
         heartbeat_every: c.heartbeat,
+        idle_heartbeat_every: c.idle_heartbeat,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         machine,
         policy: local_policy(settings),

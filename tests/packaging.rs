@@ -153,9 +153,17 @@ async fn host_doc(index: &str, host: &str) -> Option<Value> {
     (status == 200 && v["found"] == true).then(|| v["_source"].clone())
 }
 
+/// Waits for the agent's next host document write; pings (as `plan` does) every second, since
+/// an idle agent otherwise heartbeats only every `idle_heartbeat`.
 async fn wait_host_doc(index: &str, host: &str, newer_than: u64) -> Value {
     let start = Instant::now();
+    let mut pinged: Option<Instant> = None;
     loop {
+        if pinged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            let body = serde_json::json!({"format": 2, "by": "packaging test", "at": ""});
+            raw("PUT", &format!("{index}/_doc/ping"), Some(body)).await;
+            pinged = Some(Instant::now());
+        }
         if let Some(doc) = host_doc(index, host).await {
             if doc["heartbeat"].as_u64().unwrap_or(0) > newer_than {
                 return doc;

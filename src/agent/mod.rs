@@ -52,9 +52,6 @@ const STOP_FLUSH: Duration = Duration::from_secs(5);
 /// How often the agent reads the operation and host documents while an operation runs: an
 /// agent waiting for its step, an acknowledgement or the next phase learns of it this soon.
 const POLL_ACTIVE: Duration = Duration::from_millis(100);
-/// ... and with no operation (or less: the heartbeat's period): a new operation is picked up
-/// this soon, and an idle agent costs one request per this (plus its heartbeats).
-const POLL_IDLE: Duration = Duration::from_secs(5);
 /// ... while the operation cannot be read (Elasticsearch failing), and while waiting for it.
 const POLL_UNREADABLE: Duration = Duration::from_secs(1);
 /// How often a leader re-reads the claim documents (a search) while it wants them.
@@ -524,9 +521,11 @@ impl Daemon {
         } else {
             Err(EsError::Check("not read this round".into()))
         };
+        let mut ping = None;
         let (op, mut hosts) = match watched {
             _ if !read => (self.last_op.clone(), None),
             Ok(w) => {
+                ping = w.ping;
                 if let Ok(Some(point)) = w.rollback_point {
                     self.observe_rollback_point(point);
                 }
@@ -609,7 +608,8 @@ impl Daemon {
         self.poll = match &op {
             // An operation: someone waits on a step, an acknowledgement or a phase change.
             OpRead::Found(_) => POLL_ACTIVE,
-            OpRead::Missing => POLL_IDLE.min(self.settings.coordination.heartbeat),
+            // With none: a new operation or a ping is picked up this soon ([`fleet::idle_watch_every`]).
+            OpRead::Missing => fleet::idle_watch_every(self.settings.coordination.heartbeat),
             OpRead::Unreadable | OpRead::Unsupported(_) => POLL_UNREADABLE,
         };
         if read {
@@ -649,6 +649,7 @@ impl Daemon {
                 facts,
                 events,
                 claims,
+                ping,
             },
         );
         self.telemetry.leading(self.node.leading_epoch());
@@ -843,6 +844,11 @@ impl Daemon {
                     if let Err(e) = bounded(limit, "writing a claim", coord.write_claim(&doc)).await
                     {
                         tracing::warn!("writing the claim document failed: {e}");
+                    }
+                    // The owner of the host id, if alive, answers with a heartbeat.
+                    let by = format!("claim@{}", doc.machine);
+                    if let Err(e) = bounded(limit, "pinging the agents", coord.ping(&by)).await {
+                        tracing::warn!("writing the ping document failed: {e}");
                     }
                     Event::ClaimWritten { id }
                 }

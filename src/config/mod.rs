@@ -746,6 +746,23 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
     }
     let lease = r.duration("coordination.lease")?;
     let heartbeat = r.duration("coordination.heartbeat")?;
+    let idle_heartbeat = r.duration("coordination.idle_heartbeat")?;
+    if idle_heartbeat < heartbeat {
+        let (_, o) = r.raw("coordination.idle_heartbeat");
+        return Err(ConfigError::at(
+            &o,
+            "coordination.idle_heartbeat",
+            Some(format!(
+                "{:?}",
+                humantime::format_duration(idle_heartbeat).to_string()
+            )),
+            "is shorter than coordination.heartbeat",
+        )
+        .fix(format!(
+            "use at least coordination.heartbeat ({}); the default is \"10m\"",
+            humantime::format_duration(heartbeat)
+        )));
+    }
     if lease < Duration::from_secs(3) {
         let (_, o) = r.raw("coordination.lease");
         return Err(ConfigError::at(
@@ -766,6 +783,7 @@ pub fn build(merged: &Merged) -> Result<Settings, ConfigError> {
         leaders,
         lease,
         heartbeat,
+        idle_heartbeat,
         barrier_timeout: r.duration("coordination.barrier_timeout")?,
         barrier_client_check: r.bool("coordination.barrier_client_check"),
         client_addresses,

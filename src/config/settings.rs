@@ -114,6 +114,7 @@ pub struct CoordinationSettings {
     pub leaders: Vec<String>,
     pub lease: Duration,
     pub heartbeat: Duration,
+    pub idle_heartbeat: Duration,
     pub barrier_timeout: Duration,
     pub barrier_client_check: bool,
     /// Where this host's Kibana connects from; empty: every address of this machine.

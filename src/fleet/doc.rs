@@ -937,6 +937,22 @@ pub fn history_doc_id(operation_id: &str) -> String {
 /// The id of the active operation document.
 pub const OPERATION_DOC_ID: &str = "operation";
 
+/// `ping`: any write of it asks every agent to heartbeat now (see [`crate::fleet::Inputs::ping`]):
+/// idle agents heartbeat rarely, so whoever watches them for liveness pings first. Only its
+/// version counts, so it is not signed: a forged one makes agents write their own documents,
+/// at most once a second.
+pub const PING_DOC_ID: &str = "ping";
+
+/// What a ping says of itself, for a reader of the index (never decided on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingDoc {
+    pub format: u32,
+    /// `plan@host`, `claim@host`: who asked.
+    pub by: String,
+    /// Wall clock of the asker; informational.
+    pub at: String,
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

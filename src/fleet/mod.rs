@@ -110,7 +110,7 @@ pub use doc::{
     Detection, DetectionKind, DocError, DocVersion, Exclusion, HostDoc, HostFailure, InstallEvent,
     InstallHistory, LeaderInfo, MachineIdentity, Mover, OpError, OperationDoc, Phase, PhaseChange,
     Probe, Readiness, ReadinessCheck, RestorePoint, RestoreRecord, SafetySnapshot, SnapshotRef,
-    Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, TRANSITIONS,
+    Step, StepResult, UnitState, Versioned, FORMAT, OPERATION_DOC_ID, PING_DOC_ID, TRANSITIONS,
 };
 pub use leader::{
     claims_can_hold, ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult,
@@ -141,14 +141,23 @@ pub struct FleetConfig {
     /// restore never started: covers a request held up on its way (a proxy, a kernel buffer)
     /// after the predecessor's own deadline dropped its connection.
     pub restore_grace: Duration,
-    /// Host document heartbeat period.
+    /// Host document heartbeat period while an operation runs.
     pub heartbeat_every: Duration,
+    /// ... and with none: liveness watchers ping ([`node::Inputs::ping`]) instead of waiting.
+    pub idle_heartbeat_every: Duration,
     /// Written into the host document.
     pub agent_version: String,
     /// This agent's machine: it owns its host document and leads by it.
     pub machine: MachineIdentity,
     /// What the local configuration lets an operation ask of this host.
     pub policy: policy::LocalPolicy,
+}
+
+/// How often an idle agent reads the operation (its watch): a new operation, or a ping, is
+/// seen this soon, and the watch is the idle agent's whole cost bar a rare heartbeat. Shorter
+/// when the heartbeat period (`coordination.heartbeat`) is.
+pub fn idle_watch_every(heartbeat: Duration) -> Duration {
+    Duration::from_secs(5).min(heartbeat)
 }
 
 impl FleetConfig {
@@ -171,6 +180,7 @@ impl Default for FleetConfig {
             retry_every: Duration::from_secs(10),
             restore_grace: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(15),
+            idle_heartbeat_every: Duration::from_secs(600),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             machine: MachineIdentity::default(),
             policy: policy::LocalPolicy::default(),

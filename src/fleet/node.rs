@@ -125,6 +125,10 @@ pub struct Inputs {
     /// The claim documents (a second machine with an expected host id), read when
     /// [`NodeState::wants_claims`]; `None`: not read this round (the last reading stands).
     pub claims: Option<Vec<ClaimDoc>>,
+    /// The version of the ping document as read this round (`None`: absent or not read). A
+    /// version this agent has not seen asks it to heartbeat now: `plan`'s and `prepare`'s
+    /// liveness watch, and a second machine asking whether the owner of its host id lives.
+    pub ping: Option<DocVersion>,
 }
 
 /// What the adapters should do, in order.
@@ -148,7 +152,8 @@ pub enum Action {
         doc: HostDoc,
         expected: Option<DocVersion>,
     },
-    /// `PUT <idx>/_doc/claim-<host id>-<instance>`: another live machine owns our host id
+    /// `PUT <idx>/_doc/claim-<host id>-<instance>`: another live machine owns our host id;
+    /// then a ping (any write of the ping document), so a live owner heartbeats at once
     /// → [`Event::ClaimWritten`].
     WriteClaim { id: RequestId, doc: ClaimDoc },
     /// Persist locally (fsync) before executing the next action. No result.
@@ -239,6 +244,9 @@ pub struct NodeState {
     probe_seen: Option<(u64, Duration)>,
     probe_answered: Option<u64>,
     claim_write: Option<RequestId>,
+    /// The last ping document version seen, and whether it still wants a heartbeat.
+    ping_seen: Option<DocVersion>,
+    ping_due: bool,
     last_heartbeat: Option<Duration>,
     heartbeat: Option<u64>,
     my_ack: Option<Ack>,
@@ -272,6 +280,8 @@ impl NodeState {
             claims: vec![],
             probe_seen: None,
             probe_answered: None,
+            ping_seen: None,
+            ping_due: false,
             last_heartbeat: None,
             heartbeat: None,
             my_ack: None,
@@ -626,9 +636,14 @@ pub fn step(st: &mut NodeState, input: Inputs) -> Vec<Action> {
         facts,
         events,
         claims,
+        ping,
     } = input;
     if let Some(c) = claims {
         st.claims = c;
+    }
+    if ping.is_some() && ping != st.ping_seen {
+        st.ping_seen = ping;
+        st.ping_due = true;
     }
     let mut out = Vec::new();
     for ev in events {
@@ -809,10 +824,9 @@ fn host_side(
             ..w.clone()
         } == desired
     });
-    let hb_due = st
-        .last_heartbeat
-        .is_none_or(|t| now.saturating_sub(t) >= st.cfg.heartbeat_every);
+    let hb_due = heartbeat_due(st, now);
     if !same || hb_due {
+        st.ping_due = false;
         let hb = st.heartbeat.unwrap_or(0) + 1;
         st.heartbeat = Some(hb);
         st.last_heartbeat = Some(now);
@@ -826,6 +840,29 @@ fn host_side(
         out.push(Action::WriteHostDoc { id, doc, expected });
     }
 }
+
+/// Whether this round's host document write is due as a heartbeat: every
+/// [`FleetConfig::heartbeat_every`] while an operation runs (its leader's checks and a clone's
+/// watch count on it), every [`FleetConfig::idle_heartbeat_every`] otherwise — so an idle agent
+/// costs its watch and little else — and at once (at most once a second) for a ping not
+/// answered yet.
+fn heartbeat_due(st: &NodeState, now: Duration) -> bool {
+    let Some(last) = st.last_heartbeat else {
+        return true;
+    };
+    let since = now.saturating_sub(last);
+    let running = st.view.as_ref().is_some_and(|v| !v.doc.phase.is_terminal());
+    let period = if running {
+        st.cfg.heartbeat_every
+    } else {
+        st.cfg.idle_heartbeat_every.max(st.cfg.heartbeat_every)
+    };
+    since >= period || (st.ping_due && since >= PING_ANSWER_FLOOR)
+}
+
+/// A ping is answered at most this often: anyone who can write the ping document can make the
+/// agents write, but no faster than this.
+const PING_ANSWER_FLOOR: Duration = Duration::from_secs(1);
 
 /// Whether another live machine owns our host id (a cloned VM, a reused hostname): then this
 /// agent writes only a claim document naming both, takes no step and never leads. An owner whose

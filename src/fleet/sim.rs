@@ -81,6 +81,8 @@ pub(crate) struct Params {
     pub external_starts: Vec<u64>,
     /// Chance that such a person removes the start hold first.
     pub bypass_p: f64,
+    /// Times at which someone runs `plan` (it pings the agents).
+    pub pings: Vec<u64>,
     /// A Kibana outside any unit (only with the client check, which is what can see it).
     pub stray: Option<(u64, u64)>,
     /// A second machine claiming host `.0`'s id, booted at `.1` (0: before the operation).
@@ -165,6 +167,13 @@ impl Params {
             dead,
             forge,
             resume_p: f(rng, 0.5),
+            pings: if rng.chance(0.3) {
+                (0..rng.range(1, 4))
+                    .map(|_| rng.range(0, 300_000))
+                    .collect()
+            } else {
+                vec![]
+            },
             faults_until: 1_800_000,
             horizon: 4 * 3_600_000,
         }
@@ -194,6 +203,7 @@ impl Params {
             dead: None,
             forge: None,
             resume_p: 0.0,
+            pings: vec![],
             faults_until: 0,
             horizon: 3_600_000,
         }
@@ -211,6 +221,7 @@ pub(crate) fn sim_config() -> FleetConfig {
         retry_every: Duration::from_secs(3),
         restore_grace: Duration::from_secs(8),
         heartbeat_every: Duration::from_secs(5),
+        idle_heartbeat_every: Duration::from_secs(120),
         agent_version: "sim".into(),
         machine: MachineIdentity::default(),
         policy: policy::LocalPolicy::default(),
@@ -237,6 +248,7 @@ enum Ev {
         facts: HostFacts,
         events: Vec<Event>,
         claims: Option<Vec<ClaimDoc>>,
+        ping: Option<DocVersion>,
     },
     Exec {
         h: usize,
@@ -274,6 +286,7 @@ enum Ev {
     },
     OperatorAbort,
     ExternalStart,
+    Ping,
     StrayStart,
     StrayStop,
     MachineLost {
@@ -350,6 +363,8 @@ pub(crate) struct World {
     /// Each host document's version (the agents CAS-write their own).
     host_ver: BTreeMap<String, DocVersion>,
     claims: BTreeMap<String, ClaimDoc>,
+    /// The ping document's version (a claimer's ping bumps it).
+    ping: Option<DocVersion>,
     history: BTreeMap<String, OperationDoc>,
     kibana_gen: u64,
     safety: BTreeMap<String, u64>,
@@ -448,6 +463,7 @@ impl World {
             host_docs: BTreeMap::new(),
             host_ver: BTreeMap::new(),
             claims: BTreeMap::new(),
+            ping: None,
             history: BTreeMap::new(),
             kibana_gen: 0,
             safety: BTreeMap::new(),
@@ -485,6 +501,9 @@ impl World {
         w.at(OP_CREATED_AT, Ev::CreateOperation);
         if let Some(at) = w.p.abort_at {
             w.at(at, Ev::OperatorAbort);
+        }
+        for t in w.p.pings.clone() {
+            w.at(t, Ev::Ping);
         }
         for t in w.p.external_starts.clone() {
             w.at(t, Ev::ExternalStart);
@@ -727,6 +746,7 @@ impl World {
                     facts,
                     events,
                     claims,
+                    ping,
                 } => {
                     if !self.agent_live(h, inc) {
                         continue;
@@ -747,6 +767,7 @@ impl World {
                             facts,
                             events,
                             claims,
+                            ping,
                         },
                     );
                     let after = a.node.leading_epoch();
@@ -864,6 +885,10 @@ impl World {
                     }
                 }
                 Ev::ExternalStart => self.external_start(),
+                Ev::Ping => {
+                    self.note("someone runs plan: the ping document is written".into());
+                    self.write_ping();
+                }
                 Ev::StrayStart => {
                     let before_barrier = self.op.as_ref().is_none_or(|v| {
                         matches!(
@@ -1048,6 +1073,7 @@ impl World {
         let events = std::mem::take(&mut self.machines[h].agent.as_mut().unwrap().inbox);
         let wants = self.machines[h].agent.as_ref().unwrap().node.wants_claims();
         let claims = (wants && !cut).then(|| self.claims.values().cloned().collect());
+        let ping = if cut { None } else { self.ping };
         let d = self.rng.range(0, 300);
         self.at(
             t + d,
@@ -1061,6 +1087,7 @@ impl World {
                 facts,
                 events,
                 claims,
+                ping,
             },
         );
     }
@@ -1080,6 +1107,15 @@ impl World {
             );
             self.violation(msg);
         }
+    }
+
+    /// Any write of the ping document bumps its version.
+    fn write_ping(&mut self) {
+        self.seq_no += 1;
+        self.ping = Some(DocVersion {
+            seq_no: self.seq_no,
+            primary_term: self.term,
+        });
     }
 
     /// `systemctl start kibana` from outside the agent on a random expected machine: refused by
@@ -1411,6 +1447,7 @@ impl World {
                     ));
                     self.claims
                         .insert(ClaimDoc::doc_id(&doc.host_id, &doc.machine), doc.clone());
+                    self.write_ping();
                 }
                 self.deliver(h, inc, Event::ClaimWritten { id });
             }

@@ -872,6 +872,7 @@ fn input(
         facts: facts(UnitState::Active),
         events,
         claims: None,
+        ping: None,
     }
 }
 fn cas_of(actions: &[Action]) -> Option<(RequestId, DocVersion, OperationDoc)> {
@@ -1384,30 +1385,96 @@ fn a_finished_operation_is_archived_then_deleted_by_its_leader() {
 }
 
 #[test]
-fn heartbeats_are_written_periodically_and_on_change() {
-    let mut n = NodeState::new("b", cfg(), None);
+fn heartbeats_are_frequent_during_an_operation_rare_when_idle_and_at_once_for_a_ping() {
     let hb = |acts: &[Action]| {
         acts.iter().find_map(|a| match a {
             Action::WriteHostDoc { id, doc, .. } => Some((*id, doc.heartbeat)),
             _ => None,
         })
     };
-    let (id, h1) = hb(&step(&mut n, input(1, None, vec![], vec![]))).unwrap();
+    let written = |id| {
+        vec![Event::HostDocWritten {
+            id,
+            result: WriteResult::Ok(ver(5)),
+        }]
+    };
+    let at = |now, op: Option<(u64, &OperationDoc)>, events, ping: Option<u64>| Inputs {
+        ping: ping.map(ver),
+        ..input(now, op, vec![], events)
+    };
+    // Idle: the first round registers; then nothing until the idle period, however long the
+    // operation heartbeat's period is past.
+    let mut n = NodeState::new("b", cfg(), None);
+    let (id, h1) = hb(&step(&mut n, at(1, None, vec![], None))).unwrap();
+    assert!(hb(&step(&mut n, at(2, None, written(id), None))).is_none());
+    assert!(hb(&step(&mut n, at(60, None, vec![], None))).is_none());
+    let idle = cfg().idle_heartbeat_every.as_secs();
+    let (id, h2) = hb(&step(&mut n, at(1 + idle, None, vec![], None))).unwrap();
+    assert_eq!(h2, h1 + 1);
+    step(&mut n, at(2 + idle, None, written(id), None));
+    // A ping is answered at once (a version seen for the first time), once.
+    let t = 10 + idle;
+    let (id, h3) = hb(&step(&mut n, at(t, None, vec![], Some(40)))).unwrap();
+    assert_eq!(h3, h2 + 1);
+    assert!(hb(&step(&mut n, at(t + 1, None, written(id), Some(40)))).is_none());
+    assert!(hb(&step(&mut n, at(t + 3, None, vec![], Some(40)))).is_none());
+    // A new ping: answered again.
+    let (id, _) = hb(&step(&mut n, at(t + 4, None, vec![], Some(41)))).unwrap();
+    step(&mut n, at(t + 5, None, written(id), Some(41)));
+    // While an operation runs (this host not in it): every heartbeat period.
+    let mut op = op_in(Phase::Stopping);
+    op.expected_hosts = vec!["a".into()];
+    let every = cfg().heartbeat_every.as_secs();
+    // The last heartbeat was at t + 4.
+    assert!(hb(&step(&mut n, at(t + 6, Some((3, &op)), vec![], Some(41)))).is_none());
+    let (id, _) = hb(&step(
+        &mut n,
+        at(t + 4 + every, Some((3, &op)), vec![], Some(41)),
+    ))
+    .unwrap();
+    step(
+        &mut n,
+        at(t + 5 + every, Some((3, &op)), written(id), Some(41)),
+    );
     assert!(hb(&step(
         &mut n,
-        input(
-            2,
-            None,
-            vec![],
-            vec![Event::HostDocWritten {
-                id,
-                result: WriteResult::Ok(ver(5))
-            }]
-        )
+        at(t + 4 + 2 * every, Some((3, &op)), vec![], Some(41))
     ))
-    .is_none());
-    let (_, h2) = hb(&step(&mut n, input(6, None, vec![], vec![]))).unwrap();
-    assert_eq!(h2, h1 + 1);
+    .is_some());
+}
+
+#[test]
+fn pings_are_answered_at_most_once_a_second() {
+    let mut n = NodeState::new("b", cfg(), None);
+    let acts = step(&mut n, input(1, None, vec![], vec![]));
+    let id = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteHostDoc { id, .. } => Some(*id),
+            _ => None,
+        })
+        .unwrap();
+    let ms = |m: u64| Duration::from_millis(m);
+    let round = |n: &mut NodeState, now: Duration, events, ping| {
+        step(
+            n,
+            Inputs {
+                now,
+                ping: Some(ver(ping)),
+                ..input(0, None, vec![], events)
+            },
+        )
+        .iter()
+        .any(|a| matches!(a, Action::WriteHostDoc { .. }))
+    };
+    let written = vec![Event::HostDocWritten {
+        id,
+        result: WriteResult::Ok(ver(5)),
+    }];
+    // Seen 300 ms after the last heartbeat: waits until a second has passed, then answers.
+    assert!(!round(&mut n, s(1) + ms(300), written, 7));
+    assert!(!round(&mut n, s(1) + ms(900), vec![], 8));
+    assert!(round(&mut n, s(2), vec![], 8));
 }
 
 // ---------------------------------------------------------------- status helpers

@@ -1,22 +1,26 @@
 //! The liveness check: a host document holds no wall time (clocks are not trusted), only a
-//! heartbeat counter, so liveness is watched: the counters are read, then read again for up to
-//! two heartbeat periods on this process's own clock; a host whose counter moved is alive, one
-//! whose counter did not is reported with the value it is stuck at.
+//! heartbeat counter, so liveness is watched: the check pings the agents (a write of the ping
+//! document, which every agent's watch reads), reads the counters, then reads them again until
+//! each moved or the window ends, on this process's own clock. An idle agent heartbeats rarely
+//! but answers a ping within one watch; a host whose counter did not move is reported with the
+//! value it is stuck at.
 
 use std::time::{Duration, Instant};
 
 use super::{CheckId, Report};
 use crate::coord::Coord;
+use crate::fleet::idle_watch_every;
 
-/// How long to watch: two heartbeats and a second, at most two minutes.
-pub fn window(period: Duration) -> Duration {
-    (period * 2 + Duration::from_secs(1)).min(Duration::from_secs(120))
+/// How long to watch: two of the agents' idle watches (one may be missed) and a second for
+/// the heartbeat write. `heartbeat`: `coordination.heartbeat`, which shortens the watch.
+pub fn window(heartbeat: Duration) -> Duration {
+    idle_watch_every(heartbeat) * 2 + Duration::from_secs(1)
 }
 
 /// Watches the registered expected hosts of `r` and records the verdict in `r.alive` and as the
 /// [`CheckId::AgentsAlive`] check. `leaders`: `coordination.leaders` (empty: any host may lead);
 /// with none of them alive an operation would have nobody to lead it.
-pub async fn check(coord: &Coord<'_>, period: Duration, leaders: &[String], r: &mut Report) {
+pub async fn check(coord: &Coord<'_>, heartbeat: Duration, leaders: &[String], r: &mut Report) {
     let registered: Vec<String> = r
         .hosts
         .iter()
@@ -29,7 +33,21 @@ pub async fn check(coord: &Coord<'_>, period: Duration, leaders: &[String], r: &
         return;
     }
     let since = Instant::now();
-    let window = window(period);
+    let window = window(heartbeat);
+    let by = format!(
+        "liveness@{}",
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    if let Err(e) = coord.ping(&by).await {
+        r.checks.fail_es(
+            CheckId::AgentsAlive,
+            format!("cannot ask the agents to heartbeat (writing the ping document): {e}"),
+            &e,
+        );
+        return;
+    }
     let mut alive: Vec<(String, Option<bool>)> = r
         .hosts
         .iter()
@@ -69,6 +87,8 @@ pub async fn check(coord: &Coord<'_>, period: Duration, leaders: &[String], r: &
         })
         .collect();
     let shown = humantime::format_duration(window);
+    let took =
+        humantime::format_duration(Duration::from_millis(since.elapsed().as_millis() as u64));
     let leader_alive = leaders.is_empty()
         || alive
             .iter()
@@ -84,7 +104,7 @@ pub async fn check(coord: &Coord<'_>, period: Duration, leaders: &[String], r: &
     } else if stale.is_empty() {
         r.checks.ok(
             CheckId::AgentsAlive,
-            format!("every registered agent wrote a heartbeat within {shown}"),
+            format!("every registered agent answered a ping with a heartbeat, in {took}"),
         );
     } else {
         r.checks.fail(

@@ -535,7 +535,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
         }
         Scope::Start => r.checks.skip(
             CheckId::AgentsAlive,
-            "not watched by start (it takes up to two heartbeats): `kibana-rollback plan` watches them",
+            "not watched by start (it pings the agents and waits up to two of their watches): `kibana-rollback plan` watches them",
         ),
         Scope::Leader { .. } => r.checks.skip(
             CheckId::AgentsAlive,
