@@ -9,10 +9,11 @@
 //! The staging, in order: boot the hosts (agents' and, optionally, Kibana hosts without an
 //! agent) in parallel; on each: only the local apt repositories, the kibana-rollback package (its
 //! units byte for byte `systemd/`, a drop-in for the debug log level), its configuration,
-//! Kibana OLD and kibana.yml (its own port and source address); start Kibana, save objects,
-//! take the operator's pre-upgrade snapshot (and a nightly one without the kibana feature state),
-//! wait past `rollback.snapshot_margin`, upgrade every host to NEW the way the upgrade goes
-//! wrong, start the agents and wait until every one has registered.
+//! Kibana OLD and kibana.yml (its own port and source address); start Kibana, save objects (and
+//! write the plugin indices the scenario asks for), take the operator's pre-upgrade snapshot
+//! (and a nightly one without the kibana feature state), wait past `rollback.snapshot_margin`,
+//! upgrade every host to NEW the way the upgrade goes wrong, start the agents and wait until
+//! every one has registered.
 //!
 //! Include with `#[path = "common/fleet.rs"] mod fleet;` next to `mod common;` and the
 //! `hosts`/`testbed` modules (it refers to them as `crate::...`).
