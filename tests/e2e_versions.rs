@@ -70,11 +70,21 @@ async fn node_name(c: &EsCluster, n: usize) -> String {
 
 /// The major-upgrade case: Elasticsearch was upgraded to 9.2.2 first, Kibana's upgrade from
 /// 8.19.21 failed, and Kibana goes back to 8.19.21 while Elasticsearch stays on 9.2.2 (the last
-/// minor of 8.x accepts the next major).
+/// minor of 8.x accepts the next major). ES 9.2's kibana feature also holds the indices of
+/// Kibana's chat and workflows plugins (`.chat-*`, `.workflows-*`): written before the
+/// pre-upgrade snapshot, they are in it; a document written to each after it is gone after the
+/// rollback, and the safety snapshot keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn es_9_2_kibana_8_19_to_9_2_failed_rolls_back_to_8_19() {
+    const PLUGIN_INDICES: [&str; 2] = [".chat-conversations", ".workflows-executions"];
     let c = EsCluster::up("e2e-v92", &[ES_9_2], 1);
-    let Some(fleet) = Spec::new("ma", "8.19.21", "9.2.2").on(&c).stage().await else {
+    let Some(fleet) = Spec::new("ma", "8.19.21", "9.2.2")
+        .on(&c)
+        .plugin_index(PLUGIN_INDICES[0], 2)
+        .plugin_index(PLUGIN_INDICES[1], 3)
+        .stage()
+        .await
+    else {
         return;
     };
     let mut support = Support::for_fleet(
@@ -83,7 +93,74 @@ async fn es_9_2_kibana_8_19_to_9_2_failed_rolls_back_to_8_19() {
         &fleet,
     )
     .await;
-    roll_back(&fleet, &mut support).await;
+    let feature_indices = |snap: &Value| -> Vec<String> {
+        snap["snapshots"][0]["feature_states"]
+            .as_array()
+            .and_then(|f| f.iter().find(|s| s["feature_name"] == "kibana"))
+            .and_then(|f| f["indices"].as_array())
+            .map(|i| {
+                i.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (s, pre) = fleet
+        .cluster
+        .raw(
+            "GET",
+            &format!("_snapshot/{}/pre-upgrade", fleet.repo),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{pre}");
+    let in_pre = feature_indices(&pre);
+    // After the snapshot, the 9.2 Kibana's plugins wrote on (the failed upgrade ran them).
+    for index in PLUGIN_INDICES {
+        assert!(
+            in_pre.iter().any(|i| i == index),
+            "{index} not in the pre-upgrade snapshot: {pre}"
+        );
+        let (s, v) = fleet
+            .cluster
+            .raw(
+                "PUT",
+                &format!("{index}/_doc/after-snapshot?refresh=true"),
+                Some(json!({"kibana_version": "9.2.2"})),
+            )
+            .await;
+        assert!(s == 200 || s == 201, "{index}: {v}");
+    }
+    let op = roll_back(&fleet, &mut support).await;
+    // assert_done compared the whole feature state with the snapshot's; said once more for
+    // these indices, and the safety snapshot holds what the restore replaced.
+    let after = fleet.cluster.kibana_state().await;
+    for index in PLUGIN_INDICES {
+        let (_, docs) = after
+            .get(index)
+            .unwrap_or_else(|| panic!("{index} not restored: {after:?}"));
+        assert_eq!(docs, &fleet.before[index].1, "{index}");
+        assert!(
+            docs.iter().all(|(id, _)| id != "after-snapshot"),
+            "{index}: {docs:?}"
+        );
+    }
+    let safety = format!("kibana-rollback-pre-{}", op["id"].as_str().unwrap());
+    let (s, snap) = fleet
+        .cluster
+        .raw("GET", &format!("_snapshot/{}/{safety}", fleet.repo), None)
+        .await;
+    assert_eq!(s, 200, "{snap}");
+    let in_safety = feature_indices(&snap);
+    for index in PLUGIN_INDICES {
+        assert!(
+            in_safety.iter().any(|i| i == index),
+            "{index} not in the safety snapshot: {snap}"
+        );
+    }
+    support.check(
+        "9.x plugins' .chat-* and .workflows-* indices: in both snapshots, restored to the snapshot's documents, a later write gone",
+    );
     support.pass();
     fleet.teardown().await;
 }

@@ -1,6 +1,7 @@
 //! The Elasticsearch adapter against a real node (tests/harness/es-node, from Maven Central jars):
 //! compare-and-set documents, the kibana feature state snapshot and restore, node versions,
-//! snapshot eligibility as the `snapshots` command reports it, and host failover.
+//! snapshot eligibility as the `snapshots` command reports it, what a restore would discard
+//! (`plan`) under each version's feature patterns, and host failover.
 
 // The kibana feature lock serializes whole tests; each test has its own runtime thread.
 #![allow(clippy::await_holding_lock)]
@@ -385,4 +386,93 @@ async fn failover_to_the_next_host_and_unreachable_error() {
     let (code, _, err) = run_cli(&cfg, &["snapshots"]);
     assert_eq!(code, 69, "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+/// `plan`'s "the restore replaces": the kibana feature's current indices as each version's
+/// patterns have them — 7.17 and 8.x up to 9.1 four patterns, 9.2 adds `.chat-*` and
+/// `.workflows-*`, later ones `.evaluation-*`, a mixed cluster the union — on a real node (the
+/// versions are the cluster's as `discard` is told them; the node lists whatever matches).
+#[tokio::test]
+async fn discard_lists_the_feature_indices_of_each_version_s_patterns() {
+    use kibana_rollback::es::SnapshotInfo;
+    use kibana_rollback::preflight::discard::discard;
+    use semver::Version;
+
+    let _turn = kibana_feature_lock();
+    let es = es();
+    reset_kibana_feature().await;
+    let saved = ".kibana_8.14.3_001";
+    let (s, v) = raw("PUT", saved, Some(json!({"aliases": {".kibana": {}}}))).await;
+    assert_eq!(s, 200, "{v}");
+    for (id, at) in [
+        ("tag:1", "2026-01-02T03:04:05.000Z"),
+        ("tag:2", "2026-02-03T04:05:06.000Z"),
+    ] {
+        let (s, v) = raw(
+            "PUT",
+            &format!("{saved}/_doc/{id}?refresh=true"),
+            Some(json!({"type": "tag", "updated_at": at})),
+        )
+        .await;
+        assert!(s == 200 || s == 201, "{v}");
+    }
+    // Indices of 9.x plugins (as Kibana names them), plain indices on this 8.15 node.
+    let suffix = unique("kr");
+    let chat = format!(".chat-conversations-{suffix}");
+    let workflows = format!(".workflows-executions-{suffix}");
+    let evaluation = format!(".evaluation-runs-{suffix}");
+    for (index, docs) in [(&chat, 3), (&workflows, 1), (&evaluation, 2)] {
+        for i in 0..docs {
+            let (s, v) = raw(
+                "PUT",
+                &format!("{index}/_doc/{i}?refresh=true"),
+                Some(json!({"n": i})),
+            )
+            .await;
+            assert!(s == 200 || s == 201, "{index}: {v}");
+        }
+    }
+    let snapshot: SnapshotInfo = serde_json::from_value(json!({
+        "snapshot": "pre-upgrade", "uuid": "u1", "state": "SUCCESS",
+        "start_time_in_millis": 1_700_000_000_000_i64,
+        "feature_states": [{"feature_name": "kibana", "indices": [saved, chat]}],
+    }))
+    .unwrap();
+
+    let kibana = (saved.to_string(), 2);
+    let nine_two = {
+        let mut v = vec![kibana.clone(), (chat.clone(), 3), (workflows.clone(), 1)];
+        v.sort();
+        v
+    };
+    let mut later = nine_two.clone();
+    later.push((evaluation.clone(), 2));
+    later.sort();
+    for (versions, expected) in [
+        (vec!["7.17.29"], vec![kibana.clone()]),
+        (vec!["8.15.0"], vec![kibana.clone()]),
+        (vec!["8.19.21"], vec![kibana.clone()]),
+        (vec!["9.1.7"], vec![kibana.clone()]),
+        (vec!["9.2.2"], nine_two.clone()),
+        (vec!["8.19.21", "9.2.2"], nine_two.clone()),
+        (vec!["9.4.0"], later.clone()),
+    ] {
+        let vs: Vec<Version> = versions
+            .iter()
+            .map(|v| Version::parse(v).unwrap())
+            .collect();
+        let d = discard(&es, &vs, &snapshot)
+            .await
+            .unwrap_or_else(|e| panic!("{versions:?}: {e}"));
+        assert_eq!(d.current, expected, "on ES {versions:?}");
+        assert_eq!(d.snapshot_indices, vec![saved.to_string(), chat.clone()]);
+        assert_eq!(d.snapshot_start_ms, Some(1_700_000_000_000));
+        // 2026-02-03T04:05:06Z, the newest saved object's updated_at.
+        assert_eq!(d.newest_update_ms, Some(1_770_091_506_000), "{versions:?}");
+        assert_eq!(d.newest_update_unknown, None);
+    }
+    for index in [&chat, &workflows, &evaluation] {
+        raw("DELETE", index, None).await;
+    }
+    reset_kibana_feature().await;
 }

@@ -1,6 +1,7 @@
 //! Runs the leader's cluster steps against Elasticsearch: preflight checks, the Kibana-client
 //! check at the barrier, the safety snapshot, the restore (never after its lease deadline), the
-//! inspection of a predecessor's restore, and the final verification.
+//! inspection of a predecessor's restore, and the final verification (the `.kibana` alias, no
+//! newer Kibana's index, and the health of every index of the feature's patterns).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -377,13 +378,27 @@ impl Cluster {
                 newer.join(", ")
             ));
         }
+        // Every index of the feature on this cluster's versions (9.2's `.chat-*` and
+        // `.workflows-*` too), not only the saved objects': the restore replaced them all.
+        let versions: Vec<semver::Version> = self
+            .es
+            .node_versions()
+            .await
+            .map_err(|e| format!("reading the nodes' versions: {e}"))?
+            .iter()
+            .filter_map(|n| crate::compat::coerce(&n.version))
+            .collect();
+        let patterns = preflight::privileges::feature_patterns(&versions).join(",");
         let h = self
             .es
-            .health(".kibana*", "yellow", Duration::from_secs(60))
+            .health(&patterns, "yellow", Duration::from_secs(60))
             .await
             .map_err(|e| e.to_string())?;
         if h.timed_out || h.status == "red" {
-            return Err(format!("the kibana indices are {}", h.status));
+            return Err(format!(
+                "the kibana feature's indices ({patterns}) are {}",
+                h.status
+            ));
         }
         Ok(())
     }

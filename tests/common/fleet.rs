@@ -9,10 +9,11 @@
 //! The staging, in order: boot the hosts (agents' and, optionally, Kibana hosts without an
 //! agent) in parallel; on each: only the local apt repositories, the kibana-rollback package (its
 //! units byte for byte `systemd/`, a drop-in for the debug log level), its configuration,
-//! Kibana OLD and kibana.yml (its own port and source address); start Kibana, save objects,
-//! take the operator's pre-upgrade snapshot (and a nightly one without the kibana feature state),
-//! wait past `rollback.snapshot_margin`, upgrade every host to NEW the way the upgrade goes
-//! wrong, start the agents and wait until every one has registered.
+//! Kibana OLD and kibana.yml (its own port and source address); start Kibana, save objects (and
+//! write the plugin indices the scenario asks for), take the operator's pre-upgrade snapshot
+//! (and a nightly one without the kibana feature state), wait past `rollback.snapshot_margin`,
+//! upgrade every host to NEW the way the upgrade goes wrong, start the agents and wait until
+//! every one has registered.
 //!
 //! Include with `#[path = "common/fleet.rs"] mod fleet;` next to `mod common;` and the
 //! `hosts`/`testbed` modules (it refers to them as `crate::...`).
@@ -255,15 +256,36 @@ impl Cluster {
         }
     }
 
-    /// The kibana feature's saved-object state: every `.kibana*` index with its documents
-    /// (id → source, sorted) and the aliases pointing at it.
+    /// The kibana feature's patterns on this cluster's node versions (`src/feature.rs`: every
+    /// version's `.kibana*`, ...; 9.2 adds `.chat-*` and `.workflows-*`), comma-separated.
+    pub async fn feature_patterns(&self) -> String {
+        let versions: Vec<semver::Version> = self
+            .versions()
+            .await
+            .iter()
+            .map(|v| {
+                kibana_rollback::compat::coerce(v).unwrap_or_else(|| panic!("node version {v:?}"))
+            })
+            .collect();
+        assert!(!versions.is_empty(), "the cluster reports no node");
+        kibana_rollback::preflight::privileges::feature_patterns(&versions).join(",")
+    }
+
+    /// The kibana feature's state, what a feature-state restore replaces: every index of the
+    /// feature's patterns on this cluster's versions ([`Cluster::feature_patterns`]) with its
+    /// documents (id → source, sorted) and the aliases pointing at it.
     pub async fn kibana_state(&self) -> KibanaState {
-        self.raw("POST", ".kibana*/_refresh?expand_wildcards=all", None)
-            .await;
+        let patterns = self.feature_patterns().await;
+        self.raw(
+            "POST",
+            &format!("{patterns}/_refresh?expand_wildcards=all"),
+            None,
+        )
+        .await;
         let (_, v) = self
             .raw(
                 "GET",
-                "_cat/indices/.kibana*?expand_wildcards=all&format=json&h=index",
+                &format!("_cat/indices/{patterns}?expand_wildcards=all&format=json&h=index"),
                 None,
             )
             .await;
@@ -414,6 +436,10 @@ pub struct Spec {
     pub kibana_yml: HostFn<String>,
     /// Runs on agent host `i` after its setup (drop-ins, edits).
     pub tweak: TweakFn,
+    /// Indices Kibana's plugins keep in the feature besides the saved objects (9.2's `.chat-*`,
+    /// `.workflows-*`): (name, documents), written through Elasticsearch before the pre-upgrade
+    /// snapshot, so the snapshot, the restore and [`Fleet::before`] hold them.
+    pub plugin_indices: Vec<(String, usize)>,
     /// The agents start on the healthy fleet (Kibana OLD) and the upgrade is left to the test:
     /// the whole fleet with [`Fleet::upgrade`] (for `prepare`, which runs before an upgrade) or
     /// host by host with [`Fleet::upgrade_host`] (detection watching it happen).
@@ -437,6 +463,7 @@ impl Spec {
             config: Box::new(|_| String::new()),
             kibana_yml: Box::new(|_| String::new()),
             tweak: Box::new(|_, _| {}),
+            plugin_indices: vec![],
             upgrade_later: false,
         }
     }
@@ -483,6 +510,12 @@ impl Spec {
     }
     pub fn tweak(mut self, f: impl Fn(&TestHost, usize) + Send + Sync + 'static) -> Spec {
         self.tweak = Box::new(f);
+        self
+    }
+    /// A plugin's index of the feature with `docs` documents (ids `<plugin>:<n>`) before the
+    /// pre-upgrade snapshot; see [`Spec::plugin_indices`].
+    pub fn plugin_index(mut self, name: &str, docs: usize) -> Spec {
+        self.plugin_indices.push((name.into(), docs));
         self
     }
 
@@ -655,7 +688,28 @@ async fn stage(spec: Spec) -> Option<Fleet> {
         fleet.wait_available(i, &old);
     }
     fleet.cluster.save_objects(SAVED_OBJECTS, &old).await;
+    for (index, docs) in &fleet.spec.plugin_indices {
+        for n in 0..*docs {
+            let (s, v) = fleet
+                .cluster
+                .raw(
+                    "PUT",
+                    &format!("{index}/_doc/plugin:{n}?refresh=true"),
+                    Some(json!({"kibana_version": old, "n": n})),
+                )
+                .await;
+            assert!(s == 200 || s == 201, "{index}: {v}");
+        }
+    }
     fleet.before = fleet.cluster.kibana_state().await;
+    for (index, docs) in &fleet.spec.plugin_indices {
+        assert_eq!(
+            fleet.before.get(index).map(|(_, d)| d.len()),
+            Some(*docs),
+            "{index} must be in the kibana feature state of {:?}",
+            fleet.cluster.versions().await
+        );
+    }
     assert!(
         fleet
             .before

@@ -288,13 +288,11 @@ pub async fn kibana_docs() -> Vec<(String, serde_json::Value)> {
 
 // ---- clusters of other versions, sizes and mixes ----------------------------------------------
 
-/// Elasticsearch versions the harness builds and runs (tests/harness/es-node; the default node is
+/// The Elasticsearch versions the suite runs (scripts/test builds exactly these; the default node is
 /// [`ES_8_15`]).
 pub const ES_7_17: &str = "7.17.29";
 pub const ES_8_15: &str = "8.15.0";
-pub const ES_8_18: &str = "8.18.8";
 pub const ES_8_19: &str = "8.19.21";
-pub const ES_9_1: &str = "9.1.7";
 pub const ES_9_2: &str = "9.2.2";
 
 /// A real Elasticsearch cluster of its own, named so several run side by side in one
