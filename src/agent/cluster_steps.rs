@@ -343,22 +343,7 @@ impl Cluster {
             .indices_with_aliases(".kibana*")
             .await
             .map_err(|e| format!("reading the .kibana* indices and aliases: {e}"))?;
-        if !found
-            .iter()
-            .any(|(index, aliases)| index == ".kibana" || aliases.iter().any(|a| a == ".kibana"))
-        {
-            return Err("the .kibana alias does not exist after the rollback".into());
-        }
-        let names = found
-            .iter()
-            .flat_map(|(i, a)| std::iter::once(i.as_str()).chain(a.iter().map(String::as_str)));
-        let newer = snapshots::newer_than(names, target);
-        if !newer.is_empty() {
-            return Err(format!(
-                "indices or aliases of a Kibana newer than the target {target} remain after the restore: {}",
-                newer.join(", ")
-            ));
-        }
+        snapshots::verify_restored(&found, target)?;
         let h = self
             .es
             .health(".kibana*", "yellow", Duration::from_secs(60))
