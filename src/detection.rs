@@ -103,7 +103,8 @@ pub fn classify(line: &str) -> LineClass {
 /// What Kibana's status API said, by the start step's rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusLook {
-    /// Healthy (HTTP 200, available or degraded) at the new version, or redacted and healthy.
+    /// Healthy (HTTP 200, core available or degraded) at the new version, or redacted and
+    /// healthy.
     Up,
     /// Not available: the answer, described (a different description restarts the clock).
     NotAvailable(String),

@@ -311,6 +311,31 @@ pub fn newer_than<'a>(names: impl IntoIterator<Item = &'a str>, target: &Version
     out
 }
 
+/// What the kibana indices and aliases (`found`, as [`crate::es::indices_and_aliases`] reads
+/// them) must show once the restore to `target` is done: the `.kibana` alias (or index) exists,
+/// and no index or alias of a Kibana newer than `target` remains — a `.kibana_<newer>_001` left
+/// beside the restored state, or a version alias a compatible migration added in place. Either
+/// would make the older Kibana refuse to start or run on a newer one's state.
+pub fn verify_restored(found: &[(String, Vec<String>)], target: &Version) -> Result<(), String> {
+    if !found
+        .iter()
+        .any(|(index, aliases)| index == ".kibana" || aliases.iter().any(|a| a == ".kibana"))
+    {
+        return Err("the .kibana alias does not exist after the rollback".into());
+    }
+    let names = found
+        .iter()
+        .flat_map(|(i, a)| std::iter::once(i.as_str()).chain(a.iter().map(String::as_str)));
+    let newer = newer_than(names, target);
+    if !newer.is_empty() {
+        return Err(format!(
+            "indices or aliases of a Kibana newer than the target {target} remain after the restore: {}",
+            newer.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// The newest snapshot that is certainly eligible (the list is newest first).
 pub fn latest_eligible<'a>(
     list: &'a [SnapshotInfo],
@@ -614,5 +639,59 @@ mod tests {
             !judge(&s, &w).0,
             "a rollback point of another version proves nothing here"
         );
+    }
+
+    /// `GET .kibana*/_alias?expand_wildcards=all` as the test node (ES 8.15.0) answered it after
+    /// a restore of an 8.14.3 state, with what a failed 8.15.0 upgrade can leave behind.
+    mod verify_restored {
+        use super::*;
+        use crate::es::indices_and_aliases;
+
+        const RESTORED: &str = r#"{".kibana_8.14.3_001":{"aliases":{".kibana":{"is_hidden":true},".kibana_8.14.3":{"is_hidden":true}}},".kibana_task_manager_8.14.3_001":{"aliases":{".kibana_task_manager":{"is_hidden":true},".kibana_task_manager_8.14.3":{"is_hidden":true}}}}"#;
+        /// A newer index left beside the restored state, and a version alias an in-place
+        /// (compatible) migration added to an old index.
+        const LEFTOVERS: &str = r#"{".kibana_8.14.3_001":{"aliases":{".kibana":{"is_hidden":true},".kibana_8.14.3":{"is_hidden":true}}},".kibana_8.15.0_001":{"aliases":{}},".kibana_task_manager_8.14.3_001":{"aliases":{".kibana_task_manager":{"is_hidden":true},".kibana_task_manager_8.14.3":{"is_hidden":true},".kibana_task_manager_8.15.0":{"is_hidden":true}}}}"#;
+        const NO_KIBANA_ALIAS: &str = r#"{".kibana_task_manager_8.14.3_001":{"aliases":{".kibana_task_manager":{"is_hidden":true},".kibana_task_manager_8.14.3":{"is_hidden":true}}}}"#;
+
+        fn verify(answer: &str, target: &str) -> Result<(), String> {
+            let found = indices_and_aliases(&serde_json::from_str(answer).unwrap());
+            verify_restored(&found, &Version::parse(target).unwrap())
+        }
+
+        #[test]
+        fn the_restored_state_of_the_target_passes() {
+            assert_eq!(verify(RESTORED, "8.14.3"), Ok(()));
+            // An older version's names are no obstacle either.
+            assert_eq!(verify(RESTORED, "8.15.0"), Ok(()));
+        }
+
+        #[test]
+        fn a_newer_index_or_version_alias_left_over_fails() {
+            assert_eq!(
+                verify(LEFTOVERS, "8.14.3"),
+                Err("indices or aliases of a Kibana newer than the target 8.14.3 remain after the restore: .kibana_8.15.0_001, .kibana_task_manager_8.15.0".into())
+            );
+            // Only the alias: what a compatible migration leaves on the old index.
+            let alias_only = LEFTOVERS.replace(r#"".kibana_8.15.0_001":{"aliases":{}},"#, "");
+            assert_eq!(
+                verify(&alias_only, "8.14.3"),
+                Err("indices or aliases of a Kibana newer than the target 8.14.3 remain after the restore: .kibana_task_manager_8.15.0".into())
+            );
+            // Against a target that is the newer version, nothing is newer.
+            assert_eq!(verify(LEFTOVERS, "8.15.0"), Ok(()));
+        }
+
+        #[test]
+        fn a_missing_kibana_alias_fails() {
+            assert_eq!(
+                verify(NO_KIBANA_ALIAS, "8.14.3"),
+                Err("the .kibana alias does not exist after the rollback".into())
+            );
+            // No index at all (`{}`, what the node answers when nothing matches).
+            assert_eq!(
+                verify("{}", "8.14.3"),
+                Err("the .kibana alias does not exist after the rollback".into())
+            );
+        }
     }
 }

@@ -649,6 +649,44 @@ async fn plan_fails_when_no_listed_leader_is_alive() {
     raw("DELETE", &e.index, None).await;
 }
 
+/// The kibana feature state as an 8.15.0 Kibana would have left it, with known document counts:
+/// `.kibana_8.15.0_001` (3 saved objects, the newest updated at `newest_ms`) and
+/// `.kibana_task_manager_8.15.0_001` (2 tasks, no `updated_at`).
+async fn current_feature_state(newest_ms: i64) {
+    reset_kibana_feature().await;
+    let mapping = json!({"mappings": {"properties": {"updated_at": {"type": "date"}}}});
+    for (index, alias) in [
+        (".kibana_8.15.0_001", ".kibana"),
+        (".kibana_task_manager_8.15.0_001", ".kibana_task_manager"),
+    ] {
+        let mut body = mapping.clone();
+        body["aliases"] = json!({ alias: {} });
+        let (s, v) = raw("PUT", index, Some(body)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    for (id, updated) in [
+        ("dashboard:1", json!("2024-05-01T10:00:00Z")),
+        ("dashboard:2", json!(newest_ms)),
+        ("config:8.15.0", json!("2024-05-02T11:22:33Z")),
+    ] {
+        let doc = json!({"type": id.split(':').next().unwrap(), "updated_at": updated});
+        let (s, v) = raw("PUT", &format!(".kibana_8.15.0_001/_doc/{id}"), Some(doc)).await;
+        assert!(s == 200 || s == 201, "{v}");
+    }
+    for id in ["task:a", "task:b"] {
+        let (s, v) = raw(
+            "PUT",
+            &format!(".kibana_task_manager_8.15.0_001/_doc/{id}"),
+            Some(json!({"type": "task"})),
+        )
+        .await;
+        assert!(s == 200 || s == 201, "{v}");
+    }
+    raw("POST", ".kibana*/_refresh?expand_wildcards=all", None).await;
+}
+
+// The kibana feature lock is held across awaits on purpose (see shared_repo).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn plan_passes_and_fails_the_right_checks() {
     let repo = shared_repo().await;
@@ -656,6 +694,10 @@ async fn plan_passes_and_fails_the_right_checks() {
     es().ensure_index(&e.index).await.unwrap();
     write_host(&e.index, "kb1", 1, "8.15.0").await;
     write_host(&e.index, "kb2", 1, "8.15.0").await;
+    // What the restore would discard, with counts known here; `good` started before `newest`.
+    let _turn = kibana_feature_lock();
+    let newest = now_ms();
+    current_feature_state(newest).await;
 
     // Agents alive: heartbeats move while plan watches.
     let (code, out, err) = plan_while_beating(&e, &["kb1", "kb2"]).await;
@@ -682,10 +724,31 @@ async fn plan_passes_and_fails_the_right_checks() {
     // says so instead of passing silently.
     assert!(out.contains("Elasticsearch runs without security"), "{out}");
     assert!(out.contains(&format!("{repo}/good")), "{out}");
-    // What the restore would delete, and what it brings back.
+    // What the restore would delete (each index with its document count, the newest saved-object
+    // update, flagged as newer than the snapshot), and what it brings back.
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("the restore deletes the current kibana feature state"))
+        .unwrap_or_else(|| panic!("no discard section:\n{out}"));
+    let newest_stamp = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(newest as u64),
+    )
+    .to_string();
+    assert_eq!(
+        lines[at + 1..at + 4],
+        [
+            "  .kibana_8.15.0_001  3 docs",
+            "  .kibana_task_manager_8.15.0_001  2 docs",
+            format!(
+                "  newest saved-object update: {newest_stamp} — after the snapshot started: changes since then are lost"
+            )
+            .as_str(),
+        ],
+        "{out}"
+    );
     assert!(
-        out.contains("the restore deletes the current kibana feature state")
-            && out.contains("and restores the snapshot's .kibana_"),
+        lines[at + 4].starts_with("and restores the snapshot's .kibana_8.14.3_001 (started "),
         "{out}"
     );
     assert!(
@@ -755,6 +818,7 @@ async fn plan_passes_and_fails_the_right_checks() {
     for idx in [&e.index, &e3.index] {
         raw("DELETE", idx, None).await;
     }
+    reset_kibana_feature().await;
 }
 
 #[tokio::test]

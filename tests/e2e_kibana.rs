@@ -140,6 +140,15 @@ async fn a_kibana_without_an_agent_is_refused_then_blocks_the_barrier_until_it_a
 
     let (ok, journal) = fleet.wait_trigger(Duration::from_secs(120));
     assert!(!ok, "the operation must abort:\n{journal}");
+    // `start --wait` (the trigger unit's ExecStart) printed the barrier's waiting-for line,
+    // naming the stray Kibana by its address, as `status` did.
+    assert!(
+        journal.lines().any(|l| {
+            l.contains("barrier: waiting for Kibana clients to disconnect:") && l.contains(&named)
+        }),
+        "start --wait names {} while the barrier waits:\n{journal}",
+        stray.address
+    );
     let hist = fleet.history().await;
     assert_eq!(hist.len(), 1, "{hist:?}");
     let op = &hist[0];

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::es::Es;
+use crate::fleet::recovery::{self, RecoveryEvidence, RecoveryVerdict};
 use crate::fleet::{
     ClusterOutcome, ClusterStep, RestoreInspection, RestoreReport, RestoreResult, SnapshotRef,
 };
@@ -257,9 +258,10 @@ impl Cluster {
     /// What became of a restore someone (a predecessor, or this leader before its answer was
     /// lost) may have sent. Running: the cluster state lists it, or a restore task runs. Done:
     /// every shard of the snapshot's indices was recovered from this snapshot and is healthy. Not
-    /// started: none of that, and the indices' recoveries were readable (an empty `_recovery`
-    /// answer for indices that exist means missing privileges: unknown, never "not started"). The
-    /// leader decides "not started" only after a grace covering a late send.
+    /// started: none of that, and the indices' recoveries were readable — judged by
+    /// [`recovery::judge`] (an empty `_recovery` answer for indices that exist means missing
+    /// privileges: unknown, never "not started"). The leader decides "not started" only after a
+    /// grace covering a late send.
     async fn inspect(&self, snap: &SnapshotRef, after: Option<&str>) -> RestoreInspection {
         // Recoveries from this snapshot older than this operation's safety snapshot belong to
         // an earlier rollback: they prove nothing about this one.
@@ -290,60 +292,40 @@ impl Cluster {
             Err(e) => return RestoreInspection::Unknown(format!("reading restore tasks: {e}")),
         }
         let indices = match self.snapshot_indices(snap).await {
-            Ok(i) if !i.is_empty() => i,
-            Ok(_) => {
-                return RestoreInspection::Unknown(
-                    "the snapshot's kibana feature state holds no index".into(),
-                )
-            }
+            Ok(i) => i,
             Err(e) => return RestoreInspection::Unknown(e),
         };
-        let existing = match self.es.index_doc_counts(&indices.join(",")).await {
-            Ok(e) => e,
-            Err(e) => {
-                return RestoreInspection::Unknown(format!("listing the snapshot's indices: {e}"))
+        // Nothing to list for a snapshot without indices (an empty pattern would list all).
+        let existing = if indices.is_empty() {
+            Vec::new()
+        } else {
+            match self.es.index_doc_counts(&indices.join(",")).await {
+                Ok(e) => e,
+                Err(e) => {
+                    return RestoreInspection::Unknown(format!(
+                        "listing the snapshot's indices: {e}"
+                    ))
+                }
             }
         };
-        if existing.is_empty() {
-            return RestoreInspection::Unknown(format!(
-                "none of the snapshot's indices ({}) exists and no restore runs",
-                indices.join(", ")
-            ));
-        }
-        let recs = match self.es.recoveries(&indices.join(",")).await {
-            Ok(r) => r,
-            Err(e) => return RestoreInspection::Unknown(format!("reading recoveries: {e}")),
+        let recoveries = if existing.is_empty() {
+            Vec::new()
+        } else {
+            match self.es.recoveries(&indices.join(",")).await {
+                Ok(r) => r,
+                Err(e) => return RestoreInspection::Unknown(format!("reading recoveries: {e}")),
+            }
         };
-        if recs.is_empty() {
-            return RestoreInspection::Unknown(
-                "_recovery answered nothing for indices that exist: the key may lack the monitor privilege on them".into(),
-            );
-        }
-        let from_snap: Vec<_> = recs
-            .iter()
-            .filter(|r| {
-                r.kind == "SNAPSHOT"
-                    && r.snapshot.as_deref() == Some(&snap.name)
-                    && r.repository.as_deref() == Some(&snap.repository)
-            })
-            // A second of slack for the recovering nodes' clocks against the master's.
-            .filter(|r| match (not_before, r.start_time_ms) {
-                (Some(t), Some(s)) => s >= t - 1000,
-                _ => true,
-            })
-            .collect();
-        if from_snap.is_empty() {
-            return RestoreInspection::NotStarted;
-        }
-        if not_before.is_none() {
-            return RestoreInspection::Unknown(
-                "these indices were recovered from this snapshot, but without a safety snapshot \
-                 nothing dates this operation's restore against an earlier one"
-                    .into(),
-            );
-        }
-        if from_snap.iter().any(|r| r.stage != "DONE") {
-            return RestoreInspection::InProgress;
+        let verdict = recovery::judge(&RecoveryEvidence {
+            repository: &snap.repository,
+            snapshot: &snap.name,
+            not_before_ms: not_before,
+            indices: &indices,
+            existing: existing.len(),
+            recoveries: &recoveries,
+        });
+        if let RecoveryVerdict::Decided(inspection) = verdict {
+            return inspection;
         }
         match self
             .es
@@ -362,22 +344,7 @@ impl Cluster {
             .indices_with_aliases(".kibana*")
             .await
             .map_err(|e| format!("reading the .kibana* indices and aliases: {e}"))?;
-        if !found
-            .iter()
-            .any(|(index, aliases)| index == ".kibana" || aliases.iter().any(|a| a == ".kibana"))
-        {
-            return Err("the .kibana alias does not exist after the rollback".into());
-        }
-        let names = found
-            .iter()
-            .flat_map(|(i, a)| std::iter::once(i.as_str()).chain(a.iter().map(String::as_str)));
-        let newer = snapshots::newer_than(names, target);
-        if !newer.is_empty() {
-            return Err(format!(
-                "indices or aliases of a Kibana newer than the target {target} remain after the restore: {}",
-                newer.join(", ")
-            ));
-        }
+        snapshots::verify_restored(&found, target)?;
         // Every index of the feature on this cluster's versions (9.2's `.chat-*` and
         // `.workflows-*` too), not only the saved objects': the restore replaced them all.
         let versions: Vec<semver::Version> = self

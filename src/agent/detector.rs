@@ -57,7 +57,8 @@ fn wall_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// The start step's readiness rule, for a watch of `to`: healthy, and when the answer names a
+/// The start step's readiness rule, for a watch of `to`: healthy (HTTP 200 and core available or
+/// degraded, whatever the plugins say: `Answer::is_healthy`), and when the answer names a
 /// version, that one. Refused credentials, TLS problems and odd answers say nothing about the
 /// upgrade. Descriptions are coarse, so only a real change of answer restarts the clock.
 pub fn status_look(answer: &Answer, to: &Version) -> StatusLook {
@@ -71,8 +72,8 @@ pub fn status_look(answer: &Answer, to: &Version) -> StatusLook {
         Answer::NoAnswer { .. } => StatusLook::NotAvailable("no answer".into()),
         Answer::NotReady { .. } => StatusLook::NotAvailable("not ready yet (HTTP 503)".into()),
         Answer::Full(_) | Answer::Redacted { .. } => StatusLook::NotAvailable(format!(
-            "level {}",
-            answer.level().map(|l| l.as_str()).unwrap_or("unknown")
+            "core level {}",
+            answer.core_level().map(|l| l.as_str()).unwrap_or("unknown")
         )),
         Answer::AuthRefused { .. } | Answer::TlsFailed { .. } | Answer::Unexpected { .. } => {
             StatusLook::Unknown
@@ -260,9 +261,16 @@ mod tests {
     use crate::host::kibana_status::{FullStatus, Level};
 
     fn full(level: Level, version: &str) -> Answer {
+        with_core(level, level, version)
+    }
+
+    /// A full status with overall level `overall` and core level `core`, answered with the HTTP
+    /// code Kibana gives that core level.
+    fn with_core(overall: Level, core: Level, version: &str) -> Answer {
         Answer::Full(FullStatus {
-            http_status: if level.is_up() { 200 } else { 503 },
-            level,
+            http_status: if core.is_up() { 200 } else { 503 },
+            level: overall,
+            core_level: core,
             version: version.into(),
             not_available: vec![],
             summary: String::new(),
@@ -325,5 +333,43 @@ mod tests {
             with_credentials: false,
         };
         assert_eq!(status_look(&refused, &to), StatusLook::Unknown);
+    }
+
+    /// Core decides, as it does Kibana's HTTP code: a plugin unavailable with core up is Up; core
+    /// down is not, whatever the overall level says.
+    #[test]
+    fn the_status_look_follows_core_not_the_plugins() {
+        let to = Version::new(8, 15, 0);
+        assert_eq!(
+            status_look(&with_core(Level::Critical, Level::Available, "8.15.0"), &to),
+            StatusLook::Up
+        );
+        assert_eq!(
+            status_look(
+                &with_core(Level::Unavailable, Level::Degraded, "8.15.0"),
+                &to
+            ),
+            StatusLook::Up
+        );
+        assert_eq!(
+            status_look(
+                &with_core(Level::Unavailable, Level::Unavailable, "8.15.0"),
+                &to
+            ),
+            StatusLook::NotAvailable("core level unavailable".into())
+        );
+        let redacted_down = Answer::Redacted {
+            http_status: 503,
+            level: Level::Critical,
+        };
+        assert_eq!(
+            status_look(&redacted_down, &to),
+            StatusLook::NotAvailable("core level critical".into())
+        );
+        // A plugin's state does not hide an old version.
+        assert_eq!(
+            status_look(&with_core(Level::Critical, Level::Available, "8.14.3"), &to),
+            StatusLook::NotAvailable("Kibana 8.14.3 still answers".into())
+        );
     }
 }

@@ -481,7 +481,7 @@ impl Host {
                 a if a.is_healthy() => {
                     let proof = match a.version() {
                         Some(v) if v == expect.to_string() => {
-                            Ok(format!("Kibana {v} reports {} itself", a.level().expect("healthy has a level")))
+                            Ok(format!("Kibana {v} reports itself, core {}", a.core_level().expect("healthy has a level")))
                         }
                         Some(v) => match self.process_evidence(&svc, expect).await {
                             Err(Proof::Fatal(why)) => Err(Proof::Fatal(why)),
@@ -588,15 +588,21 @@ enum Proof {
     NotYet(String),
 }
 
+/// The start step's detail for a healthy answer: what proved the version, and as a warning what
+/// is not available — core degraded, or any plugin not available (they do not decide health:
+/// Kibana's own HTTP code follows core).
 fn started_detail(unit: &str, a: &Answer, proof: &str) -> String {
+    use crate::host::kibana_status::Level;
     let mut d = format!("{unit} active; {proof}");
-    if a.level() == Some(crate::host::kibana_status::Level::Degraded) {
-        let what = a.not_available();
-        d.push_str(&if what.is_empty() {
-            "; warning: Kibana is degraded (the redacted status does not say what)".to_string()
-        } else {
-            format!("; warning: Kibana is degraded: {}", what.join("; "))
-        });
+    let what = a.not_available();
+    if !what.is_empty() {
+        let overall = a.level().map(Level::as_str).unwrap_or("unknown");
+        d.push_str(&format!(
+            "; warning: Kibana is {overall}: {}",
+            what.join("; ")
+        ));
+    } else if a.core_level() == Some(Level::Degraded) {
+        d.push_str("; warning: Kibana is degraded (the redacted status does not say what)");
     }
     d
 }
@@ -751,5 +757,40 @@ mod tests {
         )
         .unwrap();
         assert!(v.contains("Result=signal") && v.contains("SIGKILL"), "{v}");
+    }
+
+    /// Healthy answers name what is not available as a warning: plugins (any state) and a
+    /// degraded core; nothing when all is available.
+    #[test]
+    fn the_start_detail_warns_of_what_is_not_available() {
+        use crate::host::kibana_status::classify;
+        let body = |overall: &str, es: &str, task: &str| {
+            format!(
+                r#"{{"version":{{"number":"8.15.0"}},"status":{{"overall":{{"level":"{overall}"}},
+                "core":{{"elasticsearch":{{"level":"{es}","summary":"es {es}"}},"savedObjects":{{"level":"available"}}}},
+                "plugins":{{"taskManager":{{"level":"{task}","summary":"Task Manager is {task}"}}}}}}}}"#
+            )
+        };
+        let all = classify(200, &body("available", "available", "available"), true);
+        assert_eq!(
+            started_detail("kibana.service", &all, "proof"),
+            "kibana.service active; proof"
+        );
+        let plugin = classify(200, &body("unavailable", "available", "unavailable"), true);
+        assert!(plugin.is_healthy());
+        assert_eq!(
+            started_detail("kibana.service", &plugin, "proof"),
+            "kibana.service active; proof; warning: Kibana is unavailable: plugin taskManager unavailable (Task Manager is unavailable)"
+        );
+        let core = classify(200, &body("degraded", "degraded", "available"), true);
+        assert_eq!(
+            started_detail("kibana.service", &core, "proof"),
+            "kibana.service active; proof; warning: Kibana is degraded: core elasticsearch degraded (es degraded)"
+        );
+        let redacted = classify(200, r#"{"status":{"overall":{"level":"degraded"}}}"#, false);
+        assert_eq!(
+            started_detail("kibana.service", &redacted, "proof"),
+            "kibana.service active; proof; warning: Kibana is degraded (the redacted status does not say what)"
+        );
     }
 }

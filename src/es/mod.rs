@@ -698,23 +698,7 @@ impl Es {
             Err(e) if e.is_not_found() => return Ok(vec![]),
             Err(e) => return Err(e),
         };
-        let mut out: Vec<(String, Vec<String>)> = v
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(index, body)| {
-                        let mut aliases: Vec<String> = body["aliases"]
-                            .as_object()
-                            .map(|a| a.keys().cloned().collect())
-                            .unwrap_or_default();
-                        aliases.sort();
-                        (index.clone(), aliases)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        Ok(out)
+        Ok(indices_and_aliases(&v))
     }
 
     /// Creates the coordination index if it does not exist (one shard; a replica when the
@@ -1003,6 +987,27 @@ impl Es {
             primary_term: reply.primary_term,
         })
     }
+}
+
+/// Every index of a `GET <pattern>/_alias` answer with its aliases, both sorted.
+pub fn indices_and_aliases(answer: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = answer
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(index, body)| {
+                    let mut aliases: Vec<String> = body["aliases"]
+                        .as_object()
+                        .map(|a| a.keys().cloned().collect())
+                        .unwrap_or_default();
+                    aliases.sort();
+                    (index.clone(), aliases)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 #[cfg(test)]

@@ -143,17 +143,5 @@ pub(crate) struct WriteReply {
     pub primary_term: i64,
 }
 
-/// One shard recovery from `_recovery`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardRecovery {
-    pub index: String,
-    /// `SNAPSHOT`, `EMPTY_STORE`, `EXISTING_STORE`, `PEER`, ...
-    pub kind: String,
-    /// `INIT` ... `DONE`.
-    pub stage: String,
-    pub snapshot: Option<String>,
-    pub repository: Option<String>,
-    /// When the recovery started (the recovering node's clock, ms).
-    #[serde(default)]
-    pub start_time_ms: Option<i64>,
-}
+/// One shard recovery from `_recovery` (the shape the leader's judgement reads).
+pub use crate::fleet::recovery::ShardRecovery;

@@ -83,7 +83,9 @@ pub struct ClientStats {
     pub nodes_failed: u32,
     /// Names of the nodes that did not answer, when known.
     pub failed_nodes: Vec<String>,
-    /// The reader's own connection (found by its `X-Opaque-Id`) is in the list.
+    /// The reader's own connection is in the list: found by the nonce its request carries in
+    /// `filter_path`, which the stats show as its `last_uri` (a pooled connection keeps the
+    /// `X-Opaque-Id` of its first request, so that cannot identify it).
     pub own_connection_seen: bool,
     pub clients: Vec<SeenClient>,
 }

@@ -97,6 +97,7 @@ pub mod leader;
 pub mod lease;
 pub mod node;
 pub mod policy;
+pub mod recovery;
 pub mod status;
 
 #[cfg(test)]

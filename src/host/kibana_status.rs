@@ -14,12 +14,18 @@
 //! * **503 "Kibana server is not ready yet"** (plain text): the not-ready server Kibana runs
 //!   while it starts or migrates — not ready, not an error. A connection refused is the same.
 //!
-//! The HTTP code follows core's status: 200 for available or degraded, 503 otherwise (7.x: the
-//! overall status). **Healthy** ([`Answer::is_healthy`]) is HTTP 200 with level `available` or
-//! `degraded`: `degraded` is common on healthy deployments (kibana#138680), so it is reported
-//! ([`Answer::not_available`] names the degraded services and plugins) but not waited out. The
-//! version comes only with a full status; a redacted one needs the process evidence of
-//! `host::process` to tell which Kibana answers.
+//! Kibana's route (`src/core/packages/status/server-internal/src/routes/status.ts`, 8.x
+//! `packages/core/status/core-status-server-internal/...`) answers 503 when `coreOverall` — the
+//! summary (worst level) of the core services `elasticsearch` and `savedObjects`
+//! (`status_service.ts`) — is `unavailable` or worse, else 200; a redacted body carries that same
+//! core level. `status.overall` of a full body folds in every plugin as well, so it says nothing
+//! the HTTP code does not about whether Kibana serves. **Healthy** ([`Answer::is_healthy`]) is
+//! therefore one rule for both bodies: HTTP 200 and **core's** level `available` or `degraded`
+//! ([`Answer::core_level`]). `degraded` is common on healthy deployments (kibana#138680), and a
+//! plugin's state does not decide either: both are reported as warnings
+//! ([`Answer::not_available`] names the services and plugins) but not waited out. The version
+//! comes only with a full status; a redacted one needs the process evidence of `host::process`
+//! to tell which Kibana answers.
 //!
 //! Kibana over TLS with a private CA: `kibana.status_ca_file` is the only trust anchor then.
 
@@ -87,7 +93,12 @@ impl std::fmt::Display for Level {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FullStatus {
     pub http_status: u16,
+    /// `status.overall`: core and every plugin.
     pub level: Level,
+    /// Core's level: the worst of `status.core.*` (legacy format: of the `core:` statuses), what
+    /// the HTTP code and a redacted body follow. The overall level when the body has no core
+    /// section.
+    pub core_level: Level,
     /// `version.number` of the Kibana process that answered.
     pub version: String,
     /// Services and plugins whose level is not `available`, as `name: level (summary)`.
@@ -135,12 +146,22 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// HTTP 200 and level available or degraded.
+    /// HTTP 200 and core's level available or degraded (module doc); plugins do not decide.
     pub fn is_healthy(&self) -> bool {
         match self {
-            Answer::Full(f) => f.http_status == 200 && f.level.is_up(),
+            Answer::Full(f) => f.http_status == 200 && f.core_level.is_up(),
             Answer::Redacted { http_status, level } => *http_status == 200 && level.is_up(),
             _ => false,
+        }
+    }
+
+    /// Core's level: a full status's `core_level`, or the level of a redacted one (which is
+    /// core's).
+    pub fn core_level(&self) -> Option<Level> {
+        match self {
+            Answer::Full(f) => Some(f.core_level),
+            Answer::Redacted { level, .. } => Some(*level),
+            _ => None,
         }
     }
 
@@ -152,6 +173,8 @@ impl Answer {
         }
     }
 
+    /// The overall level: a full status's `status.overall` (core and plugins), or the level of
+    /// a redacted one (core's: the only one it has).
     pub fn level(&self) -> Option<Level> {
         match self {
             Answer::Full(f) => Some(f.level),
@@ -405,9 +428,14 @@ pub fn classify(code: u16, text: &str, with_credentials: bool) -> Answer {
     };
     let legacy_format = overall["level"].is_null();
     let mut not_available = Vec::new();
+    let mut core_level: Option<Level> = None;
+    let mut core_seen = |l: Level| core_level = Some(core_level.map_or(l, |c| c.max(l)));
     if legacy_format {
         for s in body["status"]["statuses"].as_array().into_iter().flatten() {
             let state = s["state"].as_str().unwrap_or("");
+            if s["id"].as_str().is_some_and(|id| id.starts_with("core:")) {
+                core_seen(Level::from_legacy_state(state));
+            }
             if state != "green" {
                 let id = s["id"].as_str().unwrap_or("?");
                 let name = id.split('@').next().unwrap_or(id);
@@ -425,6 +453,10 @@ pub fn classify(code: u16, text: &str, with_credentials: bool) -> Answer {
             };
             for (name, s) in map {
                 let l = s["level"].as_str().unwrap_or("unknown");
+                if section == "core" {
+                    // A level this probe does not know counts as the worst.
+                    core_seen(Level::parse(l).unwrap_or(Level::Critical));
+                }
                 if l != "available" {
                     not_available.push(with_summary(
                         &format!("{kind} {name}"),
@@ -443,6 +475,7 @@ pub fn classify(code: u16, text: &str, with_credentials: bool) -> Answer {
     Answer::Full(FullStatus {
         http_status: code,
         level,
+        core_level: core_level.unwrap_or(level),
         version: version.to_string(),
         not_available,
         summary,
@@ -483,16 +516,73 @@ mod tests {
             a.not_available(),
             ["plugin taskManager degraded (Task Manager is unhealthy)"]
         );
-        // 200 but the overall level unavailable (a plugin): not healthy
-        let down = FULL_8.replace(
-            r#""level":"degraded","summary":"1"#,
-            r#""level":"unavailable","summary":"1"#,
+        assert_eq!(a.core_level(), Some(Level::Available));
+    }
+
+    /// Kibana's rule (routes/status.ts): the HTTP code follows `coreOverall` (the worst of the
+    /// core services), not `overall`, which folds in the plugins. A plugin unavailable with core
+    /// available is a 200 Kibana that serves: healthy, the plugin reported.
+    #[test]
+    fn core_decides_and_plugins_are_reported() {
+        let plugin_down = FULL_8
+            .replace(
+                r#""level":"degraded","summary":"1"#,
+                r#""level":"unavailable","summary":"1"#,
+            )
+            .replace(
+                r#""taskManager":{"level":"degraded""#,
+                r#""taskManager":{"level":"unavailable""#,
+            );
+        let a = classify(200, &plugin_down, true);
+        assert!(a.is_healthy(), "{a:?}");
+        assert_eq!(a.level(), Some(Level::Unavailable));
+        assert_eq!(a.core_level(), Some(Level::Available));
+        assert_eq!(
+            a.not_available(),
+            ["plugin taskManager unavailable (Task Manager is unhealthy)"]
         );
-        assert!(!classify(200, &down, true).is_healthy());
-        // core unavailable: 503 with a full body
-        let a = classify(503, &FULL_8.replace("degraded", "unavailable"), true);
+        // Core degraded (savedObjects): still 200 and healthy, core named.
+        let core_degraded = FULL_8.replace(
+            r#""savedObjects":{"level":"available""#,
+            r#""savedObjects":{"level":"degraded""#,
+        );
+        let a = classify(200, &core_degraded, true);
+        assert!(a.is_healthy(), "{a:?}");
+        assert_eq!(a.core_level(), Some(Level::Degraded));
+        assert!(
+            a.not_available()
+                .iter()
+                .any(|n| n.starts_with("core savedObjects degraded")),
+            "{a:?}"
+        );
+        // Core unavailable: Kibana answers 503 with the full body; not healthy.
+        let core_down = FULL_8.replace(
+            r#""elasticsearch":{"level":"available""#,
+            r#""elasticsearch":{"level":"unavailable""#,
+        );
+        let a = classify(503, &core_down, true);
         assert!(!a.is_healthy());
+        assert_eq!(a.core_level(), Some(Level::Unavailable));
         assert!(matches!(a, Answer::Full(ref f) if f.http_status == 503));
+        // Both halves of the rule: core up but not 200, or 200 with core down, is not healthy.
+        assert!(!classify(503, FULL_8, true).is_healthy());
+        assert!(!classify(200, &core_down, true).is_healthy());
+        // A core level this probe does not know counts as down.
+        let odd = FULL_8.replace(
+            r#""elasticsearch":{"level":"available""#,
+            r#""elasticsearch":{"level":"sideways""#,
+        );
+        assert_eq!(
+            classify(200, &odd, true).core_level(),
+            Some(Level::Critical)
+        );
+        // No core section (not a shape Kibana sends): the overall level stands in.
+        let no_core =
+            r#"{"version":{"number":"8.14.3"},"status":{"overall":{"level":"degraded"}}}"#;
+        assert_eq!(
+            classify(200, no_core, true).core_level(),
+            Some(Level::Degraded)
+        );
     }
 
     #[test]
@@ -564,7 +654,18 @@ mod tests {
             f.not_available,
             ["plugin:reporting critical (taskManager is unavailable)"]
         );
+        // Core (core:elasticsearch green) is available; the 503 alone makes it not healthy.
+        assert_eq!(f.core_level, Level::Available);
         assert!(!a.is_healthy());
+        let core_red = LEGACY_7.replace(
+            r#""message":"Elasticsearch is available","since":"x","state":"green""#,
+            r#""message":"Elasticsearch is unavailable","since":"x","state":"red""#,
+        );
+        assert_eq!(
+            classify(200, &core_red, true).core_level(),
+            Some(Level::Critical)
+        );
+        assert!(!classify(200, &core_red, true).is_healthy());
     }
 
     #[test]

@@ -626,48 +626,67 @@ async fn credentials(ctx: &Ctx<'_>, yml: &KibanaYml, version: Option<&Version>, 
             }
         }
         Some((user, password)) => {
-            let want_monitor = *v >= REDACTS_WITHOUT_MONITOR;
             let (auth, monitor) =
                 status_credentials::check(&ctx.settings.elasticsearch, user, password, true).await;
-            match auth {
-                Authenticate::Authenticated { username, roles } => match monitor {
-                    Some(Ok(false)) if want_monitor => out.fail(
-                        "status_credentials",
-                        format!("Elasticsearch authenticates {username}, but without the cluster monitor privilege Kibana {v} redacts its status"),
-                        format!("grant {username} a role with cluster: [\"monitor\"] (or remove the status credentials and rely on the process evidence)"),
-                    ),
-                    Some(Err(e)) if want_monitor => out.push(
-                        "status_credentials",
-                        CheckStatus::Warn,
-                        format!("Elasticsearch authenticates {username}; its monitor privilege could not be checked: {e}"),
-                        None,
-                        true,
-                    ),
-                    _ => out.ok(
-                        "status_credentials",
-                        format!("Elasticsearch authenticates kibana.status_username {username} (roles: {})", roles.join(", ")),
-                    ),
-                },
-                Authenticate::Refused { reason } => out.fail(
-                    "status_credentials",
-                    format!("Elasticsearch refuses kibana.status_username {user}: {reason}"),
-                    "correct the user or the password in kibana.status_password_file",
-                ),
-                Authenticate::SecurityOff { .. } => out.ok(
-                    "status_credentials",
-                    "Elasticsearch runs without security: the status credentials are not checked (and not needed)",
-                ),
-                Authenticate::Unknown { reason } => out.push(
-                    "status_credentials",
-                    CheckStatus::Warn,
-                    format!("could not check the status credentials with Elasticsearch: {reason}"),
-                    None,
-                    true,
-                ),
-            }
+            out.checks.push(credentials_verdict(v, user, auth, monitor));
         }
     }
     out.target();
+}
+
+/// The `status_credentials` check for configured credentials, from Elasticsearch's answers
+/// ([`status_credentials::check`]): `auth` of `_security/_authenticate`, `monitor` whether
+/// `_has_privileges` granted the cluster `monitor` privilege (asked only once authenticated).
+/// Fails where the start step could never see Kibana `v` healthy and at its version: refused
+/// credentials, or a user without `monitor` on a Kibana that redacts its status for it (9.5+).
+fn credentials_verdict(
+    v: &Version,
+    user: &str,
+    auth: Authenticate,
+    monitor: Option<Result<bool, String>>,
+) -> ReadinessCheck {
+    let want_monitor = *v >= REDACTS_WITHOUT_MONITOR;
+    let check = |status, detail: String, fix: Option<String>| ReadinessCheck {
+        check: "status_credentials".into(),
+        status,
+        detail,
+        fix,
+        for_target: true,
+    };
+    match auth {
+        Authenticate::Authenticated { username, roles } => match monitor {
+            Some(Ok(false)) if want_monitor => check(
+                CheckStatus::Fail,
+                format!("Elasticsearch authenticates {username}, but without the cluster monitor privilege Kibana {v} redacts its status"),
+                Some(format!("grant {username} a role with cluster: [\"monitor\"] (or remove the status credentials and rely on the process evidence)")),
+            ),
+            Some(Err(e)) if want_monitor => check(
+                CheckStatus::Warn,
+                format!("Elasticsearch authenticates {username}; its monitor privilege could not be checked: {e}"),
+                None,
+            ),
+            _ => check(
+                CheckStatus::Ok,
+                format!("Elasticsearch authenticates kibana.status_username {username} (roles: {})", roles.join(", ")),
+                None,
+            ),
+        },
+        Authenticate::Refused { reason } => check(
+            CheckStatus::Fail,
+            format!("Elasticsearch refuses kibana.status_username {user}: {reason}"),
+            Some("correct the user or the password in kibana.status_password_file".into()),
+        ),
+        Authenticate::SecurityOff { .. } => check(
+            CheckStatus::Ok,
+            "Elasticsearch runs without security: the status credentials are not checked (and not needed)".into(),
+            None,
+        ),
+        Authenticate::Unknown { reason } => check(
+            CheckStatus::Warn,
+            format!("could not check the status credentials with Elasticsearch: {reason}"),
+            None,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -757,5 +776,143 @@ mod tests {
                 ("NODE_OPTIONS".into(), "--max-old-space-size=4096".into())
             ]
         );
+    }
+
+    /// `_security/_authenticate` and `_has_privileges` answers as Elasticsearch sends them (the
+    /// same recordings as status_credentials' tests), judged for a target Kibana version.
+    mod credentials {
+        use super::*;
+        use crate::es::EsError;
+        use reqwest::StatusCode;
+
+        const AUTHENTICATED: &str = r#"{"username":"kibana_status","roles":["kibana_status_reader"],"full_name":null,"email":null,"metadata":{},"enabled":true,"authentication_realm":{"name":"native1","type":"native"},"lookup_realm":{"name":"native1","type":"native"},"authentication_type":"realm"}"#;
+        const NO_MONITOR: &str = r#"{"username":"kibana_status","has_all_requested":false,"cluster":{"monitor":false},"index":{},"application":{}}"#;
+        const MONITOR: &str = r#"{"username":"kibana_status","has_all_requested":true,"cluster":{"monitor":true},"index":{},"application":{}}"#;
+
+        fn refused() -> EsError {
+            EsError::Api {
+                method: "GET".into(),
+                path: "_security/_authenticate".into(),
+                status: StatusCode::UNAUTHORIZED,
+                err_type: Some("security_exception".into()),
+                reason: "unable to authenticate user [kibana_status] for REST request [/_security/_authenticate]".into(),
+            }
+        }
+
+        fn judged(
+            target: &str,
+            auth: Result<&str, &EsError>,
+            privileges: Option<&str>,
+        ) -> ReadinessCheck {
+            let auth = status_credentials::judge_authenticate(auth);
+            // As `check` does: `_has_privileges` is asked only once authenticated.
+            let monitor = matches!(auth, Authenticate::Authenticated { .. })
+                .then(|| {
+                    privileges.map(|b| {
+                        status_credentials::judge_has_privileges(b)
+                            .ok_or_else(|| format!("unexpected answer: {b}"))
+                    })
+                })
+                .flatten();
+            credentials_verdict(
+                &Version::parse(target).unwrap(),
+                "kibana_status",
+                auth,
+                monitor,
+            )
+        }
+
+        #[test]
+        fn a_user_without_monitor_fails_where_the_target_redacts_for_it() {
+            for target in ["9.5.0", "9.6.1", "10.0.0"] {
+                let c = judged(target, Ok(AUTHENTICATED), Some(NO_MONITOR));
+                assert_eq!(c.status, CheckStatus::Fail, "{target}: {c:?}");
+                assert_eq!(c.check, "status_credentials");
+                assert!(c.for_target, "depends on the target: {c:?}");
+                assert_eq!(
+                    c.detail,
+                    format!("Elasticsearch authenticates kibana_status, but without the cluster monitor privilege Kibana {target} redacts its status")
+                );
+                assert_eq!(
+                    c.fix.as_deref(),
+                    Some("grant kibana_status a role with cluster: [\"monitor\"] (or remove the status credentials and rely on the process evidence)")
+                );
+            }
+        }
+
+        #[test]
+        fn without_monitor_before_9_5_or_with_it_the_credentials_pass() {
+            for (target, privileges) in [
+                ("9.4.3", NO_MONITOR),
+                ("8.19.0", NO_MONITOR),
+                ("9.5.0", MONITOR),
+            ] {
+                let c = judged(target, Ok(AUTHENTICATED), Some(privileges));
+                assert_eq!(c.status, CheckStatus::Ok, "{target}: {c:?}");
+                assert_eq!(
+                    c.detail,
+                    "Elasticsearch authenticates kibana.status_username kibana_status (roles: kibana_status_reader)"
+                );
+                assert_eq!(c.fix, None);
+            }
+        }
+
+        #[test]
+        fn a_monitor_check_that_cannot_be_read_warns_on_9_5() {
+            let c = judged("9.5.0", Ok(AUTHENTICATED), Some("{}"));
+            assert_eq!(c.status, CheckStatus::Warn, "{c:?}");
+            assert!(
+                c.detail
+                    .contains("its monitor privilege could not be checked: unexpected answer: {}"),
+                "{c:?}"
+            );
+            // Before 9.5 the privilege does not matter.
+            assert_eq!(
+                judged("9.4.0", Ok(AUTHENTICATED), Some("{}")).status,
+                CheckStatus::Ok
+            );
+        }
+
+        #[test]
+        fn refused_credentials_fail_for_every_target() {
+            let err = refused();
+            for target in ["8.8.2", "8.15.0", "9.5.0"] {
+                let c = judged(target, Err(&err), None);
+                assert_eq!(c.status, CheckStatus::Fail, "{target}: {c:?}");
+                assert!(c.for_target);
+                assert!(
+                    c.detail.starts_with(
+                        "Elasticsearch refuses kibana.status_username kibana_status: "
+                    ) && c
+                        .detail
+                        .contains("unable to authenticate user [kibana_status]"),
+                    "{c:?}"
+                );
+                assert_eq!(
+                    c.fix.as_deref(),
+                    Some("correct the user or the password in kibana.status_password_file")
+                );
+            }
+        }
+
+        #[test]
+        fn security_off_passes_and_an_unexpected_answer_warns() {
+            let off = EsError::Api {
+                method: "GET".into(),
+                path: "_security/_authenticate".into(),
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                err_type: None,
+                reason: "Incorrect HTTP method for uri [/_security/_authenticate] and method [GET], allowed: [POST]".into(),
+            };
+            let c = judged("9.5.0", Err(&off), None);
+            assert_eq!(c.status, CheckStatus::Ok, "{c:?}");
+            assert!(
+                c.detail.starts_with("Elasticsearch runs without security"),
+                "{c:?}"
+            );
+            let c = judged("9.5.0", Ok(r#"{"ok":true}"#), None);
+            assert_eq!(c.status, CheckStatus::Warn, "{c:?}");
+            assert!(c.detail.contains("no username in the answer"), "{c:?}");
+        }
     }
 }
