@@ -17,6 +17,7 @@ pub mod exit;
 pub mod feature;
 pub mod fleet;
 pub mod host;
+pub mod http_roots;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

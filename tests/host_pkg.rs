@@ -29,8 +29,8 @@ use std::time::Instant;
 mod hosts;
 
 use kibana_rollback::host::pkg::{
-    Backend, PackageManager, PackageName, PackageVersion, PkgError, PkgKind, PkgSettings,
-    Prefetched,
+    Backend, PackageManager, PackageName, PackageState, PackageVersion, PkgError, PkgKind,
+    PkgSettings, Prefetched,
 };
 
 fn manifest_dir() -> PathBuf {
@@ -124,6 +124,28 @@ fn machine_has_kibana() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// A command prefix that appends each command line to `log` before running it: what the adapter
+/// really ran, counted from outside.
+fn counting_prefix(log: &Path, then: Vec<OsString>) -> Vec<OsString> {
+    let mut p: Vec<OsString> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("echo \"$*\" >> '{}'; exec \"$@\"", log.display()).into(),
+        "counting".into(),
+    ];
+    p.extend(then);
+    p
+}
+
+/// How many logged command lines contain `what`.
+fn ran(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,6 +242,18 @@ impl IsolatedRoot {
         PackageManager::with_command_prefix(settings, self.prefix())
             .await
             .unwrap()
+    }
+
+    /// The root's `/` seen from here (`ROOT=` of `host env NAME`), if the harness says.
+    fn files_root(&self) -> Option<PathBuf> {
+        let out = Command::new(&self.harness)
+            .args(["env", &self.name])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("ROOT="))
+            .map(PathBuf::from)
     }
 }
 
@@ -356,6 +390,80 @@ async fn apt_install_downgrade_hold_cycle() {
         setup,
         downgrade
     );
+}
+
+#[tokio::test]
+async fn apt_state_is_read_again_only_when_the_database_changed() {
+    if skip_unless_root("apt_state_is_read_again_only_when_the_database_changed") {
+        return;
+    }
+    let k = kibana();
+    let root = IsolatedRoot::up("state");
+    let Some(files_root) = root.files_root() else {
+        println!("SKIPPED apt_state_is_read_again_only_when_the_database_changed: the harness names no root to stat the dpkg database in");
+        return;
+    };
+    root.use_only_apt_source(&repo().apt_source);
+    let log = state_dir().join(format!("pkg-state-commands-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let settings = PkgSettings {
+        kind: PkgKind::Apt,
+        ..PkgSettings::default()
+    };
+    let pm = PackageManager::with_command_prefix(&settings, counting_prefix(&log, root.prefix()))
+        .await
+        .unwrap()
+        .with_files_root(files_root);
+    pm.refresh().await.unwrap();
+    let queries = || (ran(&log, "dpkg-query"), ran(&log, "apt-mark showhold"));
+    let state = |v: Option<&str>, held: bool| PackageState {
+        installed: v.map(|v| PackageVersion::new(v).unwrap()),
+        held,
+    };
+
+    assert_eq!(pm.state(&k).await.unwrap(), state(None, false));
+    assert_eq!(queries(), (1, 1));
+    assert_eq!(pm.state(&k).await.unwrap(), state(None, false));
+    assert_eq!(queries(), (1, 1), "nothing changed: no command runs");
+
+    // the adapter's own install and hold: never a stale answer after them
+    pm.install_exact(&k, &v("8.15.0")).await.unwrap();
+    let (q, h) = queries();
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.15.0"), true));
+    assert_eq!(queries(), (q + 1, h + 1));
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.15.0"), true));
+    assert_eq!(
+        queries(),
+        (q + 1, h + 1),
+        "nothing changed: no command runs"
+    );
+
+    // changes from outside are seen on the next read
+    root.sh("apt-mark unhold kibana");
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.15.0"), false));
+    root.sh(
+        "apt-get install -y -q --allow-downgrades -o Dpkg::Options::=--force-confold kibana=8.14.3",
+    );
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.14.3"), false));
+    root.sh("apt-mark hold kibana");
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.14.3"), true));
+    assert_eq!(queries(), (q + 4, h + 4));
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.14.3"), true));
+    assert_eq!(
+        queries(),
+        (q + 4, h + 4),
+        "nothing changed: no command runs"
+    );
+
+    // the same without a place to stat the files: every read runs the commands
+    let uncached =
+        PackageManager::with_command_prefix(&settings, counting_prefix(&log, root.prefix()))
+            .await
+            .unwrap();
+    uncached.state(&k).await.unwrap();
+    uncached.state(&k).await.unwrap();
+    assert_eq!(queries(), (q + 6, h + 6));
+    let _ = std::fs::remove_file(&log);
 }
 
 #[tokio::test]
@@ -691,6 +799,71 @@ async fn dnf_install_downgrade_versionlock_cycle() {
         "TIMING dnf cycle: {:?} total (downgrade-with-versionlock {:?})",
         t.elapsed(),
         downgrade
+    );
+}
+
+#[tokio::test]
+async fn dnf_state_is_read_again_only_when_the_database_changed() {
+    if skip_unless_root("dnf_state_is_read_again_only_when_the_database_changed") {
+        return;
+    }
+    let k = kibana();
+    let env = DnfRoot::new("state");
+    let log = env.dir.join("commands.log");
+    let settings = PkgSettings {
+        kind: PkgKind::Dnf,
+        extra_args: env.extra_args(),
+        ..PkgSettings::default()
+    };
+    let pm = PackageManager::with_command_prefix(&settings, counting_prefix(&log, vec![]))
+        .await
+        .unwrap()
+        .with_files_root("/".into());
+    pm.refresh().await.unwrap();
+    let queries = || (ran(&log, "rpm --root"), ran(&log, "versionlock list"));
+    let state = |v: Option<&str>, held: bool| PackageState {
+        installed: v.map(|v| PackageVersion::new(v).unwrap()),
+        held,
+    };
+    let dnf = |args: &[&str]| {
+        must(
+            Command::new("dnf")
+                .args(env.extra_args())
+                .args(args)
+                .env("LC_ALL", "C"),
+        )
+    };
+
+    // the first reading asks rpm where its database is, and creates it in the fresh installroot
+    assert_eq!(pm.state(&k).await.unwrap(), state(None, false));
+    assert_eq!(pm.state(&k).await.unwrap(), state(None, false));
+    let (q, h) = queries();
+    assert_eq!(pm.state(&k).await.unwrap(), state(None, false));
+    assert_eq!(queries(), (q, h), "nothing changed: no command runs");
+
+    pm.install_exact(&k, &v("8.15.0-1")).await.unwrap();
+    let (q, h) = queries();
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.15.0-1"), true));
+    assert_eq!(queries(), (q + 1, h + 1));
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.15.0-1"), true));
+    assert_eq!(
+        queries(),
+        (q + 1, h + 1),
+        "nothing changed: no command runs"
+    );
+
+    dnf(&["-q", "versionlock", "delete", "kibana"]);
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.15.0-1"), false));
+    dnf(&["-y", "-q", "install", "kibana-8.14.3-1"]);
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.14.3-1"), false));
+    dnf(&["-q", "versionlock", "add", "kibana"]);
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.14.3-1"), true));
+    assert_eq!(queries(), (q + 4, h + 4));
+    assert_eq!(pm.state(&k).await.unwrap(), state(Some("8.14.3-1"), true));
+    assert_eq!(
+        queries(),
+        (q + 4, h + 4),
+        "nothing changed: no command runs"
     );
 }
 

@@ -150,15 +150,18 @@ impl Host {
         };
         let (installed_version, held) = match self.package() {
             Ok(name) => {
-                let installed = match self.pkg.installed_version(&name).await {
-                    Ok(v) => v.and_then(|v| semver::Version::parse(v.upstream()).ok()),
+                // Commands run only when the package database changed (PackageManager::state).
+                match self.pkg.state(&name).await {
+                    Ok(s) => (
+                        s.installed
+                            .and_then(|v| semver::Version::parse(v.upstream()).ok()),
+                        s.held,
+                    ),
                     Err(e) => {
                         tracing::warn!("cannot read the installed version of {name}: {e}");
-                        None
+                        (None, false)
                     }
-                };
-                let held = self.pkg.is_held(&name).await.unwrap_or(false);
-                (installed, held)
+                }
             }
             Err(_) => (None, false),
         };

@@ -109,6 +109,8 @@ impl Client {
                 )));
             }
             builder = builder.tls_certs_only(certs);
+        } else {
+            builder = crate::http_roots::without_roots_for_plain_http(builder, &settings.hosts);
         }
         let http = builder.build().map_err(|e| EsError::Setup(e.to_string()))?;
         Ok(Client {

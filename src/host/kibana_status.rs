@@ -265,6 +265,9 @@ impl StatusProbe {
                 ProbeError::Setup(format!("kibana.status_ca_file {}: {e}", ca.display()))
             })?;
             builder = builder.tls_certs_only(certs);
+        } else {
+            builder =
+                crate::http_roots::without_roots_for_plain_http(builder, [&settings.status_url]);
         }
         let http = builder
             .build()

@@ -13,7 +13,8 @@
 //! [`PkgKind`] from config: `apt`, `dnf` or `auto`. `auto` reads `/etc/os-release`: a Debian-like
 //! (`ID`/`ID_LIKE` containing debian or ubuntu) prefers apt, a Red Hat/SUSE-like prefers dnf,
 //! anything else tries apt first; the preferred tool must exist (`apt-get`/`dnf --version` exits 0),
-//! else the other one is taken. See [`choose_kind`].
+//! else the other one is taken; the other one is probed only then (`dnf --version` is a Python
+//! start, and this runs before the agent is READY). See [`choose_kind`].
 //!
 //! # Safety rules (all enforced here, not by the callers)
 //! * Every command is an argv run with `tokio::process` — never through a shell — with
@@ -33,6 +34,11 @@
 //!   the install runs with the plugin disabled and the lock is replaced afterwards (see
 //!   [`dnf`] for why this order rather than delete → install → add).
 //!
+//! # Reading the package's state cheaply
+//! [`PackageManager::state`] (the agent's facts, every few seconds) runs the query commands only
+//! when the files of the package database changed since the last reading ([`db_cache`]); every
+//! other call runs its commands each time.
+//!
 //! # Tests
 //! `extra_args` (config) are passed to every apt-get/apt-cache/apt-mark resp. dnf command; the
 //! dnf integration tests use them for `--installroot`. [`PackageManager::with_command_prefix`]
@@ -40,6 +46,7 @@
 //! isolated root or a test host (`tests/host_pkg.rs`).
 
 pub mod apt;
+mod db_cache;
 pub mod dnf;
 pub mod elastic_repo;
 pub mod lock;
@@ -47,11 +54,14 @@ pub(crate) mod run;
 mod version;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use apt::Apt;
+pub use db_cache::PackageState;
 pub use dnf::Dnf;
 pub use version::{match_upstream_version, PackageName, PackageVersion};
 
@@ -184,6 +194,12 @@ pub enum Backend {
 pub struct PackageManager {
     backend: Backend,
     hold: bool,
+    /// The host's `/` as this process sees it, where [`PackageManager::state`] stamps the
+    /// database's files; `None` (commands run through a prefix, the files' place not given):
+    /// every read runs the commands.
+    files_root: Option<PathBuf>,
+    /// The last [`PackageManager::state`] (clones share it).
+    state_cache: Arc<Mutex<db_cache::StateCache>>,
 }
 
 macro_rules! dispatch {
@@ -211,10 +227,14 @@ impl PackageManager {
     }
 
     async fn with_prefix(settings: &PkgSettings, prefix: Vec<OsString>) -> Result<Self, PkgError> {
+        let prefix_empty = prefix.is_empty();
         let run = Runner {
             prefix,
             timeout: settings.command_timeout,
         };
+        // `dnf --version` (a Python start, a few hundred ms) runs at most once, and only when
+        // dnf is the preferred tool or apt-get is missing: this comes before the agent is READY.
+        let mut dnf_version: Option<String> = None;
         let kind = match settings.kind {
             PkgKind::Auto => {
                 let os_release = run
@@ -224,8 +244,17 @@ impl PackageManager {
                     .filter(|o| o.success())
                     .map(|o| o.stdout)
                     .unwrap_or_default();
-                let has_apt = run.has("apt-get").await;
-                let has_dnf = run.has("dnf").await;
+                let (has_apt, has_dnf) = if prefers_dnf(&os_release) {
+                    dnf_version = run.version("dnf").await;
+                    let has_dnf = dnf_version.is_some();
+                    (!has_dnf && run.has("apt-get").await, has_dnf)
+                } else {
+                    let has_apt = run.has("apt-get").await;
+                    if !has_apt {
+                        dnf_version = run.version("dnf").await;
+                    }
+                    (has_apt, dnf_version.is_some())
+                };
                 choose_kind(&os_release, has_apt, has_dnf).ok_or_else(|| {
                     PkgError::NoPackageManager(
                         "neither apt-get nor dnf can be run (set the package manager kind \
@@ -237,7 +266,7 @@ impl PackageManager {
             k => k,
         };
         if kind == PkgKind::Dnf {
-            refuse_dnf5(&run).await?;
+            refuse_dnf5(&run, dnf_version).await?;
         }
         let extra_args = settings.extra_args.clone();
         let backend = match kind {
@@ -246,14 +275,54 @@ impl PackageManager {
                 extra_args,
                 lock_timeout: settings.lock_timeout,
             }),
-            PkgKind::Dnf => Backend::Dnf(Dnf { run, extra_args }),
+            PkgKind::Dnf => Backend::Dnf(Dnf {
+                run,
+                extra_args,
+                dbpath: Arc::default(),
+            }),
             PkgKind::Auto => unreachable!("resolved above"),
         };
         tracing::debug!(%kind, "package manager chosen");
         Ok(PackageManager {
             backend,
             hold: settings.hold,
+            files_root: prefix_empty.then(|| PathBuf::from("/")),
+            state_cache: Arc::default(),
         })
+    }
+
+    /// Where the host's `/` is for [`PackageManager::state`]'s stamps when the commands run
+    /// through a prefix (a test host: `/proc/<pid1>/root`).
+    pub fn with_files_root(mut self, root: PathBuf) -> Self {
+        self.files_root = Some(root);
+        self
+    }
+
+    /// The installed version and whether it is held, as [`PackageManager::installed_version`]
+    /// and [`PackageManager::is_held`] say — their commands run only when the package database
+    /// changed since the last call (see [`db_cache`]; the agent's own installs and holds change
+    /// it too).
+    pub async fn state(&self, pkg: &PackageName) -> Result<PackageState, PkgError> {
+        let files = match (&self.files_root, &self.backend) {
+            (None, _) => None,
+            (Some(_), Backend::Apt(apt)) => apt.db_files(),
+            (Some(root), Backend::Dnf(dnf)) => dnf.db_files(root).await,
+        };
+        let before = match (&self.files_root, &files) {
+            (Some(root), Some(f)) => db_cache::stamps(root, f),
+            _ => None,
+        };
+        let cache = || self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = cache().get(pkg, before.as_ref()) {
+            return Ok(state);
+        }
+        let state = PackageState {
+            installed: self.installed_version(pkg).await?,
+            held: self.is_held(pkg).await?,
+        };
+        tracing::debug!(package = %pkg, installed = ?state.installed.as_ref().map(|v| v.as_str()), held = state.held, cached = before.is_some(), "package state read");
+        cache().put(pkg, before, &state);
+        Ok(state)
     }
 
     pub fn kind(&self) -> PkgKind {
@@ -467,11 +536,16 @@ impl PackageManager {
 /// dnf5 (Fedora 41+, `dnf` is `dnf5`) is refused: its versionlock is built in (a TOML lock
 /// file, `dnf versionlock add` with other semantics) and it cannot run here (not on Debian 12),
 /// so nothing about it is tested.
-async fn refuse_dnf5(run: &Runner) -> Result<(), PkgError> {
-    let Ok(out) = run.run("dnf", &["--version".to_string()]).await else {
-        return Ok(()); // not runnable: the first real dnf command reports that
+/// `version`: the output of `dnf --version` if it ran already.
+async fn refuse_dnf5(run: &Runner, version: Option<String>) -> Result<(), PkgError> {
+    let stdout = match version {
+        Some(v) => v,
+        None => match run.run("dnf", &["--version".to_string()]).await {
+            Ok(out) => out.stdout,
+            Err(_) => return Ok(()), // not runnable: the first real dnf command reports that
+        },
     };
-    match dnf5_version_line(&out.stdout) {
+    match dnf5_version_line(&stdout) {
         Some(version_line) => Err(PkgError::Dnf5Unsupported { version_line }),
         None => Ok(()),
     }
@@ -490,8 +564,8 @@ pub fn dnf5_version_line(version_output: &str) -> Option<String> {
     is_dnf5.then(|| first.to_string())
 }
 
-/// `auto` detection from `/etc/os-release` and the tools present. `None`: neither tool.
-pub fn choose_kind(os_release: &str, has_apt: bool, has_dnf: bool) -> Option<PkgKind> {
+/// Whether `/etc/os-release` names a Red Hat- or SUSE-like system (not a Debian-like one).
+fn prefers_dnf(os_release: &str) -> bool {
     let mut ids: Vec<String> = Vec::new();
     for line in os_release.lines() {
         let Some((key, value)) = line.trim().split_once('=') else {
@@ -515,7 +589,12 @@ pub fn choose_kind(os_release: &str, has_apt: bool, has_dnf: bool) -> Option<Pkg
             "suse",
             "opensuse",
         ]);
-    match (prefer_dnf, has_apt, has_dnf) {
+    prefer_dnf
+}
+
+/// `auto` detection from `/etc/os-release` and the tools present. `None`: neither tool.
+pub fn choose_kind(os_release: &str, has_apt: bool, has_dnf: bool) -> Option<PkgKind> {
+    match (prefers_dnf(os_release), has_apt, has_dnf) {
         (true, _, true) => Some(PkgKind::Dnf),
         (_, true, _) => Some(PkgKind::Apt),
         (_, false, true) => Some(PkgKind::Dnf),

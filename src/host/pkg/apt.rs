@@ -18,6 +18,7 @@
 //! `extra_args` go to apt-get, apt-cache, apt-mark and apt-config (all take `-o Key=Value`), not
 //! to dpkg-query.
 
+use super::db_cache::DbFiles;
 use super::run::{Output, Runner};
 use super::{PackageName, PackageVersion, PkgError, Prefetched};
 
@@ -97,6 +98,19 @@ impl Apt {
             }
             tokio::time::sleep(APT_LOCK_RETRY).await;
         }
+    }
+
+    /// The files the installed version and the hold are read from ([`super::db_cache`]);
+    /// `None` when `extra_args` may point apt-mark at another status file or configuration.
+    pub(crate) fn db_files(&self) -> Option<DbFiles> {
+        let redirected = self.extra_args.iter().any(|a| {
+            let a = a.trim_start_matches("-o").to_ascii_lowercase();
+            a.starts_with("dir") || a == "-c" || a.starts_with("--config-file")
+        });
+        (!redirected).then(|| DbFiles {
+            files: vec!["/var/lib/dpkg/status".into()],
+            dirs: vec!["/var/lib/dpkg/updates".into()],
+        })
     }
 
     /// `apt-get update`.

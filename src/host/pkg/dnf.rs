@@ -24,6 +24,10 @@
 //! path is absolute: without a `pluginconfpath` of its own, an installroot's locks land in the
 //! host's /etc/dnf/plugins/versionlock.list.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::db_cache::{self, DbFiles};
 use super::run::{Output, Runner};
 use super::{PackageName, PackageVersion, PkgError, Prefetched};
 
@@ -31,6 +35,8 @@ use super::{PackageName, PackageVersion, PkgError, Prefetched};
 pub struct Dnf {
     pub(crate) run: Runner,
     pub(crate) extra_args: Vec<String>,
+    /// rpm's database directory (host path), asked of rpm once; `None`: rpm did not say.
+    pub(crate) dbpath: Arc<tokio::sync::OnceCell<Option<PathBuf>>>,
 }
 
 fn s(a: &str) -> String {
@@ -64,6 +70,75 @@ impl Dnf {
         None
     }
 
+    /// `--root DIR` for rpm when dnf has an installroot.
+    fn rpm_root(&self) -> Vec<String> {
+        self.installroot()
+            .map(|r| vec![s("--root"), r.to_string()])
+            .unwrap_or_default()
+    }
+
+    /// The files the installed version and the lock are read from ([`super::db_cache`]),
+    /// configuration read under `root` (the host's `/` as this process sees it); `None` when
+    /// they are not known for sure (another dnf configuration file, a `pluginconfpath` set in
+    /// it, rpm not saying where its database is, a configuration that cannot be read).
+    pub(crate) async fn db_files(&self, root: &Path) -> Option<DbFiles> {
+        if self
+            .extra_args
+            .iter()
+            .any(|a| a == "-c" || a.starts_with("--config"))
+        {
+            return None;
+        }
+        let dbpath = self
+            .dbpath
+            .get_or_init(|| async {
+                let mut a = self.rpm_root();
+                a.extend([s("--eval"), s("%{_dbpath}")]);
+                let out = self.run.run_ok("rpm", &a).await.ok()?;
+                let p = out.stdout.trim();
+                p.starts_with('/').then(|| PathBuf::from(p))
+            })
+            .await
+            .clone()?;
+        let installroot = self.installroot().map(PathBuf::from);
+        let in_installroot = |p: &Path| match &installroot {
+            Some(r) => r.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        };
+        let read =
+            |p: &Path| match std::fs::read_to_string(root.join(p.strip_prefix("/").unwrap_or(p))) {
+                Ok(t) => Some(Some(t)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(None),
+                Err(_) => None,
+            };
+        let dnf_confs = vec![
+            PathBuf::from("/etc/dnf/dnf.conf"),
+            in_installroot(Path::new("/etc/dnf/dnf.conf")),
+        ];
+        let pluginconfpath = self
+            .extra_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--setopt=pluginconfpath="))
+            .map(PathBuf::from);
+        if pluginconfpath.is_none() {
+            for c in &dnf_confs {
+                if read(c)?.is_some_and(|t| t.contains("pluginconfpath")) {
+                    return None;
+                }
+            }
+        }
+        let conf = pluginconfpath
+            .unwrap_or_else(|| PathBuf::from("/etc/dnf/plugins"))
+            .join("versionlock.conf");
+        let locklist = db_cache::versionlock_list_path(read(&conf)?.as_deref());
+        let mut files = dnf_confs;
+        files.extend([conf, locklist]);
+        Some(DbFiles {
+            files,
+            dirs: vec![in_installroot(&dbpath)],
+        })
+    }
+
     /// `dnf makecache` (refresh repository metadata).
     pub async fn refresh(&self) -> Result<(), PkgError> {
         self.dnf(&[s("-q"), s(NO_LOCK), s("makecache")])
@@ -73,11 +148,7 @@ impl Dnf {
 
     /// The package's `INSTALLTIME` (whole seconds); `None` when not installed.
     pub async fn installed_at(&self, pkg: &PackageName) -> Result<Option<u64>, PkgError> {
-        let mut a = Vec::new();
-        if let Some(root) = self.installroot() {
-            a.push(s("--root"));
-            a.push(root.to_string());
-        }
+        let mut a = self.rpm_root();
         a.extend([s("-q"), s("--qf"), s("%{INSTALLTIME}\n"), pkg.to_string()]);
         let out = self.run.run("rpm", &a).await?;
         if !out.success() {
@@ -101,11 +172,7 @@ impl Dnf {
         &self,
         pkg: &PackageName,
     ) -> Result<Option<PackageVersion>, PkgError> {
-        let mut a = Vec::new();
-        if let Some(root) = self.installroot() {
-            a.push(s("--root"));
-            a.push(root.to_string());
-        }
+        let mut a = self.rpm_root();
         a.extend([
             s("-q"),
             s("--qf"),
@@ -341,6 +408,7 @@ mod tests {
                 timeout: std::time::Duration::from_secs(1),
             },
             extra_args: a.iter().map(|s| s.to_string()).collect(),
+            dbpath: Default::default(),
         };
         assert_eq!(d(&["--installroot=/r", "-q"]).installroot(), Some("/r"));
         assert_eq!(

@@ -168,7 +168,15 @@ impl Runner {
     /// Whether `program` can be run (`program --version` exits 0). Through a prefix a missing
     /// program shows as exit 126/127 of the prefix, directly as a spawn error: both are "no".
     pub(crate) async fn has(&self, program: &str) -> bool {
-        matches!(self.run(program, &["--version".to_string()]).await, Ok(o) if o.success())
+        self.version(program).await.is_some()
+    }
+
+    /// What `program --version` prints when it can be run (see [`Runner::has`]).
+    pub(crate) async fn version(&self, program: &str) -> Option<String> {
+        match self.run(program, &["--version".to_string()]).await {
+            Ok(o) if o.success() => Some(o.stdout),
+            _ => None,
+        }
     }
 }
 
