@@ -577,7 +577,7 @@ fn prefers_dnf(os_release: &str) -> bool {
         }
     }
     let is = |names: &[&str]| ids.iter().any(|i| names.contains(&i.as_str()));
-    let prefer_dnf = !is(&["debian", "ubuntu"])
+    !is(&["debian", "ubuntu"])
         && is(&[
             "rhel",
             "fedora",
@@ -588,8 +588,7 @@ fn prefers_dnf(os_release: &str) -> bool {
             "amzn",
             "suse",
             "opensuse",
-        ]);
-    prefer_dnf
+        ])
 }
 
 /// `auto` detection from `/etc/os-release` and the tools present. `None`: neither tool.
