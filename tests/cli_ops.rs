@@ -139,6 +139,22 @@ async fn operation(index: &str) -> Option<(OperationDoc, i64, i64)> {
         .map(|v| (v.source, v.seq_no, v.primary_term))
 }
 
+/// The table row of `out` that starts with `key`, with its wrapped continuation lines (the
+/// tables fit 80 columns: a long cell goes on below, the first column left blank), its words
+/// joined by single spaces.
+fn table_row(out: &str, key: &str) -> String {
+    let mut lines = out.lines().skip_while(|l| !l.starts_with(key));
+    let Some(first) = lines.next() else {
+        panic!("no row {key:?}:\n{out}")
+    };
+    let rest = lines.take_while(|l| l.starts_with(' ') && !l.trim().is_empty());
+    std::iter::once(first)
+        .chain(rest)
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn one_line(err: &str) {
     assert_eq!(
         err.trim_end().lines().count(),
@@ -640,7 +656,7 @@ async fn plan_fails_when_no_listed_leader_is_alive() {
     write_host(&e.index, "kb2", 1, "8.15.0").await;
     let (code, out, err) = plan_while_beating(&e, &["kb1"]).await;
     assert_eq!(code, 1, "{out}{err}");
-    let alive = out.lines().find(|l| l.starts_with("agents alive")).unwrap();
+    let alive = table_row(&out, "agents alive");
     assert!(
         alive.contains("FAIL")
             && alive.contains("none of coordination.leaders (kb2) has a live agent"),
@@ -673,8 +689,7 @@ async fn plan_passes_and_fails_the_right_checks() {
         "agents alive",
     ] {
         assert!(
-            out.lines()
-                .any(|l| l.starts_with(check) && l.contains(" OK ")),
+            table_row(&out, check).contains(" OK "),
             "{check} OK:\n{out}"
         );
     }
@@ -701,22 +716,18 @@ async fn plan_passes_and_fails_the_right_checks() {
     let node = es().node_versions().await.unwrap()[0].name.clone();
     let (code, out, _) = run_cli(&e.cfg, &["plan", "--to", "8.16.0"]);
     assert_eq!(code, 1, "{out}");
-    let compat = out
-        .lines()
-        .find(|l| l.starts_with("nodes compatible with target"))
-        .unwrap();
+    let compat = table_row(&out, "nodes compatible with target");
     assert!(
         compat.contains("FAIL") && compat.contains(&format!("node {node}")),
         "{out}"
     );
-    let alive = out.lines().find(|l| l.starts_with("agents alive")).unwrap();
+    let alive = table_row(&out, "agents alive");
     assert!(
         alive.contains("FAIL") && alive.contains("kb1") && alive.contains("kb2"),
         "{out}"
     );
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("elasticsearch reachable") && l.contains(" OK ")),
+        table_row(&out, "elasticsearch reachable").contains(" OK "),
         "{out}"
     );
 
@@ -966,10 +977,7 @@ async fn a_host_that_is_not_ready_is_named_by_plan_and_refused_by_start() {
 
     let (code, out, _) = run_cli(&e.cfg, &["plan"]);
     assert_eq!(code, 1, "{out}");
-    let ready = out
-        .lines()
-        .find(|l| l.starts_with("hosts ready"))
-        .unwrap_or_else(|| panic!("no hosts ready line:\n{out}"));
+    let ready = table_row(&out, "hosts ready");
     assert!(
         ready.contains("FAIL")
             && ready.contains("kb2: kibana_yml:")
