@@ -2,8 +2,9 @@
 //! out by comfy-table to the terminal's width (80 columns when stdout is not a terminal) with
 //! display-width-correct alignment (a wide character takes two columns).
 //!
-//! The first column names the row (host, check, snapshot): it is at least as wide as its
-//! longest word, so a name is never split and every row starts with its name. A longer cell
+//! The first column names the row (host, check, snapshot): it is as wide as its longest name
+//! when that takes at most half the width, and never narrower than its longest word, so a name
+//! is never split and every row starts with its name. A longer cell
 //! wraps within its column at spaces instead of being cut, because a `plan` detail or a
 //! snapshot's "why" carries the fix. When the names are too wide for the other columns to keep
 //! a readable width beside them (a snapshot's name is 44 columns), each name goes on a line of
@@ -44,7 +45,15 @@ pub fn table_lines(header: &[&str], rows: &[Vec<String>], width: usize) -> Vec<S
     if header.len() < 2 {
         return layout(header, rows, width, None);
     }
-    let name = widest_word(header, rows, 0);
+    // Whole names when they take at most half the width, else whole words.
+    let widest_name = rows
+        .iter()
+        .filter_map(|r| r.first())
+        .map(|c| c.width())
+        .chain([header[0].width()])
+        .max()
+        .unwrap_or(0);
+    let name = widest_word(header, rows, 0).max(widest_name.min(width / 2));
     // What the other columns need to stay readable: their header, or a word of up to 12.
     let others: usize = (1..header.len())
         .map(|i| header[i].width().max(widest_word(header, rows, i).min(12)) + GAP)
