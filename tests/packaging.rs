@@ -776,12 +776,16 @@ fn assert_unit_documentation_installed(h: &TestHost) {
         let docs = unit_prop(h, unit, "Documentation");
         let uris: Vec<&str> = docs.split_whitespace().collect();
         assert!(
-            uris.iter().any(|u| u.starts_with("man:")) && uris.iter().any(|u| u.starts_with("file:")),
+            uris.iter().any(|u| u.starts_with("man:"))
+                && uris.iter().any(|u| u.starts_with("file:")),
             "{unit}: Documentation={docs}"
         );
         for uri in uris {
             if let Some(page) = uri.strip_prefix("man:") {
-                let (name, section) = page.trim_end_matches(')').split_once('(').unwrap_or((page, "1"));
+                let (name, section) = page
+                    .trim_end_matches(')')
+                    .split_once('(')
+                    .unwrap_or((page, "1"));
                 let out = h.exec(&["man", "-w", section, name]);
                 assert!(out.status.success(), "{unit}: {uri}: {}", text(&out));
             } else if let Some(path) = uri.strip_prefix("file:") {
