@@ -774,7 +774,11 @@ fn deb_is_lintian_clean() {
 fn assert_unit_documentation_installed(h: &TestHost) {
     for unit in [AGENT, "kibana-rollback.service"] {
         let docs = unit_prop(h, unit, "Documentation");
-        let uris: Vec<&str> = docs.split_whitespace().collect();
+        // systemctl quotes the entries with parentheses: "man:kibana-rollback(1)".
+        let uris: Vec<&str> = docs
+            .split_whitespace()
+            .map(|u| u.trim_matches('"'))
+            .collect();
         assert!(
             uris.iter().any(|u| u.starts_with("man:"))
                 && uris.iter().any(|u| u.starts_with("file:")),
