@@ -8,9 +8,13 @@
 //!
 //! 1. With an impossible target (8.16.0 on an 8.15 cluster) and `-e kr_rollback=yes` the play
 //!    fails at the preflight and nothing is touched.
-//! 2. With the right target the play rolls the fleet back: `start --wait` ends `done`, the play
+//! 2. A rollback that starts and ends `aborted`: one host's Kibana (running, never ready) takes
+//!    10 s to stop and its agent waits 3 s (`kibana.stop_timeout`). The play fails at
+//!    `start --wait` with the outcome and the host in its message; nothing is restored, every
+//!    host keeps 8.15.0.
+//! 3. With the right target the play rolls the fleet back: `start --wait` ends `done`, the play
 //!    succeeds, every host runs 8.14.3, held.
-//! 3. `packaging/ansible/upgrade.yml` to 8.15.0: `prepare --wait` records the rollback point, the
+//! 4. `packaging/ansible/upgrade.yml` to 8.15.0: `prepare --wait` records the rollback point, the
 //!    upgrade's migration fails on every host, the rescue rolls the fleet back to exactly that
 //!    point (`start --wait`, no arguments) and the play fails naming the hosts.
 //!
@@ -74,11 +78,15 @@ fn apt_install(h: &TestHost, what: &str) {
 }
 
 fn kibana_yml(h: &TestHost, port: u16, fail_migration: bool) {
+    kibana_yml_for(h, port, fail_migration, &es_node().url);
+}
+
+/// kibana.yml naming `es_url` as its Elasticsearch (a closed port: Kibana runs, never ready).
+fn kibana_yml_for(h: &TestHost, port: u16, fail_migration: bool, es_url: &str) {
     h.write(
         "/etc/kibana/kibana.yml",
         &format!(
-            "server.port: {port}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{}\"]\nstandin.security: false\nstandin.fail_migration: {fail_migration}\nstandin.migration: {}\n",
-            es_node().url,
+            "server.port: {port}\nserver.host: \"127.0.0.1\"\nelasticsearch.hosts: [\"{es_url}\"]\nstandin.security: false\nstandin.fail_migration: {fail_migration}\nstandin.migration: {}\n",
             if fail_migration { "reindex" } else { "auto" }
         ),
     );
@@ -132,6 +140,18 @@ async fn coordination_docs(index: &str) -> Vec<Value> {
     )
     .await;
     v["hits"]["hits"].as_array().cloned().unwrap_or_default()
+}
+
+/// The restores of snapshots of `repo` the node's test plugin counted.
+async fn restores_of(repo: &str) -> Vec<Value> {
+    let (_, v) = raw("GET", "_kr_test/counters", None).await;
+    v["restores"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["repository"] == repo)
+        .collect()
 }
 
 struct Play {
@@ -420,7 +440,124 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
     let (s, _) = raw("GET", &format!("{index}/_doc/operation"), None).await;
     assert_eq!(s, 404, "no operation was requested");
 
-    // 2. The rollback.
+    // 2. A rollback that starts and ends aborted. The second host's Kibana runs but never gets
+    // ready (its Elasticsearch is a closed port) and takes 10 s to stop; its agent waits 3 s
+    // (set here, not by the play: only the rollback play runs). The operation aborts before
+    // the restore point; the play fails at `start --wait`, saying why.
+    let slow = hosts.get(&names[1]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    kibana_yml_for(slow, ports[1], false, &format!("http://127.0.0.1:{closed}"));
+    slow.write(
+        "/etc/systemd/system/kibana.service.d/slow-stop.conf",
+        "[Service]\nExecStop=/bin/sleep 10\nTimeoutStopSec=60\n",
+    );
+    slow.exec_ok(&["systemctl", "daemon-reload"]);
+    slow.exec_ok(&["systemctl", "restart", "kibana.service"]);
+    // Case 1 templated target 8.16.0; the right one, as the play would template it (and the
+    // agents restarted on it, as its handler does: their readiness checks name a stale one).
+    for (_, h) in each() {
+        let conf = "/etc/kibana-rollback/config.toml";
+        let cfg = h.exec_ok(&["cat", conf]);
+        assert!(cfg.contains("target_version = \"8.16.0\""), "{cfg}");
+        h.write(
+            conf,
+            &cfg.replace(
+                "target_version = \"8.16.0\"",
+                &format!("target_version = \"{OLD}\""),
+            ),
+        );
+        if h.name != slow.name {
+            h.exec_ok(&["systemctl", "restart", "kibana-rollbackd.service"]);
+        }
+    }
+    let dropin = "/etc/kibana-rollback/config.d/50-ansible.toml";
+    let templated = slow.exec_ok(&["cat", dropin]);
+    assert!(templated.contains("stop_timeout = \"30s\""), "{templated}");
+    slow.write(
+        dropin,
+        &templated.replace("stop_timeout = \"30s\"", "stop_timeout = \"3s\""),
+    );
+    slow.exec_ok(&["systemctl", "restart", "kibana-rollbackd.service"]);
+    wait_for(
+        "the slow host's Kibana running",
+        Duration::from_secs(30),
+        || unit_state(slow, "kibana.service") == "active",
+    );
+    let restores_before = restores_of(&repo).await;
+    let play = run_play(
+        &inventory,
+        &[
+            "--tags",
+            "rollback",
+            "-e",
+            "kr_rollback=yes",
+            "-e",
+            "kr_plan_retries=8",
+        ],
+    );
+    log(&format!(
+        "rollback play with a host that cannot stop in time: exit {} in {:.1?}",
+        play.code, play.took
+    ));
+    assert_eq!(
+        play.code, 2,
+        "an aborted rollback fails the play:\n{}",
+        play.out
+    );
+    let start_task = play
+        .out
+        .find("TASK [kibana-rollback start --wait]")
+        .unwrap_or_else(|| panic!("start --wait ran:\n{}", play.out));
+    // The rescue names the outcome and start's last line: the operation, `aborted`, the host.
+    let explained = play.out[start_task..]
+        .lines()
+        .find(|l| {
+            l.starts_with("fatal: ")
+                && l.contains(
+                    "the rollback ended failed or aborted, or a check refused it: operation ",
+                )
+        })
+        .unwrap_or_else(|| panic!("the failure is explained after start --wait:\n{}", play.out));
+    assert!(
+        explained.contains(" aborted: ") && explained.contains(slow.name.as_str()),
+        "{explained}\n{}",
+        play.out
+    );
+    assert!(play.out.contains("TASK [Fleet status]"), "{}", play.out);
+    assert!(play.out.contains("failed=1"), "{}", play.out);
+    let hits = coordination_docs(&index).await;
+    let ended: Vec<&Value> = hits
+        .iter()
+        .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
+        .collect();
+    assert_eq!(ended.len(), 1, "{hits:?}");
+    assert_eq!(ended[0]["_source"]["phase"], "aborted", "{}", ended[0]);
+    assert_eq!(ended[0]["_source"]["error"]["host"], slow.name.as_str());
+    assert_eq!(
+        restores_of(&repo).await,
+        restores_before,
+        "nothing restored"
+    );
+    for (_, h) in each() {
+        assert_eq!(installed(h), NEW, "{}: the package is unchanged", h.name);
+    }
+    // Back as the other hosts are: a fast stop, the failing 8.15.0 migration (the play below
+    // puts the agent's drop-in back as templated).
+    slow.exec_ok(&["rm", "/etc/systemd/system/kibana.service.d/slow-stop.conf"]);
+    slow.exec_ok(&["systemctl", "daemon-reload"]);
+    wait_for(
+        "the slow host's Kibana running again",
+        Duration::from_secs(60),
+        || unit_state(slow, "kibana.service") == "active",
+    );
+    kibana_yml(slow, ports[1], true);
+    slow.exec_ok(&["systemctl", "restart", "kibana.service"]);
+
+    // 3. The rollback.
     let play = run_play(&inventory, &["-e", "kr_rollback=yes"]);
     log(&format!(
         "play with kr_rollback=yes: exit {} in {:.1?}",
@@ -445,10 +582,13 @@ async fn the_ansible_playbook_installs_the_agents_and_rolls_the_fleet_back() {
         .iter()
         .filter(|h| h["_id"].as_str().unwrap().starts_with("history-"))
         .collect();
-    assert_eq!(done.len(), 1, "{hits:?}");
-    assert_eq!(done[0]["_source"]["phase"], "done");
+    assert_eq!(done.len(), 2, "the aborted one and this: {hits:?}");
+    assert!(
+        done.iter().any(|h| h["_source"]["phase"] == "done"),
+        "{hits:?}"
+    );
 
-    // 3. packaging/ansible/upgrade.yml: `prepare --wait` records the rollback point (8.14.3),
+    // 4. packaging/ansible/upgrade.yml: `prepare --wait` records the rollback point (8.14.3),
     // the upgrade to 8.15.0 fails its migration on every host (kibana.yml still fails it), and
     // the rescue play rolls the whole fleet back to exactly that point with no arguments. The
     // operator's configuration for it first: no pinned snapshot, the rollback point names it.

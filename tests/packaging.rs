@@ -205,6 +205,8 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
         "/etc/kibana-rollback/config.d",
         "/usr/lib/kibana-rollback/config.d",
         "/usr/share/doc/kibana-rollback/config.toml",
+        "/usr/share/doc/kibana-rollback/operations.md",
+        "/usr/share/doc/kibana-rollback/design.md",
         "/usr/share/doc/kibana-rollback/copyright",
         "/usr/share/doc/kibana-rollback/changelog.gz",
         "/usr/share/man/man1/kibana-rollback.1.gz",
@@ -225,6 +227,7 @@ async fn deb_installs_enables_upgrades_removes_and_purges() {
     expected.resize(paths.len(), "644 root:root regular file");
     assert_eq!(modes(h, &paths), expected, "{paths:?}");
     assert_manual_and_completion(h);
+    assert_unit_documentation_installed(h);
     assert_eq!(
         h.exec_ok(&["kibana-rollback", "--version"]).trim(),
         format!("kibana-rollback {VERSION}")
@@ -599,6 +602,8 @@ fn rpm_layout_requires_and_scriptlets() {
         "/etc/kibana-rollback/config.d",
         "/usr/lib/kibana-rollback/config.d",
         "/usr/share/doc/kibana-rollback/config.toml",
+        "/usr/share/doc/kibana-rollback/operations.md",
+        "/usr/share/doc/kibana-rollback/design.md",
         "/usr/lib/systemd/system-preset/80-kibana-rollback.preset",
         "/usr/share/man/man1/kibana-rollback.1.gz",
         "/usr/share/man/man1/kibana-rollback-start.1.gz",
@@ -619,6 +624,7 @@ fn rpm_layout_requires_and_scriptlets() {
     expected.resize(paths.len(), "644 root:root regular file");
     assert_eq!(modes(h, &paths), expected, "{paths:?}");
     assert_manual_and_completion(h);
+    assert_unit_documentation_installed(h);
     let verify = h.exec(&["rpm", "-V", "--nodeps", "kibana-rollback"]);
     assert!(verify.status.success(), "rpm -V: {}", text(&verify));
     // %post linked the dnf plugin into the plugin directory of the Python that runs dnf (the
@@ -769,6 +775,38 @@ fn deb_is_lintian_clean() {
             .any(|l| l.starts_with("E: ") || l.starts_with("W: ")),
         "{report}"
     );
+}
+
+/// Every `Documentation=` of both installed units is on the host: a `man:` page `man -w` finds,
+/// a `file:` the package installed; nothing points outside what was installed.
+fn assert_unit_documentation_installed(h: &TestHost) {
+    for unit in [AGENT, "kibana-rollback.service"] {
+        let docs = unit_prop(h, unit, "Documentation");
+        // systemctl quotes the entries with parentheses: "man:kibana-rollback(1)".
+        let uris: Vec<&str> = docs
+            .split_whitespace()
+            .map(|u| u.trim_matches('"'))
+            .collect();
+        assert!(
+            uris.iter().any(|u| u.starts_with("man:"))
+                && uris.iter().any(|u| u.starts_with("file:")),
+            "{unit}: Documentation={docs}"
+        );
+        for uri in uris {
+            if let Some(page) = uri.strip_prefix("man:") {
+                let (name, section) = page
+                    .trim_end_matches(')')
+                    .split_once('(')
+                    .unwrap_or((page, "1"));
+                let out = h.exec(&["man", "-w", section, name]);
+                assert!(out.status.success(), "{unit}: {uri}: {}", text(&out));
+            } else if let Some(path) = uri.strip_prefix("file:") {
+                assert!(exists(h, path), "{unit}: {uri} is not installed");
+            } else {
+                panic!("{unit}: Documentation={uri} is neither man: nor file: of the package");
+            }
+        }
+    }
 }
 
 /// `man` shows the packaged pages of the main command and a subcommand, and bash completes the

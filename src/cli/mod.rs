@@ -19,6 +19,9 @@ mod recommend;
 mod snapshots;
 mod start;
 mod status;
+mod table;
+
+pub use table::print_table;
 
 use std::path::PathBuf;
 
@@ -282,34 +285,6 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Lock { force_release, yes } => lock::run(&cli, *force_release, *yes).await,
         Command::History => history::run(&cli).await,
         Command::PackageHook { manager } => package_hook::run(&cli, manager).await,
-    }
-}
-
-/// Prints rows as aligned columns under a header, aligned by display width (wide characters
-/// take two columns).
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    use unicode_width::UnicodeWidthStr;
-    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.width());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(c);
-                s.push_str(&" ".repeat(widths[i] - c.width() + 2));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
     }
 }
 

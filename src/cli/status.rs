@@ -64,13 +64,24 @@ fn result_text(result: &StepResult, width: Option<usize>) -> String {
 /// How much of a failed step's cause the STEP column shows.
 const STEP_CAUSE_WIDTH: usize = 36;
 
-/// `text` cut to `width` characters, with an ellipsis when cut.
+/// `text`'s first line cut to `width` display columns (a wide character takes two and is never
+/// split), with an ellipsis when anything was left out.
 fn shorten(text: &str, width: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
     let first = text.lines().next().unwrap_or("");
-    if first.chars().count() <= width && !text.contains('\n') {
+    if first.width() <= width && !text.contains('\n') {
         return first.to_string();
     }
-    let cut: String = first.chars().take(width.saturating_sub(1)).collect();
+    let mut cut = String::new();
+    let mut used = 0;
+    for c in first.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        cut.push(c);
+        used += w;
+    }
     format!("{}…", cut.trim_end())
 }
 
@@ -543,5 +554,22 @@ mod tests {
         assert_eq!(s.chars().count(), 36, "{s}");
         assert!(s.ends_with('…'));
         assert_eq!(shorten("first line\nsecond", 36), "first line…");
+    }
+
+    #[test]
+    fn causes_are_cut_by_display_columns_never_inside_a_wide_character() {
+        use unicode_width::UnicodeWidthStr;
+        // Ten wide characters: twenty columns.
+        let wide = "软件包安装失败请重试";
+        assert_eq!(shorten(wide, 20), wide);
+        // 9 columns: four wide characters (8) and the ellipsis, not four and a half.
+        assert_eq!(shorten(wide, 9), "软件包安…");
+        assert_eq!(shorten(wide, 10), "软件包安…");
+        let mixed = "dpkg: 错误: 处理软件包 kibana (--configure) 时出错";
+        for w in 5..40 {
+            let s = shorten(mixed, w);
+            assert!(s.width() <= w, "{w}: {s:?} is {} columns", s.width());
+            assert!(mixed.starts_with(s.trim_end_matches('…')), "{w}: {s:?}");
+        }
     }
 }

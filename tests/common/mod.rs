@@ -18,6 +18,12 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `out` with every run of whitespace as one space: a phrase in a table cell that wrapped
+/// (the CLI's tables fit 80 columns) reads as one line again.
+pub fn words(out: &str) -> String {
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The kibana-rollback binary the test hosts' packages carry: `KR_AGENT_BINARY` when set
 /// (scripts/test sets the release build, the one the simulator's dependencies, the benchmark
 /// and the users share), else this test build's debug binary.
