@@ -288,14 +288,18 @@ async fn es_7_17_kibana_7_17_28_to_7_17_29_rolls_back_with_the_7x_unit_held() {
         ".kibana_7.17.28_001",
         "fix: take a snapshot with \"feature_states\": [\"kibana\"] before the upgrade",
     ] {
-        assert!(text.contains(want), "plan should say {want:?}:\n{text}");
+        // Table cells wrap at 80 columns: compared word for word.
+        assert!(
+            words(&text).contains(&words(want)),
+            "plan should say {want:?}:\n{text}"
+        );
     }
     plain.check("plan: FAIL with the reason and the fix");
     let out = fleet.cli(h, &["start", "--snapshot", "plain-7x", "--wait"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("plain indices") && err.contains("fix:"),
+        words(&err).contains("plain indices") && err.contains("fix:"),
         "{err}"
     );
     assert!(
@@ -457,12 +461,16 @@ async fn es_8_15_kibana_7_17_to_8_15_failed_rolls_back_to_7_17_with_security_on(
         "Kibana 7.17.29 answers /api/status without credentials with 401",
         "set kibana.status_username and kibana.status_password_file",
     ] {
-        assert!(text.contains(want), "plan should say {want:?}:\n{text}");
+        // Table cells wrap at 80 columns: compared word for word.
+        assert!(
+            words(&text).contains(&words(want)),
+            "plan should say {want:?}:\n{text}"
+        );
     }
     let out = fleet.cli(h, &["start", "--wait"]);
     let err = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("set kibana.status_username"), "{err}");
+    assert!(words(&err).contains("set kibana.status_username"), "{err}");
     assert!(
         fleet.operation_doc().is_none(),
         "a refused start writes no operation"
@@ -559,10 +567,10 @@ async fn es_8_15_three_nodes_rollback_survives_a_node_hanging_then_leaving() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&format!(
+        words(&text).contains(&format!(
             "a Kibana no expected host claims at {}",
             unmanaged.address
-        )) && text.contains(&format!("connected to node {node2}")),
+        )) && words(&text).contains(&format!("connected to node {node2}")),
         "plan names the Kibana on node {node2}:\n{text}"
     );
     support.check("client check reads every node (an uncontrolled Kibana on node 3 named)");
@@ -642,7 +650,10 @@ async fn es_8_15_three_nodes_rollback_survives_a_node_hanging_then_leaving() {
     ));
     let status = fleet.first().exec_ok(&[fleet::AGENT_BIN, "status"]);
     let want = format!("barrier: waiting for node(s) {node2} to answer _nodes/stats/http");
-    assert!(status.contains(&want), "status says {want:?}:\n{status}");
+    assert!(
+        words(&status).contains(&want),
+        "status says {want:?}:\n{status}"
+    );
     let json_status: Value =
         serde_json::from_str(
             &fleet

@@ -4,8 +4,9 @@
 //!
 //! The first column names the row (host, check, snapshot): it is as wide as its longest name
 //! when that takes at most half the width, and never narrower than its longest word, so a name
-//! is never split and every row starts with its name. A longer cell
-//! wraps within its column at spaces instead of being cut, because a `plan` detail or a
+//! is never split and every row starts with its name. The columns between keep their widest
+//! cell whole (a time, a version, a state is never split); only the last column, free text,
+//! wraps within what is left, at spaces instead of being cut, because a `plan` detail or a
 //! snapshot's "why" carries the fix. When the names are too wide for the other columns to keep
 //! a readable width beside them (a snapshot's name is 44 columns), each name goes on a line of
 //! its own and the rest of its row below it, indented. `--json` has every value on one line.
@@ -25,6 +26,18 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for line in table_lines(header, rows, super::live::width()) {
         println!("{line}");
     }
+}
+
+/// The widest cell of column `i` (header included), in display columns.
+fn widest_cell(header: &[&str], rows: &[Vec<String>], i: usize) -> usize {
+    header
+        .get(i)
+        .copied()
+        .into_iter()
+        .chain(rows.iter().filter_map(|r| r.get(i).map(String::as_str)))
+        .map(UnicodeWidthStr::width)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The widest word of column `i` (header included), in display columns.
@@ -54,10 +67,13 @@ pub fn table_lines(header: &[&str], rows: &[Vec<String>], width: usize) -> Vec<S
         .max()
         .unwrap_or(0);
     let name = widest_word(header, rows, 0).max(widest_name.min(width / 2));
-    // What the other columns need to stay readable: their header, or a word of up to 12.
-    let others: usize = (1..header.len())
-        .map(|i| header[i].width().max(widest_word(header, rows, i).min(12)) + GAP)
-        .sum();
+    // What the other columns need: the middle ones whole, the last its header or a word of up
+    // to 12.
+    let last = header.len() - 1;
+    let others: usize = (1..last)
+        .map(|i| widest_cell(header, rows, i) + GAP)
+        .sum::<usize>()
+        + header[last].width().max(widest_word(header, rows, last).min(12));
     if name + GAP + others <= width {
         return layout(header, rows, width, Some(name));
     }
@@ -104,10 +120,19 @@ fn layout(header: &[&str], rows: &[Vec<String>], width: usize, name: Option<usiz
         t.add_row(row.clone());
     }
     let last = header.len().saturating_sub(1);
+    let whole: Vec<usize> = (0..header.len())
+        .map(|i| widest_cell(header, rows, i))
+        .collect();
     for (i, column) in t.column_iter_mut().enumerate() {
         column.set_padding((0, if i == last { 0 } else { GAP as u16 }));
-        if let (0, Some(name)) = (i, name) {
-            let lower = (name + GAP).min(u16::MAX as usize) as u16;
+        // The first column at least `name`, else whole like the others before the last.
+        let lower = match (i, name) {
+            (0, Some(name)) => Some(name),
+            (i, _) if i < last => Some(whole[i]),
+            _ => None,
+        };
+        if let Some(lower) = lower {
+            let lower = (lower + GAP).min(u16::MAX as usize) as u16;
             column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(lower)));
         }
     }
@@ -145,6 +170,31 @@ mod tests {
                 "kb-two  -       -",
             ]
         );
+    }
+
+    #[test]
+    fn only_the_last_column_wraps_a_time_is_never_split() {
+        let why = "started 2026-12-02T01:28:50Z; no host shows a Kibana newer than 8.14.3, installed now or in its records";
+        let lines = table_lines(
+            &["SNAPSHOT", "STATE", "STARTED (UTC)", "KIBANA", "ELIGIBLE", "WHY"],
+            &[
+                row(&["with-kibana", "SUCCESS", "2026-12-02T01:28:50Z", "8.14.3", "yes", why]),
+                row(&["data-only", "SUCCESS", "2026-12-02T01:28:49Z", "-", "no", "holds no kibana feature state"]),
+            ],
+            80,
+        );
+        assert!(lines.iter().all(|l| l.width() <= 80), "{lines:#?}");
+        assert!(lines[1].contains("2026-12-02T01:28:50Z  8.14.3  yes"), "{lines:#?}");
+        let data = lines.iter().find(|l| l.starts_with("data-only")).unwrap();
+        assert!(data.contains("2026-12-02T01:28:49Z  -"), "{lines:#?}");
+        // The reason wrapped, whole words, in its own column.
+        let at = column_of(&lines[0], "WHY");
+        let words: Vec<&str> = lines[1..]
+            .iter()
+            .take_while(|l| !l.starts_with("data-only"))
+            .map(|l| l.get(at..).unwrap_or("").trim())
+            .collect();
+        assert_eq!(words.join(" "), why, "{lines:#?}");
     }
 
     #[test]
