@@ -4,10 +4,10 @@
 //!
 //! The first column names the row (host, check, snapshot): it is as wide as its longest name
 //! when that takes at most half the width, and never narrower than its longest word, so a name
-//! is never split and every row starts with its name. The columns between keep their widest
-//! cell whole (a time, a version, a state is never split); only the last column, free text,
-//! wraps within what is left, at spaces instead of being cut, because a `plan` detail or a
-//! snapshot's "why" carries the fix. When the names are too wide for the other columns to keep
+//! is never split and every row starts with its name. The columns between are never narrower
+//! than their widest word, so a time, a version or a state is never split; only the last
+//! column, free text, may split a word longer than what is left. Cells wrap at spaces instead
+//! of being cut, because a `plan` detail or a snapshot's "why" carries the fix. When the names are too wide for the other columns to keep
 //! a readable width beside them (a snapshot's name is 44 columns), each name goes on a line of
 //! its own and the rest of its row below it, indented. `--json` has every value on one line.
 
@@ -26,18 +26,6 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for line in table_lines(header, rows, super::live::width()) {
         println!("{line}");
     }
-}
-
-/// The widest cell of column `i` (header included), in display columns.
-fn widest_cell(header: &[&str], rows: &[Vec<String>], i: usize) -> usize {
-    header
-        .get(i)
-        .copied()
-        .into_iter()
-        .chain(rows.iter().filter_map(|r| r.get(i).map(String::as_str)))
-        .map(UnicodeWidthStr::width)
-        .max()
-        .unwrap_or(0)
 }
 
 /// The widest word of column `i` (header included), in display columns.
@@ -67,11 +55,11 @@ pub fn table_lines(header: &[&str], rows: &[Vec<String>], width: usize) -> Vec<S
         .max()
         .unwrap_or(0);
     let name = widest_word(header, rows, 0).max(widest_name.min(width / 2));
-    // What the other columns need: the middle ones whole, the last its header or a word of up
-    // to 12.
+    // What the other columns need: the middle ones their widest word, the last its header or
+    // a word of up to 12.
     let last = header.len() - 1;
     let others: usize = (1..last)
-        .map(|i| widest_cell(header, rows, i) + GAP)
+        .map(|i| widest_word(header, rows, i) + GAP)
         .sum::<usize>()
         + header[last].width().max(widest_word(header, rows, last).min(12));
     if name + GAP + others <= width {
@@ -120,15 +108,15 @@ fn layout(header: &[&str], rows: &[Vec<String>], width: usize, name: Option<usiz
         t.add_row(row.clone());
     }
     let last = header.len().saturating_sub(1);
-    let whole: Vec<usize> = (0..header.len())
-        .map(|i| widest_cell(header, rows, i))
+    let words: Vec<usize> = (0..header.len())
+        .map(|i| widest_word(header, rows, i))
         .collect();
     for (i, column) in t.column_iter_mut().enumerate() {
         column.set_padding((0, if i == last { 0 } else { GAP as u16 }));
-        // The first column at least `name`, else whole like the others before the last.
+        // The first column at least `name`; the others before the last their widest word.
         let lower = match (i, name) {
             (0, Some(name)) => Some(name),
-            (i, _) if i < last => Some(whole[i]),
+            (i, _) if i < last => Some(words[i]),
             _ => None,
         };
         if let Some(lower) = lower {
