@@ -26,7 +26,8 @@
 //!     let input = Inputs { now: boottime(), wall: "2026-01-01T00:00:00Z".into(),
 //!                          op: read_op(), hosts: read_hosts(), every_host: true,
 //!                          own_version: None, facts: facts(), events,
-//!                          claims: None /* read at most once a second */ };
+//!                          claims: None /* read at most once a second */,
+//!                          ping: None /* the ping document's version, read with the op */ };
 //!     for action in step(&mut node, input) {
 //!         execute(action);                      // spawn; feed its result back as an Event
 //!     }
