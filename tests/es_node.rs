@@ -361,7 +361,9 @@ async fn snapshots_command_marks_snapshot_without_kibana_state_ineligible() {
     let line = out.lines().find(|l| l.starts_with("data-only")).unwrap();
     // The reason may wrap in its column (the table fits 80 columns).
     assert!(
-        line.contains(" no ") && line.contains("holds no") && words(&out).contains("holds no kibana feature state"),
+        line.contains(" no ")
+            && line.contains("holds no")
+            && words(&out).contains("holds no kibana feature state"),
         "{out}"
     );
     raw("DELETE", &other, None).await;

@@ -61,7 +61,9 @@ pub fn table_lines(header: &[&str], rows: &[Vec<String>], width: usize) -> Vec<S
     let others: usize = (1..last)
         .map(|i| widest_word(header, rows, i) + GAP)
         .sum::<usize>()
-        + header[last].width().max(widest_word(header, rows, last).min(12));
+        + header[last]
+            .width()
+            .max(widest_word(header, rows, last).min(12));
     if name + GAP + others <= width {
         return layout(header, rows, width, Some(name));
     }
@@ -162,17 +164,42 @@ mod tests {
 
     #[test]
     fn only_the_last_column_wraps_a_time_is_never_split() {
-        let why = "started 2026-12-02T01:28:50Z; no host shows a Kibana newer than 8.14.3, installed now or in its records";
+        // Every word fits the 18 columns left for the reason (a longer one would be split).
+        let why = "started at 01:28:50Z; no host shows a Kibana newer than 8.14.3, installed now or in its records";
         let lines = table_lines(
-            &["SNAPSHOT", "STATE", "STARTED (UTC)", "KIBANA", "ELIGIBLE", "WHY"],
             &[
-                row(&["with-kibana", "SUCCESS", "2026-12-02T01:28:50Z", "8.14.3", "yes", why]),
-                row(&["data-only", "SUCCESS", "2026-12-02T01:28:49Z", "-", "no", "holds no kibana feature state"]),
+                "SNAPSHOT",
+                "STATE",
+                "STARTED (UTC)",
+                "KIBANA",
+                "ELIGIBLE",
+                "WHY",
+            ],
+            &[
+                row(&[
+                    "with-kibana",
+                    "SUCCESS",
+                    "2026-12-02T01:28:50Z",
+                    "8.14.3",
+                    "yes",
+                    why,
+                ]),
+                row(&[
+                    "data-only",
+                    "SUCCESS",
+                    "2026-12-02T01:28:49Z",
+                    "-",
+                    "no",
+                    "holds no kibana feature state",
+                ]),
             ],
             80,
         );
         assert!(lines.iter().all(|l| l.width() <= 80), "{lines:#?}");
-        assert!(lines[1].contains("2026-12-02T01:28:50Z  8.14.3  yes"), "{lines:#?}");
+        assert!(
+            lines[1].contains("2026-12-02T01:28:50Z  8.14.3  yes"),
+            "{lines:#?}"
+        );
         let data = lines.iter().find(|l| l.starts_with("data-only")).unwrap();
         assert!(data.contains("2026-12-02T01:28:49Z  -"), "{lines:#?}");
         // The reason wrapped, whole words, in its own column.
