@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use super::{CheckId, Report};
+use crate::config::CoordinationSettings;
 use crate::coord::Coord;
 use crate::fleet::idle_watch_every;
 
@@ -18,9 +19,10 @@ pub fn window(heartbeat: Duration) -> Duration {
 }
 
 /// Watches the registered expected hosts of `r` and records the verdict in `r.alive` and as the
-/// [`CheckId::AgentsAlive`] check. `leaders`: `coordination.leaders` (empty: any host may lead);
-/// with none of them alive an operation would have nobody to lead it.
-pub async fn check(coord: &Coord<'_>, heartbeat: Duration, leaders: &[String], r: &mut Report) {
+/// [`CheckId::AgentsAlive`] check. `coordination.leaders` (empty: any host may lead): with none
+/// of them alive an operation would have nobody to lead it.
+pub async fn check(coord: &Coord<'_>, c: &CoordinationSettings, r: &mut Report) {
+    let leaders = &c.leaders;
     let registered: Vec<String> = r
         .hosts
         .iter()
@@ -33,13 +35,8 @@ pub async fn check(coord: &Coord<'_>, heartbeat: Duration, leaders: &[String], r
         return;
     }
     let since = Instant::now();
-    let window = window(heartbeat);
-    let by = format!(
-        "liveness@{}",
-        nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
+    let window = window(c.heartbeat);
+    let by = format!("liveness@{}", c.host_id);
     if let Err(e) = coord.ping(&by).await {
         r.checks.fail_es(
             CheckId::AgentsAlive,

@@ -525,13 +525,7 @@ pub async fn run(es: &Es, settings: &Settings, scope: Scope<'_>, request: Reques
     match scope {
         Scope::Prepare => unreachable!("handled above"),
         Scope::Plan => {
-            liveness::check(
-                &coord,
-                settings.coordination.heartbeat,
-                &settings.coordination.leaders,
-                &mut r,
-            )
-            .await
+            liveness::check(&coord, &settings.coordination, &mut r).await
         }
         Scope::Start => r.checks.skip(
             CheckId::AgentsAlive,
@@ -675,13 +669,7 @@ async fn prepare_checks(
             }
         },
     }
-    liveness::check(
-        coord,
-        settings.coordination.heartbeat,
-        &settings.coordination.leaders,
-        &mut r,
-    )
-    .await;
+    liveness::check(coord, &settings.coordination, &mut r).await;
     r
 }
 
