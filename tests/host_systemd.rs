@@ -726,23 +726,25 @@ fn start_step_names_exit_64(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
     })
 }
 
-fn start_limited_unit_is_reset_and_started(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
+/// On host b: a daemon-reload makes systemd forget start limits (systemd#29574) and the other
+/// tests reload host a (the hold does) while this one runs.
+fn start_limited_unit_is_reset_and_started(_: &TestHost, b: &TestHost) -> Result<(), Failed> {
     let unit = "limited.service";
-    a.write("/var/tmp/kr-limited-fail", "");
-    let _ = a.exec(&["systemctl", "start", unit]);
+    b.write("/var/tmp/kr-limited-fail", "");
+    let _ = b.exec(&["systemctl", "start", unit]);
     let t = Instant::now();
     // systemd 252 keeps Result=exit-code when the limit hits; the journal says "Start request
     // repeated too quickly"
-    while a
+    while b
         .exec_ok(&["systemctl", "show", "-P", "ActiveState", unit])
         .trim()
         != "failed"
-        || !a
+        || !b
             .exec_ok(&["journalctl", "--no-pager", "-u", unit, "-o", "cat"])
             .contains("Start request repeated too quickly")
     {
         check(t.elapsed() < Duration::from_secs(20), || {
-            let status = a.exec(&["systemctl", "status", "--no-pager", unit]);
+            let status = b.exec(&["systemctl", "status", "--no-pager", unit]);
             format!(
                 "{unit} never hit its start limit: {}",
                 String::from_utf8_lossy(&status.stdout)
@@ -750,15 +752,15 @@ fn start_limited_unit_is_reset_and_started(a: &TestHost, _: &TestHost) -> Result
         })?;
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::fs::remove_file(a.root.join("var/tmp/kr-limited-fail"))?;
+    std::fs::remove_file(b.root.join("var/tmp/kr-limited-fail"))?;
     // systemd itself refuses a plain start now ...
-    let out = a.exec(&["systemctl", "start", unit]);
+    let out = b.exec(&["systemctl", "start", unit]);
     check(!out.status.success(), || {
         "a start-limited unit started without reset-failed".into()
     })?;
     // ... the start step resets it first and starts it (then waits for a Kibana that is not there)
     block_on(async {
-        let host = host_steps(a, unit, "3s").await?;
+        let host = host_steps(b, unit, "3s").await?;
         let err = host
             .start(&v("8.14.3"))
             .await
@@ -767,10 +769,10 @@ fn start_limited_unit_is_reset_and_started(a: &TestHost, _: &TestHost) -> Result
             err.contains("was not healthy at version 8.14.3 within 3s"),
             || err.clone(),
         )?;
-        check(is_active(a, unit) == "active", || {
-            format!("{unit} is {}", is_active(a, unit))
+        check(is_active(b, unit) == "active", || {
+            format!("{unit} is {}", is_active(b, unit))
         })?;
-        units(a).await?.stop(unit, OP).await?;
+        units(b).await?.stop(unit, OP).await?;
         Ok(())
     })
 }
