@@ -975,15 +975,18 @@ impl World {
             return;
         }
         // Without the barrier's client check only its claim tells a clone's Kibana apart:
-        // nothing can see a clone whose agent never wrote one, so its agent is spared faults
-        // until it has (its Kibana is outside the protocol, like one without an agent).
-        let unclaimed_clone = !self.machines[h].expected
+        // nothing can see a twin whose agent never wrote one, so its agent is spared faults
+        // until it has (its Kibana is outside the protocol, like one without an agent). That
+        // holds for the original as much as for the clone: if the original crashes before its
+        // claim, the clone acts for the host id and the original's Kibana runs unseen.
+        let twin_id = self.p.clone.map(|(of, _)| &self.machines[of].id);
+        let unclaimed_twin = twin_id == Some(&self.machines[h].id)
             && !self.p.client_check
             && !self
                 .claims
                 .values()
                 .any(|c| c.machine.machine_id == format!("m-{h}"));
-        let faults = self.faults_on() && !unclaimed_clone;
+        let faults = self.faults_on() && !unclaimed_twin;
         if faults && self.rng.chance(self.p.crash_p) {
             self.crash(h);
             return;
@@ -1636,7 +1639,9 @@ impl World {
                     {
                         self.note("safety snapshot taken while a unit runs".into());
                     }
-                    self.safety.insert(name, self.kibana_gen);
+                    // As the adapter does: a snapshot of that name already taken is the one
+                    // (a retry or a successor finds it), never re-taken over newer data.
+                    self.safety.entry(name).or_insert(self.kibana_gen);
                     ClusterOutcome::SafetySnapshot(Ok("safety-uuid".into()))
                 }
             }
@@ -1858,13 +1863,10 @@ impl World {
             self.violation("invariant 2: a second restore after one completed".into());
         }
         let mine = self.machines[h].id.clone();
-        // A forged document deposes nobody (no agent can act on it): the leader is judged
-        // against the last genuine revision.
-        let genuine = match &self.op {
-            Some(_) if self.forged => self.op_revisions.last().cloned(),
-            Some(v) => Some(v.doc.clone()),
-            None => None,
-        };
+        // A forged or replayed document deposes nobody (no agent acts on it): the leader is
+        // judged against the last genuine write. A restore sent by the rightful leader can land
+        // after a replay of an old revision (seed 837827981256).
+        let genuine = self.op.as_ref().and(self.op_revisions.last().cloned());
         match genuine {
             Some(d) if d.epoch == epoch && d.leader_id() == Some(&mine) => {}
             Some(d) => {
