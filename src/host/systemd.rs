@@ -37,6 +37,10 @@ use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 /// How long a single D-Bus method call may take before zbus gives up on it (the D-Bus default).
 /// Operations are bounded by their own, caller-chosen timeout as well.
 const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a daemon-reload may take: systemctl's own bound (`DAEMON_RELOAD_TIMEOUT_SEC`, twice
+/// systemd's default timeout of 90 s), since a reload re-runs the generators and re-reads every
+/// unit. A busy systemd (many units, many reloads queued) answers after the 25 s of other calls.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(180);
 /// How often the unit's state is read while waiting for it to settle after its job finished.
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 /// How long reading the unit's last state for a timeout error may take.
@@ -457,6 +461,9 @@ fn classify(e: zbus::Error, unit: &str, action: Action) -> UnitError {
 pub struct SystemdUnits {
     conn: Connection,
     manager: ManagerProxy<'static>,
+    /// The manager on a connection of its own with [`RELOAD_TIMEOUT`] (zbus bounds calls per
+    /// connection), made at the first reload.
+    reloader: std::sync::Arc<tokio::sync::OnceCell<ManagerProxy<'static>>>,
     address: String,
 }
 
@@ -503,6 +510,7 @@ impl SystemdUnits {
         Ok(Self {
             conn,
             manager,
+            reloader: Default::default(),
             address: address.to_owned(),
         })
     }
@@ -626,10 +634,27 @@ impl SystemdUnits {
     /// Makes systemd re-read all unit files (`systemctl daemon-reload`), e.g. after a package
     /// replaced `kibana.service`. Returns when the reload is complete.
     pub async fn daemon_reload(&self) -> Result<(), UnitError> {
-        self.manager
-            .reload()
+        self.reload()
             .await
             .map_err(|e| classify(e, "", Action::DaemonReload))
+    }
+
+    /// `Manager.Reload`, bounded by [`RELOAD_TIMEOUT`] rather than [`METHOD_TIMEOUT`].
+    async fn reload(&self) -> zbus::Result<()> {
+        let reloader = self
+            .reloader
+            .get_or_try_init(|| async {
+                let conn = zbus::connection::Builder::address(self.address.as_str())
+                    .method_timeout(RELOAD_TIMEOUT)
+                    .build()
+                    .await?;
+                ManagerProxy::builder(&conn)
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await
+            })
+            .await?;
+        reloader.reload().await
     }
 
     /// `systemctl mask UNIT`: nothing can start the unit until it is unmasked — not an admin,
@@ -641,7 +666,7 @@ impl SystemdUnits {
             .mask_unit_files(vec![unit.to_owned()], false, true)
             .await
             .map_err(err)?;
-        self.manager.reload().await.map_err(err)
+        self.reload().await.map_err(err)
     }
 
     /// `systemctl unmask UNIT`; a unit that is not masked is left as it is.
@@ -653,7 +678,7 @@ impl SystemdUnits {
             .await
             .map_err(err)?;
         if !changes.is_empty() {
-            self.manager.reload().await.map_err(err)?;
+            self.reload().await.map_err(err)?;
         }
         Ok(())
     }
