@@ -144,14 +144,7 @@ async fn coordination_docs(index: &str) -> Vec<Value> {
 
 /// The restores of snapshots of `repo` the node's test plugin counted.
 async fn restores_of(repo: &str) -> Vec<Value> {
-    let (_, v) = raw("GET", "_kr_test/counters", None).await;
-    v["restores"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r["repository"] == repo)
-        .collect()
+    restores_at(&es_node().url, repo).await
 }
 
 struct Play {

@@ -168,19 +168,19 @@ pub async fn run(cli: &Cli, repository: Option<&str>, to: Option<&str>) -> Resul
             ]
         })
         .collect();
-    print_table(
-        &[
-            "SNAPSHOT",
-            "STATE",
-            "STARTED (UTC)",
-            "KIBANA",
-            "ELIGIBLE",
-            "WHY",
-        ],
-        &rows,
-    );
+    print_table(&SNAPSHOT_HEADER, &rows);
     Ok(exit::OK)
 }
+
+/// The columns of the `snapshots` table.
+pub(super) const SNAPSHOT_HEADER: [&str; 6] = [
+    "SNAPSHOT",
+    "STATE",
+    "STARTED (UTC)",
+    "KIBANA",
+    "ELIGIBLE",
+    "WHY",
+];
 
 fn format_millis(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);

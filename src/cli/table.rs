@@ -131,6 +131,7 @@ fn layout(header: &[&str], rows: &[Vec<String>], width: usize, name: Option<usiz
 
 #[cfg(test)]
 mod tests {
+    use super::super::snapshots::SNAPSHOT_HEADER;
     use super::*;
 
     fn row(cells: &[&str]) -> Vec<String> {
@@ -167,14 +168,7 @@ mod tests {
         // Every word fits the 18 columns left for the reason (a longer one would be split).
         let why = "started at 01:28:50Z; no host shows a Kibana newer than 8.14.3, installed now or in its records";
         let lines = table_lines(
-            &[
-                "SNAPSHOT",
-                "STATE",
-                "STARTED (UTC)",
-                "KIBANA",
-                "ELIGIBLE",
-                "WHY",
-            ],
+            &SNAPSHOT_HEADER,
             &[
                 row(&[
                     "with-kibana",
@@ -298,14 +292,7 @@ mod tests {
     fn a_name_in_the_first_column_is_never_split() {
         let name = "kibana-rollback-point-8.14.3-20261201t235900";
         let lines = table_lines(
-            &[
-                "SNAPSHOT",
-                "STATE",
-                "STARTED (UTC)",
-                "KIBANA",
-                "ELIGIBLE",
-                "WHY",
-            ],
+            &SNAPSHOT_HEADER,
             &[
                 row(&[
                     &format!("{name} (ROLLBACK POINT)"),

@@ -334,14 +334,7 @@ impl Cluster {
 
     /// The restores of snapshots of `repo` the node's test plugin counted.
     pub async fn restores_of(&self, repo: &str) -> Vec<Value> {
-        let (_, v) = self.raw("GET", "_kr_test/counters", None).await;
-        v["restores"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r["repository"] == repo)
-            .collect()
+        common::restores_at(self.url(), repo).await
     }
 
     /// `n` saved objects of type `tag` written through `.kibana`, as users of Kibana `version`

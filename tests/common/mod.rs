@@ -216,6 +216,18 @@ pub async fn raw(
     raw_at(&es_node().url, method, path, body).await
 }
 
+/// The restores of snapshots of `repo` that the test plugin of the node at `base` counted.
+pub async fn restores_at(base: &str, repo: &str) -> Vec<serde_json::Value> {
+    let (_, v) = raw_at(base, "GET", "_kr_test/counters", None).await;
+    v["restores"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["repository"] == repo)
+        .collect()
+}
+
 /// Raw HTTP against the node at `base` (see [`raw`]).
 pub async fn raw_at(
     base: &str,
