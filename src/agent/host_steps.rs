@@ -454,12 +454,14 @@ impl Host {
                     .service_status(unit)
                     .await
                     .map_err(|e| e.to_string())?;
-                let why = crash_verdict(&before, &now)
+                let why = CrashWatch::new(before)
+                    .verdict(&now)
                     .unwrap_or_else(|| format!("did not start ({})", now.unit));
                 return Err(self.failed_start(unit, &why).await);
             }
             Err(e) => return Err(e.to_string()),
         }
+        let mut watch = CrashWatch::new(before);
         let mut last;
         loop {
             let svc = self
@@ -467,7 +469,7 @@ impl Host {
                 .service_status(unit)
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(why) = crash_verdict(&before, &svc) {
+            if let Some(why) = watch.verdict(&svc) {
                 return Err(self.failed_start(unit, &why).await);
             }
             let answer = self.probe.probe(Some(expect)).await;
@@ -633,16 +635,46 @@ pub fn exit_meaning(exit: MainExit) -> String {
     }
 }
 
-/// Whether the unit is failing since `before` (read just before our start): the main process
-/// exited 64 since (deterministic: waiting cannot help), the unit is `failed` (start limit hit
-/// or no `Restart=`), or systemd restarted it [`CRASH_LOOP_RESTARTS`] times.
-pub fn crash_verdict(before: &ServiceStatus, now: &ServiceStatus) -> Option<String> {
-    let exited_since = now.last_exit_at_us > before.last_exit_at_us;
-    let last = now.last_exit.filter(|_| exited_since);
+/// What the start step has seen of the unit since just before its start. systemd clears
+/// `ExecMainStatus` when it starts the next process of a crash loop, so a read that lands while
+/// the new process runs has no exit: the last exit seen by an earlier read stays known.
+pub struct CrashWatch {
+    before: ServiceStatus,
+    last_exit: Option<MainExit>,
+}
+
+impl CrashWatch {
+    /// Watches from `before`, the unit's state read just before the start.
+    pub fn new(before: ServiceStatus) -> Self {
+        Self {
+            before,
+            last_exit: None,
+        }
+    }
+
+    /// Whether the unit is failing since the start, given its state `now`: see [`crash_verdict`].
+    pub fn verdict(&mut self, now: &ServiceStatus) -> Option<String> {
+        if now.last_exit_at_us > self.before.last_exit_at_us {
+            self.last_exit = now.last_exit.or(self.last_exit);
+        }
+        crash_verdict(&self.before, now, self.last_exit)
+    }
+}
+
+/// Whether the unit is failing since `before` (read just before our start), `last` being the
+/// last exit seen since: the main process exited 64 (deterministic: waiting cannot help), the
+/// unit is `failed` (start limit hit or no `Restart=`), or systemd restarted it
+/// [`CRASH_LOOP_RESTARTS`] times.
+fn crash_verdict(
+    before: &ServiceStatus,
+    now: &ServiceStatus,
+    last: Option<MainExit>,
+) -> Option<String> {
     let restarts = now.n_restarts.saturating_sub(before.n_restarts);
     let last_text = || {
-        last.map(exit_meaning)
-            .unwrap_or_else(|| "no exit status".into())
+        last.map(exit_meaning).unwrap_or_else(|| {
+            "its exit status was not seen (the next process already ran when it was read)".into()
+        })
     };
     if last == Some(MainExit::Exited(64)) {
         return Some(format!("failed to start: {}", last_text()));
@@ -702,18 +734,23 @@ mod tests {
         }
     }
 
+    /// A fresh watch's verdict on one read after `before`.
+    fn verdict(before: &ServiceStatus, now: &ServiceStatus) -> Option<String> {
+        CrashWatch::new(before.clone()).verdict(now)
+    }
+
     #[test]
     fn crash_verdicts() {
         let before = svc("inactive", "success", 0, Some(MainExit::Exited(64)), 100);
         // the old exit 64 from before our start does not count
         assert_eq!(
-            crash_verdict(
+            verdict(
                 &before,
                 &svc("active", "success", 0, Some(MainExit::Exited(64)), 100)
             ),
             None
         );
-        let v = crash_verdict(
+        let v = verdict(
             &before,
             &svc(
                 "activating",
@@ -726,14 +763,14 @@ mod tests {
         .unwrap();
         assert!(v.contains("unknown setting in kibana.yml"), "{v}");
         assert_eq!(
-            crash_verdict(
+            verdict(
                 &before,
                 &svc("activating", "exit-code", 1, Some(MainExit::Exited(1)), 200)
             ),
             None,
             "one crash is not a loop yet"
         );
-        let v = crash_verdict(
+        let v = verdict(
             &before,
             &svc("activating", "exit-code", 2, Some(MainExit::Exited(1)), 300),
         )
@@ -742,7 +779,7 @@ mod tests {
             v.contains("restarted it 2 times") && v.contains("exit status 1"),
             "{v}"
         );
-        let v = crash_verdict(
+        let v = verdict(
             &before,
             &svc(
                 "failed",
@@ -754,12 +791,35 @@ mod tests {
         )
         .unwrap();
         assert!(v.contains("start limit"), "{v}");
-        let v = crash_verdict(
+        let v = verdict(
             &before,
             &svc("failed", "signal", 0, Some(MainExit::Signal(9)), 300),
         )
         .unwrap();
         assert!(v.contains("Result=signal") && v.contains("SIGKILL"), "{v}");
+
+        // a read while the loop's next process runs: systemd cleared the exit status; the one
+        // an earlier read saw still names the cause
+        let mut watch = CrashWatch::new(before.clone());
+        assert_eq!(
+            watch.verdict(&svc(
+                "activating",
+                "exit-code",
+                1,
+                Some(MainExit::Exited(1)),
+                200
+            )),
+            None
+        );
+        let v = watch
+            .verdict(&svc("active", "success", 3, None, 0))
+            .unwrap();
+        assert!(
+            v.contains("restarted it 3 times") && v.contains("exit status 1"),
+            "{v}"
+        );
+        let v = verdict(&before, &svc("active", "success", 3, None, 0)).unwrap();
+        assert!(v.contains("exit status was not seen"), "{v}");
     }
 
     /// Healthy answers name what is not available as a warning: plugins (any state) and a
