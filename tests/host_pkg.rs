@@ -466,6 +466,120 @@ async fn apt_state_is_read_again_only_when_the_database_changed() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// Another process's dpkg run in the host (an admin's apt-get, unattended-upgrades): it holds
+/// dpkg's frontend lock (fcntl, as dpkg's) and has the package `half-configured` for `secs`,
+/// then puts the status back and lets go. Started as a transient unit in the host; returns
+/// once the half-done state shows.
+fn fake_dpkg_run(root: &IsolatedRoot, unit: &str, secs: u32) {
+    let script = r#"
+import fcntl, os, sys, time
+f = open('/var/lib/dpkg/lock-frontend', 'a+')
+fcntl.lockf(f, fcntl.LOCK_EX)
+path = '/var/lib/dpkg/status'
+def write(text):  # as dpkg does: readers see the old file or the new one
+    open(path + '-new', 'w').write(text)
+    os.rename(path + '-new', path)
+was = open(path).read()
+mid = was.replace('Package: kibana\nStatus: hold ok installed', 'Package: kibana\nStatus: hold ok half-configured')
+assert mid != was, 'kibana is not installed and held'
+write(mid)
+time.sleep(float(sys.argv[1]))
+write(was)
+"#;
+    root.sh(&format!(
+        "systemd-run --quiet --unit={unit} --property=Type=exec python3 -c {} {secs}",
+        shell_quote(script)
+    ));
+    let t = Instant::now();
+    while !root
+        .sh("dpkg-query -W -f '${Status}' kibana")
+        .contains("half-configured")
+    {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "the fake dpkg run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// dpkg lists the package half done: a read waits while another process's run holds dpkg's
+/// lock and reads again when it ends; the lock still held after the lock timeout names the
+/// holder; nobody holding it is an interrupted run, with `dpkg --configure -a` as the fix.
+#[tokio::test]
+async fn apt_reads_wait_for_a_dpkg_run_in_progress() {
+    if skip_unless_root("apt_reads_wait_for_a_dpkg_run_in_progress") {
+        return;
+    }
+    let k = kibana();
+    let root = IsolatedRoot::up("midrun");
+    let Some(files_root) = root.files_root() else {
+        println!("SKIPPED apt_reads_wait_for_a_dpkg_run_in_progress: the harness names no root to see dpkg's lock in");
+        return;
+    };
+    root.use_only_apt_source(&repo().apt_source);
+    let settings = |lock_timeout| PkgSettings {
+        kind: PkgKind::Apt,
+        lock_timeout,
+        ..PkgSettings::default()
+    };
+    let pm = |lock_timeout| {
+        let root = &root;
+        let files_root = files_root.clone();
+        async move {
+            PackageManager::with_command_prefix(&settings(lock_timeout), root.prefix())
+                .await
+                .unwrap()
+                .with_files_root(files_root)
+        }
+    };
+    let patient = pm(std::time::Duration::from_secs(60)).await;
+    patient.refresh().await.unwrap();
+    patient.install_exact(&k, &v("8.15.0")).await.unwrap();
+
+    fake_dpkg_run(&root, "kr-run-ends", 3);
+    let t = Instant::now();
+    let read = patient.installed_version(&k).await;
+    let waited = t.elapsed();
+    println!("read during another dpkg run: {read:?} after {waited:?}");
+    assert_eq!(read.unwrap(), Some(v("8.15.0")));
+    assert!(
+        waited.as_millis() >= 1000,
+        "it cannot have waited for the run: {waited:?}"
+    );
+
+    fake_dpkg_run(&root, "kr-run-stays", 30);
+    let hasty = pm(std::time::Duration::from_secs(1)).await;
+    let e = hasty.installed_version(&k).await.unwrap_err();
+    println!("{e}");
+    match &e {
+        PkgError::MidTransaction {
+            state,
+            holder: Some(h),
+            ..
+        } => {
+            assert_eq!(state, "half-configured");
+            assert_eq!(h.comm, "python3", "{e}");
+            assert!(e.to_string().contains("lock_timeout"), "{e}");
+        }
+        other => panic!("expected a run in progress naming its holder, got {other:?}"),
+    }
+    // the run is killed half done: its state stays, nobody holds the lock
+    root.sh("systemctl kill --signal=KILL kr-run-stays; while systemctl is-active -q kr-run-stays; do sleep 0.1; done");
+    let e = patient.installed_version(&k).await.unwrap_err();
+    println!("{e}");
+    assert!(
+        matches!(&e, PkgError::MidTransaction { holder: None, .. })
+            && e.to_string()
+                .contains("(an interrupted dpkg run); fix: `dpkg --configure -a`"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn apt_missing_version_changes_nothing() {
     if skip_unless_root("apt_missing_version_changes_nothing") {

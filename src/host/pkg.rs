@@ -133,6 +133,17 @@ pub enum PkgError {
         what: String,
         output: String,
     },
+    /// dpkg lists the package in the middle of a run (`unpacked`, `half-configured`, ...):
+    /// `holder` when another process still holds dpkg's lock after the lock timeout, else an
+    /// interrupted run.
+    #[error("{package} is in dpkg state {state:?} ({}); fix: {}",
+        holder.as_ref().map_or_else(|| "an interrupted dpkg run".to_string(), |h| format!("a dpkg run still in progress after the lock timeout: {h}")),
+        if holder.is_some() { "let that run finish (or raise package_manager.lock_timeout), then run again" } else { "`dpkg --configure -a`, or reinstall the package" })]
+    MidTransaction {
+        package: PackageName,
+        state: String,
+        holder: Option<lock::Holder>,
+    },
     #[error("{package} is not installed, cannot {action}")]
     NotInstalled {
         package: PackageName,
@@ -194,6 +205,8 @@ pub enum Backend {
 pub struct PackageManager {
     backend: Backend,
     hold: bool,
+    /// `package_manager.lock_timeout`: how long to wait for another process's package run.
+    lock_timeout: Duration,
     /// The host's `/` as this process sees it, where [`PackageManager::state`] stamps the
     /// database's files; `None` (commands run through a prefix, the files' place not given):
     /// every read runs the commands.
@@ -201,6 +214,10 @@ pub struct PackageManager {
     /// The last [`PackageManager::state`] (clones share it).
     state_cache: Arc<Mutex<db_cache::StateCache>>,
 }
+
+/// How often a read of the installed version looks again while another process's dpkg run
+/// has the package half done.
+const MID_TRANSACTION_POLL: Duration = Duration::from_millis(250);
 
 macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
@@ -286,6 +303,7 @@ impl PackageManager {
         Ok(PackageManager {
             backend,
             hold: settings.hold,
+            lock_timeout: settings.lock_timeout,
             files_root: prefix_empty.then(|| PathBuf::from("/")),
             state_cache: Arc::default(),
         })
@@ -346,12 +364,37 @@ impl PackageManager {
         dispatch!(self, b => b.refresh().await)
     }
 
-    /// The installed version, `None` when not installed.
+    /// The installed version, `None` when not installed. While another process's dpkg run
+    /// has the package half done (an admin's apt-get, unattended-upgrades, another agent on
+    /// this machine), it waits for that run to let go of dpkg's lock, up to the lock timeout,
+    /// and reads again: only a state nobody is working on is an interrupted run.
     pub async fn installed_version(
         &self,
         pkg: &PackageName,
     ) -> Result<Option<PackageVersion>, PkgError> {
-        dispatch!(self, b => b.installed_version(pkg).await)
+        let deadline = tokio::time::Instant::now() + self.lock_timeout;
+        loop {
+            let read = dispatch!(self, b => b.installed_version(pkg).await);
+            let Err(PkgError::MidTransaction { package, state, .. }) = read else {
+                return read;
+            };
+            let Some(holder) = self.lock_holder() else {
+                return Err(PkgError::MidTransaction {
+                    package,
+                    state,
+                    holder: None,
+                });
+            };
+            if tokio::time::Instant::now() + MID_TRANSACTION_POLL > deadline {
+                return Err(PkgError::MidTransaction {
+                    package,
+                    state,
+                    holder: Some(holder),
+                });
+            }
+            tracing::info!(package = %package, state = %state, %holder, "the package is mid-transaction in another process's dpkg run: waiting for it to finish");
+            tokio::time::sleep(MID_TRANSACTION_POLL).await;
+        }
     }
 
     /// When the installed package was last installed, in whole seconds since the epoch (dpkg:
@@ -481,13 +524,14 @@ impl PackageManager {
         }
     }
 
-    /// Who holds the package manager's lock right now, if another process does (only seen when
-    /// the commands run on this host, not through a test prefix).
+    /// Who holds the package manager's lock right now, if another process does (seen where
+    /// the host's files are: on this host, or a test host's root given by
+    /// [`PackageManager::with_files_root`]).
     pub fn lock_holder(&self) -> Option<lock::Holder> {
+        let root = self.files_root.as_deref()?;
         match &self.backend {
-            Backend::Apt(a) if a.run.prefix.is_empty() => lock::holder(lock::DPKG_LOCKS),
-            Backend::Dnf(d) if d.run.prefix.is_empty() => lock::holder(lock::RPM_LOCKS),
-            _ => None,
+            Backend::Apt(_) => lock::holder(root, lock::DPKG_LOCKS),
+            Backend::Dnf(_) => lock::holder(root, lock::RPM_LOCKS),
         }
     }
 

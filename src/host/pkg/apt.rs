@@ -142,10 +142,17 @@ impl Apt {
             }
             return Err(out.error());
         }
-        parse_dpkg_status(pkg, &out.stdout).map_err(|what| PkgError::Parse {
-            cmdline: out.cmdline.clone(),
-            what,
-            output: out.stdout.clone(),
+        parse_dpkg_status(pkg, &out.stdout).map_err(|e| match e {
+            DpkgStatusError::MidTransaction(state) => PkgError::MidTransaction {
+                package: pkg.clone(),
+                state,
+                holder: None,
+            },
+            DpkgStatusError::Malformed(what) => PkgError::Parse {
+                cmdline: out.cmdline.clone(),
+                what,
+                output: out.stdout.clone(),
+            },
         })
     }
 
@@ -309,39 +316,45 @@ impl Apt {
     }
 }
 
+/// Why dpkg's status line gives no installed version.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DpkgStatusError {
+    /// The package is in the middle of a dpkg run (`unpacked`, `half-configured`, ...): one
+    /// that runs now, or one that was interrupted.
+    MidTransaction(String),
+    /// Not dpkg-query's output as asked for.
+    Malformed(String),
+}
+
 /// `${Status}\t${Version}` lines -> the installed version. dpkg's states: `installed` is
 /// installed; `not-installed` and `config-files` (removed, conffiles kept) are not; anything
-/// else (`unpacked`, `half-configured`, ...) is an interrupted dpkg run, an error.
+/// else (`unpacked`, `half-configured`, ...) is a dpkg run in progress or interrupted.
 pub(crate) fn parse_dpkg_status(
     pkg: &PackageName,
     out: &str,
-) -> Result<Option<PackageVersion>, String> {
+) -> Result<Option<PackageVersion>, DpkgStatusError> {
+    use DpkgStatusError::Malformed;
     let mut found = None;
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         let (status, version) = line
             .split_once('\t')
-            .ok_or_else(|| format!("no tab in status line {line:?}"))?;
+            .ok_or_else(|| Malformed(format!("no tab in status line {line:?}")))?;
         let words: Vec<&str> = status.split_whitespace().collect();
         let state = *words
             .get(2)
-            .ok_or_else(|| format!("bad status {status:?}"))?;
+            .ok_or_else(|| Malformed(format!("bad status {status:?}")))?;
         match state {
             "installed" => {
                 let v = PackageVersion::new(version.trim())
-                    .map_err(|e| format!("installed version: {e}"))?;
+                    .map_err(|e| Malformed(format!("installed version: {e}")))?;
                 if found.replace(v).is_some() {
-                    return Err(format!(
+                    return Err(Malformed(format!(
                         "{pkg} is listed installed more than once (multi-arch?)"
-                    ));
+                    )));
                 }
             }
             "not-installed" | "config-files" => {}
-            other => {
-                return Err(format!(
-                    "{pkg} is in dpkg state {other:?} (an interrupted dpkg run; \
-                     `dpkg --configure -a` or reinstall first)"
-                ))
-            }
+            other => return Err(DpkgStatusError::MidTransaction(other.to_string())),
         }
     }
     Ok(found)
@@ -399,9 +412,14 @@ mod tests {
             None
         );
         assert_eq!(parse_dpkg_status(&k, "").unwrap(), None);
-        let e = parse_dpkg_status(&k, "install ok half-configured\t8.15.0\n").unwrap_err();
-        assert!(e.contains("dpkg --configure -a"), "{e}");
-        assert!(parse_dpkg_status(&k, "install ok installed 8.15.0\n").is_err());
+        assert_eq!(
+            parse_dpkg_status(&k, "install ok half-configured\t8.15.0\n"),
+            Err(DpkgStatusError::MidTransaction("half-configured".into()))
+        );
+        assert!(matches!(
+            parse_dpkg_status(&k, "install ok installed 8.15.0\n"),
+            Err(DpkgStatusError::Malformed(_))
+        ));
     }
 
     #[test]

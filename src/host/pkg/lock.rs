@@ -1,7 +1,8 @@
 //! Who holds the package manager's lock: dpkg's (`/var/lib/dpkg/lock-frontend`, then
 //! `/var/lib/dpkg/lock`) is an fcntl lock, so `F_GETLK` names the holding process; rpm's is
 //! `/var/lib/rpm/.rpm.lock` (also fcntl). Read while the reinstall waits for the lock, so `status`
-//! says what it waits for ("waiting for the dpkg lock held by pid 812 (unattended-upgr)").
+//! says what it waits for ("waiting for the dpkg lock held by pid 812 (unattended-upgr)"), and
+//! when dpkg lists the package half done, to tell a run in progress from an interrupted one.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -24,13 +25,18 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// The first process found holding a write lock on one of `paths` (not this process).
-pub fn holder(paths: &[&str]) -> Option<Holder> {
-    paths.iter().find_map(|p| holder_of(Path::new(p)))
+/// The first process found holding a write lock on one of `paths` (not this process), the
+/// paths taken under `root` (the host's `/` as this process sees it: a test host's from
+/// outside; the kernel gives the holder's pid as this process's namespace numbers it).
+pub fn holder(root: &Path, paths: &[&str]) -> Option<Holder> {
+    paths.iter().find_map(|p| holder_of(root, p))
 }
 
-fn holder_of(path: &Path) -> Option<Holder> {
-    let file = std::fs::OpenOptions::new().read(true).open(path).ok()?;
+fn holder_of(root: &Path, path: &str) -> Option<Holder> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .open(root.join(path.trim_start_matches('/')))
+        .ok()?;
     let mut lock = libc_flock();
     // SAFETY: F_GETLK only reads and fills `lock` for a valid open descriptor.
     let rc = unsafe { nix::libc::fcntl(file.as_raw_fd(), nix::libc::F_GETLK, &mut lock) };
@@ -42,7 +48,7 @@ fn holder_of(path: &Path) -> Option<Holder> {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into());
     Some(Holder {
-        path: path.display().to_string(),
+        path: path.to_string(),
         pid,
         comm,
     })
@@ -70,7 +76,8 @@ mod tests {
         let path = dir.path().join("lock-frontend");
         std::fs::write(&path, "").unwrap();
         let p = path.to_str().unwrap().to_string();
-        assert_eq!(holder(&[&p]), None, "nobody holds it yet");
+        let root = Path::new("/");
+        assert_eq!(holder(root, &[&p]), None, "nobody holds it yet");
         // python's lockf is fcntl(F_SETLKW), as dpkg's lock is.
         let mut child = std::process::Command::new("python3")
             .args([
@@ -85,7 +92,7 @@ mod tests {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let h = holder(&["/nonexistent/lock", &p]).expect("held");
+        let h = holder(root, &["/nonexistent/lock", &p]).expect("held");
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(h.pid as u32, child.id());
