@@ -69,6 +69,7 @@ mod tests {
             }
         });
         let url = u(&format!("http://{addr}/"));
+        crate::crypto::install_provider();
         let client = without_roots_for_plain_http(reqwest::Client::builder(), [&url])
             .build()
             .unwrap();

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod compat;
 pub mod config;
 pub mod coord;
+pub mod crypto;
 pub mod detection;
 pub mod es;
 pub mod exit;

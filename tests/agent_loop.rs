@@ -360,6 +360,7 @@ async fn a_safety_snapshot_already_in_progress_is_waited_for() {
             "{{\"index\":{{\"_index\":\".kibana\",\"_id\":\"dashboard:d{i}\"}}}}\n{{\"type\":\"dashboard\",\"dashboard\":{{\"title\":\"d{i} {filler}\"}}}}\n"
         ));
     }
+    kibana_rollback::crypto::install_provider();
     let r = reqwest::Client::new()
         .post(format!("{}/_bulk?refresh=true", es_node().url))
         .header("content-type", "application/x-ndjson")

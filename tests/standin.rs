@@ -139,6 +139,7 @@ impl Kb {
     }
 
     fn client(&self) -> reqwest::Client {
+        kibana_rollback::crypto::install_provider();
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
         if self.scheme == "https" {
             let pem = std::fs::read(self.dir.path().join("ca.pem")).unwrap();
@@ -458,6 +459,7 @@ async fn seed(ty: &str, n: usize, version: &str) {
         body.push_str(&doc.to_string());
         body.push('\n');
     }
+    kibana_rollback::crypto::install_provider();
     let r = reqwest::Client::new()
         .post(format!("{}/.kibana/_bulk?refresh=true", es_node().url))
         .header("content-type", "application/x-ndjson")
@@ -941,6 +943,7 @@ async fn status_degraded_plugin_security_off_tls_and_base_path() {
     );
     assert_eq!(full["version"]["number"], NEW);
     // plain HTTP to the TLS port gets nothing
+    kibana_rollback::crypto::install_provider();
     let plain = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}/kb/api/status", kb.port))
         .timeout(Duration::from_secs(5))

@@ -88,6 +88,7 @@ impl Client {
             USER_AGENT,
             HeaderValue::from_str(&user_agent()).expect("ascii"),
         );
+        crate::crypto::install_provider();
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(settings.connect_timeout)

@@ -257,6 +257,7 @@ pub struct StatusProbe {
 
 impl StatusProbe {
     pub fn new(settings: &KibanaSettings) -> Result<Self, ProbeError> {
+        crate::crypto::install_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3));

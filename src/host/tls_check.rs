@@ -42,10 +42,10 @@ pub fn verify(cert: &Path, ca: Option<&Path>, host: &str) -> Result<(), String> 
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err(format!("{} holds no PEM certificate", cert.display()));
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| format!("cannot build the verifier: {e}"))?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::crypto::provider())
+            .build()
+            .map_err(|e| format!("cannot build the verifier: {e}"))?;
     let name = ServerName::try_from(host.trim_matches(|c| c == '[' || c == ']').to_string())
         .map_err(|e| format!("{host} is not a valid server name: {e}"))?;
     verifier

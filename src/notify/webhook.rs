@@ -60,6 +60,7 @@ impl Notifier {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        crate::crypto::install_provider();
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(webhook.timeout)

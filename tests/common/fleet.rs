@@ -354,6 +354,7 @@ impl Cluster {
             body.push('\n');
         }
         // Not as Kibana (no x-elastic-product-origin): the barrier would count it as one.
+        kibana_rollback::crypto::install_provider();
         let r = reqwest::Client::new()
             .post(format!("{}/.kibana/_bulk?refresh=true", self.url()))
             .header("content-type", "application/x-ndjson")

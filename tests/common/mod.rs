@@ -235,6 +235,7 @@ pub async fn raw_at(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    kibana_rollback::crypto::install_provider();
     let client = reqwest::Client::new();
     let url = format!(
         "{}/{}",

@@ -159,7 +159,7 @@ fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, Stri
         .collect::<Result<_, _>>()
         .map_err(|e| format!("Error: {cert}: {e}"))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("Error: {e}, open '{key}'"))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -83,6 +83,8 @@ use rules::{MigrationPath, Rules};
 use status::{Identity, Level, ServiceStatus, Snapshot};
 
 fn main() {
+    // reqwest is built without a crypto provider (as the product's: the features unify)
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let inv = match Invocation::parse(std::env::args().skip(1)) {
         Ok(i) => i,
         Err(e) => {
