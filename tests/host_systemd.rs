@@ -1,6 +1,7 @@
 //! `host::systemd` against real systemd: two test hosts (real systemd as PID 1 of their own
 //! namespaces, real dbus-daemon), booted in parallel on first use, shared by all tests of this
-//! file and torn down after the last one — also when tests fail or panic.
+//! file and torn down after the last one — also when tests fail or panic. A third, `c`, is for
+//! the one test that freezes its systemd.
 //!
 //! A custom test main (libtest-mimic) because teardown must run after *all* tests, which the
 //! built-in harness has no hook for. Filtering and the usual flags work as with `cargo test`.
@@ -60,6 +61,8 @@ const UNITS: &[(&str, UnitFile)] = &[
 #[derive(Clone, Copy)]
 enum Body {
     Hosts(fn(&TestHost, &TestHost) -> Result<(), Failed>),
+    /// On host c, which no other test uses.
+    Alone(fn(&TestHost) -> Result<(), Failed>),
     Plain(fn() -> Result<(), Failed>),
 }
 
@@ -68,7 +71,7 @@ fn main() {
         return child(&step);
     }
     let args = Arguments::from_args();
-    let hosts = Arc::new(LazyHosts::new("sd", &["a", "b"], UNITS));
+    let hosts = Arc::new(LazyHosts::new("sd", &["a", "b", "c"], UNITS));
     let skip = hosts::skip_reason();
     if let Some(reason) = &skip {
         println!("host_systemd: skipping the tests on test hosts: {reason}");
@@ -125,6 +128,10 @@ fn main() {
             Hosts(start_step_names_exit_64),
         ),
         (
+            "start_step_waits_out_a_systemd_that_does_not_answer",
+            Alone(start_step_waits_out_a_systemd_that_does_not_answer),
+        ),
+        (
             "start_limited_unit_is_reset_and_started",
             Hosts(start_limited_unit_is_reset_and_started),
         ),
@@ -148,7 +155,10 @@ fn main() {
             let skip = skip.clone();
             Trial::ignorable_test(name, move || match body {
                 Plain(body) => body().map(|()| Completion::Completed),
-                Hosts(_) if skip.is_some() => Ok(Completion::ignored_with(skip.unwrap())),
+                Hosts(_) | Alone(_) if skip.is_some() => {
+                    Ok(Completion::ignored_with(skip.unwrap()))
+                }
+                Alone(body) => body(hosts.get("c")?).map(|()| Completion::Completed),
                 Hosts(body) => {
                     let (a, b) = (hosts.get("a")?, hosts.get("b")?);
                     body(a, b).map(|()| Completion::Completed)
@@ -723,6 +733,64 @@ fn start_step_names_exit_64(a: &TestHost, _: &TestHost) -> Result<(), Failed> {
         let _ = units(a).await?.stop(unit, OP).await;
         let _ = a.exec(&["systemctl", "reset-failed", unit]);
         Ok(())
+    })
+}
+
+/// Sends SIGCONT to a frozen process when dropped (also when the test fails).
+struct Frozen(u32);
+
+impl Frozen {
+    fn stop(pid: u32) -> Self {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGSTOP,
+        )
+        .expect("SIGSTOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::SIGCONT,
+        );
+    }
+}
+
+/// systemd answering nothing for 32 s — longer than a D-Bus call's 25 s — while the start
+/// step lifts the hold and starts the unit (as under a queue of other clients' reloads): the
+/// step asks again and gets the unit started, and then fails only on what it waits for next
+/// (no Kibana answers on the status port here), not on a D-Bus timeout.
+fn start_step_waits_out_a_systemd_that_does_not_answer(c: &TestHost) -> Result<(), Failed> {
+    block_on(async {
+        let unit = "idle.service";
+        let host = host_steps(c, unit, "50s").await?;
+        let frozen = Frozen::stop(c.pid1);
+        let thaw = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(32));
+            drop(frozen);
+        });
+        let t = Instant::now();
+        let err = host
+            .start(&v("8.14.3"))
+            .await
+            .expect_err("no Kibana answers: the step must fail in the end");
+        let took = t.elapsed();
+        let _ = thaw.join();
+        println!("the start step with a frozen systemd ended after {took:?}: {err}");
+        let state = is_active(c, unit);
+        let _ = units(c).await?.stop(unit, OP).await;
+        check(!err.contains("D-Bus error"), || {
+            format!("failed on the unanswered call: {err}")
+        })?;
+        check(state == "active", || {
+            format!("{unit} is {state}, not started: {err}")
+        })?;
+        check(took >= Duration::from_secs(32), || {
+            format!("took {took:?}: systemd was frozen for 32 s")
+        })
     })
 }
 

@@ -32,7 +32,7 @@ use semver::Version;
 
 use crate::config::Settings;
 use crate::fleet::{HostFacts, HostStep, Readiness, StepResult, UnitState};
-use crate::host::hold::Hold;
+use crate::host::hold::{Hold, HoldError};
 use crate::host::journal;
 use crate::host::kibana_status::{Answer, StatusProbe};
 use crate::host::local::Local;
@@ -437,23 +437,39 @@ impl Host {
         let unit = self.unit();
         let timeout = self.settings.kibana.start_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        self.hold()
-            .lift(&self.units)
-            .await
-            .map_err(|e| e.to_string())?;
-        let before = self
-            .units
-            .service_status(unit)
-            .await
-            .map_err(|e| e.to_string())?;
-        match self.units.start(unit, timeout).await {
+        let hold = self.hold();
+        patiently(
+            deadline,
+            "lifting the hold",
+            HoldError::is_no_answer,
+            || hold.lift(&self.units),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let status = || {
+            patiently(
+                deadline,
+                "reading the unit",
+                UnitError::is_no_answer,
+                || self.units.service_status(unit),
+            )
+        };
+        let before = status().await.map_err(|e| e.to_string())?;
+        let started = patiently(
+            deadline,
+            "starting the unit",
+            UnitError::is_no_answer,
+            || {
+                self.units.start(
+                    unit,
+                    deadline.saturating_duration_since(tokio::time::Instant::now()),
+                )
+            },
+        );
+        match started.await {
             Ok(_) => {}
             Err(UnitError::StartFailed { .. }) => {
-                let now = self
-                    .units
-                    .service_status(unit)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let now = status().await.map_err(|e| e.to_string())?;
                 let why = CrashWatch::new(before)
                     .verdict(&now)
                     .unwrap_or_else(|| format!("did not start ({})", now.unit));
@@ -464,11 +480,7 @@ impl Host {
         let mut watch = CrashWatch::new(before);
         let mut last;
         loop {
-            let svc = self
-                .units
-                .service_status(unit)
-                .await
-                .map_err(|e| e.to_string())?;
+            let svc = status().await.map_err(|e| e.to_string())?;
             if let Some(why) = watch.verdict(&svc) {
                 return Err(self.failed_start(unit, &why).await);
             }
@@ -582,6 +594,31 @@ impl Host {
             "{unit} {why}; last journal lines (journalctl -u {unit}):\n  | {}",
             lines.join("\n  | ")
         )
+    }
+}
+
+/// Calls `op` again while it fails only because systemd did not answer in time (`no_answer`:
+/// busy, e.g. reloading for other clients, or hung), until `deadline`: the start step's calls
+/// are idempotent (lifting the hold, reading the unit, a start job), and a host whose systemd
+/// answers slowly should start late, not be set aside.
+async fn patiently<T, E, F, Fut>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    no_answer: fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        match op().await {
+            Err(e) if no_answer(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%e, "systemd did not answer while {what}: asking again");
+            }
+            r => return r,
+        }
     }
 }
 

@@ -51,6 +51,13 @@ pub enum HoldError {
     Unit(#[from] UnitError),
 }
 
+impl HoldError {
+    /// See [`UnitError::is_no_answer`].
+    pub fn is_no_answer(&self) -> bool {
+        matches!(self, HoldError::Unit(e) if e.is_no_answer())
+    }
+}
+
 /// The hold of one unit on one host.
 #[derive(Debug, Clone)]
 pub struct Hold {

@@ -393,6 +393,16 @@ pub enum UnitError {
     },
 }
 
+impl UnitError {
+    /// Whether systemd did not answer within the method timeout: busy (working off a queue of
+    /// reloads, say) or hung. The call may have been carried out; made again it does no harm
+    /// where it is idempotent.
+    pub fn is_no_answer(&self) -> bool {
+        matches!(self, UnitError::Bus { source: zbus::Error::InputOutput(e), .. }
+            if e.kind() == std::io::ErrorKind::TimedOut)
+    }
+}
+
 /// "stop of kibana.service", or just "daemon-reload" for manager-wide actions.
 fn what(action: Action, unit: &str) -> String {
     if unit.is_empty() {
