@@ -9,6 +9,9 @@
                                       one kibana-rollback run -> a JSON record (step times from
                                       the agents' journals, phase times from `history --json`)
   bench.py report RESULTS...         medians of the records, one `name value unit` line each
+  bench.py pageout PID               drops process PID's mappings of its own executable from
+                                      memory (process_madvise MADV_PAGEOUT): what it maps again
+                                      afterwards is the code it runs (the footprint's working set)
 
 scripts/bench-scale's:
   bench.py kibana PORT               a no-op Kibana: /api/status answers `available` at the version
@@ -336,6 +339,32 @@ def scale_phases(prefix, n, history_file, journal_file):
     print(f"{prefix}.operation.phases {'/'.join(p for _, p in changes)} -")
 
 
+def pageout(pid):
+    """Pages out every mapping of PID's executable; prints how many bytes were asked for."""
+    import ctypes
+    import re
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    exe = os.readlink(f"/proc/{pid}/exe")
+    ranges = []
+    for line in open(f"/proc/{pid}/maps"):
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)", line)
+        if m and m.group(3) == exe:
+            ranges.append(Iovec(int(m.group(1), 16), int(m.group(2), 16) - int(m.group(1), 16)))
+    sys_pidfd_open, sys_process_madvise, madv_pageout = 434, 440, 21  # x86_64
+    pidfd = libc.syscall(sys_pidfd_open, int(pid), 0)
+    if pidfd < 0:
+        sys.exit(f"pidfd_open({pid}): errno {ctypes.get_errno()}")
+    vec = (Iovec * len(ranges))(*ranges)
+    done = libc.syscall(sys_process_madvise, pidfd, vec, len(ranges), madv_pageout, 0)
+    if done < 0:
+        sys.exit(f"process_madvise({pid}): errno {ctypes.get_errno()}")
+    print(done)
+
+
 def scale_report(results):
     """One line per figure across the sizes: `scale.FIGURE a/b/c unit (agents x/y/z)`."""
     import re
@@ -376,5 +405,7 @@ if __name__ == "__main__":
         scale_phases(*args)
     elif cmd == "scale-report":
         scale_report(args[0])
+    elif cmd == "pageout":
+        pageout(args[0])
     else:
         sys.exit(__doc__)
