@@ -486,10 +486,23 @@ write(mid)
 time.sleep(float(sys.argv[1]))
 write(was)
 "#;
-    root.sh(&format!(
-        "systemd-run --quiet --unit={unit} --property=Type=exec python3 -c {} {secs}",
-        shell_quote(script)
-    ));
+    let unit_arg = format!("--unit={unit}");
+    let secs = secs.to_string();
+    let out = root.exec(&[
+        "systemd-run",
+        "--quiet",
+        &unit_arg,
+        "--property=Type=exec",
+        "python3",
+        "-c",
+        script,
+        &secs,
+    ]);
+    assert!(
+        out.status.success(),
+        "systemd-run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = Instant::now();
     while !root
         .sh("dpkg-query -W -f '${Status}' kibana")
@@ -501,10 +514,6 @@ write(was)
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// dpkg lists the package half done: a read waits while another process's run holds dpkg's
