@@ -7,10 +7,12 @@
 //! does not stop the leader from renewing its lease; `RecordProgress` is written and fsynced
 //! before the next action runs. Every Elasticsearch request is bounded by lease/3.
 //!
-//! Polling adapts: every 100 ms while an operation exists (an agent waiting for its step, an
-//! acknowledgement or the next phase learns of it that soon; a finished step or write wakes the
-//! loop at once), every 5 s (at most the heartbeat period) when idle. A wake between two idle
-//! reads (a write's result, the watchdog) decides on the last reading instead of reading again.
+//! Polling adapts, at the pace [`fleet::NodeState::read_every`] sets: every 100 ms while an
+//! operation exists (an agent waiting for its step, an acknowledgement or the next phase learns
+//! of it that soon; a finished step or write wakes the loop at once), every second while only
+//! this host's own step runs (its end wakes the loop), every 5 s (at most the heartbeat period)
+//! when idle. A wake between two idle reads (a write's result, the watchdog) decides on the last
+//! reading instead of reading again.
 //! The same `_mget` reads the fleet's rollback point: one this host has not reported on has its
 //! kibana.yml kept beside the loop ([`prepared`]). The loop sends `WATCHDOG=1` itself. Time is `CLOCK_BOOTTIME`, which keeps counting through a
 //! suspend (a leader waking from one must see its lease as old as it is).
@@ -49,11 +51,8 @@ pub use progress::{PointSeenFile, ProgressFile, RevisionFile};
 
 /// How long a stopping agent waits for the writes it already sent.
 const STOP_FLUSH: Duration = Duration::from_secs(5);
-/// How often the agent reads the operation and host documents while an operation runs: an
-/// agent waiting for its step, an acknowledgement or the next phase learns of it this soon.
-const POLL_ACTIVE: Duration = Duration::from_millis(100);
-/// ... while the operation cannot be read (Elasticsearch failing), and while waiting for it.
-const POLL_UNREADABLE: Duration = Duration::from_secs(1);
+/// How often the loop wakes while Elasticsearch or the first readiness report is awaited.
+const POLL_UNREADABLE: Duration = fleet::READ_UNREADABLE;
 /// How often a leader re-reads the claim documents (a search) while it wants them.
 const CLAIMS_EVERY: Duration = Duration::from_secs(1);
 /// How long the agent waits for its first readiness report before it registers.
@@ -390,7 +389,7 @@ impl Daemon {
                 }
                 // Read when the poll is due, and on every wake while an operation runs; an idle
                 // agent woken by a write's result or the watchdog decides on what it last read.
-                let read = now >= self.next_read_at || self.poll == POLL_ACTIVE;
+                let read = now >= self.next_read_at || self.poll == fleet::READ_ACTIVE;
                 if read || answered || !pending.is_empty() {
                     let events = std::mem::take(&mut pending);
                     self.round(
@@ -605,16 +604,6 @@ impl Daemon {
                 .all(|h| self.last_hosts_read.contains(h)),
             _ => true,
         };
-        self.poll = match &op {
-            // An operation: someone waits on a step, an acknowledgement or a phase change.
-            OpRead::Found(_) => POLL_ACTIVE,
-            // With none: a new operation or a ping is picked up this soon ([`fleet::idle_watch_every`]).
-            OpRead::Missing => fleet::idle_watch_every(self.settings.coordination.heartbeat),
-            OpRead::Unreadable | OpRead::Unsupported(_) => POLL_UNREADABLE,
-        };
-        if read {
-            self.next_read_at = boottime() + self.poll;
-        }
         let op_id = match &op {
             OpRead::Found(v) => Some(v.doc.id.clone()),
             _ => None,
@@ -652,6 +641,17 @@ impl Daemon {
                 ping,
             },
         );
+        // The pace of the next reads, from what the node now waits on (`self.last_op` is this
+        // round's reading). Shorter than the wait already set: the sooner wins.
+        let poll = self
+            .node
+            .read_every(&self.last_op, self.settings.coordination.heartbeat);
+        self.next_read_at = if read {
+            boottime() + poll
+        } else {
+            self.next_read_at.min(boottime() + poll)
+        };
+        self.poll = poll;
         self.telemetry.leading(self.node.leading_epoch());
         // A write of the operation sent while not leading is a takeover.
         let takeover = self.node.leading_epoch().is_none();

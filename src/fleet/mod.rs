@@ -155,6 +155,16 @@ pub struct FleetConfig {
     pub policy: policy::LocalPolicy,
 }
 
+/// How often an agent reads the operation while one exists and it waits on something (its
+/// step, an acknowledgement, the next phase, the leader's decision): it learns of it this soon.
+pub const READ_ACTIVE: Duration = Duration::from_millis(100);
+/// ... while this agent's own host step runs and it does not lead: nothing it reads can matter
+/// before the step ends (whose end wakes it at once), except a ping or a dead leader, for which
+/// a second is soon enough. Keeps N-1 agents installing at once from polling at 10/s each.
+pub const READ_DURING_OWN_STEP: Duration = Duration::from_secs(1);
+/// ... while the operation cannot be read (Elasticsearch failing).
+pub const READ_UNREADABLE: Duration = Duration::from_secs(1);
+
 /// How often an idle agent reads the operation (its watch): a new operation, or a ping, is
 /// seen this soon, and the watch is the idle agent's whole cost bar a rare heartbeat. Shorter
 /// when the heartbeat period (`coordination.heartbeat`) is.

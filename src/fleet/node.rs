@@ -312,6 +312,22 @@ impl NodeState {
                 .as_ref()
                 .is_some_and(|w| w.kind == WriteKind::Takeover)
     }
+    /// How soon this node should read the operation again after reading `op` and deciding on
+    /// it: [`READ_ACTIVE`](super::READ_ACTIVE) while an operation exists, slower while only its
+    /// own host step is in flight (a leader, or a node whose operation write is pending, keeps
+    /// the fast pace), the idle watch without one.
+    pub fn read_every(&self, op: &OpRead, heartbeat: Duration) -> Duration {
+        match op {
+            OpRead::Found(_)
+                if self.host_step.is_some() && self.lead.is_none() && self.op_write.is_none() =>
+            {
+                super::READ_DURING_OWN_STEP
+            }
+            OpRead::Found(_) => super::READ_ACTIVE,
+            OpRead::Missing => super::idle_watch_every(heartbeat),
+            OpRead::Unreadable | OpRead::Unsupported(_) => super::READ_UNREADABLE,
+        }
+    }
     /// The epoch this node leads, if it is leader.
     pub fn leading_epoch(&self) -> Option<u64> {
         self.lead.as_ref().map(|l| l.lease.epoch)

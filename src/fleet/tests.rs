@@ -2165,3 +2165,57 @@ fn only_a_leader_reads_every_host_and_decides_on_a_complete_reading_only() {
         "{acts:?}"
     );
 }
+
+#[test]
+fn reads_slow_down_only_while_a_followers_own_step_runs() {
+    use crate::fleet::{idle_watch_every, READ_ACTIVE, READ_DURING_OWN_STEP, READ_UNREADABLE};
+    let hb = s(10);
+    // A follower ("b"; "a" leads op_in's operation) waiting for its step: the fast pace.
+    let mut n = NodeState::new("b", cfg(), None);
+    let op = op_in(Phase::Stopping);
+    let found = OpRead::Found(Versioned::new(ver(3), op.clone()));
+    assert_eq!(n.read_every(&found, hb), READ_ACTIVE);
+    let acts = step(&mut n, input(1, Some((3, &op)), vec![], vec![]));
+    let id = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::RunHostStep { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("runs its stop step");
+    // Its own step in flight: nothing to see before it ends (its end wakes the loop).
+    assert_eq!(n.read_every(&found, hb), READ_DURING_OWN_STEP);
+    let mut inp = input(
+        2,
+        Some((3, &op)),
+        vec![],
+        vec![Event::HostStepDone {
+            id,
+            result: StepResult::Ok,
+            detail: "inactive".into(),
+        }],
+    );
+    inp.facts = facts(UnitState::Inactive);
+    step(&mut n, inp);
+    // Done: it waits for the next phase again, at the fast pace.
+    assert_eq!(n.read_every(&found, hb), READ_ACTIVE);
+    assert_eq!(n.read_every(&OpRead::Missing, hb), idle_watch_every(hb));
+    assert_eq!(n.read_every(&OpRead::Unreadable, hb), READ_UNREADABLE);
+
+    // A leader keeps the fast pace while its own host step runs: it waits on every host.
+    // (Node "a" leads a fresh operation in preflight and runs its readiness check.)
+    let mut a = NodeState::new("a", cfg(), None);
+    let op = sample_op();
+    let acts = step(&mut a, input(100, Some((1, &op)), vec![], vec![]));
+    let (wid, _, doc) = cas_of(&acts).expect("acquires a free lease at once");
+    let ran = |acts: &[Action]| acts.iter().any(|x| matches!(x, Action::RunHostStep { .. }));
+    let first = ran(&acts);
+    let acts = step(
+        &mut a,
+        input(100, Some((1, &op)), vec![], vec![written(wid, 2)]),
+    );
+    assert!(first || ran(&acts), "{acts:?}");
+    assert_eq!(a.leading_epoch(), Some(1));
+    let found = OpRead::Found(Versioned::new(ver(2), doc));
+    assert_eq!(a.read_every(&found, hb), READ_ACTIVE);
+}
