@@ -336,6 +336,7 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
     );
     support.check("snapshots and plan show the rollback point first");
 
+    wait_agents_report(&fleet, NEW);
     // A configured target that disagrees is refused naming both.
     h.write(extra, "[rollback]\ntarget_version = \"8.13.0\"\n");
     let out = fleet.cli(h, &["start"]);
@@ -444,20 +445,7 @@ async fn prepare_then_a_failed_upgrade_rolls_back_to_exactly_the_rollback_point(
         fleet.wait_available(i, NEW);
     }
     fleet.log("upgraded again, successfully");
-    // `start` records the version the host documents show as the one an undo returns to.
-    for name in &fleet.names {
-        let doc = format!("{}/_doc/host-{name}", fleet.index);
-        wait_for(
-            "the agents to report the upgrade",
-            Duration::from_secs(30),
-            || {
-                fleet
-                    .cluster
-                    .get(&doc)
-                    .is_some_and(|v| v["_source"]["installed_version"] == NEW)
-            },
-        );
-    }
+    wait_agents_report(&fleet, NEW);
     let upgraded = fleet.cluster.kibana_state().await;
     let out = fleet.cli(h, &["start", "--wait"]);
     assert_eq!(
@@ -566,6 +554,24 @@ fn plan_refuses_the_point(fleet: &fleet::Fleet, why: &str) {
 
 /// `prepare` until it passes: right after the agents were restarted or a package changed, the
 /// liveness watch or the host documents may lag a heartbeat.
+/// `start` records the version the host documents show as the one an undo returns to: wait
+/// until every agent has published VERSION (its watch comes every few seconds).
+fn wait_agents_report(fleet: &fleet::Fleet, version: &str) {
+    for name in &fleet.names {
+        let doc = format!("{}/_doc/host-{name}", fleet.index);
+        wait_for(
+            &format!("{name}'s agent to report Kibana {version}"),
+            Duration::from_secs(30),
+            || {
+                fleet
+                    .cluster
+                    .get(&doc)
+                    .is_some_and(|v| v["_source"]["installed_version"] == version)
+            },
+        );
+    }
+}
+
 fn wait_prepare(fleet: &fleet::Fleet, args: &[&str]) -> std::process::Output {
     let h = fleet.first();
     let mut last = None;
