@@ -4,10 +4,13 @@
   bench.py poll OUT VERSION URL...   poll every URL's /api/status at 20 Hz each until every host
                                       has said "available at VERSION" for 0.5 s (or SIGTERM);
                                       OUT gets, per host, the first moment (wall ms) it did so
-  bench.py manual POLL STEPS         one run of scripts/rollback-by-hand -> a JSON record
-  bench.py tool POLL HISTORY JOURNAL TRIGGER_MS
+  bench.py manual POLL STEPS [TRACE]  one run of scripts/rollback-by-hand -> a JSON record
+  bench.py tool POLL HISTORY JOURNAL TRIGGER_MS [TRACE]
                                       one kibana-rollback run -> a JSON record (step times from
-                                      the agents' journals, phase times from `history --json`)
+                                      the agents' journals, phase times from `history --json`;
+                                      with TRACE the CPU spent in the downtime)
+  bench.py cpu-trace OUT PREFIX      the machine's CPU and that of the test hosts named PREFIX*,
+                                      every 100 ms into OUT until SIGTERM
   bench.py report RESULTS...         medians of the records, one `name value unit` line each
   bench.py pageout PID               drops process PID's mappings of its own executable from
                                       memory (process_madvise MADV_PAGEOUT): what it maps again
@@ -84,7 +87,7 @@ def poll(out, version, urls):
     json.dump({"first_available_ms": first_ok, "all": all(ok)}, open(out, "w"))
 
 
-def manual(poll_file, steps_file):
+def manual(poll_file, steps_file, trace_file=None):
     p = json.load(open(poll_file))
     steps = [l.split() for l in open(steps_file) if l.startswith("step ")]
     by = {}
@@ -103,6 +106,7 @@ def manual(poll_file, steps_file):
     t_end = max(int(s[4]) for s in steps)
     return {
         "downtime_ms": last_up - first_stop,
+        "downtime_cpu": window_cpu(trace_file, first_stop, last_up) if trace_file else None,
         "total_ms": max(t_end, last_up) - t_start,
         "floor_ms": floor,
         "steps_ms": {
@@ -122,7 +126,7 @@ def parse_wall(at):
     return int(datetime.strptime(at, fmt).replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def tool(poll_file, history_file, journal_file, trigger_ms):
+def tool(poll_file, history_file, journal_file, trigger_ms, trace_file=None):
     p = json.load(open(poll_file))
     op = json.load(open(history_file))["operations"][0]  # newest first
     phases = op["phases"]
@@ -163,6 +167,7 @@ def tool(poll_file, history_file, journal_file, trigger_ms):
             phase_ms[a["to"]] = phase_ms.get(a["to"], 0) + parse_wall(b["at"]) - parse_wall(a["at"])
     return {
         "downtime_ms": last_up - first_stop,
+        "downtime_cpu": window_cpu(trace_file, first_stop, last_up) if trace_file else None,
         "total_ms": (done[0] if done else last_up) - trigger_ms,
         "floor_ms": max(stops) + snap + restore + max(up),
         "steps_ms": {
@@ -193,10 +198,21 @@ def report(files):
             out.append((f"{p}.step.{k}", med([r["steps_ms"][k] for r in rs]) / 1000, "s"))
         for k in rs[0].get("phases_ms", {}):
             out.append((f"{p}.phase.{k}", med([r["phases_ms"].get(k, 0) for r in rs]) / 1000, "s"))
+        cpu = [r["downtime_cpu"] for r in rs if r.get("downtime_cpu")]
+        if cpu:
+            out.append((f"{p}.downtime_cpu", med([c["machine_core_s"] for c in cpu]), "core-s"))
+            out.append((f"{p}.downtime_busy", med([c["machine_busy_pct"] for c in cpu]), "%"))
+            out.append((f"{p}.downtime_hosts_cpu", med([c["hosts_core_s"] for c in cpu]), "core-s"))
         out.append((f"{p}.runs", len(rs), "runs"))
         if how == "kibana-rollback" and (n, "by-hand") in runs:
             h = runs[(n, "by-hand")]
             out.append((f"hosts{n}.ratio", med([r["downtime_ms"] for r in rs]) / med([r["downtime_ms"] for r in h]), "x"))
+            # The best ratio this machine allows: the script's downtime work (core-seconds of
+            # the whole machine) spread over every core, against the script's downtime.
+            hc = [(r["downtime_cpu"]["machine_core_s"], r["downtime_ms"] / 1000) for r in h if r.get("downtime_cpu")]
+            if hc:
+                cores = os.cpu_count()
+                out.append((f"hosts{n}.ratio_cpu_bound", med([w / cores / d for w, d in hc]), f"x ({cores} cores)"))
     for name, v, unit in out:
         print(f"{name} {v:.3f} {unit}" if isinstance(v, float) else f"{name} {v} {unit}")
 
@@ -224,6 +240,35 @@ def kibana(port):
 
 
 def cpu_mark(es_pid, host_prefix=""):
+    print(json.dumps(cpu_sample(es_pid, host_prefix)))
+
+
+def cpu_trace(out, host_prefix):
+    """A cpu_sample line every 100 ms into OUT until SIGTERM (the downtime's CPU, afterwards)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with open(out, "w") as f:
+        while not stop.is_set():
+            f.write(json.dumps(cpu_sample(0, host_prefix)) + "\n")
+            f.flush()
+            stop.wait(0.1)
+
+
+def window_cpu(trace_file, t0, t1):
+    """The machine's and the test hosts' CPU between wall ms T0 and T1, from a cpu_trace."""
+    marks = [json.loads(l) for l in open(trace_file) if l.strip()]
+    before = [m for m in marks if m["ms"] <= t0] or marks[:1]
+    after = [m for m in marks if m["ms"] >= t1] or marks[-1:]
+    a, b = before[-1], after[0]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {
+        "machine_core_s": (b["busy"] - a["busy"]) / hz,
+        "machine_busy_pct": (b["busy"] - a["busy"]) / max(1, b["total"] - a["total"]) * 100,
+        "hosts_core_s": (b["hosts_us"] - a["hosts_us"]) / 1e6,
+    }
+
+
+def cpu_sample(es_pid, host_prefix=""):
     f = open("/proc/stat").readline().split()[1:]
     t = [int(x) for x in f]
     busy = t[0] + t[1] + t[2] + t[5] + t[6] + t[7]  # user nice system irq softirq steal
@@ -241,8 +286,8 @@ def cpu_mark(es_pid, host_prefix=""):
             hosts_us += int(open(f"{d}/cpu.stat").readline().split()[1])
         except (OSError, IndexError, ValueError):
             pass
-    print(json.dumps({"ms": now_ms(), "busy": busy, "total": sum(t[:8]), "es": es_ticks, "hosts_us": hosts_us,
-                      "load": float(open("/proc/loadavg").read().split()[0])}))
+    return {"ms": now_ms(), "busy": busy, "total": sum(t[:8]), "es": es_ticks, "hosts_us": hosts_us,
+            "load": float(open("/proc/loadavg").read().split()[0])}
 
 
 def agent_requests(path):
@@ -392,7 +437,9 @@ if __name__ == "__main__":
     elif cmd == "manual":
         print(json.dumps(manual(*args)))
     elif cmd == "tool":
-        print(json.dumps(tool(args[0], args[1], args[2], int(args[3]))))
+        print(json.dumps(tool(args[0], args[1], args[2], int(args[3]), *args[4:])))
+    elif cmd == "cpu-trace":
+        cpu_trace(args[0], args[1])
     elif cmd == "report":
         report(args)
     elif cmd == "kibana":
