@@ -202,7 +202,8 @@ def report(files):
         if cpu:
             out.append((f"{p}.downtime_cpu", med([c["machine_core_s"] for c in cpu]), "core-s"))
             out.append((f"{p}.downtime_busy", med([c["machine_busy_pct"] for c in cpu]), "%"))
-            out.append((f"{p}.downtime_hosts_cpu", med([c["hosts_core_s"] for c in cpu]), "core-s"))
+            if how == "kibana-rollback":  # the script's commands run in the caller's cgroup
+                out.append((f"{p}.downtime_hosts_cpu", med([c["hosts_core_s"] for c in cpu]), "core-s"))
         out.append((f"{p}.runs", len(rs), "runs"))
         if how == "kibana-rollback" and (n, "by-hand") in runs:
             h = runs[(n, "by-hand")]
