@@ -891,7 +891,9 @@ fn hold_keeps_a_7x_unit_from_starting(a: &TestHost, _: &TestHost) -> Result<(), 
             status.clone()
         })?;
         // the start step lifts the hold and starts the unit (no Kibana answers: the step then
-        // times out waiting for it, which is not what is tested here)
+        // times out waiting for it, which is not what is tested here); systemd's view was
+        // current, so it starts without a reload and reloads after
+        let cursor = journal_cursor(a);
         let err = host
             .start(&v("7.17.29"))
             .await
@@ -899,8 +901,87 @@ fn hold_keeps_a_7x_unit_from_starting(a: &TestHost, _: &TestHost) -> Result<(), 
         check(err.contains("not healthy"), || err.clone())?;
         check(!hold.is_held(), || "the start step left the hold".into())?;
         check(is_active(a, unit) == "active", || is_active(a, unit))?;
+        reloaded_around_start(a, &cursor, unit, false)?;
+        let status =
+            String::from_utf8_lossy(&a.exec(&["systemctl", "status", "--no-pager", unit]).stdout)
+                .into_owned();
+        check(!status.contains("zz-kibana-rollback-hold.conf"), || {
+            format!("systemd still lists the removed hold: {status}")
+        })?;
+
+        // held again, and the unit file changed on disk meanwhile (as a package does) while
+        // systemd keeps the unit loaded (a unit ordered after it holds a reference, as
+        // multi-user.target does for an enabled Kibana; an unreferenced inactive unit is
+        // loaded afresh anyway): the start step reloads before it starts, so the start uses
+        // the file as it is now
+        a.write(
+            "/etc/systemd/system/kr-pin7.service",
+            "[Unit]\nAfter=kibana7.service\n[Service]\nExecStart=/bin/sleep infinity\n",
+        );
+        a.exec_ok(&["systemctl", "daemon-reload"]);
+        a.exec_ok(&["systemctl", "start", "kr-pin7.service"]);
+        let (result, detail) = host.run(&HostStep::StopUnit, false).await;
+        check(result == StepResult::Ok, || detail.clone())?;
+        std::thread::sleep(Duration::from_millis(20));
+        a.exec_ok(&["touch", "/etc/systemd/system/kibana7.service"]);
+        let stale = a.exec_ok(&["systemctl", "show", "-P", "NeedDaemonReload", unit]);
+        check(stale.trim() == "yes", || {
+            format!("systemd does not see the changed unit file: NeedDaemonReload={stale}")
+        })?;
+        let cursor = journal_cursor(a);
+        let err = host
+            .start(&v("7.17.29"))
+            .await
+            .expect_err("no Kibana answers");
+        check(err.contains("not healthy"), || err.clone())?;
+        check(is_active(a, unit) == "active", || is_active(a, unit))?;
+        reloaded_around_start(a, &cursor, unit, true)?;
         units(a).await?.stop(unit, OP).await?;
+        units(a).await?.stop("kr-pin7.service", OP).await?;
         Ok(())
+    })
+}
+
+fn journal_cursor(h: &TestHost) -> String {
+    let out = h.exec_ok(&["journalctl", "--no-pager", "-n", "0", "--show-cursor"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("-- cursor: "))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether systemd (PID 1's journal since CURSOR) reloaded before it started UNIT, as
+/// `before` says, and reloaded at all.
+fn reloaded_around_start(
+    h: &TestHost,
+    cursor: &str,
+    unit: &str,
+    before: bool,
+) -> Result<(), Failed> {
+    let log = h.exec_ok(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "cat",
+        "_PID=1",
+        "--after-cursor",
+        cursor,
+    ]);
+    let lines: Vec<&str> = log.lines().collect();
+    let reload = lines.iter().position(|l| l.starts_with("Reloading"));
+    let name = unit.trim_end_matches(".service");
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("Start") && l.contains(name));
+    check(reload.is_some() && start.is_some(), || {
+        format!("no reload or no start of {unit} in systemd's journal:\n{log}")
+    })?;
+    check((reload < start) == before, || {
+        format!(
+            "systemd reloaded {} it started {unit}:\n{log}",
+            if before { "after" } else { "before" }
+        )
     })
 }
 

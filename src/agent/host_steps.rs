@@ -32,7 +32,7 @@ use semver::Version;
 
 use crate::config::Settings;
 use crate::fleet::{HostFacts, HostStep, Readiness, StepResult, UnitState};
-use crate::host::hold::{Hold, HoldError};
+use crate::host::hold::{Hold, HoldError, Lifted};
 use crate::host::journal;
 use crate::host::kibana_status::{Answer, StatusProbe};
 use crate::host::local::Local;
@@ -432,20 +432,36 @@ impl Host {
     }
 
     /// Lifts the hold, starts the unit and waits until Kibana is healthy at `expect`, proven
-    /// for the running process; fails fast on a crash loop (see the module docs).
+    /// for the running process; fails fast on a crash loop (see the module docs). systemd
+    /// re-reads the unit without the hold's drop-in only after that: off the downtime.
     pub async fn start(&self, expect: &Version) -> Result<String, String> {
         let unit = self.unit();
         let timeout = self.settings.kibana.start_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let hold = self.hold();
-        patiently(
+        let lifted = patiently(
             deadline,
             "lifting the hold",
             HoldError::is_no_answer,
-            || hold.lift(&self.units),
+            || hold.lift_for_start(&self.units),
         )
         .await
         .map_err(|e| e.to_string())?;
+        let result = self.start_lifted(unit, expect, deadline).await;
+        if lifted == Lifted::ReloadAfterStart {
+            if let Err(e) = self.units.daemon_reload().await {
+                tracing::warn!("after starting {unit}: daemon-reload failed: {e} (systemctl status lists the removed hold until the next reload)");
+            }
+        }
+        result
+    }
+
+    async fn start_lifted(
+        &self,
+        unit: &str,
+        expect: &Version,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, String> {
         let status = || {
             patiently(
                 deadline,
@@ -518,7 +534,7 @@ impl Host {
                 return Err(format!(
                     "{unit} started, but Kibana at {} was not healthy at version {expect} within {}: last seen {last}; unit {}",
                     self.probe.url(),
-                    humantime::format_duration(timeout),
+                    humantime::format_duration(self.settings.kibana.start_timeout),
                     svc.unit
                 ));
             }

@@ -124,23 +124,58 @@ impl Hold {
     /// Removes the drop-in (and a mask left by an older agent), reloads systemd and clears a
     /// `failed` state. Idempotent.
     pub async fn lift(&self, units: &SystemdUnits) -> Result<(), HoldError> {
+        if self.lift_for_start(units).await? == Lifted::ReloadAfterStart {
+            units.daemon_reload().await?;
+        }
+        Ok(())
+    }
+
+    /// [`lift`](Hold::lift) for a start that follows at once: when systemd's view of the unit
+    /// was current before the drop-in went, the reload is left to the caller after the start
+    /// ([`Lifted::ReloadAfterStart`]) — the assertion passes once the file is gone, so the
+    /// start needs no reload, and a reload is CPU every host of a fleet would spend at once in
+    /// its downtime. Otherwise (something else changed the unit on disk) it reloads first.
+    pub async fn lift_for_start(&self, units: &SystemdUnits) -> Result<Lifted, HoldError> {
+        let current = !units.needs_reload(&self.unit).await?;
         let path = self.local_path();
-        match std::fs::remove_file(&path) {
+        let had = path.exists();
+        Self::remove(&path).map_err(|source| HoldError::Remove {
+            path: self.path(),
+            source,
+        })?;
+        units.unmask(&self.unit).await?;
+        let lifted = if current && had {
+            Lifted::ReloadAfterStart
+        } else {
+            if !current {
+                units.daemon_reload().await?;
+            }
+            Lifted::Current
+        };
+        units.reset_failed(&self.unit).await?;
+        Ok(lifted)
+    }
+
+    /// Removes the drop-in (and its directory if that is left empty). Idempotent.
+    fn remove(path: &std::path::Path) -> std::io::Result<()> {
+        match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(HoldError::Remove {
-                    path: self.path(),
-                    source,
-                })
-            }
+            Err(e) => return Err(e),
         }
         if let Some(dir) = path.parent() {
             let _ = std::fs::remove_dir(dir); // only if empty: admins' drop-ins stay
         }
-        units.unmask(&self.unit).await?;
-        units.daemon_reload().await?;
-        units.reset_failed(&self.unit).await?;
         Ok(())
     }
+}
+
+/// What [`Hold::lift_for_start`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifted {
+    /// systemd's view of the unit is current.
+    Current,
+    /// systemd still lists the removed drop-in (`systemctl status` says to reload): reload once
+    /// the unit has started.
+    ReloadAfterStart,
 }

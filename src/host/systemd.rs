@@ -641,6 +641,15 @@ impl SystemdUnits {
         self.run_job(unit, Action::Restart, timeout).await
     }
 
+    /// Whether systemd's loaded view of the unit is older than its files on disk (its unit file
+    /// or drop-ins changed since the last reload: `NeedDaemonReload`).
+    pub async fn needs_reload(&self, unit: &str) -> Result<bool, UnitError> {
+        let err = |e| classify(e, unit, Action::Status);
+        let path = self.manager.load_unit(unit.to_owned()).await.map_err(err)?;
+        let proxy = self.unit_proxy(path).await.map_err(err)?;
+        proxy.need_daemon_reload().await.map_err(err)
+    }
+
     /// Makes systemd re-read all unit files (`systemctl daemon-reload`), e.g. after a package
     /// replaced `kibana.service`. Returns when the reload is complete.
     pub async fn daemon_reload(&self) -> Result<(), UnitError> {
