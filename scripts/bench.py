@@ -4,13 +4,16 @@
   bench.py poll OUT VERSION URL...   poll every URL's /api/status at 20 Hz each until every host
                                       has said "available at VERSION" for 0.5 s (or SIGTERM);
                                       OUT gets, per host, the first moment (wall ms) it did so
-  bench.py manual POLL STEPS [TRACE]  one run of scripts/rollback-by-hand -> a JSON record
-  bench.py tool POLL HISTORY JOURNAL TRIGGER_MS [TRACE]
+  bench.py manual POLL STEPS [TRACE UNITS0 UNITS1]
+                                      one run of scripts/rollback-by-hand -> a JSON record
+  bench.py tool POLL HISTORY JOURNAL TRIGGER_MS [TRACE UNITS0 UNITS1]
                                       one kibana-rollback run -> a JSON record (step times from
                                       the agents' journals, phase times from `history --json`;
                                       with TRACE the CPU spent in the downtime)
   bench.py cpu-trace OUT PREFIX      the machine's CPU and that of the test hosts named PREFIX*,
                                       every 100 ms into OUT until SIGTERM
+  bench.py unit-cpu PREFIX           the CPU those hosts have used so far, by unit (JSON; two of
+                                      them, before and after a run, to manual/tool: UNITS0 UNITS1)
   bench.py report RESULTS...         medians of the records, one `name value unit` line each
   bench.py pageout PID               drops process PID's mappings of its own executable from
                                       memory (process_madvise MADV_PAGEOUT): what it maps again
@@ -87,7 +90,12 @@ def poll(out, version, urls):
     json.dump({"first_available_ms": first_ok, "all": all(ok)}, open(out, "w"))
 
 
-def manual(poll_file, steps_file, trace_file=None):
+def units_delta(before_file, after_file):
+    a, b = json.load(open(before_file)), json.load(open(after_file))
+    return {k: (v - a.get(k, 0)) / 1e6 for k, v in b.items()}
+
+
+def manual(poll_file, steps_file, trace_file=None, units0=None, units1=None):
     p = json.load(open(poll_file))
     steps = [l.split() for l in open(steps_file) if l.startswith("step ")]
     by = {}
@@ -107,6 +115,7 @@ def manual(poll_file, steps_file, trace_file=None):
     return {
         "downtime_ms": last_up - first_stop,
         "downtime_cpu": window_cpu(trace_file, first_stop, last_up) if trace_file else None,
+        "hosts_cpu_by_unit": units_delta(units0, units1) if units1 else None,
         "total_ms": max(t_end, last_up) - t_start,
         "floor_ms": floor,
         "steps_ms": {
@@ -126,7 +135,7 @@ def parse_wall(at):
     return int(datetime.strptime(at, fmt).replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def tool(poll_file, history_file, journal_file, trigger_ms, trace_file=None):
+def tool(poll_file, history_file, journal_file, trigger_ms, trace_file=None, units0=None, units1=None):
     p = json.load(open(poll_file))
     op = json.load(open(history_file))["operations"][0]  # newest first
     phases = op["phases"]
@@ -168,6 +177,7 @@ def tool(poll_file, history_file, journal_file, trigger_ms, trace_file=None):
     return {
         "downtime_ms": last_up - first_stop,
         "downtime_cpu": window_cpu(trace_file, first_stop, last_up) if trace_file else None,
+        "hosts_cpu_by_unit": units_delta(units0, units1) if units1 else None,
         "total_ms": (done[0] if done else last_up) - trigger_ms,
         "floor_ms": max(stops) + snap + restore + max(up),
         "steps_ms": {
@@ -204,6 +214,11 @@ def report(files):
             out.append((f"{p}.downtime_busy", med([c["machine_busy_pct"] for c in cpu]), "%"))
             if how == "kibana-rollback":  # the script's commands run in the caller's cgroup
                 out.append((f"{p}.downtime_hosts_cpu", med([c["hosts_core_s"] for c in cpu]), "core-s"))
+        by_unit = [r["hosts_cpu_by_unit"] for r in rs if r.get("hosts_cpu_by_unit")]
+        for u in sorted({u for b in by_unit for u in b}):
+            v = med([b.get(u, 0) for b in by_unit])
+            if v >= 0.05:
+                out.append((f"{p}.run_hosts_cpu.{u}", v, "core-s"))
         out.append((f"{p}.runs", len(rs), "runs"))
         if how == "kibana-rollback" and (n, "by-hand") in runs:
             h = runs[(n, "by-hand")]
@@ -253,6 +268,28 @@ def cpu_trace(out, host_prefix):
             f.write(json.dumps(cpu_sample(0, host_prefix)) + "\n")
             f.flush()
             stop.wait(0.1)
+
+
+def unit_cpu(host_prefix):
+    """CPU (usec) of the test hosts named PREFIX* by what ran it, summed over the hosts: each
+    host's system.slice units, its systemd (init.scope) and the rest of its cgroup."""
+    import glob
+    units = {}
+    for host in glob.glob(f"/sys/fs/cgroup/unified/kr-*-{host_prefix}*") + glob.glob(f"/sys/fs/cgroup/kr-*-{host_prefix}*"):
+        def usec(d):
+            try:
+                return int(open(f"{d}/cpu.stat").readline().split()[1])
+            except (OSError, IndexError, ValueError):
+                return 0
+        total, named = usec(host), 0
+        for d in glob.glob(f"{host}/system.slice/*.service") + [f"{host}/init.scope"]:
+            name = os.path.basename(d)
+            name = name.split("@")[0] + "@" if "@" in name else name
+            u = usec(d)
+            units[name] = units.get(name, 0) + u
+            named += u
+        units["other"] = units.get("other", 0) + total - named
+    return units
 
 
 def window_cpu(trace_file, t0, t1):
@@ -441,6 +478,8 @@ if __name__ == "__main__":
         print(json.dumps(tool(args[0], args[1], args[2], int(args[3]), *args[4:])))
     elif cmd == "cpu-trace":
         cpu_trace(args[0], args[1])
+    elif cmd == "unit-cpu":
+        print(json.dumps(unit_cpu(args[0])))
     elif cmd == "report":
         report(args)
     elif cmd == "kibana":
