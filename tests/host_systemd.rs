@@ -884,27 +884,15 @@ fn hold_keeps_a_7x_unit_from_starting(a: &TestHost, _: &TestHost) -> Result<(), 
         // a reboot, as far as the unit files go: systemd re-reads them, then boot starts it
         a.exec_ok(&["systemctl", "daemon-reload"]);
         refused("after daemon-reload")?;
-        let status =
-            String::from_utf8_lossy(&a.exec(&["systemctl", "status", "--no-pager", unit]).stdout)
-                .into_owned();
+        let status = status_text(a, unit);
         check(status.contains("zz-kibana-rollback-hold.conf"), || {
             status.clone()
         })?;
-        // the start step lifts the hold and starts the unit (no Kibana answers: the step then
-        // times out waiting for it, which is not what is tested here); systemd's view was
-        // current, so it starts without a reload and reloads after
-        let cursor = journal_cursor(a);
-        let err = host
-            .start(&v("7.17.29"))
-            .await
-            .expect_err("no Kibana answers");
-        check(err.contains("not healthy"), || err.clone())?;
+        // the start step: systemd's view was current, so it starts without a reload and
+        // reloads after
+        start_after_hold(a, &host, unit, false).await?;
         check(!hold.is_held(), || "the start step left the hold".into())?;
-        check(is_active(a, unit) == "active", || is_active(a, unit))?;
-        reloaded_around_start(a, &cursor, unit, false)?;
-        let status =
-            String::from_utf8_lossy(&a.exec(&["systemctl", "status", "--no-pager", unit]).stdout)
-                .into_owned();
+        let status = status_text(a, unit);
         check(!status.contains("zz-kibana-rollback-hold.conf"), || {
             format!("systemd still lists the removed hold: {status}")
         })?;
@@ -928,18 +916,35 @@ fn hold_keeps_a_7x_unit_from_starting(a: &TestHost, _: &TestHost) -> Result<(), 
         check(stale.trim() == "yes", || {
             format!("systemd does not see the changed unit file: NeedDaemonReload={stale}")
         })?;
-        let cursor = journal_cursor(a);
-        let err = host
-            .start(&v("7.17.29"))
-            .await
-            .expect_err("no Kibana answers");
-        check(err.contains("not healthy"), || err.clone())?;
-        check(is_active(a, unit) == "active", || is_active(a, unit))?;
-        reloaded_around_start(a, &cursor, unit, true)?;
+        start_after_hold(a, &host, unit, true).await?;
         units(a).await?.stop(unit, OP).await?;
         units(a).await?.stop("kr-pin7.service", OP).await?;
         Ok(())
     })
+}
+
+fn status_text(h: &TestHost, unit: &str) -> String {
+    String::from_utf8_lossy(&h.exec(&["systemctl", "status", "--no-pager", unit]).stdout)
+        .into_owned()
+}
+
+/// The start step after a hold: it lifts it and starts the unit (no Kibana answers, so the step
+/// then times out waiting for one, which is not what is tested), reloading systemd before the
+/// start or after it as `reload_before` says.
+async fn start_after_hold(
+    h: &TestHost,
+    host: &Host,
+    unit: &str,
+    reload_before: bool,
+) -> Result<(), Failed> {
+    let cursor = journal_cursor(h);
+    let err = host
+        .start(&v("7.17.29"))
+        .await
+        .expect_err("no Kibana answers");
+    check(err.contains("not healthy"), || err.clone())?;
+    check(is_active(h, unit) == "active", || is_active(h, unit))?;
+    reloaded_around_start(h, &cursor, unit, reload_before)
 }
 
 fn journal_cursor(h: &TestHost) -> String {

@@ -875,6 +875,21 @@ fn input(
         ping: None,
     }
 }
+/// The round in which stop step ID ended well: the unit is inactive.
+fn stop_done(now: u64, op: &OperationDoc, id: RequestId) -> Inputs {
+    let mut inp = input(
+        now,
+        Some((3, op)),
+        vec![],
+        vec![Event::HostStepDone {
+            id,
+            result: StepResult::Ok,
+            detail: "inactive".into(),
+        }],
+    );
+    inp.facts = facts(UnitState::Inactive);
+    inp
+}
 fn cas_of(actions: &[Action]) -> Option<(RequestId, DocVersion, OperationDoc)> {
     actions.iter().find_map(|a| match a {
         Action::CasWriteOperation {
@@ -1233,18 +1248,7 @@ fn host_step_is_recorded_before_it_runs_and_acked_after() {
     let ack = seen.expect("the ack is written again").ack.unwrap();
     assert_eq!(ack.result, StepResult::InProgress);
     assert!(ack.detail.contains("pid 7 (unattended-upgr)"), "{ack:?}");
-    let mut inp = input(
-        3,
-        Some((3, &op)),
-        vec![],
-        vec![Event::HostStepDone {
-            id,
-            result: StepResult::Ok,
-            detail: "inactive".into(),
-        }],
-    );
-    inp.facts = facts(UnitState::Inactive);
-    let acts = step(&mut n, inp);
+    let acts = step(&mut n, stop_done(3, &op, id));
     assert!(acts.iter().any(|a| matches!(a, Action::RecordProgress(p) if matches!(p.state, ProgressState::Finished { .. }))));
     let doc = acts.iter().find_map(|a| match a {
         Action::WriteHostDoc { doc, .. } => Some(doc.clone()),
@@ -2185,18 +2189,7 @@ fn reads_slow_down_only_while_a_followers_own_step_runs() {
         .expect("runs its stop step");
     // Its own step in flight: nothing to see before it ends (its end wakes the loop).
     assert_eq!(n.read_every(&found, hb), READ_DURING_OWN_STEP);
-    let mut inp = input(
-        2,
-        Some((3, &op)),
-        vec![],
-        vec![Event::HostStepDone {
-            id,
-            result: StepResult::Ok,
-            detail: "inactive".into(),
-        }],
-    );
-    inp.facts = facts(UnitState::Inactive);
-    step(&mut n, inp);
+    step(&mut n, stop_done(2, &op, id));
     // Done: it waits for the next phase again, at the fast pace.
     assert_eq!(n.read_every(&found, hb), READ_ACTIVE);
     assert_eq!(n.read_every(&OpRead::Missing, hb), idle_watch_every(hb));
