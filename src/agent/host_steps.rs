@@ -41,6 +41,7 @@ use crate::host::prepared_config;
 use crate::host::process::{self, InstallEnd};
 use crate::host::readiness::{self, Watch};
 use crate::host::systemd::{ActiveState, MainExit, ServiceStatus, SystemdUnits, UnitError};
+use crate::host::unit_files::UnitFiles;
 
 /// How many journal lines a failed start quotes.
 const JOURNAL_LINES: usize = 10;
@@ -335,6 +336,9 @@ impl Host {
                 .await
                 .map_err(|e| format!("the start hold failed: {e}"))?;
         }
+        // What systemd reads for the unit, to reload after the install only if the package
+        // changed it (a resumed run may have changed it before: it always reloads).
+        let unit_files = (!resumed).then(|| UnitFiles::read(&self.local, self.unit()));
         if resumed {
             // The previous run was interrupted or failed, maybe inside dpkg: finish what it left
             // first.
@@ -391,10 +395,21 @@ impl Host {
             tracing::info!(operation_id = op_id, "{c}");
         }
         // The package may have replaced the unit file (7.x ships it in /etc/systemd/system).
-        self.units
-            .daemon_reload()
-            .await
-            .map_err(|e| format!("installed, but daemon-reload failed: {e}"))?;
+        let changed = unit_files
+            .as_ref()
+            .map(|before| before.changed(&UnitFiles::read(&self.local, self.unit())));
+        let stale = self.units.needs_reload(self.unit()).await.unwrap_or(true);
+        if changed.as_ref().is_none_or(|c| !c.is_empty()) || stale {
+            tracing::info!(
+                operation_id = op_id,
+                "reloading systemd after the install (unit files changed: {:?}, systemd's view stale: {stale})",
+                changed.unwrap_or_default()
+            );
+            self.units
+                .daemon_reload()
+                .await
+                .map_err(|e| format!("installed, but daemon-reload failed: {e}"))?;
+        }
         if installed.previous.as_ref() != Some(&v) {
             *self.install_end.lock().expect("install_end lock") = Some(ended);
         }
@@ -439,6 +454,7 @@ impl Host {
         let timeout = self.settings.kibana.start_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let hold = self.hold();
+        let was_held = hold.is_held();
         let lifted = patiently(
             deadline,
             "lifting the hold",
@@ -448,7 +464,8 @@ impl Host {
         .await
         .map_err(|e| e.to_string())?;
         let result = self.start_lifted(unit, expect, deadline).await;
-        if lifted == Lifted::ReloadAfterStart {
+        // (A try that systemd did not answer may have removed the drop-in already.)
+        if lifted == Lifted::ReloadAfterStart || (was_held && lifted == Lifted::WasNotHeld) {
             if let Err(e) = self.units.daemon_reload().await {
                 tracing::warn!("after starting {unit}: daemon-reload failed: {e} (systemctl status lists the removed hold until the next reload)");
             }

@@ -144,13 +144,13 @@ impl Hold {
             source,
         })?;
         units.unmask(&self.unit).await?;
-        let lifted = if current && had {
+        let lifted = if !current {
+            units.daemon_reload().await?;
+            Lifted::Reloaded
+        } else if had {
             Lifted::ReloadAfterStart
         } else {
-            if !current {
-                units.daemon_reload().await?;
-            }
-            Lifted::Current
+            Lifted::WasNotHeld
         };
         units.reset_failed(&self.unit).await?;
         Ok(lifted)
@@ -170,12 +170,14 @@ impl Hold {
     }
 }
 
-/// What [`Hold::lift_for_start`] left to do.
+/// What [`Hold::lift_for_start`] did, and left to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifted {
-    /// systemd's view of the unit is current.
-    Current,
+    /// Something else had changed the unit on disk: systemd re-read it (without the drop-in).
+    Reloaded,
     /// systemd still lists the removed drop-in (`systemctl status` says to reload): reload once
     /// the unit has started.
     ReloadAfterStart,
+    /// There was no drop-in to remove (already lifted, maybe by an earlier try of this call).
+    WasNotHeld,
 }

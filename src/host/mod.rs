@@ -24,3 +24,4 @@ pub mod readiness;
 pub mod status_credentials;
 pub mod systemd;
 pub mod tls_check;
+pub mod unit_files;
