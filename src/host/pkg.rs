@@ -373,18 +373,27 @@ impl PackageManager {
         pkg: &PackageName,
     ) -> Result<Option<PackageVersion>, PkgError> {
         let deadline = tokio::time::Instant::now() + self.lock_timeout;
+        let mut unheld_before = false;
         loop {
             let read = dispatch!(self, b => b.installed_version(pkg).await);
             let Err(PkgError::MidTransaction { package, state, .. }) = read else {
                 return read;
             };
             let Some(holder) = self.lock_holder() else {
+                // The run may have ended between the read and this look at the lock: only a
+                // second read that finds it half done with nobody holding the lock is an
+                // interrupted run.
+                if !unheld_before {
+                    unheld_before = true;
+                    continue;
+                }
                 return Err(PkgError::MidTransaction {
                     package,
                     state,
                     holder: None,
                 });
             };
+            unheld_before = false;
             if tokio::time::Instant::now() + MID_TRANSACTION_POLL > deadline {
                 return Err(PkgError::MidTransaction {
                     package,
