@@ -174,8 +174,13 @@ pub enum Decision {
     Prepare { why: Option<String> },
 }
 
-/// Decides, from the live operation (verified), this host's id, and the stored rollback
-/// point's freshness for the installed version (`None`: no point), what `change` needs.
+/// Decides, from the live operation (verified), this host's id, the stored rollback point's
+/// freshness for the installed version (`None`: no point) and the host whose prepare holds the
+/// prepare lock (`preparing`), what `change` needs.
+///
+/// A point is recorded before its prepare has seen every agent keep its kibana.yml, so a
+/// current point whose prepare still runs is not one to pass on: this host's agent may not
+/// have kept its file yet, and dpkg would replace it. The hook joins that prepare instead.
 ///
 /// The agent's own reinstall is recognised against the operation, never by a flag or an
 /// environment variable anyone could set: an operation that is not over, in phase
@@ -186,6 +191,7 @@ pub fn decide(
     host_id: &str,
     operation: Option<&OperationDoc>,
     point: Option<&Freshness>,
+    preparing: Option<&str>,
 ) -> Decision {
     if let Some(op) = operation.filter(|op| !op.phase.is_terminal()) {
         let own = op.phase == Phase::Reinstalling
@@ -202,7 +208,14 @@ pub fn decide(
         };
     }
     match point {
-        Some(Freshness::Current) => Decision::PointCurrent,
+        Some(Freshness::Current) => match preparing {
+            None => Decision::PointCurrent,
+            Some(holder) => Decision::Prepare {
+                why: Some(format!(
+                    "{holder} is still preparing it: not every agent may have kept its kibana.yml"
+                )),
+            },
+        },
         Some(Freshness::Stale(why)) => Decision::Prepare {
             why: Some(why.clone()),
         },
@@ -379,24 +392,24 @@ mod tests {
         let down = change("8.15.0", "8.14.3");
         let op = reinstalling();
         assert_eq!(
-            decide(&down, "a", Some(&op), None),
+            decide(&down, "a", Some(&op), None, None),
             Decision::AgentReinstall {
                 operation: "op1".into()
             }
         );
         // Another version than the target, another host, another phase: someone else's.
         assert_eq!(
-            decide(&change("8.15.0", "8.13.0"), "a", Some(&op), None),
+            decide(&change("8.15.0", "8.13.0"), "a", Some(&op), None, None),
             Decision::OperationRunning
         );
         assert_eq!(
-            decide(&down, "z", Some(&op), None),
+            decide(&down, "z", Some(&op), None, None),
             Decision::OperationRunning
         );
         let mut stopping = reinstalling();
         stopping.phase = Phase::Stopping;
         assert_eq!(
-            decide(&down, "a", Some(&stopping), None),
+            decide(&down, "a", Some(&stopping), None, None),
             Decision::OperationRunning
         );
         let mut aside = reinstalling();
@@ -406,14 +419,14 @@ mod tests {
             cause: "x".into(),
         });
         assert_eq!(
-            decide(&down, "a", Some(&aside), None),
+            decide(&down, "a", Some(&aside), None, None),
             Decision::OperationRunning
         );
         // A finished operation is no operation: the point decides.
         let mut done = reinstalling();
         done.phase = Phase::Done;
         assert_eq!(
-            decide(&down, "a", Some(&done), Some(&Freshness::Current)),
+            decide(&down, "a", Some(&done), Some(&Freshness::Current), None),
             Decision::PointCurrent
         );
     }
@@ -422,19 +435,25 @@ mod tests {
     fn without_an_operation_the_rollback_point_decides() {
         let up = change("8.14.3", "8.15.0");
         assert_eq!(
-            decide(&up, "a", None, Some(&Freshness::Current)),
+            decide(&up, "a", None, Some(&Freshness::Current), None),
             Decision::PointCurrent
         );
         assert_eq!(
-            decide(&up, "a", None, None),
+            decide(&up, "a", None, None, None),
             Decision::Prepare { why: None }
         );
         assert_eq!(
-            decide(&up, "a", None, Some(&Freshness::Stale("old".into()))),
+            decide(&up, "a", None, Some(&Freshness::Stale("old".into())), None),
             Decision::Prepare {
                 why: Some("old".into())
             }
         );
+        // Recorded, but its prepare still waits for the agents to keep their kibana.yml:
+        // join it rather than let dpkg replace this host's file first.
+        match decide(&up, "a", None, Some(&Freshness::Current), Some("b")) {
+            Decision::Prepare { why: Some(why) } => assert!(why.contains("b is still preparing")),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

@@ -189,13 +189,26 @@ async fn guard(
     let op = coord.operation().await.context("reading the operation")?;
     // While an operation runs the point does not matter (and reading it could only make the
     // agent's own reinstall fail): the operation decides.
-    let fresh = if op.as_ref().is_some_and(|o| !o.doc.phase.is_terminal()) {
-        None
+    let (fresh, preparing) = if op.as_ref().is_some_and(|o| !o.doc.phase.is_terminal()) {
+        (None, None)
     } else {
         *waiting.borrow_mut() = "Elasticsearch (the rollback point)".into();
-        freshness(ctx, change).await?
+        let fresh = freshness(ctx, change).await?;
+        let preparing = coord
+            .prepare_lock()
+            .await
+            .context("reading the prepare lock")?
+            .filter(|l| l.doc.expires_at_ms >= now_ms())
+            .map(|l| l.doc.host_id.clone());
+        (fresh, preparing)
     };
-    match package_hook::decide(change, host, op.as_ref().map(|v| &v.doc), fresh.as_ref()) {
+    match package_hook::decide(
+        change,
+        host,
+        op.as_ref().map(|v| &v.doc),
+        fresh.as_ref(),
+        preparing.as_deref(),
+    ) {
         Decision::AgentReinstall { operation } => {
             eprintln!(
                 "{PREFIX}: kibana {} → {} is operation {operation}'s reinstall on {host}: passing",
