@@ -355,20 +355,20 @@ async fn es_7_17_kibana_7_17_28_to_7_17_29_rolls_back_with_the_7x_unit_held() {
                     tried.insert(h.name.clone());
                     let out = h.exec(&["systemctl", "start", "kibana.service"]);
                     let err = String::from_utf8_lossy(&out.stderr).to_string();
+                    let state = unit_state(h, "kibana.service");
+                    let fragment = fleet.unit_fragment(h);
                     // On a loaded machine the phase may have moved on meanwhile (the start step
-                    // lifts the hold): a start that went through then proves nothing.
+                    // lifts the hold and starts the unit): what was seen then proves nothing.
                     let still = fleet
                         .operation_doc()
                         .is_some_and(|op| op["phase"] == "reinstalling");
-                    if out.status.success() && !still {
+                    if !still {
                         fleet.log(&format!(
                             "{}: the start phase began while trying: not counted",
                             h.name
                         ));
                         continue;
                     }
-                    let state = unit_state(h, "kibana.service");
-                    let fragment = fleet.unit_fragment(h);
                     held_starts.lock().unwrap().push(format!(
                         "{}: start {} ({}), unit {state}, fragment {fragment}",
                         h.name,
