@@ -270,17 +270,220 @@ def cpu_trace(out, host_prefix):
             stop.wait(0.1)
 
 
+def host_cgroups(host_prefix):
+    """The cgroups of the test hosts named PREFIX* (cgroup2, or its hybrid mount)."""
+    import glob
+    return glob.glob(f"/sys/fs/cgroup/unified/kr-*-{host_prefix}*") + glob.glob(f"/sys/fs/cgroup/kr-*-{host_prefix}*")
+
+
+def cgroup_usec(d):
+    """CPU used by cgroup D and everything under it (usec; 0 when gone)."""
+    try:
+        return int(open(f"{d}/cpu.stat").readline().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def units_delta(before_file, after_file):
+    a, b = json.load(open(before_file)), json.load(open(after_file))
+    return {k: (v - a.get(k, 0)) / 1e6 for k, v in b.items()}
+
+
+def manual(poll_file, steps_file, trace_file=None, units0=None, units1=None):
+    p = json.load(open(poll_file))
+    steps = [l.split() for l in open(steps_file) if l.startswith("step ")]
+    by = {}
+    for _, name, host, t0, t1 in steps:
+        by.setdefault(name, []).append((host, int(t0), int(t1)))
+    stops = by["stop"]
+    first_stop = min(t0 for _, t0, _ in stops)
+    last_up = max(p["first_available_ms"])
+    per_host_up = {}
+    for name in ("install", "start", "available"):
+        for h, t0, t1 in by[name]:
+            per_host_up[h] = per_host_up.get(h, 0) + (t1 - t0)
+    d = lambda xs: max(t1 - t0 for _, t0, t1 in xs)
+    floor = d(stops) + d(by["snapshot"]) + d(by["restore"]) + max(per_host_up.values())
+    t_start = min(int(s[3]) for s in steps)
+    t_end = max(int(s[4]) for s in steps)
+    return {
+        "downtime_ms": last_up - first_stop,
+        "downtime_cpu": window_cpu(trace_file, first_stop, last_up) if trace_file else None,
+        "hosts_cpu_by_unit": units_delta(units0, units1) if units1 else None,
+        "total_ms": max(t_end, last_up) - t_start,
+        "floor_ms": floor,
+        "steps_ms": {
+            "stop_max": d(stops),
+            "safety_snapshot": d(by["snapshot"]),
+            "restore": d(by["restore"]),
+            "install_start_max": max(per_host_up.values()),
+        },
+    }
+
+
+def parse_wall(at):
+    # RFC 3339 UTC with or without milliseconds
+    from datetime import datetime, timezone
+    at = at.rstrip("Z")
+    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in at else "%Y-%m-%dT%H:%M:%S"
+    return int(datetime.strptime(at, fmt).replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def tool(poll_file, history_file, journal_file, trigger_ms, trace_file=None, units0=None, units1=None):
+    p = json.load(open(poll_file))
+    op = json.load(open(history_file))["operations"][0]  # newest first
+    phases = op["phases"]
+    # The agents' journals: `running host step` / `host step finished` (per host, STEP field),
+    # `running cluster step` / `cluster step finished` (the leader).
+    host_steps, cluster_steps = {}, {}
+    for line in open(journal_file):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        e = json.loads(line)
+        if e.get("OPERATION_ID") != op["operation"]:
+            continue
+        msg, step, t = e.get("MESSAGE"), e.get("STEP"), int(e["__REALTIME_TIMESTAMP"]) // 1000
+        if isinstance(msg, list):  # the journal's JSON gives non-UTF-8 or long fields as bytes
+            msg = bytes(msg).decode("utf-8", "replace")
+        msg = msg or ""
+        host = e.get("_HOSTNAME")
+        if msg.startswith("running host step"):
+            host_steps.setdefault((host, step), [t, None])[0] = t
+        elif msg.startswith("host step finished"):
+            host_steps.setdefault((host, step), [None, t])[1] = t
+        elif msg.startswith("running cluster step"):
+            cluster_steps.setdefault(step, [t, None])[0] = t
+        elif msg.startswith("cluster step finished"):
+            cluster_steps.setdefault(step, [None, t])[1] = t
+    dur = lambda se: (se[1] - se[0]) if se and None not in se else 0
+    hosts = sorted({h for h, _ in host_steps})
+    stops = [dur(host_steps.get((h, "StopUnit"))) for h in hosts]
+    first_stop = min(v[0] for (h, s), v in host_steps.items() if s == "StopUnit" and v[0])
+    up = [dur(host_steps.get((h, "Reinstall"))) + dur(host_steps.get((h, "StartUnit"))) for h in hosts]
+    snap, restore = dur(cluster_steps.get("SafetySnapshot")), dur(cluster_steps.get("Restore"))
+    last_up = max(p["first_available_ms"])
+    done = [parse_wall(c["at"]) for c in phases if c["to"] == "done"]
+    phase_ms = {}
+    for a, b in zip(phases, phases[1:]):
+        if a["to"] != b["to"]:
+            phase_ms[a["to"]] = phase_ms.get(a["to"], 0) + parse_wall(b["at"]) - parse_wall(a["at"])
+    return {
+        "downtime_ms": last_up - first_stop,
+        "downtime_cpu": window_cpu(trace_file, first_stop, last_up) if trace_file else None,
+        "hosts_cpu_by_unit": units_delta(units0, units1) if units1 else None,
+        "total_ms": (done[0] if done else last_up) - trigger_ms,
+        "floor_ms": max(stops) + snap + restore + max(up),
+        "steps_ms": {
+            "stop_max": max(stops),
+            "safety_snapshot": snap,
+            "restore": restore,
+            "install_start_max": max(up),
+        },
+        "phases_ms": phase_ms,
+        "phases": [f'{c["at"]} {c["from"]} -> {c["to"]}' for c in phases],
+    }
+
+
+def report(files):
+    runs = {}
+    for f in files:
+        for line in open(f):
+            r = json.loads(line)
+            runs.setdefault((r["hosts"], r["how"]), []).append(r)
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
+    out = []
+    for (n, how), rs in sorted(runs.items()):
+        p = f"hosts{n}.{how}"
+        for k in ("downtime_ms", "total_ms", "floor_ms"):
+            out.append((f"{p}.{k[:-3]}", med([r[k] for r in rs]) / 1000, "s"))
+        out.append((f"{p}.overhead", med([r["downtime_ms"] - r["floor_ms"] for r in rs]) / 1000, "s"))
+        for k in rs[0]["steps_ms"]:
+            out.append((f"{p}.step.{k}", med([r["steps_ms"][k] for r in rs]) / 1000, "s"))
+        for k in rs[0].get("phases_ms", {}):
+            out.append((f"{p}.phase.{k}", med([r["phases_ms"].get(k, 0) for r in rs]) / 1000, "s"))
+        cpu = [r["downtime_cpu"] for r in rs if r.get("downtime_cpu")]
+        if cpu:
+            out.append((f"{p}.downtime_cpu", med([c["machine_core_s"] for c in cpu]), "core-s"))
+            out.append((f"{p}.downtime_busy", med([c["machine_busy_pct"] for c in cpu]), "%"))
+            if how == "kibana-rollback":  # the script's commands run in the caller's cgroup
+                out.append((f"{p}.downtime_hosts_cpu", med([c["hosts_core_s"] for c in cpu]), "core-s"))
+        by_unit = [r["hosts_cpu_by_unit"] for r in rs if r.get("hosts_cpu_by_unit")]
+        for u in sorted({u for b in by_unit for u in b}):
+            v = med([b.get(u, 0) for b in by_unit])
+            if v >= 0.05:
+                out.append((f"{p}.run_hosts_cpu.{u}", v, "core-s"))
+        out.append((f"{p}.runs", len(rs), "runs"))
+        if how == "kibana-rollback" and (n, "by-hand") in runs:
+            h = runs[(n, "by-hand")]
+            out.append((f"hosts{n}.ratio", med([r["downtime_ms"] for r in rs]) / med([r["downtime_ms"] for r in h]), "x"))
+            # The best ratio this machine allows: the script's downtime work (core-seconds of
+            # the whole machine) spread over every core, against the script's downtime.
+            hc = [(r["downtime_cpu"]["machine_core_s"], r["downtime_ms"] / 1000) for r in h if r.get("downtime_cpu")]
+            if hc:
+                cores = os.cpu_count()
+                out.append((f"hosts{n}.ratio_cpu_bound", med([w / cores / d for w, d in hc]), f"x ({cores} cores)"))
+    for name, v, unit in out:
+        print(f"{name} {v:.3f} {unit}" if isinstance(v, float) else f"{name} {v} {unit}")
+
+
+def kibana(port):
+    import http.server
+    version = json.load(open("/usr/share/kibana/package.json"))["version"]
+    body = json.dumps({"name": "kibana", "version": {"number": version, "build_snapshot": False},
+                       "status": {"overall": {"level": "available", "summary": "no-op Kibana"}}}).encode()
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path.split("?")[0] == "/api/status"
+            self.send_response(200 if ok else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body) if ok else 0))
+            self.end_headers()
+            if ok:
+                self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Status).serve_forever()
+
+
+def cpu_mark(es_pid, host_prefix=""):
+    print(json.dumps(cpu_sample(es_pid, host_prefix)))
+
+
+def cpu_trace(out, host_prefix):
+    """A cpu_sample line every 100 ms into OUT until SIGTERM (the downtime's CPU, afterwards)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with open(out, "w") as f:
+        while not stop.is_set():
+            f.write(json.dumps(cpu_sample(0, host_prefix)) + "\n")
+            f.flush()
+            stop.wait(0.1)
+
+
+def host_cgroups(host_prefix):
+    """The cgroups of the test hosts named PREFIX* (cgroup2, or its hybrid mount)."""
+    import glob
+    return glob.glob(f"/sys/fs/cgroup/unified/kr-*-{host_prefix}*") + glob.glob(f"/sys/fs/cgroup/kr-*-{host_prefix}*")
+
+
+def cgroup_usec(d):
+    """CPU used by cgroup D and everything under it (usec; 0 when gone)."""
+    try:
+        return int(open(f"{d}/cpu.stat").readline().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def unit_cpu(host_prefix):
     """CPU (usec) of the test hosts named PREFIX* by what ran it, summed over the hosts: each
     host's system.slice units, its systemd (init.scope) and the rest of its cgroup."""
     import glob
     units = {}
-    for host in glob.glob(f"/sys/fs/cgroup/unified/kr-*-{host_prefix}*") + glob.glob(f"/sys/fs/cgroup/kr-*-{host_prefix}*"):
-        def usec(d):
-            try:
-                return int(open(f"{d}/cpu.stat").readline().split()[1])
-            except (OSError, IndexError, ValueError):
-                return 0
+    for host in host_cgroups(host_prefix):
         total, named = usec(host), 0
         for d in glob.glob(f"{host}/system.slice/*.service") + [f"{host}/init.scope"]:
             name = os.path.basename(d)
@@ -316,14 +519,8 @@ def cpu_sample(es_pid, host_prefix=""):
         es_ticks = int(st[11]) + int(st[12])
     except (OSError, IndexError, ValueError):
         pass
-    import glob
-    hosts_us = 0  # the test hosts' cgroups: agents, no-op Kibanas, apt
-    dirs = glob.glob(f"/sys/fs/cgroup/unified/kr-*-{host_prefix}*") + glob.glob(f"/sys/fs/cgroup/kr-*-{host_prefix}*")
-    for d in dirs if host_prefix else []:
-        try:
-            hosts_us += int(open(f"{d}/cpu.stat").readline().split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
+    # the test hosts' cgroups: agents, no-op Kibanas, apt
+    hosts_us = sum(cgroup_usec(d) for d in host_cgroups(host_prefix)) if host_prefix else 0
     return {"ms": now_ms(), "busy": busy, "total": sum(t[:8]), "es": es_ticks, "hosts_us": hosts_us,
             "load": float(open("/proc/loadavg").read().split()[0])}
 
