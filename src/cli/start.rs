@@ -241,7 +241,7 @@ pub async fn undo(cli: &Cli, op_id: &str, wait: bool) -> Result<u8> {
         return Err(exit::coded(
             exit::FAILED,
             format!(
-                "operation {op_id} does not record the Kibana version before it (requested by an older kibana-rollback): \
+                "operation {op_id} does not record one Kibana version before it (its hosts reported more than one at its preflight, or an older kibana-rollback ran it): \
                  `kibana-rollback start --to VERSION --snapshot {safety} --accept-unjudged-snapshot` with the version the fleet ran"
             ),
         ));
@@ -355,7 +355,8 @@ async fn request(cli: &Cli, ctx: &Ctx, req: Request) -> Result<u8> {
         barrier_client_check: settings.coordination.barrier_client_check,
     })
     .map_err(|e| exit::coded(exit::FAILED, e.to_string()))?;
-    // What `start --undo` of this operation returns to.
+    // What `start --undo` of this operation returns to (the leader records it afresh as the
+    // operation leaves preflight; this stays for one that ends before).
     doc.from_version = preflight::fleet_version(&report.hosts).ok();
     doc.undoes = req.undoes.as_ref().map(|(op, _)| op.clone());
     doc.failed_upgrade_on = report

@@ -537,9 +537,11 @@ pub struct OperationDoc {
     pub barrier_silent_nodes: Vec<String>,
     #[serde(default)]
     pub abort_requested: Option<AbortRequest>,
-    /// The one Kibana version the expected hosts ran when the operation was requested: what
-    /// `start --undo` returns the fleet to. Informational to the protocol (nothing here reads
-    /// it); absent from operations requested before it existed.
+    /// The one Kibana version the expected hosts ran: what `start --undo` returns the fleet to.
+    /// `start` records what the hosts last published; the leader replaces it as the operation
+    /// leaves preflight with what they reported with their acknowledgements (`None` when they
+    /// differ). Informational to the protocol (nothing here reads it); absent from operations
+    /// requested before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<Version>,
     /// The done operation this one undoes (`start --undo`), informational.

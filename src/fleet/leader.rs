@@ -530,6 +530,27 @@ fn next(op: &OperationDoc, to: Phase, reason: &str, wall: &str) -> LeaderDecisio
     }
 }
 
+/// The one Kibana version the hosts reported with their preflight acknowledgements (each read
+/// as it acked, so an upgrade its agent had not yet published at `start` counts); `None` when
+/// they differ. What `start --undo` returns to, recorded as the operation leaves preflight.
+fn version_at_preflight(op: &OperationDoc, hosts: &[HostDoc]) -> Option<Version> {
+    let mut versions = op
+        .expected_hosts
+        .iter()
+        .filter(|h| !op.is_set_aside(h))
+        .map(|h| {
+            hosts
+                .iter()
+                .find(|d| &d.host_id == h)?
+                .installed_version
+                .clone()
+        });
+    let first = versions.next()??;
+    versions
+        .all(|v| v.as_ref() == Some(&first))
+        .then_some(first)
+}
+
 /// Where a failure in `phase` leads: abort before the restore point, fail from it on.
 /// Where a failure in the current phase leads: before the restore point the operation aborts,
 /// unless a restore may already have been issued (a resumed operation), then it fails.
@@ -641,7 +662,13 @@ pub fn decide_leader(
                 None => run_or_wait(mem, cluster_step, "preflight: checking the cluster".into()),
                 Some(Err(c)) => end(op, Phase::Aborted, None, format!("preflight: {c}"), wall),
                 Some(Ok(())) if t.pending.is_empty() => {
-                    next(op, Phase::Prefetching, "preflight passed", wall)
+                    match next(op, Phase::Prefetching, "preflight passed", wall) {
+                        LeaderDecision::Write { mut doc, why } => {
+                            doc.from_version = version_at_preflight(op, hosts);
+                            LeaderDecision::Write { doc, why }
+                        }
+                        other => other,
+                    }
                 }
                 Some(Ok(())) => timed_out(&t).unwrap_or_else(waiting),
             }

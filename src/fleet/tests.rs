@@ -129,6 +129,31 @@ fn failed(cause: &str) -> StepResult {
 // ---------------------------------------------------------------- leader: every transition
 
 #[test]
+fn leaving_preflight_records_the_version_the_hosts_acked_with() {
+    // `start` recorded what the hosts last published, before their agents saw the upgrade.
+    let mut op = op_in(Phase::Preflight);
+    op.from_version = Some(semver::Version::new(8, 14, 3));
+    let mut m = mem(Phase::Preflight);
+    m.preflight = Some(Ok(()));
+    let hosts = all(Step::CheckAvailable, UnitState::Active);
+    let doc = moves_to(decide(&op, &hosts, &m, 1), Phase::Prefetching);
+    assert_eq!(doc.from_version, Some(semver::Version::new(8, 15, 0)));
+    // Hosts on different versions: no one version to return to.
+    let mut mixed = hosts.clone();
+    mixed[2].installed_version = Some(semver::Version::new(8, 14, 3));
+    let doc = moves_to(decide(&op, &mixed, &m, 1), Phase::Prefetching);
+    assert_eq!(doc.from_version, None);
+    // A host set aside (as the tally counts them) does not count.
+    op.hosts_failed.push(HostFailure {
+        host: "c".into(),
+        step: Step::CheckAvailable,
+        cause: "gone".into(),
+    });
+    let doc = moves_to(decide(&op, &mixed, &m, 1), Phase::Prefetching);
+    assert_eq!(doc.from_version, Some(semver::Version::new(8, 15, 0)));
+}
+
+#[test]
 fn preflight_all_ok_moves_to_prefetching_else_aborted_directly() {
     let op = op_in(Phase::Preflight);
     let hosts = all(Step::CheckAvailable, UnitState::Active);
