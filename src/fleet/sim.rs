@@ -273,6 +273,8 @@ enum Ev {
         epoch: u64,
         deadline: Duration,
         fail: bool,
+        /// When it was sent, ms (a force-release that came after it is the operator's risk).
+        sent: u64,
     },
     RestoreEnd {
         h: usize,
@@ -387,6 +389,8 @@ pub(crate) struct World {
     terminal_seen: Option<Phase>,
     resumes: u32,
     released: bool,
+    /// When the operator force-released the operation, ms.
+    released_at: Option<u64>,
     counts: BTreeMap<&'static str, u64>,
 }
 
@@ -484,6 +488,7 @@ impl World {
             terminal_seen: None,
             resumes: 0,
             released: false,
+            released_at: None,
             counts: BTreeMap::new(),
             p,
         };
@@ -823,7 +828,8 @@ impl World {
                     epoch,
                     deadline,
                     fail,
-                } => self.restore_arrives(h, inc, id, epoch, deadline, fail),
+                    sent,
+                } => self.restore_arrives(h, inc, id, epoch, deadline, fail, sent),
                 Ev::RestoreEnd {
                     h,
                     inc,
@@ -931,6 +937,7 @@ impl World {
                         self.op = None;
                         self.forged = false;
                         self.released = true;
+                        self.released_at = Some(self.t);
                     }
                 }
             }
@@ -1675,6 +1682,7 @@ impl World {
                         epoch,
                         deadline,
                         fail,
+                        sent: self.t,
                     },
                 );
                 return;
@@ -1762,6 +1770,7 @@ impl World {
         epoch: u64,
         deadline: Duration,
         fail: bool,
+        sent: u64,
     ) {
         self.restores_in_transit -= 1;
         if !self.agent_live(h, inc) {
@@ -1789,7 +1798,7 @@ impl World {
             );
             return;
         }
-        self.restore_checks(h, epoch);
+        self.restore_checks(h, epoch, sent);
         if self.restores.iter().any(|(o, _)| *o == self.op_id) {
             self.count("restore re-issued by a successor");
         }
@@ -1828,7 +1837,7 @@ impl World {
         self.deliver(h, inc, Event::Cluster { id, outcome });
     }
 
-    fn restore_checks(&mut self, h: usize, epoch: u64) {
+    fn restore_checks(&mut self, h: usize, epoch: u64, sent: u64) {
         let me = self.name(h);
         self.note(format!(
             "{me}'s RESTORE starts in Elasticsearch (epoch {epoch})"
@@ -1872,6 +1881,12 @@ impl World {
             Some(d) => {
                 let msg = format!("invariant 2: restore by deposed {me} at epoch {epoch}; document at epoch {} led by {:?}", d.epoch, d.leader_id());
                 self.violation(msg);
+            }
+            // `lock --force-release` warns that a live leader may be restoring: a request sent
+            // before it and held up on the way lands after it (seed 682255343930). Sent after
+            // it, the agent restored with no operation.
+            None if self.released_at.is_some_and(|r| sent < r) => {
+                self.count("restore sent before a force-release lands after it");
             }
             None => self.violation("restore without an operation".into()),
         }
@@ -2130,6 +2145,9 @@ mod tests {
         781413579377,
         // a clone's agent paused, then crashed, before its first claim, with no client check
         993410215890,
+        // the operator force-released a replayed document while the leader's restore, sent
+        // before, was held up on its way: it lands after the release (the risk `lock` warns of)
+        682255343930,
     ];
 
     #[test]
