@@ -235,7 +235,7 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
                 let after = after_release(&ctx, op).await;
                 if cli.json {
                     print_json(
-                        &json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error, "lifted_here": after.lifted_here, "commands": after.commands}),
+                        &json!({"released": true, "operation": op.id, "phase": op.phase, "history": fleet::history_doc_id(&op.id), "error": archived.error, "lifted_here": after.lifted_here, "commands": after.commands, "restore_in_doubt": after.restore_in_doubt}),
                     );
                 } else {
                     println!(
@@ -245,6 +245,9 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
                     );
                     if let Some(l) = &after.lifted_here {
                         println!("{l}");
+                    }
+                    if let Some(w) = &after.restore_in_doubt {
+                        eprintln!("WARNING: {w}");
                     }
                     if !after.commands.is_empty() {
                         println!("the agents keep their hosts' Kibana stopped and held; on each host, once you know which Kibana should run there:");
@@ -278,6 +281,27 @@ pub async fn run(cli: &Cli, force_release: bool, yes: bool) -> Result<u8> {
 struct AfterRelease {
     lifted_here: Option<String>,
     commands: Vec<(String, String)>,
+    restore_in_doubt: Option<String>,
+}
+
+/// A restore the released operation may have issued and never recorded finished: nobody
+/// watches it now, and a Kibana started while it runs, or on what it left half done, starts on
+/// that. Said before the commands that start Kibana.
+fn restore_in_doubt(op: &fleet::OperationDoc) -> Option<String> {
+    let r = op.restore.as_ref().filter(|r| r.issued && !r.completed)?;
+    let safety = match (&op.safety_snapshot.name, &op.safety_snapshot.taken_uuid) {
+        (Some(name), Some(_)) => {
+            format!("; the safety snapshot {name} holds the state from before it")
+        }
+        _ => String::new(),
+    };
+    Some(format!(
+        "operation {} may have issued the restore of {}/{} (epoch {}) and did not record it finished: \
+         before starting any Kibana, check that no restore runs (`GET _recovery?active_only=true`) and that the cluster \
+         is green (`GET _cluster/health`); if it did not complete, `kibana-rollback start` \
+         rolls back again (every Kibana stopped, one more restore){safety}",
+        op.id, op.snapshot.repository, op.snapshot.name, r.epoch
+    ))
 }
 
 async fn after_release(ctx: &Ctx, op: &fleet::OperationDoc) -> AfterRelease {
@@ -318,5 +342,57 @@ async fn after_release(ctx: &Ctx, op: &fleet::OperationDoc) -> AfterRelease {
     AfterRelease {
         lifted_here,
         commands,
+        restore_in_doubt: restore_in_doubt(op),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kibana_rollback::fleet::RestoreRecord;
+
+    #[test]
+    fn a_restore_issued_and_not_recorded_finished_is_said_with_what_to_check() {
+        let mut op = fleet::new_operation(fleet::NewOperation {
+            id: "rb-1".into(),
+            requested_by: "t".into(),
+            requested_at: "w".into(),
+            target_version: semver::Version::new(8, 14, 3),
+            snapshot: fleet::SnapshotRef {
+                repository: "backups".into(),
+                name: "nightly-1".into(),
+                uuid: "s1".into(),
+            },
+            snapshot_accepted_by: None,
+            safety_snapshot: true,
+            safety_snapshot_name: None,
+            expected_hosts: vec!["a".into()],
+            barrier_client_check: true,
+        })
+        .unwrap();
+        assert_eq!(restore_in_doubt(&op), None, "no restore recorded");
+        op.restore = Some(RestoreRecord {
+            epoch: 3,
+            issued: true,
+            completed: false,
+            superseded_epochs: vec![],
+            detail: String::new(),
+        });
+        op.safety_snapshot.taken_uuid = Some("u1".into());
+        let w = restore_in_doubt(&op).expect("in doubt");
+        let safety = op.safety_snapshot.name.clone().unwrap();
+        assert!(
+            w.contains(&op.snapshot.name)
+                && w.contains("epoch 3")
+                && w.contains("_recovery")
+                && w.contains(&safety),
+            "{w}"
+        );
+        op.restore.as_mut().unwrap().completed = true;
+        assert_eq!(
+            restore_in_doubt(&op),
+            None,
+            "a finished restore is no doubt"
+        );
     }
 }
