@@ -288,7 +288,7 @@ struct AfterRelease {
 /// watches it now, and a Kibana started while it runs, or on what it left half done, starts on
 /// that. Said before the commands that start Kibana.
 fn restore_in_doubt(op: &fleet::OperationDoc) -> Option<String> {
-    let r = op.restore.as_ref().filter(|r| r.issued && !r.completed)?;
+    let r = op.restore.as_ref().filter(|_| !op.restore_completed())?;
     let safety = match (&op.safety_snapshot.name, &op.safety_snapshot.taken_uuid) {
         (Some(name), Some(_)) => {
             format!("; the safety snapshot {name} holds the state from before it")

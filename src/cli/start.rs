@@ -355,8 +355,8 @@ async fn request(cli: &Cli, ctx: &Ctx, req: Request) -> Result<u8> {
         barrier_client_check: settings.coordination.barrier_client_check,
     })
     .map_err(|e| exit::coded(exit::FAILED, e.to_string()))?;
-    // What `start --undo` of this operation returns to (the leader records it afresh as the
-    // operation leaves preflight; this stays for one that ends before).
+    // What `start --undo` of this operation returns to. The leader records it afresh as the
+    // operation leaves preflight; this stays for a leader whose agent predates that.
     doc.from_version = preflight::fleet_version(&report.hosts).ok();
     doc.undoes = req.undoes.as_ref().map(|(op, _)| op.clone());
     doc.failed_upgrade_on = report

@@ -388,7 +388,6 @@ pub(crate) struct World {
     op_id: String,
     terminal_seen: Option<Phase>,
     resumes: u32,
-    released: bool,
     /// When the operator force-released the operation, ms.
     released_at: Option<u64>,
     counts: BTreeMap<&'static str, u64>,
@@ -487,7 +486,6 @@ impl World {
             op_id: "op-1".into(),
             terminal_seen: None,
             resumes: 0,
-            released: false,
             released_at: None,
             counts: BTreeMap::new(),
             p,
@@ -936,7 +934,6 @@ impl World {
                         }
                         self.op = None;
                         self.forged = false;
-                        self.released = true;
                         self.released_at = Some(self.t);
                     }
                 }
@@ -955,7 +952,7 @@ impl World {
             .map(|v| v.doc.clone())
             .or_else(|| self.history.get(&self.op_id).cloned());
         Report {
-            outcome: if self.released {
+            outcome: if self.released_at.is_some() {
                 None
             } else {
                 doc.as_ref().and_then(outcome)
@@ -1986,7 +1983,7 @@ impl World {
         let idle = self.machines.iter().all(|h| h.running.is_none())
             && self.restore_running.is_empty()
             && self.restores_in_transit == 0;
-        if self.released {
+        if self.released_at.is_some() {
             return idle;
         }
         let archived = self.op.is_none() && self.history.contains_key(&self.op_id);
@@ -1998,7 +1995,7 @@ impl World {
     }
 
     fn final_checks(&mut self) {
-        if self.released {
+        if self.released_at.is_some() {
             return; // the operator took over from a forged document; safety was checked all along
         }
         let archived = self.history.get(&self.op_id).cloned();
